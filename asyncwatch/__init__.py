@@ -1,0 +1,83 @@
+"""asyncwatch: observability and profiling middleware for asyncio applications.
+
+The one line::
+
+    import asyncwatch
+    asyncwatch.install()
+
+observes every asyncio task in the process (created, schedule delay, duration, outcome, in
+flight, peak, memory) and serves the figures at http://127.0.0.1:9464/metrics, or wherever the
+standard ``OTEL_*`` variables point. Without code changes: ``asyncwatch run -- python app.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._config import Config as Config
+from ._config import ConfigError as ConfigError
+from ._stats import CoroutineStats as CoroutineStats
+from ._stats import Percentiles as Percentiles
+from ._stats import ProcessStats as ProcessStats
+from ._stats import Stats as Stats
+from ._watch import VERSION
+from ._watch import Watch as Watch
+from ._watch import current as _current_watch
+from ._watch import install as _install
+from ._watch import uninstall as _uninstall
+
+__version__ = VERSION
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "CoroutineStats",
+    "Percentiles",
+    "ProcessStats",
+    "Stats",
+    "Watch",
+    "__version__",
+    "current",
+    "install",
+    "stats",
+    "uninstall",
+]
+
+
+def install(config: Config | None = None, /, **settings: Any) -> Watch:
+    """Observe every asyncio task in this process. Idempotent; returns the running ``Watch``.
+
+    Called before any event loop exists, it instruments every loop created afterwards
+    (``asyncio.run``, ``asyncio.Runner``, ``new_event_loop``, uvloop); called inside a running
+    loop, it instruments that loop too. Settings come from ``config`` (default
+    ``Config.from_env()``, i.e. the ``ASYNCWATCH_*`` variables) overridden by keyword
+    arguments, e.g. ``install(prometheus_port=9100)``. A bad value raises ``ConfigError``
+    naming the setting; nothing else asyncwatch does ever raises into your code.
+    """
+    return _install(config, **settings)
+
+
+def uninstall(timeout_s: float | None = None) -> None:
+    """Stop observing and put back every task factory and class attribute install() changed.
+
+    Exporters get a final flush bounded by ``timeout_s`` (default ``export_timeout_s``).
+    Idempotent. Also runs at interpreter exit.
+    """
+    _uninstall(timeout_s)
+
+
+def current() -> Watch | None:
+    """The running ``Watch``, or None when asyncwatch is not installed."""
+    return _current_watch()
+
+
+def stats() -> Stats:
+    """A snapshot per coroutine name: created, in flight, peak, ok/error/cancelled counts, and
+    duration and schedule-delay percentiles (p50/p95/p99), plus process figures.
+
+    Empty (``installed=False``) when asyncwatch is not installed.
+    """
+    watch = _current_watch()
+    if watch is None:
+        return Stats(installed=False)
+    return watch.stats()

@@ -1,0 +1,336 @@
+"""One frozen configuration, from keyword arguments and ``ASYNCWATCH_*`` variables.
+
+Every setting is declared once in ``_SETTINGS`` with its environment variable, its parser and
+its check. ``Config.from_env`` parses the variables (errors name the variable); ``Config(...)``
+and ``install(**settings)`` check keyword arguments (errors name the argument). Either way a
+bad value fails at once with the accepted form in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Config", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A setting has a value asyncwatch cannot use; the message names the setting."""
+
+
+# ---------------------------------------------------------------- parsers (raw text -> value)
+
+
+def _parse_flag(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true"):
+        return True
+    if low in ("0", "false"):
+        return False
+    raise ValueError("expected 1, 0, true or false")
+
+
+def _parse_int(raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError("expected a whole number, e.g. 500") from None
+
+
+def _parse_float(raw: str) -> float:
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise ValueError("expected a number, e.g. 0.25") from None
+
+
+def _parse_rate(raw: str) -> float:
+    if raw.strip().lower() == "all":
+        return math.inf
+    return _parse_float(raw)
+
+
+def _parse_str(raw: str) -> str:
+    return raw.strip()
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+# ---------------------------------------------------------------- checks (value -> error or None)
+
+
+def _positive(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        return "must be a positive number"
+    return None
+
+
+def _non_negative_int(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return "must be a whole number >= 0"
+    return None
+
+
+def _at_least(low: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            return f"must be a whole number >= {low}"
+        return None
+
+    return check
+
+
+def _port(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        return "must be a TCP port from 0 to 65535 (0 picks a free one)"
+    return None
+
+
+def _fraction(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        return "must be a fraction from 0 to 1, e.g. 0.01"
+    return None
+
+
+def _is_bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be True or False"
+
+
+def _is_str(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else "must be a non-empty string"
+
+
+def _str_tuple(value: Any) -> str | None:
+    if isinstance(value, tuple) and all(isinstance(v, str) and v for v in value):
+        return None
+    return "must be a tuple of non-empty strings"
+
+
+_METRICS_EXPORTERS = frozenset({"prometheus", "otlp", "console", "none"})
+_TRACES_EXPORTERS = frozenset({"otlp", "console", "none"})
+
+
+def _exporters(allowed: frozenset[str]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        problem = _str_tuple(value)
+        if problem is None and value and set(value) <= allowed:
+            return None
+        return f"must name exporters among {', '.join(sorted(allowed))}"
+
+    return check
+
+
+def _protocol(value: Any) -> str | None:
+    if value in ("http/protobuf", "grpc"):
+        return None
+    return "must be http/protobuf or grpc"
+
+
+@dataclass(frozen=True)
+class _Setting:
+    env: tuple[str, ...]  # first is asyncwatch's own; later ones are standard OTEL_* fallbacks
+    parse: Callable[[str], Any]
+    check: Callable[[Any], str | None]
+    form: str  # the accepted form, for messages and the README
+
+
+_SETTINGS: dict[str, _Setting] = {
+    "enabled": _Setting(("ASYNCWATCH_ENABLED",), _parse_flag, _is_bool, "1 or 0"),
+    "max_keys": _Setting(("ASYNCWATCH_MAX_KEYS",), _parse_int, _at_least(1), "whole number >= 1"),
+    "max_error_types": _Setting(
+        ("ASYNCWATCH_MAX_ERROR_TYPES",), _parse_int, _at_least(1), "whole number >= 1"
+    ),
+    "timed_per_s": _Setting(
+        ("ASYNCWATCH_TIMED_PER_S",), _parse_rate, _positive, "tasks per second, or 'all'"
+    ),
+    "task_spans": _Setting(
+        ("ASYNCWATCH_TASK_SPANS",), _parse_list, _str_tuple, "comma-separated globs"
+    ),
+    "task_span_ratio": _Setting(
+        ("ASYNCWATCH_TASK_SPAN_RATIO",), _parse_float, _fraction, "fraction from 0 to 1"
+    ),
+    "metrics_exporters": _Setting(
+        ("ASYNCWATCH_METRICS_EXPORTER", "OTEL_METRICS_EXPORTER"),
+        _parse_list,
+        _exporters(_METRICS_EXPORTERS),
+        "comma-separated: prometheus, otlp, console, none",
+    ),
+    "traces_exporters": _Setting(
+        ("ASYNCWATCH_TRACES_EXPORTER", "OTEL_TRACES_EXPORTER"),
+        _parse_list,
+        _exporters(_TRACES_EXPORTERS),
+        "comma-separated: otlp, console, none",
+    ),
+    "otlp_protocol": _Setting(
+        ("ASYNCWATCH_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        _parse_str,
+        _protocol,
+        "http/protobuf or grpc",
+    ),
+    "prometheus_host": _Setting(
+        ("ASYNCWATCH_PROMETHEUS_HOST", "OTEL_EXPORTER_PROMETHEUS_HOST"),
+        _parse_str,
+        _is_str,
+        "host name or address",
+    ),
+    "prometheus_port": _Setting(
+        ("ASYNCWATCH_PROMETHEUS_PORT", "OTEL_EXPORTER_PROMETHEUS_PORT"),
+        _parse_int,
+        _port,
+        "port 0-65535",
+    ),
+    "prometheus_port_span": _Setting(
+        ("ASYNCWATCH_PROMETHEUS_PORT_SPAN",), _parse_int, _non_negative_int, "whole number >= 0"
+    ),
+    "export_timeout_s": _Setting(
+        ("ASYNCWATCH_EXPORT_TIMEOUT_S",), _parse_float, _positive, "seconds, e.g. 3"
+    ),
+    "memory_attribution": _Setting(
+        ("ASYNCWATCH_MEMORY_ATTRIBUTION",), _parse_flag, _is_bool, "1 or 0"
+    ),
+    "memory_interval_s": _Setting(
+        ("ASYNCWATCH_MEMORY_INTERVAL_S",), _parse_float, _positive, "seconds, e.g. 30"
+    ),
+    "lazy_start": _Setting(("ASYNCWATCH_LAZY_START",), _parse_flag, _is_bool, "1 or 0"),
+    "raise_errors": _Setting(("ASYNCWATCH_RAISE",), _parse_flag, _is_bool, "1 or 0"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every asyncwatch setting. Build it with keywords, or from the environment.
+
+    ``Config.from_env()`` reads ``ASYNCWATCH_*`` variables (and the standard ``OTEL_*`` ones
+    where a setting has one); keyword arguments to ``install()`` override them. The README's
+    configuration reference lists each setting with its variable and default.
+    """
+
+    enabled: bool = True
+    """Observe tasks at all. ``ASYNCWATCH_ENABLED=0`` turns a wrapped process into a no-op."""
+    max_keys: int = 500
+    """Distinct coroutine names tracked; further names are counted under ``_OTHER``."""
+    max_error_types: int = 20
+    """Distinct exception types counted per coroutine; others are folded into ``_OTHER``."""
+    timed_per_s: float = 200.0
+    """Tasks per second per coroutine whose schedule delay and duration are timed
+    (``math.inf`` or ``'all'``: every task). Counts are always exact."""
+    task_spans: tuple[str, ...] = ()
+    """Glob patterns of coroutine names (``myapp.jobs.*``) that get a span per task."""
+    task_span_ratio: float = 0.0
+    """Fraction of all other tasks that get a span (0 = none, 1 = every task)."""
+    metrics_exporters: tuple[str, ...] = ("prometheus",)
+    """Where metrics go: ``prometheus`` (embedded endpoint), ``otlp``, ``console``, ``none``."""
+    traces_exporters: tuple[str, ...] = ("none",)
+    """Where spans go: ``otlp``, ``console``, ``none``. Default ``otlp`` when an OTLP endpoint
+    variable is set, else ``none``."""
+    otlp_protocol: str = "http/protobuf"
+    """OTLP transport: ``http/protobuf`` or ``grpc``."""
+    prometheus_host: str = "127.0.0.1"
+    """Address of the embedded ``/metrics`` endpoint. Loopback unless you choose otherwise."""
+    prometheus_port: int = 9464
+    """Port of the embedded ``/metrics`` endpoint."""
+    prometheus_port_span: int = 0
+    """If the port is busy, also try this many following ports (one per worker process)."""
+    export_timeout_s: float = 3.0
+    """Longest any one export, flush or shutdown may take before it is abandoned and counted."""
+    memory_attribution: bool = False
+    """Attribute live memory to coroutines with tracemalloc (costly; see the README)."""
+    memory_interval_s: float = 30.0
+    """Seconds between tracemalloc snapshots when memory attribution is on."""
+    lazy_start: bool = False
+    """Start exporters when the first event loop is instrumented (set by ``asyncwatch run``)."""
+    raise_errors: bool = False
+    """Raise asyncwatch's own internal errors instead of counting them (for tests)."""
+
+    def __post_init__(self) -> None:
+        for name, setting in _SETTINGS.items():
+            problem = setting.check(getattr(self, name))
+            if problem is not None:
+                raise ConfigError(
+                    f"Config({name}={getattr(self, name)!r}): {problem} (accepted: {setting.form})"
+                )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, /, **overrides: Any) -> Config:
+        """Build a Config from ``env`` (default ``os.environ``), then apply ``overrides``.
+
+        Unknown ``ASYNCWATCH_*`` variables are an error, so a typo cannot silently do nothing.
+        """
+        env = os.environ if env is None else env
+        known = {var for s in _SETTINGS.values() for var in s.env if var.startswith("ASYNCWATCH_")}
+        known |= _OTHER_KNOWN_VARIABLES
+        for var in env:
+            if var.startswith("ASYNCWATCH_") and var not in known:
+                hint = difflib.get_close_matches(var, sorted(known), n=1)
+                also = f"; did you mean {hint[0]}?" if hint else ""
+                raise ConfigError(f"{var}: unknown asyncwatch setting{also}")
+        values: dict[str, Any] = {}
+        for name, setting in _SETTINGS.items():
+            for var in setting.env:
+                raw = env.get(var)
+                if raw is None or raw.strip() == "":
+                    continue
+                try:
+                    value = setting.parse(raw)
+                except ValueError as exc:
+                    raise ConfigError(f"{var}={raw!r}: {exc}") from None
+                problem = setting.check(value)
+                if problem is not None:
+                    raise ConfigError(f"{var}={raw!r}: {problem} (accepted: {setting.form})")
+                values[name] = value
+                break
+        if "traces_exporters" not in values and any(
+            env.get(v) for v in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        ):
+            values["traces_exporters"] = ("otlp",)
+        return cls(**values).replace(**overrides)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes``; unknown names are an error naming the argument."""
+        if not changes:
+            return self
+        fields = {f.name for f in dataclasses.fields(self)}
+        for name in changes:
+            if name not in fields:
+                hint = difflib.get_close_matches(name, sorted(fields), n=1)
+                also = f"; did you mean {hint[0]}?" if hint else ""
+                raise ConfigError(f"{name}: unknown asyncwatch setting{also}")
+        normalised = {k: _normalise(k, v) for k, v in changes.items()}
+        return dataclasses.replace(self, **normalised)
+
+    def uses(self, exporter: str, *, signal: str = "metrics") -> bool:
+        """Whether ``exporter`` is among the configured exporters for ``signal``."""
+        chosen = self.metrics_exporters if signal == "metrics" else self.traces_exporters
+        return exporter in chosen and "none" not in chosen
+
+
+# Variables read by other modules (the CLI, extensions) that are still asyncwatch's own.
+_OTHER_KNOWN_VARIABLES: set[str] = {"ASYNCWATCH_BOOTSTRAP"}
+
+
+def _normalise(name: str, value: Any) -> Any:
+    """Accept the obvious Python spellings of a setting: lists for tuples, 'all' for inf."""
+    if name in ("task_spans", "metrics_exporters", "traces_exporters"):
+        if isinstance(value, str):
+            return _parse_list(value)
+        if isinstance(value, list):
+            return tuple(value)
+    if name == "timed_per_s" and value == "all":
+        return math.inf
+    return value
+
+
+def settings_reference() -> list[tuple[str, str, str, str]]:
+    """(argument, variables, default, accepted form) for each setting, for docs and tests."""
+    defaults = Config()
+    rows = []
+    for name, setting in _SETTINGS.items():
+        rows.append((name, ", ".join(setting.env), repr(getattr(defaults, name)), setting.form))
+    return rows

@@ -1,0 +1,280 @@
+"""Hand the Recorder's aggregates to OpenTelemetry at collection time.
+
+The hot path never calls the OTel SDK. Instead each metric source yields ``Point``s (a
+``MetricDef``, attributes and a value or histogram) when a reader collects, and
+``MetricsBridge`` turns them into the SDK's own data model (``Metric``/``Sum``/``Histogram``)
+and merges them into the batch the reader is about to export. Temporality follows what each
+reader prefers: cumulative as recorded, or delta against that reader's previous collection.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.sdk.metrics import Counter, Histogram, UpDownCounter
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    HistogramDataPoint,
+    Metric,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.sdk.metrics.export import Histogram as HistogramData
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from . import _names as n
+from ._recorder import Recorder
+
+SCOPE_NAME = "asyncwatch"
+
+
+@dataclass(frozen=True)
+class HistValue:
+    """A cumulative explicit-bucket histogram."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+    count: int
+    min: float
+    max: float
+
+
+Attrs = Mapping[str, str | int | float | bool]
+Point = tuple[n.MetricDef, Attrs, "int | float | HistValue", int]  # (def, attrs, value, start_ns)
+Source = Callable[[], Iterable[Point]]
+
+_KIND_CLASS = {"counter": Counter, "updowncounter": UpDownCounter, "histogram": Histogram}
+
+
+class MetricsBridge:
+    """Collects every source into SDK ``Metric`` objects; see the module docstring."""
+
+    def __init__(self, version: str) -> None:
+        self.scope = InstrumentationScope(SCOPE_NAME, version)
+        self._sources: list[tuple[str, Source]] = []
+        self._lock = threading.Lock()
+        # per reader (by id): previous cumulative value per (metric, attributes)
+        self._previous: dict[int, dict[tuple[str, tuple[Any, ...]], Any]] = {}
+        self.on_error: Callable[[str, BaseException], None] = lambda hook, exc: None
+
+    def add_source(self, name: str, source: Source) -> None:
+        """Register a callable that yields points at collection time."""
+        with self._lock:
+            self._sources.append((name, source))
+
+    def remove_source(self, name: str) -> None:
+        """Forget the source registered under ``name``."""
+        with self._lock:
+            self._sources = [(k, s) for k, s in self._sources if k != name]
+
+    def points(self) -> list[Point]:
+        """Every source's points now; a failing source is skipped and reported."""
+        with self._lock:
+            sources = list(self._sources)
+        out: list[Point] = []
+        for name, source in sources:
+            try:
+                out.extend(source())
+            except Exception as exc:
+                self.on_error(f"collect:{name}", exc)
+        return out
+
+    def metrics(self, reader: Any) -> list[Metric]:
+        """The SDK metrics for one collection by ``reader`` (temporality as it prefers)."""
+        now = time.time_ns()
+        prefs = getattr(reader, "_instrument_class_temporality", {})
+        grouped: dict[str, tuple[n.MetricDef, list[Any]]] = {}
+        with self._lock:
+            previous = self._previous.setdefault(id(reader), {})
+        for mdef, attrs, value, start in self.points():
+            delta = (
+                mdef.kind in _KIND_CLASS
+                and prefs.get(_KIND_CLASS[mdef.kind]) == AggregationTemporality.DELTA
+            )
+            point = self._point(mdef, attrs, value, start, now, previous if delta else None)
+            if point is not None:
+                grouped.setdefault(mdef.name, (mdef, []))[1].append(point)
+        out = []
+        for mdef, points in grouped.values():
+            delta = (
+                mdef.kind in _KIND_CLASS
+                and prefs.get(_KIND_CLASS[mdef.kind]) == AggregationTemporality.DELTA
+            )
+            temporality = (
+                AggregationTemporality.DELTA if delta else AggregationTemporality.CUMULATIVE
+            )
+            data: Any
+            if mdef.kind == "histogram":
+                data = HistogramData(points, temporality)
+            elif mdef.kind == "gauge":
+                data = Gauge(points)
+            else:
+                data = Sum(points, temporality, is_monotonic=mdef.kind == "counter")
+            out.append(Metric(mdef.name, mdef.description, mdef.unit, data))
+        return out
+
+    @staticmethod
+    def _point(
+        mdef: n.MetricDef,
+        attrs: Attrs,
+        value: int | float | HistValue,
+        start: int,
+        now: int,
+        previous: dict[tuple[str, tuple[Any, ...]], Any] | None,
+    ) -> Any:
+        attributes = dict(attrs)
+        if previous is not None:
+            key = (mdef.name, tuple(sorted(attributes.items())))
+            before = previous.get(key)
+            previous[key] = (value, now)
+            if before is not None:
+                start = before[1]
+                value = _minus(value, before[0])
+        if isinstance(value, HistValue):
+            return HistogramDataPoint(
+                attributes=attributes,
+                start_time_unix_nano=start,
+                time_unix_nano=now,
+                count=value.count,
+                sum=value.sum,
+                bucket_counts=list(value.counts),
+                explicit_bounds=list(value.bounds),
+                min=value.min,
+                max=value.max,
+            )
+        return NumberDataPoint(
+            attributes=attributes, start_time_unix_nano=start, time_unix_nano=now, value=value
+        )
+
+    def merge(self, data: MetricsData, reader: Any, resource: Resource) -> MetricsData:
+        """``data`` with asyncwatch's metrics added under its own instrumentation scope."""
+        ours = ScopeMetrics(self.scope, self.metrics(reader), "")
+        resource_metrics = list(data.resource_metrics) if data is not None else []
+        if resource_metrics:
+            first = resource_metrics[0]
+            scopes = [s for s in first.scope_metrics if s.scope.name != SCOPE_NAME]
+            resource_metrics[0] = ResourceMetrics(first.resource, [*scopes, ours], first.schema_url)
+        else:
+            resource_metrics = [ResourceMetrics(resource, [ours], "")]
+        return MetricsData(resource_metrics)
+
+    def forget(self, reader: Any) -> None:
+        """Drop the delta state kept for ``reader``."""
+        with self._lock:
+            self._previous.pop(id(reader), None)
+
+
+def _minus(now: int | float | HistValue, before: int | float | HistValue) -> int | float | HistValue:
+    if isinstance(now, HistValue) and isinstance(before, HistValue):
+        return HistValue(
+            now.bounds,
+            tuple(a - b for a, b in zip(now.counts, before.counts, strict=True)),
+            now.sum - before.sum,
+            now.count - before.count,
+            now.min,
+            now.max,
+        )
+    assert not isinstance(now, HistValue) and not isinstance(before, HistValue)
+    return now - before
+
+
+# ---------------------------------------------------------------------------- task source
+
+
+def task_points(recorder: Recorder) -> Source:
+    """Points for the per-coroutine task metrics."""
+
+    def collect() -> Iterable[Point]:
+        bounds = n.TIMING_BOUNDS
+        for key, snap in recorder.snapshot().items():
+            start = snap.first_seen_ns
+            attrs = {n.CODE_FUNCTION: key}
+            yield n.TASK_CREATED, attrs, snap.created, start
+            yield n.TASK_IN_FLIGHT, attrs, snap.in_flight, start
+            yield n.TASK_PEAK, attrs, snap.peak, start
+            yield n.TASK_COMPLETED, {**attrs, n.OUTCOME: "ok"}, snap.ok, start
+            yield n.TASK_COMPLETED, {**attrs, n.OUTCOME: "cancelled"}, snap.cancelled, start
+            for error, count in snap.errors.items():
+                yield (
+                    n.TASK_COMPLETED,
+                    {**attrs, n.OUTCOME: "error", n.ERROR_TYPE: error},
+                    count,
+                    start,
+                )
+            for mdef, hist in ((n.TASK_DURATION, snap.duration), (n.TASK_SCHEDULE_DELAY, snap.delay)):
+                counts, total_sum, count = hist.cumulative(bounds)
+                yield (
+                    mdef,
+                    attrs,
+                    HistValue(bounds, tuple(counts), total_sum, count, hist.min if count else 0.0, hist.max),
+                    start,
+                )
+
+    return collect
+
+
+# ---------------------------------------------------------------------------- process source
+
+
+class ProcessSampler:
+    """Process metrics per the OpenTelemetry semantic conventions, read at collection time."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._proc: Any = None
+        self.started_ns = time.time_ns()
+
+    def _process(self) -> Any:
+        import psutil
+
+        if self._pid != os.getpid():  # forked: measure the child, not the parent
+            self._pid = os.getpid()
+            self._proc = psutil.Process(self._pid)
+            self.started_ns = time.time_ns()
+        return self._proc
+
+    def points(self) -> Iterable[Point]:
+        """Current readings."""
+        import psutil
+
+        proc = self._process()
+        start = self.started_ns
+        with proc.oneshot():
+            cpu = proc.cpu_times()
+            yield n.PROCESS_CPU_TIME, {n.CPU_MODE: "user"}, cpu.user, start
+            yield n.PROCESS_CPU_TIME, {n.CPU_MODE: "system"}, cpu.system, start
+            mem = proc.memory_info()
+            yield n.PROCESS_MEMORY_USAGE, {}, mem.rss, start
+            yield n.PROCESS_MEMORY_VIRTUAL, {}, mem.vms, start
+            yield n.PROCESS_THREADS, {}, proc.num_threads(), start
+            if hasattr(proc, "num_fds"):
+                yield n.PROCESS_OPEN_FDS, {}, proc.num_fds(), start
+            switches = proc.num_ctx_switches()
+            yield n.PROCESS_CONTEXT_SWITCHES, {n.CONTEXT_SWITCH_TYPE: "voluntary"}, switches.voluntary, start
+            yield (
+                n.PROCESS_CONTEXT_SWITCHES,
+                {n.CONTEXT_SWITCH_TYPE: "involuntary"},
+                switches.involuntary,
+                start,
+            )
+        try:
+            yield n.PROCESS_MEMORY_USS, {}, proc.memory_full_info().uss, start
+        except (psutil.AccessDenied, AttributeError, OSError):
+            pass  # USS needs /proc/<pid>/smaps; absent on some platforms and sandboxes
+        for generation, stat in enumerate(gc.get_stats()):
+            attrs = {n.GC_GENERATION: generation}
+            yield n.GC_COLLECTIONS, attrs, stat["collections"], start
+            yield n.GC_COLLECTED, attrs, stat["collected"], start
+            yield n.GC_UNCOLLECTABLE, attrs, stat["uncollectable"], start

@@ -1,0 +1,177 @@
+"""The one source of every metric name, unit, kind and attribute key asyncwatch exports.
+
+The README's metric reference, the dashboards and the alert rules are checked against
+``METRICS`` by tests, so nothing can query a metric that does not exist. Names follow the
+OpenTelemetry semantic conventions where one exists (process, CPython GC, HTTP server) and the
+``asyncwatch.*`` namespace elsewhere. Units are UCUM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["counter", "updowncounter", "gauge", "histogram"]
+
+# Attribute keys
+CODE_FUNCTION = "code.function.name"  # semconv: fully qualified function name
+OUTCOME = "asyncwatch.task.outcome"  # ok | error | cancelled
+ERROR_TYPE = "error.type"  # semconv
+HOOK = "asyncwatch.hook"
+SIGNAL = "asyncwatch.signal"  # metrics | traces
+REASON = "asyncwatch.reason"
+CPU_MODE = "cpu.mode"  # semconv
+GC_GENERATION = "cpython.gc.generation"  # semconv
+CONTEXT_SWITCH_TYPE = "process.context_switch_type"  # semconv
+TASK_NAME = "asyncwatch.task.name"  # span attribute only (unbounded, never on metrics)
+
+OVERFLOW = "_OTHER"  # value of a bounded attribute once its cap is reached (semconv style)
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """One exported metric."""
+
+    name: str
+    unit: str
+    kind: Kind
+    description: str
+    attributes: tuple[str, ...] = ()
+
+    @property
+    def prometheus(self) -> str:
+        """The name the Prometheus exporter gives it (histograms add _bucket/_sum/_count)."""
+        base = self.name.replace(".", "_")
+        suffix = _PROM_UNITS.get(self.unit, "")
+        if suffix and not base.endswith("_" + suffix):
+            base = f"{base}_{suffix}"
+        if self.kind == "counter":
+            base += "_total"
+        return base
+
+
+_PROM_UNITS = {"s": "seconds", "By": "bytes", "1": "ratio"}
+
+TASK_CREATED = MetricDef(
+    "asyncwatch.task.created",
+    "{task}",
+    "counter",
+    "Tasks created, per coroutine.",
+    (CODE_FUNCTION,),
+)
+TASK_COMPLETED = MetricDef(
+    "asyncwatch.task.completed",
+    "{task}",
+    "counter",
+    "Tasks finished, per coroutine and outcome (ok, error with error.type, cancelled).",
+    (CODE_FUNCTION, OUTCOME, ERROR_TYPE),
+)
+TASK_IN_FLIGHT = MetricDef(
+    "asyncwatch.task.in_flight",
+    "{task}",
+    "updowncounter",
+    "Tasks created and not yet finished, per coroutine.",
+    (CODE_FUNCTION,),
+)
+TASK_PEAK = MetricDef(
+    "asyncwatch.task.in_flight.peak",
+    "{task}",
+    "gauge",
+    "Most tasks of the coroutine in flight at once since install (summed over event loops).",
+    (CODE_FUNCTION,),
+)
+TASK_DURATION = MetricDef(
+    "asyncwatch.task.duration",
+    "s",
+    "histogram",
+    "Run time from a task's first step to its end (timed sample, weighted to all tasks).",
+    (CODE_FUNCTION,),
+)
+TASK_SCHEDULE_DELAY = MetricDef(
+    "asyncwatch.task.schedule_delay",
+    "s",
+    "histogram",
+    "Wait from task creation to its first step (timed sample, weighted to all tasks).",
+    (CODE_FUNCTION,),
+)
+TASK_MEMORY = MetricDef(
+    "asyncwatch.task.memory",
+    "By",
+    "gauge",
+    "Live bytes allocated by code running in the coroutine (opt-in, tracemalloc).",
+    (CODE_FUNCTION,),
+)
+INTERNAL_ERRORS = MetricDef(
+    "asyncwatch.internal.errors",
+    "{error}",
+    "counter",
+    "Errors inside asyncwatch's own hooks, caught so the application never sees them.",
+    (HOOK,),
+)
+EXPORT_DROPPED = MetricDef(
+    "asyncwatch.export.dropped",
+    "{item}",
+    "counter",
+    "Exports or spans dropped because an exporter was slow, dead or its queue was full.",
+    (SIGNAL, REASON),
+)
+PROCESS_CPU_TIME = MetricDef(
+    "process.cpu.time", "s", "counter", "CPU time used by the process.", (CPU_MODE,)
+)
+PROCESS_MEMORY_USAGE = MetricDef(
+    "process.memory.usage", "By", "updowncounter", "Resident set size of the process."
+)
+PROCESS_MEMORY_VIRTUAL = MetricDef(
+    "process.memory.virtual", "By", "updowncounter", "Virtual memory size of the process."
+)
+PROCESS_MEMORY_USS = MetricDef(
+    "asyncwatch.process.memory.uss",
+    "By",
+    "updowncounter",
+    "Unique set size: memory freed if the process exited (where the OS reports it).",
+)
+PROCESS_THREADS = MetricDef(
+    "process.thread.count", "{thread}", "updowncounter", "Threads in the process."
+)
+PROCESS_OPEN_FDS = MetricDef(
+    "process.unix.file_descriptor.count",
+    "{file_descriptor}",
+    "updowncounter",
+    "Open file descriptors (Unix).",
+)
+PROCESS_CONTEXT_SWITCHES = MetricDef(
+    "process.context_switches",
+    "{context_switch}",
+    "counter",
+    "Context switches of the process.",
+    (CONTEXT_SWITCH_TYPE,),
+)
+GC_COLLECTIONS = MetricDef(
+    "cpython.gc.collections",
+    "{collection}",
+    "counter",
+    "Garbage collections run, per generation.",
+    (GC_GENERATION,),
+)
+GC_COLLECTED = MetricDef(
+    "cpython.gc.collected_objects",
+    "{object}",
+    "counter",
+    "Objects collected by the garbage collector, per generation.",
+    (GC_GENERATION,),
+)
+GC_UNCOLLECTABLE = MetricDef(
+    "cpython.gc.uncollectable_objects",
+    "{object}",
+    "counter",
+    "Objects the garbage collector found uncollectable, per generation.",
+    (GC_GENERATION,),
+)
+
+METRICS: tuple[MetricDef, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, MetricDef))
+BY_NAME: dict[str, MetricDef] = {m.name: m for m in METRICS}
+
+# Bucket boundaries (seconds) of exported task timing histograms: 1-2.5-5 per decade.
+TIMING_BOUNDS: tuple[float, ...] = tuple(
+    float(f"{m}e{e}") for e in range(-5, 3) for m in (1, 2.5, 5)
+)[:-1]

@@ -1,0 +1,416 @@
+"""The Recorder: the one place aggregated task state lives, bounded whatever the app does.
+
+Layout: one ``Shard`` per event loop (written only by that loop's thread, so the hot path
+needs no lock), holding one ``TaskStats`` per coroutine name. Readers merge the shards at
+collection time. Distinct names are capped (``max_keys``); later names share ``_OTHER``.
+A shard whose loop is gone is folded into ``retired`` so counters stay monotonic and memory
+stays flat however many loops an app creates.
+
+Timing is sampled: every task is counted (created, in flight, outcome), but only about
+``timed_per_s`` tasks per second per coroutine are timed (schedule delay and run duration), each
+sample weighted by the number of tasks it stands for. The stride adapts to the rate and is
+jittered so periodic workloads cannot alias with it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._names import OVERFLOW
+
+clock = time.perf_counter
+
+# Fine bucket grid for percentiles: ten steps per decade from 0.1 µs to 8000 s (at most 25 %
+# wide, so an interpolated percentile is off by well under that). Exported histograms use a
+# coarser subset (``_names.TIMING_BOUNDS``), every one of which is on this grid.
+_MANTISSAS = (1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8)
+FINE_BOUNDS: tuple[float, ...] = tuple(
+    float(f"{m}e{e}") for e in range(-7, 4) for m in _MANTISSAS
+)
+
+
+class Histogram:
+    """Weighted counts on ``FINE_BOUNDS`` (bucket i holds values in (bound[i-1], bound[i]])."""
+
+    __slots__ = ("counts", "max", "min", "sum", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(FINE_BOUNDS) + 1)
+        self.total = 0
+        self.sum = 0.0
+        self.max = 0.0
+        self.min = math.inf
+
+    def add(self, value: float, weight: int = 1) -> None:
+        """Record ``value`` standing for ``weight`` observations."""
+        self.counts[bisect_left(FINE_BOUNDS, value)] += weight
+        self.total += weight
+        self.sum += value * weight
+        if value > self.max:
+            self.max = value
+        if value < self.min:
+            self.min = value
+
+    def merge(self, other: Histogram) -> None:
+        """Add ``other``'s counts into this one."""
+        counts = self.counts
+        for i, n in enumerate(other.counts):
+            if n:
+                counts[i] += n
+        self.total += other.total
+        self.sum += other.sum
+        self.max = max(self.max, other.max)
+        self.min = min(self.min, other.min)
+
+    def copy(self) -> Histogram:
+        """An independent copy (safe to read while the original keeps changing)."""
+        h = Histogram()
+        h.counts = list(self.counts)
+        h.total, h.sum, h.max, h.min = self.total, self.sum, self.max, self.min
+        return h
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile (0..1), interpolated inside its bucket; None when empty."""
+        if self.total <= 0:
+            return None
+        rank = q * self.total
+        seen = 0
+        for i, n in enumerate(self.counts):
+            if not n:
+                continue
+            if seen + n >= rank:
+                low = FINE_BOUNDS[i - 1] if i > 0 else 0.0
+                high = FINE_BOUNDS[i] if i < len(FINE_BOUNDS) else self.max
+                high = min(high, self.max) if self.max > low else high
+                return low + (high - low) * max(0.0, rank - seen) / n
+            seen += n
+        return self.max
+
+    def cumulative(self, bounds: Iterable[float]) -> tuple[list[int], float, int]:
+        """Bucket counts re-binned onto ``bounds`` (each must be on the fine grid)."""
+        out = []
+        index = 0
+        counts = self.counts
+        for bound in bounds:
+            stop = bisect_left(FINE_BOUNDS, bound) + 1
+            out.append(sum(counts[index:stop]))
+            index = stop
+        out.append(sum(counts[index:]))
+        return out, self.sum, self.total
+
+
+class TaskStats:
+    """Counters for one coroutine name on one event loop. Written only by that loop's thread."""
+
+    __slots__ = (
+        "cancelled",
+        "created",
+        "delay",
+        "done_cb",
+        "duration",
+        "errors",
+        "in_flight",
+        "key",
+        "max_errors",
+        "ok",
+        "peak",
+        "skip",
+        "span",
+        "stride",
+        "target",
+        "weight",
+        "win_n",
+        "win_t",
+    )
+
+    def __init__(self, key: str, target_per_s: float, max_errors: int, span: float) -> None:
+        self.key = key
+        self.created = 0
+        self.in_flight = 0
+        self.peak = 0
+        self.ok = 0
+        self.cancelled = 0
+        self.errors: dict[type[BaseException], int] = {}
+        self.max_errors = max_errors
+        self.duration = Histogram()
+        self.delay = Histogram()
+        self.skip = 1  # tasks until the next timed one; 1 = time the next task
+        self.weight = 1  # how many tasks the next timed one stands for
+        self.stride = 1.0
+        self.target = target_per_s
+        self.win_t = clock()
+        self.win_n = 0
+        # span: 0 = no task spans; 1 = every task; in between = that fraction of tasks
+        self.span = span
+        # Bound once: the hot path must not allocate a bound method per task.
+        self.done_cb = self.on_done
+
+    def on_done(self, task: Any) -> None:
+        """Done-callback of an untimed task: count its outcome without retrieving it."""
+        self.in_flight -= 1
+        if task.cancelled():
+            self.cancelled += 1
+            return
+        # Read the private slot, not .exception(): calling that marks the exception as
+        # retrieved and would silence asyncio's "exception was never retrieved" warning.
+        exc = getattr(task, "_exception", None)
+        if exc is None:
+            self.ok += 1
+        else:
+            self.error(exc)
+
+    def error(self, exc: BaseException) -> None:
+        """Count one failed task under its exception type (bounded)."""
+        kind: type[BaseException] = type(exc)
+        errors = self.errors
+        if kind in errors:
+            errors[kind] += 1
+        elif len(errors) < self.max_errors:
+            errors[kind] = 1
+        else:
+            errors[_OverflowError] = errors.get(_OverflowError, 0) + 1
+
+    def next_skip(self, now: float) -> int:
+        """Pick how many tasks to let pass before the next timed one (adaptive, jittered)."""
+        elapsed = now - self.win_t
+        if elapsed >= 1.0:
+            rate = (self.created - self.win_n) / elapsed
+            self.stride = max(1.0, rate / self.target)
+            self.win_t, self.win_n = now, self.created
+        stride = self.stride
+        if stride <= 1.0:
+            return 1
+        return 1 + int(random.random() * (2.0 * stride - 1.0))  # noqa: S311 - jitter, not crypto
+
+    def retune(self, now: float) -> None:
+        """From a reader's thread: shorten a stride left long by a burst that has passed."""
+        elapsed = now - self.win_t
+        if self.stride > 1.0 and elapsed >= 2.0:
+            rate = (self.created - self.win_n) / elapsed
+            stride = max(1.0, rate / self.target)
+            if stride < self.stride:
+                self.stride = stride
+                self.win_t, self.win_n = now, self.created
+                if self.skip > 2 * stride:
+                    self.skip = max(1, int(stride))
+                    self.weight = self.skip
+
+
+class _OverflowError(Exception):
+    """Stands for exception types beyond ``max_error_types``; reported as ``_OTHER``."""
+
+
+def exception_name(kind: type[BaseException]) -> str:
+    """The ``error.type`` value for an exception class: fully qualified, builtins bare."""
+    if kind is _OverflowError:
+        return OVERFLOW
+    module = kind.__module__
+    if module in ("builtins", "__main__"):
+        return kind.__qualname__
+    return f"{module}.{kind.__qualname__}"
+
+
+class Shard:
+    """One event loop's share of the Recorder."""
+
+    __slots__ = ("by_code", "by_name", "codes", "label", "recorder", "stats")
+
+    def __init__(self, recorder: Recorder, label: str) -> None:
+        self.recorder = recorder
+        self.label = label
+        self.stats: dict[str, TaskStats] = {}
+        # id(code object) -> stats. ``codes`` keeps those code objects alive so an id cannot
+        # be reused by another function while it is in the cache.
+        self.by_code: dict[int, TaskStats] = {}
+        self.by_name: dict[str, TaskStats] = {}
+        self.codes: list[Any] = []
+
+    def stats_for(self, coro: Any) -> TaskStats:
+        """Slow path of the task hook: name an unseen coroutine and find its slot."""
+        code = getattr(coro, "cr_code", None)
+        key = coroutine_key(coro)
+        stats = self.stats.get(key)
+        if stats is None:
+            key = self.recorder.admit(key)
+            stats = self.stats.get(key)
+            if stats is None:
+                stats = self.recorder.make_stats(key)
+                self.stats[key] = stats
+        cache_room = len(self.codes) < 4 * self.recorder.max_keys
+        if code is not None and cache_room:
+            self.by_code[id(code)] = stats
+            self.codes.append(code)
+        elif code is None and len(self.by_name) < 4 * self.recorder.max_keys:
+            self.by_name[key] = stats
+        return stats
+
+    def clear(self) -> None:
+        """Forget everything (used in a freshly forked child)."""
+        self.stats.clear()
+        self.by_code.clear()
+        self.by_name.clear()
+        self.codes.clear()
+
+
+def coroutine_key(coro: Any) -> str:
+    """The coroutine's module-qualified ``__qualname__`` (never the task name)."""
+    qualname = getattr(coro, "__qualname__", None) or type(coro).__qualname__
+    module = None
+    frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+    if frame is not None:
+        module = frame.f_globals.get("__name__")
+    if module is None:
+        module = getattr(coro, "__module__", None)
+    if not module or module == "builtins":
+        return str(qualname)
+    return f"{module}.{qualname}"
+
+
+@dataclass
+class KeySnapshot:
+    """Merged figures for one coroutine name across all loops."""
+
+    created: int = 0
+    in_flight: int = 0
+    peak: int = 0
+    ok: int = 0
+    cancelled: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    duration: Histogram = field(default_factory=Histogram)
+    delay: Histogram = field(default_factory=Histogram)
+    first_seen_ns: int = 0
+
+    def add(self, s: TaskStats, *, live: bool) -> None:
+        """Merge one shard's stats (``live`` False for a retired loop: nothing in flight)."""
+        self.created += s.created
+        if live:
+            self.in_flight += s.in_flight
+        self.peak += s.peak
+        self.ok += s.ok
+        self.cancelled += s.cancelled
+        for kind, n in list(s.errors.items()):
+            name = exception_name(kind)
+            self.errors[name] = self.errors.get(name, 0) + n
+        self.duration.merge(s.duration)
+        self.delay.merge(s.delay)
+
+
+class Recorder:
+    """Bounded aggregation for every instrumented loop; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        max_keys: int = 500,
+        max_error_types: int = 20,
+        timed_per_s: float = 200.0,
+        span_for: Any = None,
+    ) -> None:
+        self.max_keys = max_keys
+        self.max_error_types = max_error_types
+        self.timed_per_s = timed_per_s
+        # span_for(key) -> 0..1, the fraction of that coroutine's tasks that get a span
+        self._span_for = span_for or (lambda key: 0.0)
+        self._lock = threading.RLock()
+        self._keys: dict[str, int] = {}  # key -> first-seen time (ns since epoch)
+        self._shards: list[Shard] = []
+        self._dead: list[Shard] = []
+        self._retired = Shard(self, "retired")
+        self.started_ns = time.time_ns()
+        self.overflowed = 0  # distinct names refused by the cap
+
+    # ---------------------------------------------------------------- writers (slow path)
+
+    def new_shard(self, label: str) -> Shard:
+        """A shard for a newly instrumented loop."""
+        shard = Shard(self, label)
+        with self._lock:
+            self._shards.append(shard)
+        return shard
+
+    def retire(self, shard: Shard) -> None:
+        """Called when a shard's loop is gone; folded at the next read (any thread)."""
+        self._dead.append(shard)  # list.append is atomic; no lock here (may run inside GC)
+
+    def admit(self, key: str) -> str:
+        """Register a coroutine name, or return ``_OTHER`` once the cap is reached."""
+        with self._lock:
+            if key in self._keys:
+                return key
+            if len(self._keys) >= self.max_keys:
+                self.overflowed += 1
+                self._keys.setdefault(OVERFLOW, time.time_ns())
+                return OVERFLOW
+            self._keys[key] = time.time_ns()
+            return key
+
+    def make_stats(self, key: str) -> TaskStats:
+        """A fresh slot for ``key`` with this recorder's limits."""
+        target = self.timed_per_s
+        span = self._span_for(key)
+        stats = TaskStats(key, target, self.max_error_types, span)
+        if span > 0:
+            stats.target = math.inf  # tasks with spans always take the timed path
+        return stats
+
+    # ---------------------------------------------------------------- readers
+
+    def _fold_dead(self) -> None:
+        while self._dead:
+            shard = self._dead.pop()
+            if shard in self._shards:
+                self._shards.remove(shard)
+            for key, s in shard.stats.items():
+                kept = self._retired.stats.get(key)
+                if kept is None:
+                    kept = self._retired.stats[key] = self.make_stats(key)
+                kept.created += s.created
+                kept.peak = max(kept.peak, s.peak)
+                kept.ok += s.ok
+                kept.cancelled += s.cancelled
+                for kind, n in s.errors.items():
+                    kept.errors[kind] = kept.errors.get(kind, 0) + n
+                kept.duration.merge(s.duration)
+                kept.delay.merge(s.delay)
+            shard.clear()
+
+    def snapshot(self) -> dict[str, KeySnapshot]:
+        """Merged per-coroutine figures from every loop, live and retired."""
+        now = clock()
+        with self._lock:
+            self._fold_dead()
+            shards = list(self._shards)
+            first_seen = dict(self._keys)
+            retired = list(self._retired.stats.items())
+        out: dict[str, KeySnapshot] = {}
+        for key, s in retired:
+            out.setdefault(key, KeySnapshot()).add(s, live=False)
+        for shard in shards:
+            for key, s in list(shard.stats.items()):
+                s.retune(now)
+                out.setdefault(key, KeySnapshot()).add(s, live=True)
+        for key, snap in out.items():
+            snap.first_seen_ns = first_seen.get(key, self.started_ns)
+        return out
+
+    def key_count(self) -> int:
+        """Distinct coroutine names admitted so far (including ``_OTHER``)."""
+        return len(self._keys)
+
+    def reset(self) -> None:
+        """Start from zero (after fork: the child is a new instance with its own series)."""
+        with self._lock:
+            for shard in self._shards:
+                shard.clear()
+            self._retired.clear()
+            self._dead.clear()
+            self._keys.clear()
+            self.started_ns = time.time_ns()
+            self.overflowed = 0

@@ -1,0 +1,431 @@
+"""The task-factory hook: sees every task on every instrumented loop, changes none of them.
+
+How a loop gets instrumented:
+
+* ``install()`` patches the constructors of ``asyncio.BaseEventLoop`` (every stdlib loop) and
+  ``uvloop.Loop`` so each loop made afterwards gets a ``LoopHook`` as its task factory, and
+  instruments the running loop (or the thread's current loop) at once.
+* ``set_task_factory``/``get_task_factory`` are patched on the same classes: a factory the app
+  sets later becomes the hook's ``inner`` (chained, still observed), and ``get_task_factory``
+  reports the app's own factory, never ours, so code that chains to "the previous factory"
+  cannot loop back into us.
+* ``uninstall()`` puts back every class attribute and every loop's factory, but only where ours
+  is still in place (a later patch by someone else is left alone).
+
+The hot path (``LoopHook._factory`` and ``TaskStats.on_done``) does no allocation, string
+work, locking or clock reads for untimed tasks: a dict lookup by code object, a few integer
+bumps and one bound done-callback. Timed tasks (a sample, see ``_recorder``) also read the
+clock and schedule one ``mark`` callback just ahead of the task's first step.
+
+Nothing the app can see changes: the Task object is the one the chained factory or
+``asyncio.Task`` made; the coroutine is not wrapped (``get_coro()``, ``get_stack()``, frames
+and cancellation semantics are untouched); names are never set here; contextvars are only
+touched for tasks that get a span, and only in the task's own fresh copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.tasks as _asyncio_tasks
+import contextvars
+import importlib.util
+import inspect
+import random
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from ._faults import Faults
+from ._names import CODE_FUNCTION, OUTCOME, TASK_NAME
+from ._recorder import Recorder, Shard, TaskStats, clock, exception_name
+
+_EAGER_POSSIBLE = sys.version_info >= (3, 12)
+_MISSING = object()
+
+TaskFactory = Callable[..., Any]
+
+
+class _Timed:
+    """Per-task record of a timed (sampled) or spanned task; alive only while the task is."""
+
+    __slots__ = ("hook", "sampled", "span", "start", "stats", "t0", "weight")
+
+    def __init__(self, hook: LoopHook, stats: TaskStats, t0: float, weight: int, sampled: bool):
+        self.hook = hook
+        self.stats = stats
+        self.t0 = t0
+        self.weight = weight
+        self.sampled = sampled
+        self.start: float | None = None
+        self.span: Any = None
+
+    def mark(self) -> None:
+        """Runs just before the task's first step (queued ahead of it)."""
+        try:
+            if self.start is None:
+                now = clock()
+                self.start = now
+                if self.sampled:
+                    self.stats.delay.add(now - self.t0, self.weight)
+        except Exception as exc:  # pragma: no cover - defensive
+            self.hook.fault("task_mark", exc)
+
+    def done(self, task: Any) -> None:
+        """Done-callback of a timed task."""
+        try:
+            now = clock()
+            stats = self.stats
+            stats.on_done(task)
+            start = self.t0 if self.start is None else self.start
+            if self.sampled:
+                stats.duration.add(now - start, self.weight)
+            if self.span is not None:
+                self._end_span(task)
+        except Exception as exc:
+            self.hook.fault("task_done", exc)
+
+    def _end_span(self, task: Any) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        span = self.span
+        self.span = None
+        span.set_attribute(TASK_NAME, task.get_name())
+        if self.start is not None:
+            span.set_attribute("asyncwatch.task.schedule_delay", self.start - self.t0)
+        if task.cancelled():
+            span.set_attribute(OUTCOME, "cancelled")
+        else:
+            exc = getattr(task, "_exception", None)
+            if exc is None:
+                span.set_attribute(OUTCOME, "ok")
+            else:
+                span.set_attribute(OUTCOME, "error")
+                span.set_attribute("error.type", exception_name(type(exc)))
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        span.end()
+
+
+def _takes_context(factory: TaskFactory | None) -> bool:
+    """Whether a chained factory accepts ``context=`` (so a span can be made current)."""
+    if factory is None:
+        return True
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD or p.name == "context" for p in params)
+
+
+class LoopHook:
+    """The task factory installed on one loop; chains to ``inner``."""
+
+    __slots__ = ("__weakref__", "_ctx", "factory", "inner", "inner_takes_context", "shard", "watcher")
+
+    def __init__(self, watcher: TaskWatcher, shard: Shard, inner: TaskFactory | None) -> None:
+        self.watcher = watcher
+        self.shard = shard
+        self.inner = inner
+        self.inner_takes_context = _takes_context(inner)
+        # Empty context the mark callbacks run in: one per loop (a Context may be entered by
+        # one thread at a time, and each loop runs on one thread).
+        self._ctx = contextvars.Context()
+        self.factory = self._factory  # bound once: this exact object is what the loop holds
+
+    def set_inner(self, factory: TaskFactory | None) -> None:
+        """The app set its own factory on this loop: keep observing and chain to it."""
+        self.inner = factory
+        self.inner_takes_context = _takes_context(factory)
+
+    def _create(self, loop: Any, coro: Any, kwargs: dict[str, Any]) -> Any:
+        inner = self.inner
+        if inner is not None:
+            return inner(loop, coro, **kwargs)
+        return _asyncio_tasks.Task(coro, loop=loop, **kwargs)
+
+    def _factory(self, loop: Any, coro: Any, **kwargs: Any) -> Any:
+        if not self.watcher.active:
+            return self._create(loop, coro, kwargs)
+        try:
+            stats = self.shard.by_code[id(coro.cr_code)]
+        except (AttributeError, KeyError):
+            stats = self._lookup(coro)
+            if stats is None:
+                return self._create(loop, coro, kwargs)
+        skip = stats.skip - 1
+        if skip > 0 and not stats.span:
+            # Untimed task: the common case, kept to integer bumps.
+            inner = self.inner
+            if inner is not None:
+                task = inner(loop, coro, **kwargs)
+            else:
+                task = _asyncio_tasks.Task(coro, loop=loop, **kwargs)
+            try:
+                stats.skip = skip
+                stats.created += 1
+                n = stats.in_flight + 1
+                stats.in_flight = n
+                if n > stats.peak:
+                    stats.peak = n
+                task.add_done_callback(stats.done_cb)
+            except Exception as exc:
+                self.fault("task_factory", exc)
+            return task
+        return self._slow(stats, skip, loop, coro, kwargs)
+
+    def _lookup(self, coro: Any) -> TaskStats | None:
+        try:
+            return self.shard.stats_for(coro)
+        except Exception as exc:
+            self.fault("task_factory", exc)
+            return None
+
+    def _slow(
+        self, stats: TaskStats, skip: int, loop: Any, coro: Any, kwargs: dict[str, Any]
+    ) -> Any:
+        rec: _Timed | None = None
+        try:
+            share = stats.span
+            want_span = share >= 1.0 or (share > 0.0 and random.random() < share)  # noqa: S311
+            sampled = skip <= 0
+            if sampled or want_span:
+                t0 = clock()
+                rec = _Timed(self, stats, t0, stats.weight, sampled)
+                if sampled:
+                    skip = stats.next_skip(t0)
+                    stats.weight = skip
+                # Queued before the Task exists, so it runs just ahead of the task's first step.
+                loop.call_soon(rec.mark, context=self._ctx)
+                if want_span:
+                    kwargs = self._start_span(rec, stats, kwargs)
+            stats.skip = skip
+        except RuntimeError:
+            rec = None  # a closed loop: Task() below raises the app's own error
+        except Exception as exc:
+            self.fault("task_factory", exc)
+            rec = None
+        task = self._create(loop, coro, kwargs)
+        try:
+            stats.created += 1
+            n = stats.in_flight + 1
+            stats.in_flight = n
+            if n > stats.peak:
+                stats.peak = n
+            if rec is None:
+                task.add_done_callback(stats.done_cb)
+                return task
+            if _EAGER_POSSIBLE and rec.start is None and _started(task, coro):
+                rec.start = rec.t0  # ran eagerly inside the factory: no schedule delay
+                if rec.sampled:
+                    stats.delay.add(0.0, rec.weight)
+            task.add_done_callback(rec.done)
+        except Exception as exc:
+            self.fault("task_factory", exc)
+        return task
+
+    def _start_span(self, rec: _Timed, stats: TaskStats, kwargs: dict[str, Any]) -> dict[str, Any]:
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+
+        tracer = self.watcher.tracer()
+        given = kwargs.get("context")
+        parent = given.run(otel_context.get_current) if given is not None else None
+        span = tracer.start_span(
+            stats.key,
+            context=parent,
+            start_time=time.time_ns(),
+            attributes={CODE_FUNCTION: stats.key},
+        )
+        rec.span = span
+        if given is None and self.inner_takes_context:
+            # The task's own fresh copy of the creator's context, with the span current in it,
+            # so work inside the task nests under it. A context the caller passed explicitly is
+            # theirs and is left exactly as it is.
+            ctx = contextvars.copy_context()
+            ctx.run(otel_context.attach, trace.set_span_in_context(span, parent))
+            kwargs = {**kwargs, "context": ctx}
+        return kwargs
+
+    def fault(self, hook: str, exc: BaseException) -> None:
+        """Report an internal error; switch the whole task hook off if it keeps failing."""
+        if self.watcher.faults.report(hook, exc):
+            self.watcher.active = False
+
+
+def _started(task: Any, coro: Any) -> bool:
+    """After the factory returned: did the task already take its first step (eager start)?"""
+    if task.done():
+        return True
+    return bool(getattr(coro, "cr_suspended", False) or getattr(coro, "cr_running", False))
+
+
+class _Patch:
+    """One class attribute replaced by asyncwatch, and how to put it back."""
+
+    __slots__ = ("cls", "name", "ours", "saved")
+
+    def __init__(self, cls: type, name: str, ours: Any) -> None:
+        self.cls = cls
+        self.name = name
+        self.saved = cls.__dict__.get(name, _MISSING)
+        self.ours = ours
+        setattr(cls, name, ours)
+
+    def undo(self) -> None:
+        if self.cls.__dict__.get(self.name, _MISSING) is not self.ours:
+            return  # someone patched over us: leave theirs in place
+        if self.saved is _MISSING:
+            delattr(self.cls, self.name)
+        else:
+            setattr(self.cls, self.name, self.saved)
+
+
+def loop_classes() -> list[type]:
+    """The loop classes whose constructors and factory accessors are patched."""
+    classes: list[type] = [asyncio.BaseEventLoop]
+    if "uvloop" in sys.modules or importlib.util.find_spec("uvloop") is not None:
+        try:
+            import uvloop
+
+            classes.append(uvloop.Loop)
+        except ImportError:  # pragma: no cover - broken uvloop install
+            pass
+    return classes
+
+
+class TaskWatcher:
+    """Installs ``LoopHook``s on loops; see the module docstring."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        faults: Faults,
+        *,
+        tracer: Callable[[], Any],
+        on_loop: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.recorder = recorder
+        self.faults = faults
+        self.tracer = tracer
+        self.active = False
+        self._on_loop = on_loop
+        self._hooks: weakref.WeakKeyDictionary[Any, tuple[LoopHook, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._patches: list[_Patch] = []
+        # The original get/set_task_factory of each patched class, to restore loops with.
+        self._originals: dict[type, tuple[Any, Any]] = {}
+        self._loop_count = 0
+
+    # ------------------------------------------------------------------ install / uninstall
+
+    def install(self) -> None:
+        """Patch loop classes and instrument the current thread's loop. Idempotent."""
+        if not self._patches:
+            self.active = True
+            for cls in loop_classes():
+                self._patch_class(cls)
+        self.instrument_current()
+
+    def instrument_current(self) -> None:
+        """Instrument the running loop, or this thread's set-but-not-running loop."""
+        loop = asyncio.events._get_running_loop()
+        if loop is None:
+            local = getattr(asyncio.get_event_loop_policy(), "_local", None)
+            loop = getattr(local, "_loop", None)
+        if loop is not None and not loop.is_closed():
+            self.instrument(loop)
+
+    def uninstall(self) -> None:
+        """Restore every class attribute and loop factory that is still ours. Idempotent."""
+        self.active = False
+        patches, self._patches = self._patches, []
+        for patch in reversed(patches):
+            patch.undo()
+        hooks, self._hooks = self._hooks, weakref.WeakKeyDictionary()
+        for loop, (hook, finalizer) in list(hooks.items()):
+            finalizer.detach()
+            get, set_ = self._accessors(type(loop)) or (
+                type(loop).get_task_factory,
+                type(loop).set_task_factory,
+            )
+            if get(loop) is hook.factory:
+                set_(loop, hook.inner)
+
+    @property
+    def loop_count(self) -> int:
+        """How many loops have been instrumented since install."""
+        return self._loop_count
+
+    def hook_of(self, loop: Any) -> LoopHook | None:
+        """The hook on ``loop``, if asyncwatch instrumented it."""
+        entry = self._hooks.get(loop)
+        return entry[0] if entry is not None else None
+
+    def instrument(self, loop: Any) -> LoopHook:
+        """Put a hook on ``loop`` (once), chaining whatever factory it has."""
+        entry = self._hooks.get(loop)
+        if entry is not None:
+            return entry[0]
+        # Not yet in _hooks, so the patched accessors behave exactly as the originals.
+        self._loop_count += 1
+        shard = self.recorder.new_shard(f"loop-{self._loop_count}")
+        hook = LoopHook(self, shard, loop.get_task_factory())
+        loop.set_task_factory(hook.factory)
+        finalizer = weakref.finalize(loop, self.recorder.retire, shard)
+        finalizer.atexit = False
+        self._hooks[loop] = (hook, finalizer)
+        if self._on_loop is not None:
+            self._on_loop(loop)
+        return hook
+
+    # ------------------------------------------------------------------ class patches
+
+    def _accessors(self, cls: type) -> tuple[Any, Any] | None:
+        for klass in cls.__mro__:
+            if klass in self._originals:
+                return self._originals[klass]
+        return None
+
+    def _patch_class(self, cls: type) -> None:
+        watcher = self
+        original_init = cls.__init__
+        original_get = cls.get_task_factory  # type: ignore[attr-defined]
+        original_set = cls.set_task_factory  # type: ignore[attr-defined]
+        self._originals[cls] = (original_get, original_set)
+
+        def __init__(loop: Any, *args: Any, **kwargs: Any) -> None:
+            original_init(loop, *args, **kwargs)
+            if watcher.active:
+                try:
+                    watcher.instrument(loop)
+                except Exception as exc:
+                    watcher.faults.report("loop_init", exc)
+
+        def get_task_factory(loop: Any) -> Any:
+            factory = original_get(loop)
+            entry = watcher._hooks.get(loop)
+            if entry is not None and factory is entry[0].factory:
+                return entry[0].inner
+            return factory
+
+        def set_task_factory(loop: Any, factory: Any) -> None:
+            entry = watcher._hooks.get(loop)
+            if entry is not None and original_get(loop) is entry[0].factory:
+                if factory is not None and not callable(factory):
+                    raise TypeError("task factory must be a callable or None")
+                entry[0].set_inner(factory)
+                return
+            original_set(loop, factory)
+
+        for name, fn in (
+            ("__init__", __init__),
+            ("get_task_factory", get_task_factory),
+            ("set_task_factory", set_task_factory),
+        ):
+            fn.__qualname__ = f"{cls.__qualname__}.{name}"
+            fn.__doc__ = getattr(cls, name).__doc__
+            fn.__wrapped__ = getattr(cls, name)  # type: ignore[attr-defined]
+            self._patches.append(_Patch(cls, name, fn))

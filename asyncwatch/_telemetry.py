@@ -1,0 +1,484 @@
+"""OpenTelemetry set-up: providers, readers, exporters, and exports that can never hurt the app.
+
+* If the app already set SDK Meter/Tracer providers (itself, or through
+  ``opentelemetry-instrument``), asyncwatch uses them: its metrics are merged into each of the
+  app's metric readers, its spans go to the app's tracer provider, and it starts no exporter
+  of its own. Otherwise it builds private providers (never global, so the app can still set
+  its own later) with the exporters the configuration names.
+* The embedded default is a Prometheus ``/metrics`` endpoint on 127.0.0.1:9464. A busy port
+  is one clear log line (or the next free port within ``prometheus_port_span``), not a crash.
+* Every push export runs through an ``ExportGuard``: one export in flight at a time, on a
+  worker thread, abandoned after ``export_timeout_s``; what could not be sent is counted in
+  ``asyncwatch.export.dropped``. Shutdown is bounded the same way, so a dead, black-holed or
+  resetting collector can neither block the app nor hold up its exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from . import _names as n
+from ._config import Config, ConfigError
+from ._export import MetricsBridge, Point
+
+logger = logging.getLogger("asyncwatch")
+
+
+class DropCounter:
+    """Counts what exporters could not deliver, by signal and reason."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: dict[tuple[str, str], int] = {}
+        self.started_ns = time.time_ns()
+
+    def add(self, signal: str, reason: str, items: int = 1) -> None:
+        """Count ``items`` dropped."""
+        with self._lock:
+            key = (signal, reason)
+            self.counts[key] = self.counts.get(key, 0) + items
+
+    def points(self) -> Iterable[Point]:
+        """Metric points for ``asyncwatch.export.dropped``."""
+        with self._lock:
+            counts = dict(self.counts)
+        for (signal, reason), count in counts.items():
+            yield n.EXPORT_DROPPED, {n.SIGNAL: signal, n.REASON: reason}, count, self.started_ns
+
+
+class ExportGuard:
+    """Runs one export at a time on a worker thread and gives up on it after a deadline."""
+
+    def __init__(self, signal: str, timeout_s: float, drops: DropCounter) -> None:
+        self.signal = signal
+        self.timeout_s = timeout_s
+        self.drops = drops
+        self._lock = threading.Lock()
+        self._busy = False
+
+    def call(self, fn: Callable[[], Any], items: int, *, reason_prefix: str = "") -> Any:
+        """``fn()``'s result, or None if it was skipped, failed or overran (then counted)."""
+        with self._lock:
+            if self._busy:
+                self.drops.add(self.signal, reason_prefix + "busy", items)
+                return None
+            self._busy = True
+        outcome: list[Any] = [None]
+        finished = threading.Event()
+
+        def work() -> None:
+            try:
+                outcome[0] = fn()
+            except Exception:
+                logger.debug("asyncwatch: %s export failed", self.signal, exc_info=True)
+                outcome[0] = None
+            finally:
+                with self._lock:
+                    self._busy = False
+                finished.set()
+
+        threading.Thread(target=work, name=f"asyncwatch-export-{self.signal}", daemon=True).start()
+        if not finished.wait(self.timeout_s):
+            self.drops.add(self.signal, reason_prefix + "timeout", items)
+            return None
+        if outcome[0] is None:
+            self.drops.add(self.signal, reason_prefix + "error", items)
+        return outcome[0]
+
+
+class GuardedMetricExporter(MetricExporter):
+    """A metric exporter whose every call is bounded by an ``ExportGuard``."""
+
+    def __init__(self, inner: MetricExporter, guard: ExportGuard) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self.inner = inner
+        self.guard = guard
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        """Export in the guard; FAILURE (counted) if the exporter is slow or down."""
+        limit = min(timeout_millis, self.guard.timeout_s * 1000)
+        result = self.guard.call(
+            lambda: self.inner.export(metrics_data, timeout_millis=limit, **kwargs), 1
+        )
+        if result is MetricExportResult.SUCCESS:
+            return result
+        if result is MetricExportResult.FAILURE:
+            self.guard.drops.add("metrics", "rejected", 1)
+        return MetricExportResult.FAILURE
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        """Flush within the guard's deadline."""
+        return bool(self.guard.call(lambda: self.inner.force_flush(timeout_millis), 0))
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Shut the inner exporter down within the guard's deadline."""
+        self.guard.call(lambda: self.inner.shutdown(timeout_millis=timeout_millis, **kwargs) or True, 0)
+
+
+class GuardedSpanExporter(SpanExporter):
+    """A span exporter whose every call is bounded by an ``ExportGuard``."""
+
+    def __init__(self, inner: SpanExporter, guard: ExportGuard) -> None:
+        self.inner = inner
+        self.guard = guard
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Export in the guard; FAILURE (counted) if the exporter is slow or down."""
+        result = self.guard.call(lambda: self.inner.export(spans), len(spans))
+        if result is SpanExportResult.SUCCESS:
+            return result
+        if result is SpanExportResult.FAILURE:
+            self.guard.drops.add("traces", "rejected", len(spans))
+        return SpanExportResult.FAILURE
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Flush within the guard's deadline."""
+        return bool(self.guard.call(lambda: self.inner.force_flush(timeout_millis), 0))
+
+    def shutdown(self) -> None:
+        """Shut the inner exporter down within the guard's deadline."""
+        self.guard.call(lambda: self.inner.shutdown() or True, 0)
+
+
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's batch processor (bounded queue), counting the spans it drops when full."""
+
+    def __init__(self, exporter: SpanExporter, drops: DropCounter, **kwargs: Any) -> None:
+        super().__init__(exporter, **kwargs)
+        self._aw_drops = drops
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Queue the span; count it if the queue is already full (the SDK then drops one)."""
+        queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
+        if queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen:
+            self._aw_drops.add("traces", "queue_full", 1)
+        super().on_end(span)
+
+
+def _run_with_deadline(fn: Callable[[], Any], seconds: float, what: str) -> bool:
+    """Run ``fn`` on a daemon thread; True if it finished within ``seconds``."""
+    worker = threading.Thread(target=fn, name=f"asyncwatch-{what}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        logger.warning("asyncwatch: %s did not finish within %.1f s; abandoned", what, seconds)
+        return False
+    return True
+
+
+def _need(module: str, extra: str, setting: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"{setting} needs `pip install asyncwatch[{extra}]` ({module})") from None
+
+
+def make_resource() -> Resource:
+    """This process's resource: OTEL_* variables, plus pid and a per-process instance id."""
+    attributes: dict[str, Any] = {
+        "process.pid": os.getpid(),
+        "service.instance.id": f"{socket.gethostname()}:{os.getpid()}",
+    }
+    named_in_env = os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in os.environ.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    )
+    if not named_in_env:
+        script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+        attributes["service.name"] = f"unknown_service:{script or 'python'}"
+    return Resource.create(attributes)
+
+
+class Telemetry:
+    """Owns the OTel providers, readers, exporters and the embedded endpoint."""
+
+    def __init__(
+        self,
+        config: Config,
+        bridge: MetricsBridge,
+        drops: DropCounter,
+        on_error: Callable[[str, BaseException], None],
+        version: str,
+    ) -> None:
+        self.config = config
+        self.bridge = bridge
+        self.drops = drops
+        self.on_error = on_error
+        self.version = version
+        self.resource: Resource | None = None
+        self.meter_provider: Any = None
+        self.tracer_provider: Any = None
+        self.prometheus_url: str | None = None
+        self._own_meter_provider = False
+        self._own_tracer_provider = False
+        self._server: Any = None
+        self._server_thread: threading.Thread | None = None
+        self._wrapped_readers: list[tuple[Any, Any, Any]] = []
+        self._tracer: Any = None
+        self.started = False
+
+    # ---------------------------------------------------------------- start
+
+    def check(self) -> None:
+        """Fail fast (ConfigError) if a configured exporter's package is missing."""
+        protocol = self.config.otlp_protocol.replace("/", "_")
+        for exporter in self.config.metrics_exporters:
+            if exporter == "otlp":
+                _need(_OTLP_MODULES[protocol][0], "otlp", "metrics exporter otlp")
+            if exporter == "prometheus":
+                _need("opentelemetry.exporter.prometheus", "all", "metrics exporter prometheus")
+        if "otlp" in self.config.traces_exporters:
+            _need(_OTLP_MODULES[protocol][1], "otlp", "traces exporter otlp")
+
+    def start(self) -> None:
+        """Build or adopt providers and start exporters. Idempotent."""
+        if self.started:
+            return
+        self.started = True
+        from opentelemetry import metrics, trace
+
+        self.resource = make_resource()
+        existing = metrics.get_meter_provider()
+        if isinstance(existing, MeterProvider):
+            self.meter_provider = existing
+            self._adopt_readers(existing)
+        else:
+            self._own_meter_provider = True
+            readers = self._readers()
+            self.meter_provider = MeterProvider(
+                resource=self.resource, metric_readers=readers, shutdown_on_exit=False
+            )
+            for reader in readers:
+                self._wrap_collect(reader, self.resource)
+        existing_tp = trace.get_tracer_provider()
+        if isinstance(existing_tp, TracerProvider):
+            self.tracer_provider = existing_tp
+        else:
+            self._own_tracer_provider = True
+            self.tracer_provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
+            for processor in self._span_processors():
+                self.tracer_provider.add_span_processor(processor)
+
+    def tracer(self) -> Any:
+        """asyncwatch's tracer (from the app's provider if it set one)."""
+        if self._tracer is None:
+            if self.tracer_provider is None:
+                from opentelemetry import trace
+
+                return trace.get_tracer("asyncwatch", self.version)
+            self._tracer = self.tracer_provider.get_tracer("asyncwatch", self.version)
+        return self._tracer
+
+    def _readers(self) -> list[Any]:
+        readers: list[Any] = []
+        chosen = self.config.metrics_exporters
+        if "none" in chosen:
+            return readers
+        if "prometheus" in chosen:
+            reader = self._prometheus_reader()
+            if reader is not None:
+                readers.append(reader)
+        for exporter in ("otlp", "console"):
+            if exporter in chosen:
+                guard = ExportGuard("metrics", self.config.export_timeout_s, self.drops)
+                inner = self._metric_exporter(exporter)
+                readers.append(
+                    PeriodicExportingMetricReader(
+                        GuardedMetricExporter(inner, guard),
+                        export_timeout_millis=self.config.export_timeout_s * 1000,
+                    )
+                )
+        return readers
+
+    def _metric_exporter(self, kind: str) -> MetricExporter:
+        if kind == "console":
+            from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
+            return ConsoleMetricExporter()
+        protocol = self.config.otlp_protocol.replace("/", "_")
+        module = _need(_OTLP_MODULES[protocol][0], "otlp", "metrics exporter otlp")
+        exporter: MetricExporter = module.OTLPMetricExporter()
+        return exporter
+
+    def _span_processors(self) -> list[Any]:
+        processors = []
+        chosen = self.config.traces_exporters
+        if "none" in chosen:
+            return processors
+        for kind in chosen:
+            inner: SpanExporter
+            if kind == "console":
+                from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+                inner = ConsoleSpanExporter()
+            else:
+                protocol = self.config.otlp_protocol.replace("/", "_")
+                module = _need(_OTLP_MODULES[protocol][1], "otlp", "traces exporter otlp")
+                inner = module.OTLPSpanExporter()
+            guard = ExportGuard("traces", self.config.export_timeout_s, self.drops)
+            processors.append(
+                CountingBatchSpanProcessor(
+                    GuardedSpanExporter(inner, guard),
+                    self.drops,
+                    export_timeout_millis=self.config.export_timeout_s * 1000,
+                )
+            )
+        return processors
+
+    def _prometheus_reader(self) -> Any:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        registry = CollectorRegistry(auto_describe=True)
+        try:
+            # otel_scope_* labels on every series add nothing here: one scope, ours
+            reader = PrometheusMetricReader(registry=registry, scope_info_enabled=False)  # type: ignore[call-arg]
+        except TypeError:  # older exporter: no registry argument, uses the global one
+            from prometheus_client import REGISTRY
+
+            registry = REGISTRY
+            reader = PrometheusMetricReader()
+        host, first = self.config.prometheus_host, self.config.prometheus_port
+        ports = [0] if first == 0 else range(first, first + self.config.prometheus_port_span + 1)
+        error: OSError | None = None
+        for port in ports:
+            try:
+                self._server, self._server_thread = start_http_server(port, addr=host, registry=registry)
+            except OSError as exc:
+                error = exc
+                continue
+            bound = self._server.server_port
+            shown = f"[{host}]" if ":" in host else host
+            self.prometheus_url = f"http://{shown}:{bound}/metrics"
+            logger.info("asyncwatch: metrics at %s (pid %d)", self.prometheus_url, os.getpid())
+            return reader
+        last = list(ports)[-1]
+        logger.warning(
+            "asyncwatch: cannot serve /metrics on %s port %s%s (%s); metrics are still recorded. "
+            "Set ASYNCWATCH_PROMETHEUS_PORT, or ASYNCWATCH_PROMETHEUS_PORT_SPAN to try further "
+            "ports (one per worker process).",
+            host,
+            first,
+            f"-{last}" if last != first else "",
+            error,
+        )
+        return reader  # still registered, so stats and other readers keep working
+
+    def _adopt_readers(self, provider: MeterProvider) -> None:
+        config = getattr(provider, "_sdk_config", None)
+        readers = list(getattr(config, "metric_readers", ()) or ())
+        resource = getattr(config, "resource", None) or self.resource
+        for reader in readers:
+            self._wrap_collect(reader, resource)
+        if not readers:
+            logger.warning("asyncwatch: the app's MeterProvider has no readers; metrics stay local")
+
+    def _wrap_collect(self, reader: Any, resource: Any) -> None:
+        """Merge asyncwatch's metrics into everything ``reader`` collects.
+
+        The SDK gives each reader a ``_collect`` callback (its provider's measurement
+        consumer); wrapping it works the same for readers asyncwatch made and the app's own,
+        and also when the SDK itself has no instruments (it then returns None).
+        """
+        original = reader._collect
+        if original is None:
+            return
+        bridge, on_error, pid = self.bridge, self.on_error, os.getpid()
+
+        def collect(_reader: Any, timeout_millis: float = 10_000) -> Any:
+            data = original(_reader, timeout_millis=timeout_millis)
+            if os.getpid() != pid:
+                return data  # inherited through fork: the child merges through its own wrapper
+            try:
+                return bridge.merge(data, _reader, resource)
+            except Exception as exc:
+                on_error("collect", exc)
+                return data
+
+        reader._collect = collect
+        self._wrapped_readers.append((reader, collect, original))
+
+    # ---------------------------------------------------------------- stop
+
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Stop everything asyncwatch started, within ``timeout_s`` in all. Idempotent."""
+        if not self.started:
+            return
+        self.started = False
+        deadline = timeout_s if timeout_s is not None else self.config.export_timeout_s
+        self._unwrap_readers()
+        server, thread = self._server, self._server_thread
+        self._server = self._server_thread = None
+        self.prometheus_url = None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            if thread is not None:
+                thread.join(deadline)
+        stops = []
+        if self._own_meter_provider and self.meter_provider is not None:
+            stops.append(lambda mp=self.meter_provider: mp.shutdown(timeout_millis=deadline * 1000))
+        if self._own_tracer_provider and self.tracer_provider is not None:
+            stops.append(self.tracer_provider.shutdown)
+        self.meter_provider = self.tracer_provider = self._tracer = None
+        self._own_meter_provider = self._own_tracer_provider = False
+        if stops:
+            _run_with_deadline(lambda: [stop() for stop in stops], deadline, "telemetry shutdown")
+
+    def _unwrap_readers(self) -> None:
+        for reader, collect, original in self._wrapped_readers:
+            if reader.__dict__.get("_collect") is collect:
+                reader._collect = original
+            self.bridge.forget(reader)
+        self._wrapped_readers.clear()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's exporters without touching their threads."""
+        if self._server is not None:
+            try:
+                self._server.server_close()  # our copy of the parent's listening socket
+            except OSError:
+                pass
+        self._server = self._server_thread = None
+        self.prometheus_url = None
+        self._unwrap_readers()  # the app's readers are wrapped again on start
+        self.meter_provider = self.tracer_provider = self._tracer = None
+        self._own_meter_provider = self._own_tracer_provider = False
+        self.started = False
+
+
+_OTLP_MODULES = {
+    "http_protobuf": (
+        "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    ),
+    "grpc": (
+        "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    ),
+}

@@ -1,0 +1,216 @@
+"""The running asyncwatch instance: wires the Recorder, task hook and telemetry together."""
+
+from __future__ import annotations
+
+import atexit
+import fnmatch
+import gc
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from . import _names as n
+from ._config import Config
+from ._export import MetricsBridge, Point, ProcessSampler, task_points
+from ._faults import Faults
+from ._recorder import Recorder
+from ._stats import CoroutineStats, ProcessStats, Stats
+from ._tasks import TaskWatcher
+from ._telemetry import DropCounter, Telemetry
+
+logger = logging.getLogger("asyncwatch")
+
+VERSION = "0.1.0"
+
+
+class Watch:
+    """What ``install()`` returns: the live instance, its settings and its figures."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.faults = Faults(raise_errors=config.raise_errors)
+        self._patterns = tuple(config.task_spans)
+        self.recorder = Recorder(
+            max_keys=config.max_keys,
+            max_error_types=config.max_error_types,
+            timed_per_s=config.timed_per_s,
+            span_for=self._span_share,
+        )
+        self.drops = DropCounter()
+        self.bridge = MetricsBridge(VERSION)
+        self.bridge.on_error = self._report
+        self.process = ProcessSampler()
+        self.bridge.add_source("tasks", task_points(self.recorder))
+        self.bridge.add_source("process", self.process.points)
+        self.bridge.add_source("internal", self._internal_points)
+        self.telemetry = Telemetry(config, self.bridge, self.drops, self._report, VERSION)
+        self.tasks = TaskWatcher(
+            self.recorder, self.faults, tracer=self.telemetry.tracer, on_loop=self._on_loop
+        )
+        self._memory: Any = None
+        self._started_ns = self.recorder.started_ns
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Check the configuration, start exporters (unless lazy) and hook the loops."""
+        self.telemetry.check()
+        if not self.config.enabled:
+            logger.info("asyncwatch: disabled by configuration (ASYNCWATCH_ENABLED=0)")
+            return
+        if not self.config.lazy_start:
+            self.telemetry.start()
+        if self.config.memory_attribution:
+            from ._memory import MemoryAttribution
+
+            self._memory = MemoryAttribution(self.recorder, self.config.memory_interval_s)
+            self._memory.start()
+            self.bridge.add_source("memory", self._memory.points)
+        self.tasks.install()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Undo everything ``start`` did, within ``timeout_s`` for the exporters."""
+        self.tasks.uninstall()
+        if self._memory is not None:
+            self._memory.stop()
+            self._memory = None
+        self.telemetry.shutdown(timeout_s)
+
+    def _on_loop(self, loop: Any) -> None:
+        del loop
+        if not self.telemetry.started:
+            try:
+                self.telemetry.start()
+            except Exception as exc:
+                self._report("telemetry_start", exc)
+
+    def _after_fork_in_child(self) -> None:
+        for obj in (self.recorder, self.drops, self.faults, self.bridge):
+            lock = obj._lock
+            obj._lock = type(lock)()
+        self.recorder.reset()
+        self.faults.counts.clear()
+        self.drops.counts.clear()
+        self.telemetry.forget_after_fork()
+        if not self.config.lazy_start:
+            try:
+                self.telemetry.start()
+            except Exception as exc:
+                self._report("telemetry_start", exc)
+
+    # ---------------------------------------------------------------- reading
+
+    @property
+    def prometheus_url(self) -> str | None:
+        """Where the embedded endpoint serves ``/metrics``, if it is serving."""
+        return self.telemetry.prometheus_url
+
+    def stats(self) -> Stats:
+        """A snapshot of every coroutine seen, with process figures."""
+        coroutines = {
+            key: CoroutineStats.of(key, snap) for key, snap in self.recorder.snapshot().items()
+        }
+        return Stats(coroutines=coroutines, process=self._process_stats())
+
+    def _process_stats(self) -> ProcessStats:
+        values: dict[str, Any] = {}
+        try:
+            for mdef, attrs, value, _ in self.process.points():
+                if mdef is n.PROCESS_MEMORY_USAGE:
+                    values["rss_bytes"] = value
+                elif mdef is n.PROCESS_MEMORY_USS:
+                    values["uss_bytes"] = value
+                elif mdef is n.PROCESS_THREADS:
+                    values["threads"] = value
+                elif mdef is n.PROCESS_CPU_TIME:
+                    values[f"cpu_{attrs[n.CPU_MODE]}_s"] = value
+        except Exception as exc:
+            self._report("stats", exc)
+        values["gc_collections"] = tuple(s["collections"] for s in gc.get_stats())
+        return ProcessStats(**values)
+
+    def _internal_points(self) -> Iterable[Point]:
+        start = self._started_ns
+        for hook, count in list(self.faults.counts.items()):
+            yield n.INTERNAL_ERRORS, {n.HOOK: hook}, count, start
+        yield from self.drops.points()
+
+    # ---------------------------------------------------------------- helpers
+
+    def _span_share(self, key: str) -> float:
+        if any(fnmatch.fnmatchcase(key, pattern) for pattern in self._patterns):
+            return 1.0
+        return self.config.task_span_ratio
+
+    def _report(self, hook: str, exc: BaseException) -> None:
+        self.faults.report(hook, exc)
+
+    def __repr__(self) -> str:
+        where = self.prometheus_url or "no embedded endpoint"
+        return f"<asyncwatch.Watch loops={self.tasks.loop_count} metrics={where}>"
+
+
+# ---------------------------------------------------------------- the process-wide instance
+
+_lock = threading.RLock()
+_current: Watch | None = None
+
+
+def current() -> Watch | None:
+    """The installed Watch, or None."""
+    return _current
+
+
+def install(config: Config | None = None, /, **settings: Any) -> Watch:
+    """Start observing every asyncio task in this process; see ``asyncwatch.install``."""
+    global _current
+    with _lock:
+        if _current is not None:
+            wanted = (config or Config.from_env()).replace(**settings) if (config or settings) else None
+            if wanted is not None and wanted != _current.config:
+                differ = [
+                    k for k in wanted.__dataclass_fields__
+                    if getattr(wanted, k) != getattr(_current.config, k)
+                ]
+                logger.warning(
+                    "asyncwatch: already installed; keeping the running settings "
+                    "(call uninstall() first to change %s)",
+                    ", ".join(differ),
+                )
+            _current.tasks.instrument_current()
+            return _current
+        resolved = (config or Config.from_env()).replace(**settings)
+        watch = Watch(resolved)
+        watch.start()
+        _current = watch
+        return watch
+
+
+def uninstall(timeout_s: float | None = None) -> None:
+    """Stop observing and restore everything install() changed. Idempotent."""
+    global _current
+    with _lock:
+        watch, _current = _current, None
+    if watch is not None:
+        watch.stop(timeout_s)
+
+
+def _at_exit() -> None:
+    watch = _current
+    if watch is not None:
+        uninstall(watch.config.export_timeout_s)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()
+    watch = _current
+    if watch is not None:
+        watch._after_fork_in_child()
+
+
+atexit.register(_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
