@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,21 +107,28 @@ class Histogram:
 
 
 class TaskStats:
-    """Counters for one coroutine name on one event loop. Written only by that loop's thread."""
+    """Counters for one coroutine name on one event loop. Written only by that loop's thread.
+
+    Only what must be counted per task is: ``created`` (factory), ``done``, ``cancelled`` and
+    ``failed`` (done-callback). In flight (created - done) and ok (done - cancelled - failed)
+    are derived when read, which keeps the hot path to a couple of writes.
+    """
 
     __slots__ = (
         "cancelled",
         "created",
         "delay",
+        "done",
         "done_cb",
         "duration",
         "errors",
-        "in_flight",
+        "failed",
         "key",
         "max_errors",
-        "ok",
+        "memo",
+        "next_at",
         "peak",
-        "skip",
+        "sample_at",
         "span",
         "stride",
         "target",
@@ -130,20 +137,33 @@ class TaskStats:
         "win_t",
     )
 
-    def __init__(self, key: str, target_per_s: float, max_errors: int, span: float) -> None:
+    def __init__(
+        self,
+        key: str,
+        target_per_s: float,
+        max_errors: int,
+        span: float,
+        memo: dict[str, float] | None = None,
+    ) -> None:
         self.key = key
         self.created = 0
-        self.in_flight = 0
+        self.done = 0
         self.peak = 0
-        self.ok = 0
         self.cancelled = 0
+        self.failed = 0
         self.errors: dict[type[BaseException], int] = {}
         self.max_errors = max_errors
         self.duration = Histogram()
         self.delay = Histogram()
-        self.skip = 1  # tasks until the next timed one; 1 = time the next task
+        # The task hook takes its slow path when ``created`` reaches ``next_at``: for the next
+        # timed sample (``sample_at``), or for every task of a coroutine that gets spans.
+        self.sample_at = 1
+        self.next_at = 0 if span > 0 else 1
         self.weight = 1  # how many tasks the next timed one stands for
-        self.stride = 1.0
+        # Strides last seen for each key, shared by the recorder's shards: a new loop starts
+        # at the rate the previous one ended with instead of timing every task for a while.
+        self.memo = memo if memo is not None else {}
+        self.stride = self.memo.get(key, 1.0)
         self.target = target_per_s
         self.win_t = clock()
         self.win_n = 0
@@ -152,22 +172,37 @@ class TaskStats:
         # Bound once: the hot path must not allocate a bound method per task.
         self.done_cb = self.on_done
 
+    @property
+    def in_flight(self) -> int:
+        """Tasks created and not finished."""
+        return self.created - self.done
+
+    @property
+    def ok(self) -> int:
+        """Tasks that returned normally."""
+        return self.done - self.cancelled - self.failed
+
     def on_done(self, task: Any) -> None:
-        """Done-callback of an untimed task: count its outcome without retrieving it."""
-        self.in_flight -= 1
-        if task.cancelled():
-            self.cancelled += 1
-            return
-        # Read the private slot, not .exception(): calling that marks the exception as
-        # retrieved and would silence asyncio's "exception was never retrieved" warning.
-        exc = getattr(task, "_exception", None)
-        if exc is None:
-            self.ok += 1
-        else:
-            self.error(exc)
+        """Done-callback: count the task's outcome without retrieving its exception."""
+        try:
+            self.done += 1
+            if task.cancelled():
+                self.cancelled += 1
+                return
+            # Read the private slot, not .exception(): calling that marks the exception as
+            # retrieved and would silence asyncio's "exception was never retrieved" warning.
+            try:
+                exc = task._exception
+            except AttributeError:  # a Future-like from a custom factory without the slot
+                return
+            if exc is not None:
+                self.error(exc)
+        except Exception as exc:  # never let asyncio report our error as the app's
+            fault_sink("task_done", exc)
 
     def error(self, exc: BaseException) -> None:
         """Count one failed task under its exception type (bounded)."""
+        self.failed += 1
         kind: type[BaseException] = type(exc)
         errors = self.errors
         if kind in errors:
@@ -177,30 +212,46 @@ class TaskStats:
         else:
             errors[_OverflowError] = errors.get(_OverflowError, 0) + 1
 
-    def next_skip(self, now: float) -> int:
-        """Pick how many tasks to let pass before the next timed one (adaptive, jittered)."""
+    def schedule_sample(self, now: float, created: int) -> None:
+        """After a timed task: pick when the next one is (adaptive stride, jittered)."""
         elapsed = now - self.win_t
-        if elapsed >= 1.0:
-            rate = (self.created - self.win_n) / elapsed
+        if elapsed >= _WINDOW_S:
+            rate = (created - self.win_n) / elapsed
             self.stride = max(1.0, rate / self.target)
-            self.win_t, self.win_n = now, self.created
+            self.win_t, self.win_n = now, created
+            self.memo[self.key] = self.stride
         stride = self.stride
-        if stride <= 1.0:
-            return 1
-        return 1 + int(random.random() * (2.0 * stride - 1.0))  # noqa: S311 - jitter, not crypto
+        skip = 1 if stride <= 1.0 else 1 + int(random.random() * (2.0 * stride - 1.0))  # noqa: S311
+        self.weight = skip
+        self.sample_at = created + skip
+        if self.span <= 0:
+            self.next_at = self.sample_at
 
     def retune(self, now: float) -> None:
         """From a reader's thread: shorten a stride left long by a burst that has passed."""
         elapsed = now - self.win_t
         if self.stride > 1.0 and elapsed >= 2.0:
-            rate = (self.created - self.win_n) / elapsed
-            stride = max(1.0, rate / self.target)
+            created = self.created
+            stride = max(1.0, (created - self.win_n) / elapsed / self.target)
             if stride < self.stride:
                 self.stride = stride
-                self.win_t, self.win_n = now, self.created
-                if self.skip > 2 * stride:
-                    self.skip = max(1, int(stride))
-                    self.weight = self.skip
+                self.win_t, self.win_n = now, created
+                if self.sample_at - created > 2 * stride:
+                    skip = max(1, int(stride))
+                    self.weight = skip
+                    self.sample_at = created + skip
+                    if self.span <= 0:
+                        self.next_at = self.sample_at
+
+
+_WINDOW_S = 0.25  # how often the sampling stride adapts to a coroutine's task rate
+
+
+def _no_sink(hook: str, exc: BaseException) -> None:
+    pass
+
+
+fault_sink = _no_sink  # set by the running Watch to its Faults.report
 
 
 class _OverflowError(Exception):
@@ -220,7 +271,7 @@ def exception_name(kind: type[BaseException]) -> str:
 class Shard:
     """One event loop's share of the Recorder."""
 
-    __slots__ = ("by_code", "by_name", "codes", "label", "recorder", "stats")
+    __slots__ = ("by_code", "by_name", "codes", "is_live", "label", "recorder", "stats")
 
     def __init__(self, recorder: Recorder, label: str) -> None:
         self.recorder = recorder
@@ -231,6 +282,8 @@ class Shard:
         self.by_code: dict[int, TaskStats] = {}
         self.by_name: dict[str, TaskStats] = {}
         self.codes: list[Any] = []
+        # Set by the task watcher: False once the loop is closed or gone.
+        self.is_live: Callable[[], bool] = lambda: True
 
     def stats_for(self, coro: Any) -> TaskStats:
         """Slow path of the task hook: name an unseen coroutine and find its slot."""
@@ -286,13 +339,16 @@ class KeySnapshot:
     duration: Histogram = field(default_factory=Histogram)
     delay: Histogram = field(default_factory=Histogram)
     first_seen_ns: int = 0
+    live_peak: int = 0
 
     def add(self, s: TaskStats, *, live: bool) -> None:
         """Merge one shard's stats (``live`` False for a retired loop: nothing in flight)."""
         self.created += s.created
         if live:
             self.in_flight += s.in_flight
-        self.peak += s.peak
+            self.live_peak += s.peak
+        else:
+            self.peak = max(self.peak, s.peak)
         self.ok += s.ok
         self.cancelled += s.cancelled
         for kind, n in list(s.errors.items()):
@@ -320,6 +376,7 @@ class Recorder:
         self._span_for = span_for or (lambda key: 0.0)
         self._lock = threading.RLock()
         self._keys: dict[str, int] = {}  # key -> first-seen time (ns since epoch)
+        self._strides: dict[str, float] = {}
         self._shards: list[Shard] = []
         self._dead: list[Shard] = []
         self._retired = Shard(self, "retired")
@@ -355,7 +412,7 @@ class Recorder:
         """A fresh slot for ``key`` with this recorder's limits."""
         target = self.timed_per_s
         span = self._span_for(key)
-        stats = TaskStats(key, target, self.max_error_types, span)
+        stats = TaskStats(key, target, self.max_error_types, span, self._strides)
         if span > 0:
             stats.target = math.inf  # tasks with spans always take the timed path
         return stats
@@ -363,6 +420,9 @@ class Recorder:
     # ---------------------------------------------------------------- readers
 
     def _fold_dead(self) -> None:
+        for shard in self._shards:
+            if not shard.is_live():
+                self._dead.append(shard)
         while self._dead:
             shard = self._dead.pop()
             if shard in self._shards:
@@ -372,9 +432,10 @@ class Recorder:
                 if kept is None:
                     kept = self._retired.stats[key] = self.make_stats(key)
                 kept.created += s.created
+                kept.done += s.done  # what never finished is not counted as in flight
                 kept.peak = max(kept.peak, s.peak)
-                kept.ok += s.ok
                 kept.cancelled += s.cancelled
+                kept.failed += s.failed
                 for kind, n in s.errors.items():
                     kept.errors[kind] = kept.errors.get(kind, 0) + n
                 kept.duration.merge(s.duration)
@@ -398,6 +459,7 @@ class Recorder:
                 out.setdefault(key, KeySnapshot()).add(s, live=True)
         for key, snap in out.items():
             snap.first_seen_ns = first_seen.get(key, self.started_ns)
+            snap.peak = max(snap.peak, snap.live_peak)
         return out
 
     def key_count(self) -> int:

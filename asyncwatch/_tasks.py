@@ -122,17 +122,34 @@ def _takes_context(factory: TaskFactory | None) -> bool:
 class LoopHook:
     """The task factory installed on one loop; chains to ``inner``."""
 
-    __slots__ = ("__weakref__", "_ctx", "factory", "inner", "inner_takes_context", "shard", "watcher")
+    __slots__ = (
+        "__weakref__",
+        "_ctx",
+        "active",
+        "by_code",
+        "factory",
+        "inner",
+        "inner_takes_context",
+        "shard",
+        "watcher",
+    )
 
     def __init__(self, watcher: TaskWatcher, shard: Shard, inner: TaskFactory | None) -> None:
         self.watcher = watcher
         self.shard = shard
+        self.by_code = shard.by_code  # the same dict, one attribute hop closer
+        self.active = True  # False once uninstalled or switched off after repeated faults
         self.inner = inner
         self.inner_takes_context = _takes_context(inner)
         # Empty context the mark callbacks run in: one per loop (a Context may be entered by
         # one thread at a time, and each loop runs on one thread).
         self._ctx = contextvars.Context()
         self.factory = self._factory  # bound once: this exact object is what the loop holds
+
+    def switch_off(self) -> None:
+        """Pass every task straight through from now on (uninstalled or failing)."""
+        self.active = False
+        self.by_code = {}
 
     def set_inner(self, factory: TaskFactory | None) -> None:
         """The app set its own factory on this loop: keep observing and chain to it."""
@@ -146,36 +163,37 @@ class LoopHook:
         return _asyncio_tasks.Task(coro, loop=loop, **kwargs)
 
     def _factory(self, loop: Any, coro: Any, **kwargs: Any) -> Any:
-        if not self.watcher.active:
-            return self._create(loop, coro, kwargs)
+        # The hot path: every line here runs for every task in the app (see benchmarks/).
         try:
-            stats = self.shard.by_code[id(coro.cr_code)]
+            stats = self.by_code[id(coro.cr_code)]
         except (AttributeError, KeyError):
             stats = self._lookup(coro)
             if stats is None:
                 return self._create(loop, coro, kwargs)
-        skip = stats.skip - 1
-        if skip > 0 and not stats.span:
-            # Untimed task: the common case, kept to integer bumps.
+        created = stats.created + 1
+        if created < stats.next_at:
+            # Untimed task, the common case: two counter writes and a bound done-callback.
             inner = self.inner
             if inner is not None:
                 task = inner(loop, coro, **kwargs)
-            else:
+            elif kwargs:
                 task = _asyncio_tasks.Task(coro, loop=loop, **kwargs)
+            else:
+                task = _asyncio_tasks.Task(coro, loop=loop)
             try:
-                stats.skip = skip
-                stats.created += 1
-                n = stats.in_flight + 1
-                stats.in_flight = n
-                if n > stats.peak:
-                    stats.peak = n
+                stats.created = created
+                in_flight = created - stats.done
+                if in_flight > stats.peak:
+                    stats.peak = in_flight
                 task.add_done_callback(stats.done_cb)
             except Exception as exc:
                 self.fault("task_factory", exc)
             return task
-        return self._slow(stats, skip, loop, coro, kwargs)
+        return self._slow(stats, created, loop, coro, kwargs)
 
     def _lookup(self, coro: Any) -> TaskStats | None:
+        if not self.active:
+            return None  # switched off: by_code was emptied, so every task comes here
         try:
             return self.shard.stats_for(coro)
         except Exception as exc:
@@ -183,24 +201,22 @@ class LoopHook:
             return None
 
     def _slow(
-        self, stats: TaskStats, skip: int, loop: Any, coro: Any, kwargs: dict[str, Any]
+        self, stats: TaskStats, created: int, loop: Any, coro: Any, kwargs: dict[str, Any]
     ) -> Any:
         rec: _Timed | None = None
         try:
             share = stats.span
             want_span = share >= 1.0 or (share > 0.0 and random.random() < share)  # noqa: S311
-            sampled = skip <= 0
+            sampled = created >= stats.sample_at
             if sampled or want_span:
                 t0 = clock()
                 rec = _Timed(self, stats, t0, stats.weight, sampled)
                 if sampled:
-                    skip = stats.next_skip(t0)
-                    stats.weight = skip
+                    stats.schedule_sample(t0, created)
                 # Queued before the Task exists, so it runs just ahead of the task's first step.
                 loop.call_soon(rec.mark, context=self._ctx)
                 if want_span:
                     kwargs = self._start_span(rec, stats, kwargs)
-            stats.skip = skip
         except RuntimeError:
             rec = None  # a closed loop: Task() below raises the app's own error
         except Exception as exc:
@@ -208,11 +224,10 @@ class LoopHook:
             rec = None
         task = self._create(loop, coro, kwargs)
         try:
-            stats.created += 1
-            n = stats.in_flight + 1
-            stats.in_flight = n
-            if n > stats.peak:
-                stats.peak = n
+            stats.created = created
+            in_flight = created - stats.done
+            if in_flight > stats.peak:
+                stats.peak = in_flight
             if rec is None:
                 task.add_done_callback(stats.done_cb)
                 return task
@@ -251,7 +266,7 @@ class LoopHook:
     def fault(self, hook: str, exc: BaseException) -> None:
         """Report an internal error; switch the whole task hook off if it keeps failing."""
         if self.watcher.faults.report(hook, exc):
-            self.watcher.active = False
+            self.watcher.switch_off()
 
 
 def _started(task: Any, coro: Any) -> bool:
@@ -338,9 +353,15 @@ class TaskWatcher:
         if loop is not None and not loop.is_closed():
             self.instrument(loop)
 
+    def switch_off(self) -> None:
+        """Let every hook pass tasks straight through (after repeated internal errors)."""
+        self.active = False
+        for hook, _ in list(self._hooks.values()):
+            hook.switch_off()
+
     def uninstall(self) -> None:
         """Restore every class attribute and loop factory that is still ours. Idempotent."""
-        self.active = False
+        self.switch_off()
         patches, self._patches = self._patches, []
         for patch in reversed(patches):
             patch.undo()
@@ -374,6 +395,13 @@ class TaskWatcher:
         shard = self.recorder.new_shard(f"loop-{self._loop_count}")
         hook = LoopHook(self, shard, loop.get_task_factory())
         loop.set_task_factory(hook.factory)
+        loop_ref = weakref.ref(loop)
+
+        def is_live() -> bool:
+            alive = loop_ref()
+            return alive is not None and not alive.is_closed()
+
+        shard.is_live = is_live
         finalizer = weakref.finalize(loop, self.recorder.retire, shard)
         finalizer.atexit = False
         self._hooks[loop] = (hook, finalizer)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import _names as n
+from . import _recorder
 from ._config import Config
 from ._export import MetricsBridge, Point, ProcessSampler, task_points
 from ._faults import Faults
@@ -39,6 +40,7 @@ class Watch:
             span_for=self._span_share,
         )
         self.drops = DropCounter()
+        _recorder.fault_sink = self._report
         self.bridge = MetricsBridge(VERSION)
         self.bridge.on_error = self._report
         self.process = ProcessSampler()

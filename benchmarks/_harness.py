@@ -1,0 +1,99 @@
+"""Shared benchmark harness: interleaved rounds, per-round ratios, a markdown table.
+
+The machine is noisy, so no absolute time is trusted on its own. Every configuration runs
+once per round, in turn, in the same process; each round yields each configuration's time
+divided by the baseline's time in *that* round, and the table reports the median of those
+ratios. CPU time of the whole process (``time.process_time``) is used, which ignores time the
+process spent descheduled but includes any background threads the tool under test runs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass
+class Row:
+    """One configuration's results for one workload."""
+
+    workload: str
+    config: str
+    ratios: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+
+def interleave(
+    workload: str,
+    configs: dict[str, Callable[[], tuple[float, int]]],
+    *,
+    rounds: int,
+    baseline: str = "bare",
+) -> list[Row]:
+    """Run each config once per round (order rotated each round); ratios against baseline.
+
+    Each config callable returns (cpu seconds, units of work done).
+    """
+    rows = {name: Row(workload, name) for name in configs}
+    names = list(configs)
+    for r in range(rounds):
+        times: dict[str, float] = {}
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            seconds, units = configs[name]()
+            times[name] = seconds
+            rows[name].rates.append(units / seconds if seconds > 0 else float("inf"))
+        for name in names:
+            rows[name].ratios.append(times[name] / times[baseline])
+    return list(rows.values())
+
+
+def cpu_timer() -> Callable[[], float]:
+    return time.process_time
+
+
+def table(rows: list[Row], unit: str, note: str = "") -> str:
+    """A markdown table: workload, config, median rate, median cost ratio to the baseline."""
+    lines = [
+        f"| workload | configuration | {unit} (median) | cost vs bare (median of per-round ratios) |",
+        "|---|---|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.workload} | {row.config} | {row.rate:,.0f} | {row.ratio:.2f}x |"
+        )
+    if note:
+        lines.append("")
+        lines.append(note)
+    return "\n".join(lines)
+
+
+def save(name: str, rows: list[Row], text: str, extra: dict[str, object] | None = None) -> None:
+    """Write results/<name>.json and results/<name>.md."""
+    RESULTS.mkdir(exist_ok=True)
+    meta = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **(extra or {}),
+    }
+    data = {"meta": meta, "rows": [asdict(r) | {"ratio": r.ratio, "rate": r.rate} for r in rows]}
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    header = f"<!-- {name}: Python {meta['python']}, {meta['when']} -->\n"
+    (RESULTS / f"{name}.md").write_text(header + text + "\n")

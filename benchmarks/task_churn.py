@@ -1,0 +1,224 @@
+"""Task churn: what observing every task costs, against bare asyncio and the anchor tools.
+
+Configurations, interleaved round by round in one process:
+
+* ``bare`` - stock asyncio, no task factory.
+* ``asyncwatch`` - metrics only (the default: every task counted, a sample timed).
+* ``asyncwatch+spans`` - a span for every task as well (``task_span_ratio=1``).
+* ``otel-asyncio`` - opentelemetry-instrumentation-asyncio with SDK providers (metrics).
+* ``otel-asyncio+spans`` - the same, tracing the workload's coroutines by name.
+* ``aiomonitor`` - aiomonitor's task-factory hook (``hook_task_factory=True``).
+
+Workloads (each round runs ``--tasks`` tasks):
+
+* ``flat/empty`` - a parent creates 1,000 tasks with ``create_task`` and awaits them; the
+  tasks return at once (the worst case: the hook's cost against the least work).
+* ``flat/await`` - the same, each task awaiting once (``asyncio.sleep(0)``).
+* ``nested/await`` - binary trees of tasks: each node creates two child tasks and awaits them.
+* ``gather/await`` - ``asyncio.gather`` over 1,000 coroutines that await once.
+
+Run: ``python benchmarks/task_churn.py`` (``--quick`` for a smoke run, ``--uvloop`` to use
+uvloop's loop for every configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Row, interleave, save, table  # noqa: E402
+
+from asyncwatch import Config  # noqa: E402
+from asyncwatch._watch import Watch  # noqa: E402
+
+BATCH = 1000
+
+
+async def empty() -> None:
+    pass
+
+
+async def one_await() -> None:
+    await asyncio.sleep(0)
+
+
+async def node(depth: int) -> None:
+    if depth:
+        a = asyncio.create_task(node(depth - 1))
+        b = asyncio.create_task(node(depth - 1))
+        await a
+        await b
+    else:
+        await asyncio.sleep(0)
+
+
+def flat(body: Callable[[], Awaitable[None]]) -> Callable[[int], Awaitable[None]]:
+    async def run(n: int) -> None:
+        for _ in range(max(1, n // BATCH)):
+            tasks = [asyncio.create_task(body()) for _ in range(BATCH)]  # type: ignore[arg-type]
+            for t in tasks:
+                await t
+
+    return run
+
+
+async def nested(n: int) -> None:
+    depth = 9  # 2**10 - 1 = 1023 tasks per tree, the root included
+    for _ in range(max(1, n // 1023)):
+        await asyncio.create_task(node(depth))
+
+
+async def gathered(n: int) -> None:
+    for _ in range(max(1, n // BATCH)):
+        await asyncio.gather(*[one_await() for _ in range(BATCH)])
+
+
+WORKLOADS: dict[str, Callable[[int], Awaitable[None]]] = {
+    "flat/empty": flat(empty),
+    "flat/await": flat(one_await),
+    "nested/await": nested,
+    "gather/await": gathered,
+}
+TRACED_NAMES = "empty,one_await,node"
+
+
+def new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
+    if use_uvloop:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def timed(
+    workload: Callable[[int], Awaitable[None]],
+    n: int,
+    use_uvloop: bool,
+    setup: Callable[[asyncio.AbstractEventLoop], Any] | None = None,
+    teardown: Callable[[Any], None] | None = None,
+) -> tuple[float, int]:
+    """Run the workload in a fresh loop; CPU seconds of the workload alone."""
+    loop = new_loop(use_uvloop)
+    state = setup(loop) if setup else None
+
+    async def main() -> float:
+        start = time.process_time()
+        await workload(n)
+        return time.process_time() - start
+
+    try:
+        seconds = loop.run_until_complete(main())
+    finally:
+        if teardown:
+            teardown(state)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    return seconds, n
+
+
+def configurations(
+    workload: Callable[[int], Awaitable[None]], n: int, use_uvloop: bool, anchors: bool
+) -> dict[str, Callable[[], tuple[float, int]]]:
+    metrics = Watch(Config(metrics_exporters=("prometheus",), prometheus_port=0))
+    metrics.telemetry.start()
+    spans = Watch(Config(metrics_exporters=("none",), task_span_ratio=1.0))
+    spans.telemetry.start()
+
+    configs: dict[str, Callable[[], tuple[float, int]]] = {
+        "bare": lambda: timed(workload, n, use_uvloop),
+        "asyncwatch": lambda: timed(workload, n, use_uvloop, metrics.tasks.instrument),
+        "asyncwatch+spans": lambda: timed(workload, n, use_uvloop, spans.tasks.instrument),
+    }
+    if anchors:
+        configs.update(anchor_configurations(workload, n, use_uvloop))
+    return configs
+
+
+def anchor_configurations(
+    workload: Callable[[int], Awaitable[None]], n: int, use_uvloop: bool
+) -> dict[str, Callable[[], tuple[float, int]]]:
+    from opentelemetry.instrumentation.asyncio import AsyncioInstrumentor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    meter_provider, tracer_provider = MeterProvider(), TracerProvider()
+
+    def otel(traced: bool) -> Callable[[asyncio.AbstractEventLoop], Any]:
+        def setup(loop: asyncio.AbstractEventLoop) -> Any:
+            del loop
+            os.environ["OTEL_PYTHON_ASYNCIO_COROUTINE_NAMES_TO_TRACE"] = (
+                TRACED_NAMES if traced else ""
+            )
+            instrumentor = AsyncioInstrumentor()
+            instrumentor.instrument(meter_provider=meter_provider, tracer_provider=tracer_provider)
+            return instrumentor
+
+        return setup
+
+    def otel_off(instrumentor: Any) -> None:
+        instrumentor.uninstrument()
+
+    def aiomonitor_on(loop: asyncio.AbstractEventLoop) -> Any:
+        import aiomonitor
+
+        logging.getLogger("aiomonitor").setLevel(logging.WARNING)
+        monitor = aiomonitor.Monitor(
+            loop, hook_task_factory=True, termui_port=0, webui_port=0, console_port=0
+        )
+        monitor.start()
+        return monitor
+
+    def aiomonitor_off(monitor: Any) -> None:
+        monitor.close()
+
+    return {
+        "otel-asyncio": lambda: timed(workload, n, use_uvloop, otel(False), otel_off),
+        "otel-asyncio+spans": lambda: timed(workload, n, use_uvloop, otel(True), otel_off),
+        "aiomonitor": lambda: timed(workload, n, use_uvloop, aiomonitor_on, aiomonitor_off),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 2,000 tasks")
+    parser.add_argument("--uvloop", action="store_true", help="use uvloop's loop")
+    parser.add_argument("--no-anchors", action="store_true", help="skip OTel and aiomonitor")
+    parser.add_argument("--only", help="comma-separated workloads")
+    parser.add_argument("--name", default=None, help="results file name")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.tasks = 2, 2_000
+    chosen = args.only.split(",") if args.only else list(WORKLOADS)
+    rows: list[Row] = []
+    for name in chosen:
+        workload = WORKLOADS[name]
+        configs = configurations(workload, args.tasks, args.uvloop, not args.no_anchors)
+        configs["bare"]()  # warm up imports and caches outside the measured rounds
+        rows += interleave(name, configs, rounds=args.rounds)
+        print(table([r for r in rows if r.workload == name], "tasks/s"), flush=True)
+    loop_name = "uvloop" if args.uvloop else "asyncio"
+    note = (
+        f"{args.rounds} interleaved rounds of {args.tasks:,} tasks each, {loop_name} loop; "
+        "CPU time of the workload; ratio = configuration time / bare time in the same round."
+    )
+    text = table(rows, "tasks/s", note)
+    save(args.name or f"task_churn_{loop_name}", rows, text, {"rounds": args.rounds, "tasks": args.tasks})
+    print()
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
