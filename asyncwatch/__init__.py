@@ -12,6 +12,7 @@ standard ``OTEL_*`` variables point. Without code changes: ``asyncwatch run -- p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ._config import Config as Config
@@ -44,7 +45,9 @@ __all__ = [
 ]
 
 
-def install(config: Config | None = None, /, **settings: Any) -> Watch:
+def install(
+    config: Config | None = None, /, *, metric_readers: Sequence[Any] = (), **settings: Any
+) -> Watch:
     """Observe every asyncio task in this process. Idempotent; returns the running ``Watch``.
 
     Called before any event loop exists, it instruments every loop created afterwards
@@ -53,8 +56,11 @@ def install(config: Config | None = None, /, **settings: Any) -> Watch:
     ``Config.from_env()``, i.e. the ``ASYNCWATCH_*`` variables) overridden by keyword
     arguments, e.g. ``install(prometheus_port=9100)``. A bad value raises ``ConfigError``
     naming the setting; nothing else asyncwatch does ever raises into your code.
+
+    ``metric_readers``: extra OpenTelemetry ``MetricReader`` objects to attach to
+    asyncwatch's own MeterProvider (e.g. an ``InMemoryMetricReader`` in tests).
     """
-    return _install(config, **settings)
+    return _install(config, metric_readers=metric_readers, **settings)
 
 
 def uninstall(timeout_s: float | None = None) -> None:

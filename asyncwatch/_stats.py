@@ -46,6 +46,8 @@ class CoroutineStats:
     """First step to end."""
     schedule_delay: Percentiles
     """Creation to first step."""
+    memory_bytes: int | None = None
+    """Live bytes allocated inside this coroutine (only with ``memory_attribution``)."""
 
     @property
     def finished(self) -> int:
@@ -53,7 +55,7 @@ class CoroutineStats:
         return self.ok + self.errors + self.cancelled
 
     @classmethod
-    def of(cls, name: str, snap: KeySnapshot) -> CoroutineStats:
+    def of(cls, name: str, snap: KeySnapshot, memory: int | None = None) -> CoroutineStats:
         """Build from a merged recorder snapshot."""
         return cls(
             name=name,
@@ -66,6 +68,7 @@ class CoroutineStats:
             errors_by_type=dict(snap.errors),
             duration=Percentiles.of(snap.duration),
             schedule_delay=Percentiles.of(snap.delay),
+            memory_bytes=memory,
         )
 
 

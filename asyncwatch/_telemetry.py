@@ -223,8 +223,10 @@ class Telemetry:
         drops: DropCounter,
         on_error: Callable[[str, BaseException], None],
         version: str,
+        extra_readers: Sequence[Any] = (),
     ) -> None:
         self.config = config
+        self.extra_readers = list(extra_readers)
         self.bridge = bridge
         self.drops = drops
         self.on_error = on_error
@@ -263,12 +265,12 @@ class Telemetry:
 
         self.resource = make_resource()
         existing = metrics.get_meter_provider()
-        if isinstance(existing, MeterProvider):
+        if isinstance(existing, MeterProvider) and not self.extra_readers:
             self.meter_provider = existing
             self._adopt_readers(existing)
         else:
             self._own_meter_provider = True
-            readers = self._readers()
+            readers = self._readers() + self.extra_readers
             self.meter_provider = MeterProvider(
                 resource=self.resource, metric_readers=readers, shutdown_on_exit=False
             )

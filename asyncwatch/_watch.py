@@ -8,7 +8,7 @@ import gc
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import _names as n
@@ -29,7 +29,7 @@ VERSION = "0.1.0"
 class Watch:
     """What ``install()`` returns: the live instance, its settings and its figures."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, metric_readers: Sequence[Any] = ()) -> None:
         self.config = config
         self.faults = Faults(raise_errors=config.raise_errors)
         self._patterns = tuple(config.task_spans)
@@ -47,7 +47,9 @@ class Watch:
         self.bridge.add_source("tasks", task_points(self.recorder))
         self.bridge.add_source("process", self.process.points)
         self.bridge.add_source("internal", self._internal_points)
-        self.telemetry = Telemetry(config, self.bridge, self.drops, self._report, VERSION)
+        self.telemetry = Telemetry(
+            config, self.bridge, self.drops, self._report, VERSION, metric_readers
+        )
         self.tasks = TaskWatcher(
             self.recorder, self.faults, tracer=self.telemetry.tracer, on_loop=self._on_loop
         )
@@ -111,8 +113,10 @@ class Watch:
 
     def stats(self) -> Stats:
         """A snapshot of every coroutine seen, with process figures."""
+        memory = self._memory.bytes_by_key if self._memory is not None else {}
         coroutines = {
-            key: CoroutineStats.of(key, snap) for key, snap in self.recorder.snapshot().items()
+            key: CoroutineStats.of(key, snap, memory.get(key))
+            for key, snap in self.recorder.snapshot().items()
         }
         return Stats(coroutines=coroutines, process=self._process_stats())
 
@@ -165,7 +169,9 @@ def current() -> Watch | None:
     return _current
 
 
-def install(config: Config | None = None, /, **settings: Any) -> Watch:
+def install(
+    config: Config | None = None, /, *, metric_readers: Sequence[Any] = (), **settings: Any
+) -> Watch:
     """Start observing every asyncio task in this process; see ``asyncwatch.install``."""
     global _current
     with _lock:
@@ -184,7 +190,7 @@ def install(config: Config | None = None, /, **settings: Any) -> Watch:
             _current.tasks.instrument_current()
             return _current
         resolved = (config or Config.from_env()).replace(**settings)
-        watch = Watch(resolved)
+        watch = Watch(resolved, metric_readers=metric_readers)
         watch.start()
         _current = watch
         return watch

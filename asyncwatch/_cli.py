@@ -1,0 +1,145 @@
+"""``asyncwatch``: the command line. ``asyncwatch run -- CMD`` observes CMD with no code change.
+
+``run`` works like ``opentelemetry-instrument``: it puts a small ``sitecustomize`` on
+``PYTHONPATH`` (which installs asyncwatch as the interpreter starts, then runs any
+``sitecustomize`` the environment already had) and replaces itself with CMD. Child Python
+processes inherit it, so ``uvicorn --workers N`` and gunicorn workers are observed too.
+Exporters start when the first event loop is created, so Python helpers that never run an
+event loop (build steps, management commands) open no port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._config import Config, ConfigError, settings_reference
+
+BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asyncwatch",
+        description="Observe every asyncio task of a Python program.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="run a command with asyncwatch installed at interpreter start",
+        description="Run CMD with asyncwatch installed, e.g. asyncwatch run -- uvicorn app:app",
+    )
+    run.add_argument("--host", help="address of the /metrics endpoint (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port of the /metrics endpoint (default 9464)")
+    run.add_argument(
+        "--port-span",
+        type=int,
+        help="if the port is busy, try this many following ports (one per worker process)",
+    )
+    run.add_argument(
+        "--metrics-exporter",
+        help="prometheus, otlp, console or none (comma-separated; default prometheus)",
+    )
+    run.add_argument("--traces-exporter", help="otlp, console or none (comma-separated)")
+    run.add_argument("--task-spans", help="comma-separated globs of coroutine names to trace")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any setting, by argument name or ASYNCWATCH_ variable (repeatable)",
+    )
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+    sub.add_parser("config", help="print the settings in effect here and where they come from")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+_FLAG_VARIABLES = {
+    "host": "ASYNCWATCH_PROMETHEUS_HOST",
+    "port": "ASYNCWATCH_PROMETHEUS_PORT",
+    "port_span": "ASYNCWATCH_PROMETHEUS_PORT_SPAN",
+    "metrics_exporter": "ASYNCWATCH_METRICS_EXPORTER",
+    "traces_exporter": "ASYNCWATCH_TRACES_EXPORTER",
+    "task_spans": "ASYNCWATCH_TASK_SPANS",
+}
+
+
+def run_environment(args: argparse.Namespace, base: dict[str, str]) -> dict[str, str]:
+    """The environment CMD runs in; raises ConfigError for a bad setting."""
+    env = dict(base)
+    for attr, variable in _FLAG_VARIABLES.items():
+        value = getattr(args, attr)
+        if value is not None:
+            env[variable] = str(value)
+    by_argument = {row[0]: row[1].split(", ")[0] for row in settings_reference()}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected NAME=VALUE")
+        variable = by_argument.get(name, name)
+        if not variable.startswith("ASYNCWATCH_"):
+            raise ConfigError(f"--set {name}: unknown setting (see `asyncwatch config`)")
+        env[variable] = value
+    env.setdefault("ASYNCWATCH_LAZY_START", "1")
+    env["ASYNCWATCH_BOOTSTRAP"] = "1"
+    Config.from_env(env)  # fail here, before CMD starts, with the variable named
+    paths = [str(BOOTSTRAP_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def _run(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        print("asyncwatch run: give a command, e.g. asyncwatch run -- python app.py", file=sys.stderr)
+        return 2
+    try:
+        env = run_environment(args, dict(os.environ))
+    except ConfigError as exc:
+        print(f"asyncwatch: {exc}", file=sys.stderr)
+        return 2
+    program = shutil.which(cmd[0], path=env.get("PATH"))
+    if program is None:
+        print(f"asyncwatch run: command not found: {cmd[0]}", file=sys.stderr)
+        return 127
+    os.execve(program, cmd, env)
+    return 0  # pragma: no cover - execve does not return
+
+
+def _config() -> int:
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"asyncwatch: {exc}", file=sys.stderr)
+        return 2
+    width = max(len(row[0]) for row in settings_reference())
+    for name, variables, default, form in settings_reference():
+        value = getattr(config, name)
+        mark = " " if repr(value) == default else "*"
+        print(f"{mark} {name:<{width}} = {value!r:<24} {variables}  ({form})")
+    print("\n* differs from the default")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``asyncwatch`` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "config":
+        return _config()
+    from . import __version__
+
+    print(__version__)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
