@@ -17,6 +17,8 @@ from typing import Any
 
 from ._config import Config as Config
 from ._config import ConfigError as ConfigError
+from ._findings import Finding as Finding
+from ._findings import Frame as Frame
 from ._stats import CoroutineStats as CoroutineStats
 from ._stats import Percentiles as Percentiles
 from ._stats import ProcessStats as ProcessStats
@@ -33,12 +35,15 @@ __all__ = [
     "Config",
     "ConfigError",
     "CoroutineStats",
+    "Finding",
+    "Frame",
     "Percentiles",
     "ProcessStats",
     "Stats",
     "Watch",
     "__version__",
     "current",
+    "findings",
     "install",
     "stats",
     "uninstall",
@@ -87,3 +92,15 @@ def stats() -> Stats:
     if watch is None:
         return Stats(installed=False)
     return watch.stats()
+
+
+def findings(kind: str | None = None) -> list[Finding]:
+    """What asyncwatch's detectors found, oldest first; only ``kind`` if given
+    (e.g. ``"blocked_loop"``, ``"deadlock"``, ``"stuck_task"``). Bounded per kind.
+
+    Empty when asyncwatch is not installed.
+    """
+    watch = _current_watch()
+    if watch is None:
+        return []
+    return watch.findings.list(kind)

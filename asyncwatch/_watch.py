@@ -16,6 +16,7 @@ from . import _recorder
 from ._config import Config
 from ._export import MetricsBridge, Point, ProcessSampler, task_points
 from ._faults import Faults
+from ._findings import FindingsLog
 from ._recorder import Recorder
 from ._stats import CoroutineStats, ProcessStats, Stats
 from ._tasks import TaskWatcher
@@ -40,6 +41,7 @@ class Watch:
             span_for=self._span_share,
         )
         self.drops = DropCounter()
+        self.findings = FindingsLog()
         _recorder.fault_sink = self._report
         self.bridge = MetricsBridge(VERSION)
         self.bridge.on_error = self._report
@@ -95,6 +97,7 @@ class Watch:
             lock = obj._lock
             obj._lock = type(lock)()
         self.recorder.reset()
+        self.findings.clear()
         self.faults.counts.clear()
         self.drops.counts.clear()
         self.telemetry.forget_after_fork()

@@ -1,0 +1,90 @@
+"""Regenerate the README's configuration and metric reference tables from the code.
+
+    python scripts/gen_reference.py          rewrite README.md in place
+    python scripts/gen_reference.py --check  exit 1 if README.md is out of date (used by tests)
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from asyncwatch import _names  # noqa: E402
+from asyncwatch._config import Config, settings_reference  # noqa: E402
+
+
+def config_table() -> str:
+    docs = _field_docs()
+    lines = [
+        "| argument | environment variable | default | accepted | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for name, variables, default, form in settings_reference():
+        envs = ", ".join(f"`{v}`" for v in variables.split(", "))
+        lines.append(f"| `{name}` | {envs} | `{default}` | {form} | {docs.get(name, '')} |")
+    return "\n".join(lines)
+
+
+def metrics_table() -> str:
+    lines = [
+        "| OpenTelemetry name | Prometheus name | type | unit | attributes | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in _names.METRICS:
+        attrs = ", ".join(f"`{a}`" for a in m.attributes) or "-"
+        lines.append(
+            f"| `{m.name}` | `{m.prometheus}` | {m.kind} | `{m.unit}` | {attrs} | {m.description} |"
+        )
+    return "\n".join(lines)
+
+
+def _field_docs() -> dict[str, str]:
+    """The docstring under each Config field, joined to one line."""
+    import ast
+    import inspect
+
+    source = inspect.getsource(Config)
+    tree = ast.parse(source)
+    cls = tree.body[0]
+    assert isinstance(cls, ast.ClassDef)
+    docs: dict[str, str] = {}
+    body = cls.body
+    for i, node in enumerate(body):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            nxt = body[i + 1] if i + 1 < len(body) else None
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split()).replace("|", "\\|")
+    return docs
+
+
+SECTIONS = {"config-reference": config_table, "metrics-reference": metrics_table}
+
+
+def render(text: str) -> str:
+    for name, build in SECTIONS.items():
+        pattern = re.compile(
+            rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", re.DOTALL
+        )
+        text = pattern.sub(lambda m, b=build: m.group(1) + b() + m.group(2), text)
+    return text
+
+
+def main() -> int:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    new = render(text)
+    if "--check" in sys.argv:
+        if new != text:
+            print("README.md reference tables are out of date: run python scripts/gen_reference.py")
+            return 1
+        return 0
+    readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
