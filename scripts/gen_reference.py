@@ -66,10 +66,8 @@ SECTIONS = {"config-reference": config_table, "metrics-reference": metrics_table
 
 def render(text: str) -> str:
     for name, build in SECTIONS.items():
-        pattern = re.compile(
-            rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", re.DOTALL
-        )
-        text = pattern.sub(lambda m, b=build: m.group(1) + b() + m.group(2), text)
+        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n)(.*?)(<!-- END {name} -->)", re.DOTALL)
+        text = pattern.sub(lambda m, b=build: m.group(1) + b() + "\n" + m.group(3), text)
     return text
 
 
