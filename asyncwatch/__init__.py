@@ -51,7 +51,12 @@ __all__ = [
 
 
 def install(
-    config: Config | None = None, /, *, metric_readers: Sequence[Any] = (), **settings: Any
+    config: Config | None = None,
+    /,
+    *,
+    metric_readers: Sequence[Any] = (),
+    tracer_provider: Any = None,
+    **settings: Any,
 ) -> Watch:
     """Observe every asyncio task in this process. Idempotent; returns the running ``Watch``.
 
@@ -64,8 +69,12 @@ def install(
 
     ``metric_readers``: extra OpenTelemetry ``MetricReader`` objects to attach to
     asyncwatch's own MeterProvider (e.g. an ``InMemoryMetricReader`` in tests).
+    ``tracer_provider``: the OpenTelemetry ``TracerProvider`` for asyncwatch's spans (default:
+    the global one if the app set an SDK provider, else asyncwatch's own).
     """
-    return _install(config, metric_readers=metric_readers, **settings)
+    return _install(
+        config, metric_readers=metric_readers, tracer_provider=tracer_provider, **settings
+    )
 
 
 def uninstall(timeout_s: float | None = None) -> None:

@@ -224,9 +224,11 @@ class Telemetry:
         on_error: Callable[[str, BaseException], None],
         version: str,
         extra_readers: Sequence[Any] = (),
+        tracer_provider: Any = None,
     ) -> None:
         self.config = config
         self.extra_readers = list(extra_readers)
+        self.given_tracer_provider = tracer_provider
         self.bridge = bridge
         self.drops = drops
         self.on_error = on_error
@@ -276,8 +278,8 @@ class Telemetry:
             )
             for reader in readers:
                 self._wrap_collect(reader, self.resource)
-        existing_tp = trace.get_tracer_provider()
-        if isinstance(existing_tp, TracerProvider):
+        existing_tp = self.given_tracer_provider or trace.get_tracer_provider()
+        if isinstance(existing_tp, TracerProvider) or self.given_tracer_provider is not None:
             self.tracer_provider = existing_tp
         else:
             self._own_tracer_provider = True

@@ -30,7 +30,9 @@ VERSION = "0.1.0"
 class Watch:
     """What ``install()`` returns: the live instance, its settings and its figures."""
 
-    def __init__(self, config: Config, *, metric_readers: Sequence[Any] = ()) -> None:
+    def __init__(
+        self, config: Config, *, metric_readers: Sequence[Any] = (), tracer_provider: Any = None
+    ) -> None:
         self.config = config
         self.faults = Faults(raise_errors=config.raise_errors)
         self._patterns = tuple(config.task_spans)
@@ -50,7 +52,7 @@ class Watch:
         self.bridge.add_source("process", self.process.points)
         self.bridge.add_source("internal", self._internal_points)
         self.telemetry = Telemetry(
-            config, self.bridge, self.drops, self._report, VERSION, metric_readers
+            config, self.bridge, self.drops, self._report, VERSION, metric_readers, tracer_provider
         )
         self.tasks = TaskWatcher(
             self.recorder, self.faults, tracer=self.telemetry.tracer, on_loop=self._on_loop
@@ -173,7 +175,12 @@ def current() -> Watch | None:
 
 
 def install(
-    config: Config | None = None, /, *, metric_readers: Sequence[Any] = (), **settings: Any
+    config: Config | None = None,
+    /,
+    *,
+    metric_readers: Sequence[Any] = (),
+    tracer_provider: Any = None,
+    **settings: Any,
 ) -> Watch:
     """Start observing every asyncio task in this process; see ``asyncwatch.install``."""
     global _current
@@ -193,7 +200,7 @@ def install(
             _current.tasks.instrument_current()
             return _current
         resolved = (config or Config.from_env()).replace(**settings)
-        watch = Watch(resolved, metric_readers=metric_readers)
+        watch = Watch(resolved, metric_readers=metric_readers, tracer_provider=tracer_provider)
         watch.start()
         _current = watch
         return watch

@@ -1,0 +1,95 @@
+"""The Recorder: histograms, sampling weights, the key cap and folding of finished loops."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from asyncwatch._names import OVERFLOW, TIMING_BOUNDS
+from asyncwatch._recorder import FINE_BOUNDS, Histogram, Recorder, TaskStats
+
+
+def test_every_exported_bound_is_on_the_fine_grid() -> None:
+    """Re-binning to the exported bounds is exact because each is a fine bound."""
+    assert set(TIMING_BOUNDS) <= set(FINE_BOUNDS)
+
+
+def test_quantiles_track_the_data_within_a_bucket() -> None:
+    """Percentiles of a known distribution come out within one fine bucket (25 %)."""
+    rng = random.Random(7)
+    values = sorted(rng.lognormvariate(-6, 1.5) for _ in range(20_000))
+    h = Histogram()
+    for v in values:
+        h.add(v)
+    for q in (0.5, 0.95, 0.99):
+        exact = values[int(q * len(values)) - 1]
+        estimate = h.quantile(q)
+        assert estimate is not None
+        assert exact / 1.3 <= estimate <= exact * 1.3, (q, exact, estimate)
+    assert h.max == values[-1]
+    assert h.min == values[0]
+
+
+def test_weights_stand_for_skipped_tasks() -> None:
+    """A sample of weight w counts as w observations in totals and sums."""
+    h = Histogram()
+    h.add(0.002, weight=10)
+    h.add(0.004, weight=30)
+    assert h.total == 40
+    assert h.sum == pytest.approx(0.002 * 10 + 0.004 * 30)
+    counts, total_sum, count = h.cumulative(TIMING_BOUNDS)
+    assert count == 40 and sum(counts) == 40
+    assert total_sum == pytest.approx(h.sum)
+
+
+def test_cumulative_rebins_bucket_by_bucket() -> None:
+    """A value lands in the exported bucket whose upper bound is the first >= it."""
+    h = Histogram()
+    h.add(0.001)  # exactly on a bound: belongs to that bucket (le semantics)
+    h.add(0.0011)
+    counts, _, _ = h.cumulative(TIMING_BOUNDS)
+    i = TIMING_BOUNDS.index(0.001)
+    assert counts[i] == 1
+    assert counts[i + 1] == 1
+
+
+def test_stride_adapts_to_the_rate() -> None:
+    """At 100,000 tasks/s with a 200/s target, about 200 tasks a second are timed."""
+    stats = TaskStats("k", 200.0, 5, 0.0)
+    now = stats.win_t
+    timed_in_second_two = 0
+    for created in range(1, 200_001):  # two seconds at 100,000 tasks/s
+        now += 1e-5
+        if created >= stats.sample_at:
+            if created > 100_000:
+                timed_in_second_two += 1
+            stats.schedule_sample(now, created)
+    assert 400 <= stats.stride <= 600
+    assert 100 <= timed_in_second_two <= 400
+    assert stats.weight >= 1
+
+
+def test_key_cap_folds_extra_names_into_other() -> None:
+    """Past max_keys, new names are admitted as _OTHER and counted as overflowed."""
+    rec = Recorder(max_keys=3)
+    admitted = [rec.admit(f"k{i}") for i in range(10)]
+    assert admitted[:3] == ["k0", "k1", "k2"]
+    assert set(admitted[3:]) == {OVERFLOW}
+    assert rec.overflowed == 7
+    assert rec.key_count() == 4
+
+
+def test_retired_loop_keeps_counters_monotonic() -> None:
+    """A shard whose loop is gone is folded in: totals stay, in-flight drops out."""
+    rec = Recorder()
+    shard = rec.new_shard("l1")
+    stats = rec.make_stats("k")
+    shard.stats["k"] = stats
+    stats.created, stats.done, stats.failed, stats.peak = 10, 8, 1, 4
+    before = rec.snapshot()["k"]
+    assert (before.created, before.in_flight, before.ok, before.peak) == (10, 2, 7, 4)
+    rec.retire(shard)
+    after = rec.snapshot()["k"]
+    assert (after.created, after.in_flight, after.ok, after.peak) == (10, 0, 7, 4)
+    assert sum(after.errors.values()) == 0  # errors are counted by type in on_done only
