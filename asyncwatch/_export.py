@@ -58,6 +58,18 @@ Source = Callable[[], Iterable[Point]]
 _KIND_CLASS = {"counter": Counter, "updowncounter": UpDownCounter, "histogram": Histogram}
 
 
+def _is_delta(prefs: Mapping[Any, Any], kind: str) -> bool:
+    """Whether a reader wants ``kind`` as delta. Readers key their preferences by the SDK's
+    internal instrument classes (``_Counter``...), so match on the class name."""
+    wanted = _KIND_CLASS.get(kind)
+    if wanted is None:
+        return False
+    for cls, temporality in prefs.items():
+        if getattr(cls, "__name__", "").lstrip("_") == wanted.__name__:
+            return bool(temporality == AggregationTemporality.DELTA)
+    return False
+
+
 class MetricsBridge:
     """Collects every source into SDK ``Metric`` objects; see the module docstring."""
 
@@ -99,19 +111,13 @@ class MetricsBridge:
         with self._lock:
             previous = self._previous.setdefault(id(reader), {})
         for mdef, attrs, value, start in self.points():
-            delta = (
-                mdef.kind in _KIND_CLASS
-                and prefs.get(_KIND_CLASS[mdef.kind]) == AggregationTemporality.DELTA
-            )
+            delta = _is_delta(prefs, mdef.kind)
             point = self._point(mdef, attrs, value, start, now, previous if delta else None)
             if point is not None:
                 grouped.setdefault(mdef.name, (mdef, []))[1].append(point)
         out = []
         for mdef, points in grouped.values():
-            delta = (
-                mdef.kind in _KIND_CLASS
-                and prefs.get(_KIND_CLASS[mdef.kind]) == AggregationTemporality.DELTA
-            )
+            delta = _is_delta(prefs, mdef.kind)
             temporality = (
                 AggregationTemporality.DELTA if delta else AggregationTemporality.CUMULATIVE
             )

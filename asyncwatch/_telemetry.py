@@ -395,7 +395,9 @@ class Telemetry:
 
     def _adopt_readers(self, provider: MeterProvider) -> None:
         config = getattr(provider, "_sdk_config", None)
-        readers = list(getattr(config, "metric_readers", ()) or ())
+        readers = list(
+            getattr(provider, "_metric_readers", None) or getattr(config, "metric_readers", ()) or ()
+        )
         resource = getattr(config, "resource", None) or self.resource
         for reader in readers:
             self._wrap_collect(reader, resource)
