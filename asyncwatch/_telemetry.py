@@ -198,6 +198,25 @@ def _need(module: str, extra: str, setting: str) -> Any:
         raise ConfigError(f"{setting} needs `pip install asyncwatch[{extra}]` ({module})") from None
 
 
+def _check_batch_settings() -> None:
+    """The SDK's batch span processor rejects some OTEL_BSP_* combinations with a ValueError
+    that names no variable; check them up front so install() fails with a clear message."""
+    values = {}
+    for name, default in (("OTEL_BSP_MAX_QUEUE_SIZE", 2048), ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)):
+        raw = os.environ.get(name)
+        try:
+            values[name] = int(raw) if raw else default
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: expected a whole number") from None
+        if values[name] <= 0:
+            raise ConfigError(f"{name}={raw!r}: must be a positive whole number")
+    if values["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] > values["OTEL_BSP_MAX_QUEUE_SIZE"]:
+        raise ConfigError(
+            f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE={values['OTEL_BSP_MAX_EXPORT_BATCH_SIZE']} must not "
+            f"exceed OTEL_BSP_MAX_QUEUE_SIZE={values['OTEL_BSP_MAX_QUEUE_SIZE']}"
+        )
+
+
 def make_resource() -> Resource:
     """This process's resource: OTEL_* variables, plus pid and a per-process instance id."""
     attributes: dict[str, Any] = {
@@ -257,6 +276,8 @@ class Telemetry:
                 _need("opentelemetry.exporter.prometheus", "all", "metrics exporter prometheus")
         if "otlp" in self.config.traces_exporters:
             _need(_OTLP_MODULES[protocol][1], "otlp", "traces exporter otlp")
+        if "none" not in self.config.traces_exporters:
+            _check_batch_settings()
 
     def start(self) -> None:
         """Build or adopt providers and start exporters. Idempotent."""
