@@ -95,19 +95,17 @@ class Watch:
                 self._report("telemetry_start", exc)
 
     def _after_fork_in_child(self) -> None:
+        # A lock another thread held at fork time stays locked forever in the child.
         for obj in (self.recorder, self.drops, self.faults, self.bridge):
-            lock = obj._lock
-            obj._lock = type(lock)()
+            reentrant = "RLock" in type(obj._lock).__name__
+            obj._lock = threading.RLock() if reentrant else threading.Lock()
         self.recorder.reset()
         self.findings.clear()
         self.faults.counts.clear()
         self.drops.counts.clear()
+        # Exporters restart with the child's first new event loop (see _on_loop), not here:
+        # starting threads inside an at-fork handler can deadlock the child.
         self.telemetry.forget_after_fork()
-        if not self.config.lazy_start:
-            try:
-                self.telemetry.start()
-            except Exception as exc:
-                self._report("telemetry_start", exc)
 
     # ---------------------------------------------------------------- reading
 
