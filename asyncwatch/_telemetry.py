@@ -452,13 +452,19 @@ class Telemetry:
 
     # ---------------------------------------------------------------- stop
 
-    def shutdown(self, timeout_s: float | None = None) -> None:
-        """Stop everything asyncwatch started, within ``timeout_s`` in all. Idempotent."""
+    def shutdown(self, timeout_s: float | None = None, *, at_exit: bool = False) -> None:
+        """Stop everything asyncwatch started, within ``timeout_s`` in all. Idempotent.
+
+        At interpreter exit the app's own readers stay wrapped: the app's provider shuts down
+        after us (atexit runs last-registered first) and its final export should still carry
+        asyncwatch's figures.
+        """
         if not self.started:
             return
         self.started = False
         deadline = timeout_s if timeout_s is not None else self.config.export_timeout_s
-        self._unwrap_readers()
+        if not at_exit:
+            self._unwrap_readers()
         server, thread = self._server, self._server_thread
         self._server = self._server_thread = None
         self.prometheus_url = None

@@ -78,13 +78,13 @@ class Watch:
             self.bridge.add_source("memory", self._memory.points)
         self.tasks.install()
 
-    def stop(self, timeout_s: float | None = None) -> None:
+    def stop(self, timeout_s: float | None = None, *, at_exit: bool = False) -> None:
         """Undo everything ``start`` did, within ``timeout_s`` for the exporters."""
         self.tasks.uninstall()
         if self._memory is not None:
             self._memory.stop()
             self._memory = None
-        self.telemetry.shutdown(timeout_s)
+        self.telemetry.shutdown(timeout_s, at_exit=at_exit)
 
     def _on_loop(self, loop: Any) -> None:
         del loop
@@ -214,9 +214,11 @@ def uninstall(timeout_s: float | None = None) -> None:
 
 
 def _at_exit() -> None:
-    watch = _current
+    global _current
+    with _lock:
+        watch, _current = _current, None
     if watch is not None:
-        uninstall(watch.config.export_timeout_s)
+        watch.stop(watch.config.export_timeout_s, at_exit=True)
 
 
 def _after_fork_in_child() -> None:
