@@ -98,7 +98,9 @@ def _run(args: argparse.Namespace) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
-        print("asyncwatch run: give a command, e.g. asyncwatch run -- python app.py", file=sys.stderr)
+        print(
+            "asyncwatch run: give a command, e.g. asyncwatch run -- python app.py", file=sys.stderr
+        )
         return 2
     try:
         env = run_environment(args, dict(os.environ))

@@ -47,9 +47,7 @@ class MemoryAttribution:
         if not tracemalloc.is_tracing():
             tracemalloc.start(_FRAMES)
             self._started_tracing = True
-        self._thread = threading.Thread(
-            target=self._run, name="asyncwatch-memory", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="asyncwatch-memory", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

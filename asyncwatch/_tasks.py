@@ -167,9 +167,10 @@ class LoopHook:
         try:
             stats = self.by_code[id(coro.cr_code)]
         except (AttributeError, KeyError):
-            stats = self._lookup(coro)
-            if stats is None:
+            found = self._lookup(coro)
+            if found is None:
                 return self._create(loop, coro, kwargs)
+            stats = found
         created = stats.created + 1
         if created < stats.next_at:
             # Untimed task, the common case: two counter writes and a bound done-callback.
@@ -183,8 +184,7 @@ class LoopHook:
             try:
                 stats.created = created
                 in_flight = created - stats.done
-                if in_flight > stats.peak:
-                    stats.peak = in_flight
+                stats.peak = max(stats.peak, in_flight)
                 task.add_done_callback(stats.done_cb)
             except Exception as exc:
                 self.fault("task_factory", exc)
@@ -206,7 +206,7 @@ class LoopHook:
         rec: _Timed | None = None
         try:
             share = stats.span
-            want_span = share >= 1.0 or (share > 0.0 and random.random() < share)  # noqa: S311
+            want_span = share >= 1.0 or (share > 0.0 and random.random() < share)
             sampled = created >= stats.sample_at
             if sampled or want_span:
                 t0 = clock()
@@ -226,8 +226,7 @@ class LoopHook:
         try:
             stats.created = created
             in_flight = created - stats.done
-            if in_flight > stats.peak:
-                stats.peak = in_flight
+            stats.peak = max(stats.peak, in_flight)
             if rec is None:
                 task.add_done_callback(stats.done_cb)
                 return task
@@ -419,7 +418,7 @@ class TaskWatcher:
 
     def _patch_class(self, cls: type) -> None:
         watcher = self
-        original_init = cls.__init__
+        original_init = cls.__dict__.get("__init__") or getattr(cls, "__init__")  # noqa: B009
         original_get = cls.get_task_factory  # type: ignore[attr-defined]
         original_set = cls.set_task_factory  # type: ignore[attr-defined]
         self._originals[cls] = (original_get, original_set)
@@ -455,5 +454,5 @@ class TaskWatcher:
         ):
             fn.__qualname__ = f"{cls.__qualname__}.{name}"
             fn.__doc__ = getattr(cls, name).__doc__
-            fn.__wrapped__ = getattr(cls, name)  # type: ignore[attr-defined]
+            fn.__wrapped__ = getattr(cls, name)  # type: ignore[union-attr]
             self._patches.append(_Patch(cls, name, fn))

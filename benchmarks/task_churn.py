@@ -36,10 +36,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Row, interleave, save, table  # noqa: E402
+from _harness import Row, interleave, save, table
 
-from asyncwatch import Config  # noqa: E402
-from asyncwatch._watch import Watch  # noqa: E402
+from asyncwatch import Config
+from asyncwatch._watch import Watch
 
 BATCH = 1000
 
@@ -214,7 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         "CPU time of the workload; ratio = configuration time / bare time in the same round."
     )
     text = table(rows, "tasks/s", note)
-    save(args.name or f"task_churn_{loop_name}", rows, text, {"rounds": args.rounds, "tasks": args.tasks})
+    save(
+        args.name or f"task_churn_{loop_name}",
+        rows,
+        text,
+        {"rounds": args.rounds, "tasks": args.tasks},
+    )
     print()
     print(text)
     return 0

@@ -3,7 +3,8 @@
 Each request fans out to two small coroutines, so every worker has tasks to report:
 
     asyncwatch run --port-span 8 -- uvicorn examples.hello_asgi:app --workers 4
-    asyncwatch run --port-span 8 -- gunicorn -w 4 -k uvicorn_worker.UvicornWorker examples.hello_asgi:app
+    asyncwatch run --port-span 8 -- \
+        gunicorn -w 4 -k uvicorn_worker.UvicornWorker examples.hello_asgi:app
 """
 
 from __future__ import annotations

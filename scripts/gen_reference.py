@@ -1,7 +1,7 @@
 """Regenerate the README's configuration and metric reference tables from the code.
 
-    python scripts/gen_reference.py          rewrite README.md in place
-    python scripts/gen_reference.py --check  exit 1 if README.md is out of date (used by tests)
+python scripts/gen_reference.py          rewrite README.md in place
+python scripts/gen_reference.py --check  exit 1 if README.md is out of date (used by tests)
 """
 
 from __future__ import annotations

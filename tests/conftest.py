@@ -44,7 +44,9 @@ def reader() -> InMemoryMetricReader:
 def watch(reader: InMemoryMetricReader) -> Iterator[asyncwatch.Watch]:
     """asyncwatch installed in strict mode, no exporter, an in-memory reader attached."""
     w = asyncwatch.install(
-        metrics_exporters=("none",), raise_errors=True, timed_per_s=float("inf"),
+        metrics_exporters=("none",),
+        raise_errors=True,
+        timed_per_s=float("inf"),
         metric_readers=[reader],
     )
     yield w
@@ -99,7 +101,9 @@ def python_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, *, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code],
         env=env or python_env(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -26,8 +27,13 @@ SPAN = 8
 @contextmanager
 def server(cmd: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         yield proc
@@ -52,10 +58,8 @@ def serving_pids(port: int, proc: subprocess.Popen[str], workers: int) -> set[in
     def poll() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
+        with contextlib.suppress(httpx.TransportError):  # workers still starting
             seen.add(httpx.get(f"http://127.0.0.1:{port}/", timeout=5).json()["pid"])
-        except httpx.TransportError:
-            pass
         return len(seen) >= workers
 
     wait_for(poll, timeout=60, what=f"{workers} workers to answer")
@@ -76,9 +80,10 @@ def scrape_all(first: int) -> dict[int, float]:
             for s in family.samples:
                 if s.name == "target_info":
                     pid = int(s.labels["process_pid"])
-                if s.name == "asyncwatch_task_created_total" and s.labels.get(
-                    "code_function_name"
-                ) == "examples.hello_asgi.lookup":
+                if (
+                    s.name == "asyncwatch_task_created_total"
+                    and s.labels.get("code_function_name") == "examples.hello_asgi.lookup"
+                ):
                     created = s.value
         if pid is not None:
             found[pid] = created
@@ -89,7 +94,16 @@ def check_workers(cmd_tail: list[str], workers: int, *, wrap: bool = True) -> No
     metrics_port, app_port = free_port(), free_port()
     tail = [part.replace("APP_PORT", str(app_port)) for part in cmd_tail]
     if wrap:
-        cmd = [ASYNCWATCH, "run", "--port", str(metrics_port), "--port-span", str(SPAN), "--", *tail]
+        cmd = [
+            ASYNCWATCH,
+            "run",
+            "--port",
+            str(metrics_port),
+            "--port-span",
+            str(SPAN),
+            "--",
+            *tail,
+        ]
         env = python_env()
     else:
         cmd = tail
@@ -111,8 +125,18 @@ def check_workers(cmd_tail: list[str], workers: int, *, wrap: bool = True) -> No
 def test_uvicorn_workers_each_export_under_their_own_pid() -> None:
     """uvicorn --workers 2: both workers observed, each on its own endpoint."""
     check_workers(
-        [sys.executable, "-m", "uvicorn", "examples.hello_asgi:app", "--workers", "2",
-         "--port", "APP_PORT", "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "examples.hello_asgi:app",
+            "--workers",
+            "2",
+            "--port",
+            "APP_PORT",
+            "--log-level",
+            "warning",
+        ],
         2,
     )
 
@@ -122,8 +146,17 @@ def test_gunicorn_uvicorn_workers_each_export_under_their_own_pid(preload: bool)
     """gunicorn with UvicornWorker, with and without --preload: every worker observed."""
     pytest.importorskip("gunicorn")
     pytest.importorskip("uvicorn_worker")
-    cmd = [os.path.join(BIN, "gunicorn"), "-w", "2", "-k", "uvicorn_worker.UvicornWorker",
-           "-b", "127.0.0.1:APP_PORT", "--log-level", "warning"]
+    cmd = [
+        os.path.join(BIN, "gunicorn"),
+        "-w",
+        "2",
+        "-k",
+        "uvicorn_worker.UvicornWorker",
+        "-b",
+        "127.0.0.1:APP_PORT",
+        "--log-level",
+        "warning",
+    ]
     if preload:
         cmd.append("--preload")
     check_workers([*cmd, "examples.hello_asgi:app"], 2)
@@ -132,9 +165,19 @@ def test_gunicorn_uvicorn_workers_each_export_under_their_own_pid(preload: bool)
 def test_preloaded_app_that_installs_in_code_forks_cleanly() -> None:
     """install() at import in a gunicorn --preload master: each forked worker starts over."""
     pytest.importorskip("uvicorn_worker")
-    cmd = [os.path.join(BIN, "gunicorn"), "-w", "2", "-k", "uvicorn_worker.UvicornWorker",
-           "-b", "127.0.0.1:APP_PORT", "--log-level", "warning", "--preload",
-           "examples.installed_asgi:app"]
+    cmd = [
+        os.path.join(BIN, "gunicorn"),
+        "-w",
+        "2",
+        "-k",
+        "uvicorn_worker.UvicornWorker",
+        "-b",
+        "127.0.0.1:APP_PORT",
+        "--log-level",
+        "warning",
+        "--preload",
+        "examples.installed_asgi:app",
+    ]
     check_workers(cmd, 2, wrap=False)
 
 
@@ -153,13 +196,20 @@ pid = os.fork()
 if pid == 0:
     asyncio.run(many(3))
     s = asyncwatch.stats()["__main__.job"]
-    print("child", s.created, w.prometheus_url != parent_url and w.prometheus_url is not None, flush=True)
+    own = w.prometheus_url not in (None, parent_url)
+    print("child", s.created, own, flush=True)
     os._exit(0)
 os.waitpid(pid, 0)
 print("parent", asyncwatch.stats()["__main__.job"].created, flush=True)
 """
     port = free_port()
-    result = subprocess.run([sys.executable, "-c", code, str(port)], env=python_env(),
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(port)],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["child 3 True", "parent 10"]
