@@ -91,20 +91,20 @@ class _Timed:
 
         span = self.span
         self.span = None
-        span.set_attribute(TASK_NAME, task.get_name())
-        if self.start is not None:
-            span.set_attribute("asyncwatch.task.schedule_delay", self.start - self.t0)
+        attributes: dict[str, Any] = {TASK_NAME: task.get_name()}
+        if self.start is not None and self.sampled:
+            attributes["asyncwatch.task.schedule_delay"] = self.start - self.t0
+        exc = None
         if task.cancelled():
-            span.set_attribute(OUTCOME, "cancelled")
+            attributes[OUTCOME] = "cancelled"
         else:
             exc = getattr(task, "_exception", None)
-            if exc is None:
-                span.set_attribute(OUTCOME, "ok")
-            else:
-                span.set_attribute(OUTCOME, "error")
-                span.set_attribute("error.type", exception_name(type(exc)))
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            attributes[OUTCOME] = "ok" if exc is None else "error"
+        if exc is not None:
+            attributes["error.type"] = exception_name(type(exc))
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        span.set_attributes(attributes)  # one call: the SDK takes the span's lock per call
         span.end()
 
 
@@ -213,8 +213,8 @@ class LoopHook:
                 rec = _Timed(self, stats, t0, stats.weight, sampled)
                 if sampled:
                     stats.schedule_sample(t0, created)
-                # Queued before the Task exists, so it runs just ahead of the task's first step.
-                loop.call_soon(rec.mark, context=self._ctx)
+                    # Queued before the Task exists, so it runs just ahead of its first step.
+                    loop.call_soon(rec.mark, context=self._ctx)
                 if want_span:
                     kwargs = self._start_span(rec, stats, kwargs)
         except RuntimeError:
