@@ -5,6 +5,8 @@ Configurations, interleaved round by round in one process:
 * ``bare`` - stock asyncio, no task factory.
 * ``asyncwatch`` - metrics only (the default: every task counted, a sample timed).
 * ``asyncwatch+spans`` - a span for every task as well (``task_span_ratio=1``).
+* ``asyncwatch+memory`` - metrics with tracemalloc on (``memory_attribution=True``'s cost
+  on the hot path; snapshots are taken off the hot path, every ``memory_interval_s``).
 * ``otel-asyncio`` - opentelemetry-instrumentation-asyncio with SDK providers (metrics).
 * ``otel-asyncio+spans`` - the same, tracing the workload's coroutines by name.
 * ``aiomonitor`` - aiomonitor's task-factory hook (``hook_task_factory=True``).
@@ -29,6 +31,7 @@ import logging
 import os
 import sys
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -134,10 +137,21 @@ def configurations(
     spans = Watch(Config(metrics_exporters=("none",), task_span_ratio=1.0))
     spans.telemetry.start()
 
+    def with_tracemalloc(loop: asyncio.AbstractEventLoop) -> Any:
+        tracemalloc.start(16)  # what memory_attribution=True turns on
+        return metrics.tasks.instrument(loop)
+
+    def tracemalloc_off(state: Any) -> None:
+        del state
+        tracemalloc.stop()
+
     configs: dict[str, Callable[[], tuple[float, int]]] = {
         "bare": lambda: timed(workload, n, use_uvloop),
         "asyncwatch": lambda: timed(workload, n, use_uvloop, metrics.tasks.instrument),
         "asyncwatch+spans": lambda: timed(workload, n, use_uvloop, spans.tasks.instrument),
+        "asyncwatch+memory": lambda: timed(
+            workload, n, use_uvloop, with_tracemalloc, tracemalloc_off
+        ),
     }
     if anchors:
         configs.update(anchor_configurations(workload, n, use_uvloop))
