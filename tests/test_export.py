@@ -291,3 +291,29 @@ def test_dev_environment_variable_sets_metrics_exporter() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "None"
+
+
+def test_apps_own_tracer_provider_is_used() -> None:
+    """With a global SDK TracerProvider set by the app, task spans go to it."""
+    code = textwrap.dedent(
+        """
+        import asyncio
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        import asyncwatch
+        asyncwatch.install(metrics_exporters=("none",), task_spans=("__main__.job",))
+        async def job():
+            pass
+        asyncio.run(job())
+        print(sorted(s.name for s in exporter.get_finished_spans()))
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['__main__.job']"
