@@ -32,10 +32,13 @@ import importlib.util
 import inspect
 import random
 import sys
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from ._faults import Faults
 from ._names import CODE_FUNCTION, OUTCOME, TASK_NAME
@@ -87,8 +90,6 @@ class _Timed:
             self.hook.fault("task_done", exc)
 
     def _end_span(self, task: Any) -> None:
-        from opentelemetry.trace import Status, StatusCode
-
         span = self.span
         self.span = None
         attributes: dict[str, Any] = {TASK_NAME: task.get_name()}
@@ -242,18 +243,10 @@ class LoopHook:
         return task
 
     def _start_span(self, rec: _Timed, stats: TaskStats, kwargs: dict[str, Any]) -> dict[str, Any]:
-        from opentelemetry import context as otel_context
-        from opentelemetry import trace
-
         tracer = self.watcher.tracer()
         given = kwargs.get("context")
         parent = given.run(otel_context.get_current) if given is not None else None
-        span = tracer.start_span(
-            stats.key,
-            context=parent,
-            start_time=time.time_ns(),
-            attributes={CODE_FUNCTION: stats.key},
-        )
+        span = tracer.start_span(stats.key, context=parent, attributes={CODE_FUNCTION: stats.key})
         rec.span = span
         if given is None and self.inner_takes_context:
             # The task's own fresh copy of the creator's context, with the span current in it,
