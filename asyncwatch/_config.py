@@ -198,6 +198,9 @@ _SETTINGS: dict[str, _Setting] = {
     "memory_interval_s": _Setting(
         ("ASYNCWATCH_MEMORY_INTERVAL_S",), _parse_float, _positive, "seconds, e.g. 30"
     ),
+    "memory_frames": _Setting(
+        ("ASYNCWATCH_MEMORY_FRAMES",), _parse_int, _at_least(1), "whole number >= 1"
+    ),
     "lazy_start": _Setting(("ASYNCWATCH_LAZY_START",), _parse_flag, _is_bool, "1 or 0"),
     "raise_errors": _Setting(("ASYNCWATCH_RAISE",), _parse_flag, _is_bool, "1 or 0"),
 }
@@ -244,6 +247,9 @@ class Config:
     """Attribute live memory to coroutines with tracemalloc (costly; see the README)."""
     memory_interval_s: float = 30.0
     """Seconds between tracemalloc snapshots when memory attribution is on."""
+    memory_frames: int = 4
+    """Stack frames tracemalloc keeps per allocation: more finds allocations made deeper in
+    helpers a coroutine calls, and costs more (see the README's figures)."""
     lazy_start: bool = False
     """Start exporters when the first event loop is instrumented (set by ``asyncwatch run``)."""
     raise_errors: bool = False

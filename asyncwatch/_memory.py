@@ -23,15 +23,14 @@ from . import _names as n
 from ._export import Point
 from ._recorder import Recorder
 
-_FRAMES = 16
-
 
 class MemoryAttribution:
     """Background tracemalloc snapshots, attributed to coroutine names."""
 
-    def __init__(self, recorder: Recorder, interval_s: float) -> None:
+    def __init__(self, recorder: Recorder, interval_s: float, frames: int = 4) -> None:
         self.recorder = recorder
         self.interval_s = interval_s
+        self.frames = frames
         self.bytes_by_key: dict[str, int] = {}
         self.last_snapshot_s: float | None = None  # how long the last snapshot took
         self._started_tracing = False
@@ -45,7 +44,7 @@ class MemoryAttribution:
     def start(self) -> None:
         """Start tracing (if nobody else is) and the snapshot thread."""
         if not tracemalloc.is_tracing():
-            tracemalloc.start(_FRAMES)
+            tracemalloc.start(self.frames)
             self._started_tracing = True
         self._thread = threading.Thread(target=self._run, name="asyncwatch-memory", daemon=True)
         self._thread.start()

@@ -73,7 +73,9 @@ class Watch:
         if self.config.memory_attribution:
             from ._memory import MemoryAttribution
 
-            self._memory = MemoryAttribution(self.recorder, self.config.memory_interval_s)
+            self._memory = MemoryAttribution(
+                self.recorder, self.config.memory_interval_s, self.config.memory_frames
+            )
             self._memory.start()
             self.bridge.add_source("memory", self._memory.points)
         self.tasks.install()

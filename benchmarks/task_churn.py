@@ -138,7 +138,7 @@ def configurations(
     spans.telemetry.start()
 
     def with_tracemalloc(loop: asyncio.AbstractEventLoop) -> Any:
-        tracemalloc.start(16)  # what memory_attribution=True turns on
+        tracemalloc.start(Config().memory_frames)  # what memory_attribution=True turns on
         return metrics.tasks.instrument(loop)
 
     def tracemalloc_off(state: Any) -> None:
