@@ -37,6 +37,7 @@ from ._loopbusy import StepTimer
 logger = logging.getLogger("asyncwatch")
 
 _CO_ASYNC = 0x0080 | 0x0100 | 0x0200  # CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
+_GRACE_S = 2.0  # a planned profile still running this long after its end is stopped by the timer
 _KEEP_FILES = 20  # newest profile files kept in the profile folder (older ones are removed)
 
 
@@ -138,7 +139,7 @@ def _secs(s: float) -> str:
 
 
 def _short(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1) :]
+    return text if len(text) <= width else ".." + text[-(width - 2) :]
 
 
 # ---------------------------------------------------------------- the session
@@ -168,18 +169,26 @@ def _import_yappi() -> Any:
 class ProfileSession:
     """One profile: ``start()`` ... ``stop()`` -> ``ProfileReport``. Also a context manager.
 
-    Stopped automatically after ``max_s`` (default ``profile_max_s``) even if nobody calls
-    ``stop()``; ``stop()`` then returns that report.
+    ``seconds``: how long the caller means to profile (checked against ``profile_max_s``).
+    A timer stops it ``_GRACE_S`` after that (or at ``profile_max_s`` if no length is
+    planned) even if nobody calls ``stop()``; ``stop()`` then returns that report.
     """
 
-    def __init__(self, *, max_s: float | None = None, top: int = 30, save: bool = True) -> None:
+    def __init__(
+        self, *, seconds: float | None = None, top: int = 30, save: bool = True
+    ) -> None:
         config = _settings()
-        self.max_s = config.profile_max_s if max_s is None else max_s
-        if not 0 < self.max_s <= config.profile_max_s:
+        if seconds is not None and not 0 < seconds <= config.profile_max_s:
             raise ValueError(
-                f"profile of {self.max_s!r}s: must be above 0 and at most profile_max_s="
+                f"profile of {seconds!r}s: must be above 0 and at most profile_max_s="
                 f"{config.profile_max_s:g}s (ASYNCWATCH_PROFILE_MAX_S)"
             )
+        self.seconds = seconds
+        self.max_s = (
+            config.profile_max_s
+            if seconds is None
+            else min(config.profile_max_s, seconds + _GRACE_S)
+        )
         self.top = top
         self.save = save
         self.folder = config.profile_dir or os.path.join(
@@ -381,14 +390,16 @@ def _prune(folder: Path) -> None:
 # ---------------------------------------------------------------- the public forms
 
 
-def profiling(*, max_s: float | None = None, top: int = 30, save: bool = True) -> ProfileSession:
-    """A profile of whatever runs in the ``with`` block (any thread, any loop)::
+def profiling(*, top: int = 30, save: bool = True) -> ProfileSession:
+    """A profile of whatever runs in the ``with`` block (the whole process, every thread)::
 
         with asyncwatch.profiling() as session:
             ...
         print(session.report)
+
+    Stopped at ``profile_max_s`` if the block lasts longer (``report.capped``).
     """
-    return ProfileSession(max_s=max_s, top=top, save=save)
+    return ProfileSession(top=top, save=save)
 
 
 async def profile(seconds: float = 5.0, *, top: int = 30, save: bool = True) -> ProfileReport:
@@ -398,7 +409,7 @@ async def profile(seconds: float = 5.0, *, top: int = 30, save: bool = True) -> 
     the report is built off the loop. Raises ``ProfilerBusy`` if a profile is running and
     ``ValueError`` beyond ``profile_max_s``.
     """
-    session = ProfileSession(max_s=seconds, top=top, save=save).start()
+    session = ProfileSession(seconds=seconds, top=top, save=save).start()
     try:
         await asyncio.sleep(seconds)
     finally:
@@ -419,7 +430,7 @@ def profile_sync(seconds: float = 5.0, *, top: int = 30, save: bool = True) -> P
             "asyncwatch.profile_sync() would block this thread's running event loop; "
             "use `await asyncwatch.profile(seconds)` inside the loop"
         )
-    session = ProfileSession(max_s=seconds, top=top, save=save).start()
+    session = ProfileSession(seconds=seconds, top=top, save=save).start()
     session._done.wait(seconds)
     return session.stop()
 
