@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from typing import Any
@@ -32,6 +33,7 @@ from ._config import ConfigError
 
 logger = logging.getLogger("asyncwatch")
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _local = threading.local()  # .console_thread: True in aiomonitor's UI thread
 
 
@@ -42,6 +44,7 @@ def is_console_thread() -> bool:
 
 def _monitor_class() -> type:
     import aiomonitor
+    from aiomonitor.utils import _filter_stack
 
     class AsyncWatchMonitor(aiomonitor.Monitor):  # type: ignore[misc, name-defined]
         """aiomonitor's Monitor that reports start-up errors instead of hanging on them."""
@@ -62,6 +65,20 @@ def _monitor_class() -> type:
                 self.start_error = exc
             finally:
                 self._ui_started.set()
+
+        def _create_task(self, loop: Any, coro: Any, **kwargs: Any) -> Any:
+            task = super()._create_task(loop, coro, **kwargs)
+            stack = self._created_tracebacks.get(task)
+            if stack:
+                # Drop asyncwatch's own hook frame so `ps` shows where the app made the task.
+                kept = [f for f in stack if not f.filename.startswith(_PACKAGE_DIR)]
+                if kept and _filter_stack(kept):
+                    self._created_tracebacks[task] = kept
+                else:
+                    # e.g. asyncio.run's main task: nothing of the app's own is left, and
+                    # aiomonitor's `ps` would fail on an empty stack; show "-" instead.
+                    del self._created_tracebacks[task]
+            return task
 
         def close(self) -> None:
             if not self._started or self._closed:
