@@ -29,6 +29,7 @@ class StepTimer:
         self._ours: Any = None
         self._saved: Any = None
         self.callbacks = 0
+        self.names_by_code: dict[int, str] = {}  # id(code) -> name, filled by collect()
 
     def install(self) -> None:
         """Start timing (patches ``Handle._run``)."""
@@ -91,7 +92,8 @@ class StepTimer:
         if not self.callbacks:
             return None
         out: dict[str, tuple[float, int]] = {}
-        for key, spent, steps, _ in list(self._by_code.values()):
+        for code_id, (key, spent, steps, _) in list(self._by_code.items()):
+            self.names_by_code[code_id] = key
             total, count = out.get(key, (0.0, 0))
             out[key] = (total + spent, count + steps)
         self._by_code.clear()

@@ -303,6 +303,7 @@ class ProfileSession:
         yappi_bytes = int(yappi.get_mem_usage())
         descriptors = getattr(yappi, "_fn_descriptor_dict", {})
         modules = _module_names()
+        names = self._steps.names_by_code if self._steps is not None else {}
         functions: list[FunctionProfile] = []
         per_coro: dict[str, list[float]] = {}
         for s in stats:
@@ -310,7 +311,9 @@ class ProfileSession:
             is_coro = bool(getattr(code, "co_flags", 0) & _CO_ASYNC)
             name = s.name
             if code is not None and hasattr(code, "co_qualname"):
-                name = f"{modules.get(code.co_filename, '?')}.{code.co_qualname}"
+                name = names.get(id(code)) or (
+                    f"{_module_of(code.co_filename, modules)}.{code.co_qualname}"
+                )
             functions.append(
                 FunctionProfile(
                     name, s.module, int(s.lineno), int(s.ncall), s.ttot, s.tsub, is_coro
@@ -376,6 +379,14 @@ def _module_names() -> dict[str, str]:
         if isinstance(path, str):
             names[path] = name
     return names
+
+
+def _module_of(filename: str, modules: dict[str, str]) -> str:
+    if filename in modules:
+        return modules[filename]
+    if filename in ("<string>", "<stdin>"):
+        return "__main__"  # python -c / piped scripts
+    return "?"
 
 
 def _prune(folder: Path) -> None:
