@@ -21,8 +21,8 @@ from ._findings import Finding as Finding
 from ._findings import Frame as Frame
 from ._profiling import CoroutineProfile as CoroutineProfile
 from ._profiling import FunctionProfile as FunctionProfile
-from ._profiling import ProfileReport as ProfileReport
 from ._profiling import ProfilerBusy as ProfilerBusy
+from ._profiling import ProfileReport as ProfileReport
 from ._profiling import ProfileSession as ProfileSession
 from ._profiling import profile as profile
 from ._profiling import profile_sync as profile_sync

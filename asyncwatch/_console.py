@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -46,7 +47,7 @@ def _monitor_class() -> type:
     import aiomonitor
     from aiomonitor.utils import _filter_stack
 
-    class AsyncWatchMonitor(aiomonitor.Monitor):  # type: ignore[misc, name-defined]
+    class AsyncWatchMonitor(aiomonitor.Monitor):  # type: ignore[misc]
         """aiomonitor's Monitor that reports start-up errors instead of hanging on them."""
 
         def __init__(self, loop: Any, *, watch: Any, **kwargs: Any) -> None:
@@ -81,15 +82,13 @@ def _monitor_class() -> type:
             return task
 
         def close(self) -> None:
-            if not self._started or self._closed:
+            if not self._started or getattr(self, "_closed", True):
                 return
             ui_loop = getattr(self, "_ui_loop", None)
             future = getattr(self, "_ui_forever_future", None)
             if ui_loop is not None and future is not None and not ui_loop.is_closed():
-                try:
+                with contextlib.suppress(RuntimeError):  # its loop already ended
                     ui_loop.call_soon_threadsafe(future.cancel)
-                except RuntimeError:
-                    pass  # its loop already ended
             loop = self._monitored_loop
             if self._hook_task_factory and loop.get_task_factory() == self._create_task:
                 loop.set_task_factory(self._original_task_factory)
@@ -179,8 +178,7 @@ class Console:
                 locals={"__name__": "__console__", "asyncwatch": asyncwatch, "loop": loop},
             )
             monitor.start()
-            if monitor.start_error is not None:
-                raise monitor.start_error
+            _raise_start_error(monitor)
         except Exception as exc:
             logger.warning(
                 "asyncwatch: the console could not start on %s:%d: %s (the app runs on)",
@@ -225,6 +223,11 @@ class Console:
             monitor.close()
         except Exception:
             logger.debug("asyncwatch: closing the console failed", exc_info=True)
+
+
+def _raise_start_error(monitor: Any) -> None:
+    if monitor.start_error is not None:
+        raise monitor.start_error
 
 
 def _loopback(host: str) -> bool:

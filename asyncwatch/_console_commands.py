@@ -51,7 +51,8 @@ def _done_event() -> asyncio.Event | None:
         from aiomonitor.context import command_done
     except ImportError:  # pragma: no cover - the console extra is missing
         return None
-    return command_done.get(None)
+    event: asyncio.Event | None = command_done.get(None)
+    return event
 
 
 def _ui_loop(ctx: click.Context) -> asyncio.AbstractEventLoop | None:
@@ -135,7 +136,7 @@ def _no_watch() -> None:
 
 def _rate_of(before: Stats | None, now: Stats, dt: float) -> dict[str, float | None]:
     if before is None or dt <= 0:
-        return {name: None for name in now.coroutines}
+        return dict.fromkeys(now.coroutines)
     rates: dict[str, float | None] = {}
     for name, c in now.coroutines.items():
         old = before.coroutines.get(name)

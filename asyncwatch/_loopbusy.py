@@ -62,7 +62,7 @@ class StepTimer:
         _run.__wrapped__ = original  # type: ignore[attr-defined]
         self._saved = original
         self._ours = _run
-        asyncio.events.Handle._run = _run  # type: ignore[method-assign]
+        asyncio.events.Handle._run = _run  # type: ignore[method-assign, assignment]
 
     def _entry(self, coro: Any, code: Any) -> list[Any]:
         if len(self._by_code) >= _MAX_KEYS:

@@ -21,6 +21,7 @@ armed for the length of the profile, and yappi's own tables are cleared after ea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -392,10 +393,8 @@ def _module_of(filename: str, modules: dict[str, str]) -> str:
 def _prune(folder: Path) -> None:
     files = sorted(folder.glob("profile-*"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in files[_KEEP_FILES:]:
-        try:
+        with contextlib.suppress(OSError):
             old.unlink()
-        except OSError:
-            pass
 
 
 # ---------------------------------------------------------------- the public forms

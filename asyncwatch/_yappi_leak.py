@@ -43,7 +43,7 @@ _decref.argtypes = [ctypes.c_void_p]
 
 def _borrowed_generator(frame: int | None) -> int | None:
     """``PyFrame_GetGenerator`` returning a borrowed reference (what yappi assumes)."""
-    gen = _real_get_generator(frame)
+    gen: int | None = _real_get_generator(frame)
     if gen:
         # Safe: the frame being left belongs to this coroutine, so it is alive beyond this call.
         _decref(gen)
@@ -142,13 +142,13 @@ class LeakGuard:
         except ImportError:
             self._why_not = "pyelftools is not installed (pip install asyncwatch[profile])"
             return None
-        import _yappi
+        import _yappi  # type: ignore[import-not-found]
 
         path = _yappi.__file__
         offset = init_value = None
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            dynsym = elf.get_section_by_name(".dynsym")
+            dynsym: Any = elf.get_section_by_name(".dynsym")
             found = dynsym.get_symbol_by_name("PyInit__yappi") if dynsym else None
             if not found:
                 self._why_not = "_yappi exports no PyInit__yappi"
@@ -157,7 +157,7 @@ class LeakGuard:
             for section in elf.iter_sections():
                 if not isinstance(section, RelocationSection):
                     continue
-                symbols = elf.get_section(section["sh_link"])
+                symbols: Any = elf.get_section(section["sh_link"])
                 for rel in section.iter_relocations():
                     index = rel["r_info_sym"]
                     if index and symbols.get_symbol(index).name == "PyFrame_GetGenerator":

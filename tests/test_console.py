@@ -6,9 +6,12 @@ import asyncio
 import logging
 import re
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -18,7 +21,7 @@ from click.testing import CliRunner
 import asyncwatch
 from asyncwatch import Config, ConfigError, Finding, Frame
 from asyncwatch._console_commands import do_findings, do_http, render_top
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, python_env, wait_for
 from tests.console_client import AppThread, run_commands
 
 HERE = __name__
@@ -97,7 +100,8 @@ def test_commands_print_the_apps_real_state(console: dict[str, int]) -> None:
     assert "gc.garbage (uncollectable): 0" in memory
     assert "per-coroutine attribution off" in memory
 
-    assert "stuck_task" in findings and "parked waits on an Event nobody sets" in findings
+    assert "stuck_task" in findings
+    assert "parked waits on an Event nobody sets" in findings
     assert "advisor not available" in advice
     assert "no HTTP middleware installed" in http
     assert ps.count("parked()") == PARKED
@@ -140,7 +144,8 @@ def test_findings_show_culprit_line_and_stack() -> None:
         findings = log
 
     out = CliRunner().invoke(do_findings, [], obj=type("M", (), {"watch": Holder()})()).output
-    assert "blocked_loop" in out and "loop blocked 2.0s" in out
+    assert "blocked_loop" in out
+    assert "loop blocked 2.0s" in out
     assert "culprit: /srv/app/handlers.py:42 in checkout" in out
     assert "time.sleep(2)" in out
     assert "/srv/app/main.py:10 in main" in out
@@ -159,9 +164,10 @@ def test_http_command_reads_the_middleware_interface() -> None:
     obj = type("M", (), {"watch": Watch()})()
     out = CliRunner().invoke(do_http, ["-i", "0.05"], obj=obj).output
     row = next(line for line in out.splitlines() if "/items/{id}" in line)
-    method, route, rate, requests, errors, flight, p50, p95, p99 = row.split()
+    method, _route, rate, requests, errors, flight, p50, p95, p99 = row.split()
     assert (method, requests, errors, flight) == ("GET", "30", "2", "3")
-    assert float(rate) > 0 and (p50, p95, p99) == ("2.0ms", "10.0ms", "50.0ms")
+    assert float(rate) > 0
+    assert (p50, p95, p99) == ("2.0ms", "10.0ms", "50.0ms")
 
 
 def test_top_sorts_by_the_chosen_column() -> None:
@@ -288,7 +294,8 @@ def test_task_tracing_coexists_with_the_task_hook() -> None:
         wait_for(lambda: asyncwatch.stats()[f"{HERE}.ticker"].created > 20, what="tickers")
         (ps,) = run_commands(chosen["console_port"], ["ps"])
         hook = watch.tasks.hook_of(watch.console.loop)
-        assert hook is not None and hook.inner == watch.console.monitor._create_task
+        assert hook is not None
+        assert hook.inner == watch.console.monitor._create_task
     assert asyncwatch.stats()[f"{HERE}.parked"].created == PARKED
     rows = [line for line in ps.splitlines() if "parked()" in line]
     assert len(rows) == PARKED, ps
@@ -321,7 +328,8 @@ def test_tracing_is_refused_over_an_app_task_factory(caplog: pytest.LogCaptureFi
     finally:
         asyncwatch.uninstall(timeout_s=2)
         loop.close()
-    assert seen and "console_task_tracing is off" in caplog.text
+    assert seen
+    assert "console_task_tracing is off" in caplog.text
     assert asyncwatch.current() is None
 
 
@@ -335,7 +343,8 @@ def test_console_moves_to_the_next_loop_when_its_loop_closes(console: dict[str, 
 
     asyncio.run(setup())
     first = watch.console.loop
-    assert first is not None and first.is_closed()
+    assert first is not None
+    assert first.is_closed()
     with AppThread(app_main) as app:
         assert watch.console.loop is app.loop
         (ps,) = run_commands(console["console_port"], ["ps"])
@@ -348,3 +357,27 @@ def test_console_loop_is_not_counted(console: dict[str, int]) -> None:
         run_commands(console["console_port"], ["top -i 0"])
     names = set(asyncwatch.stats().coroutines)
     assert not any(n.startswith(("prompt_toolkit", "aiomonitor", "aiohttp")) for n in names), names
+
+
+def test_run_console_flag_serves_an_unmodified_script(tmp_path: Path) -> None:
+    """`asyncwatch run --console -- python app.py`: the console shows the script's tasks."""
+    from tests.test_cli import APP, ASYNCWATCH
+
+    script = tmp_path / "app.py"
+    script.write_text(APP)
+    chosen = ports()
+    proc = subprocess.Popen(
+        [ASYNCWATCH, "run", "--console", "--console-port", str(chosen["console_port"]),
+         "--set", f"console_webui_port={chosen['console_webui_port']}",
+         "--metrics-exporter", "none", "--", sys.executable, str(script)],
+        env=python_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        (top,) = run_commands(chosen["console_port"], ["top -i 0 -s name"])
+    finally:
+        _, err = proc.communicate("\n", timeout=30)
+    assert proc.returncode == 0, err
+    row = next(line for line in top.splitlines() if "__main__.work" in line)
+    assert row.split()[3] == "25"  # created

@@ -57,13 +57,16 @@ async def test_profile_ranks_the_hot_coroutine_first(tmp_path: Path) -> None:
     names = [c.name for c in report.coroutines]
     assert names[0] == f"{HERE}.hot", report.format()
     hot_row = report.coroutines[0]
-    assert hot_row.busy_s is not None and hot_row.calls > 0 and hot_row.steps > 0
+    assert hot_row.busy_s is not None
+    assert hot_row.calls > 0
+    assert hot_row.steps > 0
     idle_row = next(c for c in report.coroutines if c.name == f"{HERE}.idle")
     assert idle_row.wall_s > hot_row.wall_s  # wall time alone would have ranked idle first
     # Own time of a coroutine that awaits includes its suspensions (yappi's wall clock), so the
     # hottest plain function is the one to look for.
     assert next(f for f in report.by_own if not f.coroutine).name == f"{HERE}.burn"
-    assert report.leak_guard == "on" and not report.capped
+    assert report.leak_guard == "on"
+    assert not report.capped
     saved = pstats.Stats(report.files["pstats"])
     assert any(func[2] == "burn" for func in saved.stats)  # type: ignore[attr-defined]
     assert "fn=" in Path(report.files["callgrind"]).read_text()
@@ -96,7 +99,7 @@ def test_profile_is_capped() -> None:
 
 async def test_profile_sync_refuses_to_block_a_running_loop() -> None:
     """profile_sync() inside a loop would block it: refused, with the async form named."""
-    with pytest.raises(RuntimeError, match="await asyncwatch.profile"):
+    with pytest.raises(RuntimeError, match=r"await asyncwatch\.profile"):
         asyncwatch.profile_sync(0.1)
 
 
@@ -192,7 +195,8 @@ def test_profiled_coroutines_are_released() -> None:
     """After profiling 50k short tasks, the profiled coroutines are freed (yappi pins them
     without the guard: the control run shows it)."""
     guarded = _memory_run(50_000, "on")
-    assert guarded["guard"] == "on" and guarded["runs"] == 50_000
+    assert guarded["guard"] == "on"
+    assert guarded["runs"] == 50_000
     # At most the last batch of 1,000 may still be referenced by the finished gather.
     assert int(guarded["after"]) - int(guarded["before"]) <= 1_001
     control = _memory_run(10_000, "off")
