@@ -34,6 +34,7 @@ from ._config import ConfigError
 
 logger = logging.getLogger("asyncwatch")
 
+_MAX_FAILURES = 3  # console start attempts (one per new loop) before giving up
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _local = threading.local()  # .console_thread: True in aiomonitor's UI thread
 
@@ -109,6 +110,7 @@ class Console:
         self._lock = threading.Lock()
         self._cls: type | None = None
         self._stopped = False
+        self._failures = 0
 
     def check(self) -> None:
         """Fail fast if the console extra is missing; register the commands."""
@@ -149,7 +151,11 @@ class Console:
             if current is not None:
                 self.monitor = None
                 self._close(current)
+            if self._failures >= _MAX_FAILURES:
+                return False  # gave up (logged): do not probe the port for every new loop
             self.monitor = self._attach(loop)
+            if self.monitor is None:
+                self._failures += 1
         return False
 
     def _attach(self, loop: Any) -> Any:

@@ -374,7 +374,8 @@ def test_run_console_flag_serves_an_unmodified_script(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
         (top,) = run_commands(chosen["console_port"], ["top -i 0 -s name"])
     finally:
         _, err = proc.communicate("\n", timeout=30)
