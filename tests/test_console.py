@@ -20,7 +20,8 @@ from click.testing import CliRunner
 
 import asyncwatch
 from asyncwatch import Config, ConfigError, Finding, Frame
-from asyncwatch._console_commands import do_findings, do_http, render_top
+from asyncwatch._console_commands import do_findings, do_http
+from asyncwatch._console_render import render_top
 from tests.conftest import free_port, python_env, wait_for
 from tests.console_client import AppThread, run_commands
 
