@@ -19,6 +19,14 @@ from ._config import Config as Config
 from ._config import ConfigError as ConfigError
 from ._findings import Finding as Finding
 from ._findings import Frame as Frame
+from ._profiling import CoroutineProfile as CoroutineProfile
+from ._profiling import FunctionProfile as FunctionProfile
+from ._profiling import ProfilerBusy as ProfilerBusy
+from ._profiling import ProfileReport as ProfileReport
+from ._profiling import ProfileSession as ProfileSession
+from ._profiling import profile as profile
+from ._profiling import profile_sync as profile_sync
+from ._profiling import profiling as profiling
 from ._stats import CoroutineStats as CoroutineStats
 from ._stats import Percentiles as Percentiles
 from ._stats import ProcessStats as ProcessStats
@@ -34,17 +42,25 @@ __version__ = VERSION
 __all__ = [
     "Config",
     "ConfigError",
+    "CoroutineProfile",
     "CoroutineStats",
     "Finding",
     "Frame",
+    "FunctionProfile",
     "Percentiles",
     "ProcessStats",
+    "ProfileReport",
+    "ProfileSession",
+    "ProfilerBusy",
     "Stats",
     "Watch",
     "__version__",
     "current",
     "findings",
     "install",
+    "profile",
+    "profile_sync",
+    "profiling",
     "stats",
     "uninstall",
 ]

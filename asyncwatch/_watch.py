@@ -59,12 +59,19 @@ class Watch:
         )
         self._memory: Any = None
         self._started_ns = self.recorder.started_ns
+        self.console: Any = None
+        if config.console and config.enabled:
+            from ._console import Console
+
+            self.console = Console(self)
 
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
         """Check the configuration, start exporters (unless lazy) and hook the loops."""
         self.telemetry.check()
+        if self.console is not None:
+            self.console.check()
         if not self.config.enabled:
             logger.info("asyncwatch: disabled by configuration (ASYNCWATCH_ENABLED=0)")
             return
@@ -83,13 +90,20 @@ class Watch:
     def stop(self, timeout_s: float | None = None, *, at_exit: bool = False) -> None:
         """Undo everything ``start`` did, within ``timeout_s`` for the exporters."""
         self.tasks.uninstall()
+        if self.console is not None:
+            self.console.stop()
         if self._memory is not None:
             self._memory.stop()
             self._memory = None
         self.telemetry.shutdown(timeout_s, at_exit=at_exit)
 
     def _on_loop(self, loop: Any) -> None:
-        del loop
+        if self.console is not None:
+            try:
+                if self.console.on_loop(loop):
+                    return  # the console's own loop: nothing to start for it
+            except Exception as exc:
+                self._report("console", exc)
         if not self.telemetry.started:
             try:
                 self.telemetry.start()
@@ -108,6 +122,8 @@ class Watch:
         # Exporters restart with the child's first new event loop (see _on_loop), not here:
         # starting threads inside an at-fork handler can deadlock the child.
         self.telemetry.forget_after_fork()
+        if self.console is not None:
+            self.console.forget_after_fork()
 
     # ---------------------------------------------------------------- reading
 
