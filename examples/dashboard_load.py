@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -123,10 +124,8 @@ def main() -> None:
     if args.inject_faults:
         watch.bridge.add_source("dashboard_load.injected_fault", _broken_source)
     print(f"metrics at {watch.prometheus_url}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(float("inf") if args.forever else args.seconds))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

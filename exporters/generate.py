@@ -215,7 +215,9 @@ ALERTS: list[Alert] = [
     ),
     Alert(
         "AsyncwatchInternalErrors",
-        _new_or_increased("asyncwatch_internal_errors_total", "job, instance, asyncwatch_hook", "10m"),
+        _new_or_increased(
+            "asyncwatch_internal_errors_total", "job, instance, asyncwatch_hook", "10m"
+        ),
         "0m",
         "warning",
         "asyncwatch's {{ $labels.asyncwatch_hook }} hook fails on {{ $labels.instance }}",
@@ -238,7 +240,9 @@ ALERTS: list[Alert] = [
     # ---- waiting for issue 4 (loop lag, blocked loops): names are a guess until it lands
     Alert(
         "AsyncwatchLoopBlocked",
-        _new_or_increased("asyncwatch_loop_blocked_total", "job, instance, asyncwatch_culprit", "5m"),
+        _new_or_increased(
+            "asyncwatch_loop_blocked_total", "job, instance, asyncwatch_culprit", "5m"
+        ),
         "0m",
         "warning",
         "The event loop of {{ $labels.instance }} was blocked by {{ $labels.asyncwatch_culprit }}",

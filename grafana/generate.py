@@ -111,7 +111,9 @@ class Board:
 COMMON_VARIABLES = (
     Variable("service", "service_name", "target_info", "Service"),
     Variable("job", "job", 'target_info{service_name=~"$service"}', "Job"),
-    Variable("instance", "instance", 'target_info{service_name=~"$service", job=~"$job"}', "Instance"),
+    Variable(
+        "instance", "instance", 'target_info{service_name=~"$service", job=~"$job"}', "Instance"
+    ),
 )
 
 
@@ -126,7 +128,9 @@ def _quantiles(metric: str, by: str, sel: str) -> tuple[Query, ...]:
     )
 
 
-def _stat(title: str, expr: str, unit: str, description: str, waits_for: str | None = None) -> Panel:
+def _stat(
+    title: str, expr: str, unit: str, description: str, waits_for: str | None = None
+) -> Panel:
     return Panel(
         title, (Query(expr),), unit, description, "stat", width=6, height=4, waits_for=waits_for
     )
@@ -235,7 +239,9 @@ OVERVIEW = Board(
                 ),
                 Panel(
                     "Schedule delay p50 / p95 / p99, by coroutine",
-                    _quantiles("asyncwatch_task_schedule_delay_seconds", "code_function_name", TASK),
+                    _quantiles(
+                        "asyncwatch_task_schedule_delay_seconds", "code_function_name", TASK
+                    ),
                     "s",
                     "From task creation to its first step: time spent waiting for the event loop.",
                 ),
@@ -289,7 +295,10 @@ OVERVIEW = Board(
                 Panel(
                     "Memory (RSS and USS), by instance",
                     (
-                        Query(f"sum by (instance) (process_memory_usage_bytes{{{SEL}}})", "RSS {{instance}}"),
+                        Query(
+                            f"sum by (instance) (process_memory_usage_bytes{{{SEL}}})",
+                            "RSS {{instance}}",
+                        ),
                         Query(
                             f"sum by (instance) (asyncwatch_process_memory_uss_bytes{{{SEL}}})",
                             "USS {{instance}}",
@@ -350,7 +359,10 @@ OVERVIEW = Board(
                 Panel(
                     "Threads and file descriptors, by instance",
                     (
-                        Query(f"sum by (instance) (process_thread_count{{{SEL}}})", "threads {{instance}}"),
+                        Query(
+                            f"sum by (instance) (process_thread_count{{{SEL}}})",
+                            "threads {{instance}}",
+                        ),
                         Query(
                             f"sum by (instance) (process_unix_file_descriptor_count{{{SEL}}})",
                             "fds {{instance}}",

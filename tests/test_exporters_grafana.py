@@ -24,10 +24,9 @@ import httpx
 import promql_parser
 import pytest
 import yaml
+from conftest import ROOT, free_port, python_env, wait_for
 
 from asyncwatch import _names
-
-from conftest import ROOT, free_port, python_env, wait_for
 
 EXPORTERS = ROOT / "exporters"
 PROMETHEUS = EXPORTERS / "prometheus"
@@ -44,7 +43,8 @@ GRAFANA_BUILTINS = {"$__rate_interval": "4s", "$__range": "1m", "$__interval": "
 
 def _load(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"_gen_{path.parent.name}", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -212,7 +212,9 @@ def test_promtool_accepts_every_prometheus_config() -> None:
     for config in configs:
         result = subprocess.run(
             [_tool("promtool"), "check", "config", str(config)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "2 rule files found" in result.stdout + result.stderr
@@ -224,7 +226,9 @@ def test_promtool_accepts_every_rule_file() -> None:
     assert len(files) == 4
     result = subprocess.run(
         [_tool("promtool"), "check", "rules", *map(str, files)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -234,7 +238,10 @@ def test_rule_unit_tests_pass() -> None:
     tests = sorted((PROMETHEUS / "tests").glob("*.yml"))
     result = subprocess.run(
         [_tool("promtool"), "test", "rules", *map(str, tests)],
-        capture_output=True, text=True, check=False, cwd=PROMETHEUS / "tests",
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=PROMETHEUS / "tests",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     tested = set(re.findall(r"alertname: (\w+)", "".join(t.read_text() for t in tests)))
@@ -291,7 +298,9 @@ def test_dashboards_are_templated_by_datasource_service_job_and_instance() -> No
                 continue
             assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
             refs = [t["refId"] for t in panel["targets"]]
-            assert refs and len(refs) == len(set(refs)) and all(refs), panel["title"]
+            assert refs, panel["title"]
+            assert all(refs), panel["title"]
+            assert len(refs) == len(set(refs)), panel["title"]
             for target in panel["targets"]:
                 assert 'job=~"$job", instance=~"$instance"' in target["expr"], panel["title"]
 
@@ -318,8 +327,13 @@ def test_dashboards_match_grafanas_schema() -> None:
         json.dumps(
             {
                 "compilerOptions": {
-                    "strict": True, "noEmit": True, "module": "esnext", "target": "es2022",
-                    "moduleResolution": "bundler", "skipLibCheck": True, "types": [],
+                    "strict": True,
+                    "noEmit": True,
+                    "module": "esnext",
+                    "target": "es2022",
+                    "moduleResolution": "bundler",
+                    "skipLibCheck": True,
+                    "types": [],
                     "paths": {"grafana-schema/*": ["../node_modules/@grafana/schema/dist/esm/*"]},
                 },
                 "files": [f.name for f in [*files, control]],
@@ -328,7 +342,11 @@ def test_dashboards_match_grafanas_schema() -> None:
     )
     result = subprocess.run(
         ["node", str(tsc), "-p", str(work / "tsconfig.json")],
-        capture_output=True, text=True, check=False, timeout=100, cwd=work,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=100,
+        cwd=work,
     )
     errors = [line for line in result.stdout.splitlines() if "error TS" in line]
     ours = [e for e in errors if not e.startswith("control.ts")]
@@ -377,12 +395,14 @@ def test_provisioning_points_grafana_at_prometheus_and_the_dashboards() -> None:
     ds = yaml.safe_load((prov / "datasources" / "asyncwatch.yaml").read_text())
     assert ds["apiVersion"] == 1
     (source,) = ds["datasources"]
-    assert source["type"] == "prometheus" and source["url"].startswith("http://127.0.0.1:")
+    assert source["type"] == "prometheus"
+    assert source["url"].startswith("http://127.0.0.1:")
     scrape = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["global"]
     assert source["jsonData"]["timeInterval"] == scrape["scrape_interval"]
     dash = yaml.safe_load((prov / "dashboards" / "asyncwatch.yaml").read_text())
     (provider,) = dash["providers"]
-    assert provider["type"] == "file" and provider["options"]["path"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"]
 
 
 # ------------------------------------------------------------------------ real Prometheus
@@ -424,7 +444,9 @@ def _regex_value(values: list[str]) -> str:
     return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
 
 
-def _resolve_variables(api: PrometheusAPI, variables: list[dict[str, Any]]) -> dict[str, str] | None:
+def _resolve_variables(
+    api: PrometheusAPI, variables: list[dict[str, Any]]
+) -> dict[str, str] | None:
     """Values for every variable with "All" selected, in order (as Grafana would), or None."""
     values: dict[str, str] = {}
     for var in variables:
@@ -455,13 +477,18 @@ def running(tmp_path: Path) -> Iterator[tuple[PrometheusAPI, int]]:
     app_log = (tmp_path / "app.log").open("w")
     app = subprocess.Popen(
         [sys.executable, str(EXAMPLE), "--seconds", "100", "--inject-faults"],
-        env=env, stdout=app_log, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=app_log,
+        stderr=subprocess.STDOUT,
     )
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(p) for p in ACTIVE_RULE_FILES],
         "scrape_configs": [
-            {"job_name": "dashboard-load", "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}]}
+            {
+                "job_name": "dashboard-load",
+                "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}],
+            }
         ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -474,7 +501,8 @@ def running(tmp_path: Path) -> Iterator[tuple[PrometheusAPI, int]]:
             f"--web.listen-address=127.0.0.1:{prom_port}",
             "--log.level=warn",
         ],
-        stdout=prom_log, stderr=subprocess.STDOUT,
+        stdout=prom_log,
+        stderr=subprocess.STDOUT,
     )
     api = PrometheusAPI(prom_port)
     try:
@@ -497,7 +525,9 @@ def running(tmp_path: Path) -> Iterator[tuple[PrometheusAPI, int]]:
 
 
 @pytest.mark.slow
-def test_every_panel_query_and_recording_rule_returns_data(running: tuple[PrometheusAPI, int]) -> None:
+def test_every_panel_query_and_recording_rule_returns_data(
+    running: tuple[PrometheusAPI, int],
+) -> None:
     """Against a real Prometheus scraping the example app: every dashboard query (variables
     resolved as Grafana would) and every recording rule returns data; all rules are healthy."""
     api, app_port = running
