@@ -69,7 +69,7 @@ async def wait_for_approval(approved: asyncio.Event) -> None:
     await approved.wait()  # nobody ever sets it: a stuck task, on purpose
 
 
-async def run(seconds: float) -> None:
+async def run(seconds: float, pause: float) -> None:
     approved = asyncio.Event()
     stuck = asyncio.create_task(wait_for_approval(approved))
     deadline = time.monotonic() + seconds
@@ -88,7 +88,7 @@ async def run(seconds: float) -> None:
             report.add_done_callback(pending.discard)
         if order % 15 == 0 and pending:
             next(iter(pending)).cancel()  # a client went away
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(pause)
     stuck.cancel()
     await asyncio.gather(*pending, stuck, return_exceptions=True)
 
@@ -108,6 +108,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--forever", action="store_true")
     parser.add_argument(
+        "--pause", type=float, default=0.05, help="seconds between orders (default 0.05)"
+    )
+    parser.add_argument(
         "--inject-faults",
         action="store_true",
         help="exercise asyncwatch's health metrics (internal errors, dropped exports)",
@@ -125,7 +128,7 @@ def main() -> None:
         watch.bridge.add_source("dashboard_load.injected_fault", _broken_source)
     print(f"metrics at {watch.prometheus_url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(float("inf") if args.forever else args.seconds))
+        asyncio.run(run(float("inf") if args.forever else args.seconds, args.pause))
 
 
 if __name__ == "__main__":

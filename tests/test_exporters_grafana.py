@@ -464,102 +464,125 @@ def _substitute(expr: str, values: dict[str, str]) -> str:
     return expand_builtins(expr)
 
 
+def _start_app(port: int, log: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, str(EXAMPLE), "--seconds", "100", *args],
+            env=python_env(
+                ASYNCWATCH_PROMETHEUS_PORT=str(port), OTEL_SERVICE_NAME="dashboard-load", **env
+            ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
 @pytest.fixture
-def running(tmp_path: Path) -> Iterator[tuple[PrometheusAPI, int]]:
-    """examples/dashboard_load.py under load, scraped every second by a real Prometheus."""
-    app_port, prom_port = free_port(), free_port()
-    env = python_env(
-        ASYNCWATCH_PROMETHEUS_PORT=str(app_port),
-        ASYNCWATCH_MEMORY_ATTRIBUTION="1",
-        ASYNCWATCH_MEMORY_INTERVAL_S="1",
-        OTEL_SERVICE_NAME="dashboard-load",
-    )
-    app_log = (tmp_path / "app.log").open("w")
-    app = subprocess.Popen(
-        [sys.executable, str(EXAMPLE), "--seconds", "100", "--inject-faults"],
-        env=env,
-        stdout=app_log,
-        stderr=subprocess.STDOUT,
-    )
+def running(tmp_path: Path) -> Iterator[tuple[PrometheusAPI, list[int]]]:
+    """examples/dashboard_load.py under load, scraped every second by a real Prometheus.
+
+    A second, slower-paced copy has per-coroutine memory attribution on: tracemalloc makes
+    its /metrics answer take about a second, so it gets its own job with a longer interval.
+    """
+    ports = [free_port(), free_port()]
+    prom_port = free_port()
+    apps = [
+        _start_app(ports[0], tmp_path / "app.log", "--inject-faults"),
+        _start_app(
+            ports[1],
+            tmp_path / "app-memory.log",
+            "--pause",
+            "0.2",
+            ASYNCWATCH_MEMORY_ATTRIBUTION="1",
+            ASYNCWATCH_MEMORY_INTERVAL_S="1",
+        ),
+    ]
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(p) for p in ACTIVE_RULE_FILES],
         "scrape_configs": [
             {
                 "job_name": "dashboard-load",
-                "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}],
-            }
+                "static_configs": [{"targets": [f"127.0.0.1:{ports[0]}"]}],
+            },
+            {
+                "job_name": "dashboard-load-memory",
+                "scrape_interval": "5s",
+                "scrape_timeout": "5s",
+                "static_configs": [{"targets": [f"127.0.0.1:{ports[1]}"]}],
+            },
         ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    prom_log = (tmp_path / "prometheus.log").open("w")
-    prom = subprocess.Popen(
-        [
-            _tool("prometheus"),
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-            "--log.level=warn",
-        ],
-        stdout=prom_log,
-        stderr=subprocess.STDOUT,
-    )
+    with (tmp_path / "prometheus.log").open("w") as out:
+        prom = subprocess.Popen(
+            [
+                _tool("prometheus"),
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+                "--log.level=warn",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     api = PrometheusAPI(prom_port)
     try:
         wait_for(api.ready, 30, "Prometheus to be ready")
-        yield api, app_port
+        yield api, ports
     finally:
-        for proc in (prom, app):
+        for proc in (prom, *apps):
             proc.terminate()
-        for proc in (prom, app):
+        for proc in (prom, *apps):
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
         api.client.close()
-        app_log.close()
-        prom_log.close()
-        for log in ("app.log", "prometheus.log"):
+        for log in ("app.log", "app-memory.log", "prometheus.log"):
             sys.stderr.write(f"--- {log} (tail)\n{(tmp_path / log).read_text()[-2000:]}\n")
 
 
 @pytest.mark.slow
 def test_every_panel_query_and_recording_rule_returns_data(
-    running: tuple[PrometheusAPI, int],
+    running: tuple[PrometheusAPI, list[int]],
 ) -> None:
     """Against a real Prometheus scraping the example app: every dashboard query (variables
     resolved as Grafana would) and every recording rule returns data; all rules are healthy."""
-    api, app_port = running
-    wanted: dict[str, str] = {}  # what -> PromQL still to see data for
-    boards = [json.loads(p.read_text()) for p in DASHBOARDS]
-    for name, _ in rule_exprs(ACTIVE_RULE_FILES):
-        if ":" in name:
-            wanted[f"recording rule {name}"] = f'{{__name__="{name}"}}'
-    resolved: list[dict[str, str] | None] = [None] * len(boards)
+    api, ports = running
+    boards = {b["uid"]: b for b in (json.loads(p.read_text()) for p in DASHBOARDS)}
+    # (dashboard uid or None for a rule, what, PromQL) still to see data for
+    wanted = {
+        (None, f"recording rule {name}", f'{{__name__="{name}"}}')
+        for name, _ in rule_exprs(ACTIVE_RULE_FILES)
+        if ":" in name
+    }
+    for uid, board in boards.items():
+        wanted.update((uid, title, expr) for title, expr in dashboard_queries(board))
+    resolved: dict[str, dict[str, str] | None] = {}
 
     def all_have_data() -> bool:
-        for i, board in enumerate(boards):
-            if resolved[i] is None:
-                resolved[i] = _resolve_variables(api, dashboard_variables(board))
-                if resolved[i] is None:
-                    return False
-                for title, expr in dashboard_queries(board):
-                    wanted[f"{board['uid']}: {title}: {expr}"] = _substitute(expr, resolved[i])
-        for what, expr in list(wanted.items()):
-            if api.has_data(expr):
-                del wanted[what]
+        # variables are resolved afresh each time, as Grafana does on every refresh
+        for uid, board in boards.items():
+            resolved[uid] = _resolve_variables(api, dashboard_variables(board))
+        for item in list(wanted):
+            uid, _, expr = item
+            values = {} if uid is None else resolved[uid]
+            if values is not None and api.has_data(_substitute(expr, values)):
+                wanted.discard(item)
         return not wanted
 
     try:
         wait_for(all_have_data, 60, "every query to return data")
     except AssertionError:
-        pytest.fail("no data for:\n" + "\n".join(wanted) + f"\nvariables: {resolved}")
-    overview = resolved[[b["uid"] for b in boards].index("asyncwatch-overview")]
+        missing = "\n".join(f"{uid}: {what}: {expr}" for uid, what, expr in sorted(wanted, key=str))
+        pytest.fail(f"no data for:\n{missing}\nvariables: {resolved}")
+    overview = resolved["asyncwatch-overview"]
     assert overview is not None
     assert overview["service"] == "dashboard\\\\-load"
-    assert overview["instance"] == _regex_value([f"127.0.0.1:{app_port}"])
     assert "wait_for_approval" in overview["coroutine"]
+    # both apps (two jobs, two instances) are reached through the chained variables
+    assert overview["instance"] == _regex_value(sorted(f"127.0.0.1:{p}" for p in ports))
     groups = api.get("/api/v1/rules")["groups"]
     rules = [r for g in groups for r in g["rules"]]
     assert len(rules) == len(rule_exprs(ACTIVE_RULE_FILES))
