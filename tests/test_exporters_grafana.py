@@ -24,9 +24,10 @@ import httpx
 import promql_parser
 import pytest
 import yaml
-from conftest import ROOT, free_port, python_env, wait_for
 
 from asyncwatch import _names
+
+from .conftest import ROOT, free_port, python_env, wait_for
 
 EXPORTERS = ROOT / "exporters"
 PROMETHEUS = EXPORTERS / "prometheus"
