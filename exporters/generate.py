@@ -2,6 +2,7 @@
 
     python exporters/generate.py            # rewrite exporters/prometheus/rules/
     python exporters/generate.py --check    # exit 1 if a committed file is not current
+    python exporters/generate.py --pending  # list the rules waiting for other issues' metrics
 
 Each rule is one entry in ``RECORDING`` or ``ALERTS``. A rule that needs metrics asyncwatch
 does not export yet (another issue adds them) carries ``waits_for="issue N: ..."``: it goes to
@@ -376,7 +377,14 @@ def outputs() -> dict[Path, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if a file is not current")
+    parser.add_argument("--pending", action="store_true", help="list rules not active yet")
     args = parser.parse_args(argv)
+    if args.pending:
+        for rule in [*RECORDING, *ALERTS]:
+            if rule.waits_for:
+                name = rule.record if isinstance(rule, Record) else rule.alert
+                print(f"{rule.waits_for:45}  {name}")
+        return 0
     stale = []
     for path, text in outputs().items():
         if args.check:

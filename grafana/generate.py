@@ -2,6 +2,7 @@
 
     python grafana/generate.py            # rewrite the dashboards
     python grafana/generate.py --check    # exit 1 if a committed dashboard is not current
+    python grafana/generate.py --pending  # list what waits for metrics of other issues
 
 Built with grafana-foundation-sdk (Grafana's own dashboards-as-code SDK, pinned in
 pyproject.toml so the output is reproducible). Each panel is one ``Panel(...)`` entry in a
@@ -497,7 +498,7 @@ DIAGNOSIS = Board(
     variables=COMMON_VARIABLES,
     rows=(
         (
-            "Deadlocks and stuck tasks",
+            "Deadlocks, stuck and leaking tasks",
             (
                 _stat(
                     "Deadlocks found",
@@ -724,10 +725,27 @@ def outputs() -> dict[Path, str]:
     return out
 
 
+def pending() -> list[tuple[str, str]]:
+    """(waits_for, "dashboard: panel or variable") for everything not active yet."""
+    out = []
+    for board in BOARDS:
+        out += [(v.waits_for, f"{board.title}: ${v.name}") for v in board.variables if v.waits_for]
+        for row, panels in board.rows:
+            out += [
+                (p.waits_for, f"{board.title}: {row}: {p.title}") for p in panels if p.waits_for
+            ]
+    return sorted(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if a file is not current")
+    parser.add_argument("--pending", action="store_true", help="list what is not active yet")
     args = parser.parse_args(argv)
+    if args.pending:
+        for waits_for, what in pending():
+            print(f"{waits_for:45}  {what}")
+        return 0
     wanted = outputs()
     existing = set(OUT.glob("*.json"))
     stale = [p for p, text in wanted.items() if not p.exists() or p.read_text() != text]
