@@ -52,7 +52,7 @@ from ._faults import Faults
 from ._findings import FindingsLog
 from ._idle import is_idle
 from ._primitives import PrimitiveState, PrimitiveTracker
-from ._reach import UNREACHABLE, Verdict, reach
+from ._reach import UNREACHABLE, Verdict, direct, reach
 from ._recorder import coroutine_key
 from ._waitgraph import (
     DEAD,
@@ -76,7 +76,7 @@ from ._waitgraph import (
 logger = logging.getLogger("asyncwatch")
 
 MAX_SHARE = 0.01  # most of a loop's time the scans may take
-WALKS_PER_SCAN = 1  # reference walks (gc.get_referrers passes) per scan
+WALK_SHARE = 0.002  # most of a loop's time the reference walks (gc.get_referrers) may take
 LISTED = 20  # tasks named in blocked_behind
 LOCKLIKE = ("lock", "semaphore")
 
@@ -178,6 +178,9 @@ class DeadlockDetector:
         self.stuck_found = 0
         self.scan_seconds = 0.0
         self.last_scan_s = 0.0
+        self.checks = 0  # reachability checks made (most without a heap walk)
+        self.walks = 0  # of which heap walks
+        self._walk_after = -math.inf
         self.started_ns = time.time_ns()
 
     # ------------------------------------------------------------------ scheduling
@@ -422,41 +425,44 @@ class DeadlockDetector:
                 and rec.next_check <= now
             ):
                 candidates.append(e)
-        candidates.sort(key=lambda e: e.rec.since)
-        walks = 0
-        verdicts: dict[int, Verdict] = {}
+        # Never checked first, then the longest without a check: no wait starves the others.
+        candidates.sort(key=lambda e: (e.rec.next_check, e.rec.since))
+        verdicts: dict[int, tuple[Verdict, list[Any]]] = {}
+        walk_ok = now >= self._walk_after
         for e in candidates:
             rec = e.rec
             if e.wait is None:
                 e.wait = classify(e.task, e.fut, self.tracker)
             wait = e.wait
-            if is_idle(e.task) or self._idle_by_name(e.task):
-                rec.next_check = math.inf
+            if (
+                is_idle(e.task) or self._idle_by_name(e.task) or wait.kind in ("sleep", "io")
+                or wait.escapable or has_deadline(e.task, coro_chain(e.task))
+            ):
+                rec.next_check = math.inf  # by design, or a timeout will end it
                 continue
             if wait.kind in LOCKLIKE and wait.mode == "or" and all(t.done() for t in wait.succ):
                 reason = f"{_names_of(wait.succ)} finished without releasing it"
                 blocked: list[Any] = []
             elif wait.kind in SIGNAL_KINDS and wait.obj is not None:
-                verdict = verdicts.get(id(wait.obj))
-                if verdict is None:
-                    if walks >= WALKS_PER_SCAN:
-                        continue  # next scan
-                    walks += 1
-                    verdict, blocked = self._reach(e, tasks, nodes)
-                    verdicts[id(wait.obj)] = verdict
-                else:
-                    blocked = []
+                got = verdicts.get(id(wait.obj))
+                if got is None:
+                    walks = self.walks
+                    got = self._reach(e, tasks, nodes, entries, walk_ok=walk_ok)
+                    if got is None:
+                        continue  # needs a heap walk, and none is due yet
+                    walk_ok = walk_ok and self.walks == walks  # at most one walk per scan
+                    verdicts[id(wait.obj)] = got
+                verdict, blocked = got
                 if verdict.outcome != UNREACHABLE:
                     rec.checks += 1
-                    rec.next_check = now + self.stuck_after_s * min(2 ** rec.checks, 16)
+                    rec.next_check = now + self.stuck_after_s * min(2 ** rec.checks, 64)
                     continue
                 if not verdict.held_by_user:
                     rec.next_check = math.inf  # `await asyncio.Future()`: forever by design
                     continue
                 reason = _UNREACHABLE_WHY.get(wait.kind, "nothing else references it")
             else:
-                terminal = wait.kind in ("sleep", "io") or wait.escapable
-                rec.next_check = math.inf if terminal else now + self.stuck_after_s
+                rec.next_check = now + self.stuck_after_s  # waits on tasks, or on live holders
                 continue
             rec.reported = True
             stuck += 1
@@ -472,30 +478,46 @@ class DeadlockDetector:
                 return True
         return False
 
-    def _reach(self, entry: _Entry, tasks: set[Any], nodes: list[_Entry]) -> tuple[
-        Verdict, list[Any]
-    ]:
-        """Walk up from the entry's object; private: its waiters and who waits on them."""
+    def _reach(self, entry: _Entry, tasks: set[Any], nodes: list[_Entry],
+               entries: list[_Entry], *, walk_ok: bool) -> tuple[Verdict, list[Any]] | None:
+        """Can anything but its waiters (and who waits on them) reach the entry's object?
+        None when that needs a heap walk and none is allowed now."""
         wait = entry.wait
         assert wait is not None
         obj = wait.obj
         futs: set[int] = {id(obj)} if wait.kind == "future" else set()
-        queues = [obj, getattr(obj, "_finished", None)]
-        for holder in queues:
+        holders = [obj, getattr(obj, "_finished", None)]
+        for holder in holders:
             for attr in ("_waiters", "_getters", "_putters"):
                 futs.update(id(f) for f in getattr(holder, attr, None) or ())
-        del obj, queues, holder
+        own: dict[int, Any] = {}  # asyncwatch's own records that reference the object
+        for e in entries:
+            w = e.wait
+            if e.fut is obj or (w is not None and (w.obj is obj or obj in w.succ)):
+                own[id(e)] = e
+                if w is not None:
+                    own[id(w)] = w
+                    own[id(w.succ)] = w.succ
+        del obj, holders, holder, e, w  # no plain local may hold it while references are counted
         waiters = [t for t in tasks if id(getattr(t, "_fut_waiter", None)) in futs]
-        private = {id(t) for t in waiters}
-        behind = _dependents(private, nodes)
-        ids: set[int] = set()
+        private_ids = {id(t) for t in waiters}
+        behind = _dependents(private_ids, nodes)
+        private: list[Any] = []
         for task in [*waiters, *behind]:
-            ids.add(id(task))
-            ids.add(id(task._fut_waiter))
+            private.append(task)
             for coro in coro_chain(task):
-                ids.add(id(coro))
-                ids.add(id(frame_of(coro)))
-        verdict = reach([wait.obj], ids, _own)
+                private.append(coro)
+                private.append(frame_of(coro))
+        self.checks += 1
+        verdict = direct([wait.obj], private, list(own.values()))
+        if verdict is None:
+            if not walk_ok:
+                return None
+            began = time.perf_counter()
+            verdict = reach([wait.obj], {id(p) for p in private}, _own)
+            self.walks += 1
+            # Walks cost a pass over the heap per level: space them out to WALK_SHARE.
+            self._walk_after = self.clock() + (time.perf_counter() - began) / WALK_SHARE
         return verdict, behind
 
     # ------------------------------------------------------------------ findings

@@ -146,7 +146,32 @@ def frame_of(coro: Any) -> Any:
     return None
 
 
+_SELF_TYPES = {
+    "lock": asyncio.Lock,
+    "semaphore": asyncio.Semaphore,
+    "condition": asyncio.Condition,
+    "event": asyncio.Event,
+    "queue_get": asyncio.Queue,
+    "queue_put": asyncio.Queue,
+    "queue_join": asyncio.Queue,
+    "taskgroup": asyncio.TaskGroup,
+}
+
+
+def _self_of(coro: Any, kind: str) -> Any:
+    """The ``self`` of a suspended asyncio method, read from the coroutine's references: unlike
+    ``frame.f_locals`` on 3.11-3.12 this leaves no snapshot of the locals behind (one that
+    would itself reference the object and hide whether anything else does)."""
+    cls = _SELF_TYPES[kind]
+    for ref in gc.get_referents(coro):
+        if isinstance(ref, cls):
+            return ref
+    return None
+
+
 def _locals(coro: Any) -> dict[str, Any]:
+    """Locals of asyncio's own wait helpers (``wait``, ``wait_for``), which hold only tasks
+    and futures they already reference."""
     frame = frame_of(coro)
     if frame is None:
         return {}
@@ -228,12 +253,11 @@ def classify(task: Any, fut: Any, tracker: PrimitiveTracker | None,
         return Wait("other", None, (), fut)
     if kind in ("sleep", "io"):
         return Wait(kind, None, (), None, escapable=kind == "sleep")
-    local = _locals(inner)
-    owner = local.get("self")
     if kind == "event" and len(chain) > 1:
         outer = frame_of(chain[-2])
         if outer is not None and KNOWN.get(id(outer.f_code)) == "queue_join":
-            return Wait("queue_join", None, (), _locals(chain[-2]).get("self"))
+            return Wait("queue_join", None, (), _self_of(chain[-2], "queue_join"))
+    owner = _self_of(inner, kind) if kind in _SELF_TYPES else None
     if kind == "lock":
         return _lock_wait(owner, fut, tracker)
     if kind == "semaphore":
@@ -242,6 +266,7 @@ def classify(task: Any, fut: Any, tracker: PrimitiveTracker | None,
         return Wait(kind, None, (), owner)
     if kind == "taskgroup":
         return Wait("taskgroup", "and", _pending(getattr(owner, "_tasks", ())), owner)
+    local = _locals(inner)
     if kind == "wait":
         mode = "and" if local.get("return_when") == ALL_COMPLETED else "or"
         return Wait("wait", mode, _pending(local.get("fs", ())), None,
