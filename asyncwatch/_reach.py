@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import math
 import os
 import sys
 import threading

@@ -299,11 +299,12 @@ def _semaphore_wait(sem: Any, fut: Any, tracker: PrimitiveTracker | None) -> Wai
     if state is None or state.tracker is not tracker or state.initial is None:
         return Wait("semaphore", None, (), sem)
     used = state.initial - sem._value
-    if used <= 0 and not state.holders:
+    holders = state.holders or {}
+    if used <= 0 and not holders:
         return Wait("semaphore_signal", None, (), sem)  # a counter nobody holds: a signal
-    if state.uncertain or sum(state.holders.values()) != used:
+    if state.uncertain or sum(holders.values()) != used:
         return Wait("semaphore", None, (), sem)  # some permits are held by unknown parties
-    return Wait("semaphore", "or", list(state.holders), sem)
+    return Wait("semaphore", "or", list(holders), sem)
 
 
 def has_deadline(task: Any, chain: list[Any]) -> bool:

@@ -66,7 +66,8 @@ def test_two_tasks_awaiting_each_other(caplog: pytest.LogCaptureFixture) -> None
         "first": line_of("first waits here", HERE),
         "second": line_of("second waits here", HERE),
     }
-    assert "task 'first'" in found.explanation and "awaits task 'second'" in found.explanation
+    assert "task 'first'" in found.explanation
+    assert "awaits task 'second'" in found.explanation
     assert found.started_at <= found.detected_at
     assert found.explanation in caplog.text
 
@@ -112,10 +113,11 @@ def test_task_awaiting_itself() -> None:
         await asyncio.gather(asyncio.current_task())  # type: ignore[arg-type]
 
     async def scenario() -> None:
-        asyncio.create_task(narcissus(), name="narcissus")
+        task = asyncio.create_task(narcissus(), name="narcissus")
         await settle()
         watch.deadlocks.scan()
         watch.deadlocks.scan()
+        assert not task.done()
 
     with throwaway_loop() as loop:
         loop.run_until_complete(scenario())
@@ -304,10 +306,12 @@ async def test_condition_wait_with_no_notifier() -> None:
     assert watch.deadlocks.scan() == []  # once
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    assert isinstance(found, StuckTaskFinding) and stuck() == [found]
+    assert isinstance(found, StuckTaskFinding)
+    assert stuck() == [found]
     assert found.tasks == ("reader",)
     assert found.waited_s == pytest.approx(61)
-    assert found.waiting_on is not None and found.waiting_on.kind == "Condition"
+    assert found.waiting_on is not None
+    assert found.waiting_on.kind == "Condition"
     assert found.waiting_on.created_at is not None
     assert found.waiting_on.created_at.lineno == line_of("the condition", HERE)
     assert found.chains[0].frames[-2].lineno == line_of("waits forever", HERE)
@@ -335,7 +339,8 @@ async def test_queue_consumer_whose_producer_died(reader: InMemoryMetricReader) 
 
     made, eats = start()
     await settle()
-    assert made.done() and not eats.done()
+    assert made.done()
+    assert not eats.done()
     watch.deadlocks.scan()
     clock.advance(61)
     [found] = watch.deadlocks.scan()
@@ -344,7 +349,8 @@ async def test_queue_consumer_whose_producer_died(reader: InMemoryMetricReader) 
     eats.cancel()
     await asyncio.gather(made, eats, return_exceptions=True)
     assert found.tasks == ("consumer",)
-    assert found.waiting_on is not None and found.waiting_on.kind == "Queue"
+    assert found.waiting_on is not None
+    assert found.waiting_on.kind == "Queue"
     assert "no producer is left" in found.explanation
     assert collect(reader)["asyncwatch.stuck_tasks"][0].value == 1
 

@@ -63,7 +63,8 @@ async def test_lock_holder_is_the_acquiring_task() -> None:
     lock = asyncio.Lock()  # made here
     state = state_of(lock)
     assert state is not None
-    assert state.site is not None and state.site[1] == line_of("made here", HERE)
+    assert state.site is not None
+    assert state.site[1] == line_of("made here", HERE)
     assert await lock.acquire() is True
     assert state.holder is asyncio.current_task()
     lock.release()
@@ -77,7 +78,8 @@ async def test_semaphore_holders_are_counted_per_task() -> None:
     install()
     sem = asyncio.BoundedSemaphore(3)
     state = state_of(sem)
-    assert state is not None and state.initial == 3
+    assert state is not None
+    assert state.initial == 3
     entered = asyncio.Event()
     leave = asyncio.Event()
 
@@ -93,7 +95,8 @@ async def test_semaphore_holders_are_counted_per_task() -> None:
         assert state.held() == 3
     leave.set()
     await other
-    assert state.holders == {} and state.held() == 0
+    assert not state.holders
+    assert state.held() == 0
     with pytest.raises(ValueError, match="released too many times"):
         sem.release()
 
@@ -110,7 +113,8 @@ async def test_release_by_another_task_makes_ownership_unknown() -> None:
         sem.release()
 
     await asyncio.create_task(release_for_it())
-    assert state.uncertain and state.holders == {}
+    assert state.uncertain
+    assert not state.holders
 
 
 async def test_condition_lock_is_tracked_through_the_condition() -> None:
@@ -118,7 +122,8 @@ async def test_condition_lock_is_tracked_through_the_condition() -> None:
     install()
     cond = asyncio.Condition()
     lock_state = state_of(cond._lock)  # type: ignore[attr-defined]
-    assert lock_state is not None and lock_state.part_of is state_of(cond)
+    assert lock_state is not None
+    assert lock_state.part_of is state_of(cond)
     assert lock_state.describe().startswith("the lock of Condition created at")
     seen: list[Any] = []
 
@@ -170,9 +175,12 @@ async def test_observer_gets_wait_times_only_for_contended_acquires() -> None:
     await contender
     lock.release()
     assert calls[0] == ("Lock", None)
-    assert calls[1][0] == "Lock" and calls[1][1] is not None and calls[1][1] >= 0
+    assert calls[1][0] == "Lock"
+    assert calls[1][1] is not None
+    assert calls[1][1] >= 0
     state = state_of(lock)
-    assert state is not None and state.waits == 1
+    assert state is not None
+    assert state.waits == 1
 
 
 async def test_objects_made_while_installed_still_work_after_uninstall() -> None:
@@ -185,7 +193,7 @@ async def test_objects_made_while_installed_still_work_after_uninstall() -> None
         cond.notify_all()
     async with sem:
         pass
-    assert state_of(sem).holders == {}  # type: ignore[union-attr]
+    assert not state_of(sem).holders  # type: ignore[union-attr]
 
 
 async def test_reinstall_tracks_objects_from_an_earlier_install() -> None:
@@ -197,5 +205,7 @@ async def test_reinstall_tracks_objects_from_an_earlier_install() -> None:
     watch, _ = install()
     async with lock:
         state = state_of(lock)
-        assert state is not None and state.tracker is watch.primitives
-        assert state.holder is asyncio.current_task() and state.site == site
+        assert state is not None
+        assert state.tracker is watch.primitives
+        assert state.holder is asyncio.current_task()
+        assert state.site == site
