@@ -32,6 +32,7 @@ import asyncio
 import fnmatch
 import logging
 import math
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -59,8 +60,8 @@ from ._waitgraph import (
     EDGE_KINDS,
     LIVE,
     SIGNAL_KINDS,
+    TASK_TYPES,
     Wait,
-    _pending,
     _shielded,
     classify,
     coro_chain,
@@ -71,32 +72,34 @@ from ._waitgraph import (
     has_deadline,
     is_task,
     timer_targets,
+    wait_kind,
 )
 
 logger = logging.getLogger("asyncwatch")
 
 MAX_SHARE = 0.01  # most of a loop's time the scans may take
+CHECK_BUDGET_S = 0.005  # stuck checks per scan stop after this long; the rest wait a scan
 WALK_SHARE = 0.002  # most of a loop's time the reference walks (gc.get_referrers) may take
 LISTED = 20  # tasks named in blocked_behind
 LOCKLIKE = ("lock", "semaphore")
 
 
 class _Seen:
-    """One task's current wait, across scans (no strong reference to the task or future)."""
+    """One task's current wait, across scans. It holds the future the task waits on (the task
+    holds it too, while it waits); no reference to the task itself."""
 
-    __slots__ = ("checks", "fid", "fref", "kind", "next_check", "reported", "scans", "since",
-                 "tref")
+    __slots__ = ("checks", "fut", "kind", "next_check", "reported", "since", "wait")
 
-    def __init__(self, fid: int, since: float) -> None:
-        self.fid = fid
+    def __init__(self, fut: Any, since: float) -> None:
+        self.fut = fut
         self.since = since
-        self.scans = 1
-        self.tref: Any = None
-        self.fref: Any = None
         self.kind: str | None = None
         self.next_check = 0.0
         self.checks = 0
         self.reported = False
+        # The Wait of a kind whose edges cannot change while the future is the same (task,
+        # gather, shield): it references only what the waiting task's future already does.
+        self.wait: Wait | None = None
 
 
 class _Entry:
@@ -135,18 +138,105 @@ class _LoopState:
         self.handle: Any = None
 
 
-_OWN_TYPES = (Wait, _Seen, _Entry, _Graph, _LoopState, PrimitiveState)
+class _Checks:
+    """Per-scan indexes for stuck checks, each built on first use."""
+
+    __slots__ = ("_by_fut", "_own", "_rev", "candidates", "followed", "graph", "tasks",
+                 "verdicts")
+
+    def __init__(self, tasks: list[Any], followed: list[_Entry], candidates: list[_Entry],
+                 graph: _Graph) -> None:
+        self.tasks = tasks
+        self.followed = followed
+        self.candidates = candidates
+        self.graph = graph
+        self.verdicts: dict[int, tuple[Verdict, list[Any]] | None] = {}
+        self._by_fut: dict[int, Any] | None = None
+        self._own: dict[int, list[Any]] | None = None
+        self._rev: dict[int, list[_Entry]] | None = None
+
+    def waiters_of(self, wait: Wait) -> list[Any]:
+        """Tasks waiting on the same object (its waiter futures, or the future itself)."""
+        if self._by_fut is None:
+            self._by_fut = {}
+            for t in self.tasks:
+                f = getattr(t, "_fut_waiter", None)
+                if f is not None:
+                    self._by_fut[id(f)] = t
+        obj = wait.obj
+        futs = [obj] if wait.kind == "future" else []
+        for holder in (obj, getattr(obj, "_finished", None)):
+            for attr in ("_waiters", "_getters", "_putters"):
+                futs.extend(getattr(holder, attr, None) or ())
+        found = (self._by_fut.get(id(f)) for f in futs)
+        return [t for t in found if t is not None]
+
+    def own_refs(self, obj: Any) -> list[Any]:
+        """asyncwatch's own records that reference ``obj`` (their references are counted)."""
+        if self._own is None:
+            self._own = {}
+            for e in (*self.followed, *self.candidates):
+                for w in {id(w): w for w in (e.wait, e.rec.wait) if w is not None}.values():
+                    for x in (w.obj, *w.succ):
+                        self._own.setdefault(id(x), []).extend((w, w.succ))
+                self._own.setdefault(id(e.fut), []).extend((e, e.rec))
+        seen: dict[int, Any] = {id(h): h for h in self._own.get(id(obj), ())}
+        return list(seen.values())
+
+    def dependents(self, private: set[int]) -> list[Any]:
+        """Tasks that can only wake through the tasks in ``private`` (added to it)."""
+        if self._rev is None:
+            self._rev = {}
+            for e in self.graph.nodes:
+                if e.wait is not None and not e.wait.escapable:
+                    for t in e.wait.succ:
+                        self._rev.setdefault(id(t), []).append(e)
+        out: list[Any] = []
+        todo = list(private)
+        while todo:
+            for e in self._rev.get(todo.pop(), ()):
+                tid = id(e.task)
+                if tid in private:
+                    continue
+                wait = e.wait
+                assert wait is not None
+                ids = [id(t) for t in wait.succ if is_task(t) and not t.done()]
+                if wait.kind in LOCKLIKE or wait.mode == "or":
+                    caught = all(x in private for x in ids)
+                else:
+                    caught = True
+                if caught:
+                    private.add(tid)
+                    out.append(e.task)
+                    todo.append(tid)
+        return out
+
+
+if sys.version_info >= (3, 12):
+
+    def _tasks_of(loop: Any) -> list[Any]:
+        return list(asyncio.all_tasks(loop))
+
+else:  # 3.11's all_tasks calls a Python helper per task; this is the same filter inline
+
+    def _tasks_of(loop: Any) -> list[Any]:
+        registry = asyncio.tasks._all_tasks  # type: ignore[attr-defined]
+        for _ in range(1000):
+            try:
+                every = list(registry)
+                break
+            except RuntimeError:  # changed size during iteration (another thread)
+                continue
+        else:
+            return list(asyncio.all_tasks(loop))
+        return [t for t in every if getattr(t, "_loop", None) is loop and not t.done()]
+
+
+_OWN_TYPES = (Wait, _Seen, _Entry, _Graph, _Checks, _LoopState, PrimitiveState)
 
 
 def _own(obj: Any) -> bool:
     return isinstance(obj, _OWN_TYPES)
-
-
-def _wref(obj: Any) -> Any:
-    try:
-        return weakref.ref(obj)
-    except TypeError:
-        return None
 
 
 class DeadlockDetector:
@@ -221,6 +311,7 @@ class DeadlockDetector:
         """Stop scanning; cancel pending scans. Idempotent."""
         self.active = False
         for loop, state in list(self._states.items()):
+            state.seen = {}
             handle, state.handle = state.handle, None
             if handle is None or loop.is_closed():
                 continue
@@ -285,73 +376,84 @@ class DeadlockDetector:
         state = self._state(loop)
         now = self.clock()
         current = asyncio.current_task(loop)
-        tasks = asyncio.all_tasks(loop)
-        entries = self._settle(state, tasks, current, now)
-        if not entries:
-            state.cycles = set()
-            state.deadlocked = state.stuck = 0
-            return []
+        tasks = _tasks_of(loop)
+        followed, due, reported = self._settle(state, tasks, current, now)
         out: list[DeadlockFinding | StuckTaskFinding] = []
-        graph = self._graph(entries)
+        graph = self._graph(followed)
         in_deadlock = self._deadlocks(loop, state, graph, now, out)
-        self._stuck(state, entries, tasks, graph.nodes, in_deadlock, now=now, out=out)
+        if due or followed:
+            self._stuck(state, followed, due, reported=reported, tasks=tasks, graph=graph,
+                        in_deadlock=in_deadlock, now=now, out=out)
+        else:
+            state.stuck = reported
         for finding in out:
             self._emit(finding)
         return out
 
     def _settle(self, state: _LoopState, tasks: Iterable[Any], current: Any,
-                now: float) -> list[_Entry]:
-        """Record every suspended task's wait; return those seen by the previous scan too."""
+                now: float) -> tuple[list[_Entry], list[_Entry], int]:
+        """Record every suspended task's wait. Of the waits the previous scan saw too, return
+        those whose edges are followed (or not classified yet), the other ones due for a
+        stuck check, and how many are already reported stuck. This loop runs for every
+        waiting task on every scan: it only reads attributes and compares."""
         old = state.seen
         new: dict[int, _Seen] = {}
-        settled: list[_Entry] = []
+        followed: list[_Entry] = []
+        due: list[_Entry] = []
+        reported = 0
+        ripe = now - self.stuck_after_s
+        get = old.get
         for task in tasks:
             fut = getattr(task, "_fut_waiter", None)
             if fut is None or task is current or fut.done():
                 continue
             tid = id(task)
-            rec = old.get(tid)
-            if (
-                rec is not None and rec.fid == id(fut)
-                and (rec.tref is None or rec.tref() is task)
-                and (rec.fref is None or rec.fref() is fut)
-            ):
-                rec.scans += 1
-                if rec.tref is None:
-                    rec.tref = _wref(task)
-                    rec.fref = _wref(fut)
-                settled.append(_Entry(task, fut, rec))
+            rec = get(tid)
+            if rec is not None and rec.fut is fut:
+                kind = rec.kind
+                if kind is None:
+                    kind = rec.kind = wait_kind(task, fut)
+                if kind in EDGE_KINDS:
+                    followed.append(_Entry(task, fut, rec))
+                elif rec.reported:
+                    reported += 1
+                elif rec.since <= ripe and rec.next_check <= now:
+                    due.append(_Entry(task, fut, rec))
             else:
-                rec = _Seen(id(fut), now)
+                rec = _Seen(fut, now)
             new[tid] = rec
         state.seen = new
-        return settled
+        return followed, due, reported
 
     def _wait_of(self, entry: _Entry) -> Wait | None:
         """The entry's wait, or None for a kind with no edges (remembered per wait)."""
         rec, fut = entry.rec, entry.fut
-        kind = rec.kind
-        if kind is not None and kind not in EDGE_KINDS:
-            return None
-        if kind == "task":
-            wait = Wait("task", "and", [fut], fut)
-        elif kind == "gather":
-            wait = Wait("gather", "and", _pending(fut._children), fut)
-        elif kind == "shield":
-            inner = _shielded(fut)
-            wait = Wait("shield", "and", _pending([inner]) if inner is not None else [], fut)
-        else:
-            wait = classify(entry.task, fut, self.tracker)
-            rec.kind = wait.kind
+        wait = rec.wait
+        if wait is None:
+            kind = rec.kind
+            if kind is not None and kind not in EDGE_KINDS:
+                return None
+            if kind == "task":
+                wait = rec.wait = Wait("task", "and", [fut], fut)
+            elif kind == "gather":
+                wait = rec.wait = Wait("gather", "and", list(fut._children), fut)
+            elif kind == "shield":
+                inner = _shielded(fut)
+                wait = rec.wait = Wait("shield", "and", [] if inner is None else [inner], fut)
+            else:  # locks, TaskGroups, wait(): what they wait on changes, so look each time
+                wait = classify(entry.task, fut, self.tracker)
+                rec.kind = wait.kind
         entry.wait = wait
         return wait if wait.mode is not None else None
 
     def _graph(self, entries: list[_Entry]) -> _Graph:
-        graph = _Graph([e for e in entries if self._wait_of(e) is not None])
+        wait_of = self._wait_of
+        graph = _Graph([e for e in entries if wait_of(e) is not None])
         index = {id(e.task): i for i, e in enumerate(graph.nodes)}
         count = len(graph.nodes)
         succ, mode, live0, res = graph.succ, graph.mode, graph.live0, graph.res
         res_index: dict[int, int] = {}
+        task_types = TASK_TYPES
         for e in graph.nodes:
             wait = e.wait
             assert wait is not None
@@ -364,7 +466,13 @@ class DeadlockDetector:
                 succ.append([r])
                 mode.append("and")
             else:
-                succ.append([_node(s, index, holder=False) for s in wait.succ])
+                # A successor that is not a settled, followed task is live: running,
+                # runnable, done, or waiting on something that can wake it.
+                succ.append([
+                    index.get(id(s), LIVE) if isinstance(s, task_types) and not s.done()
+                    else LIVE
+                    for s in wait.succ
+                ])
                 mode.append(wait.mode or "and")
         for wait in res:
             succ.append([_node(h, index, holder=True) for h in wait.succ])
@@ -410,29 +518,29 @@ class DeadlockDetector:
         state.deadlocked = deadlocked
         return involved
 
-    def _stuck(self, state: _LoopState, entries: list[_Entry], tasks: set[Any],
-               nodes: list[_Entry], in_deadlock: set[int], *, now: float,
-               out: list[DeadlockFinding | StuckTaskFinding]) -> None:
-        stuck = 0
-        candidates = []
-        for e in entries:
+    def _stuck(self, state: _LoopState, followed: list[_Entry], due: list[_Entry], *,
+               reported: int, tasks: list[Any], graph: _Graph, in_deadlock: set[int],
+               now: float, out: list[DeadlockFinding | StuckTaskFinding]) -> None:
+        ripe = now - self.stuck_after_s
+        candidates = list(due)
+        for e in followed:
             rec = e.rec
             if rec.reported:
-                stuck += 1
-            elif (
-                id(e.task) not in in_deadlock
-                and now - rec.since >= self.stuck_after_s
-                and rec.next_check <= now
-            ):
+                reported += 1
+            elif id(e.task) not in in_deadlock and rec.since <= ripe and rec.next_check <= now:
                 candidates.append(e)
         # Never checked first, then the longest without a check: no wait starves the others.
         candidates.sort(key=lambda e: (e.rec.next_check, e.rec.since))
-        verdicts: dict[int, tuple[Verdict, list[Any]]] = {}
+        checks = _Checks(tasks, followed, candidates, graph)
+        deadline = time.perf_counter() + CHECK_BUDGET_S
         walk_ok = now >= self._walk_after
         for e in candidates:
+            if time.perf_counter() > deadline:
+                break  # the rest wait for the next scans (they keep their place)
             rec = e.rec
             if e.wait is None:
                 e.wait = classify(e.task, e.fut, self.tracker)
+                rec.kind = e.wait.kind
             wait = e.wait
             if (
                 is_idle(e.task) or self._idle_by_name(e.task) or wait.kind in ("sleep", "io")
@@ -444,14 +552,14 @@ class DeadlockDetector:
                 reason = f"{_names_of(wait.succ)} finished without releasing it"
                 blocked: list[Any] = []
             elif wait.kind in SIGNAL_KINDS and wait.obj is not None:
-                got = verdicts.get(id(wait.obj))
-                if got is None:
+                key = id(wait.obj)
+                if key not in checks.verdicts:
                     walks = self.walks
-                    got = self._reach(e, tasks, nodes, entries, walk_ok=walk_ok)
-                    if got is None:
-                        continue  # needs a heap walk, and none is due yet
+                    checks.verdicts[key] = self._reach(e, checks, walk_ok=walk_ok)
                     walk_ok = walk_ok and self.walks == walks  # at most one walk per scan
-                    verdicts[id(wait.obj)] = got
+                got = checks.verdicts[key]
+                if got is None:
+                    continue  # needs a heap walk, and none is due yet
                 verdict, blocked = got
                 if verdict.outcome != UNREACHABLE:
                     rec.checks += 1
@@ -465,9 +573,9 @@ class DeadlockDetector:
                 rec.next_check = now + self.stuck_after_s  # waits on tasks, or on live holders
                 continue
             rec.reported = True
-            stuck += 1
+            reported += 1
             out.append(self._stuck_finding(e, reason, blocked, now))
-        state.stuck = stuck
+        state.stuck = reported
 
     def _idle_by_name(self, task: Any) -> bool:
         if not self.idle_patterns:
@@ -478,38 +586,25 @@ class DeadlockDetector:
                 return True
         return False
 
-    def _reach(self, entry: _Entry, tasks: set[Any], nodes: list[_Entry],
-               entries: list[_Entry], *, walk_ok: bool) -> tuple[Verdict, list[Any]] | None:
+    def _reach(self, entry: _Entry, checks: _Checks, *, walk_ok: bool) -> tuple[
+        Verdict, list[Any]
+    ] | None:
         """Can anything but its waiters (and who waits on them) reach the entry's object?
         None when that needs a heap walk and none is allowed now."""
         wait = entry.wait
         assert wait is not None
-        obj = wait.obj
-        futs: set[int] = {id(obj)} if wait.kind == "future" else set()
-        holders = [obj, getattr(obj, "_finished", None)]
-        for holder in holders:
-            for attr in ("_waiters", "_getters", "_putters"):
-                futs.update(id(f) for f in getattr(holder, attr, None) or ())
-        own: dict[int, Any] = {}  # asyncwatch's own records that reference the object
-        for e in entries:
-            w = e.wait
-            if e.fut is obj or (w is not None and (w.obj is obj or obj in w.succ)):
-                own[id(e)] = e
-                if w is not None:
-                    own[id(w)] = w
-                    own[id(w.succ)] = w.succ
-        del obj, holders, holder, e, w  # no plain local may hold it while references are counted
-        waiters = [t for t in tasks if id(getattr(t, "_fut_waiter", None)) in futs]
+        waiters = checks.waiters_of(wait)
         private_ids = {id(t) for t in waiters}
-        behind = _dependents(private_ids, nodes)
+        behind = checks.dependents(private_ids)
         private: list[Any] = []
         for task in [*waiters, *behind]:
             private.append(task)
             for coro in coro_chain(task):
                 private.append(coro)
                 private.append(frame_of(coro))
+        own = checks.own_refs(wait.obj)
         self.checks += 1
-        verdict = direct([wait.obj], private, list(own.values()))
+        verdict = direct([wait.obj], private, own)
         if verdict is None:
             if not walk_ok:
                 return None
@@ -663,27 +758,3 @@ def _behind(group: list[int], succ: list[list[int]], bad: list[bool]) -> list[in
                 out.append(v)
                 todo.append(v)
     return sorted(out)
-
-
-def _dependents(private: set[int], nodes: list[_Entry]) -> list[Any]:
-    """Tasks that can only wake through the tasks in ``private`` (added to it)."""
-    out: list[Any] = []
-    changed = True
-    while changed:
-        changed = False
-        for e in nodes:
-            wait = e.wait
-            if wait is None or id(e.task) in private or wait.escapable:
-                continue
-            ids = [id(t) for t in wait.succ if is_task(t) and not t.done()]
-            if not ids:
-                continue
-            if wait.kind in LOCKLIKE or wait.mode == "or":
-                caught = all(x in private for x in ids)
-            else:
-                caught = any(x in private for x in ids)
-            if caught:
-                private.add(id(e.task))
-                out.append(e.task)
-                changed = True
-    return out

@@ -99,7 +99,7 @@ def _io_files() -> frozenset[str]:
             continue
         filename = getattr(module, "__file__", None)
         if filename:
-            files.add(os.path.normcase(filename))
+            files.add(filename)
     return frozenset(files)
 
 
@@ -110,31 +110,51 @@ IO_FILES = _io_files()
 # ---------------------------------------------------------------------- await chains
 
 
+_CORO, _GEN, _AGEN = types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType
+
+
 def coro_chain(task: Any) -> list[Any]:
-    """The suspended coroutines (and generators) of ``task``, outermost first."""
+    """The suspended coroutines (and generators) of ``task``, outermost first.
+
+    Follows ``cr_await``/``gi_yieldfrom``/``ag_await`` only: no frame object is created.
+    """
     out: list[Any] = []
     try:
         coro = task.get_coro()
     except Exception:
         return out
     for _ in range(MAX_DEPTH):
-        if coro is None:
-            break
-        frame = getattr(coro, "cr_frame", None)
-        if frame is not None:
+        kind = type(coro)
+        if kind is _CORO:
             nxt = coro.cr_await
+        elif kind is _GEN:
+            nxt = coro.gi_yieldfrom
+        elif kind is _AGEN:
+            nxt = coro.ag_await
         else:
-            frame = getattr(coro, "gi_frame", None)
-            if frame is not None:
-                nxt = coro.gi_yieldfrom
-            else:
-                frame = getattr(coro, "ag_frame", None)
-                if frame is None:
-                    break
-                nxt = getattr(coro, "ag_await", None)
+            nxt = getattr(coro, "cr_await", _NOT_A_CORO)  # compiled (Cython) coroutines
+            if nxt is _NOT_A_CORO:
+                break
         out.append(coro)
+        if nxt is None:
+            break
         coro = nxt
     return out
+
+
+_NOT_A_CORO = object()
+
+
+def code_of(coro: Any) -> Any:
+    """The code object a coroutine, generator or async generator runs."""
+    kind = type(coro)
+    if kind is _CORO:
+        return coro.cr_code
+    if kind is _GEN:
+        return coro.gi_code
+    if kind is _AGEN:
+        return coro.ag_code
+    return getattr(coro, "cr_code", None)
 
 
 def frame_of(coro: Any) -> Any:
@@ -184,9 +204,29 @@ def _locals(coro: Any) -> dict[str, Any]:
 def kind_of_code(code: Any) -> str | None:
     """The wait kind a frame running ``code`` stands for, if asyncio's own."""
     kind = KNOWN.get(id(code))
-    if kind is None and os.path.normcase(code.co_filename) in IO_FILES:
+    if kind is None and code.co_filename in IO_FILES:
         kind = "io"
     return kind
+
+
+def wait_kind(task: Any, fut: Any) -> str:
+    """Just the kind of ``classify(task, fut)``, without building the ``Wait``."""
+    chain = coro_chain(task)
+    code = code_of(chain[-1]) if chain else None
+    kind = kind_of_code(code) if code is not None else None
+    if kind is not None:
+        if kind == "event" and len(chain) > 1 and KNOWN.get(id(code_of(chain[-2]))) == "queue_join":
+            return "queue_join"
+        return kind
+    if is_task(fut):
+        return "task"
+    if _GATHERING is not None and isinstance(fut, _GATHERING):
+        return "gather"
+    if _shielded(fut) is not None:
+        return "shield"
+    if type(fut) in (asyncio.Future, asyncio.futures._PyFuture):  # type: ignore[attr-defined]
+        return "future"
+    return "other"
 
 
 # ---------------------------------------------------------------------- one wait
@@ -238,8 +278,8 @@ def classify(task: Any, fut: Any, tracker: PrimitiveTracker | None,
     if chain is None:
         chain = coro_chain(task)
     inner = chain[-1] if chain else None
-    frame = frame_of(inner) if inner is not None else None
-    kind = kind_of_code(frame.f_code) if frame is not None else None
+    code = code_of(inner) if inner is not None else None
+    kind = kind_of_code(code) if code is not None else None
     if kind is None:
         if is_task(fut):
             return Wait("task", "and", [fut], fut)
@@ -254,8 +294,7 @@ def classify(task: Any, fut: Any, tracker: PrimitiveTracker | None,
     if kind in ("sleep", "io"):
         return Wait(kind, None, (), None, escapable=kind == "sleep")
     if kind == "event" and len(chain) > 1:
-        outer = frame_of(chain[-2])
-        if outer is not None and KNOWN.get(id(outer.f_code)) == "queue_join":
+        if KNOWN.get(id(code_of(chain[-2]))) == "queue_join":
             return Wait("queue_join", None, (), _self_of(chain[-2], "queue_join"))
     owner = _self_of(inner, kind) if kind in _SELF_TYPES else None
     if kind == "lock":

@@ -418,3 +418,38 @@ async def test_detection_off_patches_nothing() -> None:
     watch, _ = install(deadlock_detection=False)
     assert asyncio.Lock.__dict__["acquire"] is original
     assert not watch.deadlocks.active
+
+
+def test_the_scanner_runs_by_itself_and_stops_with_uninstall() -> None:
+    """With a short interval the loop finds a lock-order inversion on its own timer."""
+    watch = asyncwatch.install(
+        metrics_exporters=("none",), raise_errors=True, deadlock_interval_s=0.05
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        found = asyncio.Event()
+        watch.findings.listen(lambda finding: loop.call_soon_threadsafe(found.set))
+        first, second = asyncio.Lock(), asyncio.Lock()
+        both_hold = asyncio.Barrier(2)
+
+        async def take(a: asyncio.Lock, b: asyncio.Lock) -> None:
+            async with a:
+                await both_hold.wait()
+                async with b:
+                    pass
+
+        tasks = [asyncio.create_task(take(first, second)), asyncio.create_task(take(second, first))]
+        await asyncio.wait_for(found.wait(), 60)
+        asyncwatch.uninstall()
+        ours = [
+            h for h in loop._scheduled  # type: ignore[attr-defined]
+            if not h.cancelled() and getattr(h._callback, "__self__", None) is watch.deadlocks
+        ]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert ours == []
+
+    asyncio.run(main())
+    assert [f.kind for f in watch.findings.list()] == ["deadlock"]
