@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import heapq
 import logging
 import math
 import sys
@@ -79,6 +80,7 @@ logger = logging.getLogger("asyncwatch")
 
 MAX_SHARE = 0.01  # most of a loop's time the scans may take
 CHECK_BUDGET_S = 0.005  # stuck checks per scan stop after this long; the rest wait a scan
+CHECKS_PER_SCAN = 256  # candidates considered per scan (the longest unchecked first)
 WALK_SHARE = 0.002  # most of a loop's time the reference walks (gc.get_referrers) may take
 LISTED = 20  # tasks named in blocked_behind
 LOCKLIKE = ("lock", "semaphore")
@@ -88,30 +90,36 @@ class _Seen:
     """One task's current wait, across scans. It holds the future the task waits on (the task
     holds it too, while it waits); no reference to the task itself."""
 
-    __slots__ = ("checks", "fut", "kind", "next_check", "reported", "since", "wait")
+    __slots__ = ("check_at", "checks", "follow", "fut", "kind", "reported", "since", "wait")
 
     def __init__(self, fut: Any, since: float) -> None:
         self.fut = fut
         self.since = since
-        self.kind: str | None = None
-        self.next_check = 0.0
+        self.kind: str | None = None  # set when a second scan finds the same wait
+        self.follow = False  # an edge kind: part of the deadlock graph every scan
+        self.check_at = since  # when next to look at it (classify, then stuck checks)
         self.checks = 0
         self.reported = False
         # The Wait of a kind whose edges cannot change while the future is the same (task,
-        # gather, shield): it references only what the waiting task's future already does.
+        # gather, shield) or of a signal kind: it references only what the waiting task's
+        # future already does.
         self.wait: Wait | None = None
 
 
 class _Entry:
-    """A settled wait during one scan."""
+    """A settled wait during one scan (the future is reached through ``rec``, so that the
+    records referencing a waited-on object are exactly the ``_Seen`` ones)."""
 
-    __slots__ = ("fut", "rec", "task", "wait")
+    __slots__ = ("rec", "task", "wait")
 
-    def __init__(self, task: Any, fut: Any, rec: _Seen) -> None:
+    def __init__(self, task: Any, rec: _Seen) -> None:
         self.task = task
-        self.fut = fut
         self.rec = rec
         self.wait: Wait | None = None
+
+    @property
+    def fut(self) -> Any:
+        return self.rec.fut
 
 
 class _Graph:
@@ -128,10 +136,11 @@ class _Graph:
 
 
 class _LoopState:
-    __slots__ = ("cycles", "deadlocked", "handle", "seen", "stuck")
+    __slots__ = ("cycles", "deadlocked", "handle", "reported", "seen", "stuck")
 
     def __init__(self) -> None:
         self.seen: dict[int, _Seen] = {}
+        self.reported: set[int] = set()  # ids of tasks whose current wait was reported stuck
         self.cycles: set[frozenset[tuple[int, int]]] = set()
         self.deadlocked = 0
         self.stuck = 0
@@ -139,49 +148,47 @@ class _LoopState:
 
 
 class _Checks:
-    """Per-scan indexes for stuck checks, each built on first use."""
+    """Per-scan state of the stuck checks: verdicts per object, reverse edges on demand."""
 
-    __slots__ = ("_by_fut", "_own", "_rev", "candidates", "followed", "graph", "tasks",
-                 "verdicts")
+    __slots__ = ("_rev", "graph", "seen", "verdicts")
 
-    def __init__(self, tasks: list[Any], followed: list[_Entry], candidates: list[_Entry],
-                 graph: _Graph) -> None:
-        self.tasks = tasks
-        self.followed = followed
-        self.candidates = candidates
+    def __init__(self, seen: dict[int, _Seen], graph: _Graph) -> None:
+        self.seen = seen
         self.graph = graph
         self.verdicts: dict[int, tuple[Verdict, list[Any]] | None] = {}
-        self._by_fut: dict[int, Any] | None = None
-        self._own: dict[int, list[Any]] | None = None
         self._rev: dict[int, list[_Entry]] | None = None
 
-    def waiters_of(self, wait: Wait) -> list[Any]:
-        """Tasks waiting on the same object (its waiter futures, or the future itself)."""
-        if self._by_fut is None:
-            self._by_fut = {}
-            for t in self.tasks:
-                f = getattr(t, "_fut_waiter", None)
-                if f is not None:
-                    self._by_fut[id(f)] = t
+    @staticmethod
+    def waiters_of(wait: Wait) -> list[Any]:
+        """Tasks waiting on the same object: the owners of the wake-up callbacks of its
+        waiter futures (or of the future itself)."""
         obj = wait.obj
         futs = [obj] if wait.kind == "future" else []
         for holder in (obj, getattr(obj, "_finished", None)):
             for attr in ("_waiters", "_getters", "_putters"):
                 futs.extend(getattr(holder, attr, None) or ())
-        found = (self._by_fut.get(id(f)) for f in futs)
-        return [t for t in found if t is not None]
+        out: dict[int, Any] = {}
+        for f in futs:
+            for entry in getattr(f, "_callbacks", None) or ():
+                cb = entry[0] if isinstance(entry, tuple) else entry
+                owner = getattr(cb, "__self__", None)
+                if is_task(owner) and owner._fut_waiter is f:
+                    out[id(owner)] = owner
+        return list(out.values())
 
-    def own_refs(self, obj: Any) -> list[Any]:
-        """asyncwatch's own records that reference ``obj`` (their references are counted)."""
-        if self._own is None:
-            self._own = {}
-            for e in (*self.followed, *self.candidates):
-                for w in {id(w): w for w in (e.wait, e.rec.wait) if w is not None}.values():
-                    for x in (w.obj, *w.succ):
-                        self._own.setdefault(id(x), []).extend((w, w.succ))
-                self._own.setdefault(id(e.fut), []).extend((e, e.rec))
-        seen: dict[int, Any] = {id(h): h for h in self._own.get(id(obj), ())}
-        return list(seen.values())
+    def own_refs(self, waiters: list[Any]) -> list[Any]:
+        """asyncwatch's own records that may reference the waiters' object: their ``_Seen``
+        records (future, cached Wait). A reference missed here only sends the decision to
+        the heap walk, which skips asyncwatch's objects by type."""
+        out: dict[int, Any] = {}
+        for t in waiters:
+            rec = self.seen.get(id(t))
+            if rec is not None:
+                out[id(rec)] = rec
+                if rec.wait is not None:
+                    out[id(rec.wait)] = rec.wait
+                    out[id(rec.wait.succ)] = rec.wait.succ
+        return list(out.values())
 
     def dependents(self, private: set[int]) -> list[Any]:
         """Tasks that can only wake through the tasks in ``private`` (added to it)."""
@@ -377,53 +384,66 @@ class DeadlockDetector:
         now = self.clock()
         current = asyncio.current_task(loop)
         tasks = _tasks_of(loop)
-        followed, due, reported = self._settle(state, tasks, current, now)
+        followed, due = self._settle(state, tasks, current, now)
         out: list[DeadlockFinding | StuckTaskFinding] = []
         graph = self._graph(followed)
         in_deadlock = self._deadlocks(loop, state, graph, now, out)
         if due or followed:
-            self._stuck(state, followed, due, reported=reported, tasks=tasks, graph=graph,
-                        in_deadlock=in_deadlock, now=now, out=out)
-        else:
-            state.stuck = reported
+            self._stuck(state, followed, due, graph=graph, in_deadlock=in_deadlock, now=now,
+                        out=out)
+        seen = state.seen
+        state.reported = {tid for tid in state.reported if (r := seen.get(tid)) and r.reported}
+        state.stuck = len(state.reported)
         for finding in out:
             self._emit(finding)
         return out
 
-    def _settle(self, state: _LoopState, tasks: Iterable[Any], current: Any,
-                now: float) -> tuple[list[_Entry], list[_Entry], int]:
+    def _settle(self, state: _LoopState, tasks: list[Any], current: Any,
+                now: float) -> tuple[list[_Entry], list[tuple[Any, _Seen]]]:
         """Record every suspended task's wait. Of the waits the previous scan saw too, return
-        those whose edges are followed (or not classified yet), the other ones due for a
-        stuck check, and how many are already reported stuck. This loop runs for every
-        waiting task on every scan: it only reads attributes and compares."""
+        those whose edges are followed, and the other ones due for a look (classifying them,
+        or a stuck check). This loop runs for every waiting task on every scan, so a wait
+        that is neither costs a dictionary lookup and three comparisons."""
         old = state.seen
         new: dict[int, _Seen] = {}
         followed: list[_Entry] = []
-        due: list[_Entry] = []
-        reported = 0
-        ripe = now - self.stuck_after_s
+        due: list[tuple[Any, _Seen]] = []
         get = old.get
-        for task in tasks:
-            fut = getattr(task, "_fut_waiter", None)
-            if fut is None or task is current or fut.done():
-                continue
-            tid = id(task)
-            rec = get(tid)
-            if rec is not None and rec.fut is fut:
-                kind = rec.kind
-                if kind is None:
-                    kind = rec.kind = wait_kind(task, fut)
-                if kind in EDGE_KINDS:
-                    followed.append(_Entry(task, fut, rec))
-                elif rec.reported:
-                    reported += 1
-                elif rec.since <= ripe and rec.next_check <= now:
-                    due.append(_Entry(task, fut, rec))
-            else:
-                rec = _Seen(fut, now)
-            new[tid] = rec
+        try:
+            for task in tasks:
+                fut = task._fut_waiter
+                if fut is None or fut.done() or task is current:
+                    continue
+                tid = id(task)
+                rec = get(tid)
+                if rec is not None and rec.fut is fut:
+                    if rec.follow:
+                        followed.append(_Entry(task, rec))
+                    elif rec.check_at <= now:
+                        if rec.kind is None:
+                            self._first_look(task, rec)
+                            if rec.follow:
+                                followed.append(_Entry(task, rec))
+                            elif rec.check_at <= now:
+                                due.append((task, rec))
+                        else:
+                            due.append((task, rec))
+                else:
+                    rec = _Seen(fut, now)
+                new[tid] = rec
+        except AttributeError:  # a task class without _fut_waiter: leave such tasks out
+            usable = [t for t in tasks if hasattr(t, "_fut_waiter")]
+            if len(usable) == len(tasks):
+                raise
+            return self._settle(state, usable, current, now)
         state.seen = new
-        return followed, due, reported
+        return followed, due
+
+    def _first_look(self, task: Any, rec: _Seen) -> None:
+        """The wait was seen by two scans: remember its kind."""
+        kind = rec.kind = wait_kind(task, rec.fut)
+        rec.follow = kind in EDGE_KINDS
+        rec.check_at = rec.since + self.stuck_after_s
 
     def _wait_of(self, entry: _Entry) -> Wait | None:
         """The entry's wait, or None for a kind with no edges (remembered per wait)."""
@@ -443,6 +463,9 @@ class DeadlockDetector:
             else:  # locks, TaskGroups, wait(): what they wait on changes, so look each time
                 wait = classify(entry.task, fut, self.tracker)
                 rec.kind = wait.kind
+                if wait.kind not in EDGE_KINDS:  # e.g. a semaphore nobody holds: a signal
+                    rec.follow = False
+                    rec.wait = wait
         entry.wait = wait
         return wait if wait.mode is not None else None
 
@@ -453,7 +476,7 @@ class DeadlockDetector:
         count = len(graph.nodes)
         succ, mode, live0, res = graph.succ, graph.mode, graph.live0, graph.res
         res_index: dict[int, int] = {}
-        task_types = TASK_TYPES
+        task_types: Any = TASK_TYPES
         for e in graph.nodes:
             wait = e.wait
             assert wait is not None
@@ -518,35 +541,36 @@ class DeadlockDetector:
         state.deadlocked = deadlocked
         return involved
 
-    def _stuck(self, state: _LoopState, followed: list[_Entry], due: list[_Entry], *,
-               reported: int, tasks: list[Any], graph: _Graph, in_deadlock: set[int],
-               now: float, out: list[DeadlockFinding | StuckTaskFinding]) -> None:
-        ripe = now - self.stuck_after_s
-        candidates = list(due)
+    def _stuck(self, state: _LoopState, followed: list[_Entry], due: list[tuple[Any, _Seen]],
+               *, graph: _Graph, in_deadlock: set[int], now: float,
+               out: list[DeadlockFinding | StuckTaskFinding]) -> None:
+        pool = list(due)
         for e in followed:
             rec = e.rec
-            if rec.reported:
-                reported += 1
-            elif id(e.task) not in in_deadlock and rec.since <= ripe and rec.next_check <= now:
-                candidates.append(e)
+            if rec.check_at <= now and id(e.task) not in in_deadlock:
+                pool.append((e.task, rec))
         # Never checked first, then the longest without a check: no wait starves the others.
-        candidates.sort(key=lambda e: (e.rec.next_check, e.rec.since))
-        checks = _Checks(tasks, followed, candidates, graph)
+        # The rest (and those past the time budget) keep their place for the next scan.
+        picked = heapq.nsmallest(CHECKS_PER_SCAN, pool,
+                                 key=lambda tr: (tr[1].check_at, tr[1].since))
+        by_task = {id(e.task): e for e in followed}
+        candidates = [by_task.get(id(t)) or _Entry(t, rec) for t, rec in picked]
+        checks = _Checks(state.seen, graph)
         deadline = time.perf_counter() + CHECK_BUDGET_S
         walk_ok = now >= self._walk_after
         for e in candidates:
             if time.perf_counter() > deadline:
-                break  # the rest wait for the next scans (they keep their place)
+                break
             rec = e.rec
             if e.wait is None:
-                e.wait = classify(e.task, e.fut, self.tracker)
+                e.wait = rec.wait = classify(e.task, rec.fut, self.tracker)
                 rec.kind = e.wait.kind
             wait = e.wait
             if (
-                is_idle(e.task) or self._idle_by_name(e.task) or wait.kind in ("sleep", "io")
-                or wait.escapable or has_deadline(e.task, coro_chain(e.task))
+                wait.kind in ("sleep", "io") or wait.escapable or is_idle(e.task)
+                or self._idle_by_name(e.task) or has_deadline(e.task, coro_chain(e.task))
             ):
-                rec.next_check = math.inf  # by design, or a timeout will end it
+                rec.check_at = math.inf  # by design, or a timeout will end it
                 continue
             if wait.kind in LOCKLIKE and wait.mode == "or" and all(t.done() for t in wait.succ):
                 reason = f"{_names_of(wait.succ)} finished without releasing it"
@@ -563,19 +587,19 @@ class DeadlockDetector:
                 verdict, blocked = got
                 if verdict.outcome != UNREACHABLE:
                     rec.checks += 1
-                    rec.next_check = now + self.stuck_after_s * min(2 ** rec.checks, 64)
+                    rec.check_at = now + self.stuck_after_s * min(2 ** rec.checks, 64)
                     continue
                 if not verdict.held_by_user:
-                    rec.next_check = math.inf  # `await asyncio.Future()`: forever by design
+                    rec.check_at = math.inf  # `await asyncio.Future()`: forever by design
                     continue
                 reason = _UNREACHABLE_WHY.get(wait.kind, "nothing else references it")
             else:
-                rec.next_check = now + self.stuck_after_s  # waits on tasks, or on live holders
+                rec.check_at = now + self.stuck_after_s  # waits on tasks, or on live holders
                 continue
             rec.reported = True
-            reported += 1
+            rec.check_at = math.inf
+            state.reported.add(id(e.task))
             out.append(self._stuck_finding(e, reason, blocked, now))
-        state.stuck = reported
 
     def _idle_by_name(self, task: Any) -> bool:
         if not self.idle_patterns:
@@ -594,6 +618,8 @@ class DeadlockDetector:
         wait = entry.wait
         assert wait is not None
         waiters = checks.waiters_of(wait)
+        if not any(t is entry.task for t in waiters):
+            waiters.append(entry.task)
         private_ids = {id(t) for t in waiters}
         behind = checks.dependents(private_ids)
         private: list[Any] = []
@@ -602,7 +628,7 @@ class DeadlockDetector:
             for coro in coro_chain(task):
                 private.append(coro)
                 private.append(frame_of(coro))
-        own = checks.own_refs(wait.obj)
+        own = checks.own_refs(waiters)
         self.checks += 1
         verdict = direct([wait.obj], private, own)
         if verdict is None:

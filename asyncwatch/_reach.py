@@ -69,6 +69,15 @@ class Verdict:
         return f"<Verdict {self.outcome} {self.root} held_by_user={self.held_by_user}>"
 
 
+def _is_call_args(obj: Any, frontier: list[Any]) -> bool:
+    """The argument tuple of our own ``gc.get_referrers(*frontier)`` call, which Python 3.13
+    returns among the referrers (earlier versions leave it out)."""
+    return (
+        type(obj) is tuple and len(obj) == len(frontier)
+        and all(a is b for a, b in zip(obj, frontier, strict=True))
+    )
+
+
 def _root(obj: Any) -> str | None:
     """Why ``obj`` (a non-private referrer) counts as live code or a live namespace."""
     if isinstance(obj, types.ModuleType):
@@ -133,7 +142,10 @@ def _walk(
                     found[i] += 1
                     if user and not _await_iter(x):
                         held = True
-            if rid in private or rid in seen or skip(r) or isinstance(r, types.FrameType):
+            if (
+                rid in private or rid in seen or skip(r) or isinstance(r, types.FrameType)
+                or _is_call_args(r, frontier)
+            ):
                 continue
             seen.add(rid)
             why = _root(r)

@@ -27,7 +27,6 @@ import asyncio.tasks
 import asyncio.timeouts
 import gc
 import importlib
-import os
 import types
 from collections.abc import Iterable
 from typing import Any
@@ -293,9 +292,8 @@ def classify(task: Any, fut: Any, tracker: PrimitiveTracker | None,
         return Wait("other", None, (), fut)
     if kind in ("sleep", "io"):
         return Wait(kind, None, (), None, escapable=kind == "sleep")
-    if kind == "event" and len(chain) > 1:
-        if KNOWN.get(id(code_of(chain[-2]))) == "queue_join":
-            return Wait("queue_join", None, (), _self_of(chain[-2], "queue_join"))
+    if kind == "event" and len(chain) > 1 and KNOWN.get(id(code_of(chain[-2]))) == "queue_join":
+        return Wait("queue_join", None, (), _self_of(chain[-2], "queue_join"))
     owner = _self_of(inner, kind) if kind in _SELF_TYPES else None
     if kind == "lock":
         return _lock_wait(owner, fut, tracker)
