@@ -36,7 +36,7 @@ import math
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import _names as n
@@ -79,6 +79,8 @@ from ._waitgraph import (
 logger = logging.getLogger("asyncwatch")
 
 MAX_SHARE = 0.01  # most of a loop's time the scans may take
+SLICE = 2000  # tasks settled per slice of a timed scan (the loop runs between slices)
+_DONE = object()
 CHECK_BUDGET_S = 0.005  # stuck checks per scan stop after this long; the rest wait a scan
 CHECKS_PER_SCAN = 256  # candidates considered per scan (the longest unchecked first)
 WALK_SHARE = 0.002  # most of a loop's time the reference walks (gc.get_referrers) may take
@@ -106,6 +108,20 @@ class _Seen:
         self.wait: Wait | None = None
 
 
+class _Sweep:
+    """What one scan collects while it walks the task list (possibly in slices)."""
+
+    __slots__ = ("current", "due", "followed", "new", "now", "old")
+
+    def __init__(self, old: dict[int, _Seen], current: Any, now: float) -> None:
+        self.old = old
+        self.current = current
+        self.now = now
+        self.new: dict[int, _Seen] = {}
+        self.followed: list[_Entry] = []
+        self.due: list[tuple[Any, _Seen]] = []
+
+
 class _Entry:
     """A settled wait during one scan (the future is reached through ``rec``, so that the
     records referencing a waited-on object are exactly the ``_Seen`` ones)."""
@@ -123,12 +139,14 @@ class _Entry:
 
 
 class _Graph:
-    """One scan's wait-for graph: task nodes (``nodes``), then lock/semaphore nodes (``res``)."""
+    """One scan's wait-for graph: task nodes (``nodes``), then lock/semaphore nodes (``res``).
+    ``waiting`` has every followed wait, ``nodes`` only those that may be on a cycle."""
 
-    __slots__ = ("live0", "mode", "nodes", "res", "succ")
+    __slots__ = ("live0", "mode", "nodes", "res", "succ", "waiting")
 
     def __init__(self, nodes: list[_Entry]) -> None:
         self.nodes = nodes
+        self.waiting: list[_Entry] = nodes
         self.succ: list[list[int]] = []
         self.mode: list[str] = []
         self.live0: list[bool] = []
@@ -172,7 +190,7 @@ class _Checks:
             for entry in getattr(f, "_callbacks", None) or ():
                 cb = entry[0] if isinstance(entry, tuple) else entry
                 owner = getattr(cb, "__self__", None)
-                if is_task(owner) and owner._fut_waiter is f:
+                if is_task(owner) and getattr(owner, "_fut_waiter", None) is f:
                     out[id(owner)] = owner
         return list(out.values())
 
@@ -194,7 +212,7 @@ class _Checks:
         """Tasks that can only wake through the tasks in ``private`` (added to it)."""
         if self._rev is None:
             self._rev = {}
-            for e in self.graph.nodes:
+            for e in self.graph.waiting:
                 if e.wait is not None and not e.wait.escapable:
                     for t in e.wait.succ:
                         self._rev.setdefault(id(t), []).append(e)
@@ -239,7 +257,7 @@ else:  # 3.11's all_tasks calls a Python helper per task; this is the same filte
         return [t for t in every if getattr(t, "_loop", None) is loop and not t.done()]
 
 
-_OWN_TYPES = (Wait, _Seen, _Entry, _Graph, _Checks, _LoopState, PrimitiveState)
+_OWN_TYPES = (Wait, _Seen, _Sweep, _Entry, _Graph, _Checks, _LoopState, PrimitiveState)
 
 
 def _own(obj: Any) -> bool:
@@ -306,13 +324,28 @@ class DeadlockDetector:
             return
         state = self._state(loop)
         state.handle = None
+        self._step(loop, state, self._steps(loop), 0.0)
+
+    def _step(self, loop: Any, state: _LoopState, steps: Iterator[None], spent: float) -> None:
+        """Run one slice of a timed scan; the next slice runs after whatever the loop has
+        ready, so no single pause is longer than one slice."""
+        if not self.active:
+            return
+        began = time.perf_counter()
         try:
-            self.scan(loop)
+            done = next(steps, _DONE) is _DONE
         except Exception as exc:
+            done = True
             if self.faults.report("deadlock_scan", exc):
                 self.active = False
                 return
-        self._schedule(loop, state, max(self.interval_s, self.last_scan_s / MAX_SHARE))
+        spent += time.perf_counter() - began
+        if not done:
+            loop.call_soon(self._step, loop, state, steps, spent)
+            return
+        self.last_scan_s = spent
+        self.scan_seconds += spent
+        self._schedule(loop, state, max(self.interval_s, spent / MAX_SHARE))
 
     def stop(self) -> None:
         """Stop scanning; cancel pending scans. Idempotent."""
@@ -367,48 +400,57 @@ class DeadlockDetector:
     # ------------------------------------------------------------------ the scan
 
     def scan(self, loop: Any = None) -> list[DeadlockFinding | StuckTaskFinding]:
-        """Scan ``loop`` (default: the running one) once, from its own thread; returns the
-        findings made by this scan (also recorded, counted and logged)."""
+        """Scan ``loop`` (default: the running one) once, from its own thread, in one go;
+        returns the findings made by this scan (also recorded, counted and logged)."""
         if loop is None:
             loop = asyncio.get_running_loop()
         began = time.perf_counter()
+        out: list[DeadlockFinding | StuckTaskFinding] = []
         try:
-            return self._scan(loop)
+            for _ in self._steps(loop, out):
+                pass
+            return out
         finally:
             spent = time.perf_counter() - began
             self.last_scan_s = spent
             self.scan_seconds += spent
 
-    def _scan(self, loop: Any) -> list[DeadlockFinding | StuckTaskFinding]:
+    def _steps(self, loop: Any,
+               out: list[DeadlockFinding | StuckTaskFinding] | None = None) -> Iterator[None]:
+        """One scan, as a generator that yields between slices of ``SLICE`` tasks."""
         state = self._state(loop)
         now = self.clock()
         current = asyncio.current_task(loop)
         tasks = _tasks_of(loop)
-        followed, due = self._settle(state, tasks, current, now)
-        out: list[DeadlockFinding | StuckTaskFinding] = []
+        sweep = _Sweep(state.seen, current, now)
+        for start in range(0, len(tasks), SLICE):
+            self._settle(sweep, tasks[start : start + SLICE])
+            if start + SLICE < len(tasks):
+                yield
+        state.seen = new = sweep.new
+        followed, due = sweep.followed, sweep.due
+        if len(tasks) > SLICE:  # other code ran between slices: keep waits that still hold
+            followed = [e for e in followed if _still(e.task, e.rec)]
+            due = [(t, rec) for t, rec in due if _still(t, rec)]
+        if out is None:
+            out = []
         graph = self._graph(followed)
         in_deadlock = self._deadlocks(loop, state, graph, now, out)
         if due or followed:
             self._stuck(state, followed, due, graph=graph, in_deadlock=in_deadlock, now=now,
                         out=out)
-        seen = state.seen
-        state.reported = {tid for tid in state.reported if (r := seen.get(tid)) and r.reported}
+        state.reported = {tid for tid in state.reported if (r := new.get(tid)) and r.reported}
         state.stuck = len(state.reported)
         for finding in out:
             self._emit(finding)
-        return out
 
-    def _settle(self, state: _LoopState, tasks: list[Any], current: Any,
-                now: float) -> tuple[list[_Entry], list[tuple[Any, _Seen]]]:
-        """Record every suspended task's wait. Of the waits the previous scan saw too, return
-        those whose edges are followed, and the other ones due for a look (classifying them,
-        or a stuck check). This loop runs for every waiting task on every scan, so a wait
-        that is neither costs a dictionary lookup and three comparisons."""
-        old = state.seen
-        new: dict[int, _Seen] = {}
-        followed: list[_Entry] = []
-        due: list[tuple[Any, _Seen]] = []
-        get = old.get
+    def _settle(self, sweep: _Sweep, tasks: list[Any]) -> None:
+        """Record every suspended task's wait in ``sweep.new``. Of the waits the previous scan
+        saw too, collect those whose edges are followed, and the other ones due for a look
+        (classifying them, or a stuck check). This loop runs for every waiting task on every
+        scan, so a wait that is neither costs a dictionary lookup and three comparisons."""
+        get, new, current, now = sweep.old.get, sweep.new, sweep.current, sweep.now
+        followed, due = sweep.followed, sweep.due
         try:
             for task in tasks:
                 fut = task._fut_waiter
@@ -435,9 +477,7 @@ class DeadlockDetector:
             usable = [t for t in tasks if hasattr(t, "_fut_waiter")]
             if len(usable) == len(tasks):
                 raise
-            return self._settle(state, usable, current, now)
-        state.seen = new
-        return followed, due
+            self._settle(sweep, usable)
 
     def _first_look(self, task: Any, rec: _Seen) -> None:
         """The wait was seen by two scans: remember its kind."""
@@ -471,7 +511,9 @@ class DeadlockDetector:
 
     def _graph(self, entries: list[_Entry]) -> _Graph:
         wait_of = self._wait_of
-        graph = _Graph([e for e in entries if wait_of(e) is not None])
+        waiting = [e for e in entries if wait_of(e) is not None]
+        graph = _Graph(_trim(waiting))
+        graph.waiting = waiting
         index = {id(e.task): i for i, e in enumerate(graph.nodes)}
         count = len(graph.nodes)
         succ, mode, live0, res = graph.succ, graph.mode, graph.live0, graph.res
@@ -748,6 +790,32 @@ _UNREACHABLE_WHY = {
     "semaphore_signal": "no other task, callback, timer, thread or module holds the "
     "Semaphore, so nobody can release it",
 }
+
+
+def _trim(entries: list[_Entry]) -> list[_Entry]:
+    """Leave out waits that cannot be on a cycle: those on nothing but tasks outside the set
+    (running, runnable, or waiting on something that can wake them), repeatedly. What is left
+    out is live, exactly as if it were in the graph; a lock held by a finished task stays."""
+    while True:
+        ids = {id(e.task) for e in entries}
+        keep = []
+        for e in entries:
+            wait = e.wait
+            assert wait is not None
+            lock = wait.kind in LOCKLIKE
+            for s in wait.succ:
+                if id(s) in ids or (lock and s.done()):
+                    keep.append(e)
+                    break
+        if len(keep) == len(entries):
+            return keep
+        entries = keep
+
+
+def _still(task: Any, rec: _Seen) -> bool:
+    """Whether ``task`` still waits on the future ``rec`` recorded."""
+    fut = getattr(task, "_fut_waiter", None)
+    return fut is rec.fut and fut is not None and not fut.done()
 
 
 def _names_of(tasks: list[Any]) -> str:

@@ -316,7 +316,8 @@ def classify(task: Any, fut: Any, tracker: PrimitiveTracker | None,
 
 
 def _waits_in(prim: Any, fut: Any) -> bool:
-    return any(w is fut for w in (getattr(prim, "_waiters", None) or ()))
+    # Futures compare by identity, so `in` is the identity search, done in C.
+    return fut in (getattr(prim, "_waiters", None) or ())
 
 
 def _lock_wait(lock: Any, fut: Any, tracker: PrimitiveTracker | None) -> Wait:

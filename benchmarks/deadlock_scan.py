@@ -9,7 +9,9 @@ Scans are timed with ``time.perf_counter`` (the loop is blocked for exactly that
 
 * ``first`` - every wait is new (recorded, nothing judged yet);
 * ``settled`` - the second scan: waits seen twice are classified and the graph is built;
-* ``steady`` - median of later scans (what runs every ``deadlock_interval_s``);
+* ``steady`` - median of later scans (what runs every ``deadlock_interval_s``), in total;
+* ``longest pause`` - timed scans run in slices of 2,000 tasks with the loop running in
+  between: the longest slice of a steady scan is the longest the loop is held at once;
 * ``stuck checks`` - median of scans once every wait is past ``stuck_task_after_s`` (waits
   on events and queues get reference checks, within the per-scan budget), no heap walk;
 * ``with a heap walk`` - one such scan that also walks the heap (walks are spaced out so
@@ -101,6 +103,10 @@ def start(n: int) -> tuple[list[asyncio.Task[Any]], list[asyncio.Event]]:
     return tasks, events
 
 
+def _exhausted(steps: Any) -> bool:
+    return steps.gi_frame is None
+
+
 def timed_scan(watch: asyncwatch.Watch) -> float:
     began = time.perf_counter()
     made = watch.deadlocks.scan()
@@ -121,6 +127,15 @@ async def measure(n: int, rounds: int) -> dict[str, Any]:
     first = timed_scan(watch)
     settled = timed_scan(watch)
     steady = statistics.median(timed_scan(watch) for _ in range(rounds))
+    pauses = []
+    for _ in range(rounds):
+        steps = watch.deadlocks._steps(asyncio.get_running_loop())
+        while True:
+            began = time.perf_counter()
+            finished = next(steps, None) is None and _exhausted(steps)
+            pauses.append(time.perf_counter() - began)
+            if finished:
+                break
     stuck = []
     walks = watch.deadlocks.walks
     for _ in range(rounds):
@@ -144,6 +159,7 @@ async def measure(n: int, rounds: int) -> dict[str, Any]:
         "first_ms": first * 1e3,
         "settled_ms": settled * 1e3,
         "steady_ms": steady * 1e3,
+        "longest_pause_ms": max(pauses) * 1e3,
         "stuck_checks_ms": statistics.median(stuck) * 1e3,
         "stuck_checks_max_ms": max(stuck) * 1e3,
         "with_walk_ms": walked * 1e3,
@@ -176,14 +192,15 @@ def main(argv: list[str] | None = None) -> int:
             asyncwatch.uninstall()
         print(results[-1], flush=True)
     lines = [
-        "| tasks | first scan | settled scan | steady scan | with stuck checks (median / max) "
-        "| with a heap walk | heap objects | one gc.get_referrers pass |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| tasks | first scan | settled scan | steady scan | longest pause | with stuck checks "
+        "(median / max) | with a heap walk | heap objects | one gc.get_referrers pass |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['tasks']:,} | {r['first_ms']:.1f} ms | {r['settled_ms']:.1f} ms "
-            f"| {r['steady_ms']:.1f} ms | {r['stuck_checks_ms']:.1f} / "
+            f"| {r['steady_ms']:.1f} ms | {r['longest_pause_ms']:.1f} ms "
+            f"| {r['stuck_checks_ms']:.1f} / "
             f"{r['stuck_checks_max_ms']:.1f} ms | {r['with_walk_ms']:.1f} ms "
             f"| {r['heap_objects']:,} "
             f"| {r['referrers_pass_ms']:.1f} ms |"

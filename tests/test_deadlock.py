@@ -420,8 +420,22 @@ async def test_detection_off_patches_nothing() -> None:
     assert not watch.deadlocks.active
 
 
-def test_the_scanner_runs_by_itself_and_stops_with_uninstall() -> None:
-    """With a short interval the loop finds a lock-order inversion on its own timer."""
+def test_the_scanner_runs_by_itself_and_stops_with_uninstall(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a short interval the loop finds a lock-order inversion on its own timer, scanning
+    its tasks in slices with the loop running in between."""
+    import asyncwatch._deadlock as deadlock
+
+    monkeypatch.setattr(deadlock, "SLICE", 10)
+    steps: list[int] = []
+    original_step = deadlock.DeadlockDetector._step
+
+    def counted(self: Any, *args: Any) -> None:
+        steps.append(1)
+        original_step(self, *args)
+
+    monkeypatch.setattr(deadlock.DeadlockDetector, "_step", counted)
     watch = asyncwatch.install(
         metrics_exporters=("none",), raise_errors=True, deadlock_interval_s=0.05
     )
@@ -440,6 +454,7 @@ def test_the_scanner_runs_by_itself_and_stops_with_uninstall() -> None:
                     pass
 
         tasks = [asyncio.create_task(take(first, second)), asyncio.create_task(take(second, first))]
+        tasks += [asyncio.create_task(asyncio.sleep(3600)) for _ in range(45)]
         await asyncio.wait_for(found.wait(), 60)
         asyncwatch.uninstall()
         ours = [
@@ -453,3 +468,4 @@ def test_the_scanner_runs_by_itself_and_stops_with_uninstall() -> None:
 
     asyncio.run(main())
     assert [f.kind for f in watch.findings.list()] == ["deadlock"]
+    assert len(steps) >= 2 * 5  # two scans at least, each of five slices or more
