@@ -119,7 +119,8 @@ class _Sweep:
         self.now = now
         self.new: dict[int, _Seen] = {}
         self.followed: list[_Entry] = []
-        self.due: list[tuple[Any, _Seen]] = []
+        # (check_at, since, n, task, rec): sortable as is, n breaking ties before the task
+        self.due: list[tuple[float, float, int, Any, _Seen]] = []
 
 
 class _Entry:
@@ -431,7 +432,7 @@ class DeadlockDetector:
         followed, due = sweep.followed, sweep.due
         if len(tasks) > SLICE:  # other code ran between slices: keep waits that still hold
             followed = [e for e in followed if _still(e.task, e.rec)]
-            due = [(t, rec) for t, rec in due if _still(t, rec)]
+            # (the stuck checks re-check the few waits they pick)
         if out is None:
             out = []
         graph = self._graph(followed)
@@ -467,9 +468,9 @@ class DeadlockDetector:
                             if rec.follow:
                                 followed.append(_Entry(task, rec))
                             elif rec.check_at <= now:
-                                due.append((task, rec))
+                                due.append((rec.check_at, rec.since, tid, task, rec))
                         else:
-                            due.append((task, rec))
+                            due.append((rec.check_at, rec.since, tid, task, rec))
                 else:
                     rec = _Seen(fut, now)
                 new[tid] = rec
@@ -583,20 +584,23 @@ class DeadlockDetector:
         state.deadlocked = deadlocked
         return involved
 
-    def _stuck(self, state: _LoopState, followed: list[_Entry], due: list[tuple[Any, _Seen]],
-               *, graph: _Graph, in_deadlock: set[int], now: float,
+    def _stuck(self, state: _LoopState, followed: list[_Entry],
+               due: list[tuple[float, float, int, Any, _Seen]], *, graph: _Graph,
+               in_deadlock: set[int], now: float,
                out: list[DeadlockFinding | StuckTaskFinding]) -> None:
-        pool = list(due)
+        pool = due
         for e in followed:
             rec = e.rec
             if rec.check_at <= now and id(e.task) not in in_deadlock:
-                pool.append((e.task, rec))
+                pool.append((rec.check_at, rec.since, id(e.task), e.task, rec))
         # Never checked first, then the longest without a check: no wait starves the others.
         # The rest (and those past the time budget) keep their place for the next scan.
-        picked = heapq.nsmallest(CHECKS_PER_SCAN, pool,
-                                 key=lambda tr: (tr[1].check_at, tr[1].since))
         by_task = {id(e.task): e for e in followed}
-        candidates = [by_task.get(id(t)) or _Entry(t, rec) for t, rec in picked]
+        candidates = [
+            by_task.get(tid) or _Entry(task, rec)
+            for _, _, tid, task, rec in heapq.nsmallest(CHECKS_PER_SCAN, pool)
+            if _still(task, rec)
+        ]
         checks = _Checks(state.seen, graph)
         deadline = time.perf_counter() + CHECK_BUDGET_S
         walk_ok = now >= self._walk_after

@@ -9,11 +9,12 @@ Scans are timed with ``time.perf_counter`` (the loop is blocked for exactly that
 
 * ``first`` - every wait is new (recorded, nothing judged yet);
 * ``settled`` - the second scan: waits seen twice are classified and the graph is built;
-* ``steady`` - median of later scans (what runs every ``deadlock_interval_s``), in total;
-* ``longest pause`` - timed scans run in slices of 2,000 tasks with the loop running in
-  between: the longest slice of a steady scan is the longest the loop is held at once;
-* ``stuck checks`` - median of scans once every wait is past ``stuck_task_after_s`` (waits
-  on events and queues get reference checks, within the per-scan budget), no heap walk;
+* ``steady`` - median of later scans (what runs every ``deadlock_interval_s``), in total,
+  and its longest slice: timed scans run in slices of 2,000 tasks with the loop running in
+  between, so the longest slice is the longest the loop is held at once;
+* ``stuck checks`` - median (and max) of scans once every wait is past
+  ``stuck_task_after_s`` (waits on events and queues get reference checks, within the
+  per-scan budget), no heap walk, and the longest slice of those;
 * ``with a heap walk`` - one such scan that also walks the heap (walks are spaced out so
   that they take at most 0.2% of the loop's time; this is the longest single pause).
 
@@ -103,8 +104,19 @@ def start(n: int) -> tuple[list[asyncio.Task[Any]], list[asyncio.Event]]:
     return tasks, events
 
 
-def _exhausted(steps: Any) -> bool:
-    return steps.gi_frame is None
+def sliced_scan(watch: asyncwatch.Watch) -> list[float]:
+    """A scan as the timer runs it, slice by slice: the time of each slice."""
+    slices = []
+    out: list[Any] = []
+    steps = watch.deadlocks._steps(asyncio.get_running_loop(), out)
+    while True:
+        began = time.perf_counter()
+        more = next(steps, None) is None and steps.gi_frame is not None
+        slices.append(time.perf_counter() - began)
+        if not more:
+            break
+    assert not out, out
+    return slices
 
 
 def timed_scan(watch: asyncwatch.Watch) -> float:
@@ -127,25 +139,23 @@ async def measure(n: int, rounds: int) -> dict[str, Any]:
     first = timed_scan(watch)
     settled = timed_scan(watch)
     steady = statistics.median(timed_scan(watch) for _ in range(rounds))
-    pauses = []
-    for _ in range(rounds):
-        steps = watch.deadlocks._steps(asyncio.get_running_loop())
-        while True:
-            began = time.perf_counter()
-            finished = next(steps, None) is None and _exhausted(steps)
-            pauses.append(time.perf_counter() - began)
-            if finished:
-                break
-    stuck = []
+    pauses = [max(sliced_scan(watch)) for _ in range(rounds)]
+    stuck, stuck_pauses = [], []
     walks = watch.deadlocks.walks
     for _ in range(rounds):
         clock.now += 10 * watch.deadlocks.stuck_after_s
         watch.deadlocks._walk_after = float("inf")  # no walk in these scans
-        stuck.append(timed_scan(watch))
-    clock.now += 10 * watch.deadlocks.stuck_after_s
-    watch.deadlocks._walk_after = 0.0
-    walked = timed_scan(watch)
-    assert watch.deadlocks.walks == walks + 1
+        slices = sliced_scan(watch)
+        stuck.append(sum(slices))
+        stuck_pauses.append(max(slices))
+    walked = 0.0
+    for _ in range(50):  # the first scan whose checks reach a wait that needs a walk
+        clock.now += 10 * watch.deadlocks.stuck_after_s
+        watch.deadlocks._walk_after = 0.0
+        spent = timed_scan(watch)
+        if watch.deadlocks.walks > walks:
+            walked = spent
+            break
     heap = len(gc.get_objects())
     began = time.perf_counter()
     gc.get_referrers(events[0])
@@ -160,6 +170,7 @@ async def measure(n: int, rounds: int) -> dict[str, Any]:
         "settled_ms": settled * 1e3,
         "steady_ms": steady * 1e3,
         "longest_pause_ms": max(pauses) * 1e3,
+        "stuck_longest_pause_ms": max(stuck_pauses) * 1e3,
         "stuck_checks_ms": statistics.median(stuck) * 1e3,
         "stuck_checks_max_ms": max(stuck) * 1e3,
         "with_walk_ms": walked * 1e3,
@@ -192,16 +203,18 @@ def main(argv: list[str] | None = None) -> int:
             asyncwatch.uninstall()
         print(results[-1], flush=True)
     lines = [
-        "| tasks | first scan | settled scan | steady scan | longest pause | with stuck checks "
-        "(median / max) | with a heap walk | heap objects | one gc.get_referrers pass |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| tasks | first scan | settled scan | steady scan | its longest slice | with stuck "
+        "checks (median / max) | its longest slice | with a heap walk | heap objects "
+        "| one gc.get_referrers pass |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['tasks']:,} | {r['first_ms']:.1f} ms | {r['settled_ms']:.1f} ms "
             f"| {r['steady_ms']:.1f} ms | {r['longest_pause_ms']:.1f} ms "
             f"| {r['stuck_checks_ms']:.1f} / "
-            f"{r['stuck_checks_max_ms']:.1f} ms | {r['with_walk_ms']:.1f} ms "
+            f"{r['stuck_checks_max_ms']:.1f} ms | {r['stuck_longest_pause_ms']:.1f} ms "
+            f"| {r['with_walk_ms']:.1f} ms "
             f"| {r['heap_objects']:,} "
             f"| {r['referrers_pass_ms']:.1f} ms |"
         )
