@@ -107,6 +107,8 @@ class Advisor:
     def attach(self, loop: Any) -> None:
         """A loop was instrumented: measure its load."""
         self.load.attach(loop)
+        if self.active and self._thread is None:
+            self._start_thread()
 
     def after_fork(self) -> None:
         """In a forked child: start from zero with a thread of its own."""
@@ -121,9 +123,9 @@ class Advisor:
         self._procs = {}
         self.last = ()
         self._logged = {}
+        # No thread is started inside an at-fork handler (that can deadlock the child): the
+        # child's sampler starts with its first new event loop (attach).
         self._thread = None
-        if self.active:
-            self._start_thread()
 
     def _start_thread(self) -> None:
         self._stop = threading.Event()
@@ -235,16 +237,15 @@ class Advisor:
             if seen.get(label, now) < since:
                 older = [s for t, s in ring if t <= since] or [ring[0][1]]
                 base = older[-1]
-            active = sum(latest.level_time.values()) - (
-                sum(base.level_time.values()) if base else 0.0)
+            active = latest.active_s - (base.active_s if base else 0.0)
             if active <= 0:
                 continue
             holder_s = latest.holder_s - (base.holder_s if base else 0.0)
             waiter_s = latest.waiter_s - (base.waiter_s if base else 0.0)
             done = latest.done - (base.done if base else 0)
             levels = tuple(
-                (lvl, latest.level_time.get(lvl, 0.0), latest.level_done.get(lvl, 0))
-                for lvl in sorted(latest.level_time)
+                (lvl, latest.hold_time.get(lvl, 0.0), latest.holds.get(lvl, 0))
+                for lvl in sorted(latest.holds)
             )
             out.append(LimitFigures(
                 label, latest.current_limit(), levels, active, holder_s / active,

@@ -3,12 +3,16 @@ app's own limits declared with ``asyncwatch.concurrency(name, limit=n)``.
 
 Per limit (a semaphore's creation site, or a declared name) it keeps, cumulatively:
 
-* time spent at each concurrency level (how many holders at once) and the completions
-  (releases) at each level, so the throughput at level N is ``done[N] / time[N]``: the points
-  of a throughput-vs-concurrency curve (fitted with the USL by the advisor);
+* every hold (acquire -> release) binned by the mean concurrency during it (how many
+  holders at once, averaged over the hold): holds and hold-seconds per level. Little's law
+  gives the throughput at level N: ``N / mean hold time``, the points of a
+  throughput-vs-concurrency curve (fitted with the USL by the advisor). Binning by the mean
+  over the hold, not the level at release, keeps bursts of simultaneous releases from
+  inventing levels the work never ran at;
 * waits: how many acquires had to wait and for how long in all (waiter-seconds), or, for a
   declared limit with a ``backlog`` (a queue or a callable), the time-integral of its length;
-* holder-seconds (the integral of the level), so mean holders = holder-seconds / window.
+* holder-seconds and active time (at least one holder), so mean holders = holder-seconds /
+  active time.
 
 Semaphores made from the same line share one entry (per-object levels are summed into it).
 At most ``max_limits`` entries; later ones are not measured. Per acquire and release: one
@@ -36,8 +40,9 @@ class LimitStats:
         self.kind = kind  # "Semaphore", "BoundedSemaphore" or "declared"
         self.limit = limit
         self.limits: dict[int, int] = {}  # limit -> objects seen with it (semaphores)
-        self.level_time: dict[int, float] = {}
-        self.level_done: dict[int, int] = {}
+        self.hold_time: dict[int, float] = {}  # level -> seconds held at it
+        self.holds: dict[int, int] = {}  # level -> holds
+        self.active_s = 0.0
         self.acquires = 0
         self.done = 0
         self.waits = 0
@@ -55,8 +60,9 @@ class LimitStats:
         """A snapshot safe to read while the loop keeps writing."""
         out = LimitStats(self.label, self.limit, self.kind)
         out.limits = dict(self.limits)
-        out.level_time = dict(self.level_time)
-        out.level_done = dict(self.level_done)
+        out.hold_time = dict(self.hold_time)
+        out.holds = dict(self.holds)
+        out.active_s = self.active_s
         out.acquires, out.done, out.waits = self.acquires, self.done, self.waits
         out.waiter_s, out.holder_s, out.max_level = self.waiter_s, self.holder_s, self.max_level
         return out
@@ -65,14 +71,16 @@ class LimitStats:
 class _Track:
     """Level of one semaphore object (or one declared limit), feeding its ``LimitStats``."""
 
-    __slots__ = ("backlog", "backlog_level", "last", "level", "stats")
+    __slots__ = ("area", "backlog", "backlog_level", "last", "level", "open", "stats")
 
     def __init__(self, stats: LimitStats, backlog: Any = None) -> None:
         self.stats = stats
         self.level = 0
+        self.area = 0.0  # integral of the level over time
         self.last = clock()
         self.backlog = backlog
         self.backlog_level = 0
+        self.open: dict[Any, list[tuple[float, float]]] = {}  # holder -> starts of its holds
 
     def _advance(self, now: float) -> None:
         stats = self.stats
@@ -81,8 +89,9 @@ class _Track:
         level = self.level
         if dt > 0:
             if level:
-                stats.level_time[level] = stats.level_time.get(level, 0.0) + dt
+                self.area += level * dt
                 stats.holder_s += level * dt
+                stats.active_s += dt
             if self.backlog_level:
                 stats.waiter_s += self.backlog_level * dt
 
@@ -92,7 +101,8 @@ class _Track:
             size = backlog() if callable(backlog) else backlog.qsize()
             self.backlog_level = size if isinstance(size, int) and size > 0 else 0
 
-    def up(self, waited_s: float | None) -> None:
+    def up(self, waited_s: float | None) -> tuple[float, float]:
+        """A hold begins; returns its start (time, area) for ``down``."""
         now = clock()
         self._advance(now)
         stats = self.stats
@@ -105,17 +115,47 @@ class _Track:
             stats.waits += 1
             stats.waiter_s += waited_s
         self._read_backlog()
+        return now, self.area
 
-    def down(self) -> None:
+    def down(self, start: tuple[float, float] | None) -> None:
+        """A hold ends (``start`` from ``up``; None if unknown)."""
         now = clock()
         self._advance(now)
         stats = self.stats
-        level = self.level
-        if level:
-            stats.level_done[level] = stats.level_done.get(level, 0) + 1
+        if self.level:
+            self.level -= 1
             stats.done += 1
-            self.level = level - 1
+            if start is not None:
+                held = now - start[0]
+                if held > 0:
+                    mean = max(1, round((self.area - start[1]) / held))
+                    stats.holds[mean] = stats.holds.get(mean, 0) + 1
+                    stats.hold_time[mean] = stats.hold_time.get(mean, 0.0) + held
         self._read_backlog()
+
+    def acquired_by(self, task: Any, waited_s: float | None) -> None:
+        """A semaphore permit taken by ``task``."""
+        start = self.up(waited_s)
+        starts = self.open.get(task)
+        if starts is None:
+            if len(self.open) >= MAX_LEVEL:
+                self.open.clear()
+            self.open[task] = [start]
+        else:
+            starts.append(start)
+
+    def released_by(self, task: Any) -> None:
+        """A semaphore permit released by ``task`` (or handed over by another task)."""
+        starts = self.open.get(task)
+        if starts is None and self.open:
+            task = next(iter(self.open))  # released by a task that did not take it
+            starts = self.open[task]
+        start = None
+        if starts:
+            start = starts.pop()
+            if not starts:
+                del self.open[task]
+        self.down(start)
 
 
 class LimitProbe(PrimitiveObserver):
@@ -180,7 +220,7 @@ class LimitProbe(PrimitiveObserver):
         if track is None:
             track = self._track(state)
         if track is not None and track.stats is not None:
-            track.up(waited_s)
+            track.acquired_by(task, waited_s)
 
     def released(self, state: PrimitiveState, task: Any) -> None:
         """A Lock or Semaphore was released (Locks are skipped)."""
@@ -188,7 +228,7 @@ class LimitProbe(PrimitiveObserver):
             return
         track = state.__dict__.get("advisor_track")
         if track is not None and track.stats is not None:
-            track.down()
+            track.released_by(task)
 
     # ------------------------------------------------------------------ declared limits
 
@@ -223,16 +263,17 @@ class Concurrency:
     under the app's own concurrency limit (a worker pool, a hand-made gate). A context manager
     (``with`` or ``async with``); a no-op when asyncwatch is not installed."""
 
-    __slots__ = ("_track",)
+    __slots__ = ("_start", "_track")
 
     def __init__(self, track: _Track | None) -> None:
         self._track = track
+        self._start: tuple[float, float] | None = None
 
     def __enter__(self) -> Concurrency:
         track = self._track
         if track is not None:
             try:
-                track.up(None)
+                self._start = track.up(None)
             except Exception:  # a broken backlog callable must not break the app
                 track.backlog = None
         return self
@@ -241,7 +282,7 @@ class Concurrency:
         track = self._track
         if track is not None:
             try:
-                track.down()
+                track.down(self._start)
             except Exception:
                 track.backlog = None
 

@@ -90,12 +90,14 @@ def rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
-def nice(n: float) -> int:
-    """Round to 2 significant digits (never below 1)."""
+def nice(n: float, *, down: bool = False) -> int:
+    """Round to 2 significant digits (``down``: never above ``n``; never below 1)."""
     if n < 1:
         return 1
     digits = max(0, int(math.floor(math.log10(n))) - 1)
-    return max(1, int(round(n / 10**digits) * 10**digits))
+    step = 10**digits
+    kept = math.floor(n / step) if down else round(n / step)
+    return max(1, int(kept * step))
 
 
 # ---------------------------------------------------------------- pools
@@ -183,7 +185,7 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
         if procs < 2 or gain < 1.3:
             return []
         return [Recommendation(
-            f.label, "processes", c, procs,
+            f.label, "processes", 1, procs,
             f"up to {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s) "
             f"with a ProcessPoolExecutor(max_workers={procs})",
             f"{base}. The work is CPU-bound Python: the pool's threads share one GIL "
@@ -212,7 +214,7 @@ class LimitFigures:
 
     label: str
     limit: int | None
-    levels: tuple[tuple[int, float, int], ...]  # (concurrency, seconds at it, completions)
+    levels: tuple[tuple[int, float, int], ...]  # (concurrency, hold-seconds, holds) at it
     active_s: float  # time with at least one holder (window)
     holders: float  # mean holders while active
     waiters: float  # mean tasks waiting while active
@@ -225,7 +227,7 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
     limit = f.limit or f.max_level
     if limit <= 0 or f.active_s <= 0 or f.done <= 0:
         return []
-    binding = f.waiters >= 0.5 and f.holders >= 0.8 * limit
+    binding = f.waiters >= max(0.5, 0.1 * f.holders)
     if not binding:
         return []
     demand = f.holders + f.waiters
@@ -241,7 +243,7 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
             f"(have {len(usable)}); a while at another limit (e.g. {limit * 2} or "
             f"{max(1, limit // 2)}) shows how the work scales")]
     ns = [float(n) for n, _, _ in usable]
-    xs = [d / t for _, t, d in usable]
+    xs = [n * d / t for n, t, d in usable]  # Little's law: N / mean hold time
     fit = fit_usl(ns, xs, [float(d) for _, _, d in usable])
     if fit is None:
         return []
@@ -249,7 +251,7 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
     cap = min(demand, 2 * top_seen, max_limit)
     peak = fit.peak
     best = min(peak, cap)
-    table = ", ".join(f"{rate(x)}/s at {int(n)}" for n, x in zip(ns, xs, strict=True)[-6:])
+    table = ", ".join(f"{rate(x)}/s at {int(n)}" for n, x in list(zip(ns, xs, strict=True))[-6:])
     curve = (f"throughput {table}; USL fit: contention {fit.sigma:.1%}, crosstalk "
              f"{fit.kappa:.2%}, " + (f"peak at ~{peak:.0f}" if math.isfinite(peak)
                                      else "no peak") + f" (R^2 {fit.r2:.2f})")
@@ -302,7 +304,10 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
     counts: dict[int, int] = {}
     for s in sizes:
         counts[s] = counts.get(s, 0) + 1
-    current = max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
+    recent: dict[int, int] = {}
+    for s in sizes[-30:]:
+        recent[s] = recent.get(s, 0) + 1
+    current = max(recent.items(), key=lambda kv: (kv[1], kv[0]))[0]  # the size used now
     distinct = sorted(counts)
     if (len(f.batches) < min_batches or len(distinct) < 3
             or distinct[-1] < 1.5 * distinct[0]):
@@ -326,7 +331,7 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
     biggest = distinct[-1]
     budget = f.budget_s
     best = fit.best_size(budget, 4.0 * biggest)
-    target = nice(best)
+    target = nice(best, down=budget is not None and fit.duration(best) >= 0.97 * budget)
     now_x, new_x = fit.throughput(current), fit.throughput(target)
     now_t, new_t = fit.duration(current), fit.duration(target)
     over_budget = budget is not None and now_t > budget
