@@ -73,6 +73,7 @@ class Advisor:
         self._limit_snaps: dict[str, deque[tuple[float, LimitStats]]] = {}
         self._limit_seen: dict[str, float] = {}
         self._child_cpu: dict[int, deque[tuple[float, float]]] = {}
+        self._pid_cpu: dict[int, dict[int, float]] = {}  # pool -> pid -> CPU seconds
         self._procs: dict[int, Any] = {}
         self.last: tuple[Recommendation, ...] = ()
         self._logged: dict[tuple[str, str], tuple[int | None, str | None]] = {}
@@ -120,6 +121,7 @@ class Advisor:
         self._limit_snaps = {}
         self._limit_seen = {}
         self._child_cpu = {}
+        self._pid_cpu = {}
         self._procs = {}
         self.last = ()
         self._logged = {}
@@ -169,20 +171,24 @@ class Advisor:
         import psutil
 
         for stats in pools:
-            total = 0.0
+            known = self._pid_cpu.setdefault(id(stats), {})
             for pid in stats.worker_pids():
                 proc = self._procs.get(pid)
                 try:
                     if proc is None:
                         proc = self._procs[pid] = psutil.Process(pid)
                     times = proc.cpu_times()
-                    total += times.user + times.system
+                    known[pid] = times.user + times.system
                 except psutil.Error:
-                    self._procs.pop(pid, None)
+                    self._procs.pop(pid, None)  # exited: its last reading stays in the total
             ring = self._child_cpu.get(id(stats))
             if ring is None:
-                ring = self._child_cpu[id(stats)] = deque(maxlen=keep)
-            ring.append((now, total))
+                # Workers start with the pool's first call: count their CPU from there.
+                ring = self._child_cpu[id(stats)] = deque([(stats.first_seen, 0.0)], maxlen=keep)
+            ring.append((now, sum(known.values())))
+            if len(known) > 1024:
+                known.clear()
+                ring.clear()
         if len(self._procs) > 4096:
             self._procs.clear()
 
@@ -193,8 +199,6 @@ class Advisor:
         out = []
         since = now - self.window_s
         for stats in self.executors.executors():
-            if stats.executor is None:
-                continue
             rows = [r for r in stats.recent() if r[2] >= since]
             if not rows:
                 continue
@@ -217,6 +221,8 @@ class Advisor:
     def _children_cpu(self, stats: Any, first: float, last: float, count: int) -> float | None:
         ring = list(self._child_cpu.get(id(stats), ()))
         inside = [s for s in ring if first - self.sample_s <= s[0] <= last + self.sample_s]
+        if len(inside) < 2 and ring and ring[0][0] >= first - self.sample_s:
+            inside = ring[:1] + [s for s in ring[1:] if s[0] >= last]
         if len(inside) < 2:
             return None
         used = inside[-1][1] - inside[0][1]

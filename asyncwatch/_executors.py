@@ -55,6 +55,7 @@ class ExecutorStats:
         self.submitted = 0
         self._ref = _weak(executor)
         self.first_seen = clock()
+        self.workers = _max_workers(executor)
 
     @property
     def executor(self) -> Any:
@@ -62,9 +63,11 @@ class ExecutorStats:
         return self._ref() if self._ref is not None else None
 
     def max_workers(self) -> int | None:
-        """The executor's ``max_workers`` (None if unknown or gone)."""
-        value = getattr(self.executor, "_max_workers", None)
-        return value if isinstance(value, int) else None
+        """The executor's ``max_workers`` (as last seen if it is gone; None if unknown)."""
+        executor = self.executor
+        if executor is not None:
+            self.workers = _max_workers(executor)
+        return self.workers
 
     def worker_pids(self) -> list[int]:
         """A process pool's worker processes (empty for others)."""
@@ -82,6 +85,11 @@ class ExecutorStats:
             except RuntimeError:  # mutated during the copy (free-threaded builds)
                 continue
         return []
+
+
+def _max_workers(executor: Any) -> int | None:
+    value = getattr(executor, "_max_workers", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _weak(obj: Any) -> Any:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from ._fit import BatchFit, fit_batch, fit_usl, nnls3, r_squared
 
+CPU_POOL_CORES = 0.25  # a pool's calls using this many cores in all count as CPU-bound
 KNOBS = ("max_workers", "concurrency_limit", "batch_size", "processes")
 
 
@@ -145,13 +146,33 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
     busy = x * run  # workers busy on average
     cpu_share = (f.cpu_s / run) if (f.cpu_s is not None and run > 0) else None
     cpu_cores = x * f.cpu_s if f.cpu_s is not None else None  # cores the pool's work used
-    gil_bound = f.threads and cpu_cores is not None and 0.6 <= cpu_cores <= 1.15
-    cpu_bound = gil_bound or (cpu_share is not None and cpu_share >= 0.5)
+    # Threads wait for the GIL (and, on a loaded machine, for a CPU) without using CPU, which
+    # makes CPU-bound calls look partly idle; so a pool whose calls use a quarter of a core or
+    # more in all is treated as CPU-bound too. Above one core, C code released the GIL.
+    gil_bound = f.threads and cpu_cores is not None and CPU_POOL_CORES <= cpu_cores <= 1.15
+    # A process pool's workers each have a core: a third of their time on CPU (the rest
+    # waiting for a CPU on a loaded machine) is already CPU-bound work.
+    cpu_bound = gil_bound or (cpu_share is not None and cpu_share >= (
+        0.5 if f.threads else 0.3)) or (
+        f.threads and cpu_cores is not None and cpu_cores >= CPU_POOL_CORES)
     base = (f"{f.calls} calls in {secs(f.span_s)}: {rate(x)}/s, queue wait {secs(wait)} "
             f"({queue_share:.0%} of each call's time) vs run {secs(run)}; "
             f"{busy:.1f} of {c} workers busy, {in_system:.1f} calls in the pool on average")
     if cpu_share is not None and cpu_cores is not None:
         base += f"; CPU {cpu_share:.0%} of run time ({cpu_cores:.2f} cores)"
+    if not cpu_bound and f.cpu_s is None:
+        # CPU use unknown (a process pool not sampled while busy): cap at the cores, as if
+        # CPU-bound, and say why.
+        suggested = min(f.cores, max(1, math.ceil(in_system)))
+        gain = min(suggested, in_system) / max(busy, 1e-9)
+        if suggested <= c or gain < 1.2:
+            return []
+        return [Recommendation(
+            f.label, "max_workers", c, suggested,
+            f"about {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s)",
+            f"{base}. Whether the work is CPU-bound is not known yet (its workers' CPU was not "
+            f"sampled), so no more than one worker per core ({f.cores}) is suggested.",
+            "low", gain, "Little's law")]
     if not cpu_bound:
         wanted = math.ceil(in_system * 1.1)
         caps = [wanted]
@@ -311,12 +332,18 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
     distinct = sorted(counts)
     if (len(f.batches) < min_batches or len(distinct) < 3
             or distinct[-1] < 1.5 * distinct[0]):
-        if not f.explicit:
+        # Not enough to fit. Said only when something is visibly wrong (batches over their
+        # latency budget): a healthy fixed-size batch is not flagged for lack of variety.
+        recent_t = [d for s, d in f.batches[-30:] if s == current]
+        slow = f.budget_s is not None and recent_t and (
+            sum(recent_t) / len(recent_t) > f.budget_s)
+        if not (f.explicit and slow):
             return []
         return [Recommendation(
             f.label, "batch_size", current, None, "unknown yet",
-            f"{len(f.batches)} batches, sizes {_sizes_text(distinct)}", "low",
-            model="batch cost fit",
+            f"{len(f.batches)} batches, sizes {_sizes_text(distinct)}; at {current} items a "
+            f"batch takes {secs(sum(recent_t) / len(recent_t))}, over its budget of "
+            f"{secs(f.budget_s or 0)}", "low", model="batch cost fit",
             need=f"{min_batches}+ batches of 3 or more different sizes spanning 1.5x or more "
             f"(have {len(f.batches)} of {len(distinct)} sizes)")]
     by_size: dict[int, list[float]] = {}
@@ -326,7 +353,11 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
     ts = [sum(v) / len(v) for v in by_size.values()]
     ws = [float(len(v)) for v in by_size.values()]
     fit = _batch_fit(ns, ts, ws)
-    if fit is None or fit.r2 < 0.5:
+    if fit is None:
+        return []
+    # A poor fit still tells the overhead (the intercept) well when it dominates; then a
+    # bigger batch is a safe step (bounded below), just not a precise one.
+    if fit.r2 < 0.5 and fit.overhead < 0.5 * fit.duration(current):
         return []
     biggest = distinct[-1]
     budget = f.budget_s
