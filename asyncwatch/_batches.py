@@ -12,7 +12,7 @@
   ``gather`` to a name of its own before ``install()`` is not seen. Uninstall puts back the
   original if ours is still in place.
 
-Each site keeps a ring of its last ``RING`` batches (size, seconds, ended at). At most
+Each site keeps its last ``RING`` batches (size, seconds, ended at) in fixed arrays. At most
 ``max_sites`` sites; later ones are not measured.
 """
 
@@ -25,40 +25,50 @@ import inspect
 import sys
 import threading
 import time
-from collections import deque
+from array import array
 from collections.abc import Callable
 from typing import Any
 
 from ._faults import Faults
 from ._tasks import _Patch
 
-RING = 1024
+RING = 512
 clock = time.perf_counter
 
 
 class BatchSite:
-    """Recent batches of one site."""
+    """Recent batches of one site, in preallocated arrays (memory flat from the start).
+
+    Writers are the loop's thread (gather) or the app's (``batch``); two threads recording at
+    the same instant may overwrite one slot, which loses one sample, never more.
+    """
 
     def __init__(self, label: str, explicit: bool, budget_s: float | None) -> None:
         self.label = label
         self.explicit = explicit
         self.budget_s = budget_s
-        self.batches: deque[tuple[int, float, float]] = deque(maxlen=RING)
+        self._sizes = array("q", bytes(8 * RING))
+        self._seconds = array("d", bytes(8 * RING))
+        self._ended = array("d", bytes(8 * RING))
         self.count = 0
 
     def add(self, size: int, seconds: float, ended: float) -> None:
         """Record one batch."""
-        self.batches.append((size, seconds, ended))
+        i = self.count % RING
+        self._sizes[i] = size
+        self._seconds[i] = seconds
+        self._ended[i] = ended
         self.count += 1
 
     def recent(self) -> list[tuple[int, float, float]]:
-        """A copy of the ring."""
-        for _ in range(3):
-            try:
-                return list(self.batches)
-            except RuntimeError:
-                continue
-        return []
+        """The batches kept, oldest first."""
+        count = self.count
+        first = max(0, count - RING)
+        out = []
+        for k in range(first, count):
+            i = k % RING
+            out.append((self._sizes[i], self._seconds[i], self._ended[i]))
+        return out
 
 
 class BatchProbe:

@@ -180,7 +180,7 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
         if f.threads:
             caps.append(max_threads)
             if cpu_cores is not None and cpu_cores > 0:
-                gil_cap = math.floor(c * 0.7 / cpu_cores)
+                gil_cap = math.floor(c * 0.7 / cpu_cores + 1e-9)
                 if gil_cap < wanted:
                     why = (f"beyond {gil_cap} threads their CPU use ({cpu_cores:.2f} cores now) "
                            "would reach the GIL's one core")
