@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -69,7 +70,12 @@ class LimitStats:
 
 
 class _Track:
-    """Level of one semaphore object (or one declared limit), feeding its ``LimitStats``."""
+    """Level of one semaphore object (or one declared limit), feeding its ``LimitStats``.
+
+    Starts of the holds in progress are kept first in, first out: the sum of hold times does
+    not depend on which release is paired with which acquire, and holds of one limit are
+    alike, so pairing in order keeps the per-level figures without a lookup per task.
+    """
 
     __slots__ = ("area", "backlog", "backlog_level", "last", "level", "open", "stats")
 
@@ -80,82 +86,62 @@ class _Track:
         self.last = clock()
         self.backlog = backlog
         self.backlog_level = 0
-        self.open: dict[Any, list[tuple[float, float]]] = {}  # holder -> starts of its holds
-
-    def _advance(self, now: float) -> None:
-        stats = self.stats
-        dt = now - self.last
-        self.last = now
-        level = self.level
-        if dt > 0:
-            if level:
-                self.area += level * dt
-                stats.holder_s += level * dt
-                stats.active_s += dt
-            if self.backlog_level:
-                stats.waiter_s += self.backlog_level * dt
+        self.open: deque[tuple[float, float]] = deque(maxlen=MAX_LEVEL)
 
     def _read_backlog(self) -> None:
         backlog = self.backlog
-        if backlog is not None:
-            size = backlog() if callable(backlog) else backlog.qsize()
-            self.backlog_level = size if isinstance(size, int) and size > 0 else 0
+        size = backlog() if callable(backlog) else backlog.qsize()
+        self.backlog_level = size if isinstance(size, int) and size > 0 else 0
 
-    def up(self, waited_s: float | None) -> tuple[float, float]:
-        """A hold begins; returns its start (time, area) for ``down``."""
+    def up(self, waited_s: float | None) -> None:
+        """A hold begins."""
         now = clock()
-        self._advance(now)
         stats = self.stats
-        if self.level < MAX_LEVEL:
-            self.level += 1
-        if self.level > stats.max_level:
-            stats.max_level = self.level
+        level = self.level
+        dt = now - self.last
+        self.last = now
+        if level:
+            self.area += level * dt
+            stats.holder_s += level * dt
+            stats.active_s += dt
+        if self.backlog_level:
+            stats.waiter_s += self.backlog_level * dt
+        self.level = level = level + 1
+        if level > stats.max_level:
+            stats.max_level = level
         stats.acquires += 1
         if waited_s is not None:
             stats.waits += 1
             stats.waiter_s += waited_s
-        self._read_backlog()
-        return now, self.area
+        self.open.append((now, self.area))
+        if self.backlog is not None:
+            self._read_backlog()
 
-    def down(self, start: tuple[float, float] | None) -> None:
-        """A hold ends (``start`` from ``up``; None if unknown)."""
+    def down(self) -> None:
+        """A hold ends."""
         now = clock()
-        self._advance(now)
         stats = self.stats
-        if self.level:
-            self.level -= 1
+        level = self.level
+        dt = now - self.last
+        self.last = now
+        if level:
+            area = self.area + level * dt
+            self.area = area
+            stats.holder_s += level * dt
+            stats.active_s += dt
+            if self.backlog_level:
+                stats.waiter_s += self.backlog_level * dt
+            self.level = level - 1
             stats.done += 1
-            if start is not None:
-                held = now - start[0]
+            if self.open:
+                began, area_then = self.open.popleft()
+                held = now - began
                 if held > 0:
-                    mean = max(1, round((self.area - start[1]) / held))
+                    mean = round((area - area_then) / held) or 1
                     stats.holds[mean] = stats.holds.get(mean, 0) + 1
                     stats.hold_time[mean] = stats.hold_time.get(mean, 0.0) + held
-        self._read_backlog()
-
-    def acquired_by(self, task: Any, waited_s: float | None) -> None:
-        """A semaphore permit taken by ``task``."""
-        start = self.up(waited_s)
-        starts = self.open.get(task)
-        if starts is None:
-            if len(self.open) >= MAX_LEVEL:
-                self.open.clear()
-            self.open[task] = [start]
-        else:
-            starts.append(start)
-
-    def released_by(self, task: Any) -> None:
-        """A semaphore permit released by ``task`` (or handed over by another task)."""
-        starts = self.open.get(task)
-        if starts is None and self.open:
-            task = next(iter(self.open))  # released by a task that did not take it
-            starts = self.open[task]
-        start = None
-        if starts:
-            start = starts.pop()
-            if not starts:
-                del self.open[task]
-        self.down(start)
+        if self.backlog is not None:
+            self._read_backlog()
 
 
 class LimitProbe(PrimitiveObserver):
@@ -194,18 +180,18 @@ class LimitProbe(PrimitiveObserver):
 
     # ------------------------------------------------------------------ semaphores
 
-    def _track(self, state: PrimitiveState) -> _Track | None:
+    def _track(self, state: PrimitiveState) -> Any:
         track: _Track | None = state.__dict__.get("advisor_track")
-        if track is not None and track.stats is not None:
+        if track is not None:
             return track
         if not state.kind.endswith("Semaphore"):
             state.advisor_track = _NOT_TRACKED  # type: ignore[attr-defined]
-            return None
+            return _NOT_TRACKED
         label = state.describe()
         stats = self._entry(label, state.initial, state.kind)
         if stats is None:
             state.advisor_track = _NOT_TRACKED  # type: ignore[attr-defined]
-            return None
+            return _NOT_TRACKED
         if state.initial is not None:
             stats.limits[state.initial] = stats.limits.get(state.initial, 0) + 1
         track = _Track(stats)
@@ -214,21 +200,19 @@ class LimitProbe(PrimitiveObserver):
 
     def acquired(self, state: PrimitiveState, task: Any, waited_s: float | None) -> None:
         """A Lock or Semaphore was acquired (Locks are skipped)."""
-        if not self.active:
-            return
         track = state.__dict__.get("advisor_track")
         if track is None:
+            if not self.active:
+                return
             track = self._track(state)
-        if track is not None and track.stats is not None:
-            track.acquired_by(task, waited_s)
+        if track.stats is not None:
+            track.up(waited_s)
 
     def released(self, state: PrimitiveState, task: Any) -> None:
         """A Lock or Semaphore was released (Locks are skipped)."""
-        if not self.active:
-            return
         track = state.__dict__.get("advisor_track")
         if track is not None and track.stats is not None:
-            track.released_by(task)
+            track.down()
 
     # ------------------------------------------------------------------ declared limits
 
@@ -263,17 +247,16 @@ class Concurrency:
     under the app's own concurrency limit (a worker pool, a hand-made gate). A context manager
     (``with`` or ``async with``); a no-op when asyncwatch is not installed."""
 
-    __slots__ = ("_start", "_track")
+    __slots__ = ("_track",)
 
     def __init__(self, track: _Track | None) -> None:
         self._track = track
-        self._start: tuple[float, float] | None = None
 
     def __enter__(self) -> Concurrency:
         track = self._track
         if track is not None:
             try:
-                self._start = track.up(None)
+                track.up(None)
             except Exception:  # a broken backlog callable must not break the app
                 track.backlog = None
         return self
@@ -282,7 +265,7 @@ class Concurrency:
         track = self._track
         if track is not None:
             try:
-                track.down(self._start)
+                track.down()
             except Exception:
                 track.backlog = None
 
