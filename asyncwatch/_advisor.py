@@ -8,7 +8,7 @@ Wiring (``Watch`` owns one ``Advisor``):
 * a sampler thread (``asyncwatch-advisor``) that every ``sample_s`` reads the cumulative
   counters into short rings (loops, process CPU, process-pool workers' CPU, limit snapshots)
   and every ``advisor_interval_s`` evaluates the advice, logs what changed and keeps it for
-  the ``asyncwatch.advice.*`` gauges;
+  the ``asyncwatch.advisor.*`` gauges;
 * ``advise()`` samples and evaluates on demand.
 
 The deciding is in ``_models`` (pure functions); this module only gathers the figures.

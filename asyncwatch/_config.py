@@ -369,7 +369,7 @@ class Config:
     (``asyncwatch.advise()``; see "Advisor")."""
     advisor_interval_s: float = 30.0
     """Seconds between the advisor's evaluations (logged when the advice changes, exported
-    as ``asyncwatch.advice.*`` gauges)."""
+    as ``asyncwatch.advisor.*`` gauges)."""
     advisor_window_s: float = 60.0
     """How far back the advisor looks at executor calls, waits and loop load (seconds)."""
     advisor_batch_budget_s: float = 1.0

@@ -215,7 +215,7 @@ def test_advice_is_exported_as_gauges_and_logged_once(
     rec = Recommendation("pool X", "max_workers", 2, 16, "about 8x", "figures", "high", 8.0)
     advised.advisor.last = (rec,)
     points = collect(reader)
-    attrs = {"asyncwatch__advice__target": "pool X", "asyncwatch__advice__knob": "max_workers"}
+    attrs = {"asyncwatch__advisor__target": "pool X", "asyncwatch__advisor__knob": "max_workers"}
     assert point(points[n.ADVICE_SUGGESTED.name], **attrs).value == 16
     assert point(points[n.ADVICE_CURRENT.name], **attrs).value == 2
     assert point(points[n.ADVICE_GAIN.name], **attrs).value == 8.0
@@ -268,3 +268,23 @@ def test_advisor_tracks_semaphores_without_deadlock_detection() -> None:
     asyncio.run(main())
     assert not watch.deadlocks.active
     assert [s.done for s in watch.advisor.limits.limits()] == [3]
+
+
+def test_console_advice_command_renders_real_advice(advised: asyncwatch.Watch) -> None:
+    """The console's `advice` shows each change with its evidence (`-b`: without)."""
+    from click.testing import CliRunner
+
+    from asyncwatch._console_commands import do_advice
+    from tests.advisor_workloads import executor_workload
+
+    async def main() -> None:
+        with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="shown") as pool:
+            await executor_workload(pool, io_call, 0.005, callers=12, calls_each=10)
+
+    asyncio.run(main())
+    obj = type("Monitor", (), {"watch": advised})()
+    out = CliRunner().invoke(do_advice, [], obj=obj).output
+    assert "* ThreadPoolExecutor 'shown'" in out
+    assert "max_workers: 2 -> " in out and "evidence: " in out and "expected: " in out
+    brief = CliRunner().invoke(do_advice, ["-b"], obj=obj).output
+    assert "max_workers: 2 -> " in brief and "evidence: " not in brief
