@@ -277,6 +277,12 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
              f"{fit.kappa:.2%}, " + (f"peak at ~{peak:.0f}" if math.isfinite(peak)
                                      else "no peak") + f" (R^2 {fit.r2:.2f})")
     now_x = fit.throughput(limit)
+    if math.isfinite(best) and best > limit:
+        # the knee: the smallest limit reaching 95 % of what the best one would
+        top = fit.throughput(best)
+        knee = next((k for k in range(limit + 1, int(best) + 1)
+                     if fit.throughput(k) >= 0.95 * top), best)
+        best = float(knee)
     if best > limit * 1.15:
         target = nice(best)
         gain = fit.throughput(target) / now_x
@@ -290,17 +296,31 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
             f"about {gain:.1f}x the throughput ({rate(now_x)}/s -> ~{rate(now_x * gain)}/s), "
             "less waiting for the limit",
             f"{pressure}; {curve}", confidence, gain, "Universal Scalability Law")]
-    if math.isfinite(peak) and peak < limit * 0.8 and peak >= 1:
+    peak_gain = fit.throughput(round(peak)) / now_x if math.isfinite(peak) else 1.0
+    if math.isfinite(peak) and 1 <= peak < limit * 0.8 and peak_gain >= 1.1:
         target = max(1, round(peak))
-        gain = fit.throughput(target) / now_x
-        if gain < 1.1:
-            return []
+        gain = peak_gain
         return [Recommendation(
             f.label, "concurrency_limit", limit, target,
             f"about {gain:.2f}x the throughput: past ~{target} at once the work slows itself "
             "down (contention)",
             f"{pressure}; {curve}", "medium" if fit.r2 >= 0.8 else "low", gain,
             "Universal Scalability Law")]
+    # Flat past some level (a rate limit downstream, a saturated service): fewer in flight
+    # give the same throughput, and each task holds the limit for less time.
+    knee = next((k for k in range(1, limit) if fit.throughput(k) >= 0.95 * now_x), limit)
+    if knee < 0.7 * limit and fit.throughput(knee) <= now_x * 1.1:
+        target = nice(knee)
+        held_now = limit / now_x
+        return [Recommendation(
+            f.label, "concurrency_limit", limit, target,
+            f"about the same throughput (~{rate(fit.throughput(target))}/s) with {limit - target}"
+            f" fewer in flight: each holds it ~{secs(target / fit.throughput(target))} instead "
+            f"of {secs(held_now)}",
+            f"{pressure}; {curve}; throughput stops growing past ~{target}: something "
+            "downstream (a rate limit, a saturated service) sets the pace",
+            "medium" if fit.r2 >= 0.8 and target <= top_seen else "low",
+            fit.throughput(target) / now_x, "Universal Scalability Law")]
     return []
 
 
