@@ -23,6 +23,7 @@ from ._deadlock_report import PrimitiveInfo as PrimitiveInfo
 from ._deadlock_report import StuckTaskFinding as StuckTaskFinding
 from ._findings import Finding as Finding
 from ._findings import Frame as Frame
+from ._idle import idle as idle
 from ._profiling import CoroutineProfile as CoroutineProfile
 from ._profiling import FunctionProfile as FunctionProfile
 from ._profiling import ProfilerBusy as ProfilerBusy
@@ -31,7 +32,6 @@ from ._profiling import ProfileSession as ProfileSession
 from ._profiling import profile as profile
 from ._profiling import profile_sync as profile_sync
 from ._profiling import profiling as profiling
-from ._idle import idle as idle
 from ._stats import CoroutineStats as CoroutineStats
 from ._stats import Percentiles as Percentiles
 from ._stats import ProcessStats as ProcessStats
