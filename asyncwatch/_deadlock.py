@@ -22,8 +22,8 @@ that scans never take more than 1% of the loop's time.
 3. A settled wait older than ``stuck_task_after_s`` on an event, condition, queue, bare future
    or signalling semaphore is checked with ``_reach.reach``: if nothing but the waiting tasks
    (and tasks waiting on them) can reach the object, and the app's own code holds it, the task
-   is stuck. A lock or semaphore held only by finished tasks is stuck at once. Sleeps, I/O,
-   waits with a timeout, ``idle()`` blocks and ``idle_coroutines`` never are.
+   is stuck. A wait for a lock or semaphore held only by finished tasks needs no such check.
+   Sleeps, I/O, waits with a timeout, ``idle()`` blocks and ``idle_coroutines`` never are.
 
 Modules: ``_waitgraph`` (what a wait is, the graph algorithms), ``_reach`` (reference walks),
 ``_primitives`` (lock holders), ``_scanstate`` (the records kept across and within scans),
