@@ -265,7 +265,7 @@ ALERTS: list[Alert] = [
         "every task and request on this process waits that long.",
         waits_for="issue 4: loop lag and blocked-loop metrics",
     ),
-    # ---- waiting for issue 5 (deadlocks, stuck tasks): names are a guess until it lands
+    # ---- deadlocks and stuck tasks (issue 5)
     Alert(
         "AsyncwatchDeadlockFound",
         _new_or_increased("asyncwatch_deadlocks_total", "job, instance", "15m"),
@@ -274,7 +274,6 @@ ALERTS: list[Alert] = [
         "Deadlock among asyncio tasks on {{ $labels.instance }}",
         "asyncwatch found a cycle of tasks waiting on each other (or on locks they hold); they "
         "will never finish. asyncwatch.findings('deadlock') explains who waits for what.",
-        waits_for="issue 5: deadlock and stuck-task metrics",
     ),
     Alert(
         "AsyncwatchStuckTasks",
@@ -284,7 +283,6 @@ ALERTS: list[Alert] = [
         "{{ $value }} stuck tasks on {{ $labels.instance }}",
         "Tasks have waited at the same await point with nothing able to wake them. "
         "asyncwatch.findings('stuck_task') shows where.",
-        waits_for="issue 5: deadlock and stuck-task metrics",
     ),
     # ---- waiting for issue 3 (HTTP server metrics, OpenTelemetry semantic conventions)
     Alert(
