@@ -24,6 +24,7 @@ from ._deadlock_report import PrimitiveInfo as PrimitiveInfo
 from ._deadlock_report import StuckTaskFinding as StuckTaskFinding
 from ._findings import Finding as Finding
 from ._findings import Frame as Frame
+from ._idle import idle as idle
 from ._profiling import CoroutineProfile as CoroutineProfile
 from ._profiling import FunctionProfile as FunctionProfile
 from ._profiling import ProfilerBusy as ProfilerBusy
@@ -32,7 +33,6 @@ from ._profiling import ProfileSession as ProfileSession
 from ._profiling import profile as profile
 from ._profiling import profile_sync as profile_sync
 from ._profiling import profiling as profiling
-from ._idle import idle as idle
 from ._limits import Concurrency as Concurrency
 from ._limits import make_concurrency as _make_concurrency
 from ._models import Recommendation as Recommendation

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import linecache
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ._findings import Finding, Frame
 from ._primitives import PrimitiveState, state_of
 from ._recorder import coroutine_key
-from ._waitgraph import Wait, coro_chain, frame_of
+from ._scanstate import LOCKLIKE, Entry, Graph
+from ._waitgraph import Wait, coro_chain, cycle_order, frame_of
+
+LISTED = 20  # tasks named in blocked_behind
 
 _OWN_DIR = os.path.dirname(__file__) + os.sep
 
@@ -220,4 +224,110 @@ def await_chain(task: Any, wait: Wait | None, next_task: Any = None,
         coroutine_key(coro) if coro is not None else "?",
         user_frames(chain),
         waits_for_words(wait, next_task),
+    )
+
+
+# ---------------------------------------------------------------------- findings
+
+UNREACHABLE_WHY = {
+    "event": "no other task, callback, timer, thread or module holds the Event, so nobody "
+    "can set it",
+    "condition": "no other task, callback, timer, thread or module holds the Condition, so "
+    "nobody can notify it",
+    "queue_get": "no other task, callback, timer, thread or module holds the queue, so no "
+    "producer is left to put an item",
+    "queue_put": "no other task, callback, timer, thread or module holds the queue, so no "
+    "consumer is left to take an item",
+    "queue_join": "no other task, callback, timer, thread or module holds the queue, so no "
+    "consumer is left to call task_done()",
+    "future": "no other task, callback, timer, thread or module holds the Future, so nobody "
+    "can set its result",
+    "semaphore_signal": "no other task, callback, timer, thread or module holds the "
+    "Semaphore, so nobody can release it",
+}
+
+
+def names_of(tasks: list[Any]) -> str:
+    shown = ", ".join(repr(task_name(t)) for t in tasks[:5])
+    return shown + (f" and {len(tasks) - 5} more" if len(tasks) > 5 else "")
+
+
+def deadlock_finding(graph: Graph, group: list[int], behind: list[int],
+                     wall_of: Callable[[float], float], detected_at: float) -> DeadlockFinding:
+    """The finding for one strongly connected group of doomed nodes (``_waitgraph.cycles``);
+    ``behind``: doomed nodes waiting on it; ``wall_of``: detector clock to epoch seconds."""
+    nodes, res, succ = graph.nodes, graph.res, graph.succ
+    count = len(nodes)
+    start = min(v for v in group if v < count)
+    order = cycle_order(group, succ, start)
+    tasks = [v for v in order if v < count]
+    lines = []
+    chains = []
+    holds: dict[int, list[str]] = {}
+    for r in (v for v in group if v >= count):
+        for h in res[r - count].succ:
+            holds.setdefault(id(h), []).append(describe_object(res[r - count].obj))
+    for pos, v in enumerate(tasks):
+        e = nodes[v]
+        nxt_task = nodes[tasks[(pos + 1) % len(tasks)]].task
+        chain = coro_chain(e.task)
+        wait = e.wait
+        next_for_words = None if wait is not None and wait.kind in LOCKLIKE else nxt_task
+        words = waits_for_words(wait, next_for_words)
+        held = holds.get(id(e.task))
+        holding = f" holds {' and '.join(held)} and" if held else ""
+        verb = "waits for" if wait is None or wait.kind != "task" else "awaits"
+        lines.append(f"task {task_name(e.task)!r}{where(chain)}{holding} {verb} {words}")
+        chains.append(await_chain(e.task, wait, next_for_words, chain))
+    names = tuple(task_name(nodes[v].task) for v in tasks)
+    if len(names) == 1:
+        head = f"Deadlock: task {names[0]!r} waits for itself and can never proceed."
+    else:
+        head = f"Deadlock: {len(names)} tasks wait for each other; none can ever proceed."
+    blocked = [nodes[v].task for v in behind if v < count]
+    explanation = "\n".join([head, *(f"  {line}" for line in lines)])
+    if blocked:
+        explanation += f"\n  {len(blocked)} more task(s) wait behind them: {names_of(blocked)}"
+    locks = tuple(
+        primitive_info(res[v - count].obj, res[v - count].succ) for v in group if v >= count
+    )
+    since = max(nodes[v].rec.since for v in tasks)
+    return DeadlockFinding(
+        started_at=wall_of(since),
+        summary=f"Deadlock: {' -> '.join(repr(x) for x in (*names, names[0]))}",
+        tasks=names,
+        explanation=explanation,
+        chains=tuple(chains),
+        locks=locks,
+        blocked_behind=tuple(task_name(t) for t in blocked[:LISTED]),
+        detected_at=detected_at,
+    )
+
+
+def stuck_finding(entry: Entry, reason: str, blocked: list[Any], now: float,
+                  wall_of: Callable[[float], float], detected_at: float) -> StuckTaskFinding:
+    """The finding for one stuck wait; ``reason``: why nothing can wake it."""
+    wait = entry.wait
+    assert wait is not None
+    chain = coro_chain(entry.task)
+    waited = now - entry.rec.since
+    name = task_name(entry.task)
+    coro = coroutine_key(chain[0]) if chain else "?"
+    explanation = (
+        f"Task {name!r} ({coro}) has waited {waited:.0f}s{where(chain)} for "
+        f"{waits_for_words(wait)}, and nothing asyncwatch can see can wake it: {reason}."
+    )
+    if blocked:
+        explanation += f" {len(blocked)} more task(s) wait on it: {names_of(blocked)}."
+    holders = wait.succ if wait.kind in LOCKLIKE else []
+    return StuckTaskFinding(
+        started_at=wall_of(entry.rec.since),
+        summary=f"Stuck task {name!r}: waits for {waits_for_words(wait)}",
+        tasks=(name,),
+        explanation=explanation,
+        chains=(await_chain(entry.task, wait, None, chain),),
+        waiting_on=primitive_info(wait.obj, holders) if wait.obj is not None else None,
+        waited_s=waited,
+        blocked_behind=tuple(task_name(t) for t in blocked[:LISTED]),
+        detected_at=detected_at,
     )

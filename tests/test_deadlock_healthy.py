@@ -9,6 +9,8 @@ import signal
 import threading
 from typing import Any
 
+import pytest
+
 import asyncwatch
 
 from .deadlock_helpers import install, settle
@@ -223,3 +225,40 @@ async def test_long_sleeps_timeouts_and_waits_by_design() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     assert watch.deadlocks.checks >= 5  # futures, events, the condition were judged
     assert made == []
+
+
+def test_uvloop_waits_by_design_and_a_real_stuck_task() -> None:
+    """On uvloop (whose timers asyncwatch cannot list) the same waits give nothing, while a
+    consumer whose producer died is still found."""
+    uvloop = pytest.importorskip("uvloop")
+    watch, clock = install()
+    release = threading.Event()
+
+    async def crashing(queue: asyncio.Queue[int]) -> None:
+        raise RuntimeError("producer crashed")
+
+    async def consuming(queue: asyncio.Queue[int]) -> None:
+        await queue.get()
+
+    def start_pair() -> list[asyncio.Task[None]]:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        return [asyncio.create_task(crashing(queue)), asyncio.create_task(consuming(queue))]
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, context: None)  # the crash is on purpose
+        tasks = start_waiters(release) + start_pair()
+        tasks.append(asyncio.create_task(asyncio.sleep(3600)))
+        loop.call_later(3600, release.set)
+        await settle(10)
+        made = quiet_scans(watch, clock)
+        release.set()
+        loop.remove_signal_handler(signal.SIGUSR1)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return made
+
+    made = uvloop.run(main())
+    assert [f.kind for f in made] == ["stuck_task"]
+    assert "no producer is left" in made[0].explanation
