@@ -25,6 +25,9 @@ from ._deadlock_report import StuckTaskFinding as StuckTaskFinding
 from ._findings import Finding as Finding
 from ._findings import Frame as Frame
 from ._idle import idle as idle
+from ._limits import Concurrency as Concurrency
+from ._limits import make_concurrency as _make_concurrency
+from ._models import Recommendation as Recommendation
 from ._profiling import CoroutineProfile as CoroutineProfile
 from ._profiling import FunctionProfile as FunctionProfile
 from ._profiling import ProfilerBusy as ProfilerBusy
@@ -33,9 +36,6 @@ from ._profiling import ProfileSession as ProfileSession
 from ._profiling import profile as profile
 from ._profiling import profile_sync as profile_sync
 from ._profiling import profiling as profiling
-from ._limits import Concurrency as Concurrency
-from ._limits import make_concurrency as _make_concurrency
-from ._models import Recommendation as Recommendation
 from ._stats import CoroutineStats as CoroutineStats
 from ._stats import Percentiles as Percentiles
 from ._stats import ProcessStats as ProcessStats
@@ -164,7 +164,8 @@ def advise() -> list[Recommendation]:
     advisor = getattr(watch, "advisor", None)
     if advisor is None or not advisor.active:
         return []
-    return advisor.advise()
+    recommendations: list[Recommendation] = advisor.advise()
+    return recommendations
 
 
 def batch(name: str, size: int | Callable[..., int], *, budget_s: float | None = None) -> Any:

@@ -208,9 +208,10 @@ class Advisor:
             latency = sum(r[2] - r[0] for r in rows) / count
             wait = run = cpu = None
             if stats.threads:
-                wait = sum(r[1] - r[0] for r in rows) / count  # type: ignore[operator]
-                run = sum(r[2] - r[1] for r in rows) / count  # type: ignore[operator]
-                cpu = sum(r[3] for r in rows) / count  # type: ignore[misc]
+                # Thread pools record the start of the run and its CPU on every call.
+                wait = sum((r[1] or r[0]) - r[0] for r in rows) / count
+                run = sum(r[2] - (r[1] or r[0]) for r in rows) / count
+                cpu = sum(r[3] or 0.0 for r in rows) / count
             else:
                 cpu = self._children_cpu(stats, first, last, count)
             out.append(PoolFigures(

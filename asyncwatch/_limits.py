@@ -107,8 +107,7 @@ class _Track:
         if self.backlog_level:
             stats.waiter_s += self.backlog_level * dt
         self.level = level = level + 1
-        if level > stats.max_level:
-            stats.max_level = level
+        stats.max_level = max(stats.max_level, level)
         stats.acquires += 1
         if waited_s is not None:
             stats.waits += 1

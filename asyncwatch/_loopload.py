@@ -19,6 +19,8 @@ ring of its last ``SAMPLES`` samples (wall, busy, thread CPU), so windows cost n
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import threading
 import time
@@ -186,10 +188,8 @@ class LoopLoad:
             except Exception as exc:
                 self.faults.report("loopload", exc)
 
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed loop
             loop.call_soon(arm)
-        except RuntimeError:  # closed
-            pass
 
     def sample(self) -> None:
         """One sampler tick: every loop, and the process."""
@@ -222,7 +222,7 @@ class LoopLoad:
             chosen = [s for s in samples if s.at >= end - window_s]
             running = idle = cpu = 0.0
             idle_known = cpu_known = True
-            for a, b in zip(chosen, chosen[1:], strict=False):
+            for a, b in itertools.pairwise(chosen):
                 if not (a.running and b.running):
                     continue
                 dt = b.at - a.at

@@ -95,7 +95,7 @@ def nice(n: float, *, down: bool = False) -> int:
     """Round to 2 significant digits (``down``: never above ``n``; never below 1)."""
     if n < 1:
         return 1
-    digits = max(0, int(math.floor(math.log10(n))) - 1)
+    digits = max(0, math.floor(math.log10(n)) - 1)
     step = 10**digits
     kept = math.floor(n / step) if down else round(n / step)
     return max(1, int(kept * step))
@@ -468,7 +468,7 @@ def loop_advice(f: LoopFigures, *, min_seconds: float) -> list[Recommendation]:
             f"{secs(f.seconds)})")]
     if f.cores < 2:
         return []
-    spare = f.cores
+    spare: float = f.cores
     if f.machine_busy is not None:
         spare = max(0.0, f.cores * (1 - f.machine_busy / 100))
     suggested = int(max(2, min(f.cores, 1 + round(spare))))

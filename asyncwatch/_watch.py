@@ -13,8 +13,8 @@ from typing import Any
 
 from . import _names as n
 from . import _recorder
-from ._config import Config
 from ._advisor import Advisor
+from ._config import Config
 from ._deadlock import DeadlockDetector
 from ._export import MetricsBridge, Point, ProcessSampler, task_points
 from ._faults import Faults

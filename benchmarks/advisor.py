@@ -115,7 +115,9 @@ WORKLOADS: dict[str, tuple[Callable[[int], Awaitable[None]], float]] = {
 }
 
 
-def timed(workload: Callable[[int], Awaitable[None]], n: int, **settings: object) -> tuple[float, int]:
+def timed(
+    workload: Callable[[int], Awaitable[None]], n: int, **settings: object
+) -> tuple[float, int]:
     """Run the workload in a fresh loop (asyncwatch installed with ``settings`` unless bare);
     CPU seconds of the workload alone."""
     if settings:

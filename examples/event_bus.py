@@ -7,8 +7,8 @@ size, with a per-write overhead.
 
 Each write costs a round trip (20 ms) plus 0.1 ms per event, under a latency budget of 100 ms
 per write. The consumer records each write with ``asyncwatch.batch``; sizes vary naturally
-(a message's last chunk is smaller), which is what the cost fit needs. The example applies the advice until
-it settles and prints the events per second at each step.
+(a message's last chunk is smaller), which is what the cost fit needs. The example applies the
+advice until it settles and prints the events per second at each step.
 """
 
 from __future__ import annotations

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import math
-import time
 import os
+import time
 from collections.abc import Iterator
 
 import pytest

@@ -63,10 +63,10 @@ def test_nice_rounds_to_two_significant_digits() -> None:
 
 
 def _pool(**kw: object) -> PoolFigures:
-    base: dict[str, object] = dict(
-        label="pool", threads=True, workers=2, calls=400, span_s=4.0, wait_s=0.06,
-        run_s=0.02, latency_s=0.08, cpu_s=0.0002, cores=8,
-    )
+    base: dict[str, object] = {
+        "label": "pool", "threads": True, "workers": 2, "calls": 400, "span_s": 4.0, "wait_s": 0.06,
+        "run_s": 0.02, "latency_s": 0.08, "cpu_s": 0.0002, "cores": 8,
+    }
     base.update(kw)
     return PoolFigures(**base)  # type: ignore[arg-type]
 
@@ -111,10 +111,10 @@ def test_process_pool_cpu_bound_or_unknown_is_capped_at_cores() -> None:
 
 
 def _limit(**kw: object) -> LimitFigures:
-    base: dict[str, object] = dict(
-        label="sem", limit=4, levels=((2, 10.0, 1000), (4, 10.0, 2000), (8, 2.0, 800)),
-        active_s=10.0, holders=4.0, waiters=20.0, done=4000, max_level=8,
-    )
+    base: dict[str, object] = {
+        "label": "sem", "limit": 4, "levels": ((2, 10.0, 1000), (4, 10.0, 2000), (8, 2.0, 800)),
+        "active_s": 10.0, "holders": 4.0, "waiters": 20.0, "done": 4000, "max_level": 8,
+    }
     base.update(kw)
     return LimitFigures(**base)  # type: ignore[arg-type]
 

@@ -122,11 +122,11 @@ def test_gather_keeps_results_and_unretrieved_errors(advised: asyncwatch.Watch) 
 def test_batch_api_context_manager_and_decorators(advised: asyncwatch.Watch) -> None:
     """with / async with / sync and async decorators record size and time; failures not."""
 
-    @asyncwatch.batch("sync", size=lambda rows: len(rows))
+    @asyncwatch.batch("sync", size=len)
     def write(rows: list[int]) -> int:
         return sum(rows)
 
-    @asyncwatch.batch("async", size=lambda rows: len(rows))
+    @asyncwatch.batch("async", size=len)
     async def awrite(rows: list[int]) -> int:
         await asyncio.sleep(0)
         return len(rows)
