@@ -3,7 +3,7 @@
 Wiring (``Watch`` owns one ``Advisor``):
 
 * probes installed by ``start()`` and removed by ``stop()``: ``run_in_executor``
-  (``_executors``), semaphores through the primitive tracker's observer API (``_limits``),
+  (``_executors``), semaphores through the primitive tracker's semaphore wrappers (``_limits``),
   ``asyncio.gather`` (``_batches``), each loop's selector (``_loopload``);
 * a sampler thread (``asyncwatch-advisor``) that every ``sample_s`` reads the cumulative
   counters into short rings (loops, process CPU, process-pool workers' CPU, limit snapshots)
@@ -88,7 +88,7 @@ class Advisor:
         self.executors.install()
         self.batches.install()
         self.limits.active = True
-        self.primitives.observe(self.limits)
+        self.primitives.track_semaphore = self.limits.track_for
         self.load.start()
         self._start_thread()
 
@@ -102,7 +102,7 @@ class Advisor:
         self.executors.uninstall()
         self.batches.uninstall()
         self.limits.active = False
-        self.primitives.unobserve(self.limits)
+        self.primitives.track_semaphore = None
         self.load.stop()
 
     def attach(self, loop: Any) -> None:
@@ -244,19 +244,9 @@ class Advisor:
             if seen.get(label, now) < since:
                 older = [s for t, s in ring if t <= since] or [ring[0][1]]
                 base = older[-1]
-            active = latest.active_s - (base.active_s if base else 0.0)
-            if active <= 0:
-                continue
-            holder_s = latest.holder_s - (base.holder_s if base else 0.0)
-            waiter_s = latest.waiter_s - (base.waiter_s if base else 0.0)
-            done = latest.done - (base.done if base else 0)
-            levels = tuple(
-                (lvl, latest.hold_time.get(lvl, 0.0), latest.holds.get(lvl, 0))
-                for lvl in sorted(latest.holds)
-            )
-            out.append(LimitFigures(
-                label, latest.current_limit(), levels, active, holder_s / active,
-                waiter_s / active, done, latest.max_level))
+            figures = _limit_window(label, latest, base)
+            if figures is not None:
+                out.append(figures)
         return out
 
     def batch_figures(self) -> list[BatchFigures]:
@@ -394,3 +384,34 @@ def render(recs: list[Recommendation], *, evidence: bool = True) -> str:
         if evidence:
             lines.append(f"    evidence: {rec.evidence}")
     return "\n".join(lines)
+
+
+def _limit_window(label: str, latest: LimitStats, base: LimitStats | None) -> LimitFigures | None:
+    """A limit's figures between two snapshots (``base`` None: since it was first seen).
+
+    Semaphore holds are timed on a sample: mean hold time and the concurrency a hold sees
+    come from the sampled holds, completions and waits from every hold.
+    """
+
+    def delta(field: str) -> float:
+        value: float = getattr(latest, field)
+        return value - getattr(base, field) if base is not None else value
+
+    done = int(delta("done"))
+    sampled, sampled_s, area = delta("sampled"), delta("sampled_s"), delta("sampled_area")
+    if sampled <= 0 or sampled_s <= 0:  # no timed hold in the window: take them all
+        sampled, sampled_s, area = latest.sampled, latest.sampled_s, latest.sampled_area
+    if done <= 0 or sampled <= 0 or sampled_s <= 0:
+        return None
+    holders = max(1.0, area / sampled_s)  # mean concurrency a hold sees
+    holder_s = done * sampled_s / sampled  # Little's law: completions x mean hold
+    active = holder_s / holders
+    scale = latest.done / latest.sampled  # sampled holds per level, scaled to every completion
+    levels = tuple(
+        (lvl, latest.hold_time.get(lvl, 0.0) * scale, round(latest.holds[lvl] * scale))
+        for lvl in sorted(latest.holds)
+    )
+    return LimitFigures(
+        label, latest.current_limit(), levels, active, holders, delta("waiter_s") / active,
+        done, latest.max_level,
+    )

@@ -1,36 +1,45 @@
-"""Concurrency limits: semaphores (through the primitive tracker's observer hooks) and the
-app's own limits declared with ``asyncwatch.concurrency(name, limit=n)``.
+"""Concurrency limits: semaphores (through the primitive tracker) and the app's own limits
+declared with ``asyncwatch.concurrency(name, limit=n)``.
 
 Per limit (a semaphore's creation site, or a declared name) it keeps, cumulatively:
 
-* every hold (acquire -> release) binned by the mean concurrency during it (how many
-  holders at once, averaged over the hold): holds and hold-seconds per level. Little's law
-  gives the throughput at level N: ``N / mean hold time``, the points of a
+* completions (``done``), and waits: how many acquires had to wait and for how long in all
+  (waiter-seconds; the primitive tracker times a wait only when the acquire finds the
+  semaphore taken), or, for a declared limit with a ``backlog`` (a queue or a callable), the
+  time-integral of its length;
+* *sampled holds* (acquire -> release), each binned by the mean concurrency during it (how
+  many holders at once, averaged over the hold): holds and hold-seconds per level. Little's
+  law gives the throughput at level N: ``N / mean hold time``, the points of a
   throughput-vs-concurrency curve (fitted with the USL by the advisor). Binning by the mean
   over the hold, not the level at release, keeps bursts of simultaneous releases from
-  inventing levels the work never ran at;
-* waits: how many acquires had to wait and for how long in all (waiter-seconds), or, for a
-  declared limit with a ``backlog`` (a queue or a callable), the time-integral of its length;
-* holder-seconds and active time (at least one holder), so mean holders = holder-seconds /
-  active time.
+  inventing levels the work never ran at. The sums over the samples (hold-seconds and
+  holder-seconds) give the mean hold time and the mean holders a hold sees; with ``done``
+  they give holder-seconds and active time over any window.
+
+Semaphores are sampled: one hold in about ``SAMPLE_EVERY`` x the concurrency is timed (about
+one transition in ten reads the clock). Between samples an acquire or release only moves a
+level counter and a countdown: no clock read, no allocation. Declared limits are explicit
+calls around coarse work, so every hold is timed.
 
 Semaphores made from the same line share one entry (per-object levels are summed into it).
-At most ``max_limits`` entries; later ones are not measured. Per acquire and release: one
-clock read, a few additions (all on the loop's thread).
+At most ``max_limits`` entries; later ones are not measured. Everything runs on the loop's
+thread.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._primitives import PrimitiveObserver, PrimitiveState
+from ._primitives import PrimitiveState
 
 clock = time.perf_counter
 MAX_LEVEL = 4096
+SAMPLE_EVERY = 8  # a sampled hold, then about SAMPLE_EVERY x level holds untimed
 
 
 class LimitStats:
@@ -41,14 +50,14 @@ class LimitStats:
         self.kind = kind  # "Semaphore", "BoundedSemaphore" or "declared"
         self.limit = limit
         self.limits: dict[int, int] = {}  # limit -> objects seen with it (semaphores)
-        self.hold_time: dict[int, float] = {}  # level -> seconds held at it
-        self.holds: dict[int, int] = {}  # level -> holds
-        self.active_s = 0.0
-        self.acquires = 0
+        self.hold_time: dict[int, float] = {}  # level -> sampled seconds held at it
+        self.holds: dict[int, int] = {}  # level -> sampled holds
+        self.sampled = 0  # sampled holds in all
+        self.sampled_s = 0.0  # their seconds held
+        self.sampled_area = 0.0  # their holder-seconds (concurrency integrated over each)
         self.done = 0
         self.waits = 0
         self.waiter_s = 0.0
-        self.holder_s = 0.0
         self.max_level = 0
 
     def current_limit(self) -> int | None:
@@ -57,20 +66,92 @@ class LimitStats:
             return max(self.limits.items(), key=lambda kv: (kv[1], kv[0]))[0]
         return self.limit
 
+    def sample(self, held: float, area: float) -> None:
+        """A timed hold of ``held`` seconds over which the concurrency integrated to ``area``."""
+        mean = min(MAX_LEVEL, round(area / held) or 1)
+        self.holds[mean] = self.holds.get(mean, 0) + 1
+        self.hold_time[mean] = self.hold_time.get(mean, 0.0) + held
+        self.sampled += 1
+        self.sampled_s += held
+        self.sampled_area += area
+
     def copy(self) -> LimitStats:
         """A snapshot safe to read while the loop keeps writing."""
         out = LimitStats(self.label, self.limit, self.kind)
         out.limits = dict(self.limits)
         out.hold_time = dict(self.hold_time)
         out.holds = dict(self.holds)
-        out.active_s = self.active_s
-        out.acquires, out.done, out.waits = self.acquires, self.done, self.waits
-        out.waiter_s, out.holder_s, out.max_level = self.waiter_s, self.holder_s, self.max_level
+        out.sampled, out.sampled_s = self.sampled, self.sampled_s
+        out.sampled_area = self.sampled_area
+        out.done, out.waits = self.done, self.waits
+        out.waiter_s, out.max_level = self.waiter_s, self.max_level
         return out
 
 
+class SemaphoreTrack:
+    """Level of one semaphore object, feeding its ``LimitStats``; called by the primitive
+    tracker's semaphore wrappers (``state.track``) with the task acquiring or releasing.
+
+    A sample starts on an acquire when the countdown runs out and ends when the same task
+    releases; while it runs, each level change adds ``level x elapsed`` to its area.
+    """
+
+    __slots__ = ("area", "began", "countdown", "last", "level", "stats", "task")
+
+    def __init__(self, stats: LimitStats) -> None:
+        self.stats = stats
+        self.level = 0
+        self.countdown = 0  # the first hold is sampled
+        self.task: Any = None  # the task whose hold is being timed
+        self.began = self.last = self.area = 0.0
+
+    def up(self, task: Any, waited_s: float | None) -> None:
+        """A permit was taken by ``task`` (``waited_s``: None if it was free)."""
+        stats = self.stats
+        level = self.level = self.level + 1
+        if level > stats.max_level:  # noqa: PLR1730 - cheaper than a max() call per acquire
+            stats.max_level = level
+        if waited_s is not None:
+            stats.waits += 1
+            stats.waiter_s += waited_s
+        if self.task is not None:
+            now = clock()
+            self.area += (level - 1) * (now - self.last)
+            self.last = now
+            return
+        self.countdown -= 1
+        if self.countdown <= 0 and task is not None:
+            self.task = task
+            self.began = self.last = clock()
+            self.area = 0.0
+
+    def down(self, task: Any) -> None:
+        """A permit was released by ``task``."""
+        level = self.level
+        if level <= 0:
+            return  # taken before it was tracked
+        self.level = level - 1
+        self.stats.done += 1
+        sampled = self.task
+        if sampled is None:
+            return
+        now = clock()
+        area = self.area = self.area + level * (now - self.last)
+        self.last = now
+        if sampled is task:
+            held = now - self.began
+            if held > 0:
+                self.stats.sample(held, area)
+        elif level > 1:
+            return  # the timed hold goes on
+        # done, or abandoned: the permit changed hands and the timed task may never release
+        self.task = None
+        every = SAMPLE_EVERY * max(1, level)
+        self.countdown = every // 2 + random.randrange(every)  # no lockstep with the app
+
+
 class _Track:
-    """Level of one semaphore object (or one declared limit), feeding its ``LimitStats``.
+    """Level of one declared limit: every hold is timed (they wrap coarse work).
 
     Starts of the holds in progress are kept first in, first out: the sum of hold times does
     not depend on which release is paired with which acquire, and holds of one limit are
@@ -93,58 +174,43 @@ class _Track:
         size = backlog() if callable(backlog) else backlog.qsize()
         self.backlog_level = size if isinstance(size, int) and size > 0 else 0
 
-    def up(self, waited_s: float | None) -> None:
-        """A hold begins."""
+    def _advance(self) -> float:
         now = clock()
-        stats = self.stats
-        level = self.level
         dt = now - self.last
         self.last = now
-        if level:
-            self.area += level * dt
-            stats.holder_s += level * dt
-            stats.active_s += dt
+        self.area += self.level * dt
         if self.backlog_level:
-            stats.waiter_s += self.backlog_level * dt
-        self.level = level = level + 1
+            self.stats.waiter_s += self.backlog_level * dt
+        return now
+
+    def up(self) -> None:
+        """A hold begins."""
+        now = self._advance()
+        stats = self.stats
+        self.level = level = self.level + 1
         stats.max_level = max(stats.max_level, level)
-        stats.acquires += 1
-        if waited_s is not None:
-            stats.waits += 1
-            stats.waiter_s += waited_s
         self.open.append((now, self.area))
         if self.backlog is not None:
             self._read_backlog()
 
     def down(self) -> None:
         """A hold ends."""
-        now = clock()
+        now = self._advance()
         stats = self.stats
-        level = self.level
-        dt = now - self.last
-        self.last = now
-        if level:
-            area = self.area + level * dt
-            self.area = area
-            stats.holder_s += level * dt
-            stats.active_s += dt
-            if self.backlog_level:
-                stats.waiter_s += self.backlog_level * dt
-            self.level = level - 1
+        if self.level:
+            self.level -= 1
             stats.done += 1
             if self.open:
                 began, area_then = self.open.popleft()
                 held = now - began
                 if held > 0:
-                    mean = round((area - area_then) / held) or 1
-                    stats.holds[mean] = stats.holds.get(mean, 0) + 1
-                    stats.hold_time[mean] = stats.hold_time.get(mean, 0.0) + held
+                    stats.sample(held, self.area - area_then)
         if self.backlog is not None:
             self._read_backlog()
 
 
-class LimitProbe(PrimitiveObserver):
-    """Observes semaphores through the primitive tracker; holds the declared limits too."""
+class LimitProbe:
+    """Tracks semaphores for the primitive tracker; holds the declared limits too."""
 
     def __init__(self, max_limits: int = 100) -> None:
         self.max_limits = max_limits
@@ -179,39 +245,17 @@ class LimitProbe(PrimitiveObserver):
 
     # ------------------------------------------------------------------ semaphores
 
-    def _track(self, state: PrimitiveState) -> Any:
-        track: _Track | None = state.__dict__.get("advisor_track")
-        if track is not None:
-            return track
-        if not state.kind.endswith("Semaphore"):
-            state.advisor_track = _NOT_TRACKED  # type: ignore[attr-defined]
-            return _NOT_TRACKED
-        label = state.describe()
-        stats = self._entry(label, state.initial, state.kind)
+    def track_for(self, state: PrimitiveState) -> SemaphoreTrack | None:
+        """The track of a semaphore seen for the first time (None: not measured). Set as the
+        primitive tracker's ``track_semaphore``; the tracker keeps the result on the state."""
+        if not self.active:
+            return None
+        stats = self._entry(state.describe(), state.initial, state.kind)
         if stats is None:
-            state.advisor_track = _NOT_TRACKED  # type: ignore[attr-defined]
-            return _NOT_TRACKED
+            return None
         if state.initial is not None:
             stats.limits[state.initial] = stats.limits.get(state.initial, 0) + 1
-        track = _Track(stats)
-        state.advisor_track = track  # type: ignore[attr-defined]
-        return track
-
-    def acquired(self, state: PrimitiveState, task: Any, waited_s: float | None) -> None:
-        """A Lock or Semaphore was acquired (Locks are skipped)."""
-        track = state.__dict__.get("advisor_track")
-        if track is None:
-            if not self.active:
-                return
-            track = self._track(state)
-        if track.stats is not None:
-            track.up(waited_s)
-
-    def released(self, state: PrimitiveState, task: Any) -> None:
-        """A Lock or Semaphore was released (Locks are skipped)."""
-        track = state.__dict__.get("advisor_track")
-        if track is not None and track.stats is not None:
-            track.down()
+        return SemaphoreTrack(stats)
 
     # ------------------------------------------------------------------ declared limits
 
@@ -234,13 +278,6 @@ class LimitProbe(PrimitiveObserver):
         return track
 
 
-class _Untracked:
-    stats = None
-
-
-_NOT_TRACKED: Any = _Untracked()
-
-
 class Concurrency:
     """``asyncwatch.concurrency(name, limit=n, backlog=queue)``: one unit of work running
     under the app's own concurrency limit (a worker pool, a hand-made gate). A context manager
@@ -255,7 +292,7 @@ class Concurrency:
         track = self._track
         if track is not None:
             try:
-                track.up(None)
+                track.up()
             except Exception:  # a broken backlog callable must not break the app
                 track.backlog = None
         return self
