@@ -139,7 +139,6 @@ def _stat(
 
 ISSUE_3 = "issue 3: HTTP server metrics"
 ISSUE_4 = "issue 4: loop lag and blocked-loop metrics"
-ISSUE_7 = "issue 7: advisor gauges"
 
 OVERVIEW = Board(
     "asyncwatch-overview",
@@ -583,7 +582,6 @@ DIAGNOSIS = Board(
                     ),
                     description="asyncwatch.advise() gives the evidence and the expected gain.",
                     width=24,
-                    waits_for=ISSUE_7,
                 ),
             ),
         ),

@@ -18,8 +18,8 @@ import asyncwatch
 from asyncwatch import _names as n
 from asyncwatch._advisor import _limit_window
 from asyncwatch._models import Recommendation
-from tests.advisor_workloads import cpu_call, io_call
-from tests.conftest import collect, point
+from tests.advisor_workloads import cpu_call, executor_workload, io_call
+from tests.conftest import collect, point, wait_for
 
 ORIGINAL_RUN_IN_EXECUTOR = asyncio.BaseEventLoop.run_in_executor
 ORIGINAL_GATHER = asyncio.gather
@@ -246,6 +246,34 @@ def test_advice_is_exported_as_gauges_and_logged_once(
     assert len(lines) == 2
     assert "max_workers 2 -> 16" in lines[0] and "Evidence: figures" in lines[0]
     assert "withdrawn" in lines[1]
+
+
+def test_sampler_logs_new_advice_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The advisor's own thread logs a new recommendation at INFO, once, with its evidence."""
+    watch = asyncwatch.install(metrics_exporters=("none",), raise_errors=True,
+                               advisor_window_s=4, advisor_interval_s=0.3)
+    try:
+        with caplog.at_level(logging.INFO, logger="asyncwatch"):
+
+            async def main() -> None:
+                with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="logged") as p:
+                    await executor_workload(p, io_call, 0.005, callers=12, calls_each=10)
+
+            asyncio.run(main())
+
+            def lines() -> list[str]:
+                return [m for m in (r.getMessage() for r in caplog.records)
+                        if m.startswith("asyncwatch advice: ThreadPoolExecutor 'logged'")]
+
+            wait_for(lines, 15, "the advice to be logged")
+            first = watch.advisor.last
+            wait_for(lambda: watch.advisor.last is not first, 15, "another evaluation")
+            (line,) = lines()
+        assert "max_workers 2 -> " in line and "Evidence: " in line
+        (record,) = [r for r in caplog.records if r.getMessage() == line]
+        assert record.levelno == logging.INFO and record.threadName == "asyncwatch-advisor"
+    finally:
+        asyncwatch.uninstall(timeout_s=2)
 
 
 def test_saturated_loop_is_advised_more_processes() -> None:
