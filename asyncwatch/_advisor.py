@@ -17,6 +17,7 @@ The deciding is in ``_models`` (pure functions); this module only gathers the fi
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -49,6 +50,17 @@ THREAD_NAME = "asyncwatch-advisor"
 MIN_CALLS = 50  # executor calls in the window before a pool is judged
 MIN_DONE = 20  # completions at a concurrency level before it counts as a USL point
 MIN_BATCHES = 10  # batches at a site before its size is judged
+MAX_WORKERS_READ = 256  # workers per pool whose scheduler figures are read each sample
+_SCHEDSTAT = os.path.exists("/proc/self/schedstat")
+
+
+def _runqueue_wait_s(path: str) -> float | None:
+    """Seconds a thread or process has spent runnable, waiting for a CPU (None: unknown)."""
+    try:
+        with open(path, "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Advisor:
@@ -74,6 +86,8 @@ class Advisor:
         self._limit_seen: dict[str, float] = {}
         self._child_cpu: dict[int, deque[tuple[float, float]]] = {}
         self._pid_cpu: dict[int, dict[int, float]] = {}  # pool -> pid -> CPU seconds
+        self._rq_wait: dict[int, deque[tuple[float, float]]] = {}  # pool -> (t, workers' wait)
+        self._task_wait: dict[int, dict[int, float]] = {}  # pool -> worker id -> wait seconds
         self._procs: dict[int, Any] = {}
         self.last: tuple[Recommendation, ...] = ()
         self._logged: dict[tuple[str, str], tuple[int | None, str | None]] = {}
@@ -122,6 +136,8 @@ class Advisor:
         self._limit_seen = {}
         self._child_cpu = {}
         self._pid_cpu = {}
+        self._rq_wait = {}
+        self._task_wait = {}
         self._procs = {}
         self.last = ()
         self._logged = {}
@@ -163,6 +179,7 @@ class Advisor:
                     self._limit_seen[stats.label] = now
                 ring.append((now, stats))
             self._sample_children(now, keep)
+            self._sample_runqueue(now, keep)
 
     def _sample_children(self, now: float, keep: int) -> None:
         pools = [s for s in self.executors.executors() if not s.threads]
@@ -192,6 +209,36 @@ class Advisor:
         if len(self._procs) > 4096:
             self._procs.clear()
 
+    def _sample_runqueue(self, now: float, keep: int) -> None:
+        """Time each pool's workers spent runnable but waiting for a CPU (Linux schedstat).
+
+        On a busy machine CPU-bound calls take longer than their CPU time, like calls that
+        wait on I/O; the time spent waiting *for a CPU* tells the two apart.
+        """
+        if not _SCHEDSTAT:
+            return
+        for stats in self.executors.executors():
+            if stats.threads:
+                paths = [f"/proc/self/task/{tid}/schedstat" for tid in stats.worker_tids()]
+            else:
+                paths = [f"/proc/{pid}/schedstat" for pid in stats.worker_pids()]
+            known = self._task_wait.setdefault(id(stats), {})
+            for path in paths[:MAX_WORKERS_READ]:
+                waited = _runqueue_wait_s(path)
+                if waited is not None:
+                    known[hash(path)] = waited  # a worker gone keeps its last reading
+            if not known:
+                continue
+            ring = self._rq_wait.get(id(stats))
+            if ring is None:
+                ring = self._rq_wait[id(stats)] = deque(maxlen=keep)
+                if not stats.threads:  # process workers start with the pool's first call
+                    ring.append((stats.first_seen, 0.0))
+            ring.append((now, sum(known.values())))
+            if len(known) > 4 * MAX_WORKERS_READ:
+                known.clear()
+                ring.clear()
+
     # ------------------------------------------------------------------ figures
 
     def pool_figures(self, now: float) -> list[PoolFigures]:
@@ -213,14 +260,19 @@ class Advisor:
                 run = sum(r[2] - (r[1] or r[0]) for r in rows) / count
                 cpu = sum(r[3] or 0.0 for r in rows) / count
             else:
-                cpu = self._children_cpu(stats, first, last, count)
+                cpu = self._per_call(self._child_cpu.get(id(stats)), first, last, count)
+            cpu_wait = self._per_call(self._rq_wait.get(id(stats)), first, last, count)
             out.append(PoolFigures(
                 stats.label, stats.threads, stats.max_workers(), count, last - first, wait,
-                run, latency, cpu, self.load.cores))
+                run, latency, cpu, self.load.cores, cpu_wait))
         return out
 
-    def _children_cpu(self, stats: Any, first: float, last: float, count: int) -> float | None:
-        ring = list(self._child_cpu.get(id(stats), ()))
+    def _per_call(
+        self, samples: Iterable[tuple[float, float]] | None, first: float, last: float,
+        count: int,
+    ) -> float | None:
+        """A cumulative figure sampled over time, per call between ``first`` and ``last``."""
+        ring = list(samples or ())
         inside = [s for s in ring if first - self.sample_s <= s[0] <= last + self.sample_s]
         if len(inside) < 2 and ring and ring[0][0] >= first - self.sample_s:
             inside = ring[:1] + [s for s in ring[1:] if s[0] >= last]

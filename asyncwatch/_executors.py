@@ -69,6 +69,14 @@ class ExecutorStats:
             self.workers = _max_workers(executor)
         return self.workers
 
+    def worker_tids(self) -> list[int]:
+        """A thread pool's worker threads' native ids (empty for others)."""
+        threads = getattr(self.executor, "_threads", None) if self.threads else None
+        try:
+            return [t.native_id for t in list(threads or ()) if t.native_id is not None]
+        except (TypeError, AttributeError):
+            return []
+
     def worker_pids(self) -> list[int]:
         """A process pool's worker processes (empty for others)."""
         procs = getattr(self.executor, "_processes", None)

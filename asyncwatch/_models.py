@@ -118,6 +118,7 @@ class PoolFigures:
     latency_s: float  # submitted -> done
     cpu_s: float | None  # CPU time per call (thread pools) or per call from the workers' CPU
     cores: int  # CPUs of the machine
+    cpu_wait_s: float | None = None  # per call, time the workers were runnable without a CPU
 
 
 def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Recommendation]:
@@ -144,8 +145,13 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
             "low", model="Little's law", need=f"at least {min_calls} calls through it "
             f"(seen {f.calls})")]
     busy = x * run  # workers busy on average
-    cpu_share = (f.cpu_s / run) if (f.cpu_s is not None and run > 0) else None
-    cpu_cores = x * f.cpu_s if f.cpu_s is not None else None  # cores the pool's work used
+    # CPU wanted per call: CPU time, plus the time the workers waited for a CPU (on a busy
+    # machine CPU-bound calls stretch as if they waited on I/O; the scheduler knows better)
+    cpu_s = f.cpu_s
+    if cpu_s is not None and f.cpu_wait_s is not None:
+        cpu_s = min(run, cpu_s + f.cpu_wait_s) if run > 0 else cpu_s + f.cpu_wait_s
+    cpu_share = (cpu_s / run) if (cpu_s is not None and run > 0) else None
+    cpu_cores = x * cpu_s if cpu_s is not None else None  # cores the pool's work wanted
     # Threads wait for the GIL (and, on a loaded machine, for a CPU) without using CPU, which
     # makes CPU-bound calls look partly idle; so a pool whose calls use a quarter of a core or
     # more in all is treated as CPU-bound too. Above one core, C code released the GIL.
@@ -160,7 +166,10 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
             f"{busy:.1f} of {c} workers busy, {in_system:.1f} calls in the pool on average")
     if cpu_share is not None and cpu_cores is not None:
         base += f"; CPU {cpu_share:.0%} of run time ({cpu_cores:.2f} cores)"
-    if not cpu_bound and f.cpu_s is None:
+        if f.cpu_wait_s is not None and f.cpu_wait_s >= 0.1 * run:
+            base += (f", counting {secs(f.cpu_wait_s)} per call spent waiting for a CPU "
+                     "(a busy machine)")
+    if not cpu_bound and cpu_s is None:
         # CPU use unknown (a process pool not sampled while busy): cap at the cores, as if
         # CPU-bound, and say why.
         suggested = min(f.cores, max(1, math.ceil(in_system)))

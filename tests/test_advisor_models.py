@@ -189,3 +189,18 @@ def test_saturated_loop_gets_processes_only_with_enough_data_and_cores() -> None
                        min_seconds=10) == []
     assert loop_advice(LoopFigures("loop", 30.0, 0.97, 0.95, None, 1, 30.0, 1.0),
                        min_seconds=10) == []
+
+
+def test_cpu_bound_pool_on_a_busy_machine_is_still_capped_at_cores() -> None:
+    """Calls stretched by waiting for a CPU (not for I/O) count as CPU-bound: within cores."""
+    # 50 calls/s on 1 worker; 2 ms of CPU per call, 15 ms of its 20 ms run spent runnable
+    # without a CPU
+    busy = {"workers": 1, "calls": 200, "cores": 2}
+    for threads in (True, False):
+        figures = _pool(threads=threads, cpu_s=0.002, cpu_wait_s=0.015, **busy)
+        (rec,) = pool_advice(figures, min_calls=50, max_threads=128)
+        assert rec.suggested is not None and rec.suggested <= 2, rec
+        assert "waiting for a CPU" in rec.evidence
+    # the same calls without the scheduler's figure look I/O-bound: that is what it fixes
+    (rec,) = pool_advice(_pool(cpu_s=0.002, **busy), min_calls=50, max_threads=128)
+    assert rec.suggested is not None and rec.suggested > 2
