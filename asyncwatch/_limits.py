@@ -16,10 +16,11 @@ Per limit (a semaphore's creation site, or a declared name) it keeps, cumulative
   holder-seconds) give the mean hold time and the mean holders a hold sees; with ``done``
   they give holder-seconds and active time over any window.
 
-Semaphores are sampled: one hold in about ``SAMPLE_EVERY`` x the concurrency is timed (about
-one transition in ten reads the clock). Between samples an acquire or release only moves a
-level counter and a countdown: no clock read, no allocation. Declared limits are explicit
-calls around coarse work, so every hold is timed.
+Semaphores: the first ``EXACT_HOLDS`` holds of each site are all timed (short runs and
+fresh limits get every data point); after that one hold in about ``SAMPLE_EVERY`` x the
+concurrency is (about one transition in ten reads the clock). Between samples an acquire or
+release only moves a level counter and a countdown: no clock read, no allocation. Declared
+limits are explicit calls around coarse work, so every hold is timed.
 
 Semaphores made from the same line share one entry (per-object levels are summed into it).
 At most ``max_limits`` entries; later ones are not measured. Everything runs on the loop's
@@ -40,6 +41,7 @@ from ._primitives import PrimitiveState
 clock = time.perf_counter
 MAX_LEVEL = 4096
 SAMPLE_EVERY = 8  # a sampled hold, then about SAMPLE_EVERY x level holds untimed
+EXACT_HOLDS = 2000  # holds per site timed one and all before sampling starts
 
 
 class LimitStats:
@@ -92,11 +94,14 @@ class SemaphoreTrack:
     """Level of one semaphore object, feeding its ``LimitStats``; called by the primitive
     tracker's semaphore wrappers (``state.track``) with the task acquiring or releasing.
 
-    A sample starts on an acquire when the countdown runs out and ends when the same task
-    releases; while it runs, each level change adds ``level x elapsed`` to its area.
+    While the site has had fewer than ``EXACT_HOLDS`` timed holds, every hold is timed: each
+    level change adds ``level x elapsed`` to the area, and holds in progress are paired with
+    releases first in, first out (see ``_Track``). Then a sample starts on an acquire when the
+    countdown runs out and ends when the same task releases; while it runs, each level change
+    adds to its area.
     """
 
-    __slots__ = ("area", "began", "countdown", "last", "level", "stats", "task")
+    __slots__ = ("area", "began", "countdown", "exact", "last", "level", "stats", "task")
 
     def __init__(self, stats: LimitStats) -> None:
         self.stats = stats
@@ -104,6 +109,9 @@ class SemaphoreTrack:
         self.countdown = 0  # the first hold is sampled
         self.task: Any = None  # the task whose hold is being timed
         self.began = self.last = self.area = 0.0
+        self.exact: deque[tuple[float, float]] | None = (
+            deque(maxlen=MAX_LEVEL) if stats.sampled < EXACT_HOLDS else None
+        )  # holds in progress while every hold is timed: (start, area then)
 
     def up(self, task: Any, waited_s: float | None) -> None:
         """A permit was taken by ``task`` (``waited_s``: None if it was free)."""
@@ -114,6 +122,12 @@ class SemaphoreTrack:
         if waited_s is not None:
             stats.waits += 1
             stats.waiter_s += waited_s
+        if self.exact is not None:
+            now = clock()
+            self.area += (level - 1) * (now - self.last)
+            self.last = now
+            self.exact.append((now, self.area))
+            return
         if self.task is not None:
             now = clock()
             self.area += (level - 1) * (now - self.last)
@@ -132,6 +146,9 @@ class SemaphoreTrack:
             return  # taken before it was tracked
         self.level = level - 1
         self.stats.done += 1
+        if self.exact is not None:
+            self._exact_down(level)
+            return
         sampled = self.task
         if sampled is None:
             return
@@ -148,6 +165,20 @@ class SemaphoreTrack:
         self.task = None
         every = SAMPLE_EVERY * max(1, level)
         self.countdown = every // 2 + random.randrange(every)  # no lockstep with the app
+
+
+    def _exact_down(self, level: int) -> None:
+        now = clock()
+        area = self.area = self.area + level * (now - self.last)
+        self.last = now
+        stats = self.stats
+        if self.exact:
+            began, area_then = self.exact.popleft()
+            if now > began:
+                stats.sample(now - began, area - area_then)
+        if stats.sampled >= EXACT_HOLDS:
+            self.exact = None  # enough: sample from now on
+            self.countdown = SAMPLE_EVERY * max(1, level)
 
 
 class _Track:
