@@ -146,21 +146,24 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
             f"(seen {f.calls})")]
     busy = x * run  # workers busy on average
     # CPU wanted per call: CPU time, plus the time the workers waited for a CPU (on a busy
-    # machine CPU-bound calls stretch as if they waited on I/O; the scheduler knows better)
+    # machine CPU-bound calls stretch as if they waited on I/O; the scheduler knows better).
+    # What the GIL serialises is the CPU actually used (used_cores).
+    used_cores = x * f.cpu_s if f.cpu_s is not None else None
     cpu_s = f.cpu_s
     if cpu_s is not None and f.cpu_wait_s is not None:
         cpu_s = min(run, cpu_s + f.cpu_wait_s) if run > 0 else cpu_s + f.cpu_wait_s
     cpu_share = (cpu_s / run) if (cpu_s is not None and run > 0) else None
     cpu_cores = x * cpu_s if cpu_s is not None else None  # cores the pool's work wanted
-    # Threads wait for the GIL (and, on a loaded machine, for a CPU) without using CPU, which
-    # makes CPU-bound calls look partly idle; so a pool whose calls use a quarter of a core or
-    # more in all is treated as CPU-bound too. Above one core, C code released the GIL.
-    gil_bound = f.threads and cpu_cores is not None and CPU_POOL_CORES <= cpu_cores <= 1.15
-    # A process pool's workers each have a core: a third of their time on CPU (the rest
-    # waiting for a CPU on a loaded machine) is already CPU-bound work.
-    cpu_bound = gil_bound or (cpu_share is not None and cpu_share >= (
-        0.5 if f.threads else 0.3)) or (
-        f.threads and cpu_cores is not None and cpu_cores >= CPU_POOL_CORES)
+    # A share of the run time on (or waiting for) a CPU: half for threads, a third for
+    # process workers (each has a core of its own) makes the work CPU-bound.
+    computing = cpu_share is not None and cpu_share >= (0.5 if f.threads else 0.3)
+    # Threads also wait for the GIL without using CPU, which makes CPU-bound calls look partly
+    # idle; so a thread pool whose calls use a quarter of a core or more in all is treated as
+    # CPU-bound too. Above one core, C code released the GIL.
+    gil_bound = (f.threads and used_cores is not None and used_cores <= 1.15
+                 and (computing or used_cores >= CPU_POOL_CORES))
+    cpu_bound = gil_bound or computing or (
+        f.threads and used_cores is not None and used_cores >= CPU_POOL_CORES)
     base = (f"{f.calls} calls in {secs(f.span_s)}: {rate(x)}/s, queue wait {secs(wait)} "
             f"({queue_share:.0%} of each call's time) vs run {secs(run)}; "
             f"{busy:.1f} of {c} workers busy, {in_system:.1f} calls in the pool on average")
@@ -188,11 +191,11 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
         why = f"about {in_system:.0f} calls wait or run at once"
         if f.threads:
             caps.append(max_threads)
-            if cpu_cores is not None and cpu_cores > 0:
-                gil_cap = math.floor(c * 0.7 / cpu_cores + 1e-9)
+            if used_cores is not None and used_cores > 0:
+                gil_cap = math.floor(c * 0.7 / used_cores + 1e-9)
                 if gil_cap < wanted:
-                    why = (f"beyond {gil_cap} threads their CPU use ({cpu_cores:.2f} cores now) "
-                           "would reach the GIL's one core")
+                    why = (f"beyond {gil_cap} threads their CPU use ({used_cores:.2f} cores "
+                           "now) would reach the GIL's one core")
                 caps.append(gil_cap)
         suggested = max(min(caps), 1)
         if suggested <= c * 1.2:
@@ -219,8 +222,8 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
             f"up to {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s) "
             f"with a ProcessPoolExecutor(max_workers={procs})",
             f"{base}. The work is CPU-bound Python: the pool's threads share one GIL "
-            f"({cpu_cores:.2f} cores used), so more threads cannot add throughput; a process "
-            f"pool with one worker per core ({f.cores} cores) can.",
+            f"({cpu_cores:.2f} cores of CPU wanted), so more threads cannot add throughput; a "
+            f"process pool with one worker per core ({f.cores} cores) can.",
             "medium", gain, "Little's law + GIL")]
     suggested = min(f.cores, max(1, math.ceil(in_system)))
     if suggested <= c:
