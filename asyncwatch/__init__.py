@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ._blocked import BlockedLoop as BlockedLoop
 from ._config import Config as Config
 from ._config import ConfigError as ConfigError
 from ._findings import Finding as Finding
@@ -40,6 +41,7 @@ from ._watch import uninstall as _uninstall
 __version__ = VERSION
 
 __all__ = [
+    "BlockedLoop",
     "Config",
     "ConfigError",
     "CoroutineProfile",
