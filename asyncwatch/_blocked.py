@@ -181,6 +181,7 @@ class LoopMonitor:
         self.cb_handle: Any = None
         # Watchdog-only state.
         self.episode: Episode | None = None
+        self.looks = 0  # stack samples taken of this loop
         self._stretch = -1  # beats value of the busy stretch the last episode began in
 
     # ---------------------------------------------------------------- loop thread
@@ -241,6 +242,7 @@ class LoopMonitor:
         if episode is None and not self._busy(now):
             return self._next(now)
         sample = sampler(self)
+        self.looks += 1
         if sample is None or sample.key is None:
             # Thread gone, or the loop is in its own machinery: nothing holds it.
             if episode is not None and not (self.precise and episode.reported):
@@ -288,6 +290,14 @@ class LoopMonitor:
         if episode.reported:
             episode.end = max(end, episode.since)
             self.sink.ended(self, episode)
+
+    def close(self) -> None:
+        """The loop is closed or gone: a block still open ends at its last sample."""
+        with self.lock:
+            episode = self.episode
+            if episode is not None:
+                self._end(episode, episode.last_seen)
+            self.forget()
 
     def forget(self) -> None:
         """Drop any block in progress without reporting it (uninstall, fork)."""

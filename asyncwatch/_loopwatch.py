@@ -47,7 +47,7 @@ THREAD_NAME = "asyncwatch-watchdog"
 class _Heartbeat:
     """The ``call_later`` chain on one loop (runs on the loop's thread)."""
 
-    __slots__ = ("ctx", "handle", "loop_ref", "monitor", "owner", "stopped")
+    __slots__ = ("ctx", "finalizer", "handle", "loop_ref", "monitor", "owner", "stopped")
 
     def __init__(self, owner: LoopWatch, monitor: LoopMonitor, loop: Any) -> None:
         self.owner = owner
@@ -56,6 +56,7 @@ class _Heartbeat:
         self.ctx = contextvars.Context()  # never the app's context: nothing of it leaks in
         self.handle: Any = None
         self.stopped = False
+        self.finalizer: Any = None
 
     def start(self, loop: Any) -> None:
         # First beat as soon as the loop runs; it records no lag (the monitor starts paused).
@@ -92,6 +93,8 @@ class _Heartbeat:
 
     def stop(self) -> None:
         self.stopped = True
+        if self.finalizer is not None:
+            self.finalizer.detach()
         handle, self.handle = self.handle, None
         loop = self.loop_ref()
         if handle is None or loop is None or loop.is_closed():
@@ -208,7 +211,8 @@ class LoopWatch:
         self._lock = threading.Lock()
         self._monitors: dict[int, LoopMonitor] = {}  # id(loop) -> monitor; read by precise mode
         self._beats: dict[int, _Heartbeat] = {}
-        self._dead: list[int] = []  # loops gone (appended from finalizers; folded by readers)
+        # Loops closed or gone, appended from finalizers (no lock there), folded by readers.
+        self._dead: list[tuple[int, LoopMonitor]] = []
         self._retired_lag = Histogram()
         self._count = 0
         self._thread: threading.Thread | None = None
@@ -234,8 +238,10 @@ class LoopWatch:
         key = id(loop)
         precise = self.precise and isinstance(loop, asyncio.BaseEventLoop)
         with self._lock:
-            if key in self._monitors:
+            existing = self._monitors.get(key)
+            if existing is not None and existing.loop() is loop:
                 return
+            # (An entry under the same id whose loop is gone is stale: replaced here.)
             self._count += 1
             monitor = LoopMonitor(
                 f"loop-{self._count}",
@@ -248,8 +254,9 @@ class LoopWatch:
             beat = _Heartbeat(self, monitor, loop)
             self._monitors[key] = monitor
             self._beats[key] = beat
-        finalizer = weakref.finalize(loop, self._dead.append, key)
+        finalizer = weakref.finalize(loop, self._loop_gone, key, monitor)
         finalizer.atexit = False
+        beat.finalizer = finalizer
         if self.precise and not precise and not self._uvloop_noted:
             self._uvloop_noted = True
             logger.info(
@@ -351,7 +358,7 @@ class LoopWatch:
         for key, monitor in list(self._monitors.items()):
             loop = monitor.loop()
             if loop is None or loop.is_closed():
-                self._dead.append(key)
+                self._dead.append((key, monitor))
                 continue
             wake = min(wake, monitor.check(now, loop.is_running(), self._sample))
         return wake
@@ -365,18 +372,21 @@ class LoopWatch:
             sample.since = start if same else None
         return sample
 
+    def _loop_gone(self, key: int, monitor: LoopMonitor) -> None:
+        self._dead.append((key, monitor))  # runs inside GC: no lock, list.append is atomic
+
     def _fold_dead(self) -> None:
         while self._dead:
-            key = self._dead.pop()
+            key, monitor = self._dead.pop()
             with self._lock:
-                monitor = self._monitors.pop(key, None)
+                if self._monitors.get(key) is not monitor:
+                    continue  # already folded (ids are reused: compare the monitor itself)
+                del self._monitors[key]
                 beat = self._beats.pop(key, None)
-                if monitor is not None:
-                    self._retired_lag.merge(monitor.lag)
+                self._retired_lag.merge(monitor.lag)
             if beat is not None:
                 beat.stopped = True
-            if monitor is not None:
-                monitor.forget()
+            monitor.close()
 
     # ---------------------------------------------------------------- outputs (BlockSink)
 
