@@ -97,7 +97,7 @@ class FindingsLog:
 
     def clear(self) -> None:
         """Forget everything (after fork)."""
-        with self._lock:
-            self._by_kind.clear()
-            self.totals.clear()
-            self._lock = threading.Lock()
+        # A fresh lock first: the watchdog thread may have held the old one at fork time.
+        self._lock = threading.Lock()
+        self._by_kind.clear()
+        self.totals.clear()

@@ -88,6 +88,8 @@ class _Heartbeat:
             self.handle = loop.call_later(monitor.interval_s, self.run, context=self.ctx)
             if resumed:
                 self.owner.kick()  # a loop (re)started: the watchdog may be in a long sleep
+            if self.owner.thread is None:
+                self.owner.start_thread()  # a forked child's first beat starts its watchdog
         except Exception as exc:
             self.owner.fault("heartbeat", exc)
 
@@ -265,7 +267,7 @@ class LoopWatch:
                 type(loop).__name__,
             )
         beat.start(loop)
-        self._ensure_thread()
+        self.start_thread()
 
     def stop(self) -> None:
         """Stop the heartbeats, precise mode and the watchdog thread (joined). Idempotent."""
@@ -279,7 +281,7 @@ class LoopWatch:
         for beat in beats:
             beat.stop()
         for monitor in monitors:
-            monitor.forget()
+            monitor.close()  # a block still open is recorded as it stands
         self._stopping = True
         self._kick.set()
         thread, self._thread = self._thread, None
@@ -287,7 +289,9 @@ class LoopWatch:
             thread.join(5.0)
 
     def after_fork(self) -> None:
-        """In a forked child: fresh locks and figures, and the child's own watchdog."""
+        """In a forked child: fresh locks and figures. The child's own watchdog starts with
+        its next heartbeat or new loop (starting a thread inside an at-fork handler can
+        deadlock the child)."""
         self._lock = threading.Lock()
         self._kick = threading.Event()
         self._thread = None
@@ -300,8 +304,6 @@ class LoopWatch:
             monitor.lock = threading.Lock()
             monitor.forget()
             monitor.lag = Histogram()
-        if self.active and self._monitors:
-            self._ensure_thread()
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -323,7 +325,8 @@ class LoopWatch:
 
     # ---------------------------------------------------------------- watchdog thread
 
-    def _ensure_thread(self) -> None:
+    def start_thread(self) -> None:
+        """Start the watchdog thread unless it runs (or asyncwatch is stopping)."""
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
@@ -352,7 +355,6 @@ class LoopWatch:
 
     def tick(self) -> float:
         """Look at every loop once; returns when the next look is due."""
-        self._fold_dead()
         now = self.clock()
         wake = now + IDLE_POLL_S
         for key, monitor in list(self._monitors.items()):
@@ -361,6 +363,7 @@ class LoopWatch:
                 self._dead.append((key, monitor))
                 continue
             wake = min(wake, monitor.check(now, loop.is_running(), self._sample))
+        self._fold_dead()
         return wake
 
     def _sample(self, monitor: LoopMonitor) -> Sample | None:
@@ -393,11 +396,27 @@ class LoopWatch:
     def detected(
         self, monitor: LoopMonitor, episode: Episode, now: float, sample: Sample | None
     ) -> None:
-        """A block was found: look up its task and request, record it (ongoing)."""
+        """A block was found: look up its task and request, record it (ongoing), and add it to
+        the current span now, while that span is surely still open."""
         info = episode.info = self._lookup(monitor, episode, sample)
         info.started_at = time.time() - (self.clock() - episode.since)
-        episode.finding = self._finding(monitor, episode, ongoing=True)
-        self.findings.add(episode.finding)
+        finding = episode.finding = self._finding(monitor, episode, ongoing=True)
+        self.findings.add(finding)
+        span = info.span
+        if span is not None and span.is_recording():
+            where = finding.culprit
+            attributes: dict[str, Any] = {
+                n.BLOCK_DURATION: finding.duration_s,
+                n.BLOCK_ONGOING: not episode.exact,
+            }
+            if where is not None:
+                attributes.update(
+                    {n.CODE_FILE: where.filename, n.CODE_LINE: where.lineno,
+                     n.CODE_FUNCTION: where.function}
+                )
+            span.add_event(
+                n.BLOCKED_EVENT, attributes, timestamp=int(info.started_at * 1e9)
+            )
 
     def still_blocked(self, monitor: LoopMonitor, episode: Episode, now: float) -> None:
         """A block has held its loop for LONG_BLOCK_S: say so now rather than when it ends."""
@@ -423,13 +442,6 @@ class LoopWatch:
         else:
             path, line, function = n.OVERFLOW, 0, n.OVERFLOW
         self.culprits.add((path, line, function), final.duration_s)
-        span = episode.info.span
-        if span is not None and span.is_recording():
-            span.add_event(
-                n.BLOCKED_EVENT,
-                {n.CODE_FILE: path, n.CODE_LINE: line, n.CODE_FUNCTION: function,
-                 n.BLOCK_DURATION: final.duration_s},
-            )
         if not episode.logged:
             episode.logged = True
             self._log(final)

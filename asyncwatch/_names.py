@@ -26,7 +26,8 @@ CONTEXT_SWITCH_TYPE = "process.context_switch_type"  # semconv
 TASK_NAME = "asyncwatch.task.name"  # span attribute only (unbounded, never on metrics)
 CODE_FILE = "code.file.path"  # semconv: the culprit's source file
 CODE_LINE = "code.line.number"  # semconv: the culprit's line
-BLOCK_DURATION = "asyncwatch.block.duration"  # span event attribute only (seconds)
+BLOCK_DURATION = "asyncwatch.block.duration"  # span event attribute: seconds held so far
+BLOCK_ONGOING = "asyncwatch.block.ongoing"  # span event attribute: still held when added
 BLOCKED_EVENT = "asyncwatch.loop.blocked"  # span event name
 
 OVERFLOW = "_OTHER"  # value of a bounded attribute once its cap is reached (semconv style)

@@ -98,6 +98,7 @@ class PipeRead(Blocker):
     def __init__(self) -> None:
         super().__init__()
         self.r, self.w = os.pipe()
+        self.closed = False
 
     def body(self) -> None:
         os.read(self.r, 1)  # file
@@ -106,8 +107,10 @@ class PipeRead(Blocker):
         os.write(self.w, b"x")
 
     def close(self) -> None:
-        os.close(self.r)
-        os.close(self.w)
+        if not self.closed:
+            self.closed = True
+            os.close(self.r)
+            os.close(self.w)
 
 
 BLOCKERS: dict[str, type[Blocker]] = {b.name: b for b in (Sleep, Cpu, SocketRecv, PipeRead)}
@@ -205,7 +208,7 @@ def check_culprit(finding: BlockedLoop, blocker: Blocker, place: str) -> None:
     assert finding.culprit in finding.stack
     assert finding.thread == THREAD
     assert not finding.ongoing
-    assert finding.samples >= 2
+    assert finding.samples >= (1 if finding.exact else 2)  # precise mode needs no second look
     assert finding.duration_s > asyncwatch.current().config.block_threshold_s  # type: ignore[union-attr]
     if place == "task":
         assert finding.task == "blocker-task"
@@ -270,7 +273,7 @@ def test_block_outputs(
 
 def test_span_and_route_of_the_blocking_request(watch: asyncwatch.Watch) -> None:
     """The finding carries the route (asyncwatch's context variable) and the span current in
-    the blocking task, and the block is added to that span as an event."""
+    the blocking task, and the block is added to that span as an event when detected."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -304,7 +307,9 @@ def test_span_and_route_of_the_blocking_request(watch: asyncwatch.Watch) -> None
     (event,) = span.events
     assert event.name == "asyncwatch.loop.blocked"
     assert event.attributes["code.line.number"] == line_of("sleep")
-    assert event.attributes["asyncwatch.block.duration"] == pytest.approx(finding.duration_s)
+    assert event.attributes["asyncwatch.block.ongoing"] is True
+    threshold = asyncwatch.current().config.block_threshold_s  # type: ignore[union-attr]
+    assert threshold < event.attributes["asyncwatch.block.duration"] <= finding.duration_s
 
 
 def test_route_falls_back_to_the_span_http_route(watch: asyncwatch.Watch) -> None:
@@ -339,32 +344,37 @@ def test_route_falls_back_to_the_span_http_route(watch: asyncwatch.Watch) -> Non
 
 
 def test_busy_healthy_loop_has_no_block(watch: asyncwatch.Watch) -> None:
-    """Bursts of thousands of short callbacks and tasks make the loop late (so the watchdog
-    samples it) but no callback holds it: no finding."""
+    """Loop iterations of 15,000 short callbacks (queued by 15 producer tasks) and batches of
+    short tasks make the heartbeat late, past the threshold, so the watchdog samples the loop;
+    but no callback holds it: no finding."""
     loops: list[asyncio.AbstractEventLoop] = []
 
     async def busy() -> None:
         loop = asyncio.get_running_loop()
         loops.append(loop)
-        for _ in range(3):
+        for _ in range(2):
             finished = loop.create_future()
-            left = [30_000]
+            left = [15_000]
 
             def work() -> None:
-                sum(range(1_000))
+                sum(range(300))
                 left[0] -= 1
                 if left[0] == 0:
                     finished.set_result(None)
 
-            for _ in range(30_000):
-                loop.call_soon(work)
+            async def produce() -> None:
+                for _ in range(1_000):
+                    loop.call_soon(work)
+
+            await asyncio.gather(*(produce() for _ in range(15)))
             await finished
 
             async def small() -> int:
                 await asyncio.sleep(0)
                 return sum(range(1_000))
 
-            await asyncio.gather(*(small() for _ in range(5_000)))
+            for _ in range(10):
+                await asyncio.gather(*(small() for _ in range(300)))
 
     thread = start_loop(busy)
     thread.join(120)
