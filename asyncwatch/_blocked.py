@@ -5,7 +5,8 @@ Two parties share a ``LoopMonitor``:
 * the loop's own thread runs the **heartbeat** (``beat()``), a ``call_later`` chain every
   ``interval_s`` (``min(25 ms, threshold / 4)``): it records how late it ran (loop lag) and
   when the next beat is due. A loop that is idle in ``select()`` still beats on time.
-* the **watchdog** thread calls ``check()``. Once a beat is overdue by ``sample_s`` the loop
+* the **watchdog** thread calls ``check()``, at most every ``look_s`` (threshold / 2) while
+  the loop keeps time. Once a beat is overdue by ``sample_s`` the loop
   is busy in one iteration, and the watchdog samples the loop thread's stack every
   ``sample_s`` until the beat runs. Each sample is keyed by the frames where the callback
   starts (``_stacks.sample_thread``), so a run of many short callbacks (a busy but healthy
@@ -162,6 +163,10 @@ class LoopMonitor:
         self.threshold_s = threshold_s
         self.interval_s = min(0.025, threshold_s / 4)
         self.sample_s = min(0.01, threshold_s / 4)
+        # While the loop keeps time the watchdog looks at it only every ``look_s``: a loop
+        # found late then has still been held for under threshold - 2 samples, so the block
+        # is confirmed as soon as it passes the threshold, as if the loop were watched always.
+        self.look_s = threshold_s / 2
         self.clock = clock
         self.sink = sink
         self.loop = loop  # weak reference to the loop (returns None once it is gone)
@@ -283,7 +288,9 @@ class LoopMonitor:
         wake = self.due + self.sample_s
         if self.precise and self.cb_start:
             wake = min(wake, self.cb_start + self.sample_s)
-        return wake if wake < math.inf else now + IDLE_POLL_S
+        if wake == math.inf:
+            return now + IDLE_POLL_S
+        return max(wake, now + self.look_s)
 
     def _end(self, episode: Episode, end: float) -> None:
         self.episode = None

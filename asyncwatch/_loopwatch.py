@@ -44,6 +44,12 @@ logger = logging.getLogger("asyncwatch")
 THREAD_NAME = "asyncwatch-watchdog"
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 class _Heartbeat:
     """The ``call_later`` chain on one loop (runs on the loop's thread)."""
 
@@ -218,7 +224,7 @@ class LoopWatch:
         self._retired_lag = Histogram()
         self._count = 0
         self._thread: threading.Thread | None = None
-        self._kick = threading.Event()
+        self._wake = _held_lock()  # released to wake the watchdog (cheaper than an Event)
         self._stopping = False
         self._timer = PreciseTimer(self._monitors, clock, self.threshold_s)
         self._uvloop_noted = False
@@ -283,7 +289,7 @@ class LoopWatch:
         for monitor in monitors:
             monitor.close()  # a block still open is recorded as it stands
         self._stopping = True
-        self._kick.set()
+        self.kick()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(5.0)
@@ -293,7 +299,7 @@ class LoopWatch:
         its next heartbeat or new loop (starting a thread inside an at-fork handler can
         deadlock the child)."""
         self._lock = threading.Lock()
-        self._kick = threading.Event()
+        self._wake = _held_lock()
         self._thread = None
         self._dead = []
         self._retired_lag = Histogram()
@@ -316,7 +322,10 @@ class LoopWatch:
 
     def kick(self) -> None:
         """Wake the watchdog now."""
-        self._kick.set()
+        try:
+            self._wake.release()
+        except RuntimeError:  # a wake-up is already pending
+            pass
 
     def fault(self, hook: str, exc: BaseException) -> None:
         """An internal error in a heartbeat or the watchdog: counted, never raised into the app
@@ -337,9 +346,7 @@ class LoopWatch:
         thread.start()
 
     def _run(self) -> None:
-        kick = self._kick
         while not self._stopping:
-            kick.clear()
             try:
                 wake = self.tick()
             except Exception as exc:
@@ -351,7 +358,7 @@ class LoopWatch:
                     return
                 wake = self.clock() + IDLE_POLL_S
             delay = max(0.001, wake - self.clock())
-            kick.wait(delay)
+            self._wake.acquire(True, delay)  # returns early when kicked
 
     def tick(self) -> float:
         """Look at every loop once; returns when the next look is due."""

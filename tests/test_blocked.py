@@ -75,18 +75,19 @@ def monitor(clock: ManualClock, sink: Sink) -> LoopMonitor:
 
 
 def test_intervals_follow_the_threshold() -> None:
-    """Heartbeat every min(25 ms, threshold/4); samples every min(10 ms, threshold/4)."""
+    """Heartbeat every min(25 ms, threshold/4); samples every min(10 ms, threshold/4); a loop
+    keeping time is looked at every threshold/2."""
     m = LoopMonitor("x", threshold_s=0.1, clock=ManualClock(), sink=Sink())
-    assert (m.interval_s, m.sample_s) == (0.025, 0.01)
+    assert (m.interval_s, m.sample_s, m.look_s) == (0.025, 0.01, 0.05)
     m = LoopMonitor("x", threshold_s=0.02, clock=ManualClock(), sink=Sink())
-    assert (m.interval_s, m.sample_s) == (0.005, 0.005)
+    assert (m.interval_s, m.sample_s, m.look_s) == (0.005, 0.005, 0.01)
 
 
 def test_punctual_loop_is_never_sampled(monitor: LoopMonitor, clock: ManualClock, sink: Sink) -> None:
     """A loop whose heartbeat runs on time is only looked at, never sampled."""
     for _ in range(50):
         wake = monitor.check(clock.now, True, never)
-        assert wake == pytest.approx(monitor.due + monitor.sample_s)
+        assert wake == pytest.approx(clock.now + THRESHOLD / 2)  # looks at it every threshold/2
         clock.advance(monitor.interval_s)
         monitor.beat()
     assert sink.events == []
