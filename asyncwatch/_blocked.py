@@ -181,9 +181,8 @@ class LoopMonitor:
         self.thread_name = ""
         self.depth = 0  # Python frames below a callback on this loop
         self.lag = Histogram()
-        # Written by precise mode around every callback on this loop.
+        # Written by precise mode around every callback on this loop (0: none running).
         self.cb_start = 0.0
-        self.cb_handle: Any = None
         # Watchdog-only state.
         self.episode: Episode | None = None
         self.looks = 0  # stack samples taken of this loop
@@ -310,5 +309,4 @@ class LoopMonitor:
         """Drop any block in progress without reporting it (uninstall, fork)."""
         self.episode = None
         self.cb_start = 0.0
-        self.cb_handle = None
         self.paused = True

@@ -2,8 +2,8 @@
 
 Every stdlib event loop runs every callback (task steps, ``call_soon``/``call_later``
 callbacks, done-callbacks, I/O callbacks) through ``Handle._run``, which is pure Python, so
-one class attribute sees them all. Per callback the wrapper reads the clock twice and writes
-two attributes of the loop's monitor; a callback that took ``threshold_s`` or longer is handed
+one class attribute sees them all. Per callback the wrapper looks up the loop's monitor, reads
+the clock twice and writes the callback's start time twice (set, then cleared); a callback that took ``threshold_s`` or longer is handed
 to ``LoopMonitor.slow_callback`` (after it returned, before the next one starts), which dates
 the block exactly and closes the watchdog's sampled episode, or reports a block the watchdog
 did not see, naming the callback.
@@ -42,9 +42,7 @@ def make_run(
         if monitor is None:
             original(self)
             return
-        start = clock()
-        monitor.cb_handle = self
-        monitor.cb_start = start
+        start = monitor.cb_start = clock()
         try:
             original(self)
         finally:
@@ -52,7 +50,6 @@ def make_run(
             if elapsed >= threshold_s:
                 monitor.slow_callback(self, start, elapsed)
             monitor.cb_start = 0.0
-            monitor.cb_handle = None
 
     _run.__qualname__ = "Handle._run"
     _run.__doc__ = original.__doc__

@@ -139,6 +139,30 @@ def configurations(
     return configs
 
 
+def idle_cost(rounds: int, seconds: float, use_uvloop: bool) -> dict[str, float]:
+    """Process CPU per second of wall time while one loop sits idle (median of rounds)."""
+    setups: dict[str, tuple[Any, Any]] = {
+        "bare": (None, None), "watchdog": watching(False), "precise": watching(True)
+    }
+    samples: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(rounds):
+        for name, (setup, teardown) in setups.items():
+
+            async def idle() -> float:
+                await asyncio.sleep(0.05)
+                start = time.process_time()
+                await asyncio.sleep(seconds)
+                return time.process_time() - start
+
+            loop = new_loop(use_uvloop)
+            state = setup(loop) if setup else None
+            samples[name].append(loop.run_until_complete(idle()) / seconds)
+            if teardown:
+                teardown(state)
+            loop.close()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 # ---------------------------------------------------------------- detection latency
 
 
@@ -211,10 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds, 100k callbacks")
     parser.add_argument("--uvloop", action="store_true", help="use uvloop's loop")
     parser.add_argument("--no-anchor", action="store_true", help="skip debug mode (slow)")
-    parser.add_argument("--only", help="comma-separated: callbacks, tasks, latency")
+    parser.add_argument("--only", help="comma-separated: callbacks, tasks, idle, latency")
     parser.add_argument("--name", default=None, help="results file name")
     args = parser.parse_args(argv)
-    chosen = set(args.only.split(",")) if args.only else {"callbacks", "tasks", "latency"}
+    chosen = set(args.only.split(",")) if args.only else {"callbacks", "tasks", "idle", "latency"}
     for noisy in ("asyncwatch", "asyncio"):  # the latency blocks; debug mode's slow callbacks
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if args.quick:
@@ -237,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind, precise in (("sleep", False), ("cpu", False), ("sleep", True))
         if not (precise and args.uvloop) and "latency" in chosen
     ]
+    idle = idle_cost(3 if args.quick else 5, 1.0, args.uvloop) if "idle" in chosen else {}
     threshold = Config().block_threshold_s
     note = (
         f"{args.rounds} interleaved rounds ({args.callbacks:,} callbacks, {args.tasks:,} tasks), "
@@ -245,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     text = (
         table(rows, "per s", note)
+        + "\n\nIdle loop, process CPU per second: "
+        + ", ".join(f"{name} {value * 1000:.2f} ms" for name, value in idle.items())
         + "\n\nDetection latency (block start to finding recorded), threshold "
         + f"{threshold * 1000:.0f} ms:\n\n"
         + latency_table(series, threshold)
@@ -252,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     save(
         args.name or f"loop_watch_{loop_name}", rows, text,
         {"rounds": args.rounds, "callbacks": args.callbacks, "tasks": args.tasks,
-         "latency": {name: values for name, values in series}},
+         "latency": {name: values for name, values in series}, "idle_cpu_per_s": idle},
     )
     print()
     print(text)
