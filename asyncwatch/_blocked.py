@@ -270,10 +270,14 @@ class LoopMonitor:
         episode.add(sample, now)
         held = now - episode.since
         confirmed = episode.samples >= 2 or sample.since is not None
-        if not episode.reported and confirmed and held > self.threshold_s:
-            episode.reported = True
-            self.sink.detected(self, episode, now, sample)
-        elif episode.reported and not episode.logged and held >= LONG_BLOCK_S:
+        if not episode.reported:
+            if confirmed and held > self.threshold_s:
+                episode.reported = True
+                self.sink.detected(self, episode, now, sample)
+            elif confirmed:
+                # Look again the moment the threshold is passed, not at the next sample time.
+                return min(now + s, episode.since + self.threshold_s + 0.001)
+        elif not episode.logged and held >= LONG_BLOCK_S:
             self.sink.still_blocked(self, episode, now)
         return now + s
 

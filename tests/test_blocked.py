@@ -134,6 +134,23 @@ def test_one_callback_holding_the_loop_is_a_block(
     assert sink.events[-1] == ("ended", due, pytest.approx(came_back - due))
 
 
+def test_confirmed_block_is_looked_at_when_it_crosses_the_threshold(
+    monitor: LoopMonitor, clock: ManualClock, sink: Sink
+) -> None:
+    """Once a callback is confirmed, the next look is when it will pass the threshold (if
+    that comes before the next sample), so the report is not late by a sample interval."""
+    due = monitor.due
+    keys = ["cb"] * 20
+    clock.now = due + THRESHOLD - 0.012
+    monitor.check(clock.now, True, sampler_of(keys))
+    clock.advance(0.007)
+    wake = monitor.check(clock.now, True, sampler_of(keys))
+    assert wake == pytest.approx(due + THRESHOLD + 0.001)
+    clock.now = wake
+    monitor.check(clock.now, True, sampler_of(keys))
+    assert sink.events == [("detected", due, pytest.approx(THRESHOLD + 0.001))]
+
+
 def test_many_short_callbacks_are_not_a_block(
     monitor: LoopMonitor, clock: ManualClock, sink: Sink
 ) -> None:
