@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import sys
@@ -154,7 +155,9 @@ class CulpritCounts:
         with self._lock:
             slots = [(w, c[0], h.copy()) for w, (c, h) in self._slots.items()]
         for (path, line, function), count, hist in slots:
-            attrs = {n.CODE_FILE: path, n.CODE_LINE: line, n.CODE_FUNCTION: function}
+            attrs: dict[str, str | int] = {
+                n.CODE_FILE: path, n.CODE_LINE: line, n.CODE_FUNCTION: function
+            }
             yield n.LOOP_BLOCKED, attrs, count, self.started_ns
             yield n.LOOP_BLOCKED_DURATION, attrs, hist_value(hist), self.started_ns
 
@@ -322,10 +325,8 @@ class LoopWatch:
 
     def kick(self) -> None:
         """Wake the watchdog now."""
-        try:
+        with contextlib.suppress(RuntimeError):  # a wake-up is already pending
             self._wake.release()
-        except RuntimeError:  # a wake-up is already pending
-            pass
 
     def fault(self, hook: str, exc: BaseException) -> None:
         """An internal error in a heartbeat or the watchdog: counted, never raised into the app
@@ -445,7 +446,8 @@ class LoopWatch:
             (path, line, qualname), module, _ = culprit
             function = function_name(module, qualname)
         elif final.culprit is not None:
-            path, line, function = final.culprit.filename, final.culprit.lineno, final.culprit.function
+            where = final.culprit
+            path, line, function = where.filename, where.lineno, where.function
         else:
             path, line, function = n.OVERFLOW, 0, n.OVERFLOW
         self.culprits.add((path, line, function), final.duration_s)
@@ -458,7 +460,7 @@ class LoopWatch:
         handle = episode.handle
         if handle is None and sample is not None:
             handle = handle_in(sample.chain)
-        task = None
+        task: Any = None
         loop = monitor.loop()
         if loop is not None and sample is not None:
             task = asyncio.current_task(loop)

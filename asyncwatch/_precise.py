@@ -3,10 +3,10 @@
 Every stdlib event loop runs every callback (task steps, ``call_soon``/``call_later``
 callbacks, done-callbacks, I/O callbacks) through ``Handle._run``, which is pure Python, so
 one class attribute sees them all. Per callback the wrapper looks up the loop's monitor, reads
-the clock twice and writes the callback's start time twice (set, then cleared); a callback that took ``threshold_s`` or longer is handed
-to ``LoopMonitor.slow_callback`` (after it returned, before the next one starts), which dates
-the block exactly and closes the watchdog's sampled episode, or reports a block the watchdog
-did not see, naming the callback.
+the clock twice and writes the callback's start time twice (set, then cleared); a callback
+that took ``threshold_s`` or longer is handed to ``LoopMonitor.slow_callback`` (after it
+returned, before the next one starts), which dates the block exactly and closes the
+watchdog's sampled episode, or reports a block the watchdog did not see, naming the callback.
 
 uvloop's ``Handle`` is a Cython class whose ``_run`` is a C method: nothing to wrap. uvloop
 loops keep the heartbeat and the watchdog (which needs no Python hook) but get no precise

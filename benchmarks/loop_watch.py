@@ -6,9 +6,10 @@ Throughput (interleaved rounds, CPU time of the whole process, watchdog thread i
   next link of its chain (so every loop iteration runs about 100 callbacks).
 * ``tasks`` - 20,000 tasks created with ``create_task`` in batches of 1,000, each awaiting once.
 
-Configurations: ``bare`` asyncio; ``watchdog`` (asyncwatch's heartbeat and watchdog thread on
-the loop, the default); ``precise`` (plus the ``Handle._run`` wrapper timing every callback);
-``debug`` (``loop.set_debug(True)``, asyncio's own slow-callback detection: the anchor).
+Configurations: ``bare`` asyncio (twice: ``bare (control)`` shows the noise floor);
+``watchdog`` (asyncwatch's heartbeat and watchdog thread on the loop, the default);
+``precise`` (plus the ``Handle._run`` wrapper timing every callback); ``debug``
+(``loop.set_debug(True)``, asyncio's own slow-callback detection: the anchor).
 
 Detection latency: a loop in its own thread blocks at a random phase of its heartbeat; the
 time from the start of the block to the moment its finding is recorded is measured for a
@@ -35,12 +36,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import RESULTS, Row, interleave, save, table  # noqa: E402
+from _harness import RESULTS, Row, interleave, save, table
 
-from asyncwatch import Config  # noqa: E402
-from asyncwatch._faults import Faults  # noqa: E402
-from asyncwatch._findings import Finding, FindingsLog  # noqa: E402
-from asyncwatch._loopwatch import LoopWatch  # noqa: E402
+from asyncwatch import Config
+from asyncwatch._faults import Faults
+from asyncwatch._findings import Finding, FindingsLog
+from asyncwatch._loopwatch import LoopWatch
 
 CHAINS = 100
 BATCH = 1000
@@ -131,6 +132,8 @@ def configurations(
     watchdog, precise = watching(False), watching(True)
     configs = {
         "bare": lambda: timed(workload, n, use_uvloop),
+        # bare again: the spread of its ratio is this machine's noise floor
+        "bare (control)": lambda: timed(workload, n, use_uvloop),
         "watchdog": lambda: timed(workload, n, use_uvloop, *watchdog),
         "precise": lambda: timed(workload, n, use_uvloop, *precise),
     }
@@ -194,7 +197,7 @@ def latencies(kind: str, runs: int, use_uvloop: bool, precise: bool) -> list[flo
         await asyncio.sleep(0.05)
         for _ in range(runs):
             seen.clear()
-            await asyncio.sleep(random.uniform(0.0, 0.05))  # noqa: S311 - a random phase
+            await asyncio.sleep(random.uniform(0.0, 0.05))
             block()
             await asyncio.sleep(0.03)  # let the heartbeat close the finding
 
@@ -232,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--callbacks", type=int, default=1_000_000)
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--blocks", type=int, default=40, help="blocks per latency series")
-    parser.add_argument("--quick", action="store_true", help="3 rounds, 100k callbacks")
+    parser.add_argument("--quick", action="store_true", help="5 rounds, 100k callbacks")
     parser.add_argument("--uvloop", action="store_true", help="use uvloop's loop")
     parser.add_argument("--no-anchor", action="store_true", help="skip debug mode (slow)")
     parser.add_argument("--only", help="comma-separated: callbacks, tasks, idle, latency")
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("asyncwatch", "asyncio"):  # the latency blocks; debug mode's slow callbacks
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if args.quick:
-        args.rounds, args.callbacks, args.tasks, args.blocks = 3, 100_000, 5_000, 12
+        args.rounds, args.callbacks, args.tasks, args.blocks = 5, 100_000, 5_000, 12
     loop_name = "uvloop" if args.uvloop else "asyncio"
     rows: list[Row] = []
     for name, workload, n in (
@@ -266,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     note = (
         f"{args.rounds} interleaved rounds ({args.callbacks:,} callbacks, {args.tasks:,} tasks), "
         f"{loop_name} loop; CPU time of the process; cost = configuration time / bare time in "
-        "the same round (median). Throughput kept = 1 / cost."
+        "the same round (median; every round's ratio is in the JSON). Throughput kept = 1 / cost. "
+        "'bare (control)' is bare again: its distance from 1.00 is the noise."
     )
     text = (
         table(rows, "per s", note)
@@ -279,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     save(
         args.name or f"loop_watch_{loop_name}", rows, text,
         {"rounds": args.rounds, "callbacks": args.callbacks, "tasks": args.tasks,
-         "latency": {name: values for name, values in series}, "idle_cpu_per_s": idle},
+         "latency": dict(series), "idle_cpu_per_s": idle},
     )
     print()
     print(text)

@@ -83,7 +83,9 @@ def test_intervals_follow_the_threshold() -> None:
     assert (m.interval_s, m.sample_s, m.look_s) == (0.005, 0.005, 0.01)
 
 
-def test_punctual_loop_is_never_sampled(monitor: LoopMonitor, clock: ManualClock, sink: Sink) -> None:
+def test_punctual_loop_is_never_sampled(
+    monitor: LoopMonitor, clock: ManualClock, sink: Sink
+) -> None:
     """A loop whose heartbeat runs on time is only looked at, never sampled."""
     for _ in range(50):
         wake = monitor.check(clock.now, True, never)

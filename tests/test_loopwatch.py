@@ -356,7 +356,7 @@ def test_busy_healthy_loop_has_no_block(watch: asyncwatch.Watch) -> None:
             finished = loop.create_future()
             left = [15_000]
 
-            def work() -> None:
+            def work(left: list[int] = left, finished: asyncio.Future[None] = finished) -> None:
                 sum(range(300))
                 left[0] -= 1
                 if left[0] == 0:
