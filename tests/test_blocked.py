@@ -310,3 +310,18 @@ def test_culprit_lines_are_capped() -> None:
     assert points[(2, n.LOOP_BLOCKED.name)] == 1
     assert points[(0, n.LOOP_BLOCKED.name)] == 2
     assert len({line for line, _ in points}) == 3
+
+
+def test_bad_threshold_fails_naming_the_setting() -> None:
+    """A threshold that is not a number, or out of range, fails at once naming the setting."""
+    from asyncwatch import Config, ConfigError
+
+    with pytest.raises(ConfigError, match="ASYNCWATCH_BLOCK_THRESHOLD_S='fast'"):
+        Config.from_env({"ASYNCWATCH_BLOCK_THRESHOLD_S": "fast"})
+    with pytest.raises(ConfigError, match="ASYNCWATCH_BLOCK_THRESHOLD_S='0'"):
+        Config.from_env({"ASYNCWATCH_BLOCK_THRESHOLD_S": "0"})
+    with pytest.raises(ConfigError, match="block_threshold_s"):
+        Config(block_threshold_s=-1)
+    with pytest.raises(ConfigError, match="ASYNCWATCH_PRECISE_CALLBACKS"):
+        Config.from_env({"ASYNCWATCH_PRECISE_CALLBACKS": "yes"})
+    assert Config.from_env({"ASYNCWATCH_BLOCK_THRESHOLD_S": "0.25"}).block_threshold_s == 0.25
