@@ -229,7 +229,7 @@ class LoopWatch:
         self._thread: threading.Thread | None = None
         self._wake = _held_lock()  # released to wake the watchdog (cheaper than an Event)
         self._stopping = False
-        self._timer = PreciseTimer(self._monitors, clock, self.threshold_s)
+        self._timer = PreciseTimer(self._monitors, clock, self.threshold_s, self.fault)
         self._uvloop_noted = False
         self.started_ns = time.time_ns()
 

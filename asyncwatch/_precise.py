@@ -32,6 +32,7 @@ def make_run(
     monitors: dict[int, LoopMonitor],
     clock: Callable[[], float],
     threshold_s: float,
+    fault: Callable[[str, BaseException], None],
 ) -> Callable[[Any], None]:
     """The wrapper installed as ``Handle._run``."""
     get = monitors.get
@@ -48,7 +49,10 @@ def make_run(
         finally:
             elapsed = clock() - start
             if elapsed >= threshold_s:
-                monitor.slow_callback(self, start, elapsed)
+                try:
+                    monitor.slow_callback(self, start, elapsed)
+                except Exception as exc:  # never into the app's loop
+                    fault("precise_callbacks", exc)
             monitor.cb_start = 0.0
 
     _run.__qualname__ = "Handle._run"
@@ -61,11 +65,16 @@ class PreciseTimer:
     """Installs and removes the ``Handle._run`` wrapper."""
 
     def __init__(
-        self, monitors: dict[int, LoopMonitor], clock: Callable[[], float], threshold_s: float
+        self,
+        monitors: dict[int, LoopMonitor],
+        clock: Callable[[], float],
+        threshold_s: float,
+        fault: Callable[[str, BaseException], None],
     ) -> None:
         self.monitors = monitors
         self.clock = clock
         self.threshold_s = threshold_s
+        self.fault = fault
         self._saved: Any = None
         self._ours: Any = None
 
@@ -79,7 +88,9 @@ class PreciseTimer:
         if self._ours is not None:
             return
         self._saved = Handle.__dict__["_run"]
-        self._ours = make_run(self._saved, self.monitors, self.clock, self.threshold_s)
+        self._ours = make_run(
+            self._saved, self.monitors, self.clock, self.threshold_s, self.fault
+        )
         Handle._run = self._ours  # type: ignore[method-assign]
 
     def uninstall(self) -> None:

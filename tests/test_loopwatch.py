@@ -542,3 +542,27 @@ def test_precise_mode_catches_a_block_too_short_for_the_watchdog() -> None:
     assert finding.duration_s >= 0.06  # time.sleep(0.06) sleeps at least that long
     assert finding.culprit is not None
     assert finding.culprit.lineno in (line_of("short"), line_of("callback site"))
+
+
+def test_internal_error_in_precise_report_never_reaches_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If recording a slow callback fails inside asyncwatch, the app's loop runs on and the
+    error is counted."""
+    w = asyncwatch.install(
+        metrics_exporters=("none",), precise_callbacks=True, block_threshold_s=0.01
+    )
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("asyncwatch bug")
+
+    monkeypatch.setattr(w.loops, "detected", broken)
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.call_soon(lambda: (short_sleep(), done.set_result("still running")))
+        return await done
+
+    assert asyncio.run(main()) == "still running"
+    assert w.faults.counts.get("precise_callbacks", 0) >= 1
