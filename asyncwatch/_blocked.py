@@ -16,7 +16,10 @@ Two parties share a ``LoopMonitor``:
 
 Timing: without per-callback hooks nobody knows when a callback started, so a block is dated
 from the moment its loop was due back (the overdue beat), which can be up to ``interval_s``
-after it really started; its end is when the beat finally ran. Blocks are therefore caught for
+after it really started; its end is when the beat finally ran. That dating needs a first look
+on schedule: when the watchdog itself was starved of CPU and looks late, a callback counts
+only from when it was first seen (else whatever it happened to catch would be blamed for all
+the lateness). Blocks are therefore caught for
 sure once they last ``threshold_s + interval_s``, and reported within ``sample_s`` of
 ``threshold_s`` past that due time. Precise mode (``_precise``) stamps every callback's start:
 then ``since`` and the end are exact and every callback over ``threshold_s`` is reported.
@@ -261,9 +264,11 @@ class LoopMonitor:
         if episode is None:
             if sample.since is not None:
                 since = sample.since
-            elif self._stretch != self.beats:
-                since = self.due  # first callback of this busy stretch: busy since due
+            elif self._stretch != self.beats and now - self.due <= self.look_s + 2 * s:
+                since = self.due  # first look at this busy stretch, on time: busy since due
             else:
+                # Not the first callback of the stretch, or the watchdog itself was starved
+                # of CPU and looks late: what ran before is unknown, so count from now.
                 since = now
             self._stretch = self.beats
             episode = self.episode = Episode(sample.key, since, self.beats, now)

@@ -338,13 +338,21 @@ class LoopWatch:
     def start_thread(self) -> None:
         """Start the watchdog thread unless it runs (or asyncwatch is stopping)."""
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
+            current = self._thread
+            # (ident is None: created by another thread a moment ago and still starting)
+            if current is not None and (current.ident is None or current.is_alive()):
                 return
             if self._stopping:
                 return
             thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
             self._thread = thread
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # the interpreter is shutting down, or out of threads
+            with self._lock:
+                if self._thread is thread:
+                    self._thread = None
+            self.fault("watchdog_start", exc)
 
     def _run(self) -> None:
         while not self._stopping:

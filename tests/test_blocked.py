@@ -143,10 +143,12 @@ def test_confirmed_block_is_looked_at_when_it_crosses_the_threshold(
     that comes before the next sample), so the report is not late by a sample interval."""
     due = monitor.due
     keys = ["cb"] * 20
-    clock.now = due + THRESHOLD - 0.012
-    monitor.check(clock.now, True, sampler_of(keys))
-    clock.advance(0.007)
+    clock.now = due + 0.065  # a first look on schedule (the block dates from due)
     wake = monitor.check(clock.now, True, sampler_of(keys))
+    while wake < due + THRESHOLD:
+        clock.now = wake
+        wake = monitor.check(clock.now, True, sampler_of(keys))
+    assert clock.now + monitor.sample_s > due + THRESHOLD + 0.001  # a sample would be late
     assert wake == pytest.approx(due + THRESHOLD + 0.001)
     clock.now = wake
     monitor.check(clock.now, True, sampler_of(keys))
@@ -169,9 +171,28 @@ def test_many_short_callbacks_are_not_a_block(
     assert sink.events == []
 
 
+def test_late_first_look_dates_the_block_from_first_sight(
+    monitor: LoopMonitor, clock: ManualClock, sink: Sink
+) -> None:
+    """If the watchdog itself first looks long after the beat fell due (starved of CPU), the
+    callback it catches is not blamed for the lateness before: it counts from first sight."""
+    due = monitor.due
+    clock.now = due + 3 * THRESHOLD
+    keys = ["cb"] * 30
+    first_seen = clock.now
+    monitor.check(clock.now, True, sampler_of(keys))
+    clock.advance(monitor.sample_s)
+    monitor.check(clock.now, True, sampler_of(keys))
+    assert sink.events == []
+    while clock.now - first_seen <= THRESHOLD:
+        clock.advance(monitor.sample_s)
+        monitor.check(clock.now, True, sampler_of(keys))
+    assert sink.events == [("detected", first_seen, pytest.approx(clock.now - first_seen))]
+
+
 def test_single_sample_is_not_enough(monitor: LoopMonitor, clock: ManualClock, sink: Sink) -> None:
     """A callback seen once, even late, is not reported (it may be one of many short ones)."""
-    clock.now = monitor.due + 2 * THRESHOLD
+    clock.now = monitor.due + monitor.sample_s
     monitor.check(clock.now, True, sampler_of(["a"]))
     assert sink.events == []
     clock.advance(monitor.sample_s)

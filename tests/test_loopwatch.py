@@ -347,11 +347,10 @@ def test_busy_healthy_loop_has_no_block(watch: asyncwatch.Watch) -> None:
     """Loop iterations of 15,000 short callbacks (queued by 15 producer tasks) and batches of
     short tasks make the heartbeat late, past the threshold, so the watchdog samples the loop;
     but no callback holds it: no finding."""
-    loops: list[asyncio.AbstractEventLoop] = []
+    looks: list[int] = []
 
     async def busy() -> None:
         loop = asyncio.get_running_loop()
-        loops.append(loop)
         for _ in range(2):
             finished = loop.create_future()
             left = [15_000]
@@ -375,12 +374,12 @@ def test_busy_healthy_loop_has_no_block(watch: asyncwatch.Watch) -> None:
 
             for _ in range(10):
                 await asyncio.gather(*(small() for _ in range(300)))
+        monitor = watch.loops.monitor_of(loop)  # (read while the loop is still open)
+        looks.append(monitor.looks if monitor is not None else -1)
 
     thread = start_loop(busy)
     thread.join(120)
-    monitor = watch.loops.monitor_of(loops[0])
-    assert monitor is not None
-    assert monitor.looks >= 2, "the loop was never late enough to be sampled"
+    assert looks[0] >= 2, "the loop was never late enough to be sampled"
     assert blocks() == []
 
 
