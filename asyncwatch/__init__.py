@@ -18,8 +18,13 @@ from typing import Any
 from ._blocked import BlockedLoop as BlockedLoop
 from ._config import Config as Config
 from ._config import ConfigError as ConfigError
+from ._deadlock_report import AwaitChain as AwaitChain
+from ._deadlock_report import DeadlockFinding as DeadlockFinding
+from ._deadlock_report import PrimitiveInfo as PrimitiveInfo
+from ._deadlock_report import StuckTaskFinding as StuckTaskFinding
 from ._findings import Finding as Finding
 from ._findings import Frame as Frame
+from ._idle import idle as idle
 from ._profiling import CoroutineProfile as CoroutineProfile
 from ._profiling import FunctionProfile as FunctionProfile
 from ._profiling import ProfilerBusy as ProfilerBusy
@@ -41,24 +46,29 @@ from ._watch import uninstall as _uninstall
 __version__ = VERSION
 
 __all__ = [
+    "AwaitChain",
     "BlockedLoop",
     "Config",
     "ConfigError",
     "CoroutineProfile",
     "CoroutineStats",
+    "DeadlockFinding",
     "Finding",
     "Frame",
     "FunctionProfile",
     "Percentiles",
+    "PrimitiveInfo",
     "ProcessStats",
     "ProfileReport",
     "ProfileSession",
     "ProfilerBusy",
     "Stats",
+    "StuckTaskFinding",
     "Watch",
     "__version__",
     "current",
     "findings",
+    "idle",
     "install",
     "profile",
     "profile_sync",

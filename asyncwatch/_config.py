@@ -270,6 +270,18 @@ _SETTINGS: dict[str, _Setting] = {
     "max_culprits": _Setting(
         ("ASYNCWATCH_MAX_CULPRITS",), _parse_int, _at_least(1), "whole number >= 1"
     ),
+    "deadlock_detection": _Setting(
+        ("ASYNCWATCH_DEADLOCK_DETECTION",), _parse_flag, _is_bool, "1 or 0"
+    ),
+    "deadlock_interval_s": _Setting(
+        ("ASYNCWATCH_DEADLOCK_INTERVAL_S",), _parse_float, _positive, "seconds, e.g. 5"
+    ),
+    "stuck_task_after_s": _Setting(
+        ("ASYNCWATCH_STUCK_TASK_AFTER_S",), _parse_float, _positive, "seconds, e.g. 60"
+    ),
+    "idle_coroutines": _Setting(
+        ("ASYNCWATCH_IDLE_COROUTINES",), _parse_list, _str_tuple, "comma-separated globs"
+    ),
     "lazy_start": _Setting(("ASYNCWATCH_LAZY_START",), _parse_flag, _is_bool, "1 or 0"),
     "raise_errors": _Setting(("ASYNCWATCH_RAISE",), _parse_flag, _is_bool, "1 or 0"),
 }
@@ -353,6 +365,18 @@ class Config:
     timed exactly, at a cost per callback (see the README). No effect on uvloop loops."""
     max_culprits: int = 100
     """Distinct culprit lines counted in the blocked-loop metrics; others count as ``_OTHER``."""
+    deadlock_detection: bool = True
+    """Scan the await graph for deadlocks and stuck tasks, and track who holds each asyncio
+    Lock/Semaphore (see "Deadlocks and stuck tasks")."""
+    deadlock_interval_s: float = 5.0
+    """Seconds between scans of each event loop (stretched if a scan would take more than 1%
+    of the loop's time)."""
+    stuck_task_after_s: float = 60.0
+    """A task waiting this long at the same await point, on something nothing can wake, is
+    reported as stuck."""
+    idle_coroutines: tuple[str, ...] = ()
+    """Globs of coroutine names (``myapp.listeners.*``) whose waits are expected to be idle:
+    never reported as stuck."""
     lazy_start: bool = False
     """Start exporters when the first event loop is instrumented (set by ``asyncwatch run``)."""
     raise_errors: bool = False
@@ -433,7 +457,7 @@ _OTHER_KNOWN_VARIABLES: set[str] = {"ASYNCWATCH_BOOTSTRAP"}
 
 def _normalise(name: str, value: Any) -> Any:
     """Accept the obvious Python spellings of a setting: lists for tuples, 'all' for inf."""
-    if name in ("task_spans", "metrics_exporters", "traces_exporters"):
+    if name in ("task_spans", "metrics_exporters", "traces_exporters", "idle_coroutines"):
         if isinstance(value, str):
             return _parse_list(value)
         if isinstance(value, list):

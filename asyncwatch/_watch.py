@@ -14,10 +14,12 @@ from typing import Any
 from . import _names as n
 from . import _recorder
 from ._config import Config
+from ._deadlock import DeadlockDetector
 from ._export import MetricsBridge, Point, ProcessSampler, task_points
 from ._faults import Faults
 from ._findings import FindingsLog
 from ._loopwatch import LoopWatch
+from ._primitives import PrimitiveTracker
 from ._recorder import Recorder
 from ._stats import CoroutineStats, ProcessStats, Stats
 from ._tasks import TaskWatcher
@@ -57,6 +59,16 @@ class Watch:
         self.telemetry = Telemetry(
             config, self.bridge, self.drops, self._report, VERSION, metric_readers, tracer_provider
         )
+        self.primitives = PrimitiveTracker(self.faults)
+        self.deadlocks = DeadlockDetector(
+            self.primitives,
+            self.findings,
+            self.faults,
+            interval_s=config.deadlock_interval_s,
+            stuck_after_s=config.stuck_task_after_s,
+            idle_patterns=config.idle_coroutines,
+        )
+        self.bridge.add_source("deadlock", self.deadlocks.points)
         self.tasks = TaskWatcher(
             self.recorder, self.faults, tracer=self.telemetry.tracer, on_loop=self._on_loop
         )
@@ -90,6 +102,9 @@ class Watch:
             self.bridge.add_source("memory", self._memory.points)
         if self.config.loop_watch:
             self.loops.start()
+        if self.config.deadlock_detection:
+            self.primitives.install()
+            self.deadlocks.start()
         self.tasks.install()
 
     def stop(self, timeout_s: float | None = None, *, at_exit: bool = False) -> None:
@@ -98,6 +113,8 @@ class Watch:
         if self.console is not None:
             self.console.stop()
         self.loops.stop()
+        self.deadlocks.stop()
+        self.primitives.uninstall()
         if self._memory is not None:
             self._memory.stop()
             self._memory = None
@@ -110,6 +127,10 @@ class Watch:
                     return  # the console's own loop: nothing to start for it
             except Exception as exc:
                 self._report("console", exc)
+        try:
+            self.deadlocks.attach(loop)
+        except Exception as exc:
+            self._report("deadlock_attach", exc)
         if not self.telemetry.started:
             try:
                 self.telemetry.start()
@@ -126,6 +147,7 @@ class Watch:
             reentrant = "RLock" in type(obj._lock).__name__
             obj._lock = threading.RLock() if reentrant else threading.Lock()
         self.recorder.reset()
+        self.deadlocks.reset()
         self.findings.clear()
         self.faults.counts.clear()
         self.drops.counts.clear()

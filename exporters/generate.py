@@ -264,7 +264,7 @@ ALERTS: list[Alert] = [
         "The 99th percentile of the event loop's heartbeat lag is above 100 ms for 5 minutes: "
         "every task and request on this process waits that long.",
     ),
-    # ---- waiting for issue 5 (deadlocks, stuck tasks): names are a guess until it lands
+    # ---- deadlocks and stuck tasks (issue 5)
     Alert(
         "AsyncwatchDeadlockFound",
         _new_or_increased("asyncwatch_deadlocks_total", "job, instance", "15m"),
@@ -273,7 +273,6 @@ ALERTS: list[Alert] = [
         "Deadlock among asyncio tasks on {{ $labels.instance }}",
         "asyncwatch found a cycle of tasks waiting on each other (or on locks they hold); they "
         "will never finish. asyncwatch.findings('deadlock') explains who waits for what.",
-        waits_for="issue 5: deadlock and stuck-task metrics",
     ),
     Alert(
         "AsyncwatchStuckTasks",
@@ -283,7 +282,6 @@ ALERTS: list[Alert] = [
         "{{ $value }} stuck tasks on {{ $labels.instance }}",
         "Tasks have waited at the same await point with nothing able to wake them. "
         "asyncwatch.findings('stuck_task') shows where.",
-        waits_for="issue 5: deadlock and stuck-task metrics",
     ),
     # ---- waiting for issue 3 (HTTP server metrics, OpenTelemetry semantic conventions)
     Alert(

@@ -141,7 +141,6 @@ ISSUE_3 = "issue 3: HTTP server metrics"
 # A blocked-loop culprit: the OTel code.* attributes of asyncwatch.loop.blocked* (issue 4)
 CULPRIT = "code_file_path, code_line_number, code_function_name"
 CULPRIT_LEGEND = "{{code_file_path}}:{{code_line_number}} {{code_function_name}}"
-ISSUE_5 = "issue 5: deadlock and stuck-task metrics"
 ISSUE_7 = "issue 7: advisor gauges"
 
 OVERVIEW = Board(
@@ -505,13 +504,11 @@ DIAGNOSIS = Board(
                     f"sum(increase(asyncwatch_deadlocks_total{{{SEL}}}[$__range]))",
                     "short",
                     "Cycles of tasks waiting on each other, in the time range: asyncwatch.findings('deadlock').",
-                    waits_for=ISSUE_5,
                 ),
                 Panel(
                     "Stuck tasks, by instance",
                     (Query(f"sum by (instance) (asyncwatch_task_stuck{{{SEL}}})", "{{instance}}"),),
                     description="Tasks waiting with nothing able to wake them: asyncwatch.findings('stuck_task').",
-                    waits_for=ISSUE_5,
                 ),
                 Panel(
                     "Coroutines in flight that finish nothing",

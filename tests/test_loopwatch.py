@@ -425,8 +425,11 @@ def test_uninstall_leaves_no_thread_and_no_heartbeat() -> None:
 
 
 def test_loop_watch_off_starts_nothing() -> None:
-    """loop_watch=False: no heartbeat, no watchdog thread."""
-    w = asyncwatch.install(metrics_exporters=("none",), raise_errors=True, loop_watch=False)
+    """loop_watch=False: no heartbeat, no watchdog thread (the deadlock scanner, which has its
+    own timer, is off too so that the loop's timer list must be empty)."""
+    w = asyncwatch.install(
+        metrics_exporters=("none",), raise_errors=True, loop_watch=False, deadlock_detection=False
+    )
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(asyncio.sleep(0))
