@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ._blocked import BlockedLoop as BlockedLoop
 from ._config import Config as Config
 from ._config import ConfigError as ConfigError
 from ._deadlock_report import AwaitChain as AwaitChain
@@ -46,6 +47,7 @@ __version__ = VERSION
 
 __all__ = [
     "AwaitChain",
+    "BlockedLoop",
     "Config",
     "ConfigError",
     "CoroutineProfile",
