@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,71 @@ def test_profile_command_ranks_the_hot_coroutine_first(console: dict[str, int]) 
     assert first.split()[0] == f"{HERE}.hot", out
     assert "leak guard on" in out
     assert re.search(r"pstats \S+\.pstats", out)
+
+
+def line_of(marker: str) -> int:
+    """The line of this file that carries ``# <marker>``."""
+    lines = Path(__file__).read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if text.rstrip().endswith(f"# {marker}"))
+
+
+async def troubled_app(app: AppThread) -> None:
+    """An app with a real lock-order deadlock between two tasks, whose loop blocks once."""
+    first_lock, second_lock = asyncio.Lock(), asyncio.Lock()
+    first_holds, second_holds = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        async with first_lock:
+            first_holds.set()
+            await second_holds.wait()
+            async with second_lock:  # first waits
+                pass
+
+    async def second() -> None:
+        async with second_lock:
+            second_holds.set()
+            await first_holds.wait()
+            async with first_lock:  # second waits
+                pass
+
+    tasks = [asyncio.create_task(first(), name="first"),
+             asyncio.create_task(second(), name="second")]
+    await asyncio.sleep(0)
+    time.sleep(0.5)  # blocks the loop
+    app.ready.set()
+    await app.until_stopped()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_findings_of_the_real_detectors_over_telnet() -> None:
+    """A real blocked loop and a real deadlock, as `findings` shows them over telnet: the
+    culprit line, the tasks of the cycle and where each one waits."""
+    asyncwatch.install(console=True, metrics_exporters=("none",), block_threshold_s=0.1,
+                       deadlock_interval_s=0.1, **ports())
+    try:
+        watch = asyncwatch.current()
+        assert watch is not None
+        port = watch.config.console_port
+        with AppThread(troubled_app):
+            wait_for(lambda: [f for f in watch.findings.list("blocked_loop") if not f.ongoing]
+                     and watch.findings.list("deadlock"), what="a block and a deadlock")
+            blocked, deadlock = run_commands(
+                port, ["findings -k blocked_loop", "findings -k deadlock"]
+            )
+    finally:
+        asyncwatch.uninstall(timeout_s=2)
+    this = Path(__file__).resolve()
+    assert f"culprit: {this}:{line_of('blocks the loop')} in troubled_app" in blocked, blocked
+    assert "time.sleep(0.5)" in blocked
+    assert "coroutine: tests.console_client.AppThread._main" in blocked  # the task running it
+    assert "deadlock" in deadlock and "first" in deadlock and "second" in deadlock, deadlock
+    for marker in ("first waits", "second waits"):
+        assert f"{this}:{line_of(marker)} in troubled_app.<locals>." in deadlock, deadlock
+    assert "await chains (outermost first):" in deadlock
+    assert "task 'first' (tests.test_console.troubled_app.<locals>.first) waits for Lock" in deadlock
+    assert deadlock.count("held by 'second'") >= 2  # in the explanation, the chain, the locks
 
 
 @dataclass(frozen=True)
