@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._advisor import make_batch as _make_batch
+from ._blocked import BlockedLoop as BlockedLoop
 from ._config import Config as Config
 from ._config import ConfigError as ConfigError
 from ._deadlock_report import AwaitChain as AwaitChain
@@ -51,6 +52,7 @@ __version__ = VERSION
 __all__ = [
     "AwaitChain",
     "Concurrency",
+    "BlockedLoop",
     "Config",
     "ConfigError",
     "CoroutineProfile",

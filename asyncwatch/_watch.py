@@ -19,6 +19,7 @@ from ._deadlock import DeadlockDetector
 from ._export import MetricsBridge, Point, ProcessSampler, task_points
 from ._faults import Faults
 from ._findings import FindingsLog
+from ._loopwatch import LoopWatch
 from ._primitives import PrimitiveTracker
 from ._recorder import Recorder
 from ._stats import CoroutineStats, ProcessStats, Stats
@@ -54,6 +55,8 @@ class Watch:
         self.bridge.add_source("tasks", task_points(self.recorder))
         self.bridge.add_source("process", self.process.points)
         self.bridge.add_source("internal", self._internal_points)
+        self.loops = LoopWatch(config, self.findings, self.faults)
+        self.bridge.add_source("loops", self.loops.points)
         self.telemetry = Telemetry(
             config, self.bridge, self.drops, self._report, VERSION, metric_readers, tracer_provider
         )
@@ -100,6 +103,8 @@ class Watch:
             )
             self._memory.start()
             self.bridge.add_source("memory", self._memory.points)
+        if self.config.loop_watch:
+            self.loops.start()
         if self.config.deadlock_detection or self.config.advisor:
             self.primitives.install()  # the advisor reads semaphores through it
         if self.config.deadlock_detection:
@@ -113,6 +118,7 @@ class Watch:
         self.tasks.uninstall()
         if self.console is not None:
             self.console.stop()
+        self.loops.stop()
         self.deadlocks.stop()
         self.advisor.stop()
         self.primitives.uninstall()
@@ -141,6 +147,10 @@ class Watch:
                 self.telemetry.start()
             except Exception as exc:
                 self._report("telemetry_start", exc)
+        try:
+            self.loops.add_loop(loop)
+        except Exception as exc:
+            self._report("loop_watch", exc)
 
     def _after_fork_in_child(self) -> None:
         # A lock another thread held at fork time stays locked forever in the child.
@@ -158,6 +168,7 @@ class Watch:
         self.telemetry.forget_after_fork()
         if self.console is not None:
             self.console.forget_after_fork()
+        self.loops.after_fork()  # its watchdog restarts from the child's next heartbeat
 
     # ---------------------------------------------------------------- reading
 

@@ -16,6 +16,8 @@ What it does, so each panel has something to show:
   (``ASYNCWATCH_MEMORY_ATTRIBUTION=1``);
 * one task that waits forever on an ``asyncio.Event`` nobody sets (``wait_for_approval``):
   a stuck task for the diagnosis dashboard;
+* a synchronous call left in async code every two seconds or so (``load_legacy_config``
+  sleeps 150 ms on the loop): a blocked loop for the loop-lag and blocked-loop panels;
 * a blocking tax-rate client called through a thread pool that is too small for it (2 threads,
   6 callers, each call mostly waiting): the advisor suggests more ``max_workers``, for the
   diagnosis dashboard's Advisor row and the ``AsyncwatchAdvisorSuggestionPending`` alert. The
@@ -71,6 +73,14 @@ async def build_report() -> int:
     return len(rows)
 
 
+def read_config_file() -> None:
+    time.sleep(0.15)  # a blocking call on the event loop, on purpose
+
+
+async def load_legacy_config() -> None:
+    read_config_file()
+
+
 async def wait_for_approval(approved: asyncio.Event) -> None:
     await approved.wait()  # nobody ever sets it: a stuck task, on purpose
 
@@ -108,6 +118,10 @@ async def run(seconds: float, pause: float) -> None:
             report = asyncio.create_task(build_report())
             pending.add(report)
             report.add_done_callback(pending.discard)
+        if order % max(1, round(2.0 / pause)) == 0:  # about every two seconds
+            blocker = asyncio.create_task(load_legacy_config())
+            pending.add(blocker)
+            blocker.add_done_callback(pending.discard)
         if order % 15 == 0 and pending:
             next(iter(pending)).cancel()  # a client went away
         await asyncio.sleep(pause)
