@@ -51,8 +51,8 @@ __version__ = VERSION
 
 __all__ = [
     "AwaitChain",
-    "Concurrency",
     "BlockedLoop",
+    "Concurrency",
     "Config",
     "ConfigError",
     "CoroutineProfile",
