@@ -13,6 +13,7 @@ from typing import Any
 
 from . import _names as n
 from . import _recorder
+from ._advisor import Advisor
 from ._config import Config
 from ._deadlock import DeadlockDetector
 from ._export import MetricsBridge, Point, ProcessSampler, task_points
@@ -69,6 +70,8 @@ class Watch:
             idle_patterns=config.idle_coroutines,
         )
         self.bridge.add_source("deadlock", self.deadlocks.points)
+        self.advisor = Advisor(config, self.faults, self.primitives)
+        self.bridge.add_source("advice", self.advisor.points)
         self.tasks = TaskWatcher(
             self.recorder, self.faults, tracer=self.telemetry.tracer, on_loop=self._on_loop
         )
@@ -102,9 +105,12 @@ class Watch:
             self.bridge.add_source("memory", self._memory.points)
         if self.config.loop_watch:
             self.loops.start()
+        if self.config.deadlock_detection or self.config.advisor:
+            self.primitives.install()  # the advisor reads semaphores through it
         if self.config.deadlock_detection:
-            self.primitives.install()
             self.deadlocks.start()
+        if self.config.advisor:
+            self.advisor.start()
         self.tasks.install()
 
     def stop(self, timeout_s: float | None = None, *, at_exit: bool = False) -> None:
@@ -114,6 +120,7 @@ class Watch:
             self.console.stop()
         self.loops.stop()
         self.deadlocks.stop()
+        self.advisor.stop()
         self.primitives.uninstall()
         if self._memory is not None:
             self._memory.stop()
@@ -131,6 +138,10 @@ class Watch:
             self.deadlocks.attach(loop)
         except Exception as exc:
             self._report("deadlock_attach", exc)
+        try:
+            self.advisor.attach(loop)
+        except Exception as exc:
+            self._report("advisor_attach", exc)
         if not self.telemetry.started:
             try:
                 self.telemetry.start()
@@ -148,6 +159,7 @@ class Watch:
             obj._lock = threading.RLock() if reentrant else threading.Lock()
         self.recorder.reset()
         self.deadlocks.reset()
+        self.advisor.after_fork()
         self.findings.clear()
         self.faults.counts.clear()
         self.drops.counts.clear()

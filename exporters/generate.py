@@ -316,7 +316,7 @@ ALERTS: list[Alert] = [
         "{{ $labels.instance }} is above 1 s for 10 minutes.",
         waits_for="issue 3: HTTP server metrics",
     ),
-    # ---- waiting for issue 7 (advisor gauges): names are a guess until it lands
+    # ---- advisor (issue 7)
     Alert(
         "AsyncwatchAdvisorSuggestionPending",
         """
@@ -331,7 +331,6 @@ ALERTS: list[Alert] = [
         "The advisor has recommended a different {{ $labels.asyncwatch_advisor_knob }} for "
         "{{ $labels.asyncwatch_advisor_target }} on {{ $labels.instance }} for an hour; "
         "asyncwatch.advise() gives the evidence and the expected gain.",
-        waits_for="issue 7: advisor gauges",
     ),
 ]
 
