@@ -63,10 +63,24 @@ def _runqueue_wait_s(path: str) -> float | None:
         return None
 
 
+def _lag_counts_of(loops: Any) -> Any:
+    """Read a loop's lag histogram counts from the blocked-loop detector's monitor, if any."""
+    if loops is None:
+        return None
+
+    def counts(loop: Any) -> list[int] | None:
+        monitor = loops.monitor_of(loop)
+        return None if monitor is None else monitor.lag.counts
+
+    return counts
+
+
 class Advisor:
     """See the module docstring."""
 
-    def __init__(self, config: Config, faults: Faults, primitives: Any) -> None:
+    def __init__(
+        self, config: Config, faults: Faults, primitives: Any, loops: Any = None
+    ) -> None:
         from ._executors import ExecutorProbe
 
         self.config = config
@@ -77,7 +91,7 @@ class Advisor:
         self.executors = ExecutorProbe(faults)
         self.limits = LimitProbe()
         self.batches = BatchProbe(faults, gather=config.advisor_gather)
-        self.load = LoopLoad(faults)
+        self.load = LoopLoad(faults, _lag_counts_of(loops))
         self.active = False
         self._lock = threading.RLock()
         self._stop = threading.Event()

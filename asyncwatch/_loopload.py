@@ -9,9 +9,9 @@
   the busy figure.
 * Process CPU (psutil) and spare cores on the machine: whether another process would get a
   core of its own.
-* Loop lag is read through ``lag_of(loop)`` (seconds, p99 of recent heartbeats, or None);
-  nothing sets it yet. The loop-lag recorder of the blocked-loop detector is meant to be
-  plugged in there.
+* Loop lag: ``lag_counts_of(loop)`` returns the blocked-loop detector's cumulative lag
+  histogram counts for the loop (its heartbeat, ``asyncwatch.loop.lag``); each sample keeps a
+  copy, so a window's p99 is read from the difference of two copies. No second heartbeat.
 
 ``sample()`` is called by the advisor's sampler thread about once a second; each loop keeps a
 ring of its last ``SAMPLES`` samples (wall, busy, thread CPU), so windows cost nothing extra.
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._faults import Faults
+from ._recorder import FINE_BOUNDS, Histogram
 
 clock = time.perf_counter
 SAMPLES = 600
@@ -44,6 +45,7 @@ class LoadSample:
     running: bool
     idle_s: float  # time spent waiting in select (cumulative); None-like -1 when unknown
     thread_cpu_s: float  # loop thread CPU (cumulative); -1 when unknown
+    lag_counts: tuple[int, ...] | None = None  # loop-lag histogram counts (cumulative)
 
 
 class _LoopMeter:
@@ -97,7 +99,7 @@ class _LoopMeter:
         if selector is not None and selector.__dict__.get("select") is wrapper:
             del selector.select
 
-    def sample(self, now: float) -> None:
+    def sample(self, now: float, lag_counts_of: Callable[[Any], Any] | None = None) -> None:
         loop = self.loop_ref()
         running = bool(loop is not None and not loop.is_closed() and loop.is_running())
         idle = -1.0
@@ -110,7 +112,11 @@ class _LoopMeter:
                 cpu = time.clock_gettime(self.cpu_clock)
             except OSError:  # the thread is gone
                 self.cpu_clock = None
-        self.samples.append(LoadSample(now, running, idle, cpu))
+        lag = None
+        if lag_counts_of is not None and loop is not None:
+            counts = lag_counts_of(loop)
+            lag = tuple(counts) if counts is not None else None
+        self.samples.append(LoadSample(now, running, idle, cpu, lag))
 
 
 @dataclass(frozen=True)
@@ -127,9 +133,9 @@ class LoopWindow:
 class LoopLoad:
     """Every instrumented loop's meter, plus process CPU samples."""
 
-    def __init__(self, faults: Faults, lag_of: Callable[[Any], float | None] | None = None):
+    def __init__(self, faults: Faults, lag_counts_of: Callable[[Any], Any] | None = None):
         self.faults = faults
-        self.lag_of = lag_of
+        self.lag_counts_of = lag_counts_of
         self.active = False
         self._meters: weakref.WeakKeyDictionary[Any, _LoopMeter] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
@@ -197,7 +203,10 @@ class LoopLoad:
         with self._lock:
             meters = list(self._meters.values())
         for meter in meters:
-            meter.sample(now)
+            try:
+                meter.sample(now, self.lag_counts_of)
+            except Exception as exc:
+                self.faults.report("loopload", exc)
         proc = self._psutil
         if proc is not None:
             try:
@@ -214,7 +223,7 @@ class LoopLoad:
         with self._lock:
             items = list(self._meters.items())
         out = []
-        for loop, meter in items:
+        for _loop, meter in items:
             samples = list(meter.samples)
             if len(samples) < 2:
                 continue
@@ -237,12 +246,7 @@ class LoopLoad:
                     cpu += b.thread_cpu_s - a.thread_cpu_s
             if running <= 0:
                 continue
-            lag = None
-            if self.lag_of is not None:
-                try:
-                    lag = self.lag_of(loop)
-                except Exception as exc:
-                    self.faults.report("loopload", exc)
+            lag = _lag_p99(chosen[0].lag_counts, chosen[-1].lag_counts)
             out.append(
                 LoopWindow(
                     meter.label,
@@ -266,3 +270,14 @@ class LoopLoad:
         cores_used = (chosen[-1][1] - chosen[0][1]) / (chosen[-1][0] - chosen[0][0])
         system = [s[2] for s in chosen[1:] if s[2] is not None]
         return cores_used, (sum(system) / len(system) if system else None)
+
+
+def _lag_p99(first: tuple[int, ...] | None, last: tuple[int, ...] | None) -> float | None:
+    """p99 loop lag between two cumulative snapshots of the lag histogram (None: no beats)."""
+    if first is None or last is None or len(first) != len(last):
+        return None
+    window = Histogram()
+    window.counts = [b - a for a, b in zip(first, last, strict=True)]
+    window.total = sum(window.counts)
+    window.max = FINE_BOUNDS[-1]  # not known within the window: read the top bucket as its bound
+    return window.quantile(0.99)

@@ -70,7 +70,7 @@ class Watch:
             idle_patterns=config.idle_coroutines,
         )
         self.bridge.add_source("deadlock", self.deadlocks.points)
-        self.advisor = Advisor(config, self.faults, self.primitives)
+        self.advisor = Advisor(config, self.faults, self.primitives, self.loops)
         self.bridge.add_source("advice", self.advisor.points)
         self.tasks = TaskWatcher(
             self.recorder, self.faults, tracer=self.telemetry.tracer, on_loop=self._on_loop

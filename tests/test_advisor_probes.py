@@ -297,10 +297,14 @@ def test_saturated_loop_is_advised_more_processes() -> None:
     recs = asyncio.run(main())
     (window,) = watch.advisor.load.windows(4)
     assert window.busy is not None and window.busy >= 0.9
+    # loop lag over the window, from the blocked-loop detector's heartbeat: each loop
+    # iteration runs four 2 ms steps, so the beat is at least that late at times
+    assert window.lag_p99_s is not None and window.lag_p99_s >= 0.002
     if watch.advisor.load.cores >= 2:
         (rec,) = recs
         assert rec.current == 1 and rec.suggested is not None and rec.suggested >= 2
         assert "saturated" in rec.evidence
+        assert "loop lag p99 " in rec.evidence
 
 
 def test_advisor_tracks_semaphores_without_deadlock_detection() -> None:
