@@ -457,7 +457,8 @@ class Config:
                 values[name] = value
                 break
         if "traces_exporters" not in values and any(
-            env.get(v) for v in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            env.get(v)
+            for v in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         ):
             values["traces_exporters"] = ("otlp",)
         return cls(**values).replace(**overrides)

@@ -243,7 +243,9 @@ GC_UNCOLLECTABLE = MetricDef(
     (GC_GENERATION,),
 )
 
-METRICS: tuple[MetricDef, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, MetricDef))
+METRICS: tuple[MetricDef, ...] = tuple(
+    v for v in dict(globals()).values() if isinstance(v, MetricDef)
+)
 BY_NAME: dict[str, MetricDef] = {m.name: m for m in METRICS}
 
 # Bucket boundaries (seconds) of exported task timing histograms: 1-2.5-5 per decade.

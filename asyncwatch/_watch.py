@@ -247,7 +247,9 @@ def install(
     global _current
     with _lock:
         if _current is not None:
-            wanted = (config or Config.from_env()).replace(**settings) if (config or settings) else None
+            wanted = None
+            if config or settings:
+                wanted = (config or Config.from_env()).replace(**settings)
             if wanted is not None and wanted != _current.config:
                 differ = [
                     k for k in wanted.__dataclass_fields__
