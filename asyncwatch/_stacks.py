@@ -14,6 +14,7 @@ frame, then the innermost frame at all.
 from __future__ import annotations
 
 import asyncio
+import gc
 import linecache
 import os
 import selectors
@@ -81,6 +82,26 @@ class Sample:
     """Exact start of the callback when known (precise mode)."""
 
 
+# CPython 3.11 can deadlock in sys._current_frames(): it holds the runtime's thread-list
+# lock while it builds its dict, an allocation there can start a garbage collection, and if
+# that frees a threading.local (the app's, a library's) the local's clean-up takes the same
+# lock (gh-106883; seen here, it hung a test run). The fix (disable the collector inside the
+# call) came to the 3.11 branch late, so asyncwatch does it around the call on every 3.11.
+# 3.12 and later collect only at safe points of the interpreter loop, never inside the call.
+_GC_GUARD = sys.version_info < (3, 12)
+
+
+def current_frames() -> dict[int, FrameType]:
+    """``sys._current_frames()``, with no garbage collection during it where that can deadlock."""
+    if not _GC_GUARD or not gc.isenabled():
+        return sys._current_frames()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        gc.enable()
+
+
 def sample_thread(thread_id: int, depth: int) -> Sample | None:
     """The stack of ``thread_id`` now, keyed by the frames at ``depth - 1`` and ``depth``.
 
@@ -90,7 +111,7 @@ def sample_thread(thread_id: int, depth: int) -> Sample | None:
     ``Handle._run``, new for every callback; under uvloop, whatever called
     ``run_until_complete``). The same pair seen twice means the same callback still runs.
     """
-    frames = sys._current_frames()
+    frames = current_frames()
     top = frames.get(thread_id)
     del frames
     if top is None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +13,7 @@ import pytest
 from asyncwatch import _names as n
 from asyncwatch._blocked import LONG_BLOCK_S, Episode, LoopMonitor
 from asyncwatch._loopwatch import CulpritCounts, LogLimiter
-from asyncwatch._stacks import Sample
+from asyncwatch._stacks import Sample, sample_thread
 
 THRESHOLD = 0.1
 
@@ -346,3 +349,32 @@ def test_bad_threshold_fails_naming_the_setting() -> None:
     with pytest.raises(ConfigError, match="ASYNCWATCH_PRECISE_CALLBACKS"):
         Config.from_env({"ASYNCWATCH_PRECISE_CALLBACKS": "yes"})
     assert Config.from_env({"ASYNCWATCH_BLOCK_THRESHOLD_S": "0.25"}).block_threshold_s == 0.25
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12+ never collects inside the call")
+def test_no_garbage_collection_inside_current_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On 3.11 the watchdog's stack sample runs with the collector off (gh-106883: a
+    collection freeing a threading.local inside sys._current_frames() deadlocks), and the
+    collector is back on afterwards, or left off if the app had turned it off."""
+    real = sys._current_frames
+    seen: list[bool] = []
+
+    def spy() -> dict[int, Any]:
+        seen.append(gc.isenabled())
+        return real()
+
+    monkeypatch.setattr(sys, "_current_frames", spy)
+    assert gc.isenabled()
+    sample = sample_thread(threading.get_ident(), 1)
+    assert sample is not None
+    names = [f.f_code.co_name for f in sample.chain]
+    assert names[-3:] == ["sample_thread", "current_frames", "spy"]  # this thread, sampled
+    assert seen == [False]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        sample_thread(threading.get_ident(), 1)
+        assert seen == [False, False]
+        assert not gc.isenabled()  # the app's choice is kept
+    finally:
+        gc.enable()
