@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ._asgi import AsyncWatchMiddleware as AsyncWatchMiddleware
 from ._config import Config as Config
 from ._config import ConfigError as ConfigError
 from ._findings import Finding as Finding
@@ -32,6 +33,7 @@ from ._watch import uninstall as _uninstall
 __version__ = VERSION
 
 __all__ = [
+    "AsyncWatchMiddleware",
     "Config",
     "ConfigError",
     "CoroutineStats",

@@ -17,6 +17,7 @@ from ._config import Config
 from ._export import MetricsBridge, Point, ProcessSampler, task_points
 from ._faults import Faults
 from ._findings import FindingsLog
+from ._http import HttpStats
 from ._recorder import Recorder
 from ._stats import CoroutineStats, ProcessStats, Stats
 from ._tasks import TaskWatcher
@@ -51,6 +52,9 @@ class Watch:
         self.bridge.add_source("tasks", task_points(self.recorder))
         self.bridge.add_source("process", self.process.points)
         self.bridge.add_source("internal", self._internal_points)
+        self.http = HttpStats(max_routes=config.http_max_routes, max_error_types=config.max_error_types)
+        self.bridge.add_source("http", self.http.points)
+        self._asgi_patches: Any = None
         self.telemetry = Telemetry(
             config, self.bridge, self.drops, self._report, VERSION, metric_readers, tracer_provider
         )
@@ -77,9 +81,17 @@ class Watch:
             self._memory.start()
             self.bridge.add_source("memory", self._memory.points)
         self.tasks.install()
+        from ._asgi_patch import StarlettePatches
+
+        self._asgi_patches = StarlettePatches(self.faults, auto_add=self.config.asgi_auto)
+        self._asgi_patches.install()
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Undo everything ``start`` did, within ``timeout_s`` for the exporters."""
+        if self._asgi_patches is not None:
+            self._asgi_patches.uninstall()
+            self._asgi_patches = None
+        self.tasks.track_requests(None)
         self.tasks.uninstall()
         if self._memory is not None:
             self._memory.stop()
@@ -95,10 +107,11 @@ class Watch:
                 self._report("telemetry_start", exc)
 
     def _after_fork_in_child(self) -> None:
-        for obj in (self.recorder, self.drops, self.faults, self.bridge):
+        for obj in (self.recorder, self.drops, self.faults, self.bridge, self.http):
             lock = obj._lock
             obj._lock = type(lock)()
         self.recorder.reset()
+        self.http.reset()
         self.findings.clear()
         self.faults.counts.clear()
         self.drops.counts.clear()
