@@ -57,26 +57,32 @@ class _HeadersGetter(Getter[Any]):
 
     def get(self, carrier: Any, key: str) -> list[str] | None:
         want = key.lower().encode("latin-1")
-        values = []
-        for item in carrier:
-            try:
-                name, value = item
-                if bytes(name).lower() == want:
-                    values.append(bytes(value).decode("latin-1"))
-            except (TypeError, ValueError):
-                continue
+        values = [
+            item[1].decode("latin-1")
+            for item in carrier
+            if _is_header(item) and item[0].lower() == want
+        ]
         if not values:
             return None
         return [",".join(values)] if want == b"baggage" else values
 
     def keys(self, carrier: Any) -> list[str]:
-        out = []
-        for item in carrier:
-            try:
-                out.append(bytes(item[0]).decode("latin-1"))
-            except (TypeError, ValueError, IndexError):
-                continue
-        return out
+        return [item[0].decode("latin-1") for item in carrier if _is_header(item)]
+
+
+def _is_header(item: Any) -> bool:
+    """A well-formed ASGI header: a pair of byte strings."""
+    return (
+        isinstance(item, list | tuple)
+        and len(item) == 2
+        and isinstance(item[0], bytes)
+        and isinstance(item[1], bytes)
+    )
+
+
+def _headers(scope: Scope) -> Any:
+    headers = scope.get("headers")
+    return headers if isinstance(headers, list | tuple) else ()
 
 
 _GETTER = _HeadersGetter()
@@ -137,7 +143,8 @@ class Observer:
                 ex = WsExchange(self, scope, receive, send, router)
             else:
                 method = scope.get("method")
-                method = method if method in self.methods else n.OVERFLOW
+                if method.__class__ is not str or method not in self.methods:
+                    method = n.OVERFLOW
                 ex = HttpExchange(self, scope, receive, send, router, method, not fastapi_meters)
         except Exception as exc:
             self.fault("asgi_request", exc)
@@ -155,8 +162,7 @@ class Observer:
         from opentelemetry import context, propagate, trace
         from opentelemetry.trace import SpanKind
 
-        headers = scope.get("headers")
-        parent = propagate.extract(headers if isinstance(headers, list | tuple) else (), getter=_GETTER)
+        parent = propagate.extract(_headers(scope), getter=_GETTER)
         attributes: dict[str, Any] = {n.URL_SCHEME: ex.scheme}
         path = scope.get("path")
         if isinstance(path, str):
@@ -202,15 +208,13 @@ class Observer:
 
 def full_url(scope: Scope, path: str) -> str:
     """``scheme://host/path?query`` as OTEL_PYTHON_EXCLUDED_URLS patterns expect it."""
-    scheme = scope.get("scheme") or "http"
+    scheme = scope.get("scheme")
+    scheme = scheme if isinstance(scheme, str) and scheme else "http"
     host = ""
-    for item in scope.get("headers") or ():
-        try:
-            if item[0] == b"host":
-                host = bytes(item[1]).decode("latin-1")
-                break
-        except (TypeError, IndexError):
-            continue
+    for item in _headers(scope):
+        if _is_header(item) and item[0] == b"host":
+            host = item[1].decode("latin-1")
+            break
     if not host:
         server = scope.get("server")
         if isinstance(server, list | tuple) and len(server) == 2:

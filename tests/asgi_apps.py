@@ -195,12 +195,18 @@ class Observed:
 
 
 @contextlib.contextmanager
-def observing(**settings: Any) -> Iterator[Observed]:
-    """Install asyncwatch in strict mode with an in-memory reader and a real TracerProvider."""
+def observing(
+    *, spans: tuple[TracerProvider, InMemorySpanExporter] | None = None, **settings: Any
+) -> Iterator[Observed]:
+    """Install asyncwatch in strict mode with an in-memory reader and a real TracerProvider
+    (``spans``: the provider and its exporter, if the test shares them with the app)."""
     reader = InMemoryMetricReader()
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    if spans is None:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    else:
+        provider, exporter = spans
     settings.setdefault("asgi_auto", False)
     watch = asyncwatch.install(
         metrics_exporters=("none",),
