@@ -40,12 +40,12 @@ class _Exchange:
     __slots__ = (
         "_receive",
         "_send",
+        "callbacks",
         "disconnected",
         "exc",
         "finished",
         "method",
         "obs",
-        "outcomes",
         "proto",
         "root_path",
         "route",
@@ -55,7 +55,10 @@ class _Exchange:
         "span",
         "span_token",
         "started",
+        "task_cancelled",
         "task_cb",
+        "task_errors",
+        "task_ok",
         "tasks",
     )
 
@@ -77,16 +80,41 @@ class _Exchange:
         self.finished = False
         self.span: Any = None
         self.span_token: Any = None
+        # Tasks created while handling this request and how they ended (folded into the
+        # route's counters when the request finishes; later endings go straight there).
         self.tasks = 0
+        self.task_ok = 0
+        self.task_cancelled = 0
+        self.task_errors: dict[str, int] | None = None
         self.task_cb: Any = None
-        self.outcomes: dict[tuple[str, str | None], int] | None = None
+        self.callbacks: dict[Any, Any] | None = None
 
     default_scheme = "http"
 
     # ---------------------------------------------------------------- tasks (hot path)
 
+    def done_callback(self, stats: Any) -> Any:
+        """For the task hook: the one done-callback of a task of this request, doing the
+        task's own counting (``stats.on_done``) and the request's. One callback instead of two
+        saves the loop scheduling a second one per task; it is made once per coroutine."""
+        self.tasks += 1
+        callbacks = self.callbacks
+        if callbacks is None:
+            callbacks = self.callbacks = {}
+        callback = callbacks.get(stats)
+        if callback is None:
+            on_done, request_done = stats.on_done, self.task_done
+
+            def callback(task: Any) -> None:
+                on_done(task)
+                request_done(task)
+
+            if len(callbacks) < 64:
+                callbacks[stats] = callback
+        return callback
+
     def on_task(self, task: Any) -> None:
-        """Called by the task hook for each task created in this request's context."""
+        """For the task hook's timed path: count a task that has its own done-callback."""
         self.tasks += 1
         cb = self.task_cb
         if cb is None:
@@ -94,27 +122,39 @@ class _Exchange:
         task.add_done_callback(cb)
 
     def task_done(self, task: Any) -> None:
-        """Done-callback of a task created while handling the request."""
+        """A task created while handling the request ended."""
         try:
             if task.cancelled():
-                outcome, error = "cancelled", None
+                self.task_cancelled += 1
             else:
                 exc = getattr(task, "_exception", None)  # .exception() would mark it retrieved
                 if exc is None:
-                    outcome, error = "ok", None
+                    self.task_ok += 1
                 else:
-                    outcome, error = "error", self.obs.stats.exception_type(exc)
-            if self.finished:
-                key = (self.method, self.route, self.proto, outcome, error)
-                outcomes = self.obs.stats.shard.task_outcomes
-                outcomes[key] = outcomes.get(key, 0) + 1
-            else:
-                pending = self.outcomes
-                if pending is None:
-                    pending = self.outcomes = {}
-                pending[(outcome, error)] = pending.get((outcome, error), 0) + 1
+                    errors = self.task_errors
+                    if errors is None:
+                        errors = self.task_errors = {}
+                    error = self.obs.stats.exception_type(exc)
+                    errors[error] = errors.get(error, 0) + 1
+            if self.finished:  # outlived its request: straight to the route's counters
+                self.flush_tasks(self.obs.stats.shard)
         except Exception as exc:
             self.obs.fault("asgi_task_done", exc)
+
+    def flush_tasks(self, shard: HttpShard) -> None:
+        """Move the task outcomes counted so far into ``shard`` under this request's route."""
+        base = (self.method, self.route, self.proto)
+        outcomes = shard.task_outcomes
+        for outcome, count in (("ok", self.task_ok), ("cancelled", self.task_cancelled)):
+            if count:
+                key = (*base, outcome, None)
+                outcomes[key] = outcomes.get(key, 0) + count
+        self.task_ok = self.task_cancelled = 0
+        if self.task_errors:
+            for error, count in self.task_errors.items():
+                key = (*base, "error", error)
+                outcomes[key] = outcomes.get(key, 0) + count
+            self.task_errors = None
 
     # ---------------------------------------------------------------- shared end
 
@@ -133,18 +173,14 @@ class _Exchange:
             hist = shard.request_tasks[key] = BoundHist(n.TASKS_PER_REQUEST_BOUNDS)
         hist.add(self.tasks)
         self.finished = True
-        if self.outcomes:
-            outcomes = shard.task_outcomes
-            for (outcome, error), count in self.outcomes.items():
-                full = (self.method, self.route, self.proto, outcome, error)
-                outcomes[full] = outcomes.get(full, 0) + count
-            self.outcomes = None
+        self.flush_tasks(shard)
 
     def release(self) -> None:
         """Drop references to the request, so long-lived tasks do not keep it alive."""
         self.scope = self._receive = self._send = self.router = None
         self.exc = None
         self.span = None
+        self.callbacks = None
 
     def end_span(self, error: str | None, status: int | None, failed: bool, end_ns: int) -> None:
         span = self.span

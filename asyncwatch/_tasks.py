@@ -190,12 +190,15 @@ class LoopHook:
                 in_flight = created - stats.done
                 if in_flight > stats.peak:
                     stats.peak = in_flight
-                task.add_done_callback(stats.done_cb)
                 requests = self.requests
-                if requests is not None:  # one ContextVar read, only while a middleware is active
+                if requests is None:
+                    task.add_done_callback(stats.done_cb)
+                else:  # one ContextVar read, only while an ASGI middleware is active
                     request = requests.get()
-                    if request is not None:
-                        request.on_task(task)
+                    if request is None:
+                        task.add_done_callback(stats.done_cb)
+                    else:  # created while handling a request: counted for it too
+                        task.add_done_callback(request.done_callback(stats))
             except Exception as exc:
                 self.fault("task_factory", exc)
             return task

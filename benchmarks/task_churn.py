@@ -5,6 +5,8 @@ Configurations, interleaved round by round in one process:
 * ``bare`` - stock asyncio, no task factory.
 * ``asyncwatch`` - metrics only (the default: every task counted, a sample timed).
 * ``asyncwatch+spans`` - a span for every task as well (``task_span_ratio=1``).
+* ``asyncwatch+request`` - metrics, with the tasks created inside an HTTP request handled by
+  ``AsyncWatchMiddleware`` (each task also counted for its request and route).
 * ``otel-asyncio`` - opentelemetry-instrumentation-asyncio with SDK providers (metrics).
 * ``otel-asyncio+spans`` - the same, tracing the workload's coroutines by name.
 * ``aiomonitor`` - aiomonitor's task-factory hook (``hook_task_factory=True``).
@@ -134,10 +136,30 @@ def configurations(
     spans = Watch(Config(metrics_exporters=("none",), task_span_ratio=1.0))
     spans.telemetry.start()
 
+    requests = Watch(Config(metrics_exporters=("none",)))
+    requests.telemetry.start()
+
+    def in_request(loop: asyncio.AbstractEventLoop) -> Any:
+        from asyncwatch._asgi import Observer
+        from asyncwatch._exchange import REQUEST, HttpExchange
+
+        requests.tasks.track_requests(REQUEST)
+        requests.tasks.instrument(loop)
+        request = HttpExchange(
+            Observer(requests, requests.config), {"type": "http"}, None, None, None, "GET", True
+        )
+        return REQUEST.set(request)  # the workload's task inherits it, as a handler's would
+
+    def end_request(token: Any) -> None:
+        from asyncwatch._exchange import REQUEST
+
+        REQUEST.reset(token)
+
     configs: dict[str, Callable[[], tuple[float, int]]] = {
         "bare": lambda: timed(workload, n, use_uvloop),
         "asyncwatch": lambda: timed(workload, n, use_uvloop, metrics.tasks.instrument),
         "asyncwatch+spans": lambda: timed(workload, n, use_uvloop, spans.tasks.instrument),
+        "asyncwatch+request": lambda: timed(workload, n, use_uvloop, in_request, end_request),
     }
     if anchors:
         configs.update(anchor_configurations(workload, n, use_uvloop))
