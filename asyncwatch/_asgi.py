@@ -43,6 +43,8 @@ _SENSITIVE_QUERY_KEYS = frozenset(
      "X-Amz-Credential", "X-Amz-Security-Token"}
 )
 _UNSET: Any = object()
+_OBSERVE: Any = object()
+_SERVE_METRICS: Any = object()
 
 
 def known_methods(env: MutableMapping[str, str] | None = None) -> frozenset[str]:
@@ -103,6 +105,7 @@ class Observer:
         self.excluded_url = re.compile("|".join(urls)) if urls else None
         self.metrics_path = config.http_metrics_path or None
         self.spans_wanted = config.http_spans
+        self.filtering = bool(self.metrics_path or self.excluded_path or self.excluded_url)
         self._metrics_app: Any = None
         self.off = False
 
@@ -112,49 +115,49 @@ class Observer:
             self.off = True
 
     def begin(self, mw: AsyncWatchMiddleware, scope: Scope, receive: Receive, send: Send, kind: str) -> Any:
-        """The exchange for this request, an app to serve it (``/metrics``), or None."""
+        """The exchange for this request, ``_SERVE_METRICS``, or None (pass it through)."""
         try:
             outer = REQUEST.get()
             if outer is not None and outer.scope is scope:
                 return None  # an outer AsyncWatchMiddleware already observes this request
-            path = scope.get("path")
-            if path.__class__ is not str:
-                path = ""
-            if self.metrics_path is not None and path == self.metrics_path and kind == "http":
-                if scope.get("method") in ("GET", "HEAD"):
-                    app = self.metrics_app()
-                    if app is not None:
-                        return app
-            if self.excluded_path is not None and self.excluded_path.match(path):
-                return None
-            if self.excluded_url is not None and self.excluded_url.search(full_url(scope, path)):
-                return None
-            websocket = kind == "websocket"
+            if self.filtering:
+                verdict = self.filter(scope, kind)
+                if verdict is not _OBSERVE:
+                    return verdict
             fastapi_spans = fastapi_meters = False
-            if "fastapi.telemetry" in scope:
-                fastapi_spans, fastapi_meters = fastapi_native(scope, None, websocket)
-            else:
-                app = mw.fastapi_app()
-                if app is not None:
-                    fastapi_spans, fastapi_meters = fastapi_native(scope, app, websocket)
-            router = mw.router()
+            if "fastapi.telemetry" in scope or mw.fastapi is not None:
+                fastapi_spans, fastapi_meters = fastapi_native(scope, mw.fastapi, kind == "websocket")
             ex: _Exchange
-            if websocket:
-                ex = WsExchange(self, scope, receive, send, router)
-            else:
+            if kind == "http":
                 method = scope.get("method")
                 if method.__class__ is not str or method not in self.methods:
                     method = n.OVERFLOW
-                ex = HttpExchange(self, scope, receive, send, router, method, not fastapi_meters)
+                ex = HttpExchange(self, scope, receive, send, mw.router, method, not fastapi_meters)
+            else:
+                ex = WsExchange(self, scope, receive, send, mw.router)
         except Exception as exc:
             self.fault("asgi_request", exc)
             return None
-        if not fastapi_spans and self.spans_wanted and self.telemetry.exports_spans:
+        if self.spans_wanted and not fastapi_spans and self.telemetry.exports_spans:
             try:
                 self.start_span(ex, scope)
             except Exception as exc:
                 self.fault("asgi_span", exc)
         return ex
+
+    def filter(self, scope: Scope, kind: str) -> Any:
+        """``_SERVE_METRICS`` (the page), None for an excluded request, else ``_OBSERVE``."""
+        path = scope.get("path")
+        if path.__class__ is not str:
+            path = ""
+        if self.metrics_path is not None and path == self.metrics_path and kind == "http":
+            if scope.get("method") in ("GET", "HEAD") and self.metrics_app() is not None:
+                return _SERVE_METRICS
+        if self.excluded_path is not None and self.excluded_path.match(path):
+            return None
+        if self.excluded_url is not None and self.excluded_url.search(full_url(scope, path)):
+            return None
+        return _OBSERVE
 
     def start_span(self, ex: _Exchange, scope: Scope) -> None:
         """Start the SERVER span, child of the W3C context the request carries, and make it
@@ -250,8 +253,8 @@ class AsyncWatchMiddleware:
         self.config = config
         self._watch: Any = _UNSET
         self._observer: Observer | None = None
-        self._fastapi: Any = _UNSET
-        self._router: Any = _UNSET
+        self.fastapi: Any = None  # the FastAPI app this wraps from outside, if any
+        self.router: Any = None  # the Starlette router under this middleware, if any
         if _watch.current() is None and (config is None or config.enabled):
             _watch.install(config)
 
@@ -268,17 +271,21 @@ class AsyncWatchMiddleware:
             if obs is not None and not obs.off:
                 ex = obs.begin(self, scope, receive, send, kind)
                 if ex is not None:
-                    if not isinstance(ex, _Exchange):
-                        await ex(scope, receive, send)  # the opt-in /metrics page
+                    if ex is _SERVE_METRICS:
+                        await obs.metrics_app()(scope, receive, send)  # the opt-in page
                         return
                     token = REQUEST.set(ex)
                     try:
                         await self.app(scope, ex.receive, ex.send)
                     except BaseException as exc:
-                        ex.raised(exc)
+                        ex.exc = exc
                         raise
                     finally:
-                        _close(ex, token)
+                        REQUEST.reset(token)
+                        span_token = ex.span_token
+                        ex.finish()
+                        if span_token is not None:
+                            _detach(ex, span_token)
                     return
         await self.app(scope, receive, send)
 
@@ -288,35 +295,19 @@ class AsyncWatchMiddleware:
         if watch is None or not watch.config.enabled:
             return
         try:
+            # What the wrapped app is does not change once it serves: look it up once.
+            self.fastapi = find_fastapi(self.app)
+            self.router = find_router(self.app)
             self._observer = Observer(watch, self.config or watch.config)
             watch.tasks.track_requests(REQUEST)
         except Exception as exc:
             watch.faults.report("asgi_bind", exc)
 
-    def fastapi_app(self) -> Any:
-        """The FastAPI app this middleware wraps from outside, if any (looked up once)."""
-        if self._fastapi is _UNSET:
-            self._fastapi = find_fastapi(self.app)
-        return self._fastapi
 
-    def router(self) -> Any:
-        """The Starlette router under this middleware, if any (looked up once)."""
-        if self._router is _UNSET:
-            self._router = find_router(self.app)
-        return self._router
+def _detach(ex: _Exchange, token: Any) -> None:
+    from opentelemetry import context
 
-
-def _close(ex: _Exchange, token: Any) -> None:
     try:
-        REQUEST.reset(token)
-    except ValueError:  # pragma: no cover - reset from another context; nothing to undo
-        pass
-    span_token = ex.span_token
-    ex.finish()  # type: ignore[attr-defined]
-    if span_token is not None:
-        from opentelemetry import context
-
-        try:
-            context.detach(span_token)
-        except Exception as exc:  # pragma: no cover - the SDK logs and swallows its own
-            ex.obs.fault("asgi_span", exc)
+        context.detach(token)
+    except Exception as exc:  # pragma: no cover - the SDK logs and swallows its own
+        ex.obs.fault("asgi_span", exc)

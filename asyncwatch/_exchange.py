@@ -25,7 +25,8 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from . import _names as n
-from ._http import BoundHist, HttpShard
+from . import _routes
+from ._http import BoundHist, HttpShard, RequestSlot
 from ._recorder import clock
 
 if TYPE_CHECKING:
@@ -37,30 +38,25 @@ REQUEST: ContextVar[Any] = ContextVar("asyncwatch.request", default=None)
 class _Exchange:
     """What HTTP requests and WebSocket connections share: task counting, route, span."""
 
-    __slots__ = (
-        "_receive",
-        "_send",
-        "callbacks",
-        "disconnected",
-        "exc",
-        "finished",
-        "method",
-        "obs",
-        "proto",
-        "root_path",
-        "route",
-        "router",
-        "scheme",
-        "scope",
-        "span",
-        "span_token",
-        "started",
-        "task_cancelled",
-        "task_cb",
-        "task_errors",
-        "task_ok",
-        "tasks",
-    )
+    # Defaults live on the class, so a request only writes what differs (cheaper than
+    # initialising ~35 slots per request). Only immutable values here.
+    proto = "http"
+    default_scheme = "http"
+    method: str | None = None
+    route: str | None = None
+    exc: BaseException | None = None
+    disconnected = False
+    finished = False
+    span: Any = None
+    span_token: Any = None
+    # Tasks created while handling this request and how they ended (folded into the
+    # route's counters when the request finishes; later endings go straight there).
+    tasks = 0
+    task_ok = 0
+    task_cancelled = 0
+    task_errors: dict[str, int] | None = None
+    task_cb: Any = None
+    callbacks: dict[Any, Any] | None = None
 
     def __init__(self, obs: Observer, scope: Any, receive: Any, send: Any, router: Any) -> None:
         self.obs = obs
@@ -70,26 +66,11 @@ class _Exchange:
         self.router = router  # a router hint for route resolution (None: the scope's own)
         self.root_path = scope.get("root_path", "")
         scheme = scope.get("scheme")
-        self.scheme = scheme if type(scheme) is str and len(scheme) < 16 else self.default_scheme
+        if scheme.__class__ is str and len(scheme) < 16:
+            self.scheme = scheme
+        else:
+            self.scheme = self.default_scheme
         self.started = clock()
-        self.method: str | None = None
-        self.proto = "http"
-        self.route: str | None = None
-        self.exc: BaseException | None = None
-        self.disconnected = False
-        self.finished = False
-        self.span: Any = None
-        self.span_token: Any = None
-        # Tasks created while handling this request and how they ended (folded into the
-        # route's counters when the request finishes; later endings go straight there).
-        self.tasks = 0
-        self.task_ok = 0
-        self.task_cancelled = 0
-        self.task_errors: dict[str, int] | None = None
-        self.task_cb: Any = None
-        self.callbacks: dict[Any, Any] | None = None
-
-    default_scheme = "http"
 
     # ---------------------------------------------------------------- tasks (hot path)
 
@@ -152,17 +133,15 @@ class _Exchange:
         self.task_ok = self.task_cancelled = 0
         if self.task_errors:
             for error, count in self.task_errors.items():
-                key = (*base, "error", error)
-                outcomes[key] = outcomes.get(key, 0) + count
+                error_key = (*base, "error", error)
+                outcomes[error_key] = outcomes.get(error_key, 0) + count
             self.task_errors = None
 
     # ---------------------------------------------------------------- shared end
 
     def resolve_route(self) -> str | None:
         """The bounded route template (None: the request matched no route)."""
-        from ._routes import template
-
-        found = template(self.scope, self.root_path, self.router)
+        found = _routes.template(self.scope, self.root_path, self.router)
         return None if found is None else self.obs.stats.route(found)
 
     def close_tasks(self, shard: HttpShard) -> None:
@@ -211,39 +190,42 @@ class _Exchange:
 class HttpExchange(_Exchange):
     """One HTTP request; see the module docstring."""
 
-    __slots__ = (
-        "background",
-        "end",
-        "end_ns",
-        "meters",
-        "recorded",
-        "req_bytes",
-        "resp_bytes",
-        "status",
-        "trailers",
-        "version",
-    )
+    status: int | None = None
+    trailers = False
+    req_bytes = 0
+    resp_bytes = 0
+    end: float | None = None
+    recorded = False
+    background = False
+    slot: RequestSlot | None = None
+    active: list[int] | None = None
 
     def __init__(
         self, obs: Observer, scope: Any, receive: Any, send: Any, router: Any, method: str, meters: bool
     ) -> None:
-        super().__init__(obs, scope, receive, send, router)
+        # _Exchange.__init__ inlined: this runs for every request.
+        self.obs = obs
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.router = router
         self.method = method
-        version = scope.get("http_version")
-        self.version = version if type(version) is str and len(version) < 8 else None
-        self.meters = meters  # False when FastAPI's own telemetry records the HTTP metrics
-        self.status: int | None = None
-        self.trailers = False
-        self.req_bytes = 0
-        self.resp_bytes = 0
-        self.end: float | None = None
-        self.end_ns = 0
-        self.recorded = False
-        self.background = False
-        if meters:
-            active = obs.stats.shard.active
-            key = (method, self.scheme)
-            active[key] = active.get(key, 0) + 1
+        get = scope.get
+        self.root_path = get("root_path", "")
+        scheme = get("scheme")
+        if scheme.__class__ is not str or len(scheme) > 15:
+            scheme = "http"
+        self.scheme = scheme
+        version = get("http_version")
+        self.version = version if version.__class__ is str and len(version) < 8 else None
+        shard = self.shard = obs.stats.shard
+        if meters:  # False when FastAPI's own telemetry records the HTTP metrics
+            cell = shard.active.get((method, scheme))
+            if cell is None:
+                cell = shard.active[(method, scheme)] = [0]
+            cell[0] += 1
+            self.active = cell
+        self.started = clock()
 
     async def receive(self) -> Any:
         """The server's receive, observed."""
@@ -264,14 +246,17 @@ class HttpExchange(_Exchange):
         try:
             kind = message["type"]
             if kind == "http.response.body":
-                self.resp_bytes += len(message.get("body", b""))
-                last = not message.get("more_body", False) and not self.trailers
+                body = message.get("body")
+                if body:
+                    self.resp_bytes += len(body)
+                last = not message.get("more_body") and not self.trailers
             elif kind == "http.response.start":
                 status = message["status"]
-                self.status = status if type(status) is int else None
-                self.trailers = bool(message.get("trailers", False))
+                self.status = status if status.__class__ is int else None
+                if message.get("trailers"):
+                    self.trailers = True
             elif kind == "http.response.trailers":
-                last = not message.get("more_trailers", False)
+                last = not message.get("more_trailers")
             elif kind == "http.response.pathsend":
                 last = True
         except (KeyError, TypeError, AttributeError):
@@ -283,23 +268,10 @@ class HttpExchange(_Exchange):
                 self.disconnected = True
             raise
         if last and self.end is None:
-            self.complete()
-
-    def complete(self) -> None:
-        """The response is fully sent."""
-        try:
             self.end = clock()
-            if self.span is not None:
-                self.end_ns = time.time_ns()
             status = self.status
             if status is None or status < 500:
                 self.record()
-        except Exception as exc:
-            self.obs.fault("asgi_request", exc)
-
-    def raised(self, exc: BaseException) -> None:
-        """The app raised ``exc`` (it is re-raised unchanged by the middleware)."""
-        self.exc = exc
 
     def finish(self) -> None:
         """The app returned or raised: record whatever is still open."""
@@ -307,75 +279,103 @@ class HttpExchange(_Exchange):
             if not self.recorded:
                 if self.end is None:
                     self.end = clock()
-                    self.end_ns = time.time_ns()
                 self.record()
             elif self.background or self.exc is not None:
-                error = None
-                if self.exc is not None and not self.disconnected:
-                    error = self.obs.stats.exception_type(self.exc)
-                shard = self.obs.stats.shard
-                key = (self.method, self.route, error)
-                hist = shard.background.get(key)
-                if hist is None:
-                    hist = shard.background[key] = BoundHist(n.HTTP_DURATION_BOUNDS)
-                assert self.end is not None
-                hist.add(clock() - self.end)
-            self.close_tasks(self.obs.stats.shard)
+                self.record_background()
+            slot = self.slot
+            tasks = self.tasks
+            self.finished = True
+            if tasks == 0:
+                if slot is not None:
+                    slot.zero_tasks += 1
+                return
+            if slot is not None:
+                slot.tasks.add(tasks)
+            self.flush_tasks(self.obs.stats.shard)
+            self.release()  # its tasks may outlive it: keep nothing of the request alive
         except Exception as exc:
             self.obs.fault("asgi_request", exc)
-        finally:
-            self.release()
 
     def record(self) -> None:
         """Record the request (once): metrics, disconnect count, span."""
-        self.recorded = True
-        stats = self.obs.stats
-        shard = stats.shard
-        self.route = route = self.resolve_route()
-        status = self.status
-        exc = self.exc
-        error: str | None = None
-        if self.disconnected:
-            shard.disconnects[(self.method, route, self.scheme)] = (
-                shard.disconnects.get((self.method, route, self.scheme), 0) + 1
-            )
-        elif exc is not None:
-            error = stats.exception_type(exc)
-            if status is None:
-                status = 500  # what the server (or Starlette's error middleware) answers
-        elif status is None:
-            error = stats.error_type("incomplete_response")
-        elif status >= 500:
-            error = stats.error_type(str(status))
-        assert self.end is not None and self.method is not None
-        key = (self.method, route, status, self.scheme, self.version, error)
-        slot = shard.requests.get(key)
-        if slot is None:
-            slot = shard.request(key)
-        if self.meters:
-            slot.duration.add(self.end - self.started)
-            active = shard.active
-            active_key = (self.method, self.scheme)
-            active[active_key] = active.get(active_key, 0) - 1
-        slot.request_size.add(self.req_bytes)
-        slot.response_size.add(self.resp_bytes)
-        if self.span is not None:
-            failed = error is not None
-            self.end_span(error, status, failed, self.end_ns or time.time_ns())
+        try:
+            self.recorded = True
+            scope = self.scope
+            # The route: Starlette's matched route when no mount was crossed (the common
+            # case, inline here), else matched again from the router (see _routes).
+            route = scope.get("route")
+            template = None
+            if route is not None and scope.get("root_path", "") == self.root_path:
+                template = getattr(route, "path_format", None)
+            if template.__class__ is not str:
+                template = _routes.template(scope, self.root_path, self.router)
+            stats = self.obs.stats
+            if template is not None and template not in stats.routes:
+                template = stats.route(template)
+            self.route = template
+            status = self.status
+            if self.exc is None and not self.disconnected and status is not None and status < 500:
+                error = None  # the common case
+            else:
+                status, error = self.failure(stats, template, status)
+            shard = self.shard
+            key = (self.method, template, status, self.scheme, self.version, error)
+            slot = shard.requests.get(key)
+            if slot is None:
+                slot = shard.request(key)
+            self.slot = slot
+            end = self.end
+            assert end is not None
+            active = self.active
+            if active is not None:
+                active[0] -= 1
+                slot.add(end - self.started, self.req_bytes, self.resp_bytes)
+            else:
+                slot.add(None, self.req_bytes, self.resp_bytes)
+            if self.span is not None:
+                end_ns = time.time_ns() - int((clock() - end) * 1e9)
+                self.end_span(error, status, error is not None, end_ns)
+        except Exception as exc:
+            self.obs.fault("asgi_request", exc)
+
+    def failure(self, stats: Any, template: str | None, status: int | None) -> tuple[Any, Any]:
+        """(status, error.type) of a request that did not simply succeed."""
+        if self.disconnected:  # counted apart, never an error of the app
+            shard = self.shard
+            key = (self.method, template, self.scheme)
+            shard.disconnects[key] = shard.disconnects.get(key, 0) + 1
+            return status, None
+        if self.exc is not None:
+            # status None: what the server (or Starlette's error middleware) answers
+            return (500 if status is None else status), stats.exception_type(self.exc)
+        if status is None:
+            return None, stats.error_type("incomplete_response")
+        return status, stats.error_type(str(status))
+
+    def record_background(self) -> None:
+        """Work after the response (background tasks), or a failure after it was sent."""
+        error = None
+        if self.exc is not None and not self.disconnected:
+            error = self.obs.stats.exception_type(self.exc)
+        shard = self.obs.stats.shard
+        key = (self.method, self.route, error)
+        hist = shard.background.get(key)
+        if hist is None:
+            hist = shard.background[key] = BoundHist(n.HTTP_DURATION_BOUNDS)
+        assert self.end is not None
+        hist.add(clock() - self.end)
 
 
 class WsExchange(_Exchange):
     """One WebSocket connection: duration, messages each way, never changed."""
 
-    __slots__ = ("received", "sent")
-
+    proto = "websocket"
     default_scheme = "ws"
+    received = 0
+    sent = 0
 
     def __init__(self, obs: Observer, scope: Any, receive: Any, send: Any, router: Any) -> None:
-        super().__init__(obs, scope, receive, send, router)
-        self.proto = "websocket"
-        self.received = 0
-        self.sent = 0
+        _Exchange.__init__(self, obs, scope, receive, send, router)
         active = obs.stats.shard.ws_active
         active[self.scheme] = active.get(self.scheme, 0) + 1
 
@@ -404,10 +404,6 @@ class WsExchange(_Exchange):
         except OSError:
             self.disconnected = True
             raise
-
-    def raised(self, exc: BaseException) -> None:
-        """The app raised ``exc`` (re-raised unchanged)."""
-        self.exc = exc
 
     def finish(self) -> None:
         """The app returned or raised."""

@@ -76,14 +76,61 @@ class BoundHist:
 
 
 class RequestSlot:
-    """Figures for one combination of request attributes."""
+    """Figures for one combination of request attributes; ``add`` is the per-request write."""
 
-    __slots__ = ("duration", "request_size", "response_size")
+    __slots__ = ("duration", "request_size", "response_size", "tasks", "zero_tasks")
 
     def __init__(self) -> None:
         self.duration = BoundHist(n.HTTP_DURATION_BOUNDS)
         self.request_size = BoundHist(n.BODY_SIZE_BOUNDS)
         self.response_size = BoundHist(n.BODY_SIZE_BOUNDS)
+        # tasks created per request; requests that created none are only counted (cheaper)
+        self.tasks = BoundHist(n.TASKS_PER_REQUEST_BOUNDS)
+        self.zero_tasks = 0
+
+    def add(self, duration: float | None, request_size: int, response_size: int) -> None:
+        """One request: its duration (None when FastAPI's own telemetry times it) and sizes.
+        Unrolled: this runs for every request."""
+        if duration is not None:
+            h = self.duration
+            h.counts[bisect_left(_DURATION, duration)] += 1
+            h.count += 1
+            h.sum += duration
+            if duration < h.min:
+                h.min = duration
+            if duration > h.max:
+                h.max = duration
+        h = self.request_size
+        h.counts[bisect_left(_SIZES, request_size)] += 1
+        h.count += 1
+        h.sum += request_size
+        if request_size < h.min:
+            h.min = request_size
+        if request_size > h.max:
+            h.max = request_size
+        h = self.response_size
+        h.counts[bisect_left(_SIZES, response_size)] += 1
+        h.count += 1
+        h.sum += response_size
+        if response_size < h.min:
+            h.min = response_size
+        if response_size > h.max:
+            h.max = response_size
+
+    def tasks_hist(self) -> BoundHist:
+        """Tasks per request, the zero-task requests included."""
+        total = BoundHist(n.TASKS_PER_REQUEST_BOUNDS)
+        self.tasks.merge_into(total)
+        if self.zero_tasks:
+            total.counts[0] += self.zero_tasks
+            total.count += self.zero_tasks
+            total.min = 0.0
+            total.max = max(total.max, 0.0)
+        return total
+
+
+_DURATION = n.HTTP_DURATION_BOUNDS
+_SIZES = n.BODY_SIZE_BOUNDS
 
 
 class HttpShard:
@@ -103,7 +150,8 @@ class HttpShard:
 
     def __init__(self) -> None:
         self.requests: dict[RequestKey, RequestSlot] = {}
-        self.active: dict[tuple[str, str], int] = {}  # (method, scheme) -> started - ended
+        # (method, scheme) -> [started - ended]; the request keeps the cell it incremented
+        self.active: dict[tuple[str, str], list[int]] = {}
         self.disconnects: dict[tuple[str, str | None, str], int] = {}
         self.background: dict[tuple[str, str | None, str | None], BoundHist] = {}
         # (method or None, route, protocol name)
@@ -140,7 +188,7 @@ class HttpStats:
         self.max_error_types = max_error_types
         self._lock = threading.Lock()
         self._shards: list[HttpShard] = []
-        self._routes: set[str] = set()
+        self.routes: set[str] = set()  # admitted templates (read without the lock)
         self._errors: set[str] = set()
         self._error_names: dict[type[BaseException], str] = {}
         self._local = _Local(self)
@@ -162,7 +210,7 @@ class HttpStats:
 
     def route(self, template: str) -> str:
         """``template`` if admitted, else ``_OTHER`` once ``max_routes`` are tracked."""
-        routes = self._routes
+        routes = self.routes
         if template in routes:
             return template
         with self._lock:
@@ -197,7 +245,7 @@ class HttpStats:
         with self._lock:
             for shard in self._shards:
                 shard.clear()
-            self._routes.clear()
+            self.routes.clear()
             self._errors.clear()
             self._error_names.clear()
             self.started_ns = time.time_ns()
@@ -219,10 +267,11 @@ class HttpStats:
                 slot.duration.merge_into(total.duration)
                 slot.request_size.merge_into(total.request_size)
                 slot.response_size.merge_into(total.response_size)
+                slot.tasks_hist().merge_into(total.tasks)
             for name in ("active", "disconnects", "task_outcomes", "ws_active", "ws_messages"):
                 into = sums.setdefault(name, {})
                 for key, count in list(getattr(shard, name).items()):
-                    into[key] = into.get(key, 0) + count
+                    into[key] = into.get(key, 0) + (count[0] if name == "active" else count)
             for name in ("background", "request_tasks", "ws"):
                 merged = hists.setdefault(name, {})
                 for key, hist in list(getattr(shard, name).items()):
@@ -237,6 +286,12 @@ class HttpStats:
                 yield n.HTTP_SERVER_DURATION, attrs, slot.duration.value(), start
             yield n.HTTP_SERVER_REQUEST_SIZE, attrs, slot.request_size.value(), start
             yield n.HTTP_SERVER_RESPONSE_SIZE, attrs, slot.response_size.value(), start
+            method, route = key[0], key[1]
+            per_route = hists.setdefault("request_tasks", {})
+            task_key = (method, route, "http")
+            if task_key not in per_route:
+                per_route[task_key] = BoundHist(n.TASKS_PER_REQUEST_BOUNDS)
+            slot.tasks.merge_into(per_route[task_key])
         for (method, scheme), count in sums.get("active", {}).items():
             yield n.HTTP_SERVER_ACTIVE, {n.HTTP_METHOD: method, n.URL_SCHEME: scheme}, count, start
         for (method, route, scheme), count in sums.get("disconnects", {}).items():

@@ -156,6 +156,8 @@ def test_tasks_of_a_request_are_its_span_children_and_counted_per_route() -> Non
         with Uvicorn(wrapped(Controls())) as server, httpx.Client(base_url=server.url) as client:
             for _ in range(2):
                 assert client.get("/spawn").text == "spawned"
+            for _ in range(3):
+                assert client.get("/items/1").status_code == 200
         route = {"http__route": "/spawn", "http__request__method": "GET"}
         done = n.HTTP_SERVER_TASKS_COMPLETED.name
         assert obs.count(done, asyncwatch__task__outcome="ok", **route) == 2
@@ -163,6 +165,8 @@ def test_tasks_of_a_request_are_its_span_children_and_counted_per_route() -> Non
         assert [(p.attributes["error.type"], p.value) for p in failed] == [("KeyError", 2)]
         per_request = obs.points(n.HTTP_SERVER_REQUEST_TASKS.name, **route)[0]
         assert (per_request.count, per_request.sum) == (2, 4)
+        none = obs.points(n.HTTP_SERVER_REQUEST_TASKS.name, http__route="/items/{item_id}")[0]
+        assert (none.count, none.sum, none.bucket_counts[0]) == (3, 0, 3)
         servers = {s.context.span_id: s for s in obs.server_spans()}
         children = [s for s in obs.spans.get_finished_spans() if s.name.startswith("tests.")]
         assert len(children) == 4
