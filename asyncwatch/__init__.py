@@ -18,8 +18,21 @@ from typing import Any
 from ._asgi import AsyncWatchMiddleware as AsyncWatchMiddleware
 from ._config import Config as Config
 from ._config import ConfigError as ConfigError
+from ._deadlock_report import AwaitChain as AwaitChain
+from ._deadlock_report import DeadlockFinding as DeadlockFinding
+from ._deadlock_report import PrimitiveInfo as PrimitiveInfo
+from ._deadlock_report import StuckTaskFinding as StuckTaskFinding
 from ._findings import Finding as Finding
 from ._findings import Frame as Frame
+from ._idle import idle as idle
+from ._profiling import CoroutineProfile as CoroutineProfile
+from ._profiling import FunctionProfile as FunctionProfile
+from ._profiling import ProfilerBusy as ProfilerBusy
+from ._profiling import ProfileReport as ProfileReport
+from ._profiling import ProfileSession as ProfileSession
+from ._profiling import profile as profile
+from ._profiling import profile_sync as profile_sync
+from ._profiling import profiling as profiling
 from ._stats import CoroutineStats as CoroutineStats
 from ._stats import Percentiles as Percentiles
 from ._stats import ProcessStats as ProcessStats
@@ -34,19 +47,32 @@ __version__ = VERSION
 
 __all__ = [
     "AsyncWatchMiddleware",
+    "AwaitChain",
     "Config",
     "ConfigError",
+    "CoroutineProfile",
     "CoroutineStats",
+    "DeadlockFinding",
     "Finding",
     "Frame",
+    "FunctionProfile",
     "Percentiles",
+    "PrimitiveInfo",
     "ProcessStats",
+    "ProfileReport",
+    "ProfileSession",
+    "ProfilerBusy",
     "Stats",
+    "StuckTaskFinding",
     "Watch",
     "__version__",
     "current",
     "findings",
+    "idle",
     "install",
+    "profile",
+    "profile_sync",
+    "profiling",
     "stats",
     "uninstall",
 ]

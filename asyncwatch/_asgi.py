@@ -39,8 +39,15 @@ KNOWN_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
 )
 _SENSITIVE_QUERY_KEYS = frozenset(
-    {"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature", "X-Amz-Signature",
-     "X-Amz-Credential", "X-Amz-Security-Token"}
+    {
+        "AWSAccessKeyId",
+        "Signature",
+        "sig",
+        "X-Goog-Signature",
+        "X-Amz-Signature",
+        "X-Amz-Credential",
+        "X-Amz-Security-Token",
+    }
 )
 _UNSET: Any = object()
 _OBSERVE: Any = object()
@@ -114,7 +121,9 @@ class Observer:
         if self.faults.report(hook, exc):
             self.off = True
 
-    def begin(self, mw: AsyncWatchMiddleware, scope: Scope, receive: Receive, send: Send, kind: str) -> Any:
+    def begin(
+        self, mw: AsyncWatchMiddleware, scope: Scope, receive: Receive, send: Send, kind: str
+    ) -> Any:
         """The exchange for this request, ``_SERVE_METRICS``, or None (pass it through)."""
         try:
             outer = REQUEST.get()
@@ -126,7 +135,9 @@ class Observer:
                     return verdict
             fastapi_spans = fastapi_meters = False
             if "fastapi.telemetry" in scope or mw.fastapi is not None:
-                fastapi_spans, fastapi_meters = fastapi_native(scope, mw.fastapi, kind == "websocket")
+                fastapi_spans, fastapi_meters = fastapi_native(
+                    scope, mw.fastapi, kind == "websocket"
+                )
             ex: _Exchange
             if kind == "http":
                 method = scope.get("method")
@@ -150,9 +161,13 @@ class Observer:
         path = scope.get("path")
         if path.__class__ is not str:
             path = ""
-        if self.metrics_path is not None and path == self.metrics_path and kind == "http":
-            if scope.get("method") in ("GET", "HEAD") and self.metrics_app() is not None:
-                return _SERVE_METRICS
+        if (
+            path == self.metrics_path
+            and kind == "http"
+            and scope.get("method") in ("GET", "HEAD")
+            and self.metrics_app() is not None
+        ):
+            return _SERVE_METRICS
         if self.excluded_path is not None and self.excluded_path.match(path):
             return None
         if self.excluded_url is not None and self.excluded_url.search(full_url(scope, path)):
@@ -263,7 +278,7 @@ class AsyncWatchMiddleware:
             kind = scope["type"]
         except Exception:
             kind = None
-        if kind == "http" or kind == "websocket":
+        if kind in ("http", "websocket"):
             watch = _watch._current
             if watch is not self._watch:
                 self._bind(watch)

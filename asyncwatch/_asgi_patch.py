@@ -60,7 +60,7 @@ class _PostImportHook(importlib.abc.MetaPathFinder):
                 except Exception as exc:
                     faults.report("asgi_patch", exc)
 
-        loader.exec_module = exec_module  # type: ignore[union-attr]
+        loader.exec_module = exec_module  # type: ignore[method-assign,union-attr,unused-ignore]
         return spec
 
 
@@ -79,7 +79,9 @@ class StarlettePatches:
         if self.active:
             return
         self.active = True
-        targets: dict[str, Callable[[ModuleType], None]] = {"starlette.background": self._background}
+        targets: dict[str, Callable[[ModuleType], None]] = {
+            "starlette.background": self._background
+        }
         if self.auto_add:
             targets["starlette.applications"] = lambda m: self._stack(m.Starlette)
             targets["fastapi.applications"] = lambda m: self._stack(m.FastAPI)

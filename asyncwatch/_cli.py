@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--traces-exporter", help="otlp, console or none (comma-separated)")
     run.add_argument("--task-spans", help="comma-separated globs of coroutine names to trace")
     run.add_argument(
+        "--console",
+        action="store_true",
+        default=None,
+        help="serve the live console (aiomonitor, telnet on 127.0.0.1:20101)",
+    )
+    run.add_argument("--console-port", type=int, help="telnet port of the console (default 20101)")
+    run.add_argument(
         "--set",
         action="append",
         default=[],
@@ -54,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
         help="any setting, by argument name or ASYNCWATCH_ variable (repeatable)",
     )
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+    connect = sub.add_parser(
+        "console",
+        help="connect to a running app's console",
+        description="Connect to the live console of an app started with console=True.",
+    )
+    connect.add_argument("--host", default="127.0.0.1", help="console host (default 127.0.0.1)")
+    connect.add_argument("--port", type=int, default=20101, help="console port (default 20101)")
     sub.add_parser("config", help="print the settings in effect here and where they come from")
     sub.add_parser("version", help="print the version")
     return parser
@@ -66,6 +80,8 @@ _FLAG_VARIABLES = {
     "metrics_exporter": "ASYNCWATCH_METRICS_EXPORTER",
     "traces_exporter": "ASYNCWATCH_TRACES_EXPORTER",
     "task_spans": "ASYNCWATCH_TASK_SPANS",
+    "console": "ASYNCWATCH_CONSOLE",
+    "console_port": "ASYNCWATCH_CONSOLE_PORT",
 }
 
 
@@ -75,7 +91,7 @@ def run_environment(args: argparse.Namespace, base: dict[str, str]) -> dict[str,
     for attr, variable in _FLAG_VARIABLES.items():
         value = getattr(args, attr)
         if value is not None:
-            env[variable] = str(value)
+            env[variable] = "1" if value is True else str(value)
     by_argument = {row[0]: row[1].split(", ")[0] for row in settings_reference()}
     for item in args.set:
         name, sep, value = item.partition("=")
@@ -98,7 +114,9 @@ def _run(args: argparse.Namespace) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
-        print("asyncwatch run: give a command, e.g. asyncwatch run -- python app.py", file=sys.stderr)
+        print(
+            "asyncwatch run: give a command, e.g. asyncwatch run -- python app.py", file=sys.stderr
+        )
         return 2
     try:
         env = run_environment(args, dict(os.environ))
@@ -128,6 +146,21 @@ def _config() -> int:
     return 0
 
 
+def _connect(host: str, port: int) -> int:
+    try:
+        from aiomonitor.cli import monitor_client
+    except ImportError:
+        print("asyncwatch console needs aiomonitor: pip install 'asyncwatch[console]'",
+              file=sys.stderr)
+        return 2
+    try:
+        monitor_client(host, port)
+    except OSError as exc:
+        print(f"asyncwatch console: cannot connect to {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``asyncwatch`` console script."""
     args = _parser().parse_args(argv)
@@ -135,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "config":
         return _config()
+    if args.command == "console":
+        return _connect(args.host, args.port)
     from . import __version__
 
     print(__version__)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -152,6 +153,32 @@ def _exporters(allowed: frozenset[str]) -> Callable[[Any], str | None]:
     return check
 
 
+def _listen_port(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        return "must be a TCP port from 1 to 65535"
+    return None
+
+
+def _any_str(value: Any) -> str | None:
+    return None if isinstance(value, str) else "must be a string (empty for the default)"
+
+
+def _max_seconds(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+        return "must be seconds from above 0 up to 3600"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (an address in 127.0.0.0/8 or ``localhost``)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:
+        return False  # any other host name may resolve to anything
+
+
 def _protocol(value: Any) -> str | None:
     if value in ("http/protobuf", "grpc"):
         return None
@@ -224,7 +251,10 @@ _SETTINGS: dict[str, _Setting] = {
         ("ASYNCWATCH_MEMORY_INTERVAL_S",), _parse_float, _positive, "seconds, e.g. 30"
     ),
     "http_excluded_paths": _Setting(
-        ("ASYNCWATCH_HTTP_EXCLUDED_PATHS",), _parse_list, _str_tuple_or_empty, "comma-separated globs"
+        ("ASYNCWATCH_HTTP_EXCLUDED_PATHS",),
+        _parse_list,
+        _str_tuple_or_empty,
+        "comma-separated globs",
     ),
     "http_excluded_urls": _Setting(
         ("ASYNCWATCH_HTTP_EXCLUDED_URLS", "OTEL_PYTHON_EXCLUDED_URLS"),
@@ -237,9 +267,51 @@ _SETTINGS: dict[str, _Setting] = {
     ),
     "http_spans": _Setting(("ASYNCWATCH_HTTP_SPANS",), _parse_flag, _is_bool, "1 or 0"),
     "http_metrics_path": _Setting(
-        ("ASYNCWATCH_HTTP_METRICS_PATH",), _parse_str, _url_path, "a path such as /metrics, or empty"
+        ("ASYNCWATCH_HTTP_METRICS_PATH",),
+        _parse_str,
+        _url_path,
+        "a path such as /metrics, or empty",
     ),
     "asgi_auto": _Setting(("ASYNCWATCH_ASGI_AUTO",), _parse_flag, _is_bool, "1 or 0"),
+    "memory_frames": _Setting(
+        ("ASYNCWATCH_MEMORY_FRAMES",), _parse_int, _at_least(1), "whole number >= 1"
+    ),
+    "console": _Setting(("ASYNCWATCH_CONSOLE",), _parse_flag, _is_bool, "1 or 0"),
+    "console_host": _Setting(
+        ("ASYNCWATCH_CONSOLE_HOST",), _parse_str, _is_str, "IPv4 address or localhost"
+    ),
+    "console_port": _Setting(
+        ("ASYNCWATCH_CONSOLE_PORT",), _parse_int, _listen_port, "port 1-65535"
+    ),
+    "console_webui_port": _Setting(
+        ("ASYNCWATCH_CONSOLE_WEBUI_PORT",), _parse_int, _listen_port, "port 1-65535"
+    ),
+    "console_repl_port": _Setting(
+        ("ASYNCWATCH_CONSOLE_REPL_PORT",), _parse_int, _listen_port, "port 1-65535"
+    ),
+    "console_allow_remote": _Setting(
+        ("ASYNCWATCH_CONSOLE_ALLOW_REMOTE",), _parse_flag, _is_bool, "1 or 0"
+    ),
+    "console_repl": _Setting(("ASYNCWATCH_CONSOLE_REPL",), _parse_flag, _is_bool, "1 or 0"),
+    "console_task_tracing": _Setting(
+        ("ASYNCWATCH_CONSOLE_TASK_TRACING",), _parse_flag, _is_bool, "1 or 0"
+    ),
+    "profile_max_s": _Setting(
+        ("ASYNCWATCH_PROFILE_MAX_S",), _parse_float, _max_seconds, "seconds, up to 3600"
+    ),
+    "profile_dir": _Setting(("ASYNCWATCH_PROFILE_DIR",), _parse_str, _any_str, "directory path"),
+    "deadlock_detection": _Setting(
+        ("ASYNCWATCH_DEADLOCK_DETECTION",), _parse_flag, _is_bool, "1 or 0"
+    ),
+    "deadlock_interval_s": _Setting(
+        ("ASYNCWATCH_DEADLOCK_INTERVAL_S",), _parse_float, _positive, "seconds, e.g. 5"
+    ),
+    "stuck_task_after_s": _Setting(
+        ("ASYNCWATCH_STUCK_TASK_AFTER_S",), _parse_float, _positive, "seconds, e.g. 60"
+    ),
+    "idle_coroutines": _Setting(
+        ("ASYNCWATCH_IDLE_COROUTINES",), _parse_list, _str_tuple, "comma-separated globs"
+    ),
     "lazy_start": _Setting(("ASYNCWATCH_LAZY_START",), _parse_flag, _is_bool, "1 or 0"),
     "raise_errors": _Setting(("ASYNCWATCH_RAISE",), _parse_flag, _is_bool, "1 or 0"),
 }
@@ -302,6 +374,44 @@ class Config:
     asgi_auto: bool = True
     """Add the ASGI middleware to every Starlette/FastAPI app whose middleware stack is built
     while asyncwatch is installed (unless the app added it already)."""
+    memory_frames: int = 4
+    """Stack frames tracemalloc keeps per allocation: more finds allocations made deeper in
+    helpers a coroutine calls, and costs more (see the README's figures)."""
+    console: bool = False
+    """Serve the live aiomonitor console (telnet) with asyncwatch's commands; see the README."""
+    console_host: str = "127.0.0.1"
+    """Address the console listens on. Anything but loopback needs ``console_allow_remote``."""
+    console_port: int = 20101
+    """Telnet port of the console (connect with ``asyncwatch console`` or ``telnet``)."""
+    console_webui_port: int = 20102
+    """Port of aiomonitor's web UI (task list, cancel), on ``console_host``."""
+    console_repl_port: int = 20103
+    """Port of the Python REPL behind the console's ``console`` command (only with
+    ``console_repl``)."""
+    console_allow_remote: bool = False
+    """Let ``console_host`` be a non-loopback address (logs a warning: anyone who reaches the
+    port can cancel tasks, and run code if ``console_repl`` is on)."""
+    console_repl: bool = False
+    """Allow aiomonitor's Python REPL (arbitrary code execution in the app). Off by default."""
+    console_task_tracing: bool = False
+    """Let aiomonitor trace tasks (creation stacks, ``ps-terminated``); it wraps each task's
+    coroutine, so it is off by default."""
+    profile_max_s: float = 60.0
+    """Longest profile ``asyncwatch.profile()`` or the console's ``profile`` accepts."""
+    profile_dir: str = ""
+    """Where profiles are saved (pstats, callgrind); empty: a per-process temporary folder."""
+    deadlock_detection: bool = True
+    """Scan the await graph for deadlocks and stuck tasks, and track who holds each asyncio
+    Lock/Semaphore (see "Deadlocks and stuck tasks")."""
+    deadlock_interval_s: float = 5.0
+    """Seconds between scans of each event loop (stretched if a scan would take more than 1%
+    of the loop's time)."""
+    stuck_task_after_s: float = 60.0
+    """A task waiting this long at the same await point, on something nothing can wake, is
+    reported as stuck."""
+    idle_coroutines: tuple[str, ...] = ()
+    """Globs of coroutine names (``myapp.listeners.*``) whose waits are expected to be idle:
+    never reported as stuck."""
     lazy_start: bool = False
     """Start exporters when the first event loop is instrumented (set by ``asyncwatch run``)."""
     raise_errors: bool = False
@@ -314,6 +424,13 @@ class Config:
                 raise ConfigError(
                     f"Config({name}={getattr(self, name)!r}): {problem} (accepted: {setting.form})"
                 )
+        if self.console and not self.console_allow_remote and not is_loopback(self.console_host):
+            raise ConfigError(
+                f"console_host={self.console_host!r} (ASYNCWATCH_CONSOLE_HOST) is not a loopback "
+                "address: the console can cancel tasks and may run code, so it listens on "
+                "127.0.0.1 unless you also set console_allow_remote=True "
+                "(ASYNCWATCH_CONSOLE_ALLOW_REMOTE=1)"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, /, **overrides: Any) -> Config:
@@ -345,7 +462,8 @@ class Config:
                 values[name] = value
                 break
         if "traces_exporters" not in values and any(
-            env.get(v) for v in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            env.get(v)
+            for v in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         ):
             values["traces_exporters"] = ("otlp",)
         return cls(**values).replace(**overrides)
@@ -381,6 +499,7 @@ def _normalise(name: str, value: Any) -> Any:
         "traces_exporters",
         "http_excluded_paths",
         "http_excluded_urls",
+        "idle_coroutines",
     ):
         if isinstance(value, str):
             return _parse_list(value)

@@ -201,7 +201,14 @@ class HttpExchange(_Exchange):
     active: list[int] | None = None
 
     def __init__(
-        self, obs: Observer, scope: Any, receive: Any, send: Any, router: Any, method: str, meters: bool
+        self,
+        obs: Observer,
+        scope: Any,
+        receive: Any,
+        send: Any,
+        router: Any,
+        method: str,
+        meters: bool,
     ) -> None:
         # _Exchange.__init__ inlined: this runs for every request.
         self.obs = obs

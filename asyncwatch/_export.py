@@ -9,6 +9,7 @@ reader prefers: cumulative as recorded, or delta against that reader's previous 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import threading
@@ -182,7 +183,9 @@ class MetricsBridge:
             self._previous.pop(id(reader), None)
 
 
-def _minus(now: int | float | HistValue, before: int | float | HistValue) -> int | float | HistValue:
+def _minus(
+    now: int | float | HistValue, before: int | float | HistValue
+) -> int | float | HistValue:
     if isinstance(now, HistValue) and isinstance(before, HistValue):
         return HistValue(
             now.bounds,
@@ -192,7 +195,8 @@ def _minus(now: int | float | HistValue, before: int | float | HistValue) -> int
             now.min,
             now.max,
         )
-    assert not isinstance(now, HistValue) and not isinstance(before, HistValue)
+    if isinstance(now, HistValue) or isinstance(before, HistValue):
+        raise TypeError("cannot subtract a histogram from a number")
     return now - before
 
 
@@ -219,12 +223,22 @@ def task_points(recorder: Recorder) -> Source:
                     count,
                     start,
                 )
-            for mdef, hist in ((n.TASK_DURATION, snap.duration), (n.TASK_SCHEDULE_DELAY, snap.delay)):
+            for mdef, hist in (
+                (n.TASK_DURATION, snap.duration),
+                (n.TASK_SCHEDULE_DELAY, snap.delay),
+            ):
                 counts, total_sum, count = hist.cumulative(bounds)
                 yield (
                     mdef,
                     attrs,
-                    HistValue(bounds, tuple(counts), total_sum, count, hist.min if count else 0.0, hist.max),
+                    HistValue(
+                        bounds,
+                        tuple(counts),
+                        total_sum,
+                        count,
+                        hist.min if count else 0.0,
+                        hist.max,
+                    ),
                     start,
                 )
 
@@ -268,17 +282,21 @@ class ProcessSampler:
             if hasattr(proc, "num_fds"):
                 yield n.PROCESS_OPEN_FDS, {}, proc.num_fds(), start
             switches = proc.num_ctx_switches()
-            yield n.PROCESS_CONTEXT_SWITCHES, {n.CONTEXT_SWITCH_TYPE: "voluntary"}, switches.voluntary, start
+            yield (
+                n.PROCESS_CONTEXT_SWITCHES,
+                {n.CONTEXT_SWITCH_TYPE: "voluntary"},
+                switches.voluntary,
+                start,
+            )
             yield (
                 n.PROCESS_CONTEXT_SWITCHES,
                 {n.CONTEXT_SWITCH_TYPE: "involuntary"},
                 switches.involuntary,
                 start,
             )
-        try:
+        # USS needs /proc/<pid>/smaps; absent on some platforms and sandboxes
+        with contextlib.suppress(psutil.AccessDenied, AttributeError, OSError):
             yield n.PROCESS_MEMORY_USS, {}, proc.memory_full_info().uss, start
-        except (psutil.AccessDenied, AttributeError, OSError):
-            pass  # USS needs /proc/<pid>/smaps; absent on some platforms and sandboxes
         for generation, stat in enumerate(gc.get_stats()):
             attrs = {n.GC_GENERATION: generation}
             yield n.GC_COLLECTIONS, attrs, stat["collections"], start

@@ -23,6 +23,7 @@ REASON = "asyncwatch.reason"
 CPU_MODE = "cpu.mode"  # semconv
 GC_GENERATION = "cpython.gc.generation"  # semconv
 CONTEXT_SWITCH_TYPE = "process.context_switch_type"  # semconv
+FINDING_KIND = "asyncwatch.finding.kind"  # deadlock | stuck_task
 TASK_NAME = "asyncwatch.task.name"  # span attribute only (unbounded, never on metrics)
 HTTP_METHOD = "http.request.method"  # semconv; unknown methods are _OTHER
 HTTP_ROUTE = "http.route"  # semconv; the route template, never the raw path
@@ -107,6 +108,31 @@ TASK_MEMORY = MetricDef(
     "gauge",
     "Live bytes allocated by code running in the coroutine (opt-in, tracemalloc).",
     (CODE_FUNCTION,),
+)
+DEADLOCKS = MetricDef(
+    "asyncwatch.deadlocks",
+    "{deadlock}",
+    "counter",
+    "Deadlocks found: cycles of tasks waiting on each other or on locks they hold (each once).",
+)
+STUCK_TASKS = MetricDef(
+    "asyncwatch.stuck_tasks",
+    "{task}",
+    "counter",
+    "Stuck tasks found: long waits on something nothing can wake (each wait once).",
+)
+TASK_STUCK = MetricDef(
+    "asyncwatch.task.stuck",
+    "{task}",
+    "gauge",
+    "Tasks stuck now, by finding kind: in a deadlock cycle, or in a stuck wait.",
+    (FINDING_KIND,),
+)
+DEADLOCK_SCAN_TIME = MetricDef(
+    "asyncwatch.deadlock.scan.duration",
+    "s",
+    "counter",
+    "Time the event loops spent in asyncwatch's deadlock and stuck-task scans.",
 )
 INTERNAL_ERRORS = MetricDef(
     "asyncwatch.internal.errors",
@@ -254,7 +280,9 @@ GC_UNCOLLECTABLE = MetricDef(
     (GC_GENERATION,),
 )
 
-METRICS: tuple[MetricDef, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, MetricDef))
+METRICS: tuple[MetricDef, ...] = tuple(
+    v for v in dict(globals()).values() if isinstance(v, MetricDef)
+)
 BY_NAME: dict[str, MetricDef] = {m.name: m for m in METRICS}
 
 # Bucket boundaries (seconds) of exported task timing histograms: 1-2.5-5 per decade.

@@ -140,7 +140,9 @@ def find_fastapi(app: Any) -> Any:
     return None
 
 
-def fastapi_native(scope: MutableMapping[str, Any], outer_app: Any, websocket: bool) -> tuple[bool, bool]:
+def fastapi_native(
+    scope: MutableMapping[str, Any], outer_app: Any, websocket: bool
+) -> tuple[bool, bool]:
     """Whether FastAPI's native telemetry traces and meters this request: (spans, metrics).
 
     FastAPI (0.142 and later) records ``http.server.request.duration`` and

@@ -32,10 +32,13 @@ import importlib.util
 import inspect
 import random
 import sys
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from ._faults import Faults
 from ._names import CODE_FUNCTION, OUTCOME, TASK_NAME
@@ -87,24 +90,22 @@ class _Timed:
             self.hook.fault("task_done", exc)
 
     def _end_span(self, task: Any) -> None:
-        from opentelemetry.trace import Status, StatusCode
-
         span = self.span
         self.span = None
-        span.set_attribute(TASK_NAME, task.get_name())
-        if self.start is not None:
-            span.set_attribute("asyncwatch.task.schedule_delay", self.start - self.t0)
+        attributes: dict[str, Any] = {TASK_NAME: task.get_name()}
+        if self.start is not None and self.sampled:
+            attributes["asyncwatch.task.schedule_delay"] = self.start - self.t0
+        exc = None
         if task.cancelled():
-            span.set_attribute(OUTCOME, "cancelled")
+            attributes[OUTCOME] = "cancelled"
         else:
             exc = getattr(task, "_exception", None)
-            if exc is None:
-                span.set_attribute(OUTCOME, "ok")
-            else:
-                span.set_attribute(OUTCOME, "error")
-                span.set_attribute("error.type", exception_name(type(exc)))
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            attributes[OUTCOME] = "ok" if exc is None else "error"
+        if exc is not None:
+            attributes["error.type"] = exception_name(type(exc))
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        span.set_attributes(attributes)  # one call: the SDK takes the span's lock per call
         span.end()
 
 
@@ -172,9 +173,10 @@ class LoopHook:
         try:
             stats = self.by_code[id(coro.cr_code)]
         except (AttributeError, KeyError):
-            stats = self._lookup(coro)
-            if stats is None:
+            found = self._lookup(coro)
+            if found is None:
                 return self._create(loop, coro, kwargs)
+            stats = found
         created = stats.created + 1
         if created < stats.next_at:
             # Untimed task, the common case: two counter writes and a bound done-callback.
@@ -188,7 +190,7 @@ class LoopHook:
             try:
                 stats.created = created
                 in_flight = created - stats.done
-                if in_flight > stats.peak:
+                if in_flight > stats.peak:  # noqa: PLR1730 - a compare is cheaper than max()
                     stats.peak = in_flight
                 requests = self.requests
                 if requests is None:
@@ -219,15 +221,15 @@ class LoopHook:
         rec: _Timed | None = None
         try:
             share = stats.span
-            want_span = share >= 1.0 or (share > 0.0 and random.random() < share)  # noqa: S311
+            want_span = share >= 1.0 or (share > 0.0 and random.random() < share)
             sampled = created >= stats.sample_at
             if sampled or want_span:
                 t0 = clock()
                 rec = _Timed(self, stats, t0, stats.weight, sampled)
                 if sampled:
                     stats.schedule_sample(t0, created)
-                # Queued before the Task exists, so it runs just ahead of the task's first step.
-                loop.call_soon(rec.mark, context=self._ctx)
+                    # Queued before the Task exists, so it runs just ahead of its first step.
+                    loop.call_soon(rec.mark, context=self._ctx)
                 if want_span:
                     kwargs = self._start_span(rec, stats, kwargs)
         except RuntimeError:
@@ -239,7 +241,7 @@ class LoopHook:
         try:
             stats.created = created
             in_flight = created - stats.done
-            if in_flight > stats.peak:
+            if in_flight > stats.peak:  # noqa: PLR1730 - a compare is cheaper than max()
                 stats.peak = in_flight
             requests = self.requests
             if requests is not None:
@@ -259,18 +261,10 @@ class LoopHook:
         return task
 
     def _start_span(self, rec: _Timed, stats: TaskStats, kwargs: dict[str, Any]) -> dict[str, Any]:
-        from opentelemetry import context as otel_context
-        from opentelemetry import trace
-
         tracer = self.watcher.tracer()
         given = kwargs.get("context")
         parent = given.run(otel_context.get_current) if given is not None else None
-        span = tracer.start_span(
-            stats.key,
-            context=parent,
-            start_time=time.time_ns(),
-            attributes={CODE_FUNCTION: stats.key},
-        )
+        span = tracer.start_span(stats.key, context=parent, attributes={CODE_FUNCTION: stats.key})
         rec.span = span
         if given is None and self.inner_takes_context:
             # The task's own fresh copy of the creator's context, with the span current in it,
@@ -445,7 +439,7 @@ class TaskWatcher:
 
     def _patch_class(self, cls: type) -> None:
         watcher = self
-        original_init = cls.__init__
+        original_init = cls.__dict__.get("__init__") or getattr(cls, "__init__")  # noqa: B009
         original_get = cls.get_task_factory  # type: ignore[attr-defined]
         original_set = cls.set_task_factory  # type: ignore[attr-defined]
         self._originals[cls] = (original_get, original_set)
@@ -481,5 +475,5 @@ class TaskWatcher:
         ):
             fn.__qualname__ = f"{cls.__qualname__}.{name}"
             fn.__doc__ = getattr(cls, name).__doc__
-            fn.__wrapped__ = getattr(cls, name)  # type: ignore[attr-defined]
+            fn.__wrapped__ = getattr(cls, name)  # type: ignore[union-attr]
             self._patches.append(_Patch(cls, name, fn))

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -135,7 +136,9 @@ class GuardedMetricExporter(MetricExporter):
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Shut the inner exporter down within the guard's deadline."""
-        self.guard.call(lambda: self.inner.shutdown(timeout_millis=timeout_millis, **kwargs) or True, 0)
+        self.guard.call(
+            lambda: self.inner.shutdown(timeout_millis=timeout_millis, **kwargs) or True, 0
+        )
 
 
 class GuardedSpanExporter(SpanExporter):
@@ -160,7 +163,12 @@ class GuardedSpanExporter(SpanExporter):
 
     def shutdown(self) -> None:
         """Shut the inner exporter down within the guard's deadline."""
-        self.guard.call(lambda: self.inner.shutdown() or True, 0)
+
+        def stop() -> bool:
+            self.inner.shutdown()
+            return True
+
+        self.guard.call(stop, 0)
 
 
 class CountingBatchSpanProcessor(BatchSpanProcessor):
@@ -202,7 +210,10 @@ def _check_batch_settings() -> None:
     """The SDK's batch span processor rejects some OTEL_BSP_* combinations with a ValueError
     that names no variable; check them up front so install() fails with a clear message."""
     values = {}
-    for name, default in (("OTEL_BSP_MAX_QUEUE_SIZE", 2048), ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)):
+    for name, default in (
+        ("OTEL_BSP_MAX_QUEUE_SIZE", 2048),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512),
+    ):
         raw = os.environ.get(name)
         try:
             values[name] = int(raw) if raw else default
@@ -365,7 +376,7 @@ class Telemetry:
         return exporter
 
     def _span_processors(self) -> list[Any]:
-        processors = []
+        processors: list[Any] = []
         chosen = self.config.traces_exporters
         if "none" in chosen:
             return processors
@@ -392,14 +403,13 @@ class Telemetry:
     @staticmethod
     def _registry_reader() -> tuple[Any, Any]:
         """A PrometheusMetricReader and the registry it fills."""
-        from prometheus_client import CollectorRegistry
-
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import CollectorRegistry
 
         registry = CollectorRegistry(auto_describe=True)
         try:
             # otel_scope_* labels on every series add nothing here: one scope, ours
-            reader = PrometheusMetricReader(registry=registry, scope_info_enabled=False)  # type: ignore[call-arg]
+            reader = PrometheusMetricReader(registry=registry, scope_info_enabled=False)
         except TypeError:  # older exporter: no registry argument, uses the global one
             from prometheus_client import REGISTRY
 
@@ -417,7 +427,9 @@ class Telemetry:
         error: OSError | None = None
         for port in ports:
             try:
-                self._server, self._server_thread = start_http_server(port, addr=host, registry=registry)
+                self._server, self._server_thread = start_http_server(
+                    port, addr=host, registry=registry
+                )
             except OSError as exc:
                 error = exc
                 continue
@@ -441,7 +453,9 @@ class Telemetry:
     def _adopt_readers(self, provider: MeterProvider) -> None:
         config = getattr(provider, "_sdk_config", None)
         readers = list(
-            getattr(provider, "_metric_readers", None) or getattr(config, "metric_readers", ()) or ()
+            getattr(provider, "_metric_readers", None)
+            or getattr(config, "metric_readers", ())
+            or ()
         )
         resource = getattr(config, "resource", None) or self.resource
         for reader in readers:
@@ -482,13 +496,19 @@ class Telemetry:
 
     # ---------------------------------------------------------------- stop
 
-    def shutdown(self, timeout_s: float | None = None) -> None:
-        """Stop everything asyncwatch started, within ``timeout_s`` in all. Idempotent."""
+    def shutdown(self, timeout_s: float | None = None, *, at_exit: bool = False) -> None:
+        """Stop everything asyncwatch started, within ``timeout_s`` in all. Idempotent.
+
+        At interpreter exit the app's own readers stay wrapped: the app's provider shuts down
+        after us (atexit runs last-registered first) and its final export should still carry
+        asyncwatch's figures.
+        """
         if not self.started:
             return
         self.started = False
         deadline = timeout_s if timeout_s is not None else self.config.export_timeout_s
-        self._unwrap_readers()
+        if not at_exit:
+            self._unwrap_readers()
         self.prometheus_registry = None
         if self._app_provider_reader is not None:
             provider, reader = self._app_provider_reader
@@ -505,15 +525,21 @@ class Telemetry:
             server.server_close()
             if thread is not None:
                 thread.join(deadline)
-        stops = []
+        stops: list[Callable[[], Any]] = []
         if self._own_meter_provider and self.meter_provider is not None:
-            stops.append(lambda mp=self.meter_provider: mp.shutdown(timeout_millis=deadline * 1000))
+            meter_provider = self.meter_provider
+            stops.append(lambda: meter_provider.shutdown(timeout_millis=deadline * 1000))
         if self._own_tracer_provider and self.tracer_provider is not None:
             stops.append(self.tracer_provider.shutdown)
         self.meter_provider = self.tracer_provider = self._tracer = None
         self._own_meter_provider = self._own_tracer_provider = False
         if stops:
-            _run_with_deadline(lambda: [stop() for stop in stops], deadline, "telemetry shutdown")
+
+            def stop_all() -> None:
+                for stop in stops:
+                    stop()
+
+            _run_with_deadline(stop_all, deadline, "telemetry shutdown")
 
     def _unwrap_readers(self) -> None:
         for reader, collect, original in self._wrapped_readers:
@@ -525,10 +551,8 @@ class Telemetry:
     def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's exporters without touching their threads."""
         if self._server is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._server.server_close()  # our copy of the parent's listening socket
-            except OSError:
-                pass
         self._server = self._server_thread = None
         self.prometheus_url = None
         self._unwrap_readers()  # the app's readers are wrapped again on start

@@ -14,10 +14,12 @@ from typing import Any
 from . import _names as n
 from . import _recorder
 from ._config import Config
+from ._deadlock import DeadlockDetector
 from ._export import MetricsBridge, Point, ProcessSampler, task_points
 from ._faults import Faults
 from ._findings import FindingsLog
 from ._http import HttpStats
+from ._primitives import PrimitiveTracker
 from ._recorder import Recorder
 from ._stats import CoroutineStats, ProcessStats, Stats
 from ._tasks import TaskWatcher
@@ -52,23 +54,42 @@ class Watch:
         self.bridge.add_source("tasks", task_points(self.recorder))
         self.bridge.add_source("process", self.process.points)
         self.bridge.add_source("internal", self._internal_points)
-        self.http = HttpStats(max_routes=config.http_max_routes, max_error_types=config.max_error_types)
+        self.http = HttpStats(
+            max_routes=config.http_max_routes, max_error_types=config.max_error_types
+        )
         self.bridge.add_source("http", self.http.points)
         self._asgi_patches: Any = None
         self.telemetry = Telemetry(
             config, self.bridge, self.drops, self._report, VERSION, metric_readers, tracer_provider
         )
+        self.primitives = PrimitiveTracker(self.faults)
+        self.deadlocks = DeadlockDetector(
+            self.primitives,
+            self.findings,
+            self.faults,
+            interval_s=config.deadlock_interval_s,
+            stuck_after_s=config.stuck_task_after_s,
+            idle_patterns=config.idle_coroutines,
+        )
+        self.bridge.add_source("deadlock", self.deadlocks.points)
         self.tasks = TaskWatcher(
             self.recorder, self.faults, tracer=self.telemetry.tracer, on_loop=self._on_loop
         )
         self._memory: Any = None
         self._started_ns = self.recorder.started_ns
+        self.console: Any = None
+        if config.console and config.enabled:
+            from ._console import Console
+
+            self.console = Console(self)
 
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
         """Check the configuration, start exporters (unless lazy) and hook the loops."""
         self.telemetry.check()
+        if self.console is not None:
+            self.console.check()
         if not self.config.enabled:
             logger.info("asyncwatch: disabled by configuration (ASYNCWATCH_ENABLED=0)")
             return
@@ -77,29 +98,47 @@ class Watch:
         if self.config.memory_attribution:
             from ._memory import MemoryAttribution
 
-            self._memory = MemoryAttribution(self.recorder, self.config.memory_interval_s)
+            self._memory = MemoryAttribution(
+                self.recorder, self.config.memory_interval_s, self.config.memory_frames
+            )
             self._memory.start()
             self.bridge.add_source("memory", self._memory.points)
+        if self.config.deadlock_detection:
+            self.primitives.install()
+            self.deadlocks.start()
         self.tasks.install()
         from ._asgi_patch import StarlettePatches
 
         self._asgi_patches = StarlettePatches(self.faults, auto_add=self.config.asgi_auto)
         self._asgi_patches.install()
 
-    def stop(self, timeout_s: float | None = None) -> None:
+    def stop(self, timeout_s: float | None = None, *, at_exit: bool = False) -> None:
         """Undo everything ``start`` did, within ``timeout_s`` for the exporters."""
         if self._asgi_patches is not None:
             self._asgi_patches.uninstall()
             self._asgi_patches = None
         self.tasks.track_requests(None)
         self.tasks.uninstall()
+        if self.console is not None:
+            self.console.stop()
+        self.deadlocks.stop()
+        self.primitives.uninstall()
         if self._memory is not None:
             self._memory.stop()
             self._memory = None
-        self.telemetry.shutdown(timeout_s)
+        self.telemetry.shutdown(timeout_s, at_exit=at_exit)
 
     def _on_loop(self, loop: Any) -> None:
-        del loop
+        if self.console is not None:
+            try:
+                if self.console.on_loop(loop):
+                    return  # the console's own loop: nothing to start for it
+            except Exception as exc:
+                self._report("console", exc)
+        try:
+            self.deadlocks.attach(loop)
+        except Exception as exc:
+            self._report("deadlock_attach", exc)
         if not self.telemetry.started:
             try:
                 self.telemetry.start()
@@ -107,20 +146,21 @@ class Watch:
                 self._report("telemetry_start", exc)
 
     def _after_fork_in_child(self) -> None:
+        # A lock another thread held at fork time stays locked forever in the child.
         for obj in (self.recorder, self.drops, self.faults, self.bridge, self.http):
-            lock = obj._lock
-            obj._lock = type(lock)()
+            reentrant = "RLock" in type(obj._lock).__name__
+            obj._lock = threading.RLock() if reentrant else threading.Lock()
         self.recorder.reset()
         self.http.reset()
+        self.deadlocks.reset()
         self.findings.clear()
         self.faults.counts.clear()
         self.drops.counts.clear()
+        # Exporters restart with the child's first new event loop (see _on_loop), not here:
+        # starting threads inside an at-fork handler can deadlock the child.
         self.telemetry.forget_after_fork()
-        if not self.config.lazy_start:
-            try:
-                self.telemetry.start()
-            except Exception as exc:
-                self._report("telemetry_start", exc)
+        if self.console is not None:
+            self.console.forget_after_fork()
 
     # ---------------------------------------------------------------- reading
 
@@ -199,10 +239,13 @@ def install(
     global _current
     with _lock:
         if _current is not None:
-            wanted = (config or Config.from_env()).replace(**settings) if (config or settings) else None
+            wanted = (
+                (config or Config.from_env()).replace(**settings) if (config or settings) else None
+            )
             if wanted is not None and wanted != _current.config:
                 differ = [
-                    k for k in wanted.__dataclass_fields__
+                    k
+                    for k in wanted.__dataclass_fields__
                     if getattr(wanted, k) != getattr(_current.config, k)
                 ]
                 logger.warning(
@@ -229,9 +272,11 @@ def uninstall(timeout_s: float | None = None) -> None:
 
 
 def _at_exit() -> None:
-    watch = _current
+    global _current
+    with _lock:
+        watch, _current = _current, None
     if watch is not None:
-        uninstall(watch.config.export_timeout_s)
+        watch.stop(watch.config.export_timeout_s, at_exit=True)
 
 
 def _after_fork_in_child() -> None:

@@ -71,13 +71,12 @@ def cpu_timer() -> Callable[[], float]:
 def table(rows: list[Row], unit: str, note: str = "") -> str:
     """A markdown table: workload, config, median rate, median cost ratio to the baseline."""
     lines = [
-        f"| workload | configuration | {unit} (median) | cost vs bare (median of per-round ratios) |",
+        f"| workload | configuration | {unit} (median) "
+        "| cost vs bare (median of per-round ratios) |",
         "|---|---|---:|---:|",
     ]
     for row in rows:
-        lines.append(
-            f"| {row.workload} | {row.config} | {row.rate:,.0f} | {row.ratio:.2f}x |"
-        )
+        lines.append(f"| {row.workload} | {row.config} | {row.rate:,.0f} | {row.ratio:.2f}x |")
     if note:
         lines.append("")
         lines.append(note)

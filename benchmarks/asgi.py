@@ -41,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Row, save  # noqa: E402
+from _harness import Row, save
 
 CONFIGS = ("bare", "asyncwatch", "asyncwatch+spans", "otel-asgi", "otel-asgi-metrics")
 
@@ -103,7 +103,9 @@ def build_app(config: str) -> Any:
         return OpenTelemetryMiddleware(
             app, tracer_provider=trace.NoOpTracerProvider(), meter_provider=meter_provider
         )
-    return OpenTelemetryMiddleware(app, tracer_provider=tracer_provider, meter_provider=meter_provider)
+    return OpenTelemetryMiddleware(
+        app, tracer_provider=tracer_provider, meter_provider=meter_provider
+    )
 
 
 def serve(config: str, port: int) -> None:
@@ -146,8 +148,15 @@ def start_server(config: str) -> tuple[subprocess.Popen[bytes], int]:
 def load(port: int, seconds: float, connections: int, script: str) -> tuple[float, float]:
     """(requests/s, p99 latency in ms) from one wrk run."""
     cmd = [
-        *pinned(1), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-        "-s", script, f"http://127.0.0.1:{port}",
+        *pinned(1),
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        script,
+        f"http://127.0.0.1:{port}",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -185,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_SCRIPT)
     try:
-        for name, (_, port) in servers.items():
+        for _, port in servers.values():
             load(port, 1.0, args.connections, f.name)  # warm up
         for r in range(args.rounds):
             order = chosen[r % len(chosen) :] + chosen[: r % len(chosen)]
@@ -196,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                 rates[name].append(seen[name][0])
                 p99s[name].append(seen[name][1])
                 ratios[name].append(seen[name][0] / seen["bare"][0])
-            print(f"round {r + 1}: " + ", ".join(f"{n} {seen[n][0]:,.0f}/s" for n in chosen), flush=True)
+            print(
+                f"round {r + 1}: " + ", ".join(f"{n} {seen[n][0]:,.0f}/s" for n in chosen),
+                flush=True,
+            )
     finally:
         os.unlink(f.name)
         for proc, _ in servers.values():
@@ -213,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         p99 = statistics.median(p99s[name])
         rows.append(Row("http", name, ratios[name], rates[name]))
         lines.append(
-            f"| {name} | {statistics.median(rates[name]):,.0f} | {statistics.median(ratios[name]):.2f} "
+            f"| {name} | {statistics.median(rates[name]):,.0f} "
+            f"| {statistics.median(ratios[name]):.2f} "
             f"| {p99:.2f} ms | {p99 / bare_p99:.2f}x |"
         )
     lines += [

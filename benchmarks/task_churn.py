@@ -7,6 +7,8 @@ Configurations, interleaved round by round in one process:
 * ``asyncwatch+spans`` - a span for every task as well (``task_span_ratio=1``).
 * ``asyncwatch+request`` - metrics, with the tasks created inside an HTTP request handled by
   ``AsyncWatchMiddleware`` (each task also counted for its request and route).
+* ``asyncwatch+memory`` - metrics with tracemalloc on (``memory_attribution=True``'s cost
+  on the hot path; snapshots are taken off the hot path, every ``memory_interval_s``).
 * ``otel-asyncio`` - opentelemetry-instrumentation-asyncio with SDK providers (metrics).
 * ``otel-asyncio+spans`` - the same, tracing the workload's coroutines by name.
 * ``aiomonitor`` - aiomonitor's task-factory hook (``hook_task_factory=True``).
@@ -31,6 +33,7 @@ import logging
 import os
 import sys
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -38,10 +41,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Row, interleave, save, table  # noqa: E402
+from _harness import Row, interleave, save, table
 
-from asyncwatch import Config  # noqa: E402
-from asyncwatch._watch import Watch  # noqa: E402
+from asyncwatch import Config
+from asyncwatch._watch import Watch
 
 BATCH = 1000
 
@@ -155,11 +158,22 @@ def configurations(
 
         REQUEST.reset(token)
 
+    def with_tracemalloc(loop: asyncio.AbstractEventLoop) -> Any:
+        tracemalloc.start(Config().memory_frames)  # what memory_attribution=True turns on
+        return metrics.tasks.instrument(loop)
+
+    def tracemalloc_off(state: Any) -> None:
+        del state
+        tracemalloc.stop()
+
     configs: dict[str, Callable[[], tuple[float, int]]] = {
         "bare": lambda: timed(workload, n, use_uvloop),
         "asyncwatch": lambda: timed(workload, n, use_uvloop, metrics.tasks.instrument),
         "asyncwatch+spans": lambda: timed(workload, n, use_uvloop, spans.tasks.instrument),
         "asyncwatch+request": lambda: timed(workload, n, use_uvloop, in_request, end_request),
+        "asyncwatch+memory": lambda: timed(
+            workload, n, use_uvloop, with_tracemalloc, tracemalloc_off
+        ),
     }
     if anchors:
         configs.update(anchor_configurations(workload, n, use_uvloop))
@@ -236,7 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         "CPU time of the workload; ratio = configuration time / bare time in the same round."
     )
     text = table(rows, "tasks/s", note)
-    save(args.name or f"task_churn_{loop_name}", rows, text, {"rounds": args.rounds, "tasks": args.tasks})
+    save(
+        args.name or f"task_churn_{loop_name}",
+        rows,
+        text,
+        {"rounds": args.rounds, "tasks": args.tasks},
+    )
     print()
     print(text)
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,9 @@ async def fetch(item: int) -> int:
 
 
 async def handle_batch(batch: int) -> int:
-    results = await asyncio.gather(*(fetch(batch * 100 + i) for i in range(20)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(fetch(batch * 100 + i) for i in range(20)), return_exceptions=True
+    )
     return sum(1 for r in results if not isinstance(r, BaseException))
 
 
@@ -70,7 +73,5 @@ if __name__ == "__main__":
     parser.add_argument("--forever", action="store_true")
     args = parser.parse_args()
     asyncwatch.install()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main(float("inf") if args.forever else args.seconds))
-    except KeyboardInterrupt:
-        pass

@@ -1,7 +1,8 @@
-"""Regenerate the README's configuration and metric reference tables from the code.
+"""Regenerate the README's configuration and metric reference tables from the code, and its
+benchmark tables from benchmarks/results/*.md (``<!-- BEGIN results:NAME -->`` markers).
 
-    python scripts/gen_reference.py          rewrite README.md in place
-    python scripts/gen_reference.py --check  exit 1 if README.md is out of date (used by tests)
+python scripts/gen_reference.py          rewrite README.md in place
+python scripts/gen_reference.py --check  exit 1 if README.md is out of date (used by tests)
 """
 
 from __future__ import annotations
@@ -62,13 +63,24 @@ def _field_docs() -> dict[str, str]:
 
 
 SECTIONS = {"config-reference": config_table, "metrics-reference": metrics_table}
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def result(name: str) -> str:
+    """A benchmark's latest table, as the benchmark wrote it (its header comment dropped)."""
+    path = RESULTS / f"{name}.md"
+    if not path.exists():
+        return f"(no results yet: run the benchmark that writes benchmarks/results/{name}.md)"
+    lines = path.read_text().strip().splitlines()
+    return "\n".join(line for line in lines if not line.startswith("<!--"))
 
 
 def render(text: str) -> str:
     for name, build in SECTIONS.items():
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n)(.*?)(<!-- END {name} -->)", re.DOTALL)
         text = pattern.sub(lambda m, b=build: m.group(1) + b() + "\n" + m.group(3), text)
-    return text
+    pattern = re.compile(r"(<!-- BEGIN results:([\w-]+) -->\n)(.*?)(<!-- END results:\2 -->)", re.DOTALL)
+    return pattern.sub(lambda m: m.group(1) + result(m.group(2)) + "\n" + m.group(4), text)
 
 
 def main() -> int:

@@ -188,7 +188,9 @@ class Observed:
 
     def count(self, name: str, **attrs: Any) -> int:
         """Summed count (histograms) or value (sums) over the matching points."""
-        return sum(getattr(p, "count", None) or getattr(p, "value", 0) for p in self.points(name, **attrs))
+        return sum(
+            getattr(p, "count", None) or getattr(p, "value", 0) for p in self.points(name, **attrs)
+        )
 
     def server_spans(self) -> list[Any]:
         return [s for s in self.spans.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
@@ -223,8 +225,8 @@ def observing(
         provider.shutdown()
 
 
-@pytest.fixture
-def observed() -> Iterator[Observed]:
+@pytest.fixture(name="observed")
+def observed_fixture() -> Iterator[Observed]:
     """asyncwatch installed for an explicitly wrapped app (no auto-add)."""
     with observing() as obs:
         yield obs

@@ -22,16 +22,23 @@ ROOT = Path(__file__).resolve().parent.parent
 _ORIGINAL_INIT = asyncio.BaseEventLoop.__init__
 _ORIGINAL_GET = asyncio.BaseEventLoop.get_task_factory
 _ORIGINAL_SET = asyncio.BaseEventLoop.set_task_factory
+_PRIMITIVES = (asyncio.Lock, asyncio.Semaphore, asyncio.BoundedSemaphore, asyncio.Condition,
+               asyncio.Event, asyncio.Queue)
+_ORIGINAL_PRIMITIVES = {cls: dict(vars(cls)) for cls in _PRIMITIVES}
 
 
 @pytest.fixture(autouse=True)
 def _no_leftovers() -> Iterator[None]:
-    """Every test leaves asyncwatch uninstalled and the loop classes as they were."""
+    """Every test leaves asyncwatch uninstalled and the loop and lock classes as they were."""
     yield
     asyncwatch.uninstall(timeout_s=2)
     assert asyncio.BaseEventLoop.__init__ is _ORIGINAL_INIT
     assert asyncio.BaseEventLoop.get_task_factory is _ORIGINAL_GET
     assert asyncio.BaseEventLoop.set_task_factory is _ORIGINAL_SET
+    for cls, attributes in _ORIGINAL_PRIMITIVES.items():
+        now = vars(cls)
+        assert now.keys() == attributes.keys(), cls
+        assert all(now[k] is v for k, v in attributes.items()), cls
 
 
 @pytest.fixture
@@ -44,7 +51,9 @@ def reader() -> InMemoryMetricReader:
 def watch(reader: InMemoryMetricReader) -> Iterator[asyncwatch.Watch]:
     """asyncwatch installed in strict mode, no exporter, an in-memory reader attached."""
     w = asyncwatch.install(
-        metrics_exporters=("none",), raise_errors=True, timed_per_s=float("inf"),
+        metrics_exporters=("none",),
+        raise_errors=True,
+        timed_per_s=float("inf"),
         metric_readers=[reader],
     )
     yield w
@@ -99,7 +108,9 @@ def python_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, *, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code],
         env=env or python_env(),

@@ -16,9 +16,11 @@ from websockets.sync.client import connect
 import asyncwatch
 from asyncwatch import _names as n
 
-from .asgi_apps import Boom, Controls, Observed, make_app, observed, observing  # noqa: F401
+from .asgi_apps import Controls, Observed, make_app, observed_fixture, observing
 from .asgi_servers import Uvicorn, read_responses
 from .conftest import wait_for
+
+__all__ = ["observed_fixture"]  # the fixture, used by name
 
 DURATION = n.HTTP_SERVER_DURATION.name
 ACTIVE = n.HTTP_SERVER_ACTIVE.name
@@ -143,7 +145,9 @@ def test_5xx_is_an_error_and_4xx_is_not(observed: Observed) -> None:
     with Uvicorn(wrapped(Controls())) as server, httpx.Client(base_url=server.url) as client:
         assert client.get("/unavailable").status_code == 503
         assert client.get("/missing").status_code == 404
-    assert observed.points(DURATION, http__route="/unavailable")[0].attributes["error.type"] == "503"
+    assert (
+        observed.points(DURATION, http__route="/unavailable")[0].attributes["error.type"] == "503"
+    )
     missing = observed.points(DURATION, http__response__status_code=404)[0]
     assert "error.type" not in missing.attributes
     statuses = {s.name: s.status.status_code for s in observed.server_spans()}
@@ -306,15 +310,18 @@ def test_excluded_paths_and_otel_excluded_urls_are_not_observed() -> None:
 
 def test_the_app_can_serve_metrics_itself() -> None:
     """http_metrics_path serves Prometheus text from the app's own port (GET only)."""
-    with observing(http_metrics_path="/metrics"):
-        with Uvicorn(wrapped(Controls())) as server, httpx.Client(base_url=server.url) as client:
-            client.get("/items/1")
-            page = client.get("/metrics")
-            assert client.post("/metrics").status_code == 404  # not ours: the app's answer
-            again = client.get("/metrics").text
+    with (
+        observing(http_metrics_path="/metrics"),
+        Uvicorn(wrapped(Controls())) as server,
+        httpx.Client(base_url=server.url) as client,
+    ):
+        client.get("/items/1")
+        page = client.get("/metrics")
+        assert client.post("/metrics").status_code == 404  # not ours: the app's answer
+        again = client.get("/metrics").text
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/plain")
-    assert 'http_server_request_duration_seconds_count{' in page.text
+    assert "http_server_request_duration_seconds_count{" in page.text
     assert 'http_route="/items/{item_id}"' in page.text
     assert 'http_route="/metrics"' not in again
     assert again.count("http_server_request_duration_seconds_count{") == 2  # item + the POST
@@ -326,12 +333,13 @@ def _exchange(port: int, request: bytes) -> bytes:
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-    return b"\r\n".join(line for line in data.split(b"\r\n") if not line.lower().startswith(b"date:"))
+    return b"\r\n".join(
+        line for line in data.split(b"\r\n") if not line.lower().startswith(b"date:")
+    )
 
 
 def test_responses_are_byte_for_byte_the_apps_own(observed: Observed) -> None:
     """Status line, headers and body are identical with and without the middleware."""
-    c = Controls()
     requests = [
         b"GET /items/5 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
         b"HEAD /items/5 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",

@@ -161,9 +161,10 @@ def test_fastapi_native_telemetry_is_not_counted_twice(static: Path, how: str) -
         by_id = {s.context.span_id: s for s in spans}
         for child in children:  # under FastAPI's endpoint span, itself under its server span
             ancestors = []
-            while child.parent is not None and child.parent.span_id in by_id:
-                child = by_id[child.parent.span_id]
-                ancestors.append(child.name)
+            span = child
+            while span.parent is not None and span.parent.span_id in by_id:
+                span = by_id[span.parent.span_id]
+                ancestors.append(span.name)
             assert ancestors == ["fastapi.endpoint", "GET /users/{user_id}"]
     meter_provider.shutdown()
 
@@ -244,9 +245,24 @@ def test_asyncwatch_run_adds_the_middleware_to_an_unchanged_app(tmp_path: Path) 
     app_port, metrics_port = free_port(), free_port()
     env = python_env(ASYNCWATCH_PROMETHEUS_PORT=str(metrics_port))
     proc = subprocess.Popen(
-        [asyncwatch_cli, "run", "--", uvicorn_cli, "app:app", "--port", str(app_port),
-         "--log-level", "warning", "--loop", "asyncio"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            asyncwatch_cli,
+            "run",
+            "--",
+            uvicorn_cli,
+            "app:app",
+            "--port",
+            str(app_port),
+            "--log-level",
+            "warning",
+            "--loop",
+            "asyncio",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         url = f"http://127.0.0.1:{app_port}"

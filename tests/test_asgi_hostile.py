@@ -39,7 +39,8 @@ HOSTILE = {
     "absolute-form target": b"GET http://elsewhere/items/1 HTTP/1.1\r\nHost: t\r\n\r\n",
     "garbage trace headers": b"GET /items/1 HTTP/1.1\r\nHost: t\r\ntraceparent: zz-\xff\r\n"
     b"tracestate: ,,,=\r\nbaggage: %%%;;==," + b"k=v," * 500 + b"\r\n\r\n",
-    "valid trace headers": b"GET /items/1 HTTP/1.1\r\nHost: t\r\ntraceparent: " + TRACEPARENT
+    "valid trace headers": b"GET /items/1 HTTP/1.1\r\nHost: t\r\ntraceparent: "
+    + TRACEPARENT
     + b"\r\n\r\n",
     "no host": b"GET /items/1 HTTP/1.0\r\n\r\n",
     "bad host": b"GET /items/1 HTTP/1.1\r\nHost: [::1\r\n\r\n",
@@ -97,16 +98,21 @@ def test_hostile_requests_get_the_apps_own_answers(http: str) -> None:
         for name in HOSTILE:
             assert answers[0][name] == answers[1][name], name
         assert obs.watch.faults.counts == {}
-        routes = {p.attributes.get("http.route") for p in obs.metrics()[n.HTTP_SERVER_DURATION.name]}
+        routes = {
+            p.attributes.get("http.route") for p in obs.metrics()[n.HTTP_SERVER_DURATION.name]
+        }
         assert routes <= {"/items/{item_id}", "/echo", "/stream", None}
 
 
 # ---------------------------------------------------------------------------- the fuzz
 
 text = st.text(max_size=12)
-junk = st.none() | st.integers() | st.binary(max_size=8) | text | st.lists(st.integers(), max_size=2)
+junk = (
+    st.none() | st.integers() | st.binary(max_size=8) | text | st.lists(st.integers(), max_size=2)
+)
 header = st.tuples(
-    st.sampled_from([b"traceparent", b"tracestate", b"baggage", b"host", b"x"]) | st.binary(max_size=8),
+    st.sampled_from([b"traceparent", b"tracestate", b"baggage", b"host", b"x"])
+    | st.binary(max_size=8),
     st.sampled_from([TRACEPARENT, b"user=al%ice,x", b"[::1", b""]) | st.binary(max_size=40),
 )
 scopes = st.fixed_dictionaries(
@@ -191,7 +197,9 @@ def fuzz_app(receives: int, sends: list[Any], fail: str) -> tuple[Any, list[Any]
 DISCONNECT = {"type": "http.disconnect"}
 
 
-async def drive(app: Any, scope: Any, messages: list[Any], send_fails: bool) -> tuple[Any, list[Any]]:
+async def drive(
+    app: Any, scope: Any, messages: list[Any], send_fails: bool
+) -> tuple[Any, list[Any]]:
     """Be the server: feed ``messages`` (then disconnects), collect what is sent."""
     sent: list[Any] = []
     queue = list(messages)
@@ -206,7 +214,7 @@ async def drive(app: Any, scope: Any, messages: list[Any], send_fails: bool) -> 
 
     try:
         await app(scope, receive, send)
-    except BaseException as exc:  # noqa: BLE001 - the outcome under test, whatever it is
+    except BaseException as exc:  # the outcome under test, whatever it is
         return exc, sent
     return None, sent
 
@@ -240,7 +248,9 @@ def test_fuzzed_scopes_and_messages_pass_through_unchanged() -> None:
                 drive(asyncwatch.AsyncWatchMiddleware(app), scope, messages, send_fails)
             )
             bare_app, bare_seen = fuzz_app(receives, sends, fail)
-            bare_error, bare_sent = runner.run(drive(bare_app, copy.deepcopy(original), messages, send_fails))
+            bare_error, bare_sent = runner.run(
+                drive(bare_app, copy.deepcopy(original), messages, send_fails)
+            )
             assert scope == original  # not one key changed
             assert seen[0] is scope
             assert all(a is b for a, b in zip(seen[1:], bare_seen[1:], strict=True))

@@ -15,6 +15,7 @@ from .conftest import collect
 
 def make_coroutine_functions(count: int, module: str = "generated") -> list[Any]:
     """``count`` distinct coroutine functions, each with its own code object and name."""
+
     async def template() -> None:
         pass
 

@@ -34,10 +34,17 @@ APP = textwrap.dedent(
 )
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [ASYNCWATCH, *args], env=env or python_env(), capture_output=True, text=True,
-        timeout=60, check=False, **kwargs,  # type: ignore[arg-type]
+        [ASYNCWATCH, *args],
+        env=env or python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -48,7 +55,11 @@ def test_run_observes_an_unmodified_script(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
         [ASYNCWATCH, "run", "--port", str(port), "--", sys.executable, str(script)],
-        env=python_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=python_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -62,7 +73,7 @@ def test_run_observes_an_unmodified_script(tmp_path: Path) -> None:
         }
         assert samples["__main__.work"] == 25
     finally:
-        out, err = proc.communicate("\n", timeout=30)
+        _, err = proc.communicate("\n", timeout=30)
     assert proc.returncode == 0, err
 
 
@@ -70,7 +81,11 @@ def test_run_bad_setting_fails_before_the_program_starts(tmp_path: Path) -> None
     """A bad setting stops `run` with exit code 2 and a message naming the variable."""
     marker = tmp_path / "started"
     result = run_cli(
-        "run", "--", sys.executable, "-c", f"open({str(marker)!r}, 'w')",
+        "run",
+        "--",
+        sys.executable,
+        "-c",
+        f"open({str(marker)!r}, 'w')",
         env=python_env(ASYNCWATCH_MAX_KEYS="lots"),
     )
     assert result.returncode == 2
@@ -97,9 +112,18 @@ def test_run_keeps_the_environments_own_sitecustomize(tmp_path: Path) -> None:
     custom = tmp_path / "custom"
     custom.mkdir()
     (custom / "sitecustomize.py").write_text("import os\nos.environ['CUSTOM_SITE_RAN'] = '1'\n")
-    code = "import os, asyncwatch; print(os.environ.get('CUSTOM_SITE_RAN'), asyncwatch.current() is not None)"
+    code = (
+        "import os, asyncwatch; "
+        "print(os.environ.get('CUSTOM_SITE_RAN'), asyncwatch.current() is not None)"
+    )
     result = run_cli(
-        "run", "--metrics-exporter", "none", "--", sys.executable, "-c", code,
+        "run",
+        "--metrics-exporter",
+        "none",
+        "--",
+        sys.executable,
+        "-c",
+        code,
         env=python_env(PYTHONPATH=str(custom)),
     )
     assert result.returncode == 0, result.stderr
@@ -125,7 +149,9 @@ def test_run_disabled_is_a_no_op() -> None:
         print(asyncio.run(main()))
         """
     )
-    result = run_cli("run", "--", sys.executable, "-c", code, env=python_env(ASYNCWATCH_ENABLED="0"))
+    result = run_cli(
+        "run", "--", sys.executable, "-c", code, env=python_env(ASYNCWATCH_ENABLED="0")
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "None"
 
@@ -134,5 +160,5 @@ def test_config_command_shows_settings() -> None:
     """`asyncwatch config` lists each setting with its variable, marking changed ones."""
     result = run_cli("config", env=python_env(ASYNCWATCH_MAX_KEYS="42"))
     assert result.returncode == 0, result.stderr
-    line = next(l for l in result.stdout.splitlines() if " max_keys " in l)
+    line = next(row for row in result.stdout.splitlines() if " max_keys " in row)
     assert line.startswith("*") and "42" in line and "ASYNCWATCH_MAX_KEYS" in line

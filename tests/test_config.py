@@ -41,7 +41,9 @@ def test_environment_values_are_parsed() -> None:
 
 def test_standard_otel_variables_are_honoured() -> None:
     """OTEL_METRICS_EXPORTER and OTEL_EXPORTER_PROMETHEUS_PORT apply when ours are unset."""
-    c = Config.from_env({"OTEL_METRICS_EXPORTER": "otlp,console", "OTEL_EXPORTER_PROMETHEUS_PORT": "9999"})
+    c = Config.from_env(
+        {"OTEL_METRICS_EXPORTER": "otlp,console", "OTEL_EXPORTER_PROMETHEUS_PORT": "9999"}
+    )
     assert c.metrics_exporters == ("otlp", "console")
     assert c.prometheus_port == 9999
 
@@ -64,7 +66,11 @@ def test_otlp_endpoint_turns_traces_on() -> None:
         ("ASYNCWATCH_MAX_KEYS", "many", "ASYNCWATCH_MAX_KEYS='many': expected a whole number"),
         ("ASYNCWATCH_MAX_KEYS", "0", "ASYNCWATCH_MAX_KEYS='0': must be a whole number >= 1"),
         ("ASYNCWATCH_RAISE", "yes", "ASYNCWATCH_RAISE='yes': expected 1, 0, true or false"),
-        ("ASYNCWATCH_PROMETHEUS_PORT", "70000", "ASYNCWATCH_PROMETHEUS_PORT='70000': must be a TCP port"),
+        (
+            "ASYNCWATCH_PROMETHEUS_PORT",
+            "70000",
+            "ASYNCWATCH_PROMETHEUS_PORT='70000': must be a TCP port",
+        ),
         ("ASYNCWATCH_TASK_SPAN_RATIO", "2", "ASYNCWATCH_TASK_SPAN_RATIO='2': must be a fraction"),
         ("OTEL_METRICS_EXPORTER", "zipkin", "OTEL_METRICS_EXPORTER='zipkin': must name exporters"),
         ("ASYNCWATCH_TIMED_PER_S", "-1", "ASYNCWATCH_TIMED_PER_S='-1': must be a positive number"),
@@ -79,7 +85,10 @@ def test_bad_variable_is_named(variable: str, raw: str, expected: str) -> None:
 
 def test_unknown_variable_is_a_typo() -> None:
     """A misspelt ASYNCWATCH_ variable is an error that suggests the right one."""
-    with pytest.raises(ConfigError, match="ASYNCWATCH_MAX_KEY: unknown asyncwatch setting; did you mean ASYNCWATCH_MAX_KEYS"):
+    with pytest.raises(
+        ConfigError,
+        match="ASYNCWATCH_MAX_KEY: unknown asyncwatch setting; did you mean ASYNCWATCH_MAX_KEYS",
+    ):
         Config.from_env({"ASYNCWATCH_MAX_KEY": "3"})
 
 
@@ -91,7 +100,10 @@ def test_bad_keyword_is_named() -> None:
 
 def test_unknown_keyword_suggests() -> None:
     """An unknown keyword argument to install() is refused with a suggestion."""
-    with pytest.raises(ConfigError, match="prometheus_prot: unknown asyncwatch setting; did you mean prometheus_port"):
+    with pytest.raises(
+        ConfigError,
+        match="prometheus_prot: unknown asyncwatch setting; did you mean prometheus_port",
+    ):
         asyncwatch.install(prometheus_prot=1)
     assert asyncwatch.current() is None
 

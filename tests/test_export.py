@@ -37,7 +37,9 @@ async def workload() -> None:
     await asyncio.gather(*[ok_task() for _ in range(30)], bad_task(), return_exceptions=True)
 
 
-def test_task_metrics_reach_an_otel_reader(watch: asyncwatch.Watch, reader: InMemoryMetricReader) -> None:
+def test_task_metrics_reach_an_otel_reader(
+    watch: asyncwatch.Watch, reader: InMemoryMetricReader
+) -> None:
     """Counts, outcomes and in-flight arrive under the documented names and attributes."""
     asyncio.run(workload())
     metrics = collect(reader)
@@ -56,7 +58,9 @@ def test_task_metrics_reach_an_otel_reader(watch: asyncwatch.Watch, reader: InMe
     assert point(metrics[n.TASK_PEAK.name], code__function__name=key).value == 30
 
 
-def test_timing_histograms_use_the_documented_buckets(watch: asyncwatch.Watch, reader: InMemoryMetricReader) -> None:
+def test_timing_histograms_use_the_documented_buckets(
+    watch: asyncwatch.Watch, reader: InMemoryMetricReader
+) -> None:
     """Duration and schedule delay are histograms on TIMING_BOUNDS, counting timed tasks."""
     asyncio.run(workload())
     metrics = collect(reader)
@@ -68,20 +72,30 @@ def test_timing_histograms_use_the_documented_buckets(watch: asyncwatch.Watch, r
         assert 0 <= p.min <= p.max
 
 
-def test_process_metrics_are_exported(watch: asyncwatch.Watch, reader: InMemoryMetricReader) -> None:
+def test_process_metrics_are_exported(
+    watch: asyncwatch.Watch, reader: InMemoryMetricReader
+) -> None:
     """RSS, CPU time and GC collections follow the OTel semantic conventions."""
     metrics = collect(reader)
     assert metrics[n.PROCESS_MEMORY_USAGE.name][0].value > 0
-    assert {p.attributes[n.CPU_MODE] for p in metrics[n.PROCESS_CPU_TIME.name]} == {"user", "system"}
+    assert {p.attributes[n.CPU_MODE] for p in metrics[n.PROCESS_CPU_TIME.name]} == {
+        "user",
+        "system",
+    }
     assert {p.attributes[n.GC_GENERATION] for p in metrics[n.GC_COLLECTIONS.name]} == {0, 1, 2}
 
 
 def test_delta_reader_gets_differences() -> None:
     """A reader that prefers delta temporality sees only what happened since its last read."""
     reader = InMemoryMetricReader(
-        preferred_temporality={Counter: AggregationTemporality.DELTA, Histogram: AggregationTemporality.DELTA}
+        preferred_temporality={
+            Counter: AggregationTemporality.DELTA,
+            Histogram: AggregationTemporality.DELTA,
+        }
     )
-    asyncwatch.install(metrics_exporters=("none",), timed_per_s=float("inf"), metric_readers=[reader])
+    asyncwatch.install(
+        metrics_exporters=("none",), timed_per_s=float("inf"), metric_readers=[reader]
+    )
     asyncio.run(workload())
     first = point(collect(reader)[n.TASK_CREATED.name], code__function__name=f"{HERE}.ok_task")
     asyncio.run(workload())
@@ -102,7 +116,11 @@ def test_embedded_endpoint_serves_task_metrics() -> None:
         text = response.read().decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     created = families["asyncwatch_task_created"]
-    values = {s.labels["code_function_name"]: s.value for s in created.samples if s.name.endswith("_total")}
+    values = {
+        s.labels["code_function_name"]: s.value
+        for s in created.samples
+        if s.name.endswith("_total")
+    }
     assert values[f"{HERE}.ok_task"] == 30
     assert "asyncwatch_task_duration_seconds" in families
     assert "target_info" in families
@@ -117,9 +135,10 @@ def test_endpoint_listens_on_loopback_only() -> None:
     host_ip = _non_loopback_address()
     if host_ip is None:
         pytest.skip("no non-loopback address on this machine")
-    with socket.socket() as s, pytest.raises(OSError):
+    with socket.socket() as s:
         s.settimeout(5)
-        s.connect((host_ip, port))
+        with pytest.raises(OSError):
+            s.connect((host_ip, port))
 
 
 def _non_loopback_address() -> str | None:
@@ -158,7 +177,9 @@ def test_port_span_takes_the_next_free_port() -> None:
         assert port < bound <= port + 20
 
 
-def test_internal_errors_are_a_metric(monkeypatch: pytest.MonkeyPatch, reader: InMemoryMetricReader) -> None:
+def test_internal_errors_are_a_metric(
+    monkeypatch: pytest.MonkeyPatch, reader: InMemoryMetricReader
+) -> None:
     """An internal error shows up in asyncwatch.internal.errors by hook."""
     from asyncwatch._recorder import Shard
 
@@ -270,3 +291,29 @@ def test_dev_environment_variable_sets_metrics_exporter() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "None"
+
+
+def test_apps_own_tracer_provider_is_used() -> None:
+    """With a global SDK TracerProvider set by the app, task spans go to it."""
+    code = textwrap.dedent(
+        """
+        import asyncio
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        import asyncwatch
+        asyncwatch.install(metrics_exporters=("none",), task_spans=("__main__.job",))
+        async def job():
+            pass
+        asyncio.run(job())
+        print(sorted(s.name for s in exporter.get_finished_spans()))
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['__main__.job']"

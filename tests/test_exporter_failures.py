@@ -60,13 +60,20 @@ def closed() -> AbstractContextManager[int]:
     return nullcontext(closed_port())
 
 
-@pytest.mark.parametrize("endpoint", [closed, black_hole, resetting], ids=["dead", "black-hole", "reset"])
-def test_bad_endpoint_costs_a_counted_drop_and_a_prompt_exit(endpoint: Callable[[], AbstractContextManager[int]]) -> None:
+@pytest.mark.parametrize(
+    "endpoint", [closed, black_hole, resetting], ids=["dead", "black-hole", "reset"]
+)
+def test_bad_endpoint_costs_a_counted_drop_and_a_prompt_exit(
+    endpoint: Callable[[], AbstractContextManager[int]],
+) -> None:
     """The app runs and exits normally; drops are counted; shutdown is bounded by our timeout."""
     with endpoint() as port:
         proc = subprocess.Popen(
-            [sys.executable, "-c", APP], env=endpoint_env(port),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-c", APP],
+            env=endpoint_env(port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert proc.stdout is not None
         report = proc.stdout.readline()
@@ -110,7 +117,9 @@ def test_span_queue_is_bounded_and_overflow_counted(monkeypatch: pytest.MonkeyPa
     with black_hole() as port:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
         watch = asyncwatch.install(
-            metrics_exporters=("none",), traces_exporters=("otlp",), task_span_ratio=1.0,
+            metrics_exporters=("none",),
+            traces_exporters=("otlp",),
+            task_span_ratio=1.0,
             export_timeout_s=1,
         )
 
@@ -133,20 +142,30 @@ def test_otlp_metrics_reach_a_real_receiver(monkeypatch: pytest.MonkeyPatch) -> 
     with OtlpReceiver() as receiver:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.port}")
         monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")
-        asyncwatch.install(metrics_exporters=("otlp",), traces_exporters=("otlp",), task_spans=("*.job",))
+        asyncwatch.install(
+            metrics_exporters=("otlp",), traces_exporters=("otlp",), task_spans=("*.job",)
+        )
 
         async def job() -> None:
             await asyncio.sleep(0)
 
         asyncio.run(job())
-        wait_for(lambda: any("asyncwatch.task.duration" in names for names in receiver.metric_names), what="metrics")
+        wait_for(
+            lambda: any("asyncwatch.task.duration" in names for names in receiver.metric_names),
+            what="metrics",
+        )
         asyncwatch.uninstall(timeout_s=5)
-        wait_for(lambda: any(name.endswith(".job") for name in receiver.span_names), what="the task span")
+        wait_for(
+            lambda: any(name.endswith(".job") for name in receiver.span_names), what="the task span"
+        )
 
 
 def test_inconsistent_batch_settings_fail_at_install(monkeypatch: pytest.MonkeyPatch) -> None:
     """OTEL_BSP_* values the SDK would reject fail install() with both variables named."""
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "64")
-    with pytest.raises(asyncwatch.ConfigError, match="OTEL_BSP_MAX_EXPORT_BATCH_SIZE=512 must not exceed OTEL_BSP_MAX_QUEUE_SIZE=64"):
+    with pytest.raises(
+        asyncwatch.ConfigError,
+        match="OTEL_BSP_MAX_EXPORT_BATCH_SIZE=512 must not exceed OTEL_BSP_MAX_QUEUE_SIZE=64",
+    ):
         asyncwatch.install(metrics_exporters=("none",), traces_exporters=("console",))
     assert asyncwatch.current() is None

@@ -367,10 +367,10 @@ def test_pending_orphan_is_still_destroyed_and_reported() -> None:
         )
         never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-        async def waits_forever() -> None:
-            await never
+        async def waits_forever(future: asyncio.Future[None]) -> None:
+            await future
 
-        task = asyncio.create_task(waits_forever())
+        task = asyncio.create_task(waits_forever(never))
         await asyncio.sleep(0)
         ref = weakref.ref(task)
         del task, never
@@ -580,7 +580,9 @@ def test_anyio_cancel_scopes_still_work() -> None:
 # ------------------------------------------------------------------ never breaking the host
 
 
-def test_internal_error_is_counted_not_raised(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_internal_error_is_counted_not_raised(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A failure inside the hook never reaches the app: the task is made, the error counted."""
     from asyncwatch._recorder import Shard
 
@@ -631,7 +633,7 @@ def test_strict_mode_raises_internal_errors(monkeypatch: pytest.MonkeyPatch) -> 
     coro = leaf()
     try:
         with pytest.raises(RuntimeError, match="asyncwatch bug"):
-            loop.create_task(coro)
+            loop.create_task(coro)  # noqa: RUF006 - it raises; there is no task to keep
     finally:
         coro.close()
         loop.close()

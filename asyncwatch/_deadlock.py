@@ -1,0 +1,540 @@
+"""Live deadlock and stuck-task detection over the await graph and lock waits.
+
+**Where it runs.** Each instrumented event loop scans itself with ``loop.call_later`` every
+``deadlock_interval_s``: the scan reads only that loop's own state (tasks' ``_fut_waiter``,
+await chains, lock waiter queues, holders recorded by ``_primitives``), and on the loop's own
+thread that state cannot change under it, so no lock is needed and no half-updated hand-over
+(a lock released, its next owner not yet running) can be mistaken for a cycle, which a thread
+reading the same structures concurrently could not promise. A deadlocked loop is idle, so the
+scan always gets to run. The price is that the scan blocks its loop while it runs; it is kept
+to O(tasks) cheap attribute reads (measured in the README), and the interval stretches so
+that scans never take more than 1% of the loop's time.
+
+**Deciding** (``scan()``, called by the timer or directly by tests):
+
+1. Every pending task suspended on a future is recorded with the time it was first seen on
+   that future. A wait seen by two scans in a row is *settled*; only settled waits are judged.
+2. Settled waits are classified (``_waitgraph.classify``) and the graph of what waits on what
+   is built: tasks on tasks (await, gather, TaskGroup, wait, shield, wait_for) and tasks on
+   locks/semaphores on their holders. ``doomed()`` finds the nodes that can never wake, a
+   timeout rescues a node, and the strongly connected groups with a cycle are deadlocks,
+   reported once per cycle (the same tasks on the same futures).
+3. A settled wait older than ``stuck_task_after_s`` on an event, condition, queue, bare future
+   or signalling semaphore is checked with ``_reach.reach``: if nothing but the waiting tasks
+   (and tasks waiting on them) can reach the object, and the app's own code holds it, the task
+   is stuck. A wait for a lock or semaphore held only by finished tasks needs no such check.
+   Sleeps, I/O, waits with a timeout, ``idle()`` blocks and ``idle_coroutines`` never are.
+
+Modules: ``_waitgraph`` (what a wait is, the graph algorithms), ``_reach`` (reference walks),
+``_primitives`` (lock holders), ``_scanstate`` (the records kept across and within scans),
+``_deadlock_report`` (finding types and their words).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import heapq
+import logging
+import math
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from . import _names as n
+from ._deadlock_report import (
+    UNREACHABLE_WHY,
+    DeadlockFinding,
+    StuckTaskFinding,
+    deadlock_finding,
+    names_of,
+    stuck_finding,
+)
+from ._faults import Faults
+from ._findings import FindingsLog
+from ._idle import is_idle
+from ._primitives import PrimitiveTracker
+from ._reach import UNREACHABLE, Verdict, direct, reach
+from ._recorder import coroutine_key
+from ._scanstate import (
+    LOCKLIKE,
+    Checks,
+    Entry,
+    Graph,
+    LoopState,
+    Seen,
+    Sweep,
+    behind,
+    node_of,
+    own_record,
+    still,
+    tasks_of,
+    trim,
+)
+from ._waitgraph import (
+    EDGE_KINDS,
+    LIVE,
+    SIGNAL_KINDS,
+    TASK_TYPES,
+    Wait,
+    _shielded,
+    classify,
+    coro_chain,
+    cycles,
+    doomed,
+    frame_of,
+    has_deadline,
+    timer_targets,
+    wait_kind,
+)
+
+logger = logging.getLogger("asyncwatch")
+
+MAX_SHARE = 0.01  # most of a loop's time the scans may take
+SLICE = 2000  # tasks settled per slice of a timed scan (the loop runs between slices)
+_DONE = object()
+CHECK_BUDGET_S = 0.005  # stuck checks per scan stop after this long; the rest wait a scan
+CHECKS_PER_SCAN = 256  # candidates considered per scan (the longest unchecked first)
+WALK_SHARE = 0.002  # most of a loop's time the reference walks (gc.get_referrers) may take
+
+
+class DeadlockDetector:
+    """Scans loops for deadlocks and stuck tasks; see the module docstring."""
+
+    def __init__(
+        self,
+        tracker: PrimitiveTracker | None,
+        findings: FindingsLog,
+        faults: Faults,
+        *,
+        interval_s: float = 5.0,
+        stuck_after_s: float = 60.0,
+        idle_patterns: Iterable[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.tracker = tracker
+        self.findings = findings
+        self.faults = faults
+        self.interval_s = interval_s
+        self.stuck_after_s = stuck_after_s
+        self.idle_patterns = tuple(idle_patterns)
+        self.clock = clock
+        self.wall = wall
+        self.active = False
+        self._states: weakref.WeakKeyDictionary[Any, LoopState] = weakref.WeakKeyDictionary()
+        self.deadlocks_found = 0
+        self.stuck_found = 0
+        self.scan_seconds = 0.0
+        self.last_scan_s = 0.0
+        self.checks = 0  # reachability checks made (most without a heap walk)
+        self.walks = 0  # of which heap walks
+        self._walk_after = -math.inf
+        self.started_ns = time.time_ns()
+
+    # ------------------------------------------------------------------ scheduling
+
+    def start(self) -> None:
+        """Scan every loop attached from now on."""
+        self.active = True
+
+    def attach(self, loop: Any) -> None:
+        """Scan ``loop`` every ``interval_s`` (call from its thread, or before it runs)."""
+        if not self.active:
+            return
+        state = self._state(loop)
+        if state.handle is None:
+            self._schedule(loop, state, self.interval_s)
+
+    def _schedule(self, loop: Any, state: LoopState, delay: float) -> None:
+        try:
+            state.handle = loop.call_later(delay, self._tick, weakref.ref(loop))
+        except RuntimeError:  # closed loop
+            state.handle = None
+
+    def _tick(self, loop_ref: Any) -> None:
+        loop = loop_ref()
+        if loop is None or not self.active:
+            return
+        state = self._state(loop)
+        state.handle = None
+        self._step(loop, state, self._steps(loop), 0.0)
+
+    def _step(self, loop: Any, state: LoopState, steps: Iterator[None], spent: float) -> None:
+        """Run one slice of a timed scan; the next slice runs after whatever the loop has
+        ready, so no single pause is longer than one slice."""
+        if not self.active:
+            return
+        began = time.perf_counter()
+        try:
+            done = next(steps, _DONE) is _DONE
+        except Exception as exc:
+            done = True
+            if self.faults.report("deadlock_scan", exc):
+                self.active = False
+                return
+        spent += time.perf_counter() - began
+        if not done:
+            loop.call_soon(self._step, loop, state, steps, spent)
+            return
+        self.last_scan_s = spent
+        self.scan_seconds += spent
+        self._schedule(loop, state, max(self.interval_s, spent / MAX_SHARE))
+
+    def stop(self) -> None:
+        """Stop scanning; cancel pending scans. Idempotent."""
+        self.active = False
+        for loop, state in list(self._states.items()):
+            state.seen = {}
+            handle, state.handle = state.handle, None
+            if handle is None or loop.is_closed():
+                continue
+            try:
+                running = asyncio.events._get_running_loop()
+                if running is loop or not loop.is_running():
+                    handle.cancel()
+                else:
+                    loop.call_soon_threadsafe(handle.cancel)
+            except RuntimeError:
+                pass
+
+    def reset(self) -> None:
+        """Forget every loop and what was seen (a freshly forked child)."""
+        self._states = weakref.WeakKeyDictionary()
+        self.deadlocks_found = self.stuck_found = 0
+        self.scan_seconds = 0.0
+
+    def _state(self, loop: Any) -> LoopState:
+        state = self._states.get(loop)
+        if state is None:
+            state = self._states[loop] = LoopState()
+        return state
+
+    # ------------------------------------------------------------------ metrics
+
+    def points(self) -> Iterable[Any]:
+        """Metric points at collection time (any thread)."""
+        start = self.started_ns
+        deadlocked = stuck = 0
+        for _ in range(3):
+            try:
+                states = list(self._states.values())
+                break
+            except RuntimeError:  # a loop was added meanwhile
+                states = []
+        for state in states:
+            deadlocked += state.deadlocked
+            stuck += state.stuck
+        yield n.DEADLOCKS, {}, self.deadlocks_found, start
+        yield n.STUCK_TASKS, {}, self.stuck_found, start
+        yield n.TASK_STUCK, {n.FINDING_KIND: "deadlock"}, deadlocked, start
+        yield n.TASK_STUCK, {n.FINDING_KIND: "stuck_task"}, stuck, start
+        yield n.DEADLOCK_SCAN_TIME, {}, self.scan_seconds, start
+
+    # ------------------------------------------------------------------ the scan
+
+    def scan(self, loop: Any = None) -> list[DeadlockFinding | StuckTaskFinding]:
+        """Scan ``loop`` (default: the running one) once, from its own thread, in one go;
+        returns the findings made by this scan (also recorded, counted and logged)."""
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        began = time.perf_counter()
+        out: list[DeadlockFinding | StuckTaskFinding] = []
+        try:
+            for _ in self._steps(loop, out):
+                pass
+            return out
+        finally:
+            spent = time.perf_counter() - began
+            self.last_scan_s = spent
+            self.scan_seconds += spent
+
+    def _steps(self, loop: Any,
+               out: list[DeadlockFinding | StuckTaskFinding] | None = None) -> Iterator[None]:
+        """One scan, as a generator that yields between slices of ``SLICE`` tasks."""
+        state = self._state(loop)
+        now = self.clock()
+        current = asyncio.current_task(loop)
+        tasks = tasks_of(loop)
+        sweep = Sweep(state.seen, current, now)
+        for start in range(0, len(tasks), SLICE):
+            self._settle(sweep, tasks[start : start + SLICE])
+            if start + SLICE < len(tasks):
+                yield
+        state.seen = new = sweep.new
+        followed, due = sweep.followed, sweep.due
+        if len(tasks) > SLICE:  # other code ran between slices: keep waits that still hold
+            followed = [e for e in followed if still(e.task, e.rec)]
+            # (the stuck checks re-check the few waits they pick)
+        if out is None:
+            out = []
+        graph = self._graph(followed)
+        in_deadlock = self._deadlocks(loop, state, graph, now, out)
+        if due or followed:
+            self._stuck(state, followed, due, graph=graph, in_deadlock=in_deadlock, now=now,
+                        out=out)
+        state.reported = {tid for tid in state.reported if (r := new.get(tid)) and r.reported}
+        state.stuck = len(state.reported)
+        for finding in out:
+            self._emit(finding)
+
+    def _settle(self, sweep: Sweep, tasks: list[Any]) -> None:
+        """Record every suspended task's wait in ``sweep.new``. Of the waits the previous scan
+        saw too, collect those whose edges are followed, and the other ones due for a look
+        (classifying them, or a stuck check). This loop runs for every waiting task on every
+        scan, so a wait that is neither costs a dictionary lookup and three comparisons."""
+        get, new, current, now = sweep.old.get, sweep.new, sweep.current, sweep.now
+        followed, due = sweep.followed, sweep.due
+        try:
+            for task in tasks:
+                fut = task._fut_waiter
+                if fut is None or fut.done() or task is current:
+                    continue
+                tid = id(task)
+                rec = get(tid)
+                if rec is not None and rec.fut is fut:
+                    if rec.follow:
+                        followed.append(Entry(task, rec))
+                    elif rec.check_at <= now:
+                        if rec.kind is None:
+                            self._first_look(task, rec)
+                            if rec.follow:
+                                followed.append(Entry(task, rec))
+                            elif rec.check_at <= now:
+                                due.append((rec.check_at, rec.since, tid, task, rec))
+                        else:
+                            due.append((rec.check_at, rec.since, tid, task, rec))
+                else:
+                    rec = Seen(fut, now)
+                new[tid] = rec
+        except AttributeError:  # a task class without _fut_waiter: leave such tasks out
+            usable = [t for t in tasks if hasattr(t, "_fut_waiter")]
+            if len(usable) == len(tasks):
+                raise
+            self._settle(sweep, usable)
+
+    def _first_look(self, task: Any, rec: Seen) -> None:
+        """The wait was seen by two scans: remember its kind."""
+        kind = rec.kind = wait_kind(task, rec.fut)
+        rec.follow = kind in EDGE_KINDS
+        rec.check_at = rec.since + self.stuck_after_s
+
+    def _wait_of(self, entry: Entry) -> Wait | None:
+        """The entry's wait, or None for a kind with no edges (remembered per wait)."""
+        rec, fut = entry.rec, entry.fut
+        wait = rec.wait
+        if wait is None:
+            kind = rec.kind
+            if kind is not None and kind not in EDGE_KINDS:
+                return None
+            if kind == "task":
+                wait = rec.wait = Wait("task", "and", [fut], fut)
+            elif kind == "gather":
+                wait = rec.wait = Wait("gather", "and", list(fut._children), fut)
+            elif kind == "shield":
+                inner = _shielded(fut)
+                wait = rec.wait = Wait("shield", "and", [] if inner is None else [inner], fut)
+            else:  # locks, TaskGroups, wait(): what they wait on changes, so look each time
+                wait = classify(entry.task, fut, self.tracker)
+                rec.kind = wait.kind
+                if wait.kind not in EDGE_KINDS:  # e.g. a semaphore nobody holds: a signal
+                    rec.follow = False
+                    rec.wait = wait
+        entry.wait = wait
+        return wait if wait.mode is not None else None
+
+    def _graph(self, entries: list[Entry]) -> Graph:
+        wait_of = self._wait_of
+        waiting = [e for e in entries if wait_of(e) is not None]
+        graph = Graph(trim(waiting))
+        graph.waiting = waiting
+        index = {id(e.task): i for i, e in enumerate(graph.nodes)}
+        count = len(graph.nodes)
+        succ, mode, live0, res = graph.succ, graph.mode, graph.live0, graph.res
+        res_index: dict[int, int] = {}
+        task_types: Any = TASK_TYPES
+        for e in graph.nodes:
+            wait = e.wait
+            assert wait is not None
+            live0.append(wait.escapable)
+            if wait.kind in LOCKLIKE:
+                r = res_index.get(id(wait.obj))
+                if r is None:
+                    r = res_index[id(wait.obj)] = count + len(res)
+                    res.append(wait)
+                succ.append([r])
+                mode.append("and")
+            else:
+                # A successor that is not a settled, followed task is live: running,
+                # runnable, done, or waiting on something that can wake it.
+                succ.append([
+                    index.get(id(s), LIVE) if isinstance(s, task_types) and not s.done()
+                    else LIVE
+                    for s in wait.succ
+                ])
+                mode.append(wait.mode or "and")
+        for wait in res:
+            succ.append([node_of(h, index, holder=True) for h in wait.succ])
+            mode.append("or")
+            live0.append(False)
+        return graph
+
+    def _deadlocks(self, loop: Any, state: LoopState, graph: Graph, now: float,
+                   out: list[DeadlockFinding | StuckTaskFinding]) -> set[int]:
+        """Report new cycles; return ids of tasks in (or waiting behind) any cycle."""
+        nodes, succ, mode, live0 = graph.nodes, graph.succ, graph.mode, graph.live0
+        bad = doomed(succ, mode, live0)
+        count = len(nodes)
+        if not any(bad[:count]):
+            state.cycles = set()
+            state.deadlocked = 0
+            return set()
+        timers = timer_targets(loop)
+        rescued = False
+        for i in range(count):
+            if bad[i]:
+                e = nodes[i]
+                late = timers is not None and (id(e.task) in timers or id(e.fut) in timers)
+                if late or has_deadline(e.task, coro_chain(e.task)):
+                    live0[i] = rescued = True
+        if rescued:
+            bad = doomed(succ, mode, live0)
+        active: set[frozenset[tuple[int, int]]] = set()
+        involved: set[int] = set()
+        deadlocked = 0
+        for group in cycles(succ, bad):
+            members = [v for v in group if v < count]
+            if not members:
+                continue
+            key = frozenset((id(nodes[v].task), id(nodes[v].fut)) for v in members)
+            active.add(key)
+            deadlocked += len(members)
+            waiting = behind(group, succ, bad)
+            involved.update(id(nodes[v].task) for v in (*group, *waiting) if v < count)
+            if key not in state.cycles:
+                out.append(deadlock_finding(graph, group, waiting, self._wall_of(now), self.wall()))
+        state.cycles = active
+        state.deadlocked = deadlocked
+        return involved
+
+    def _stuck(self, state: LoopState, followed: list[Entry],
+               due: list[tuple[float, float, int, Any, Seen]], *, graph: Graph,
+               in_deadlock: set[int], now: float,
+               out: list[DeadlockFinding | StuckTaskFinding]) -> None:
+        pool = due
+        for e in followed:
+            rec = e.rec
+            if rec.check_at <= now and id(e.task) not in in_deadlock:
+                pool.append((rec.check_at, rec.since, id(e.task), e.task, rec))
+        # Never checked first, then the longest without a check: no wait starves the others.
+        # The rest (and those past the time budget) keep their place for the next scan.
+        by_task = {id(e.task): e for e in followed}
+        candidates = [
+            by_task.get(tid) or Entry(task, rec)
+            for _, _, tid, task, rec in heapq.nsmallest(CHECKS_PER_SCAN, pool)
+            if still(task, rec)
+        ]
+        checks = Checks(state.seen, graph)
+        deadline = time.perf_counter() + CHECK_BUDGET_S
+        walk_ok = now >= self._walk_after
+        for e in candidates:
+            if time.perf_counter() > deadline:
+                break
+            rec = e.rec
+            if e.wait is None:
+                e.wait = rec.wait = classify(e.task, rec.fut, self.tracker)
+                rec.kind = e.wait.kind
+            wait = e.wait
+            if (
+                wait.kind in ("sleep", "io") or wait.escapable or is_idle(e.task)
+                or self._idle_by_name(e.task) or has_deadline(e.task, coro_chain(e.task))
+            ):
+                rec.check_at = math.inf  # by design, or a timeout will end it
+                continue
+            if wait.kind in LOCKLIKE and wait.mode == "or" and all(t.done() for t in wait.succ):
+                reason = f"{names_of(wait.succ)} finished without releasing it"
+                blocked: list[Any] = []
+            elif wait.kind in SIGNAL_KINDS and wait.obj is not None:
+                key = id(wait.obj)
+                if key not in checks.verdicts:
+                    walks = self.walks
+                    checks.verdicts[key] = self._reach(e, checks, walk_ok=walk_ok)
+                    walk_ok = walk_ok and self.walks == walks  # at most one walk per scan
+                got = checks.verdicts[key]
+                if got is None:
+                    continue  # needs a heap walk, and none is due yet
+                verdict, blocked = got
+                if verdict.outcome != UNREACHABLE:
+                    rec.checks += 1
+                    rec.check_at = now + self.stuck_after_s * min(2 ** rec.checks, 64)
+                    continue
+                if not verdict.held_by_user:
+                    rec.check_at = math.inf  # `await asyncio.Future()`: forever by design
+                    continue
+                reason = UNREACHABLE_WHY.get(wait.kind, "nothing else references it")
+            else:
+                rec.check_at = now + self.stuck_after_s  # waits on tasks, or on live holders
+                continue
+            rec.reported = True
+            rec.check_at = math.inf
+            state.reported.add(id(e.task))
+            out.append(stuck_finding(e, reason, blocked, now, self._wall_of(now), self.wall()))
+
+    def _idle_by_name(self, task: Any) -> bool:
+        if not self.idle_patterns:
+            return False
+        for coro in coro_chain(task):
+            key = coroutine_key(coro)
+            if any(fnmatch.fnmatchcase(key, p) for p in self.idle_patterns):
+                return True
+        return False
+
+    def _reach(self, entry: Entry, checks: Checks, *, walk_ok: bool) -> tuple[
+        Verdict, list[Any]
+    ] | None:
+        """Can anything but its waiters (and who waits on them) reach the entry's object?
+        None when that needs a heap walk and none is allowed now."""
+        wait = entry.wait
+        assert wait is not None
+        waiters = checks.waiters_of(wait)
+        if not any(t is entry.task for t in waiters):
+            waiters.append(entry.task)
+        private_ids = {id(t) for t in waiters}
+        behind = checks.dependents(private_ids)
+        private: list[Any] = []
+        for task in [*waiters, *behind]:
+            private.append(task)
+            for coro in coro_chain(task):
+                private.append(coro)
+                private.append(frame_of(coro))
+        own = checks.own_refs(waiters)
+        self.checks += 1
+        verdict = direct([wait.obj], private, own)
+        if verdict is None:
+            if not walk_ok:
+                return None
+            began = time.perf_counter()
+            verdict = reach([wait.obj], {id(p) for p in private}, own_record)
+            self.walks += 1
+            # Walks cost a pass over the heap per level: space them out to WALK_SHARE.
+            self._walk_after = self.clock() + (time.perf_counter() - began) / WALK_SHARE
+        return verdict, behind
+
+    # ------------------------------------------------------------------ findings
+
+    def _wall_of(self, now: float) -> Callable[[float], float]:
+        """Detector clock readings (``now`` being this scan's) to epoch seconds."""
+        wall = self.wall()
+        return lambda when: wall - (now - when)
+
+    def _emit(self, finding: DeadlockFinding | StuckTaskFinding) -> None:
+        if isinstance(finding, DeadlockFinding):
+            self.deadlocks_found += 1
+        else:
+            self.stuck_found += 1
+        self.findings.add(finding)
+        detail = "\n".join(chain.format() for chain in finding.chains)
+        logger.warning("asyncwatch: %s\nAwait chains:\n%s", finding.explanation, detail)
+
+

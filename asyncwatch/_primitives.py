@@ -1,0 +1,473 @@
+"""Ownership and wait bookkeeping for asyncio's Lock, Semaphore and Condition.
+
+While installed, ``PrimitiveTracker`` replaces a few class attributes:
+
+* ``acquire``/``release`` of ``asyncio.Lock`` and ``asyncio.Semaphore`` (``BoundedSemaphore``
+  inherits ``acquire`` and calls ``Semaphore.release`` through ``super()``; ``Condition``
+  binds its lock's methods at construction): after the original ``acquire`` returns, the
+  current task is recorded as holder; ``release`` forgets it. A clock is read only when the
+  primitive was already taken on entry (the call is about to wait), for wait times.
+* ``__init__`` of ``Lock``, ``Semaphore``, ``Condition``, ``Event`` and ``Queue``: one frame is
+  read to remember where the object was created (the first caller outside asyncio).
+
+The state lives in one ``PrimitiveState`` per object, under the instance attribute
+``_asyncwatch_state``; the originals run unchanged (same results, exceptions and
+cancellation behaviour). ``uninstall()`` puts back each class attribute that is still ours.
+Objects created while installed keep their (inert) state attribute, and Conditions made then
+keep calling the wrapper, which only forwards once the tracker is off.
+
+Hooks for other components (the advisor wants semaphore wait times and holder counts):
+subclass ``PrimitiveObserver`` and ``tracker.observe(obs)``; only overridden methods are called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.events
+import asyncio.locks
+import asyncio.queues
+import asyncio.tasks
+import functools
+import os
+import sys
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ._faults import Faults
+from ._tasks import _Patch
+
+STATE_ATTR = "_asyncwatch_state"
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+_PKG_DIR = os.path.dirname(__file__) + os.sep
+_RUNNING = asyncio.events._get_running_loop
+
+if sys.version_info >= (3, 12):
+    _task_of: Callable[[Any], Any] = asyncio.current_task  # C; takes the loop
+else:  # asyncio.current_task is pure Python on 3.11
+    _task_of = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
+
+
+def current_task() -> Any:
+    """The task running on this thread's loop, or None (never raises)."""
+    loop = _RUNNING()
+    return None if loop is None else _task_of(loop)
+
+
+def _skipped_files() -> set[str]:
+    """Files whose frames are not "where it was created": asyncio's and asyncwatch's."""
+    out = set()
+    for name, module in list(sys.modules.items()):
+        if name == "asyncio" or name.startswith(("asyncio.", "asyncwatch")):
+            filename = getattr(module, "__file__", None)
+            if filename:
+                out.add(filename)
+    return out
+
+
+_SKIPPED: set[str] = set()
+_APP_FILES: set[str] = set()  # files seen not to be asyncio's or ours (bounded by the app)
+
+
+def _caller(frame: Any) -> tuple[Any, int] | None:
+    """(code, instruction offset) of the first frame from ``frame`` outward outside asyncio
+    and asyncwatch; the line number is worked out only if a finding needs it."""
+    while frame is not None:
+        code = frame.f_code
+        filename = code.co_filename
+        if filename in _APP_FILES:
+            return code, frame.f_lasti
+        if filename not in _SKIPPED:
+            if not filename.startswith((_ASYNCIO_DIR, _PKG_DIR)):
+                _APP_FILES.add(filename)
+                return code, frame.f_lasti
+            _SKIPPED.add(filename)
+        frame = frame.f_back
+    return None
+
+
+def _line_of(code: Any, offset: int) -> int:
+    for start, stop, line in code.co_lines():
+        if start <= offset < stop and line is not None:
+            return int(line)
+    return int(code.co_firstlineno)
+
+
+class PrimitiveState:
+    """What asyncwatch knows about one Lock, Semaphore, Condition, Event or Queue.
+
+    Only ``tracker``, ``kind`` and the creation site are set at creation; the rest keep the
+    class defaults until used (creating a lock stays cheap).
+    """
+
+    holder: Any = None  # Lock: the task holding it
+    holders: dict[Any, int] | None = None  # Semaphore: task -> permits held
+    initial: int | None = None  # Semaphore: permits at creation (None: unknown)
+    uncertain = False  # Semaphore: released by a task that did not hold it
+    part_of: PrimitiveState | None = None  # a Condition's lock: the Condition
+    loop: Any = None  # the loop it was last acquired on (finds the current task cheaply)
+    waits = 0  # acquires that found it taken
+    wait_s = 0.0  # total time those acquires waited
+
+    def __init__(self, tracker: PrimitiveTracker, kind: str, where: tuple[Any, int] | None):
+        self.tracker = tracker
+        self.kind = kind
+        self._where = where
+
+    @property
+    def site(self) -> tuple[str, int, str] | None:
+        """(filename, line, function) where the app created it (None: before install)."""
+        where = self._where
+        if where is None:
+            return None
+        code, offset = where
+        function = getattr(code, "co_qualname", code.co_name)
+        return (code.co_filename, _line_of(code, offset), function)
+
+    def held(self) -> int:
+        """Permits (or the lock) held now, by tasks asyncwatch saw acquire them."""
+        if self.kind == "Lock":
+            return 0 if self.holder is None else 1
+        return sum(self.holders.values()) if self.holders else 0
+
+    def describe(self) -> str:
+        """'Lock created at app.py:12 in main' (or 'the lock of Condition created at...')."""
+        if self.part_of is not None:
+            return f"the lock of {self.part_of.describe()}"
+        site = self.site
+        if site is None:
+            return f"{self.kind} (created before asyncwatch was installed)"
+        filename, line, function = site
+        return f"{self.kind} created at {filename}:{line} in {function}"
+
+
+class PrimitiveObserver:
+    """Extension point: override any of these; only overridden methods are ever called."""
+
+    def created(self, obj: Any, state: PrimitiveState) -> None:
+        """A Lock/Semaphore/Condition/Event/Queue was created while installed."""
+
+    def acquired(self, state: PrimitiveState, task: Any, waited_s: float | None) -> None:
+        """A Lock or Semaphore was acquired by ``task``; ``waited_s`` is None if it was free."""
+
+    def released(self, state: PrimitiveState, task: Any) -> None:
+        """A Lock or Semaphore was released (``task`` is the releasing task, or None)."""
+
+
+def state_of(obj: Any) -> PrimitiveState | None:
+    """The state asyncwatch keeps for ``obj``, if any (any tracker, current or not).
+
+    Creation stores only ``(tracker, kind, site)``; it becomes a ``PrimitiveState`` here, or
+    on the first acquire.
+    """
+    try:
+        state = vars(obj).get(STATE_ATTR)
+    except TypeError:
+        return None
+    if state is None or type(state) is PrimitiveState:
+        return state
+    if type(state) is tuple and len(state) == 3:
+        tracker, kind, where = state
+        state = PrimitiveState(tracker, kind, where)
+        setattr(obj, STATE_ATTR, state)
+        return state
+    return None
+
+
+class PrimitiveTracker:
+    """Installs the wrappers described in the module docstring."""
+
+    def __init__(self, faults: Faults, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.faults = faults
+        self.clock = clock
+        self.active = False
+        self._patches: list[_Patch] = []
+        self._observers: list[PrimitiveObserver] = []
+        self.on_created: tuple[Callable[..., None], ...] = ()
+        self.on_acquired: tuple[Callable[..., None], ...] = ()
+        self.on_released: tuple[Callable[..., None], ...] = ()
+        self._semaphores: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    # ------------------------------------------------------------------ hooks
+
+    def observe(self, observer: PrimitiveObserver) -> None:
+        """Call ``observer``'s overridden methods from now on."""
+        self._observers.append(observer)
+        self._rebind()
+
+    def unobserve(self, observer: PrimitiveObserver) -> None:
+        """Stop calling ``observer``."""
+        self._observers = [o for o in self._observers if o is not observer]
+        self._rebind()
+
+    def _rebind(self) -> None:
+        def bound(name: str) -> tuple[Callable[..., None], ...]:
+            base = getattr(PrimitiveObserver, name)
+            return tuple(
+                getattr(o, name) for o in self._observers if getattr(type(o), name) is not base
+            )
+
+        self.on_created = bound("created")
+        self.on_acquired = bound("acquired")
+        self.on_released = bound("released")
+
+    def semaphores(self) -> Iterator[tuple[Any, PrimitiveState]]:
+        """Live semaphores created while installed, with their state (holder counts...)."""
+        for sem in list(self._semaphores):
+            state = state_of(sem)
+            if state is not None and state.tracker is self:
+                yield sem, state
+
+    def fault(self, exc: BaseException) -> None:
+        """An internal error in a wrapper: counted, never raised into the app (unless strict)."""
+        if self.faults.report("primitives", exc):
+            self.active = False
+
+    # ------------------------------------------------------------------ state
+
+    def adopt(self, obj: Any, kind: str) -> PrimitiveState:
+        """Give ``obj`` a state owned by this tracker: first seen now, so who holds it (and a
+        semaphore's initial value) is unknown; a state left by an earlier install lends its
+        creation site and initial value."""
+        old = state_of(obj)
+        if old is not None and old.tracker is self:
+            return old  # created while installed: its whole life was seen
+        state = PrimitiveState(self, kind, old._where if old is not None else None)
+        if old is not None:
+            state.initial = old.initial
+            state.part_of = old.part_of
+        obj._asyncwatch_state = state
+        return state
+
+    def holder_task(self, state: PrimitiveState) -> Any:
+        """The task running now: looked up on the loop the primitive was last used on (no
+        system call), else on this thread's running loop."""
+        loop = state.loop
+        task = _task_of(loop) if loop is not None else None
+        if task is None:
+            loop = state.loop = _RUNNING()
+            task = _task_of(loop) if loop is not None else None
+        return task
+
+    # ------------------------------------------------------------------ install
+
+    def install(self) -> None:
+        """Patch the classes. Idempotent."""
+        if self._patches:
+            return
+        _SKIPPED.update(_skipped_files())
+        self.active = True
+        locks = asyncio.locks
+        self._wrap_init(locks.Lock, "Lock", lazy=True)
+        self._wrap_init(locks.Semaphore, None, lazy=False)
+        self._wrap_init(locks.Condition, "Condition", lazy=False)
+        self._wrap_init(locks.Event, "Event", lazy=True)
+        self._wrap_init(asyncio.queues.Queue, None, lazy=True)
+        self._wrap_lock(_fast_paths_match())
+        self._wrap_semaphore(_fast_paths_match())
+
+    def uninstall(self) -> None:
+        """Put back every class attribute that is still ours. Idempotent."""
+        self.active = False
+        patches, self._patches = self._patches, []
+        for patch in reversed(patches):
+            patch.undo()
+
+    def _patch(self, cls: type, name: str, fn: Any) -> None:
+        original = cls.__dict__[name]
+        functools.update_wrapper(fn, original)
+        self._patches.append(_Patch(cls, name, fn))
+
+    def _wrap_init(self, cls: type, kind: str | None, *, lazy: bool) -> None:
+        original = cls.__dict__["__init__"]
+        tracker = self
+        getframe = sys._getframe
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            if tracker.active:
+                try:
+                    name = kind or type(self).__name__
+                    where = _caller(getframe(1))
+                    if lazy and not tracker.on_created:
+                        self._asyncwatch_state = (tracker, name, where)  # see state_of()
+                        return
+                    state = PrimitiveState(tracker, name, where)
+                    self._asyncwatch_state = state
+                    if name.endswith("Semaphore"):
+                        bound = getattr(self, "_bound_value", None)
+                        state.initial = self._value if bound is None else bound
+                        tracker._semaphores.add(self)
+                    elif name == "Condition":
+                        lock_state = state_of(self._lock)
+                        if lock_state is not None and lock_state.tracker is tracker:
+                            lock_state.part_of = state
+                    for hook in tracker.on_created:
+                        hook(self, state)
+                except Exception as exc:
+                    tracker.fault(exc)
+
+        self._patch(cls, "__init__", __init__)
+
+    def _wrap_lock(self, inline: bool) -> None:
+        cls = asyncio.locks.Lock
+        acquire_original = cls.__dict__["acquire"]
+        release_original = cls.__dict__["release"]
+        tracker = self
+        clock = self.clock
+        task_of = _task_of
+
+        def took(lock: Any, waited: float | None) -> None:
+            state = state_of(lock)
+            if state is None or state.tracker is not tracker:
+                state = tracker.adopt(lock, "Lock")
+            task = tracker.holder_task(state)
+            state.holder = task
+            if waited is not None:
+                state.waits += 1
+                state.wait_s += waited
+            for hook in tracker.on_acquired:
+                hook(state, task, waited)
+
+        async def acquire(self: Any) -> Any:
+            if inline and not self._locked and not self._waiters and tracker.active:
+                # asyncio's own fast path, verbatim (its condition is a superset of this one).
+                self._locked = True
+                try:
+                    try:
+                        state = self._asyncwatch_state
+                        loop = state.loop
+                    except AttributeError:  # not seen yet, or still a creation tuple
+                        state = loop = None
+                    task = task_of(loop) if loop is not None else None
+                    if task is None or state.tracker is not tracker:
+                        took(self, None)
+                    else:
+                        state.holder = task
+                        for hook in tracker.on_acquired:
+                            hook(state, task, None)
+                except Exception as exc:
+                    tracker.fault(exc)
+                return True
+            if not tracker.active:
+                return await acquire_original(self)
+            waits = bool(self._locked or self._waiters)
+            began = clock() if waits else 0.0
+            result = await acquire_original(self)
+            try:
+                took(self, clock() - began if waits else None)
+            except Exception as exc:
+                tracker.fault(exc)
+            return result
+
+        def release(self: Any) -> None:
+            release_original(self)
+            if tracker.active:
+                try:
+                    try:
+                        state = self._asyncwatch_state
+                    except AttributeError:
+                        return
+                    if type(state) is PrimitiveState and state.tracker is tracker:
+                        state.holder = None
+                        if tracker.on_released:
+                            task = tracker.holder_task(state)
+                            for hook in tracker.on_released:
+                                hook(state, task)
+                except Exception as exc:
+                    tracker.fault(exc)
+
+        self._patch(cls, "acquire", acquire)
+        self._patch(cls, "release", release)
+
+    def _wrap_semaphore(self, inline: bool) -> None:
+        cls = asyncio.locks.Semaphore
+        acquire_original = cls.__dict__["acquire"]
+        release_original = cls.__dict__["release"]
+        tracker = self
+        clock = self.clock
+
+        def took(sem: Any, waited: float | None) -> None:
+            state = state_of(sem)
+            if state is None or state.tracker is not tracker:
+                state = tracker.adopt(sem, type(sem).__name__)
+            task = tracker.holder_task(state)
+            if task is None:
+                state.uncertain = True  # acquired outside any task: no owner to name
+            else:
+                holders = state.holders
+                if holders is None:
+                    holders = state.holders = {}
+                holders[task] = holders.get(task, 0) + 1
+            if waited is not None:
+                state.waits += 1
+                state.wait_s += waited
+            for hook in tracker.on_acquired:
+                hook(state, task, waited)
+
+        async def acquire(self: Any) -> Any:
+            if inline and self._value > 0 and not self._waiters and tracker.active:
+                # asyncio's own fast path, verbatim (its condition is a superset of this one).
+                self._value -= 1
+                try:
+                    took(self, None)
+                except Exception as exc:
+                    tracker.fault(exc)
+                return True
+            if not tracker.active:
+                return await acquire_original(self)
+            waits = bool(self._value <= 0 or self._waiters)
+            began = clock() if waits else 0.0
+            result = await acquire_original(self)
+            try:
+                took(self, clock() - began if waits else None)
+            except Exception as exc:
+                tracker.fault(exc)
+            return result
+
+        def release(self: Any) -> None:
+            release_original(self)
+            if tracker.active:
+                try:
+                    state = self.__dict__.get(STATE_ATTR)
+                    if type(state) is PrimitiveState and state.tracker is tracker:
+                        task = tracker.holder_task(state)
+                        holders = state.holders or {}
+                        count = holders.get(task)
+                        if count is not None:
+                            if count > 1:
+                                holders[task] = count - 1
+                            else:
+                                del holders[task]
+                        elif holders:
+                            # Released by a task that did not acquire it: a permit changed
+                            # hands, and who holds which one can no longer be known.
+                            del holders[next(iter(holders))]
+                            state.uncertain = True
+                        for hook in tracker.on_released:
+                            hook(state, task)
+                except Exception as exc:
+                    tracker.fault(exc)
+
+        self._patch(cls, "acquire", acquire)
+        self._patch(cls, "release", release)
+
+
+def _fast_paths_match() -> bool:
+    """Whether Lock and Semaphore keep the state their fast paths test (``_locked``,
+    ``_value``, ``_waiters``) as on 3.11-3.14; if a future Python changes that, the wrappers
+    fall back to calling the original ``acquire`` every time."""
+    lock = asyncio.locks.Lock.__new__(asyncio.locks.Lock)
+    sem = asyncio.locks.Semaphore.__new__(asyncio.locks.Semaphore)
+    try:
+        asyncio.locks.Lock.__dict__["__init__"](lock)
+        asyncio.locks.Semaphore.__dict__["__init__"](sem, 1)
+    except Exception:
+        return False
+    return (
+        set(vars(lock)) == {"_waiters", "_locked"} | ({STATE_ATTR} & set(vars(lock)))
+        and {"_waiters", "_value"} <= set(vars(sem))
+        and vars(lock)["_locked"] is False and not vars(lock)["_waiters"]
+        and vars(sem)["_value"] == 1
+    )

@@ -1,0 +1,254 @@
+"""The deadlock scanner's records: what it remembers per waiting task across scans, what
+one scan collects, the wait-for graph it builds, and the per-scan indexes of its stuck checks.
+
+Every class here has ``__slots__`` and is recognised by ``own_record`` so that reference
+counting (``_reach``) can tell asyncwatch's own references from the app's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from ._primitives import PrimitiveState
+from ._reach import Verdict
+from ._waitgraph import DEAD, LIVE, Wait, is_task
+
+LOCKLIKE = ("lock", "semaphore")
+
+
+class Seen:
+    """One task's current wait, across scans. It holds the future the task waits on (the task
+    holds it too, while it waits); no reference to the task itself."""
+
+    __slots__ = ("check_at", "checks", "follow", "fut", "kind", "reported", "since", "wait")
+
+    def __init__(self, fut: Any, since: float) -> None:
+        self.fut = fut
+        self.since = since
+        self.kind: str | None = None  # set when a second scan finds the same wait
+        self.follow = False  # an edge kind: part of the deadlock graph every scan
+        self.check_at = since  # when next to look at it (classify, then stuck checks)
+        self.checks = 0
+        self.reported = False
+        # The Wait of a kind whose edges cannot change while the future is the same (task,
+        # gather, shield) or of a signal kind: it references only what the waiting task's
+        # future already does.
+        self.wait: Wait | None = None
+
+
+class Sweep:
+    """What one scan collects while it walks the task list (possibly in slices)."""
+
+    __slots__ = ("current", "due", "followed", "new", "now", "old")
+
+    def __init__(self, old: dict[int, Seen], current: Any, now: float) -> None:
+        self.old = old
+        self.current = current
+        self.now = now
+        self.new: dict[int, Seen] = {}
+        self.followed: list[Entry] = []
+        # (check_at, since, n, task, rec): sortable as is, n breaking ties before the task
+        self.due: list[tuple[float, float, int, Any, Seen]] = []
+
+
+class Entry:
+    """A settled wait during one scan (the future is reached through ``rec``, so that the
+    records referencing a waited-on object are exactly the ``Seen`` ones)."""
+
+    __slots__ = ("rec", "task", "wait")
+
+    def __init__(self, task: Any, rec: Seen) -> None:
+        self.task = task
+        self.rec = rec
+        self.wait: Wait | None = None
+
+    @property
+    def fut(self) -> Any:
+        return self.rec.fut
+
+
+class Graph:
+    """One scan's wait-for graph: task nodes (``nodes``), then lock/semaphore nodes (``res``).
+    ``waiting`` has every followed wait, ``nodes`` only those that may be on a cycle."""
+
+    __slots__ = ("live0", "mode", "nodes", "res", "succ", "waiting")
+
+    def __init__(self, nodes: list[Entry]) -> None:
+        self.nodes = nodes
+        self.waiting: list[Entry] = nodes
+        self.succ: list[list[int]] = []
+        self.mode: list[str] = []
+        self.live0: list[bool] = []
+        self.res: list[Wait] = []
+
+
+class LoopState:
+    __slots__ = ("cycles", "deadlocked", "handle", "reported", "seen", "stuck")
+
+    def __init__(self) -> None:
+        self.seen: dict[int, Seen] = {}
+        self.reported: set[int] = set()  # ids of tasks whose current wait was reported stuck
+        self.cycles: set[frozenset[tuple[int, int]]] = set()
+        self.deadlocked = 0
+        self.stuck = 0
+        self.handle: Any = None
+
+
+class Checks:
+    """Per-scan state of the stuck checks: verdicts per object, reverse edges on demand."""
+
+    __slots__ = ("_rev", "graph", "seen", "verdicts")
+
+    def __init__(self, seen: dict[int, Seen], graph: Graph) -> None:
+        self.seen = seen
+        self.graph = graph
+        self.verdicts: dict[int, tuple[Verdict, list[Any]] | None] = {}
+        self._rev: dict[int, list[Entry]] | None = None
+
+    @staticmethod
+    def waiters_of(wait: Wait) -> list[Any]:
+        """Tasks waiting on the same object: the owners of the wake-up callbacks of its
+        waiter futures (or of the future itself)."""
+        obj = wait.obj
+        futs = [obj] if wait.kind == "future" else []
+        for holder in (obj, getattr(obj, "_finished", None)):
+            for attr in ("_waiters", "_getters", "_putters"):
+                futs.extend(getattr(holder, attr, None) or ())
+        out: dict[int, Any] = {}
+        for f in futs:
+            for entry in getattr(f, "_callbacks", None) or ():
+                cb = entry[0] if isinstance(entry, tuple) else entry
+                owner = getattr(cb, "__self__", None)
+                if is_task(owner) and getattr(owner, "_fut_waiter", None) is f:
+                    out[id(owner)] = owner
+        return list(out.values())
+
+    def own_refs(self, waiters: list[Any]) -> list[Any]:
+        """asyncwatch's own records that may reference the waiters' object: their ``Seen``
+        records (future, cached Wait). A reference missed here only sends the decision to
+        the heap walk, which skips asyncwatch's objects by type."""
+        out: dict[int, Any] = {}
+        for t in waiters:
+            rec = self.seen.get(id(t))
+            if rec is not None:
+                out[id(rec)] = rec
+                if rec.wait is not None:
+                    out[id(rec.wait)] = rec.wait
+                    out[id(rec.wait.succ)] = rec.wait.succ
+        return list(out.values())
+
+    def dependents(self, private: set[int]) -> list[Any]:
+        """Tasks that can only wake through the tasks in ``private`` (added to it)."""
+        if self._rev is None:
+            self._rev = {}
+            for e in self.graph.waiting:
+                if e.wait is not None and not e.wait.escapable:
+                    for t in e.wait.succ:
+                        self._rev.setdefault(id(t), []).append(e)
+        out: list[Any] = []
+        todo = list(private)
+        while todo:
+            for e in self._rev.get(todo.pop(), ()):
+                tid = id(e.task)
+                if tid in private:
+                    continue
+                wait = e.wait
+                assert wait is not None
+                ids = [id(t) for t in wait.succ if is_task(t) and not t.done()]
+                if wait.kind in LOCKLIKE or wait.mode == "or":
+                    caught = all(x in private for x in ids)
+                else:
+                    caught = True
+                if caught:
+                    private.add(tid)
+                    out.append(e.task)
+                    todo.append(tid)
+        return out
+
+
+if sys.version_info >= (3, 12):
+
+    def tasks_of(loop: Any) -> list[Any]:
+        return list(asyncio.all_tasks(loop))
+
+else:  # 3.11's all_tasks calls a Python helper per task; this is the same filter inline
+
+    def tasks_of(loop: Any) -> list[Any]:
+        registry = asyncio.tasks._all_tasks  # type: ignore[attr-defined]
+        for _ in range(1000):
+            try:
+                every = list(registry)
+                break
+            except RuntimeError:  # changed size during iteration (another thread)
+                continue
+        else:
+            return list(asyncio.all_tasks(loop))
+        return [t for t in every if getattr(t, "_loop", None) is loop and not t.done()]
+
+
+OWN_TYPES = (Wait, Seen, Sweep, Entry, Graph, Checks, LoopState, PrimitiveState)
+
+
+def own_record(obj: Any) -> bool:
+    return isinstance(obj, OWN_TYPES)
+
+
+
+
+def trim(entries: list[Entry]) -> list[Entry]:
+    """Leave out waits that cannot be on a cycle: those on nothing but tasks outside the set
+    (running, runnable, or waiting on something that can wake them), repeatedly. What is left
+    out is live, exactly as if it were in the graph; a lock held by a finished task stays."""
+    while True:
+        ids = {id(e.task) for e in entries}
+        keep = []
+        for e in entries:
+            wait = e.wait
+            assert wait is not None
+            lock = wait.kind in LOCKLIKE
+            for s in wait.succ:
+                if id(s) in ids or (lock and s.done()):
+                    keep.append(e)
+                    break
+        if len(keep) == len(entries):
+            return keep
+        entries = keep
+
+
+def still(task: Any, rec: Seen) -> bool:
+    """Whether ``task`` still waits on the future ``rec`` recorded."""
+    fut = getattr(task, "_fut_waiter", None)
+    return fut is rec.fut and fut is not None and not fut.done()
+
+
+def node_of(obj: Any, index: dict[int, int], *, holder: bool) -> int:
+    """Graph node of a successor: a settled task's index, LIVE or DEAD."""
+    if not is_task(obj):
+        return LIVE  # a plain future: whoever resolves it is not followed
+    if obj.done():
+        return DEAD if holder else LIVE
+    j = index.get(id(obj))
+    return LIVE if j is None else j
+
+
+def behind(group: list[int], succ: list[list[int]], bad: list[bool]) -> list[int]:
+    """Doomed nodes outside ``group`` that wait (transitively) on it."""
+    members = set(group)
+    preds: dict[int, list[int]] = {}
+    for v, edges in enumerate(succ):
+        if bad[v]:
+            for w in edges:
+                if w >= 0:
+                    preds.setdefault(w, []).append(v)
+    out: list[int] = []
+    seen = set(members)
+    todo = list(members)
+    while todo:
+        for v in preds.get(todo.pop(), ()):
+            if v not in seen:
+                seen.add(v)
+                out.append(v)
+                todo.append(v)
+    return sorted(out)

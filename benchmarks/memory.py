@@ -1,0 +1,96 @@
+"""Memory: 1,000,000 tasks across 1,000 coroutine names; asyncwatch's own memory stays flat.
+
+Runs the same workload twice, each in a fresh subprocess: bare asyncio, then asyncwatch
+installed (metrics only, default settings). Resident set size is read at checkpoints; the
+difference between the two runs is what asyncwatch holds, and it must not grow with the
+number of tasks. Run: ``python benchmarks/memory.py`` (``--tasks 100000`` for a quicker run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import RESULTS  # noqa: E402
+
+CHILD = r"""
+import asyncio, gc, json, sys, types
+import psutil
+
+mode, total = sys.argv[1], int(sys.argv[2])
+if mode == "asyncwatch":
+    import asyncwatch
+    asyncwatch.install(metrics_exporters=("none",))
+
+async def template():
+    await asyncio.sleep(0)
+
+namespace = {"__name__": "bench.jobs", "asyncio": asyncio}
+jobs = []
+for i in range(1000):
+    code = template.__code__.replace(co_name=f"job_{i}", co_qualname=f"job_{i}")
+    jobs.append(types.FunctionType(code, namespace, f"job_{i}"))
+
+proc = psutil.Process()
+checkpoints = sorted({total // 10, total // 4, total // 2, 3 * total // 4, total})
+
+async def main():
+    done, out = 0, []
+    while done < total:
+        await asyncio.gather(*(job() for job in jobs))
+        done += len(jobs)
+        if checkpoints and done >= checkpoints[0]:
+            checkpoints.pop(0)
+            gc.collect()
+            out.append((done, proc.memory_info().rss))
+    return out
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def run(mode: str, tasks: int) -> list[tuple[int, int]]:
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, str(tasks)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [tuple(p) for p in json.loads(result.stdout)]  # type: ignore[misc]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    args = parser.parse_args()
+    bare = run("bare", args.tasks)
+    watched = run("asyncwatch", args.tasks)
+    lines = [
+        "| tasks run | RSS bare (MiB) | RSS asyncwatch (MiB) | asyncwatch's share (MiB) |",
+        "|---:|---:|---:|---:|",
+    ]
+    shares = []
+    for (done, b), (_, w) in zip(bare, watched, strict=True):
+        share = (w - b) / 2**20
+        shares.append(share)
+        lines.append(f"| {done:,} | {b / 2**20:.1f} | {w / 2**20:.1f} | {share:.1f} |")
+    growth = shares[-1] - shares[0]
+    lines.append("")
+    lines.append(
+        f"{args.tasks:,} tasks over 1,000 coroutine names; asyncwatch's share grew by "
+        f"{growth:+.1f} MiB from the first checkpoint to the last."
+    )
+    text = "\n".join(lines)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "memory.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

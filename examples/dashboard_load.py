@@ -1,0 +1,135 @@
+"""A steady, varied asyncio workload that puts data in every asyncwatch dashboard panel.
+
+Use it to try the Grafana dashboards and Prometheus rules in ``grafana/`` and ``exporters/``
+(the test suite scrapes it with a real Prometheus)::
+
+    python examples/dashboard_load.py --forever
+    # metrics at http://127.0.0.1:9464/metrics (ASYNCWATCH_PROMETHEUS_PORT to move it)
+
+What it does, so each panel has something to show:
+
+* a request-like fan-out (``handle_order`` -> ``gather`` of ``fetch_price`` / ``reserve_stock``)
+  with varied durations, a few ``ConnectionError`` and ``TimeoutError`` failures and some
+  cancelled tasks;
+* a burst now and then, so schedule delay and peak in-flight counts move;
+* a short-lived allocation-heavy coroutine (``build_report``) for the per-coroutine memory panel
+  (``ASYNCWATCH_MEMORY_ATTRIBUTION=1``);
+* one task that waits forever on an ``asyncio.Event`` nobody sets (``wait_for_approval``):
+  a stuck task for the diagnosis dashboard.
+
+``--inject-faults`` also exercises asyncwatch's own health panels: it registers a metric
+source that always fails (counted in ``asyncwatch.internal.errors``; your app is unaffected)
+and sends OTLP metrics to a port where nothing listens (counted in
+``asyncwatch.export.dropped``). Never use it outside a demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import time
+from typing import Any
+
+import asyncwatch
+
+
+async def fetch_price(item: int) -> float:
+    await asyncio.sleep(random.uniform(0.001, 0.02))
+    if random.random() < 0.04:
+        raise ConnectionError(f"price service refused item {item}")
+    return item * 1.5
+
+
+async def reserve_stock(item: int) -> bool:
+    await asyncio.sleep(random.expovariate(1 / 0.01))
+    if random.random() < 0.02:
+        raise TimeoutError(f"stock service timed out for item {item}")
+    return True
+
+
+async def handle_order(order: int) -> int:
+    items = range(order % 7 + 1)
+    results = await asyncio.gather(
+        *(fetch_price(i) for i in items), *(reserve_stock(i) for i in items), return_exceptions=True
+    )
+    return sum(1 for r in results if not isinstance(r, BaseException))
+
+
+async def build_report() -> int:
+    rows = [str(i) * 20 for i in range(2000)]  # allocated inside the coroutine
+    await asyncio.sleep(0.05)
+    return len(rows)
+
+
+async def wait_for_approval(approved: asyncio.Event) -> None:
+    await approved.wait()  # nobody ever sets it: a stuck task, on purpose
+
+
+async def run(seconds: float, pause: float) -> None:
+    approved = asyncio.Event()
+    stuck = asyncio.create_task(wait_for_approval(approved))
+    deadline = time.monotonic() + seconds
+    order = 0
+    pending: set[asyncio.Task[int]] = set()
+    while time.monotonic() < deadline:
+        order += 1
+        burst = 40 if order % 50 == 0 else 2  # a burst now and then: delay and peaks move
+        for _ in range(burst):
+            task = asyncio.create_task(handle_order(order))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if order % 10 == 0:
+            report = asyncio.create_task(build_report())
+            pending.add(report)
+            report.add_done_callback(pending.discard)
+        if order % 15 == 0 and pending:
+            next(iter(pending)).cancel()  # a client went away
+        await asyncio.sleep(pause)
+    stuck.cancel()
+    await asyncio.gather(*pending, stuck, return_exceptions=True)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _broken_source() -> list[object]:
+    raise RuntimeError("injected by examples/dashboard_load.py --inject-faults")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--forever", action="store_true")
+    parser.add_argument(
+        "--pause", type=float, default=0.05, help="seconds between orders (default 0.05)"
+    )
+    parser.add_argument(
+        "--inject-faults",
+        action="store_true",
+        help="exercise asyncwatch's health metrics (internal errors, dropped exports)",
+    )
+    args = parser.parse_args()
+    settings: dict[str, Any] = {}
+    if args.inject_faults:
+        os.environ["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] = (
+            f"http://127.0.0.1:{_closed_port()}/v1/metrics"
+        )
+        os.environ.setdefault("OTEL_METRIC_EXPORT_INTERVAL", "1000")
+        settings.update(metrics_exporters=("prometheus", "otlp"), export_timeout_s=0.5)
+    watch = asyncwatch.install(**settings)
+    if args.inject_faults:
+        watch.bridge.add_source("dashboard_load.injected_fault", _broken_source)
+    print(f"metrics at {watch.prometheus_url}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(float("inf") if args.forever else args.seconds, args.pause))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Lock/Semaphore/Condition ownership tracking: right holders, same behaviour, exact restore."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import asyncwatch
+from asyncwatch._primitives import PrimitiveObserver, PrimitiveState, state_of
+
+from .deadlock_helpers import install, line_of, settle
+
+HERE = __file__
+CLASSES = (
+    asyncio.Lock,
+    asyncio.Semaphore,
+    asyncio.BoundedSemaphore,
+    asyncio.Condition,
+    asyncio.Event,
+    asyncio.Queue,
+)
+
+
+def class_attributes() -> dict[type, dict[str, Any]]:
+    return {cls: dict(vars(cls)) for cls in CLASSES}
+
+
+def test_uninstall_restores_the_classes_exactly() -> None:
+    """After uninstall every attribute of Lock, Semaphore, Condition... is the original."""
+    before = class_attributes()
+    install()
+    assert asyncio.Lock.__dict__["acquire"] is not before[asyncio.Lock]["acquire"]
+    asyncwatch.uninstall()
+    after = class_attributes()
+    for cls in CLASSES:
+        assert after[cls].keys() == before[cls].keys()
+        for name, value in before[cls].items():
+            assert after[cls][name] is value, (cls, name)
+
+
+def test_a_later_patch_by_someone_else_is_left_in_place() -> None:
+    """If the app patched Lock.acquire after install, uninstall does not undo the app's."""
+    original = asyncio.Lock.__dict__["acquire"]
+    install()
+    ours = asyncio.Lock.__dict__["acquire"]
+
+    async def theirs(self: asyncio.Lock) -> bool:
+        return bool(await ours(self))
+
+    asyncio.Lock.acquire = theirs  # type: ignore[method-assign]
+    try:
+        asyncwatch.uninstall()
+        assert asyncio.Lock.__dict__["acquire"] is theirs
+    finally:
+        asyncio.Lock.acquire = original  # type: ignore[method-assign]
+
+
+async def test_lock_holder_is_the_acquiring_task() -> None:
+    """The holder is recorded on acquire and forgotten on release; the site is the caller."""
+    install()
+    lock = asyncio.Lock()  # made here
+    state = state_of(lock)
+    assert state is not None
+    assert state.site is not None
+    assert state.site[1] == line_of("made here", HERE)
+    assert await lock.acquire() is True
+    assert state.holder is asyncio.current_task()
+    lock.release()
+    assert state.holder is None
+    with pytest.raises(RuntimeError, match="not acquired"):
+        lock.release()
+
+
+async def test_semaphore_holders_are_counted_per_task() -> None:
+    """Each task's permits are counted; BoundedSemaphore still refuses an extra release."""
+    install()
+    sem = asyncio.BoundedSemaphore(3)
+    state = state_of(sem)
+    assert state is not None
+    assert state.initial == 3
+    entered = asyncio.Event()
+    leave = asyncio.Event()
+
+    async def hold_two() -> None:
+        async with sem, sem:
+            entered.set()
+            await leave.wait()
+
+    other = asyncio.create_task(hold_two())
+    await entered.wait()
+    async with sem:
+        assert state.holders == {other: 2, asyncio.current_task(): 1}
+        assert state.held() == 3
+    leave.set()
+    await other
+    assert not state.holders
+    assert state.held() == 0
+    with pytest.raises(ValueError, match="released too many times"):
+        sem.release()
+
+
+async def test_release_by_another_task_makes_ownership_unknown() -> None:
+    """A permit released by a task that did not take it: holders are no longer claimed."""
+    install()
+    sem = asyncio.Semaphore(1)
+    state = state_of(sem)
+    assert state is not None
+    await sem.acquire()
+
+    async def release_for_it() -> None:
+        sem.release()
+
+    await asyncio.create_task(release_for_it())
+    assert state.uncertain
+    assert not state.holders
+
+
+async def test_condition_lock_is_tracked_through_the_condition() -> None:
+    """A Condition's lock knows its Condition; wait() releases and re-acquires it."""
+    install()
+    cond = asyncio.Condition()
+    lock_state = state_of(cond._lock)  # type: ignore[attr-defined]
+    assert lock_state is not None
+    assert lock_state.part_of is state_of(cond)
+    assert lock_state.describe().startswith("the lock of Condition created at")
+    seen: list[Any] = []
+
+    async def notifier() -> None:
+        async with cond:
+            seen.append(lock_state.holder)
+            cond.notify()
+
+    async with cond:
+        me = asyncio.current_task()
+        task = asyncio.create_task(notifier())
+        await cond.wait()
+        assert lock_state.holder is me
+    await task
+    assert seen == [task]
+    assert lock_state.holder is None
+
+
+async def test_cancelled_waiter_leaves_the_lock_consistent() -> None:
+    """Cancelling a task waiting for a lock behaves as in bare asyncio."""
+    install()
+    lock = asyncio.Lock()
+    await lock.acquire()
+    waiter = asyncio.create_task(lock.acquire())
+    await settle()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    lock.release()
+    assert not lock.locked()
+    async with lock:
+        assert state_of(lock).holder is asyncio.current_task()  # type: ignore[union-attr]
+
+
+async def test_observer_gets_wait_times_only_for_contended_acquires() -> None:
+    """PrimitiveObserver.acquired: waited_s is None when free, a duration when it waited."""
+    watch, _ = install()
+    calls: list[tuple[str, float | None]] = []
+
+    class Recorder(PrimitiveObserver):
+        def acquired(self, state: PrimitiveState, task: Any, waited_s: float | None) -> None:
+            calls.append((state.kind, waited_s))
+
+    watch.primitives.observe(Recorder())
+    lock = asyncio.Lock()
+    async with lock:
+        contender = asyncio.create_task(lock.acquire())
+        await settle()
+    await contender
+    lock.release()
+    assert calls[0] == ("Lock", None)
+    assert calls[1][0] == "Lock"
+    assert calls[1][1] is not None
+    assert calls[1][1] >= 0
+    state = state_of(lock)
+    assert state is not None
+    assert state.waits == 1
+
+
+async def test_objects_made_while_installed_still_work_after_uninstall() -> None:
+    """A Condition created while installed keeps working (and tracking stops) afterwards."""
+    install()
+    cond = asyncio.Condition()
+    sem = asyncio.Semaphore(1)
+    asyncwatch.uninstall()
+    async with cond:
+        cond.notify_all()
+    async with sem:
+        pass
+    assert not state_of(sem).holders  # type: ignore[union-attr]
+
+
+async def test_reinstall_tracks_objects_from_an_earlier_install() -> None:
+    """A lock made under one install is tracked by the next one, its site kept."""
+    install()
+    lock = asyncio.Lock()
+    site = state_of(lock).site  # type: ignore[union-attr]
+    asyncwatch.uninstall()
+    watch, _ = install()
+    async with lock:
+        state = state_of(lock)
+        assert state is not None
+        assert state.tracker is watch.primitives
+        assert state.holder is asyncio.current_task()
+        assert state.site == site
