@@ -226,6 +226,7 @@ class HttpExchange(_Exchange):
         version = get("http_version")
         self.version = version if version.__class__ is str and len(version) < 8 else None
         shard = self.shard = obs.stats.shard
+        shard.live.add(self)
         if meters:  # False when FastAPI's own telemetry records the HTTP metrics
             cell = shard.active.get((method, scheme))
             if cell is None:
@@ -307,6 +308,7 @@ class HttpExchange(_Exchange):
         """Record the request (once): metrics, disconnect count, span."""
         try:
             self.recorded = True
+            self.shard.live.discard(self)
             scope = self.scope
             # The route: Starlette's matched route when no mount was crossed (the common
             # case, inline here), else matched again from the router (see _routes).
@@ -344,6 +346,16 @@ class HttpExchange(_Exchange):
                 self.end_span(error, status, error is not None, end_ns)
         except Exception as exc:
             self.obs.fault("asgi_request", exc)
+
+    def live_route(self) -> str | None:
+        """The route template of this request while it is in flight (None: not routed yet, or
+        no route); read by the console from another thread, so it only reads."""
+        if self.route is not None:
+            return self.route
+        scope = self.scope
+        if scope is None or scope.get("route") is None:
+            return None
+        return _routes.template(scope, self.root_path, self.router)
 
     def failure(self, stats: Any, template: str | None, status: int | None) -> tuple[Any, Any]:
         """(status, error.type) of a request that did not simply succeed."""

@@ -62,6 +62,23 @@ class BoundHist:
         total.min = min(total.min, self.min)
         total.max = max(total.max, self.max)
 
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile, interpolated inside its bucket and clamped to the observed
+        min/max (None when empty). Coarse by nature: the buckets are the exported ones."""
+        if self.count == 0:
+            return None
+        rank = q * self.count
+        seen = 0
+        bounds = self.bounds
+        for i, c in enumerate(self.counts):
+            if c and seen + c >= rank:
+                low = bounds[i - 1] if i > 0 else self.min
+                high = bounds[i] if i < len(bounds) else self.max
+                low, high = max(low, self.min), min(high, self.max)
+                return low + (high - low) * max(0.0, rank - seen) / c
+            seen += c
+        return self.max
+
     def value(self) -> HistValue:
         """The exported form."""
         empty = self.count == 0
@@ -140,6 +157,7 @@ class HttpShard:
         "active",
         "background",
         "disconnects",
+        "live",
         "request_tasks",
         "requests",
         "task_outcomes",
@@ -153,6 +171,8 @@ class HttpShard:
         # (method, scheme) -> [started - ended]; the request keeps the cell it incremented
         self.active: dict[tuple[str, str], list[int]] = {}
         self.disconnects: dict[tuple[str, str | None, str], int] = {}
+        # requests whose response is not complete yet (for the console's in-flight per route)
+        self.live: set[Any] = set()
         self.background: dict[tuple[str, str | None, str | None], BoundHist] = {}
         # (method or None, route, protocol name)
         self.request_tasks: dict[tuple[str | None, str | None, str], BoundHist] = {}
@@ -250,7 +270,52 @@ class HttpStats:
             self._error_names.clear()
             self.started_ns = time.time_ns()
 
-    # ---------------------------------------------------------------- reader
+    # ---------------------------------------------------------------- readers
+
+    def route_table(self) -> list[dict[str, Any]]:
+        """One mapping per (method, route): ``route``, ``method``, ``requests``, ``errors``
+        (requests with an ``error.type``), ``in_flight`` and ``p50``/``p95``/``p99`` of the
+        duration in seconds (None when not timed here), for the console's ``http`` command.
+        Requests that matched no route are under route ``""``; a request still in flight is
+        placed by the route it matched so far."""
+        with self._lock:
+            shards = list(self._shards)
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        durations: dict[tuple[str, str], BoundHist] = {}
+
+        def row(method: str, route: str | None) -> dict[str, Any]:
+            key = (method, route or "")
+            found = rows.get(key)
+            if found is None:
+                found = rows[key] = {"method": method, "route": route or "", "requests": 0,
+                                     "errors": 0, "in_flight": 0}
+            return found
+
+        for shard in shards:
+            for (method, route, _status, _scheme, _version, error), slot in list(
+                shard.requests.items()
+            ):
+                r = row(method, route)
+                r["requests"] += slot.request_size.count
+                if error is not None:
+                    r["errors"] += slot.request_size.count
+                total = durations.get((method, route or ""))
+                if total is None:
+                    total = durations[(method, route or "")] = BoundHist(n.HTTP_DURATION_BOUNDS)
+                slot.duration.merge_into(total)
+            for exchange in list(shard.live):
+                try:
+                    route = exchange.live_route()
+                except Exception:  # a request changing under us: count it unrouted
+                    route = None
+                row(exchange.method, route)["in_flight"] += 1
+        for key, r in rows.items():
+            hist = durations.get(key)
+            for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+                r[name] = None if hist is None else hist.quantile(q)
+        return list(rows.values())
+
+    # ---------------------------------------------------------------- exporter
 
     def points(self) -> Iterable[Point]:
         """Every HTTP and WebSocket point, merged over the shards."""

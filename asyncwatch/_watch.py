@@ -178,6 +178,12 @@ class Watch:
         }
         return Stats(coroutines=coroutines, process=self._process_stats())
 
+    def http_routes(self) -> list[dict[str, Any]]:
+        """Per (method, route) figures of the ASGI middleware: ``route``, ``method``,
+        ``requests``, ``errors``, ``in_flight``, ``p50``/``p95``/``p99`` (seconds or None).
+        Empty until a request went through ``AsyncWatchMiddleware``."""
+        return self.http.route_table()
+
     def _process_stats(self) -> ProcessStats:
         values: dict[str, Any] = {}
         try:
