@@ -279,6 +279,41 @@ def test_lifespan_passes_straight_through(observed: Observed) -> None:
     assert observed.count(DURATION) == 1
 
 
+async def bare_app(scope: Any, receive: Any, send: Any) -> None:
+    """A plain ASGI callable: no framework, no routing."""
+    assert scope["type"] == "http"
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    status = 500 if scope["path"] == "/fail" else 200
+    headers = [(b"content-type", b"text/plain"), (b"x-bare", b"1")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"bare:" + body})
+
+
+def test_a_bare_asgi_callable_is_measured_without_a_route(observed: Observed) -> None:
+    """Any ASGI 3 callable: conventions' metrics and spans, no http.route (it has no routing),
+    and the answers are the app's own."""
+    with (
+        Uvicorn(asyncwatch.AsyncWatchMiddleware(bare_app)) as server,
+        httpx.Client(base_url=server.url) as client,
+    ):
+        answer = client.post("/a/b", content=b"xyz")
+        assert (answer.status_code, answer.text, answer.headers["x-bare"]) == (200, "bare:xyz", "1")
+        assert client.get("/fail").status_code == 500
+    ok = observed.points(DURATION, http__response__status_code=200)[0]
+    assert ok.count == 1
+    assert "http.route" not in ok.attributes
+    assert ok.attributes["http.request.method"] == "POST"
+    failed = observed.points(DURATION, http__response__status_code=500)[0]
+    assert failed.attributes["error.type"] == "500"
+    assert observed.points(n.HTTP_SERVER_REQUEST_SIZE.name, http__request__method="POST")[0].sum == 3
+    assert sorted(s.name for s in observed.server_spans()) == ["GET", "POST"]
+
+
 def test_keep_alive_and_pipelined_requests_are_each_counted(observed: Observed) -> None:
     """Several requests on one connection, pipelined or one after another, count one each."""
     with Uvicorn(wrapped(Controls())) as server:
