@@ -310,7 +310,9 @@ def test_a_bare_asgi_callable_is_measured_without_a_route(observed: Observed) ->
     assert ok.attributes["http.request.method"] == "POST"
     failed = observed.points(DURATION, http__response__status_code=500)[0]
     assert failed.attributes["error.type"] == "500"
-    assert observed.points(n.HTTP_SERVER_REQUEST_SIZE.name, http__request__method="POST")[0].sum == 3
+    assert (
+        observed.points(n.HTTP_SERVER_REQUEST_SIZE.name, http__request__method="POST")[0].sum == 3
+    )
     assert sorted(s.name for s in observed.server_spans()) == ["GET", "POST"]
 
 
