@@ -137,7 +137,6 @@ def _stat(
     )
 
 
-ISSUE_3 = "issue 3: HTTP server metrics"
 ISSUE_4 = "issue 4: loop lag and blocked-loop metrics"
 ISSUE_7 = "issue 7: advisor gauges"
 
@@ -406,7 +405,6 @@ HTTP = Board(
             "http_route",
             "http_server_request_duration_seconds_count{" + SEL + "}",
             "Route",
-            waits_for=ISSUE_3,
         ),
     ),
     rows=(
@@ -423,7 +421,6 @@ HTTP = Board(
                         ),
                     ),
                     "reqps",
-                    waits_for=ISSUE_3,
                 ),
                 Panel(
                     "Server errors (5xx) ratio, by route",
@@ -437,13 +434,11 @@ HTTP = Board(
                         ),
                     ),
                     "percentunit",
-                    waits_for=ISSUE_3,
                 ),
                 Panel(
                     "Request duration p50 / p95 / p99, by route",
                     _quantiles("http_server_request_duration_seconds", "http_route", ROUTE),
                     "s",
-                    waits_for=ISSUE_3,
                 ),
                 Panel(
                     "Responses per second, by status code",
@@ -455,7 +450,6 @@ HTTP = Board(
                         ),
                     ),
                     "reqps",
-                    waits_for=ISSUE_3,
                 ),
                 Panel(
                     "Active requests, by instance",
@@ -465,7 +459,6 @@ HTTP = Board(
                             "{{instance}}",
                         ),
                     ),
-                    waits_for=ISSUE_3,
                 ),
                 Panel(
                     "Request and response body size p95, by route",
@@ -482,7 +475,39 @@ HTTP = Board(
                         ),
                     ),
                     "bytes",
-                    waits_for=ISSUE_3,
+                ),
+            ),
+        ),
+        (
+            "Tasks of requests",
+            (
+                Panel(
+                    "Tasks created per request (mean), by route",
+                    (
+                        Query(
+                            "sum by (http_route) "
+                            f"(rate(asyncwatch_http_server_request_tasks_sum{{{ROUTE}}}{RATE}))"
+                            " / sum by (http_route) "
+                            f"(rate(asyncwatch_http_server_request_tasks_count{{{ROUTE}}}{RATE}))",
+                            "{{http_route}}",
+                        ),
+                    ),
+                    description="Asyncio tasks each request creates (fan-out); requests that "
+                    "create none count as 0.",
+                ),
+                Panel(
+                    "Request tasks finished per second, by outcome",
+                    (
+                        Query(
+                            "sum by (http_route, asyncwatch_task_outcome) "
+                            "(rate(asyncwatch_http_server_tasks_completed_total"
+                            f"{{{ROUTE}}}{RATE}))",
+                            "{{http_route}} {{asyncwatch_task_outcome}}",
+                        ),
+                    ),
+                    "ops",
+                    "Tasks created while handling requests, by how they ended (ok, error, "
+                    "cancelled), including those that outlive their request.",
                 ),
             ),
         ),
