@@ -6,7 +6,9 @@ when installed, access log off) pinned to CPU 0 with ``taskset``; ``wrk`` (Debia
 ``wrk``) runs pinned to CPU 1 and connects over 127.0.0.1. All servers run side by side and
 are loaded in turn, the order rotated each round; each round yields every configuration's
 requests/s divided by bare's in that round, and the table gives the median of those ratios,
-the median p99 latency and its ratio to bare's.
+the median p99 latency and its ratio to bare's. A second figure, less sensitive to other load
+on the machine than requests/s: the server process's CPU time (user + system, from
+``/proc``) per request served during the run, and its ratio to bare's.
 
 Configurations:
 
@@ -145,8 +147,17 @@ def start_server(config: str) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.1)  # polling for startup with a deadline
 
 
-def load(port: int, seconds: float, connections: int, script: str) -> tuple[float, float]:
-    """(requests/s, p99 latency in ms) from one wrk run."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(
+    port: int, seconds: float, connections: int, script: str, pid: int | None = None
+) -> tuple[float, float, float]:
+    """(requests/s, p99 latency in ms, server CPU µs per request) from one wrk run."""
+    before = cpu_seconds(pid) if pid else 0.0
     cmd = [
         *pinned(1),
         "wrk",
@@ -159,12 +170,14 @@ def load(port: int, seconds: float, connections: int, script: str) -> tuple[floa
         f"http://127.0.0.1:{port}",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    used = cpu_seconds(pid) - before if pid else 0.0
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
     p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
-    return rate, p99
+    served = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return rate, p99, used * 1e6 / max(served, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     rates: dict[str, list[float]] = {name: [] for name in chosen}
     ratios: dict[str, list[float]] = {name: [] for name in chosen}
     p99s: dict[str, list[float]] = {name: [] for name in chosen}
+    cpus: dict[str, list[float]] = {name: [] for name in chosen}
+    cpu_ratios: dict[str, list[float]] = {name: [] for name in chosen}
+    load_before = os.getloadavg()[0]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_SCRIPT)
     try:
@@ -200,11 +216,14 @@ def main(argv: list[str] | None = None) -> int:
             order = chosen[r % len(chosen) :] + chosen[: r % len(chosen)]
             seen = {}
             for name in order:
-                seen[name] = load(servers[name][1], args.seconds, args.connections, f.name)
+                proc, port = servers[name]
+                seen[name] = load(port, args.seconds, args.connections, f.name, proc.pid)
             for name in chosen:
                 rates[name].append(seen[name][0])
                 p99s[name].append(seen[name][1])
                 ratios[name].append(seen[name][0] / seen["bare"][0])
+                cpus[name].append(seen[name][2])
+                cpu_ratios[name].append(seen[name][2] / seen["bare"][2])
             print(
                 f"round {r + 1}: " + ", ".join(f"{n} {seen[n][0]:,.0f}/s" for n in chosen),
                 flush=True,
@@ -214,11 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(30)
+    load_after = os.getloadavg()[0]
     bare_p99 = statistics.median(p99s["bare"])
     lines = [
         "| configuration | requests/s (median) | throughput vs bare (median of per-round ratios) "
-        "| p99 latency (median) | p99 vs bare |",
-        "|---|---:|---:|---:|---:|",
+        "| p99 latency (median) | p99 vs bare | server CPU per request | CPU vs bare |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     rows = []
     for name in chosen:
@@ -227,16 +247,21 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {name} | {statistics.median(rates[name]):,.0f} "
             f"| {statistics.median(ratios[name]):.2f} "
-            f"| {p99:.2f} ms | {p99 / bare_p99:.2f}x |"
+            f"| {p99:.2f} ms | {p99 / bare_p99:.2f}x "
+            f"| {statistics.median(cpus[name]):.0f} µs "
+            f"| {statistics.median(cpu_ratios[name]):.2f}x |"
         )
     lines += [
         "",
         f"{args.rounds} interleaved rounds of {args.seconds:g} s per configuration; wrk -t1 "
         f"-c{args.connections} alternating GET /json and GET /items/{{id}}; uvicorn on CPU 0, "
-        f"wrk on CPU 1; Python {sys.version.split()[0]}.",
+        f"wrk on CPU 1; Python {sys.version.split()[0]}; load average {load_before:.1f} before, "
+        f"{load_after:.1f} after (other work on the machine shows up as noise in requests/s "
+        "and p99 more than in CPU per request).",
     ]
     text = "\n".join(lines)
-    save(args.name, rows, text, {"rounds": args.rounds, "seconds": args.seconds, "p99_ms": p99s})
+    extra = {"rounds": args.rounds, "seconds": args.seconds, "p99_ms": p99s, "cpu_us": cpus}
+    save(args.name, rows, text, extra)
     print()
     print(text)
     return 0
