@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._asgi import AsyncWatchMiddleware as AsyncWatchMiddleware
+from ._blocked import BlockedLoop as BlockedLoop
 from ._config import Config as Config
 from ._config import ConfigError as ConfigError
 from ._deadlock_report import AwaitChain as AwaitChain
@@ -48,6 +49,7 @@ __version__ = VERSION
 __all__ = [
     "AsyncWatchMiddleware",
     "AwaitChain",
+    "BlockedLoop",
     "Config",
     "ConfigError",
     "CoroutineProfile",

@@ -95,6 +95,12 @@ def _port(value: Any) -> str | None:
     return None
 
 
+def _threshold(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.001 <= value < 3600:
+        return "must be a number of seconds from 0.001 to 3600, e.g. 0.1"
+    return None
+
+
 def _fraction(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         return "must be a fraction from 0 to 1, e.g. 0.01"
@@ -299,7 +305,19 @@ _SETTINGS: dict[str, _Setting] = {
     "profile_max_s": _Setting(
         ("ASYNCWATCH_PROFILE_MAX_S",), _parse_float, _max_seconds, "seconds, up to 3600"
     ),
-    "profile_dir": _Setting(("ASYNCWATCH_PROFILE_DIR",), _parse_str, _any_str, "directory path"),
+    "profile_dir": _Setting(
+        ("ASYNCWATCH_PROFILE_DIR",), _parse_str, _any_str, "directory path"
+    ),
+    "loop_watch": _Setting(("ASYNCWATCH_LOOP_WATCH",), _parse_flag, _is_bool, "1 or 0"),
+    "block_threshold_s": _Setting(
+        ("ASYNCWATCH_BLOCK_THRESHOLD_S",), _parse_float, _threshold, "seconds from 0.001, e.g. 0.1"
+    ),
+    "precise_callbacks": _Setting(
+        ("ASYNCWATCH_PRECISE_CALLBACKS",), _parse_flag, _is_bool, "1 or 0"
+    ),
+    "max_culprits": _Setting(
+        ("ASYNCWATCH_MAX_CULPRITS",), _parse_int, _at_least(1), "whole number >= 1"
+    ),
     "deadlock_detection": _Setting(
         ("ASYNCWATCH_DEADLOCK_DETECTION",), _parse_flag, _is_bool, "1 or 0"
     ),
@@ -400,6 +418,17 @@ class Config:
     """Longest profile ``asyncwatch.profile()`` or the console's ``profile`` accepts."""
     profile_dir: str = ""
     """Where profiles are saved (pstats, callgrind); empty: a per-process temporary folder."""
+    loop_watch: bool = True
+    """Watch every instrumented event loop: a loop-lag heartbeat and one watchdog thread that
+    names the line holding a blocked loop. ``0`` turns both off."""
+    block_threshold_s: float = 0.1
+    """A loop held longer than this by one callback is reported as blocked (finding, metrics,
+    one log line). The heartbeat runs every ``min(0.025, block_threshold_s / 4)`` seconds."""
+    precise_callbacks: bool = False
+    """Time every asyncio callback (patches ``asyncio.Handle._run``): every block is caught and
+    timed exactly, at a cost per callback (see the README). No effect on uvloop loops."""
+    max_culprits: int = 100
+    """Distinct culprit lines counted in the blocked-loop metrics; others count as ``_OTHER``."""
     deadlock_detection: bool = True
     """Scan the await graph for deadlocks and stuck tasks, and track who holds each asyncio
     Lock/Semaphore (see "Deadlocks and stuck tasks")."""

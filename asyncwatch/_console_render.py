@@ -142,6 +142,24 @@ def render_finding(finding: Any, *, stack: bool = True) -> str:
     for name in _FIRST:
         if name in data:
             _render_value(name, data.pop(name), out)
+    # Await chains and locks (deadlock and stuck-task findings) read best in their own words.
+    chains = getattr(finding, "chains", None)
+    if chains and all(callable(getattr(c, "format", None)) for c in chains) and "chains" in data:
+        del data["chains"]
+        if stack:
+            out.append("  await chains (outermost first):")
+            out.extend("    " + line for c in chains for line in c.format().splitlines())
+        else:
+            out.append(f"  await chains: {len(chains)} (--stack to show)")
+    locks = getattr(finding, "locks", None)
+    if locks and all(getattr(lk, "description", None) for lk in locks) and "locks" in data:
+        del data["locks"]
+        out.append("  locks:")
+        for lk in locks:
+            held = ", ".join(f"'{t}'" for t in getattr(lk, "held_by", ()) or ())
+            out.append(f"    {lk.description}" + (f", held by {held}" if held else ""))
+    for name in [k for k in data if k.endswith("_at") and isinstance(data[k], float)]:
+        out.append(f"  {name}: {time.strftime('%H:%M:%S', time.localtime(data.pop(name)))}")
     for name, value in data.items():
         if not stack and isinstance(value, list | tuple) and value and all(
             _frame_text(v) or isinstance(v, list | tuple) for v in value

@@ -70,6 +70,18 @@ class FindingsLog:
 
                 logging.getLogger("asyncwatch").debug("findings listener failed", exc_info=True)
 
+    def replace(self, old: Finding, new: Finding) -> None:
+        """Put ``new`` where ``old`` is (a finding recorded while its event was still going
+        on, now final); listeners are not called again. Added anew if ``old`` aged out."""
+        with self._lock:
+            ring = self._by_kind.get(old.kind)
+            if ring is not None:
+                for i, item in enumerate(ring):
+                    if item is old:
+                        ring[i] = new
+                        return
+        self.add(new)
+
     def listen(self, listener: Callable[[Finding], None]) -> None:
         """Call ``listener(finding)`` for every finding added from now on."""
         with self._lock:
@@ -85,7 +97,7 @@ class FindingsLog:
 
     def clear(self) -> None:
         """Forget everything (after fork)."""
-        with self._lock:
-            self._by_kind.clear()
-            self.totals.clear()
-            self._lock = threading.Lock()
+        # A fresh lock first: the watchdog thread may have held the old one at fork time.
+        self._lock = threading.Lock()
+        self._by_kind.clear()
+        self.totals.clear()

@@ -32,6 +32,11 @@ URL_SCHEME = "url.scheme"  # semconv
 PROTOCOL_NAME = "network.protocol.name"  # semconv: http | websocket
 PROTOCOL_VERSION = "network.protocol.version"  # semconv: 1.1, 2...
 WS_DIRECTION = "asyncwatch.websocket.direction"  # received | sent
+CODE_FILE = "code.file.path"  # semconv: the culprit's source file
+CODE_LINE = "code.line.number"  # semconv: the culprit's line
+BLOCK_DURATION = "asyncwatch.block.duration"  # span event attribute: seconds held so far
+BLOCK_ONGOING = "asyncwatch.block.ongoing"  # span event attribute: still held when added
+BLOCKED_EVENT = "asyncwatch.loop.blocked"  # span event name
 
 OVERFLOW = "_OTHER"  # value of a bounded attribute once its cap is reached (semconv style)
 
@@ -226,6 +231,26 @@ WEBSOCKET_MESSAGES = MetricDef(
     "counter",
     "WebSocket messages received and sent by the app, per route.",
     (HTTP_ROUTE, WS_DIRECTION),
+)
+LOOP_LAG = MetricDef(
+    "asyncwatch.loop.lag",
+    "s",
+    "histogram",
+    "How late each event loop ran a heartbeat due every 25 ms or less (loop lag).",
+)
+LOOP_BLOCKED = MetricDef(
+    "asyncwatch.loop.blocked",
+    "{block}",
+    "counter",
+    "Times one callback held an event loop longer than block_threshold_s, per culprit line.",
+    (CODE_FILE, CODE_LINE, CODE_FUNCTION),
+)
+LOOP_BLOCKED_DURATION = MetricDef(
+    "asyncwatch.loop.blocked.duration",
+    "s",
+    "histogram",
+    "How long each block held the event loop, per culprit line.",
+    (CODE_FILE, CODE_LINE, CODE_FUNCTION),
 )
 PROCESS_CPU_TIME = MetricDef(
     "process.cpu.time", "s", "counter", "CPU time used by the process.", (CPU_MODE,)

@@ -19,6 +19,7 @@ from ._export import MetricsBridge, Point, ProcessSampler, task_points
 from ._faults import Faults
 from ._findings import FindingsLog
 from ._http import HttpStats
+from ._loopwatch import LoopWatch
 from ._primitives import PrimitiveTracker
 from ._recorder import Recorder
 from ._stats import CoroutineStats, ProcessStats, Stats
@@ -59,6 +60,8 @@ class Watch:
         )
         self.bridge.add_source("http", self.http.points)
         self._asgi_patches: Any = None
+        self.loops = LoopWatch(config, self.findings, self.faults)
+        self.bridge.add_source("loops", self.loops.points)
         self.telemetry = Telemetry(
             config, self.bridge, self.drops, self._report, VERSION, metric_readers, tracer_provider
         )
@@ -103,6 +106,8 @@ class Watch:
             )
             self._memory.start()
             self.bridge.add_source("memory", self._memory.points)
+        if self.config.loop_watch:
+            self.loops.start()
         if self.config.deadlock_detection:
             self.primitives.install()
             self.deadlocks.start()
@@ -121,6 +126,7 @@ class Watch:
         self.tasks.uninstall()
         if self.console is not None:
             self.console.stop()
+        self.loops.stop()
         self.deadlocks.stop()
         self.primitives.uninstall()
         if self._memory is not None:
@@ -144,6 +150,10 @@ class Watch:
                 self.telemetry.start()
             except Exception as exc:
                 self._report("telemetry_start", exc)
+        try:
+            self.loops.add_loop(loop)
+        except Exception as exc:
+            self._report("loop_watch", exc)
 
     def _after_fork_in_child(self) -> None:
         # A lock another thread held at fork time stays locked forever in the child.
@@ -161,6 +171,7 @@ class Watch:
         self.telemetry.forget_after_fork()
         if self.console is not None:
             self.console.forget_after_fork()
+        self.loops.after_fork()  # its watchdog restarts from the child's next heartbeat
 
     # ---------------------------------------------------------------- reading
 

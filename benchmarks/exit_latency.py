@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _harness import RESULTS  # noqa: E402
+from _harness import RESULTS
 
-from tests.endpoints import black_hole  # noqa: E402
+from tests.endpoints import black_hole
 
 PLAIN_SDK = """
 import asyncio

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import RESULTS  # noqa: E402
+from _harness import RESULTS
 
 CHILD = r"""
 import asyncio, gc, json, sys, types

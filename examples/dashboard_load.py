@@ -20,7 +20,9 @@ What it does, so each panel has something to show:
   by uvicorn in this process on 127.0.0.1 (a free port), and a client loop calling it
   (``GET /orders/{order_id}`` runs ``handle_order``, so each request fans out into tasks;
   ``POST /orders`` carries a body; a few answers are 503). Needs ``starlette``, ``uvicorn``
-  and ``httpx``; without them (or with ``--no-http``) the HTTP panels stay empty.
+  and ``httpx``; without them (or with ``--no-http``) the HTTP panels stay empty;
+* a synchronous call left in async code every two seconds or so (``load_legacy_config``
+  sleeps 150 ms on the loop): a blocked loop for the loop-lag and blocked-loop panels.
 
 ``--inject-faults`` also exercises asyncwatch's own health panels: it registers a metric
 source that always fails (counted in ``asyncwatch.internal.errors``; your app is unaffected)
@@ -70,6 +72,14 @@ async def build_report() -> int:
     return len(rows)
 
 
+def read_config_file() -> None:
+    time.sleep(0.15)  # a blocking call on the event loop, on purpose
+
+
+async def load_legacy_config() -> None:
+    read_config_file()
+
+
 async def wait_for_approval(approved: asyncio.Event) -> None:
     await approved.wait()  # nobody ever sets it: a stuck task, on purpose
 
@@ -91,6 +101,10 @@ async def run(seconds: float, pause: float) -> None:
             report = asyncio.create_task(build_report())
             pending.add(report)
             report.add_done_callback(pending.discard)
+        if order % max(1, round(2.0 / pause)) == 0:  # about every two seconds
+            blocker = asyncio.create_task(load_legacy_config())
+            pending.add(blocker)
+            blocker.add_done_callback(pending.discard)
         if order % 15 == 0 and pending:
             next(iter(pending)).cancel()  # a client went away
         await asyncio.sleep(pause)

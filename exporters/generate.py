@@ -97,6 +97,10 @@ def _task_quantiles(histogram: str, short: str) -> list[Record]:
     ]
 
 
+# The labels of a blocked-loop culprit (asyncwatch.loop.blocked*, OTel code.* attributes)
+CULPRIT = "code_file_path, code_line_number, code_function_name"
+
+
 RECORDING: list[Record] = [
     Record(
         "asyncwatch:task_created:rate1m",
@@ -124,17 +128,15 @@ RECORDING: list[Record] = [
         "asyncwatch:process_cpu_seconds:rate1m",
         "sum by (job, instance) (rate(process_cpu_time_seconds_total[1m]))",
     ),
-    # ---- waiting for issue 4 (loop lag, blocked loops): names are a guess until it lands
+    # ---- loop lag and blocked loops (issue 4); a culprit is file, line and function
     Record(
         "asyncwatch:loop_lag_seconds:quantile_rate5m",
         "histogram_quantile(0.99, sum by (job, instance, le) (rate(asyncwatch_loop_lag_seconds_bucket[5m])))",
         {"quantile": "0.99"},
-        waits_for="issue 4: loop lag and blocked-loop metrics",
     ),
     Record(
         "asyncwatch:loop_blocked:increase5m",
-        "sum by (job, instance, asyncwatch_culprit) (increase(asyncwatch_loop_blocked_total[5m]))",
-        waits_for="issue 4: loop lag and blocked-loop metrics",
+        f"sum by (job, instance, {CULPRIT}) (increase(asyncwatch_loop_blocked_total[5m]))",
     ),
     # ---- waiting for issue 3 (HTTP server metrics, OpenTelemetry semantic conventions)
     Record(
@@ -235,18 +237,16 @@ ALERTS: list[Alert] = [
         "(reason: {{ $labels.asyncwatch_reason }}): the OTLP endpoint is down, slow or "
         "rejecting. The application is not slowed; the data is lost.",
     ),
-    # ---- waiting for issue 4 (loop lag, blocked loops): names are a guess until it lands
+    # ---- loop lag and blocked loops (issue 4)
     Alert(
         "AsyncwatchLoopBlocked",
-        _new_or_increased(
-            "asyncwatch_loop_blocked_total", "job, instance, asyncwatch_culprit", "5m"
-        ),
+        _new_or_increased("asyncwatch_loop_blocked_total", f"job, instance, {CULPRIT}", "5m"),
         "0m",
         "warning",
-        "The event loop of {{ $labels.instance }} was blocked by {{ $labels.asyncwatch_culprit }}",
+        "The event loop of {{ $labels.instance }} was blocked by {{ $labels.code_file_path }}:"
+        "{{ $labels.code_line_number }} in {{ $labels.code_function_name }}",
         "The watchdog saw the event loop held for longer than its threshold; "
         "asyncwatch.findings('blocked_loop') and the diagnosis dashboard name the line.",
-        waits_for="issue 4: loop lag and blocked-loop metrics",
     ),
     Alert(
         "AsyncwatchLoopLagHigh",
@@ -260,7 +260,6 @@ ALERTS: list[Alert] = [
         "Event loop lag {{ $value | humanizeDuration }} on {{ $labels.instance }}",
         "The 99th percentile of the event loop's heartbeat lag is above 100 ms for 5 minutes: "
         "every task and request on this process waits that long.",
-        waits_for="issue 4: loop lag and blocked-loop metrics",
     ),
     # ---- deadlocks and stuck tasks (issue 5)
     Alert(

@@ -137,7 +137,9 @@ def _stat(
     )
 
 
-ISSUE_4 = "issue 4: loop lag and blocked-loop metrics"
+# A blocked-loop culprit: the OTel code.* attributes of asyncwatch.loop.blocked* (issue 4)
+CULPRIT = "code_file_path, code_line_number, code_function_name"
+CULPRIT_LEGEND = "{{code_file_path}}:{{code_line_number}} {{code_function_name}}"
 ISSUE_7 = "issue 7: advisor gauges"
 
 OVERVIEW = Board(
@@ -273,18 +275,16 @@ OVERVIEW = Board(
                     _quantiles("asyncwatch_loop_lag_seconds", "instance", SEL)[::2],
                     "s",
                     "How late the loop's heartbeat runs: every callback waits at least this long.",
-                    waits_for=ISSUE_4,
                 ),
                 Panel(
                     "Blocked-loop events, by culprit",
                     (
                         Query(
-                            f"sum by (asyncwatch_culprit) (increase(asyncwatch_loop_blocked_total{{{SEL}}}{RATE}))",
-                            "{{asyncwatch_culprit}}",
+                            f"sum by ({CULPRIT}) (increase(asyncwatch_loop_blocked_total{{{SEL}}}{RATE}))",
+                            CULPRIT_LEGEND,
                         ),
                     ),
                     description="Times the watchdog saw the loop held past its threshold, by the line that held it.",
-                    waits_for=ISSUE_4,
                 ),
             ),
         ),
@@ -568,24 +568,22 @@ DIAGNOSIS = Board(
                     "Blocked-loop events, by culprit",
                     (
                         Query(
-                            f"sum by (asyncwatch_culprit) (increase(asyncwatch_loop_blocked_total{{{SEL}}}{RATE}))",
-                            "{{asyncwatch_culprit}}",
+                            f"sum by ({CULPRIT}) (increase(asyncwatch_loop_blocked_total{{{SEL}}}{RATE}))",
+                            CULPRIT_LEGEND,
                         ),
                     ),
-                    waits_for=ISSUE_4,
                 ),
                 Panel(
                     "Time blocked, by culprit",
                     (
                         Query(
-                            "sum by (asyncwatch_culprit) "
+                            f"sum by ({CULPRIT}) "
                             f"(rate(asyncwatch_loop_blocked_duration_seconds_sum{{{SEL}}}{RATE}))",
-                            "{{asyncwatch_culprit}}",
+                            CULPRIT_LEGEND,
                         ),
                     ),
                     "percentunit",
                     "Share of wall time the loop spent held by each culprit.",
-                    waits_for=ISSUE_4,
                 ),
             ),
         ),

@@ -9,8 +9,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 import asyncwatch
-from asyncwatch import Config, ConfigError, Finding, Frame
-from asyncwatch._console_commands import do_findings, do_http
+from asyncwatch import Config, ConfigError, Finding
+from asyncwatch._console_commands import do_http
 from asyncwatch._console_render import render_top
 from tests.conftest import free_port, python_env, wait_for
 from tests.console_client import AppThread, run_commands
@@ -121,36 +121,70 @@ def test_profile_command_ranks_the_hot_coroutine_first(console: dict[str, int]) 
     assert re.search(r"pstats \S+\.pstats", out)
 
 
-@dataclass(frozen=True)
-class BlockedLoop(Finding):
-    """Shaped like the blocked-loop detector's findings (issue 4)."""
-
-    kind: str = "blocked_loop"
-    duration_s: float = 0.0
-    culprit: Frame | None = None
-    stack: tuple[Frame, ...] = ()
-    task: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+def line_of(marker: str) -> int:
+    """The line of this file that carries ``# <marker>``."""
+    lines = Path(__file__).read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if text.rstrip().endswith(f"# {marker}"))
 
 
-def test_findings_show_culprit_line_and_stack() -> None:
-    """A blocked-loop finding is rendered with its culprit file:line and its stack."""
-    culprit = Frame("/srv/app/handlers.py", 42, "checkout", "time.sleep(2)")
-    stack = (Frame("/srv/app/main.py", 10, "main"), culprit)
-    log = asyncwatch._findings.FindingsLog()
-    log.add(BlockedLoop(summary="loop blocked 2.0s", duration_s=2.0, culprit=culprit,
-                        stack=stack, task="Task-7"))
+async def troubled_app(app: AppThread) -> None:
+    """An app with a real lock-order deadlock between two tasks, whose loop blocks once."""
+    first_lock, second_lock = asyncio.Lock(), asyncio.Lock()
+    first_holds, second_holds = asyncio.Event(), asyncio.Event()
 
-    class Holder:
-        findings = log
+    async def first() -> None:
+        async with first_lock:
+            first_holds.set()
+            await second_holds.wait()
+            async with second_lock:  # first waits
+                pass
 
-    out = CliRunner().invoke(do_findings, [], obj=type("M", (), {"watch": Holder()})()).output
-    assert "blocked_loop" in out
-    assert "loop blocked 2.0s" in out
-    assert "culprit: /srv/app/handlers.py:42 in checkout" in out
-    assert "time.sleep(2)" in out
-    assert "/srv/app/main.py:10 in main" in out
-    assert "task: Task-7" in out
+    async def second() -> None:
+        async with second_lock:
+            second_holds.set()
+            await first_holds.wait()
+            async with first_lock:  # second waits
+                pass
+
+    tasks = [asyncio.create_task(first(), name="first"),
+             asyncio.create_task(second(), name="second")]
+    await asyncio.sleep(0)
+    time.sleep(0.5)  # blocks the loop
+    app.ready.set()
+    await app.until_stopped()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_findings_of_the_real_detectors_over_telnet() -> None:
+    """A real blocked loop and a real deadlock, as `findings` shows them over telnet: the
+    culprit line, the tasks of the cycle and where each one waits."""
+    asyncwatch.install(console=True, metrics_exporters=("none",), block_threshold_s=0.1,
+                       deadlock_interval_s=0.1, **ports())
+    try:
+        watch = asyncwatch.current()
+        assert watch is not None
+        port = watch.config.console_port
+        with AppThread(troubled_app):
+            wait_for(lambda: [f for f in watch.findings.list("blocked_loop") if not f.ongoing]
+                     and watch.findings.list("deadlock"), what="a block and a deadlock")
+            blocked, deadlock = run_commands(
+                port, ["findings -k blocked_loop", "findings -k deadlock"]
+            )
+    finally:
+        asyncwatch.uninstall(timeout_s=2)
+    this = Path(__file__).resolve()
+    assert f"culprit: {this}:{line_of('blocks the loop')} in troubled_app" in blocked, blocked
+    assert "time.sleep(0.5)" in blocked
+    assert "coroutine: tests.console_client.AppThread._main" in blocked  # the task running it
+    assert "deadlock" in deadlock and "first" in deadlock and "second" in deadlock, deadlock
+    for marker in ("first waits", "second waits"):
+        assert f"{this}:{line_of(marker)} in troubled_app.<locals>." in deadlock, deadlock
+    assert "await chains (outermost first):" in deadlock
+    first_chain = "task 'first' (tests.test_console.troubled_app.<locals>.first) waits for Lock"
+    assert first_chain in deadlock
+    assert deadlock.count("held by 'second'") >= 2  # in the explanation, the chain, the locks
 
 
 def test_http_command_reads_the_middleware_interface() -> None:

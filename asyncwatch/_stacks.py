@@ -1,0 +1,185 @@
+"""Reading another thread's Python stack: samples, culprit frames, findings' stacks.
+
+Everything here runs in the watchdog thread (or, for precise mode's after-the-fact reports, on
+the loop's thread once a slow callback has returned), never per callback.
+
+The *culprit* of a block is the innermost frame of the application's own code. Frames are
+sorted into four classes by file: the loop's machinery (asyncio, selectors, asyncwatch), the
+standard library, installed libraries (``site-packages``/``dist-packages``) and the app
+(everything else). The culprit is the innermost app frame; if there is none (an app installed
+into site-packages, say) the innermost library frame, then the innermost standard-library
+frame, then the innermost frame at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import linecache
+import os
+import selectors
+import sys
+import sysconfig
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from ._findings import Frame
+
+RawFrame = tuple[str, int, str]  # filename, line number, qualified function name
+
+APP, LIBRARY, STDLIB, MACHINERY = 0, 1, 2, 3
+MAX_STACK = 128  # frames kept per stack (the innermost ones)
+
+_MACHINERY_DIRS = (
+    os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,  # asyncwatch itself
+)
+_MACHINERY_FILES = frozenset({os.path.abspath(selectors.__file__)})
+_LIBRARY_MARKERS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
+_STDLIB_DIRS = tuple(
+    {
+        os.path.abspath(sysconfig.get_paths()[k]) + os.sep
+        for k in ("stdlib", "platstdlib")
+        if sysconfig.get_paths().get(k)
+    }
+)
+_classes: dict[str, int] = {}
+_RUN_CODE = asyncio.events.Handle._run.__code__  # read before precise mode wraps it
+
+
+def classify(filename: str) -> int:
+    """Which of APP, LIBRARY, STDLIB, MACHINERY a source file belongs to (cached)."""
+    kind = _classes.get(filename)
+    if kind is not None:
+        return kind
+    path = os.path.abspath(filename) if not filename.startswith("<") else filename
+    if path.startswith(_MACHINERY_DIRS) or path in _MACHINERY_FILES:
+        kind = MACHINERY
+    elif any(marker in path for marker in _LIBRARY_MARKERS):
+        kind = LIBRARY
+    elif path.startswith(_STDLIB_DIRS) or path.startswith("<frozen "):
+        kind = STDLIB
+    else:
+        kind = APP
+    if len(_classes) > 4096:  # bounded whatever the app loads
+        _classes.clear()
+    _classes[filename] = kind
+    return kind
+
+
+@dataclass
+class Sample:
+    """One look at a loop thread's stack."""
+
+    key: tuple[Any, ...] | None
+    """Identity of the callback holding the loop (None: the loop is in its own machinery)."""
+    chain: list[FrameType]
+    """The thread's frames, outermost first."""
+    depth: int
+    """Index in ``chain`` of the callback's first frame."""
+    since: float | None = None
+    """Exact start of the callback when known (precise mode)."""
+
+
+def sample_thread(thread_id: int, depth: int) -> Sample | None:
+    """The stack of ``thread_id`` now, keyed by the frames at ``depth - 1`` and ``depth``.
+
+    ``depth`` is how many Python frames lie below a callback on that loop (measured by the
+    heartbeat, itself a callback). The frame at ``depth`` is the callback's own (for a task,
+    its outermost coroutine); the one below is the loop's frame that called it (asyncio's
+    ``Handle._run``, new for every callback; under uvloop, whatever called
+    ``run_until_complete``). The same pair seen twice means the same callback still runs.
+    """
+    frames = sys._current_frames()
+    top = frames.get(thread_id)
+    del frames
+    if top is None:
+        return None
+    chain: list[FrameType] = []
+    frame: FrameType | None = top
+    while frame is not None:
+        chain.append(frame)
+        frame = frame.f_back
+    chain.reverse()
+    if depth <= 0 or len(chain) <= depth:
+        return Sample(None, chain, depth)
+    return Sample((chain[depth - 1], chain[depth]), chain, depth)
+
+
+def raw(frame: FrameType) -> RawFrame:
+    """(filename, line, qualified name) of a live frame."""
+    code = frame.f_code
+    return (code.co_filename, frame.f_lineno or code.co_firstlineno, _qualname(code))
+
+
+def _qualname(code: Any) -> str:
+    return str(getattr(code, "co_qualname", code.co_name))
+
+
+def culprit_of(chain: list[FrameType], depth: int) -> tuple[RawFrame, str] | None:
+    """The culprit frame of a sample (see the module docstring) and its module name."""
+    best: list[FrameType | None] = [None, None, None, None]
+    start = max(0, min(depth, len(chain) - 1))
+    for frame in reversed(chain[start:]):
+        kind = classify(frame.f_code.co_filename)
+        if best[kind] is None:
+            best[kind] = frame
+            if kind == APP:
+                break
+    chosen = best[APP] or best[LIBRARY] or best[STDLIB] or best[MACHINERY]
+    if chosen is None:
+        return None
+    module = chosen.f_globals.get("__name__") or ""
+    return raw(chosen), str(module)
+
+
+def raw_stack(chain: list[FrameType]) -> list[RawFrame]:
+    """The whole sampled stack, outermost first, innermost MAX_STACK frames."""
+    return [raw(frame) for frame in chain[-MAX_STACK:]]
+
+
+def to_frame(entry: RawFrame) -> Frame:
+    """A finding's ``Frame``, with the source line when it can be read."""
+    filename, lineno, function = entry
+    line = linecache.getline(filename, lineno).strip() or None
+    return Frame(filename, lineno, function, line)
+
+
+def function_name(module: str, qualname: str) -> str:
+    """``module.qualname`` (the ``code.function.name`` attribute), bare for ``__main__``."""
+    if not module or module in ("__main__", "builtins"):
+        return qualname
+    return f"{module}.{qualname}"
+
+
+def handle_in(chain: list[FrameType]) -> Any:
+    """The asyncio ``Handle`` whose ``_run`` is on the stack (stdlib loops only), or None."""
+    for frame in reversed(chain):
+        if frame.f_code is _RUN_CODE:
+            return frame.f_locals.get("self")
+    return None
+
+
+def callback_site(handle: Any) -> tuple[RawFrame, str] | None:
+    """Where a handle's callback lives, for a block timed after the fact (precise mode): the
+    line a task's coroutine is suspended at, or a plain callback's first line."""
+    callback = getattr(handle, "_callback", None)
+    task = getattr(callback, "__self__", None)
+    if isinstance(task, asyncio.Future) and hasattr(task, "get_coro"):
+        coro = task.get_coro()
+        frame = None
+        while coro is not None:
+            inner = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if inner is None:
+                break
+            frame = inner
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if frame is not None:
+            return raw(frame), str(frame.f_globals.get("__name__") or "")
+        return None
+    func = getattr(callback, "__func__", callback)
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return None
+    module = getattr(func, "__module__", "") or ""
+    return (code.co_filename, code.co_firstlineno, _qualname(code)), str(module)
