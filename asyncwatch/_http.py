@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from _thread import get_ident
 from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
@@ -195,10 +196,6 @@ class HttpShard:
             getattr(self, name).clear()
 
 
-class _Local(threading.local):
-    def __init__(self, owner: HttpStats) -> None:
-        self.shard = owner.new_shard()
-
 
 class HttpStats:
     """HTTP and WebSocket figures for the whole process; see the module docstring."""
@@ -211,7 +208,11 @@ class HttpStats:
         self.routes: set[str] = set()  # admitted templates (read without the lock)
         self._errors: set[str] = set()
         self._error_names: dict[type[BaseException], str] = {}
-        self._local = _Local(self)
+        # thread id -> that thread's shard. Not a threading.local: freeing one (say, with a
+        # garbage-collected Watch) while another thread is in sys._current_frames() deadlocks
+        # CPython before 3.12 (gh-106883). A dead thread's id reused by a new thread reuses
+        # its shard, which is harmless: one writer at a time either way.
+        self._by_thread: dict[int, HttpShard] = {}
         self.started_ns = time.time_ns()
 
     # ---------------------------------------------------------------- writers
@@ -226,7 +227,10 @@ class HttpStats:
     @property
     def shard(self) -> HttpShard:
         """This thread's shard."""
-        return self._local.shard
+        shard = self._by_thread.get(get_ident())
+        if shard is None:
+            shard = self._by_thread[get_ident()] = self.new_shard()
+        return shard
 
     def route(self, template: str) -> str:
         """``template`` if admitted, else ``_OTHER`` once ``max_routes`` are tracked."""
