@@ -15,7 +15,9 @@ Configurations:
 * ``bare`` - the app alone.
 * ``asyncwatch`` - ``AsyncWatchMiddleware`` with metrics (and the task hook, installed before
   the loop starts, as ``asyncwatch run`` does), Prometheus endpoint on a spare port.
-* ``asyncwatch+spans`` - the same with a SERVER span per request (SDK TracerProvider, batch
+* ``asyncwatch-http-only`` - the same with the other detectors off (``loop_watch=False``,
+  ``deadlock_detection=False``): the middleware and task hook alone.
+* ``asyncwatch+spans`` - ``asyncwatch`` with a SERVER span per request (SDK TracerProvider, batch
   processor, an exporter that drops spans).
 * ``otel-asgi`` - opentelemetry-instrumentation-asgi's ``OpenTelemetryMiddleware`` with SDK
   Meter and Tracer providers (stable HTTP conventions, same span processing).
@@ -45,7 +47,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Row, save
 
-CONFIGS = ("bare", "asyncwatch", "asyncwatch+spans", "otel-asgi", "otel-asgi-metrics")
+CONFIGS = (
+    "bare",
+    "asyncwatch",
+    "asyncwatch-http-only",
+    "asyncwatch+spans",
+    "otel-asgi",
+    "otel-asgi-metrics",
+)
 
 WRK_SCRIPT = """
 counter = 0
@@ -88,9 +97,12 @@ def build_app(config: str) -> Any:
     if config.startswith("asyncwatch"):
         import asyncwatch
 
+        http_only = config == "asyncwatch-http-only"
         asyncwatch.install(
             prometheus_port=0,
             asgi_auto=False,
+            loop_watch=not http_only,
+            deadlock_detection=not http_only,
             tracer_provider=tracer_provider if config == "asyncwatch+spans" else None,
             http_spans=config == "asyncwatch+spans",
         )
