@@ -12,9 +12,10 @@ standard ``OTEL_*`` variables point. Without code changes: ``asyncwatch run -- p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._advisor import make_batch as _make_batch
 from ._asgi import AsyncWatchMiddleware as AsyncWatchMiddleware
 from ._blocked import BlockedLoop as BlockedLoop
 from ._config import Config as Config
@@ -26,6 +27,9 @@ from ._deadlock_report import StuckTaskFinding as StuckTaskFinding
 from ._findings import Finding as Finding
 from ._findings import Frame as Frame
 from ._idle import idle as idle
+from ._limits import Concurrency as Concurrency
+from ._limits import make_concurrency as _make_concurrency
+from ._models import Recommendation as Recommendation
 from ._profiling import CoroutineProfile as CoroutineProfile
 from ._profiling import FunctionProfile as FunctionProfile
 from ._profiling import ProfilerBusy as ProfilerBusy
@@ -50,6 +54,7 @@ __all__ = [
     "AsyncWatchMiddleware",
     "AwaitChain",
     "BlockedLoop",
+    "Concurrency",
     "Config",
     "ConfigError",
     "CoroutineProfile",
@@ -64,10 +69,14 @@ __all__ = [
     "ProfileReport",
     "ProfileSession",
     "ProfilerBusy",
+    "Recommendation",
     "Stats",
     "StuckTaskFinding",
     "Watch",
     "__version__",
+    "advise",
+    "batch",
+    "concurrency",
     "current",
     "findings",
     "idle",
@@ -143,3 +152,59 @@ def findings(kind: str | None = None) -> list[Finding]:
     if watch is None:
         return []
     return watch.findings.list(kind)
+
+
+def advise() -> list[Recommendation]:
+    """What to change: thread/process pool sizes, concurrency limits, batch sizes, processes.
+
+    Each ``Recommendation`` names its ``target`` and ``knob`` (``max_workers``,
+    ``concurrency_limit``, ``batch_size`` or ``processes``), the ``current`` and ``suggested``
+    values, the ``expected_gain``, the ``evidence`` (figures measured while installed) and a
+    ``confidence``. Entries with ``suggested=None`` say what data is still needed (``need``).
+    Largest expected gain first. Empty when nothing needs changing, or when asyncwatch (or its
+    advisor) is not installed.
+    """
+    watch = _current_watch()
+    advisor = getattr(watch, "advisor", None)
+    if advisor is None or not advisor.active:
+        return []
+    recommendations: list[Recommendation] = advisor.advise()
+    return recommendations
+
+
+def batch(name: str, size: int | Callable[..., int], *, budget_s: float | None = None) -> Any:
+    """Record one of your own batches, so the advisor can suggest a batch size.
+
+    As a context manager (``with`` or ``async with``)::
+
+        with asyncwatch.batch("db-insert", size=len(rows)):
+            db.insert_many(rows)
+
+    or as a decorator, ``size`` being a callable given the function's arguments::
+
+        @asyncwatch.batch("embed", size=lambda texts: len(texts))
+        async def embed(texts): ...
+
+    ``budget_s`` is the most one batch may take (default ``advisor_batch_budget_s``). Batches
+    that raise are not recorded. Costs two clock reads per batch; a no-op when asyncwatch is not
+    installed.
+    """
+    return _make_batch(name, size, budget_s)
+
+
+def concurrency(name: str, limit: int | None = None, *, backlog: Any = None) -> Concurrency:
+    """Mark one unit of work running under your own concurrency limit (a worker pool, a gate),
+    so the advisor can suggest the limit::
+
+        async def worker():
+            while True:
+                job = await queue.get()
+                with asyncwatch.concurrency("runner", limit=N_WORKERS, backlog=queue):
+                    await run(job)
+
+    ``backlog``: the queue feeding it (anything with ``qsize()``) or a callable returning how
+    many jobs wait, so waiting is measured too. A no-op when asyncwatch is not installed.
+    """
+    watch = _current_watch()
+    advisor = getattr(watch, "advisor", None)
+    return _make_concurrency(getattr(advisor, "limits", None), name, limit, backlog)

@@ -330,6 +330,20 @@ _SETTINGS: dict[str, _Setting] = {
     "idle_coroutines": _Setting(
         ("ASYNCWATCH_IDLE_COROUTINES",), _parse_list, _str_tuple, "comma-separated globs"
     ),
+    "advisor": _Setting(("ASYNCWATCH_ADVISOR",), _parse_flag, _is_bool, "1 or 0"),
+    "advisor_interval_s": _Setting(
+        ("ASYNCWATCH_ADVISOR_INTERVAL_S",), _parse_float, _positive, "seconds, e.g. 30"
+    ),
+    "advisor_window_s": _Setting(
+        ("ASYNCWATCH_ADVISOR_WINDOW_S",), _parse_float, _positive, "seconds, e.g. 60"
+    ),
+    "advisor_batch_budget_s": _Setting(
+        ("ASYNCWATCH_ADVISOR_BATCH_BUDGET_S",), _parse_float, _positive, "seconds, e.g. 1"
+    ),
+    "advisor_max_threads": _Setting(
+        ("ASYNCWATCH_ADVISOR_MAX_THREADS",), _parse_int, _at_least(1), "whole number >= 1"
+    ),
+    "advisor_gather": _Setting(("ASYNCWATCH_ADVISOR_GATHER",), _parse_flag, _is_bool, "1 or 0"),
     "lazy_start": _Setting(("ASYNCWATCH_LAZY_START",), _parse_flag, _is_bool, "1 or 0"),
     "raise_errors": _Setting(("ASYNCWATCH_RAISE",), _parse_flag, _is_bool, "1 or 0"),
 }
@@ -441,6 +455,22 @@ class Config:
     idle_coroutines: tuple[str, ...] = ()
     """Globs of coroutine names (``myapp.listeners.*``) whose waits are expected to be idle:
     never reported as stuck."""
+    advisor: bool = True
+    """Measure executors, semaphores, batches and loop load, and offer advice
+    (``asyncwatch.advise()``; see "Advisor")."""
+    advisor_interval_s: float = 30.0
+    """Seconds between the advisor's evaluations (logged when the advice changes, exported
+    as ``asyncwatch.advisor.*`` gauges)."""
+    advisor_window_s: float = 60.0
+    """How far back the advisor looks at executor calls, waits and loop load (seconds)."""
+    advisor_batch_budget_s: float = 1.0
+    """Latency budget per batch: suggested batch sizes keep one batch within it (a batch site
+    can set its own with ``asyncwatch.batch(..., budget_s=...)``)."""
+    advisor_max_threads: int = 128
+    """Most threads the advisor will ever suggest for one thread pool."""
+    advisor_gather: bool = True
+    """Record the size and duration of ``asyncio.gather`` fan-outs (wraps ``asyncio.gather``
+    while installed)."""
     lazy_start: bool = False
     """Start exporters when the first event loop is instrumented (set by ``asyncwatch run``)."""
     raise_errors: bool = False

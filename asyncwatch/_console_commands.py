@@ -236,23 +236,23 @@ def do_findings(ctx: click.Context, kind: str | None, limit: int, stack: bool) -
 
 
 @click.command(name="advice")
+@click.option("-b", "--brief", is_flag=True, help="leave out the evidence")
 @_help
 @click.pass_context
 @_command
-def do_advice(ctx: click.Context) -> None:
-    """The advisor's recommendations (workers, concurrency limits, batch sizes)."""
-    import asyncwatch
+def do_advice(ctx: click.Context, brief: bool) -> None:
+    """The advisor's recommendations (workers, concurrency limits, batch sizes, processes)."""
+    from ._advisor import render
 
-    advise = getattr(asyncwatch, "advise", None)
-    if not callable(advise):
-        click.echo("advisor not available in this version of asyncwatch")
-        return
-    recommendations = list(advise())
-    if not recommendations:
-        click.echo("no recommendations: nothing to change, or not enough data yet")
-        return
-    for rec in recommendations:
-        click.echo(render_finding(rec))
+    watch = _watch(ctx)
+    if watch is None:
+        return _no_watch()
+    advisor = getattr(watch, "advisor", None)
+    if advisor is None or not advisor.active:
+        click.echo("advisor off (ASYNCWATCH_ADVISOR=0)")
+        return None
+    click.echo(render(advisor.advise(), evidence=not brief))
+    return None
 
 
 # ---------------------------------------------------------------- memory

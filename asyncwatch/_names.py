@@ -24,6 +24,8 @@ CPU_MODE = "cpu.mode"  # semconv
 GC_GENERATION = "cpython.gc.generation"  # semconv
 CONTEXT_SWITCH_TYPE = "process.context_switch_type"  # semconv
 FINDING_KIND = "asyncwatch.finding.kind"  # deadlock | stuck_task
+ADVICE_TARGET = "asyncwatch.advisor.target"  # executor / semaphore site / batch site / loop
+ADVICE_KNOB = "asyncwatch.advisor.knob"  # max_workers | concurrency_limit | batch_size | processes
 TASK_NAME = "asyncwatch.task.name"  # span attribute only (unbounded, never on metrics)
 HTTP_METHOD = "http.request.method"  # semconv; unknown methods are _OTHER
 HTTP_ROUTE = "http.route"  # semconv; the route template, never the raw path
@@ -138,6 +140,28 @@ DEADLOCK_SCAN_TIME = MetricDef(
     "s",
     "counter",
     "Time the event loops spent in asyncwatch's deadlock and stuck-task scans.",
+)
+ADVICE_SUGGESTED = MetricDef(
+    "asyncwatch.advisor.suggested",
+    "{value}",
+    "gauge",
+    "The advisor's suggested value of a knob (workers, concurrency limit, batch size, "
+    "processes), per target.",
+    (ADVICE_TARGET, ADVICE_KNOB),
+)
+ADVICE_CURRENT = MetricDef(
+    "asyncwatch.advisor.current",
+    "{value}",
+    "gauge",
+    "The knob's value now, for each target the advisor suggests changing.",
+    (ADVICE_TARGET, ADVICE_KNOB),
+)
+ADVICE_GAIN = MetricDef(
+    "asyncwatch.advisor.expected_gain",
+    "1",
+    "gauge",
+    "Expected throughput ratio if the suggestion is applied (e.g. 3.5 = 3.5x).",
+    (ADVICE_TARGET, ADVICE_KNOB),
 )
 INTERNAL_ERRORS = MetricDef(
     "asyncwatch.internal.errors",

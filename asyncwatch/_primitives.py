@@ -16,8 +16,11 @@ cancellation behaviour). ``uninstall()`` puts back each class attribute that is 
 Objects created while installed keep their (inert) state attribute, and Conditions made then
 keep calling the wrapper, which only forwards once the tracker is off.
 
-Hooks for other components (the advisor wants semaphore wait times and holder counts):
-subclass ``PrimitiveObserver`` and ``tracker.observe(obs)``; only overridden methods are called.
+Hooks for other components: subclass ``PrimitiveObserver`` and ``tracker.observe(obs)``; only
+overridden methods are called. The advisor measures semaphores through a cheaper, dedicated
+hook: ``tracker.track_semaphore(state)`` is asked once per semaphore for a track (kept as
+``state.track``), whose ``up(task, waited_s)`` and ``down(task)`` the semaphore wrappers call
+directly, inside the same wrapper that records holders (one wrapper per method, not two).
 """
 
 from __future__ import annotations
@@ -109,6 +112,7 @@ class PrimitiveState:
     loop: Any = None  # the loop it was last acquired on (finds the current task cheaply)
     waits = 0  # acquires that found it taken
     wait_s = 0.0  # total time those acquires waited
+    track: Any = None  # Semaphore: the advisor's level track (see ``track_semaphore``)
 
     def __init__(self, tracker: PrimitiveTracker, kind: str, where: tuple[Any, int] | None):
         self.tracker = tracker
@@ -187,6 +191,8 @@ class PrimitiveTracker:
         self.on_created: tuple[Callable[..., None], ...] = ()
         self.on_acquired: tuple[Callable[..., None], ...] = ()
         self.on_released: tuple[Callable[..., None], ...] = ()
+        # the advisor: state -> track with up(task, waited_s) / down(task), or None
+        self.track_semaphore: Callable[[PrimitiveState], Any] | None = None
         self._semaphores: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # ------------------------------------------------------------------ hooks
@@ -387,6 +393,7 @@ class PrimitiveTracker:
         release_original = cls.__dict__["release"]
         tracker = self
         clock = self.clock
+        task_of = _task_of
 
         def took(sem: Any, waited: float | None) -> None:
             state = state_of(sem)
@@ -403,6 +410,11 @@ class PrimitiveTracker:
             if waited is not None:
                 state.waits += 1
                 state.wait_s += waited
+            track = state.track
+            if track is None and tracker.track_semaphore is not None:
+                track = state.track = tracker.track_semaphore(state) or _UNTRACKED
+            if track is not None:
+                track.up(task, waited)
             for hook in tracker.on_acquired:
                 hook(state, task, waited)
 
@@ -411,7 +423,19 @@ class PrimitiveTracker:
                 # asyncio's own fast path, verbatim (its condition is a superset of this one).
                 self._value -= 1
                 try:
-                    took(self, None)
+                    state = self.__dict__.get(STATE_ATTR)
+                    loop = state.loop if type(state) is PrimitiveState else None
+                    task = task_of(loop) if loop is not None else None
+                    holders = state.holders if task is not None else None
+                    if holders is None or state.tracker is not tracker:
+                        took(self, None)  # first use, outside a task, or an older tracker's
+                    else:  # took(), inlined for the common case
+                        holders[task] = holders.get(task, 0) + 1
+                        track = state.track
+                        if track is not None:
+                            track.up(task, None)
+                        for hook in tracker.on_acquired:
+                            hook(state, task, None)
                 except Exception as exc:
                     tracker.fault(exc)
                 return True
@@ -432,7 +456,10 @@ class PrimitiveTracker:
                 try:
                     state = self.__dict__.get(STATE_ATTR)
                     if type(state) is PrimitiveState and state.tracker is tracker:
-                        task = tracker.holder_task(state)
+                        loop = state.loop
+                        task = task_of(loop) if loop is not None else None
+                        if task is None:
+                            task = tracker.holder_task(state)
                         holders = state.holders or {}
                         count = holders.get(task)
                         if count is not None:
@@ -445,6 +472,9 @@ class PrimitiveTracker:
                             # hands, and who holds which one can no longer be known.
                             del holders[next(iter(holders))]
                             state.uncertain = True
+                        track = state.track
+                        if track is not None:
+                            track.down(task)
                         for hook in tracker.on_released:
                             hook(state, task)
                 except Exception as exc:
@@ -452,6 +482,21 @@ class PrimitiveTracker:
 
         self._patch(cls, "acquire", acquire)
         self._patch(cls, "release", release)
+
+
+class _Untracked:
+    """A semaphore the advisor does not measure (over its limit count)."""
+
+    __slots__ = ()
+
+    def up(self, task: Any, waited_s: float | None) -> None:
+        """Nothing to record."""
+
+    def down(self, task: Any) -> None:
+        """Nothing to record."""
+
+
+_UNTRACKED = _Untracked()
 
 
 def _fast_paths_match() -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import _names as n
 from . import _recorder
+from ._advisor import Advisor
 from ._config import Config
 from ._deadlock import DeadlockDetector
 from ._export import MetricsBridge, Point, ProcessSampler, task_points
@@ -75,6 +76,8 @@ class Watch:
             idle_patterns=config.idle_coroutines,
         )
         self.bridge.add_source("deadlock", self.deadlocks.points)
+        self.advisor = Advisor(config, self.faults, self.primitives, self.loops)
+        self.bridge.add_source("advice", self.advisor.points)
         self.tasks = TaskWatcher(
             self.recorder, self.faults, tracer=self.telemetry.tracer, on_loop=self._on_loop
         )
@@ -108,9 +111,12 @@ class Watch:
             self.bridge.add_source("memory", self._memory.points)
         if self.config.loop_watch:
             self.loops.start()
+        if self.config.deadlock_detection or self.config.advisor:
+            self.primitives.install()  # the advisor reads semaphores through it
         if self.config.deadlock_detection:
-            self.primitives.install()
             self.deadlocks.start()
+        if self.config.advisor:
+            self.advisor.start()
         self.tasks.install()
         from ._asgi_patch import StarlettePatches
 
@@ -128,6 +134,7 @@ class Watch:
             self.console.stop()
         self.loops.stop()
         self.deadlocks.stop()
+        self.advisor.stop()
         self.primitives.uninstall()
         if self._memory is not None:
             self._memory.stop()
@@ -145,6 +152,10 @@ class Watch:
             self.deadlocks.attach(loop)
         except Exception as exc:
             self._report("deadlock_attach", exc)
+        try:
+            self.advisor.attach(loop)
+        except Exception as exc:
+            self._report("advisor_attach", exc)
         if not self.telemetry.started:
             try:
                 self.telemetry.start()
@@ -163,6 +174,7 @@ class Watch:
         self.recorder.reset()
         self.http.reset()
         self.deadlocks.reset()
+        self.advisor.after_fork()
         self.findings.clear()
         self.faults.counts.clear()
         self.drops.counts.clear()
@@ -256,9 +268,9 @@ def install(
     global _current
     with _lock:
         if _current is not None:
-            wanted = (
-                (config or Config.from_env()).replace(**settings) if (config or settings) else None
-            )
+            wanted = None
+            if config or settings:
+                wanted = (config or Config.from_env()).replace(**settings)
             if wanted is not None and wanted != _current.config:
                 differ = [
                     k

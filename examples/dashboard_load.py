@@ -22,7 +22,12 @@ What it does, so each panel has something to show:
   ``POST /orders`` carries a body; a few answers are 503). Needs ``starlette``, ``uvicorn``
   and ``httpx``; without them (or with ``--no-http``) the HTTP panels stay empty;
 * a synchronous call left in async code every two seconds or so (``load_legacy_config``
-  sleeps 150 ms on the loop): a blocked loop for the loop-lag and blocked-loop panels.
+  sleeps 150 ms on the loop): a blocked loop for the loop-lag and blocked-loop panels;
+* a blocking tax-rate client called through a thread pool that is too small for it (2 threads,
+  6 callers, each call mostly waiting): the advisor suggests more ``max_workers``, for the
+  diagnosis dashboard's Advisor row and the ``AsyncwatchAdvisorSuggestionPending`` alert. The
+  advisor evaluates every 2 s over a 10 s window here (``ASYNCWATCH_ADVISOR_INTERVAL_S`` and
+  ``ASYNCWATCH_ADVISOR_WINDOW_S`` override that), so the suggestion shows up within seconds.
 
 ``--inject-faults`` also exercises asyncwatch's own health panels: it registers a metric
 source that always fails (counted in ``asyncwatch.internal.errors``; your app is unaffected)
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import random
@@ -84,10 +90,26 @@ async def wait_for_approval(approved: asyncio.Event) -> None:
     await approved.wait()  # nobody ever sets it: a stuck task, on purpose
 
 
+def lookup_tax_rate(item: int) -> float:
+    time.sleep(0.02)  # a blocking client library: the thread mostly waits on the network
+    return 0.2 if item % 3 else 0.07
+
+
+async def tax_caller(pool: concurrent.futures.Executor, deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    item = 0
+    while time.monotonic() < deadline:
+        item += 1
+        await loop.run_in_executor(pool, lookup_tax_rate, item)
+
+
 async def run(seconds: float, pause: float) -> None:
     approved = asyncio.Event()
     stuck = asyncio.create_task(wait_for_approval(approved))
     deadline = time.monotonic() + seconds
+    # too few threads for 6 callers of a blocking client: the advisor suggests more
+    tax_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="tax-lookup")
+    taxes = [asyncio.create_task(tax_caller(tax_pool, deadline)) for _ in range(6)]
     order = 0
     pending: set[asyncio.Task[int]] = set()
     while time.monotonic() < deadline:
@@ -109,7 +131,8 @@ async def run(seconds: float, pause: float) -> None:
             next(iter(pending)).cancel()  # a client went away
         await asyncio.sleep(pause)
     stuck.cancel()
-    await asyncio.gather(*pending, stuck, return_exceptions=True)
+    await asyncio.gather(*pending, *taxes, stuck, return_exceptions=True)
+    tax_pool.shutdown()
 
 
 def http_app() -> Any:
@@ -198,6 +221,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     settings: dict[str, Any] = {}
+    # a demo: advice within seconds rather than the default 30 s / 60 s
+    if "ASYNCWATCH_ADVISOR_INTERVAL_S" not in os.environ:
+        settings["advisor_interval_s"] = 2.0
+    if "ASYNCWATCH_ADVISOR_WINDOW_S" not in os.environ:
+        settings["advisor_window_s"] = 10.0
     if args.inject_faults:
         os.environ["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] = (
             f"http://127.0.0.1:{_closed_port()}/v1/metrics"

@@ -311,7 +311,7 @@ ALERTS: list[Alert] = [
         "The 99th percentile of request duration for {{ $labels.http_route }} on "
         "{{ $labels.instance }} is above 1 s for 10 minutes.",
     ),
-    # ---- waiting for issue 7 (advisor gauges): names are a guess until it lands
+    # ---- advisor (issue 7)
     Alert(
         "AsyncwatchAdvisorSuggestionPending",
         """
@@ -326,7 +326,6 @@ ALERTS: list[Alert] = [
         "The advisor has recommended a different {{ $labels.asyncwatch_advisor_knob }} for "
         "{{ $labels.asyncwatch_advisor_target }} on {{ $labels.instance }} for an hour; "
         "asyncwatch.advise() gives the evidence and the expected gain.",
-        waits_for="issue 7: advisor gauges",
     ),
 ]
 

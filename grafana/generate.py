@@ -140,7 +140,6 @@ def _stat(
 # A blocked-loop culprit: the OTel code.* attributes of asyncwatch.loop.blocked* (issue 4)
 CULPRIT = "code_file_path, code_line_number, code_function_name"
 CULPRIT_LEGEND = "{{code_file_path}}:{{code_line_number}} {{code_function_name}}"
-ISSUE_7 = "issue 7: advisor gauges"
 
 OVERVIEW = Board(
     "asyncwatch-overview",
@@ -606,7 +605,6 @@ DIAGNOSIS = Board(
                     ),
                     description="asyncwatch.advise() gives the evidence and the expected gain.",
                     width=24,
-                    waits_for=ISSUE_7,
                 ),
             ),
         ),

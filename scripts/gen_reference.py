@@ -79,7 +79,9 @@ def render(text: str) -> str:
     for name, build in SECTIONS.items():
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n)(.*?)(<!-- END {name} -->)", re.DOTALL)
         text = pattern.sub(lambda m, b=build: m.group(1) + b() + "\n" + m.group(3), text)
-    pattern = re.compile(r"(<!-- BEGIN results:([\w-]+) -->\n)(.*?)(<!-- END results:\2 -->)", re.DOTALL)
+    pattern = re.compile(
+        r"(<!-- BEGIN results:([\w-]+) -->\n)(.*?)(<!-- END results:\2 -->)", re.DOTALL
+    )
     return pattern.sub(lambda m: m.group(1) + result(m.group(2)) + "\n" + m.group(4), text)
 
 

@@ -413,9 +413,10 @@ async def test_idle_marks_keep_long_waits_quiet() -> None:
 
 
 async def test_detection_off_patches_nothing() -> None:
-    """deadlock_detection=False leaves asyncio's classes alone and scans nothing."""
+    """deadlock_detection=False (and no advisor, which reads semaphores through the same
+    tracker) leaves asyncio's classes alone and scans nothing."""
     original = asyncio.Lock.__dict__["acquire"]
-    watch, _ = install(deadlock_detection=False)
+    watch, _ = install(deadlock_detection=False, advisor=False)
     assert asyncio.Lock.__dict__["acquire"] is original
     assert not watch.deadlocks.active
 

@@ -1,0 +1,498 @@
+"""The advisor's models: from measured figures to a ``Recommendation`` (pure functions).
+
+Each ``*_advice`` function takes a summary of what was measured over the window (plain frozen
+dataclasses built by ``_advisor``) and returns recommendations; no clocks, no threads, so
+the decisions are tested with figures written by hand.
+
+* Pools (``pool_advice``): Little's law. Calls in the pool on average L = (queue wait + run
+  time) x throughput; workers busy = run time x throughput. More workers help only while calls
+  queue (queue wait is a large share of their time) and the work is not CPU-bound; then about
+  L workers remove the queue. Thread pools share one GIL: their CPU use (cores) must stay
+  under ~0.7 of one core, which caps the threads worth adding; CPU-bound Python work in a
+  thread pool is pointed at a process pool instead (at most one worker per core). CPU-bound
+  workers are never suggested beyond the number of cores.
+* Concurrency limits (``limit_advice``): throughput at each concurrency level, fitted with the
+  Universal Scalability Law; the limit moves towards the fitted peak when tasks queue for it,
+  but never beyond the demand seen nor more than 2x the highest level measured.
+* Batches (``batch_advice``): batch time = overhead + per-item cost x n (+ a growth term when
+  the data show one); the size with the most items per second under the latency budget,
+  never more than 4x the largest size measured (apply, measure, ask again).
+* The loop (``loop_advice``): busy >= 90 % of its running time: more processes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ._fit import BatchFit, fit_batch, fit_usl, nnls3, r_squared
+
+CPU_POOL_CORES = 0.25  # a pool's calls using this many cores in all count as CPU-bound
+KNOBS = ("max_workers", "concurrency_limit", "batch_size", "processes")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One change the advisor suggests (or, with ``suggested=None``, the data it still needs).
+
+    ``expected_gain`` and ``evidence`` are written for people; ``gain`` is the same expected
+    gain as a ratio (e.g. 3.5 = 3.5x the throughput) for programs.
+    """
+
+    target: str
+    """What to change: an executor, a semaphore (by where it is created), a batch site, the
+    process."""
+    knob: str
+    """``max_workers``, ``concurrency_limit``, ``batch_size`` or ``processes``."""
+    current: int | None
+    """Its value now (None when unknown)."""
+    suggested: int | None
+    """The value to set; None when there is not enough data yet (see ``need``)."""
+    expected_gain: str
+    """What setting it should bring, in words."""
+    evidence: str
+    """The figures the suggestion rests on."""
+    confidence: str
+    """``high``, ``medium`` or ``low``."""
+    gain: float | None = None
+    """Expected throughput ratio, suggested vs current (None when not estimated)."""
+    model: str = ""
+    """The model used (Little's law, USL, batch cost fit, loop saturation)."""
+    need: str | None = None
+    """When ``suggested`` is None: the data still needed."""
+
+    @property
+    def kind(self) -> str:
+        """``advice`` or ``need_data``."""
+        return "advice" if self.suggested is not None else "need_data"
+
+    def __str__(self) -> str:
+        if self.suggested is None:
+            return f"{self.target}: {self.knob} - not enough data yet, need {self.need}"
+        now = "?" if self.current is None else str(self.current)
+        return (f"{self.target}: {self.knob} {now} -> {self.suggested} "
+                f"({self.expected_gain}; {self.confidence} confidence)")
+
+
+# ---------------------------------------------------------------- formatting helpers
+
+
+def secs(s: float) -> str:
+    """Seconds for people: 850 us, 12.5 ms, 1.20 s."""
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} us"
+    if s < 1:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s:.3g} s"
+
+
+def rate(x: float) -> str:
+    """A rate with sensible digits."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def nice(n: float, *, down: bool = False) -> int:
+    """Round to 2 significant digits (``down``: never above ``n``; never below 1)."""
+    if n < 1:
+        return 1
+    digits = max(0, math.floor(math.log10(n)) - 1)
+    step = 10**digits
+    kept = math.floor(n / step) if down else round(n / step)
+    return max(1, int(kept * step))
+
+
+# ---------------------------------------------------------------- pools
+
+
+@dataclass(frozen=True)
+class PoolFigures:
+    """An executor over the window. Times are means per call, in seconds."""
+
+    label: str
+    threads: bool  # a thread pool (else a process pool or other executor)
+    workers: int | None  # max_workers
+    calls: int
+    span_s: float  # time the calls covered (first submitted -> last ended)
+    wait_s: float | None  # queue wait (None: not measurable, e.g. process pools)
+    run_s: float | None  # run time in the worker
+    latency_s: float  # submitted -> done
+    cpu_s: float | None  # CPU time per call (thread pools) or per call from the workers' CPU
+    cores: int  # CPUs of the machine
+    cpu_wait_s: float | None = None  # per call, time the workers were runnable without a CPU
+
+
+def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Recommendation]:
+    """Little's law for one executor; see the module docstring."""
+    if f.workers is None or f.calls <= 0 or f.span_s <= 0:
+        return []
+    c = f.workers
+    x = f.calls / f.span_s  # throughput, calls/s
+    in_system = x * f.latency_s  # L: calls submitted and not done, on average
+    if f.run_s is not None and f.wait_s is not None:
+        run, wait = f.run_s, f.wait_s
+    elif in_system > c * 1.05:  # process pools: all workers busy, the rest queued
+        run = min(f.latency_s, c / x)
+        wait = f.latency_s - run
+    else:
+        run, wait = f.latency_s, 0.0
+    queue_share = wait / f.latency_s if f.latency_s > 0 else 0.0
+    if queue_share < 0.3 or wait < 1e-3:
+        return []  # calls barely queue: the pool is not what holds them up
+    if f.calls < min_calls:
+        return [Recommendation(
+            f.label, "max_workers", c, None, "unknown yet",
+            f"{f.calls} calls so far, queue wait {secs(wait)} vs run {secs(run)} per call",
+            "low", model="Little's law", need=f"at least {min_calls} calls through it "
+            f"(seen {f.calls})")]
+    busy = x * run  # workers busy on average
+    # CPU wanted per call: CPU time, plus the time the workers waited for a CPU (on a busy
+    # machine CPU-bound calls stretch as if they waited on I/O; the scheduler knows better).
+    # What the GIL serialises is the CPU actually used (used_cores).
+    used_cores = x * f.cpu_s if f.cpu_s is not None else None
+    cpu_s = f.cpu_s
+    if cpu_s is not None and f.cpu_wait_s is not None:
+        cpu_s = min(run, cpu_s + f.cpu_wait_s) if run > 0 else cpu_s + f.cpu_wait_s
+    cpu_share = (cpu_s / run) if (cpu_s is not None and run > 0) else None
+    cpu_cores = x * cpu_s if cpu_s is not None else None  # cores the pool's work wanted
+    # A share of the run time on (or waiting for) a CPU: half for threads, a third for
+    # process workers (each has a core of its own) makes the work CPU-bound.
+    computing = cpu_share is not None and cpu_share >= (0.5 if f.threads else 0.3)
+    # Threads also wait for the GIL without using CPU, which makes CPU-bound calls look partly
+    # idle; so a thread pool whose calls use a quarter of a core or more in all is treated as
+    # CPU-bound too. Above one core, C code released the GIL.
+    gil_bound = (f.threads and used_cores is not None and used_cores <= 1.15
+                 and (computing or used_cores >= CPU_POOL_CORES))
+    cpu_bound = gil_bound or computing or (
+        f.threads and used_cores is not None and used_cores >= CPU_POOL_CORES)
+    base = (f"{f.calls} calls in {secs(f.span_s)}: {rate(x)}/s, queue wait {secs(wait)} "
+            f"({queue_share:.0%} of each call's time) vs run {secs(run)}; "
+            f"{busy:.1f} of {c} workers busy, {in_system:.1f} calls in the pool on average")
+    if cpu_share is not None and cpu_cores is not None:
+        base += f"; CPU {cpu_share:.0%} of run time ({cpu_cores:.2f} cores)"
+        if f.cpu_wait_s is not None and f.cpu_wait_s >= 0.1 * run:
+            base += (f", counting {secs(f.cpu_wait_s)} per call spent waiting for a CPU "
+                     "(a busy machine)")
+    if not cpu_bound and cpu_s is None:
+        # CPU use unknown (a process pool not sampled while busy): cap at the cores, as if
+        # CPU-bound, and say why.
+        suggested = min(f.cores, max(1, math.ceil(in_system)))
+        gain = min(suggested, in_system) / max(busy, 1e-9)
+        if suggested <= c or gain < 1.2:
+            return []
+        return [Recommendation(
+            f.label, "max_workers", c, suggested,
+            f"about {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s)",
+            f"{base}. Whether the work is CPU-bound is not known yet (its workers' CPU was not "
+            f"sampled), so no more than one worker per core ({f.cores}) is suggested.",
+            "low", gain, "Little's law")]
+    if not cpu_bound:
+        wanted = math.ceil(in_system * 1.1)
+        caps = [wanted]
+        why = f"about {in_system:.0f} calls wait or run at once"
+        if f.threads:
+            caps.append(max_threads)
+            if used_cores is not None and used_cores > 0:
+                gil_cap = math.floor(c * 0.7 / used_cores + 1e-9)
+                if gil_cap < wanted:
+                    why = (f"beyond {gil_cap} threads their CPU use ({used_cores:.2f} cores "
+                           "now) would reach the GIL's one core")
+                caps.append(gil_cap)
+        suggested = max(min(caps), 1)
+        if suggested <= c * 1.2:
+            return []
+        gain = min(suggested, in_system) / max(busy, 1e-9)
+        if gain < 1.2:
+            return []
+        confidence = "high" if f.calls >= 4 * min_calls and (cpu_share or 0) < 0.2 else "medium"
+        return [Recommendation(
+            f.label, "max_workers", c, suggested,
+            f"about {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s), "
+            f"queue wait per call from {secs(wait)} to near zero",
+            f"{base}. The work is I/O-bound (CPU {0 if cpu_share is None else cpu_share:.0%} "
+            f"of run time), so more workers run more calls at once; {why}.",
+            confidence, gain, "Little's law")]
+    # CPU-bound: never more workers than cores
+    if f.threads and gil_bound:
+        procs = min(f.cores, max(1, math.ceil(in_system)))
+        gain = min(procs, in_system) / max(cpu_cores or 1.0, 0.1)
+        if procs < 2 or gain < 1.3:
+            return []
+        return [Recommendation(
+            f.label, "processes", 1, procs,
+            f"up to {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s) "
+            f"with a ProcessPoolExecutor(max_workers={procs})",
+            f"{base}. The work is CPU-bound Python: the pool's threads share one GIL "
+            f"({cpu_cores:.2f} cores of CPU wanted), so more threads cannot add throughput; a "
+            f"process pool with one worker per core ({f.cores} cores) can.",
+            "medium", gain, "Little's law + GIL")]
+    suggested = min(f.cores, max(1, math.ceil(in_system)))
+    if suggested <= c:
+        return []
+    gain = min(suggested, in_system) / max(busy, 1e-9)
+    if gain < 1.2:
+        return []
+    return [Recommendation(
+        f.label, "max_workers", c, suggested,
+        f"about {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s)",
+        f"{base}. The work is CPU-bound, so at most one worker per core ({f.cores}) helps.",
+        "medium", gain, "Little's law")]
+
+
+# ---------------------------------------------------------------- concurrency limits
+
+
+@dataclass(frozen=True)
+class LimitFigures:
+    """A concurrency limit: levels are cumulative, the rest over the window."""
+
+    label: str
+    limit: int | None
+    levels: tuple[tuple[int, float, int], ...]  # (concurrency, hold-seconds, holds) at it
+    active_s: float  # time with at least one holder (window)
+    holders: float  # mean holders while active
+    waiters: float  # mean tasks waiting while active
+    done: int  # completions in the window
+    max_level: int
+
+
+def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Recommendation]:
+    """USL fit of throughput vs concurrency; see the module docstring."""
+    limit = f.limit or f.max_level
+    if limit <= 0 or f.active_s <= 0 or f.done <= 0:
+        return []
+    binding = f.waiters >= max(0.5, 0.1 * f.holders)
+    if not binding:
+        return []
+    demand = f.holders + f.waiters
+    usable = [(n, t, d) for n, t, d in f.levels if d >= min_done and t > 0]
+    seen = ", ".join(f"{n} ({d} done)" for n, _, d in sorted(f.levels)[-6:])
+    pressure = (f"{f.waiters:.1f} tasks waiting on average beside {f.holders:.1f} holders "
+                f"(limit {limit})")
+    if len(usable) < 3:
+        return [Recommendation(
+            f.label, "concurrency_limit", limit, None, "unknown yet", pressure + "; levels seen: "
+            + (seen or "none"), "low", model="Universal Scalability Law",
+            need=f"throughput at 3 or more concurrency levels with {min_done}+ completions each "
+            f"(have {len(usable)}); a while at another limit (e.g. {limit * 2} or "
+            f"{max(1, limit // 2)}) shows how the work scales")]
+    ns = [float(n) for n, _, _ in usable]
+    xs = [n * d / t for n, t, d in usable]  # Little's law: N / mean hold time
+    fit = fit_usl(ns, xs, [float(d) for _, _, d in usable])
+    if fit is None:
+        return []
+    top_seen = max(ns)
+    cap = min(demand, 2 * top_seen, max_limit)
+    peak = fit.peak
+    best = min(peak, cap)
+    table = ", ".join(f"{rate(x)}/s at {int(n)}" for n, x in list(zip(ns, xs, strict=True))[-6:])
+    curve = (f"throughput {table}; USL fit: contention {fit.sigma:.1%}, crosstalk "
+             f"{fit.kappa:.2%}, " + (f"peak at ~{peak:.0f}" if math.isfinite(peak)
+                                     else "no peak") + f" (R^2 {fit.r2:.2f})")
+    now_x = fit.throughput(limit)
+    if math.isfinite(best) and best > limit:
+        # the knee: the smallest limit reaching 95 % of what the best one would
+        top = fit.throughput(best)
+        knee = next((k for k in range(limit + 1, int(best) + 1)
+                     if fit.throughput(k) >= 0.95 * top), best)
+        best = float(knee)
+    if best > limit * 1.15:
+        target = nice(best)
+        gain = fit.throughput(target) / now_x
+        if gain < 1.15:
+            return []
+        inside = target <= top_seen
+        confidence = ("high" if inside and fit.r2 >= 0.9 else
+                      "medium" if fit.r2 >= 0.7 else "low")
+        return [Recommendation(
+            f.label, "concurrency_limit", limit, target,
+            f"about {gain:.1f}x the throughput ({rate(now_x)}/s -> ~{rate(now_x * gain)}/s), "
+            "less waiting for the limit",
+            f"{pressure}; {curve}", confidence, gain, "Universal Scalability Law")]
+    peak_gain = fit.throughput(round(peak)) / now_x if math.isfinite(peak) else 1.0
+    if math.isfinite(peak) and 1 <= peak < limit * 0.8 and peak_gain >= 1.1:
+        target = max(1, round(peak))
+        gain = peak_gain
+        return [Recommendation(
+            f.label, "concurrency_limit", limit, target,
+            f"about {gain:.2f}x the throughput: past ~{target} at once the work slows itself "
+            "down (contention)",
+            f"{pressure}; {curve}", "medium" if fit.r2 >= 0.8 else "low", gain,
+            "Universal Scalability Law")]
+    # Flat past some level (a rate limit downstream, a saturated service): fewer in flight
+    # give the same throughput, and each task holds the limit for less time.
+    knee = next((k for k in range(1, limit) if fit.throughput(k) >= 0.95 * now_x), limit)
+    if knee < 0.7 * limit and fit.throughput(knee) <= now_x * 1.1:
+        target = nice(knee)
+        held_now = limit / now_x
+        return [Recommendation(
+            f.label, "concurrency_limit", limit, target,
+            f"about the same throughput (~{rate(fit.throughput(target))}/s) with {limit - target}"
+            f" fewer in flight: each holds it ~{secs(target / fit.throughput(target))} instead "
+            f"of {secs(held_now)}",
+            f"{pressure}; {curve}; throughput stops growing past ~{target}: something "
+            "downstream (a rate limit, a saturated service) sets the pace",
+            "medium" if fit.r2 >= 0.8 and target <= top_seen else "low",
+            fit.throughput(target) / now_x, "Universal Scalability Law")]
+    return []
+
+
+# ---------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True)
+class BatchFigures:
+    """A batch site: recent batches (size, seconds)."""
+
+    label: str
+    explicit: bool
+    batches: tuple[tuple[int, float], ...]
+    budget_s: float | None
+
+
+def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
+    """Batch cost fit; see the module docstring."""
+    if not f.batches:
+        return []
+    sizes = [s for s, _ in f.batches]
+    counts: dict[int, int] = {}
+    for s in sizes:
+        counts[s] = counts.get(s, 0) + 1
+    recent: dict[int, int] = {}
+    for s in sizes[-30:]:
+        recent[s] = recent.get(s, 0) + 1
+    current = max(recent.items(), key=lambda kv: (kv[1], kv[0]))[0]  # the size used now
+    distinct = sorted(counts)
+    if (len(f.batches) < min_batches or len(distinct) < 3
+            or distinct[-1] < 1.5 * distinct[0]):
+        # Not enough to fit. Said only when something is visibly wrong (batches over their
+        # latency budget): a healthy fixed-size batch is not flagged for lack of variety.
+        recent_t = [d for s, d in f.batches[-30:] if s == current]
+        slow = f.budget_s is not None and recent_t and (
+            sum(recent_t) / len(recent_t) > f.budget_s)
+        if not (f.explicit and slow):
+            return []
+        return [Recommendation(
+            f.label, "batch_size", current, None, "unknown yet",
+            f"{len(f.batches)} batches, sizes {_sizes_text(distinct)}; at {current} items a "
+            f"batch takes {secs(sum(recent_t) / len(recent_t))}, over its budget of "
+            f"{secs(f.budget_s or 0)}", "low", model="batch cost fit",
+            need=f"{min_batches}+ batches of 3 or more different sizes spanning 1.5x or more "
+            f"(have {len(f.batches)} of {len(distinct)} sizes)")]
+    by_size: dict[int, list[float]] = {}
+    for s, d in f.batches:
+        by_size.setdefault(s, []).append(d)
+    ns = [float(s) for s in by_size]
+    ts = [sum(v) / len(v) for v in by_size.values()]
+    ws = [float(len(v)) for v in by_size.values()]
+    fit = _batch_fit(ns, ts, ws)
+    if fit is None:
+        return []
+    # A poor fit still tells the overhead (the intercept) well when it dominates; then a
+    # bigger batch is a safe step (bounded below), just not a precise one.
+    if fit.r2 < 0.5 and fit.overhead < 0.5 * fit.duration(current):
+        return []
+    biggest = distinct[-1]
+    budget = f.budget_s
+    best = fit.best_size(budget, 4.0 * biggest)
+    target = nice(best, down=budget is not None and fit.duration(best) >= 0.97 * budget)
+    now_x, new_x = fit.throughput(current), fit.throughput(target)
+    now_t, new_t = fit.duration(current), fit.duration(target)
+    over_budget = budget is not None and now_t > budget
+    gain = new_x / now_x if now_x > 0 else 1.0
+    if abs(target - current) <= 0.15 * current or (not over_budget and abs(gain - 1) < 0.1):
+        return []
+    model = (f"each batch costs {secs(fit.overhead)} of overhead plus {secs(fit.per_item)} "
+             f"per item" + (f" (+{fit.growth * 1e6:.3g} us x n^2)" if fit.growth > 0 else "")
+             + f" (fit of {len(f.batches)} batches, sizes {_sizes_text(distinct)}, "
+             f"R^2 {fit.r2:.2f})")
+    figures = (f"at {current} items: {secs(now_t)} per batch, {rate(now_x)} items/s; at "
+               f"{target}: {secs(new_t)}, {rate(new_x)} items/s")
+    limit_note = f"; latency budget {secs(budget)} per batch" if budget is not None else ""
+    if target > biggest * 1.05:
+        limit_note += (f"; {target} is beyond the sizes measured (up to {biggest}): apply it, "
+                       "and ask again once batches of that size have run")
+    inside = target <= biggest
+    confidence = ("high" if inside and fit.r2 >= 0.9 else
+                  "medium" if fit.r2 >= 0.8 else "low")
+    words = (f"about {gain:.1f}x the items per second" if gain >= 1
+             else f"batches within the latency budget ({secs(new_t)} instead of {secs(now_t)})")
+    return [Recommendation(
+        f.label, "batch_size", current, target, words,
+        f"{model}; {figures}{limit_note}", confidence, gain, "batch cost fit")]
+
+
+def _batch_fit(ns: list[float], ts: list[float], ws: list[float]) -> BatchFit | None:
+    """The quadratic fit, or the linear one when the data do not support a growth term."""
+    fit = fit_batch(ns, ts, ws)
+    if fit is None or fit.growth <= 0:
+        return fit
+    top = max(ns)
+    if fit.growth * top * top >= 0.1 * fit.duration(top):
+        return fit
+    res = nnls3(ns, ts, ws, (lambda n: 1.0, lambda n: n))
+    if res is None:
+        return fit
+    a, b = res[0]
+    line = BatchFit(a, b, 0.0, 0.0)
+    return BatchFit(a, b, 0.0, r_squared(ts, [line.duration(n) for n in ns], ws))
+
+
+def _sizes_text(distinct: list[int]) -> str:
+    if len(distinct) <= 4:
+        return ", ".join(map(str, distinct))
+    return f"{distinct[0]}-{distinct[-1]} ({len(distinct)} sizes)"
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass(frozen=True)
+class LoopFigures:
+    """One event loop over the window."""
+
+    label: str
+    seconds: float
+    busy: float | None
+    thread_cpu: float | None
+    lag_p99_s: float | None
+    cores: int
+    machine_busy: float | None  # percent of all cores in use (whole machine)
+    process_cores: float | None  # cores this process used
+
+
+def loop_advice(f: LoopFigures, *, min_seconds: float) -> list[Recommendation]:
+    """Loop saturation: more processes; see the module docstring."""
+    busy = f.busy if f.busy is not None else f.thread_cpu
+    if busy is None or busy < 0.9:
+        return []
+    what = "busy" if f.busy is not None else "on CPU"
+    base = f"the loop was {what} {busy:.0%} of the last {secs(f.seconds)}"
+    if f.thread_cpu is not None and f.busy is not None:
+        base += f" ({f.thread_cpu / max(busy, 1e-9):.0%} of that computing)"
+    if f.lag_p99_s is not None:
+        base += f", loop lag p99 {secs(f.lag_p99_s)}"
+    if f.process_cores is not None:
+        base += f"; the process used {f.process_cores:.2f} cores"
+    if f.seconds < min_seconds:
+        return [Recommendation(
+            f.label, "processes", 1, None, "unknown yet", base, "low",
+            model="loop saturation", need=f"{secs(min_seconds)} of measurements (have "
+            f"{secs(f.seconds)})")]
+    if f.cores < 2:
+        return []
+    spare: float = f.cores
+    if f.machine_busy is not None:
+        spare = max(0.0, f.cores * (1 - f.machine_busy / 100))
+    suggested = int(max(2, min(f.cores, 1 + round(spare))))
+    computing = f.thread_cpu is None or f.busy is None or f.thread_cpu >= 0.7 * busy
+    confidence = "medium" if computing and spare >= 0.5 else "low"
+    note = ("" if computing else "; much of the busy time is blocking rather than computing: "
+            "moving blocking calls to an executor would help first")
+    if spare < 0.5:
+        note += f"; the machine has little spare CPU ({f.machine_busy:.0f}% busy)"
+    return [Recommendation(
+        f.label, "processes", 1, suggested,
+        f"up to {suggested}x the capacity: one event loop per process, each on its own core "
+        "(e.g. more uvicorn/gunicorn workers)",
+        f"{base}: the loop itself is saturated, so waits grow whatever the pools and limits are"
+        f"{note}", confidence, float(suggested), "loop saturation")]

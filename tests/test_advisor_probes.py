@@ -1,0 +1,343 @@
+"""The advisor's probes: what they measure, that they change nothing, and that uninstall
+puts everything back; its outputs (gauges, log lines, loop saturation)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+import asyncwatch
+from asyncwatch import _names as n
+from asyncwatch._advisor import _limit_window
+from asyncwatch._limits import EXACT_HOLDS
+from asyncwatch._models import Recommendation
+from tests.advisor_workloads import cpu_call, executor_workload, io_call
+from tests.conftest import collect, point, wait_for
+
+ORIGINAL_RUN_IN_EXECUTOR = asyncio.BaseEventLoop.run_in_executor
+ORIGINAL_GATHER = asyncio.gather
+
+
+@pytest.fixture
+def advised(reader: InMemoryMetricReader) -> Iterator[asyncwatch.Watch]:
+    """Installed in strict mode with an in-memory reader; evaluations on demand only."""
+    watch = asyncwatch.install(
+        metrics_exporters=("none",), raise_errors=True, advisor_interval_s=3600,
+        metric_readers=[reader],
+    )
+    yield watch
+    asyncwatch.uninstall(timeout_s=2)
+
+
+def test_uninstall_restores_every_patch() -> None:
+    """run_in_executor, asyncio.gather and the loop's selector are the originals afterwards."""
+    selectors: list[Any] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0)  # the selector wrapper is armed at the loop's first iteration
+        selectors.append(loop._selector)  # type: ignore[attr-defined]
+        assert "select" in vars(loop._selector)  # type: ignore[attr-defined]
+        asyncwatch.uninstall(timeout_s=2)
+        await asyncio.sleep(0)  # disarmed from the loop's own thread
+
+    asyncwatch.install(metrics_exporters=("none",), raise_errors=True)
+    assert asyncio.BaseEventLoop.run_in_executor is not ORIGINAL_RUN_IN_EXECUTOR
+    assert asyncio.gather is not ORIGINAL_GATHER
+    asyncio.run(main())
+    assert asyncio.BaseEventLoop.run_in_executor is ORIGINAL_RUN_IN_EXECUTOR
+    assert asyncio.gather is ORIGINAL_GATHER and asyncio.tasks.gather is ORIGINAL_GATHER
+    assert "select" not in vars(selectors[0])
+
+
+def test_advisor_off_patches_nothing() -> None:
+    """advisor=False leaves run_in_executor and gather alone."""
+    asyncwatch.install(metrics_exporters=("none",), advisor=False)
+    assert asyncio.BaseEventLoop.run_in_executor is ORIGINAL_RUN_IN_EXECUTOR
+    assert asyncio.gather is ORIGINAL_GATHER
+    assert asyncwatch.advise() == []
+
+
+def test_executor_calls_keep_results_errors_and_context(advised: asyncwatch.Watch) -> None:
+    """Results, exceptions and contextvars pass through; queue, run and CPU are measured."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var")
+
+    def fails() -> None:
+        raise KeyError("boom")
+
+    async def main() -> None:
+        var.set("set in the task")
+        loop = asyncio.get_running_loop()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="probe") as pool:
+            assert await loop.run_in_executor(pool, io_call, 0.001) == 0.001
+            with pytest.raises(KeyError, match="boom"):
+                await loop.run_in_executor(pool, fails)
+            assert await loop.run_in_executor(pool, cpu_call, 0.002) > 0
+        assert await asyncio.to_thread(var.get) == "set in the task"  # default executor
+
+    asyncio.run(main())
+    stats = {s.label: s for s in advised.advisor.executors.executors()}
+    probe = stats["ThreadPoolExecutor 'probe'"]
+    rows = probe.recent()
+    assert len(rows) == 3
+    for submitted, started, ended, cpu in rows:
+        assert submitted <= started <= ended  # type: ignore[operator]
+        assert cpu is not None and cpu >= 0
+    assert rows[2][3] >= 0.002  # the CPU-bound call's CPU time, measured in its thread
+    assert any(s.default for s in stats.values())  # to_thread went through the default pool
+
+
+def test_gather_keeps_results_and_unretrieved_errors(advised: asyncwatch.Watch) -> None:
+    """gather returns the same results; a failure's 'never retrieved' state is untouched;
+    each call site records its fan-out size."""
+
+    async def value(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    async def fail() -> None:
+        raise ValueError("x")
+
+    async def main() -> Any:
+        assert await asyncio.gather(*(value(i) for i in range(5))) == [0, 1, 2, 3, 4]
+        results = await asyncio.gather(value(1), fail(), return_exceptions=True)
+        assert results[0] == 1 and isinstance(results[1], ValueError)
+        outer = asyncio.gather(fail(), value(2))
+        await asyncio.wait([outer])
+        assert outer._log_traceback  # type: ignore[attr-defined]  # not retrieved by us
+        outer.exception()  # retrieve it ourselves, as the app would
+
+    asyncio.run(main())
+    sites = advised.advisor.batches.sites()
+    assert len(sites) == 3 and all(s.label.startswith("gather at ") for s in sites)
+    assert sorted(size for site in sites for size, _, _ in site.recent()) == [2, 5]
+
+
+def test_batch_api_context_manager_and_decorators(advised: asyncwatch.Watch) -> None:
+    """with / async with / sync and async decorators record size and time; failures not."""
+
+    @asyncwatch.batch("sync", size=len)
+    def write(rows: list[int]) -> int:
+        return sum(rows)
+
+    @asyncwatch.batch("async", size=len)
+    async def awrite(rows: list[int]) -> int:
+        await asyncio.sleep(0)
+        return len(rows)
+
+    async def main() -> None:
+        with asyncwatch.batch("cm", size=3):
+            pass
+        async with asyncwatch.batch("cm", size=4):
+            await asyncio.sleep(0)
+        with pytest.raises(RuntimeError), asyncwatch.batch("cm", size=5):
+            raise RuntimeError("not recorded")
+        assert write([1, 2, 3]) == 6
+        assert await awrite([1, 2]) == 2
+
+    asyncio.run(main())
+    sites = {s.label: [size for size, _, _ in s.recent()] for s in advised.advisor.batches.sites()}
+    assert sites["batch 'cm'"] == [3, 4]
+    assert sites["batch 'sync'"] == [3]
+    assert sites["batch 'async'"] == [2]
+
+
+def test_batch_and_concurrency_without_asyncwatch_are_no_ops() -> None:
+    """Not installed: the helpers still work as context managers and decorators."""
+    with asyncwatch.batch("x", size=3), asyncwatch.concurrency("y", limit=2):
+        pass
+
+    @asyncwatch.batch("z", size=len)
+    def f(items: list[int]) -> int:
+        return len(items)
+
+    assert f([1, 2]) == 2
+    with pytest.raises(ValueError, match="size"):
+        asyncwatch.batch("x", size=-1)
+    with pytest.raises(ValueError, match="limit"):
+        asyncwatch.concurrency("x", limit=0)
+
+
+def test_semaphore_holds_and_waits_are_measured_per_level(advised: asyncwatch.Watch) -> None:
+    """8 tasks on Semaphore(2): holds binned at level 2, waits counted, limit known."""
+
+    async def main() -> None:
+        sem = asyncio.Semaphore(2)
+
+        async def job() -> None:
+            for _ in range(5):
+                async with sem:
+                    await asyncio.sleep(0.002)
+
+        await asyncio.gather(*(job() for _ in range(8)))
+
+    asyncio.run(main())
+    (stats,) = [s for s in advised.advisor.limits.limits() if "test_advisor_probes" in s.label]
+    assert stats.current_limit() == 2 and stats.max_level == 2
+    assert stats.done == 40 and stats.waits > 20
+    assert max(stats.holds, key=stats.holds.__getitem__) == 2
+    figures = _limit_window(stats.label, stats, None)
+    assert figures is not None and figures.holders == pytest.approx(2, abs=0.5)
+    assert figures.waiters > figures.holders  # 6 waiting beside 2 holding
+
+
+def test_semaphore_holds_are_timed_on_a_sample(advised: asyncwatch.Watch) -> None:
+    """The first EXACT_HOLDS holds are all timed; after them, most only move counters."""
+
+    async def main() -> None:
+        sem = asyncio.Semaphore(4)
+        for _ in range(EXACT_HOLDS + 4000):
+            async with sem:
+                pass
+
+    asyncio.run(main())
+    (stats,) = [s for s in advised.advisor.limits.limits() if "test_advisor_probes" in s.label]
+    assert stats.done == EXACT_HOLDS + 4000 and stats.waits == 0
+    later = stats.sampled - EXACT_HOLDS
+    assert 4000 / 16 <= later <= 4000 / 4  # about one in SAMPLE_EVERY
+    assert set(stats.holds) == {1}
+
+
+def test_declared_concurrency_with_backlog(advised: asyncwatch.Watch) -> None:
+    """A worker pool declared with concurrency(): holds and queue backlog are measured."""
+
+    async def main() -> None:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(30):
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            while not queue.empty():
+                queue.get_nowait()
+                async with asyncwatch.concurrency("runner", limit=3, backlog=queue):
+                    await asyncio.sleep(0.002)
+
+        await asyncio.gather(*(worker() for _ in range(3)))
+
+    asyncio.run(main())
+    (stats,) = [s for s in advised.advisor.limits.limits() if s.label == "concurrency 'runner'"]
+    assert stats.current_limit() == 3 and stats.done == 30
+    assert stats.waiter_s > 0  # jobs sat in the queue
+
+
+def test_advice_is_exported_as_gauges_and_logged_once(
+    advised: asyncwatch.Watch, reader: InMemoryMetricReader, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Suggested, current and gain per target reach the reader; the log says it once and
+    says when it is withdrawn."""
+    rec = Recommendation("pool X", "max_workers", 2, 16, "about 8x", "figures", "high", 8.0)
+    advised.advisor.last = (rec,)
+    points = collect(reader)
+    attrs = {"asyncwatch__advisor__target": "pool X", "asyncwatch__advisor__knob": "max_workers"}
+    assert point(points[n.ADVICE_SUGGESTED.name], **attrs).value == 16
+    assert point(points[n.ADVICE_CURRENT.name], **attrs).value == 2
+    assert point(points[n.ADVICE_GAIN.name], **attrs).value == 8.0
+    with caplog.at_level(logging.INFO, logger="asyncwatch"):
+        advised.advisor.log_changes([rec])
+        advised.advisor.log_changes([rec])
+        advised.advisor.log_changes([])
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert "max_workers 2 -> 16" in lines[0] and "Evidence: figures" in lines[0]
+    assert "withdrawn" in lines[1]
+
+
+def test_sampler_logs_new_advice_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The advisor's own thread logs a new recommendation at INFO, once, with its evidence."""
+    watch = asyncwatch.install(metrics_exporters=("none",), raise_errors=True,
+                               advisor_window_s=4, advisor_interval_s=0.3)
+    try:
+        with caplog.at_level(logging.INFO, logger="asyncwatch"):
+
+            async def main() -> None:
+                with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="logged") as p:
+                    await executor_workload(p, io_call, 0.005, callers=12, calls_each=10)
+
+            asyncio.run(main())
+
+            def lines() -> list[str]:
+                return [m for m in (r.getMessage() for r in caplog.records)
+                        if m.startswith("asyncwatch advice: ThreadPoolExecutor 'logged'")]
+
+            wait_for(lines, 15, "the advice to be logged")
+            first = watch.advisor.last
+            wait_for(lambda: watch.advisor.last is not first, 15, "another evaluation")
+            (line,) = lines()
+        assert "max_workers 2 -> " in line and "Evidence: " in line
+        (record,) = [r for r in caplog.records if r.getMessage() == line]
+        assert record.levelno == logging.INFO and record.threadName == "asyncwatch-advisor"
+    finally:
+        asyncwatch.uninstall(timeout_s=2)
+
+
+def test_saturated_loop_is_advised_more_processes() -> None:
+    """A loop kept busy by its own coroutines for a few seconds: 'processes' advice."""
+    watch = asyncwatch.install(metrics_exporters=("none",), raise_errors=True,
+                               advisor_window_s=4, advisor_interval_s=3600)
+
+    async def main() -> list[Recommendation]:
+        end = time.perf_counter() + 2.5  # the workload: 2.5 s of handlers computing
+
+        async def handler() -> None:
+            while time.perf_counter() < end:
+                cpu_call(0.002)
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(handler() for _ in range(4)))
+        return [r for r in asyncwatch.advise() if r.knob == "processes"]
+
+    recs = asyncio.run(main())
+    (window,) = watch.advisor.load.windows(4)
+    assert window.busy is not None and window.busy >= 0.9
+    # loop lag over the window, from the blocked-loop detector's heartbeat: each loop
+    # iteration runs four 2 ms steps, so the beat is at least that late at times
+    assert window.lag_p99_s is not None and window.lag_p99_s >= 0.002
+    if watch.advisor.load.cores >= 2:
+        (rec,) = recs
+        assert rec.current == 1 and rec.suggested is not None and rec.suggested >= 2
+        assert "saturated" in rec.evidence
+        assert "loop lag p99 " in rec.evidence
+
+
+def test_advisor_tracks_semaphores_without_deadlock_detection() -> None:
+    """deadlock_detection=False with the advisor on: semaphores measured, no scans."""
+    watch = asyncwatch.install(metrics_exporters=("none",), raise_errors=True,
+                               deadlock_detection=False)
+
+    async def main() -> None:
+        sem = asyncio.Semaphore(1)
+        for _ in range(3):
+            async with sem:
+                await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert not watch.deadlocks.active
+    assert [s.done for s in watch.advisor.limits.limits()] == [3]
+
+
+def test_console_advice_command_renders_real_advice(advised: asyncwatch.Watch) -> None:
+    """The console's `advice` shows each change with its evidence (`-b`: without)."""
+    from click.testing import CliRunner
+
+    from asyncwatch._console_commands import do_advice
+    from tests.advisor_workloads import executor_workload
+
+    async def main() -> None:
+        with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="shown") as pool:
+            await executor_workload(pool, io_call, 0.005, callers=12, calls_each=10)
+
+    asyncio.run(main())
+    obj = type("Monitor", (), {"watch": advised})()
+    out = CliRunner().invoke(do_advice, [], obj=obj).output
+    assert "* ThreadPoolExecutor 'shown'" in out
+    assert "max_workers: 2 -> " in out and "evidence: " in out and "expected: " in out
+    brief = CliRunner().invoke(do_advice, ["-b"], obj=obj).output
+    assert "max_workers: 2 -> " in brief and "evidence: " not in brief
