@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._advisor import make_batch as _make_batch
+from ._asgi import AsyncWatchMiddleware as AsyncWatchMiddleware
 from ._blocked import BlockedLoop as BlockedLoop
 from ._config import Config as Config
 from ._config import ConfigError as ConfigError
@@ -50,6 +51,7 @@ from ._watch import uninstall as _uninstall
 __version__ = VERSION
 
 __all__ = [
+    "AsyncWatchMiddleware",
     "AwaitChain",
     "BlockedLoop",
     "Concurrency",

@@ -13,6 +13,7 @@ import difflib
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +119,30 @@ def _str_tuple(value: Any) -> str | None:
     if isinstance(value, tuple) and all(isinstance(v, str) and v for v in value):
         return None
     return "must be a tuple of non-empty strings"
+
+
+def _str_tuple_or_empty(value: Any) -> str | None:
+    if isinstance(value, tuple) and all(isinstance(v, str) and v for v in value):
+        return None
+    return "must be a tuple of non-empty strings (or empty)"
+
+
+def _regexes(value: Any) -> str | None:
+    problem = _str_tuple_or_empty(value)
+    if problem is not None:
+        return problem
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            return f"{pattern!r} is not a regular expression ({exc})"
+    return None
+
+
+def _url_path(value: Any) -> str | None:
+    if isinstance(value, str) and (value == "" or value.startswith("/")):
+        return None
+    return "must be a path starting with / (or empty for off)"
 
 
 _METRICS_EXPORTERS = frozenset({"prometheus", "otlp", "console", "none"})
@@ -231,6 +256,29 @@ _SETTINGS: dict[str, _Setting] = {
     "memory_interval_s": _Setting(
         ("ASYNCWATCH_MEMORY_INTERVAL_S",), _parse_float, _positive, "seconds, e.g. 30"
     ),
+    "http_excluded_paths": _Setting(
+        ("ASYNCWATCH_HTTP_EXCLUDED_PATHS",),
+        _parse_list,
+        _str_tuple_or_empty,
+        "comma-separated globs",
+    ),
+    "http_excluded_urls": _Setting(
+        ("ASYNCWATCH_HTTP_EXCLUDED_URLS", "OTEL_PYTHON_EXCLUDED_URLS"),
+        _parse_list,
+        _regexes,
+        "comma-separated regular expressions",
+    ),
+    "http_max_routes": _Setting(
+        ("ASYNCWATCH_HTTP_MAX_ROUTES",), _parse_int, _at_least(1), "whole number >= 1"
+    ),
+    "http_spans": _Setting(("ASYNCWATCH_HTTP_SPANS",), _parse_flag, _is_bool, "1 or 0"),
+    "http_metrics_path": _Setting(
+        ("ASYNCWATCH_HTTP_METRICS_PATH",),
+        _parse_str,
+        _url_path,
+        "a path such as /metrics, or empty",
+    ),
+    "asgi_auto": _Setting(("ASYNCWATCH_ASGI_AUTO",), _parse_flag, _is_bool, "1 or 0"),
     "memory_frames": _Setting(
         ("ASYNCWATCH_MEMORY_FRAMES",), _parse_int, _at_least(1), "whole number >= 1"
     ),
@@ -342,6 +390,22 @@ class Config:
     """Attribute live memory to coroutines with tracemalloc (costly; see the README)."""
     memory_interval_s: float = 30.0
     """Seconds between tracemalloc snapshots when memory attribution is on."""
+    http_excluded_paths: tuple[str, ...] = ()
+    """Request paths (globs, e.g. ``/health*``) the ASGI middleware passes through unobserved."""
+    http_excluded_urls: tuple[str, ...] = ()
+    """Regular expressions searched in each request's full URL; matching requests are passed
+    through unobserved (the standard ``OTEL_PYTHON_EXCLUDED_URLS``)."""
+    http_max_routes: int = 200
+    """Distinct ``http.route`` templates tracked; further routes are counted under ``_OTHER``."""
+    http_spans: bool = True
+    """A SERVER span per HTTP request and WebSocket connection, when spans go anywhere (a
+    traces exporter, the app's tracer provider, or ``install(tracer_provider=...)``)."""
+    http_metrics_path: str = ""
+    """Serve Prometheus ``/metrics`` text at this path of the app itself (opt-in, e.g.
+    ``/metrics``), for deployments that expose one port."""
+    asgi_auto: bool = True
+    """Add the ASGI middleware to every Starlette/FastAPI app whose middleware stack is built
+    while asyncwatch is installed (unless the app added it already)."""
     memory_frames: int = 4
     """Stack frames tracemalloc keeps per allocation: more finds allocations made deeper in
     helpers a coroutine calls, and costs more (see the README's figures)."""
@@ -488,7 +552,14 @@ _OTHER_KNOWN_VARIABLES: set[str] = {"ASYNCWATCH_BOOTSTRAP"}
 
 def _normalise(name: str, value: Any) -> Any:
     """Accept the obvious Python spellings of a setting: lists for tuples, 'all' for inf."""
-    if name in ("task_spans", "metrics_exporters", "traces_exporters", "idle_coroutines"):
+    if name in (
+        "task_spans",
+        "metrics_exporters",
+        "traces_exporters",
+        "http_excluded_paths",
+        "http_excluded_urls",
+        "idle_coroutines",
+    ):
         if isinstance(value, str):
             return _parse_list(value)
         if isinstance(value, list):

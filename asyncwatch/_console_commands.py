@@ -194,7 +194,9 @@ def do_http(ctx: click.Context, sort: str, limit: int, interval: float) -> Any:
             old = before.get(k, {}).get("requests", 0) or 0
             rates[k] = (r.get("requests", 0) - old) / dt if interval > 0 else None
         if not now:
-            click.echo("no HTTP requests seen yet")
+            click.echo(
+                "no HTTP requests seen yet (is asyncwatch.AsyncWatchMiddleware in the app?)"
+            )
             return
         click.echo(render_http(now.values(), rates, sort=sort, limit=limit))
 

@@ -27,6 +27,13 @@ FINDING_KIND = "asyncwatch.finding.kind"  # deadlock | stuck_task
 ADVICE_TARGET = "asyncwatch.advisor.target"  # executor / semaphore site / batch site / loop
 ADVICE_KNOB = "asyncwatch.advisor.knob"  # max_workers | concurrency_limit | batch_size | processes
 TASK_NAME = "asyncwatch.task.name"  # span attribute only (unbounded, never on metrics)
+HTTP_METHOD = "http.request.method"  # semconv; unknown methods are _OTHER
+HTTP_ROUTE = "http.route"  # semconv; the route template, never the raw path
+HTTP_STATUS = "http.response.status_code"  # semconv
+URL_SCHEME = "url.scheme"  # semconv
+PROTOCOL_NAME = "network.protocol.name"  # semconv: http | websocket
+PROTOCOL_VERSION = "network.protocol.version"  # semconv: 1.1, 2...
+WS_DIRECTION = "asyncwatch.websocket.direction"  # received | sent
 CODE_FILE = "code.file.path"  # semconv: the culprit's source file
 CODE_LINE = "code.line.number"  # semconv: the culprit's line
 BLOCK_DURATION = "asyncwatch.block.duration"  # span event attribute: seconds held so far
@@ -170,6 +177,85 @@ EXPORT_DROPPED = MetricDef(
     "Exports or spans dropped because an exporter was slow, dead or its queue was full.",
     (SIGNAL, REASON),
 )
+HTTP_SERVER_DURATION = MetricDef(
+    "http.server.request.duration",
+    "s",
+    "histogram",
+    "Duration of HTTP server requests, to the last body chunk (OTel HTTP semantic conventions).",
+    (HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, URL_SCHEME, PROTOCOL_VERSION, ERROR_TYPE),
+)
+HTTP_SERVER_ACTIVE = MetricDef(
+    "http.server.active_requests",
+    "{request}",
+    "updowncounter",
+    "HTTP server requests in progress (until their last body chunk).",
+    (HTTP_METHOD, URL_SCHEME),
+)
+HTTP_SERVER_REQUEST_SIZE = MetricDef(
+    "http.server.request.body.size",
+    "By",
+    "histogram",
+    "Size of HTTP server request bodies as received by the application.",
+    (HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, URL_SCHEME, PROTOCOL_VERSION, ERROR_TYPE),
+)
+HTTP_SERVER_RESPONSE_SIZE = MetricDef(
+    "http.server.response.body.size",
+    "By",
+    "histogram",
+    "Size of HTTP server response bodies as sent by the application.",
+    (HTTP_METHOD, HTTP_ROUTE, HTTP_STATUS, URL_SCHEME, PROTOCOL_VERSION, ERROR_TYPE),
+)
+HTTP_SERVER_DISCONNECTS = MetricDef(
+    "asyncwatch.http.server.disconnects",
+    "{request}",
+    "counter",
+    "Requests the client abandoned before the response was complete (not errors of the app).",
+    (HTTP_METHOD, HTTP_ROUTE, URL_SCHEME),
+)
+HTTP_SERVER_BACKGROUND = MetricDef(
+    "asyncwatch.http.server.background.duration",
+    "s",
+    "histogram",
+    "Time the app kept working after the response was complete (background tasks), "
+    "with error.type if that work failed.",
+    (HTTP_METHOD, HTTP_ROUTE, ERROR_TYPE),
+)
+HTTP_SERVER_REQUEST_TASKS = MetricDef(
+    "asyncwatch.http.server.request.tasks",
+    "{task}",
+    "histogram",
+    "Asyncio tasks created while handling one request or WebSocket connection "
+    "(directly or by its tasks).",
+    (HTTP_METHOD, HTTP_ROUTE, PROTOCOL_NAME),
+)
+HTTP_SERVER_TASKS_COMPLETED = MetricDef(
+    "asyncwatch.http.server.tasks.completed",
+    "{task}",
+    "counter",
+    "Tasks created while handling requests, finished, per route and outcome.",
+    (HTTP_METHOD, HTTP_ROUTE, PROTOCOL_NAME, OUTCOME, ERROR_TYPE),
+)
+WEBSOCKET_DURATION = MetricDef(
+    "asyncwatch.websocket.connection.duration",
+    "s",
+    "histogram",
+    "Duration of WebSocket connections handled by the app.",
+    (HTTP_ROUTE, URL_SCHEME, ERROR_TYPE),
+)
+WEBSOCKET_ACTIVE = MetricDef(
+    "asyncwatch.websocket.active_connections",
+    "{connection}",
+    "updowncounter",
+    "WebSocket connections in progress.",
+    (URL_SCHEME,),
+)
+WEBSOCKET_MESSAGES = MetricDef(
+    "asyncwatch.websocket.messages",
+    "{message}",
+    "counter",
+    "WebSocket messages received and sent by the app, per route.",
+    (HTTP_ROUTE, WS_DIRECTION),
+)
 LOOP_LAG = MetricDef(
     "asyncwatch.loop.lag",
     "s",
@@ -252,3 +338,14 @@ BY_NAME: dict[str, MetricDef] = {m.name: m for m in METRICS}
 TIMING_BOUNDS: tuple[float, ...] = tuple(
     float(f"{m}e{e}") for e in range(-5, 3) for m in (1, 2.5, 5)
 )[:-1]
+
+# http.server.request.duration: the bucket boundaries the OTel HTTP semantic conventions advise.
+HTTP_DURATION_BOUNDS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)
+# Body sizes (bytes): powers of four from 64 B to 64 MiB (the conventions advise none).
+BODY_SIZE_BOUNDS: tuple[float, ...] = (0.0, *(float(4**k) for k in range(3, 14)))
+TASKS_PER_REQUEST_BOUNDS: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 500.0)
+WEBSOCKET_DURATION_BOUNDS: tuple[float, ...] = (
+    0.01, 0.1, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 86400.0,
+)

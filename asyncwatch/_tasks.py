@@ -131,6 +131,7 @@ class LoopHook:
         "factory",
         "inner",
         "inner_takes_context",
+        "requests",
         "shard",
         "watcher",
     )
@@ -146,11 +147,15 @@ class LoopHook:
         # one thread at a time, and each loop runs on one thread).
         self._ctx = contextvars.Context()
         self.factory = self._factory  # bound once: this exact object is what the loop holds
+        # The ASGI middleware's request ContextVar once a middleware is active, else None:
+        # tasks created while a request is handled are counted per request (its on_task).
+        self.requests: contextvars.ContextVar[Any] | None = watcher.requests
 
     def switch_off(self) -> None:
         """Pass every task straight through from now on (uninstalled or failing)."""
         self.active = False
         self.by_code = {}
+        self.requests = None
 
     def set_inner(self, factory: TaskFactory | None) -> None:
         """The app set its own factory on this loop: keep observing and chain to it."""
@@ -187,7 +192,15 @@ class LoopHook:
                 in_flight = created - stats.done
                 if in_flight > stats.peak:  # noqa: PLR1730 - a compare is cheaper than max()
                     stats.peak = in_flight
-                task.add_done_callback(stats.done_cb)
+                requests = self.requests
+                if requests is None:
+                    task.add_done_callback(stats.done_cb)
+                else:  # one ContextVar read, only while an ASGI middleware is active
+                    request = requests.get()
+                    if request is None:
+                        task.add_done_callback(stats.done_cb)
+                    else:  # created while handling a request: counted for it too
+                        task.add_done_callback(request.done_callback(stats))
             except Exception as exc:
                 self.fault("task_factory", exc)
             return task
@@ -230,6 +243,11 @@ class LoopHook:
             in_flight = created - stats.done
             if in_flight > stats.peak:  # noqa: PLR1730 - a compare is cheaper than max()
                 stats.peak = in_flight
+            requests = self.requests
+            if requests is not None:
+                request = requests.get()
+                if request is not None:
+                    request.on_task(task)
             if rec is None:
                 task.add_done_callback(stats.done_cb)
                 return task
@@ -327,6 +345,14 @@ class TaskWatcher:
         # The original get/set_task_factory of each patched class, to restore loops with.
         self._originals: dict[type, tuple[Any, Any]] = {}
         self._loop_count = 0
+        self.requests: contextvars.ContextVar[Any] | None = None
+
+    def track_requests(self, var: contextvars.ContextVar[Any] | None) -> None:
+        """Count tasks per request from now on (``var`` holds the current request), or stop."""
+        self.requests = var
+        for hook, _ in list(self._hooks.values()):
+            if hook.active:
+                hook.requests = var
 
     # ------------------------------------------------------------------ install / uninstall
 

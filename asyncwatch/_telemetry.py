@@ -274,6 +274,9 @@ class Telemetry:
         self._wrapped_readers: list[tuple[Any, Any, Any]] = []
         self._tracer: Any = None
         self.started = False
+        # Filled by the Prometheus reader: what an app-served /metrics page renders.
+        self.prometheus_registry: Any = None
+        self._app_provider_reader: Any = None
 
     # ---------------------------------------------------------------- start
 
@@ -319,6 +322,14 @@ class Telemetry:
             for processor in self._span_processors():
                 self.tracer_provider.add_span_processor(processor)
 
+    @property
+    def exports_spans(self) -> bool:
+        """Whether a span started now goes anywhere (the app's or a given tracer provider, or
+        a traces exporter of asyncwatch's own)."""
+        if self.tracer_provider is None:
+            return False
+        return not self._own_tracer_provider or "none" not in self.config.traces_exporters
+
     def tracer(self) -> Any:
         """asyncwatch's tracer (from the app's provider if it set one)."""
         if self._tracer is None:
@@ -332,12 +343,16 @@ class Telemetry:
     def _readers(self) -> list[Any]:
         readers: list[Any] = []
         chosen = self.config.metrics_exporters
-        if "none" in chosen:
-            return readers
-        if "prometheus" in chosen:
+        if "none" not in chosen and "prometheus" in chosen:
             reader = self._prometheus_reader()
             if reader is not None:
                 readers.append(reader)
+        elif self.config.http_metrics_path:
+            # Prometheus text for the app's own /metrics page, with no endpoint of ours.
+            reader, self.prometheus_registry = self._registry_reader()
+            readers.append(reader)
+        if "none" in chosen:
+            return readers
         for exporter in ("otlp", "console"):
             if exporter in chosen:
                 guard = ExportGuard("metrics", self.config.export_timeout_s, self.drops)
@@ -385,9 +400,11 @@ class Telemetry:
             )
         return processors
 
-    def _prometheus_reader(self) -> Any:
+    @staticmethod
+    def _registry_reader() -> tuple[Any, Any]:
+        """A PrometheusMetricReader and the registry it fills."""
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
 
         registry = CollectorRegistry(auto_describe=True)
         try:
@@ -398,6 +415,13 @@ class Telemetry:
 
             registry = REGISTRY
             reader = PrometheusMetricReader()
+        return reader, registry
+
+    def _prometheus_reader(self) -> Any:
+        from prometheus_client import start_http_server
+
+        reader, registry = self._registry_reader()
+        self.prometheus_registry = registry
         host, first = self.config.prometheus_host, self.config.prometheus_port
         ports = [0] if first == 0 else range(first, first + self.config.prometheus_port_span + 1)
         error: OSError | None = None
@@ -436,7 +460,13 @@ class Telemetry:
         resource = getattr(config, "resource", None) or self.resource
         for reader in readers:
             self._wrap_collect(reader, resource)
-        if not readers:
+        if self.config.http_metrics_path and hasattr(provider, "add_metric_reader"):
+            reader, registry = self._registry_reader()
+            provider.add_metric_reader(reader)
+            self._wrap_collect(reader, resource)
+            self._app_provider_reader = (provider, reader)
+            self.prometheus_registry = registry
+        elif not readers:
             logger.warning("asyncwatch: the app's MeterProvider has no readers; metrics stay local")
 
     def _wrap_collect(self, reader: Any, resource: Any) -> None:
@@ -479,6 +509,14 @@ class Telemetry:
         deadline = timeout_s if timeout_s is not None else self.config.export_timeout_s
         if not at_exit:
             self._unwrap_readers()
+        self.prometheus_registry = None
+        if self._app_provider_reader is not None:
+            provider, reader = self._app_provider_reader
+            self._app_provider_reader = None
+            try:
+                provider.remove_metric_reader(reader)
+            except Exception as exc:
+                self.on_error("shutdown", exc)
         server, thread = self._server, self._server_thread
         self._server = self._server_thread = None
         self.prometheus_url = None
@@ -518,6 +556,7 @@ class Telemetry:
         self._server = self._server_thread = None
         self.prometheus_url = None
         self._unwrap_readers()  # the app's readers are wrapped again on start
+        self.prometheus_registry = self._app_provider_reader = None
         self.meter_provider = self.tracer_provider = self._tracer = None
         self._own_meter_provider = self._own_tracer_provider = False
         self.started = False

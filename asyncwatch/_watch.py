@@ -19,6 +19,7 @@ from ._deadlock import DeadlockDetector
 from ._export import MetricsBridge, Point, ProcessSampler, task_points
 from ._faults import Faults
 from ._findings import FindingsLog
+from ._http import HttpStats
 from ._loopwatch import LoopWatch
 from ._primitives import PrimitiveTracker
 from ._recorder import Recorder
@@ -55,6 +56,11 @@ class Watch:
         self.bridge.add_source("tasks", task_points(self.recorder))
         self.bridge.add_source("process", self.process.points)
         self.bridge.add_source("internal", self._internal_points)
+        self.http = HttpStats(
+            max_routes=config.http_max_routes, max_error_types=config.max_error_types
+        )
+        self.bridge.add_source("http", self.http.points)
+        self._asgi_patches: Any = None
         self.loops = LoopWatch(config, self.findings, self.faults)
         self.bridge.add_source("loops", self.loops.points)
         self.telemetry = Telemetry(
@@ -112,9 +118,17 @@ class Watch:
         if self.config.advisor:
             self.advisor.start()
         self.tasks.install()
+        from ._asgi_patch import StarlettePatches
+
+        self._asgi_patches = StarlettePatches(self.faults, auto_add=self.config.asgi_auto)
+        self._asgi_patches.install()
 
     def stop(self, timeout_s: float | None = None, *, at_exit: bool = False) -> None:
         """Undo everything ``start`` did, within ``timeout_s`` for the exporters."""
+        if self._asgi_patches is not None:
+            self._asgi_patches.uninstall()
+            self._asgi_patches = None
+        self.tasks.track_requests(None)
         self.tasks.uninstall()
         if self.console is not None:
             self.console.stop()
@@ -154,10 +168,11 @@ class Watch:
 
     def _after_fork_in_child(self) -> None:
         # A lock another thread held at fork time stays locked forever in the child.
-        for obj in (self.recorder, self.drops, self.faults, self.bridge):
+        for obj in (self.recorder, self.drops, self.faults, self.bridge, self.http):
             reentrant = "RLock" in type(obj._lock).__name__
             obj._lock = threading.RLock() if reentrant else threading.Lock()
         self.recorder.reset()
+        self.http.reset()
         self.deadlocks.reset()
         self.advisor.after_fork()
         self.findings.clear()
@@ -185,6 +200,12 @@ class Watch:
             for key, snap in self.recorder.snapshot().items()
         }
         return Stats(coroutines=coroutines, process=self._process_stats())
+
+    def http_routes(self) -> list[dict[str, Any]]:
+        """Per (method, route) figures of the ASGI middleware: ``route``, ``method``,
+        ``requests``, ``errors``, ``in_flight``, ``p50``/``p95``/``p99`` (seconds or None).
+        Empty until a request went through ``AsyncWatchMiddleware``."""
+        return self.http.route_table()
 
     def _process_stats(self) -> ProcessStats:
         values: dict[str, Any] = {}
@@ -252,7 +273,8 @@ def install(
                 wanted = (config or Config.from_env()).replace(**settings)
             if wanted is not None and wanted != _current.config:
                 differ = [
-                    k for k in wanted.__dataclass_fields__
+                    k
+                    for k in wanted.__dataclass_fields__
                     if getattr(wanted, k) != getattr(_current.config, k)
                 ]
                 logger.warning(

@@ -5,6 +5,10 @@ Configurations, interleaved round by round in one process:
 * ``bare`` - stock asyncio, no task factory.
 * ``asyncwatch`` - metrics only (the default: every task counted, a sample timed).
 * ``asyncwatch+spans`` - a span for every task as well (``task_span_ratio=1``).
+* ``asyncwatch+asgi`` - metrics, with an ``AsyncWatchMiddleware`` active in the process but
+  the tasks created outside any request (background work of a served app).
+* ``asyncwatch+request`` - metrics, with the tasks created inside an HTTP request handled by
+  ``AsyncWatchMiddleware`` (each task also counted for its request and route).
 * ``asyncwatch+memory`` - metrics with tracemalloc on (``memory_attribution=True``'s cost
   on the hot path; snapshots are taken off the hot path, every ``memory_interval_s``).
 * ``otel-asyncio`` - opentelemetry-instrumentation-asyncio with SDK providers (metrics).
@@ -137,6 +141,31 @@ def configurations(
     spans = Watch(Config(metrics_exporters=("none",), task_span_ratio=1.0))
     spans.telemetry.start()
 
+    requests = Watch(Config(metrics_exporters=("none",)))
+    requests.telemetry.start()
+
+    def in_request(loop: asyncio.AbstractEventLoop) -> Any:
+        from asyncwatch._asgi import Observer
+        from asyncwatch._exchange import REQUEST, HttpExchange
+
+        requests.tasks.track_requests(REQUEST)
+        requests.tasks.instrument(loop)
+        request = HttpExchange(
+            Observer(requests, requests.config), {"type": "http"}, None, None, None, "GET", True
+        )
+        return REQUEST.set(request)  # the workload's task inherits it, as a handler's would
+
+    def asgi_idle(loop: asyncio.AbstractEventLoop) -> Any:
+        from asyncwatch._exchange import REQUEST
+
+        requests.tasks.track_requests(REQUEST)
+        return requests.tasks.instrument(loop)
+
+    def end_request(token: Any) -> None:
+        from asyncwatch._exchange import REQUEST
+
+        REQUEST.reset(token)
+
     def with_tracemalloc(loop: asyncio.AbstractEventLoop) -> Any:
         tracemalloc.start(Config().memory_frames)  # what memory_attribution=True turns on
         return metrics.tasks.instrument(loop)
@@ -149,6 +178,8 @@ def configurations(
         "bare": lambda: timed(workload, n, use_uvloop),
         "asyncwatch": lambda: timed(workload, n, use_uvloop, metrics.tasks.instrument),
         "asyncwatch+spans": lambda: timed(workload, n, use_uvloop, spans.tasks.instrument),
+        "asyncwatch+asgi": lambda: timed(workload, n, use_uvloop, asgi_idle),
+        "asyncwatch+request": lambda: timed(workload, n, use_uvloop, in_request, end_request),
         "asyncwatch+memory": lambda: timed(
             workload, n, use_uvloop, with_tracemalloc, tracemalloc_off
         ),

@@ -16,6 +16,11 @@ What it does, so each panel has something to show:
   (``ASYNCWATCH_MEMORY_ATTRIBUTION=1``);
 * one task that waits forever on an ``asyncio.Event`` nobody sets (``wait_for_approval``):
   a stuck task for the diagnosis dashboard;
+* HTTP traffic for the HTTP dashboard: a Starlette app with ``AsyncWatchMiddleware``, served
+  by uvicorn in this process on 127.0.0.1 (a free port), and a client loop calling it
+  (``GET /orders/{order_id}`` runs ``handle_order``, so each request fans out into tasks;
+  ``POST /orders`` carries a body; a few answers are 503). Needs ``starlette``, ``uvicorn``
+  and ``httpx``; without them (or with ``--no-http``) the HTTP panels stay empty;
 * a synchronous call left in async code every two seconds or so (``load_legacy_config``
   sleeps 150 ms on the loop): a blocked loop for the loop-lag and blocked-loop panels;
 * a blocking tax-rate client called through a thread pool that is too small for it (2 threads,
@@ -130,6 +135,67 @@ async def run(seconds: float, pause: float) -> None:
     tax_pool.shutdown()
 
 
+def http_app() -> Any:
+    """The Starlette app the HTTP client loop calls, observed by AsyncWatchMiddleware."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def get_order(request: Request) -> Response:
+        order = int(request.path_params["order_id"])
+        if random.random() < 0.05:
+            return JSONResponse({"error": "stock service unavailable"}, status_code=503)
+        return JSONResponse({"order": order, "items": await handle_order(order)})
+
+    async def post_order(request: Request) -> Response:
+        body = await request.body()
+        return JSONResponse({"accepted": len(body)}, status_code=201)
+
+    routes = [
+        Route("/orders/{order_id:int}", get_order),
+        Route("/orders", post_order, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(asyncwatch.AsyncWatchMiddleware)])
+
+
+async def http_traffic(seconds: float, pause: float) -> None:
+    """Serve ``http_app`` with uvicorn on a free loopback port and call it until done."""
+    try:
+        import httpx
+        import uvicorn
+    except ImportError as exc:
+        print(f"no HTTP traffic: {exc} (pip install uvicorn httpx starlette)", flush=True)
+        return
+    config = uvicorn.Config(
+        http_app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            await serving  # raises why it could not start
+            return
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    print(f"HTTP app at http://127.0.0.1:{port}/orders/1", flush=True)
+    deadline = time.monotonic() + seconds
+    request = 0
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            while time.monotonic() < deadline and not server.should_exit:
+                request += 1
+                if request % 5 == 0:
+                    await client.post("/orders", content=b"x" * random.randrange(100, 5000))
+                else:
+                    await client.get(f"/orders/{request % 20}")
+                await asyncio.sleep(pause)
+    finally:
+        server.should_exit = True
+        await serving
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -147,6 +213,7 @@ def main() -> None:
     parser.add_argument(
         "--pause", type=float, default=0.05, help="seconds between orders (default 0.05)"
     )
+    parser.add_argument("--no-http", action="store_true", help="no HTTP app and traffic")
     parser.add_argument(
         "--inject-faults",
         action="store_true",
@@ -169,8 +236,16 @@ def main() -> None:
     if args.inject_faults:
         watch.bridge.add_source("dashboard_load.injected_fault", _broken_source)
     print(f"metrics at {watch.prometheus_url}", flush=True)
+    seconds = float("inf") if args.forever else args.seconds
+
+    async def everything() -> None:
+        jobs = [run(seconds, args.pause)]
+        if not args.no_http:
+            jobs.append(http_traffic(seconds, args.pause))
+        await asyncio.gather(*jobs)
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(float("inf") if args.forever else args.seconds, args.pause))
+        asyncio.run(everything())
 
 
 if __name__ == "__main__":

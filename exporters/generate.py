@@ -143,7 +143,6 @@ RECORDING: list[Record] = [
         "asyncwatch:http_requests:rate1m",
         "sum by (job, instance, http_route, http_request_method, http_response_status_code) "
         "(rate(http_server_request_duration_seconds_count[1m]))",
-        waits_for="issue 3: HTTP server metrics",
     ),
     Record(
         "asyncwatch:http_errors:ratio_rate5m",
@@ -152,14 +151,12 @@ RECORDING: list[Record] = [
         /
         sum by (job, instance, http_route) (rate(http_server_request_duration_seconds_count[5m]))
         """,
-        waits_for="issue 3: HTTP server metrics",
     ),
     Record(
         "asyncwatch:http_request_duration_seconds:quantile_rate5m",
         "histogram_quantile(0.99, sum by (job, instance, http_route, le) "
         "(rate(http_server_request_duration_seconds_bucket[5m])))",
         {"quantile": "0.99"},
-        waits_for="issue 3: HTTP server metrics",
     ),
 ]
 
@@ -300,7 +297,6 @@ ALERTS: list[Alert] = [
         "{{ $labels.http_route }} answers 5xx to {{ $value | humanizePercentage }} of requests",
         "More than 5% of requests to {{ $labels.http_route }} on {{ $labels.instance }} got a "
         "server error over the last 5 minutes.",
-        waits_for="issue 3: HTTP server metrics",
     ),
     Alert(
         "AsyncwatchHttpLatencyHigh",
@@ -314,7 +310,6 @@ ALERTS: list[Alert] = [
         "{{ $labels.http_route }} p99 latency {{ $value | humanizeDuration }}",
         "The 99th percentile of request duration for {{ $labels.http_route }} on "
         "{{ $labels.instance }} is above 1 s for 10 minutes.",
-        waits_for="issue 3: HTTP server metrics",
     ),
     # ---- advisor (issue 7)
     Alert(

@@ -137,7 +137,6 @@ def _stat(
     )
 
 
-ISSUE_3 = "issue 3: HTTP server metrics"
 # A blocked-loop culprit: the OTel code.* attributes of asyncwatch.loop.blocked* (issue 4)
 CULPRIT = "code_file_path, code_line_number, code_function_name"
 CULPRIT_LEGEND = "{{code_file_path}}:{{code_line_number}} {{code_function_name}}"
@@ -405,7 +404,6 @@ HTTP = Board(
             "http_route",
             "http_server_request_duration_seconds_count{" + SEL + "}",
             "Route",
-            waits_for=ISSUE_3,
         ),
     ),
     rows=(
@@ -422,7 +420,6 @@ HTTP = Board(
                         ),
                     ),
                     "reqps",
-                    waits_for=ISSUE_3,
                 ),
                 Panel(
                     "Server errors (5xx) ratio, by route",
@@ -436,13 +433,11 @@ HTTP = Board(
                         ),
                     ),
                     "percentunit",
-                    waits_for=ISSUE_3,
                 ),
                 Panel(
                     "Request duration p50 / p95 / p99, by route",
                     _quantiles("http_server_request_duration_seconds", "http_route", ROUTE),
                     "s",
-                    waits_for=ISSUE_3,
                 ),
                 Panel(
                     "Responses per second, by status code",
@@ -454,7 +449,6 @@ HTTP = Board(
                         ),
                     ),
                     "reqps",
-                    waits_for=ISSUE_3,
                 ),
                 Panel(
                     "Active requests, by instance",
@@ -464,7 +458,6 @@ HTTP = Board(
                             "{{instance}}",
                         ),
                     ),
-                    waits_for=ISSUE_3,
                 ),
                 Panel(
                     "Request and response body size p95, by route",
@@ -481,7 +474,39 @@ HTTP = Board(
                         ),
                     ),
                     "bytes",
-                    waits_for=ISSUE_3,
+                ),
+            ),
+        ),
+        (
+            "Tasks of requests",
+            (
+                Panel(
+                    "Tasks created per request (mean), by route",
+                    (
+                        Query(
+                            "sum by (http_route) "
+                            f"(rate(asyncwatch_http_server_request_tasks_sum{{{ROUTE}}}{RATE}))"
+                            " / sum by (http_route) "
+                            f"(rate(asyncwatch_http_server_request_tasks_count{{{ROUTE}}}{RATE}))",
+                            "{{http_route}}",
+                        ),
+                    ),
+                    description="Asyncio tasks each request creates (fan-out); requests that "
+                    "create none count as 0.",
+                ),
+                Panel(
+                    "Request tasks finished per second, by outcome",
+                    (
+                        Query(
+                            "sum by (http_route, asyncwatch_task_outcome) "
+                            "(rate(asyncwatch_http_server_tasks_completed_total"
+                            f"{{{ROUTE}}}{RATE}))",
+                            "{{http_route}} {{asyncwatch_task_outcome}}",
+                        ),
+                    ),
+                    "ops",
+                    "Tasks created while handling requests, by how they ended (ok, error, "
+                    "cancelled), including those that outlive their request.",
                 ),
             ),
         ),

@@ -104,7 +104,7 @@ def test_commands_print_the_apps_real_state(console: dict[str, int]) -> None:
     assert "stuck_task" in findings
     assert "parked waits on an Event nobody sets" in findings
     assert "no recommendations" in advice  # a healthy app: nothing to change
-    assert "no HTTP middleware installed" in http
+    assert "no HTTP requests seen yet" in http
     assert ps.count("parked()") == PARKED
     for name in ("top", "http", "findings", "advice", "memory", "profile", "ps", "where"):
         assert re.search(rf"^\s+{name}\b", help_, re.M), name
@@ -203,6 +203,119 @@ def test_http_command_reads_the_middleware_interface() -> None:
     assert (method, requests, errors, flight) == ("GET", "30", "2", "3")
     assert float(rate) > 0
     assert (p50, p95, p99) == ("2.0ms", "10.0ms", "50.0ms")
+
+
+def _seconds(shown: str) -> float:
+    """A duration as the console prints it (``830us``, ``2.5ms``, ``1.20s``), in seconds."""
+    for unit, scale in (("us", 1e-6), ("ms", 1e-3), ("s", 1.0)):
+        if shown.endswith(unit):
+            return float(shown.removesuffix(unit)) * scale
+    raise AssertionError(f"not a duration: {shown!r}")
+
+
+class ServedApp:
+    """A Starlette app behind AsyncWatchMiddleware, served by uvicorn on the app's loop."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.hold: asyncio.Event | None = None
+
+    async def main(self, app: AppThread) -> None:
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, Response
+        from starlette.routing import Route
+
+        self.hold = asyncio.Event()
+
+        async def item(request: Request) -> Response:
+            return JSONResponse({"id": request.path_params["item_id"]})
+
+        async def broken(request: Request) -> Response:
+            return Response("down", status_code=503)
+
+        async def held(request: Request) -> Response:
+            assert self.hold is not None
+            await self.hold.wait()
+            return Response("released")
+
+        routes = [Route("/items/{item_id}", item), Route("/broken", broken), Route("/held", held)]
+        asgi = asyncwatch.AsyncWatchMiddleware(Starlette(routes=routes))
+        config = uvicorn.Config(asgi, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="off")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                await serving  # raises why it could not start
+            await asyncio.sleep(0.01)
+        app.ready.set()
+        await app.until_stopped()
+        self.hold.set()
+        server.should_exit = True
+        await serving
+
+    def release(self, app: AppThread) -> None:
+        assert app.loop is not None and self.hold is not None
+        app.loop.call_soon_threadsafe(self.hold.set)
+
+
+def test_http_command_shows_a_served_apps_routes(console: dict[str, int]) -> None:
+    """`http` over telnet: per-route requests, errors, in-flight and percentiles of real traffic."""
+    import httpx
+
+    served = ServedApp()
+    with AppThread(served.main) as app, httpx.Client(
+        base_url=f"http://127.0.0.1:{served.port}", timeout=30
+    ) as client:
+        for i in range(5):
+            assert client.get(f"/items/{i}").json() == {"id": str(i)}
+        for _ in range(2):
+            assert client.get("/broken").status_code == 503
+        assert client.get("/nowhere").status_code == 404
+        answers: list[str] = []
+        waiter = threading.Thread(target=lambda: answers.append(client.get("/held").text))
+        waiter.start()
+        watch = asyncwatch.current()
+        assert watch is not None
+
+        def held_in_flight() -> bool:
+            return any(r["route"] == "/held" and r["in_flight"] == 1 for r in watch.http_routes())
+
+        wait_for(held_in_flight, what="/held in flight")
+        try:
+            (out,) = run_commands(console["console_port"], ["http -i 0.2 -s route"])
+        finally:
+            served.release(app)
+            waiter.join(30)
+        assert answers == ["released"]
+    rows, order = {}, []
+    for line in out.splitlines()[2:]:
+        method, *middle, _rate, requests, errors, flight, p50, _p95, p99 = line.split()
+        order.append(" ".join(middle))
+        rows[" ".join(middle) or "-"] = (method, int(requests), int(errors), int(flight), p50, p99)
+    assert rows["/items/{item_id}"][:4] == ("GET", 5, 0, 0)
+    assert rows["/broken"][:4] == ("GET", 2, 2, 0)
+    assert rows["/held"][:4] == ("GET", 0, 0, 1)
+    assert rows["/held"][4:] == ("-", "-")  # nothing finished there yet: no percentiles
+    assert rows["-"][:4] == ("GET", 1, 0, 0)  # the 404 matched no route
+    p50, p99 = (_seconds(v) for v in rows["/items/{item_id}"][4:])
+    assert 0 < p50 <= p99
+    assert order == sorted(order)  # -s route
+
+
+def test_route_percentiles_interpolate_inside_the_exported_buckets() -> None:
+    """p50/p99 of the route table: linear inside a bucket, clamped to the observed min/max."""
+    from asyncwatch._http import BoundHist
+
+    hist = BoundHist((0.005, 0.01, 0.025))
+    for value in (0.006, 0.007, 0.008, 0.009, 0.02):
+        hist.add(value)
+    assert hist.quantile(0.5) == pytest.approx(0.006 + 0.004 * 2.5 / 4)
+    assert hist.quantile(0.99) == pytest.approx(0.01 + 0.01 * 0.95)
+    assert hist.quantile(1.0) == pytest.approx(0.02)  # never above the largest seen
+    assert BoundHist((1.0,)).quantile(0.5) is None
 
 
 def test_top_sorts_by_the_chosen_column() -> None:

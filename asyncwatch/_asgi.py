@@ -1,0 +1,328 @@
+"""``AsyncWatchMiddleware``: HTTP and WebSocket telemetry per the OpenTelemetry conventions.
+
+Pure ASGI 3 (no ``BaseHTTPMiddleware``): lifespan and any other scope type go straight to the
+app; HTTP and WebSocket messages are observed by wrapping ``receive``/``send`` and passed on
+as the very same objects, so status, headers, body and timing are the app's own. Per-request
+state lives in one ``HttpExchange`` (see ``_exchange``); figures go to the Watch's bounded
+``HttpStats`` and reach OpenTelemetry only at collection time.
+
+Works as ``app.add_middleware(AsyncWatchMiddleware)`` (Starlette, FastAPI) or
+``AsyncWatchMiddleware(app)`` around any ASGI app, and is added by itself to Starlette and
+FastAPI apps built while asyncwatch is installed (``_asgi_patch``). An instance nested in
+another one (a mounted app wrapped too) passes the request through, so nothing is counted
+twice.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from opentelemetry.propagators.textmap import Getter
+
+from . import _names as n
+from . import _watch
+from ._config import Config
+from ._exchange import REQUEST, HttpExchange, WsExchange, _Exchange
+from ._routes import fastapi_native, find_fastapi, find_router
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Request methods of the HTTP semantic conventions; anything else is reported as _OTHER.
+KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
+)
+_SENSITIVE_QUERY_KEYS = frozenset(
+    {
+        "AWSAccessKeyId",
+        "Signature",
+        "sig",
+        "X-Goog-Signature",
+        "X-Amz-Signature",
+        "X-Amz-Credential",
+        "X-Amz-Security-Token",
+    }
+)
+_UNSET: Any = object()
+_OBSERVE: Any = object()
+_SERVE_METRICS: Any = object()
+
+
+def known_methods(env: MutableMapping[str, str] | None = None) -> frozenset[str]:
+    """The methods kept as they are (``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`` overrides)."""
+    raw = (os.environ if env is None else env).get("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS", "")
+    chosen = frozenset(m.strip() for m in raw.split(",") if m.strip())
+    return chosen or KNOWN_METHODS
+
+
+class _HeadersGetter(Getter[Any]):
+    """Reads W3C propagation headers from an ASGI header list; skips malformed entries."""
+
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        want = key.lower().encode("latin-1")
+        values = [
+            item[1].decode("latin-1")
+            for item in carrier
+            if _is_header(item) and item[0].lower() == want
+        ]
+        if not values:
+            return None
+        return [",".join(values)] if want == b"baggage" else values
+
+    def keys(self, carrier: Any) -> list[str]:
+        return [item[0].decode("latin-1") for item in carrier if _is_header(item)]
+
+
+def _is_header(item: Any) -> bool:
+    """A well-formed ASGI header: a pair of byte strings."""
+    return (
+        isinstance(item, list | tuple)
+        and len(item) == 2
+        and isinstance(item[0], bytes)
+        and isinstance(item[1], bytes)
+    )
+
+
+def _headers(scope: Scope) -> Any:
+    headers = scope.get("headers")
+    return headers if isinstance(headers, list | tuple) else ()
+
+
+_GETTER = _HeadersGetter()
+
+
+class Observer:
+    """What a middleware needs from one running Watch, resolved once per Watch."""
+
+    def __init__(self, watch: Any, config: Config) -> None:
+        self.watch = watch
+        self.stats = watch.http
+        self.faults = watch.faults
+        self.telemetry = watch.telemetry
+        self.methods = known_methods()
+        globs = [fnmatch.translate(g) for g in config.http_excluded_paths]
+        self.excluded_path = re.compile("|".join(globs)) if globs else None
+        urls = config.http_excluded_urls
+        self.excluded_url = re.compile("|".join(urls)) if urls else None
+        self.metrics_path = config.http_metrics_path or None
+        self.spans_wanted = config.http_spans
+        self.filtering = bool(self.metrics_path or self.excluded_path or self.excluded_url)
+        self._metrics_app: Any = None
+        self.off = False
+
+    def fault(self, hook: str, exc: BaseException) -> None:
+        """An internal error: counted; the middleware turns itself off if it keeps failing."""
+        if self.faults.report(hook, exc):
+            self.off = True
+
+    def begin(
+        self, mw: AsyncWatchMiddleware, scope: Scope, receive: Receive, send: Send, kind: str
+    ) -> Any:
+        """The exchange for this request, ``_SERVE_METRICS``, or None (pass it through)."""
+        try:
+            outer = REQUEST.get()
+            if outer is not None and outer.scope is scope:
+                return None  # an outer AsyncWatchMiddleware already observes this request
+            if self.filtering:
+                verdict = self.filter(scope, kind)
+                if verdict is not _OBSERVE:
+                    return verdict
+            fastapi_spans = fastapi_meters = False
+            if "fastapi.telemetry" in scope or mw.fastapi is not None:
+                fastapi_spans, fastapi_meters = fastapi_native(
+                    scope, mw.fastapi, kind == "websocket"
+                )
+            ex: _Exchange
+            if kind == "http":
+                method = scope.get("method")
+                if method.__class__ is not str or method not in self.methods:
+                    method = n.OVERFLOW
+                ex = HttpExchange(self, scope, receive, send, mw.router, method, not fastapi_meters)
+            else:
+                ex = WsExchange(self, scope, receive, send, mw.router)
+        except Exception as exc:
+            self.fault("asgi_request", exc)
+            return None
+        if self.spans_wanted and not fastapi_spans and self.telemetry.exports_spans:
+            try:
+                self.start_span(ex, scope)
+            except Exception as exc:
+                self.fault("asgi_span", exc)
+        return ex
+
+    def filter(self, scope: Scope, kind: str) -> Any:
+        """``_SERVE_METRICS`` (the page), None for an excluded request, else ``_OBSERVE``."""
+        path = scope.get("path")
+        if path.__class__ is not str:
+            path = ""
+        if (
+            path == self.metrics_path
+            and kind == "http"
+            and scope.get("method") in ("GET", "HEAD")
+            and self.metrics_app() is not None
+        ):
+            return _SERVE_METRICS
+        if self.excluded_path is not None and self.excluded_path.match(path):
+            return None
+        if self.excluded_url is not None and self.excluded_url.search(full_url(scope, path)):
+            return None
+        return _OBSERVE
+
+    def start_span(self, ex: _Exchange, scope: Scope) -> None:
+        """Start the SERVER span, child of the W3C context the request carries, and make it
+        current for the app (and so for every task the request creates)."""
+        from opentelemetry import context, propagate, trace
+        from opentelemetry.trace import SpanKind
+
+        parent = propagate.extract(_headers(scope), getter=_GETTER)
+        attributes: dict[str, Any] = {n.URL_SCHEME: ex.scheme}
+        path = scope.get("path")
+        if isinstance(path, str):
+            attributes["url.path"] = path
+        if isinstance(ex, HttpExchange):
+            name = ex.method if ex.method != n.OVERFLOW else "HTTP"
+            attributes[n.HTTP_METHOD] = ex.method
+            if ex.method == n.OVERFLOW and isinstance(scope.get("method"), str):
+                attributes["http.request.method_original"] = scope["method"]
+            if ex.version is not None:
+                attributes[n.PROTOCOL_VERSION] = ex.version
+            query = scope.get("query_string")
+            if query and isinstance(query, bytes):
+                attributes["url.query"] = _redacted_query(query)
+        else:
+            name = "WS"
+            attributes[n.PROTOCOL_NAME] = "websocket"
+        client = scope.get("client")
+        if isinstance(client, list | tuple) and client and isinstance(client[0], str):
+            attributes["client.address"] = client[0]
+        server = scope.get("server")
+        if isinstance(server, list | tuple) and len(server) == 2 and isinstance(server[0], str):
+            attributes["server.address"] = server[0]
+            if isinstance(server[1], int):
+                attributes["server.port"] = server[1]
+        span = self.telemetry.tracer().start_span(
+            name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+        )
+        ex.span = span
+        ex.span_token = context.attach(trace.set_span_in_context(span, parent))
+
+    def metrics_app(self) -> Any:
+        """prometheus_client's ASGI app over asyncwatch's registry (None if there is none)."""
+        if self._metrics_app is None:
+            registry = getattr(self.telemetry, "prometheus_registry", None)
+            if registry is None:
+                return None
+            from prometheus_client import make_asgi_app
+
+            self._metrics_app = make_asgi_app(registry)
+        return self._metrics_app
+
+
+def full_url(scope: Scope, path: str) -> str:
+    """``scheme://host/path?query`` as OTEL_PYTHON_EXCLUDED_URLS patterns expect it."""
+    scheme = scope.get("scheme")
+    scheme = scheme if isinstance(scheme, str) and scheme else "http"
+    host = ""
+    for item in _headers(scope):
+        if _is_header(item) and item[0] == b"host":
+            host = item[1].decode("latin-1")
+            break
+    if not host:
+        server = scope.get("server")
+        if isinstance(server, list | tuple) and len(server) == 2:
+            host = f"{server[0]}:{server[1]}"
+    query = scope.get("query_string")
+    tail = "?" + query.decode("latin-1") if isinstance(query, bytes) and query else ""
+    return f"{scheme}://{host}{path}{tail}"
+
+
+def _redacted_query(raw: bytes) -> str:
+    parts = []
+    for part in raw.decode("latin-1").split("&"):
+        key, sep, _ = part.partition("=")
+        parts.append(f"{key}=REDACTED" if sep and key in _SENSITIVE_QUERY_KEYS else part)
+    return "&".join(parts)
+
+
+class AsyncWatchMiddleware:
+    """ASGI middleware: HTTP server metrics and spans per the OpenTelemetry semantic
+    conventions, WebSocket metrics, and asyncio tasks counted per route.
+
+    ``app.add_middleware(AsyncWatchMiddleware)`` (Starlette, FastAPI) or
+    ``app = AsyncWatchMiddleware(app)`` (any ASGI 3 app). If asyncwatch is not installed yet
+    it is installed with ``config`` (default ``Config.from_env()``); a bad setting raises
+    ``ConfigError`` here. ``config`` also sets this middleware's own ``http_*`` settings
+    (default: those of the running asyncwatch). Nothing else it does ever raises into the app.
+    """
+
+    def __init__(self, app: ASGIApp, *, config: Config | None = None) -> None:
+        if config is not None and not isinstance(config, Config):
+            raise TypeError("AsyncWatchMiddleware(config=...) takes an asyncwatch.Config")
+        self.app = app
+        self.config = config
+        self._watch: Any = _UNSET
+        self._observer: Observer | None = None
+        self.fastapi: Any = None  # the FastAPI app this wraps from outside, if any
+        self.router: Any = None  # the Starlette router under this middleware, if any
+        if _watch.current() is None and (config is None or config.enabled):
+            _watch.install(config)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            kind = scope["type"]
+        except Exception:
+            kind = None
+        if kind in ("http", "websocket"):
+            watch = _watch._current
+            if watch is not self._watch:
+                self._bind(watch)
+            obs = self._observer
+            if obs is not None and not obs.off:
+                ex = obs.begin(self, scope, receive, send, kind)
+                if ex is not None:
+                    if ex is _SERVE_METRICS:
+                        await obs.metrics_app()(scope, receive, send)  # the opt-in page
+                        return
+                    token = REQUEST.set(ex)
+                    try:
+                        await self.app(scope, ex.receive, ex.send)
+                    except BaseException as exc:
+                        ex.exc = exc
+                        raise
+                    finally:
+                        REQUEST.reset(token)
+                        span_token = ex.span_token
+                        ex.finish()
+                        if span_token is not None:
+                            _detach(ex, span_token)
+                    return
+        await self.app(scope, receive, send)
+
+    def _bind(self, watch: Any) -> None:
+        self._watch = watch
+        self._observer = None
+        if watch is None or not watch.config.enabled:
+            return
+        try:
+            # What the wrapped app is does not change once it serves: look it up once.
+            self.fastapi = find_fastapi(self.app)
+            self.router = find_router(self.app)
+            self._observer = Observer(watch, self.config or watch.config)
+            watch.tasks.track_requests(REQUEST)
+        except Exception as exc:
+            watch.faults.report("asgi_bind", exc)
+
+
+def _detach(ex: _Exchange, token: Any) -> None:
+    from opentelemetry import context
+
+    try:
+        context.detach(token)
+    except Exception as exc:  # pragma: no cover - the SDK logs and swallows its own
+        ex.obs.fault("asgi_span", exc)

@@ -1,0 +1,451 @@
+"""Per-request state of the ASGI middleware: one ``HttpExchange`` or ``WsExchange`` each.
+
+An exchange wraps the server's ``receive``/``send`` (passing every message through as the
+same object), notes what it needs with a few attribute writes, and records into the
+``HttpStats`` shard when the response is complete. It is also the value of ``REQUEST``
+while the request is handled, so the task hook can count tasks per request (``on_task``).
+
+Timing semantics:
+
+* The request ends at its last body chunk (or trailers, or ``pathsend``): duration, active
+  requests and the span stop there. Work the app does afterwards (Starlette/FastAPI
+  background tasks) is timed separately (``asyncwatch.http.server.background.duration``).
+* A response with status >= 500 is recorded when the app returns, so that an exception
+  re-raised after the error page was sent (Starlette's ``ServerErrorMiddleware`` does this)
+  names the ``error.type`` of the request it broke.
+* A client that goes away first (``http.disconnect`` before the response was complete, or
+  the server's ``send`` raising ``OSError``) is counted in ``asyncwatch.http.server.disconnects``;
+  it is not an error of the app, whatever the app raises because of it.
+"""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from . import _names as n
+from . import _routes
+from ._http import BoundHist, HttpShard, RequestSlot
+from ._recorder import clock
+
+if TYPE_CHECKING:
+    from ._asgi import Observer
+
+REQUEST: ContextVar[Any] = ContextVar("asyncwatch.request", default=None)
+
+
+class _Exchange:
+    """What HTTP requests and WebSocket connections share: task counting, route, span."""
+
+    # Defaults live on the class, so a request only writes what differs (cheaper than
+    # initialising ~35 slots per request). Only immutable values here.
+    proto = "http"
+    default_scheme = "http"
+    method: str | None = None
+    route: str | None = None
+    exc: BaseException | None = None
+    disconnected = False
+    finished = False
+    span: Any = None
+    span_token: Any = None
+    # Tasks created while handling this request and how they ended (folded into the
+    # route's counters when the request finishes; later endings go straight there).
+    tasks = 0
+    task_ok = 0
+    task_cancelled = 0
+    task_errors: dict[str, int] | None = None
+    task_cb: Any = None
+    callbacks: dict[Any, Any] | None = None
+
+    def __init__(self, obs: Observer, scope: Any, receive: Any, send: Any, router: Any) -> None:
+        self.obs = obs
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.router = router  # a router hint for route resolution (None: the scope's own)
+        self.root_path = scope.get("root_path", "")
+        scheme = scope.get("scheme")
+        if scheme.__class__ is str and len(scheme) < 16:
+            self.scheme = scheme
+        else:
+            self.scheme = self.default_scheme
+        self.started = clock()
+
+    # ---------------------------------------------------------------- tasks (hot path)
+
+    def done_callback(self, stats: Any) -> Any:
+        """For the task hook: the one done-callback of a task of this request, doing the
+        task's own counting (``stats.on_done``) and the request's. One callback instead of two
+        saves the loop scheduling a second one per task; it is made once per coroutine."""
+        self.tasks += 1
+        callbacks = self.callbacks
+        if callbacks is None:
+            callbacks = self.callbacks = {}
+        callback = callbacks.get(stats)
+        if callback is None:
+            on_done, request_done = stats.on_done, self.task_done
+
+            def callback(task: Any) -> None:
+                on_done(task)
+                request_done(task)
+
+            if len(callbacks) < 64:
+                callbacks[stats] = callback
+        return callback
+
+    def on_task(self, task: Any) -> None:
+        """For the task hook's timed path: count a task that has its own done-callback."""
+        self.tasks += 1
+        cb = self.task_cb
+        if cb is None:
+            cb = self.task_cb = self.task_done
+        task.add_done_callback(cb)
+
+    def task_done(self, task: Any) -> None:
+        """A task created while handling the request ended."""
+        try:
+            if task.cancelled():
+                self.task_cancelled += 1
+            else:
+                exc = getattr(task, "_exception", None)  # .exception() would mark it retrieved
+                if exc is None:
+                    self.task_ok += 1
+                else:
+                    errors = self.task_errors
+                    if errors is None:
+                        errors = self.task_errors = {}
+                    error = self.obs.stats.exception_type(exc)
+                    errors[error] = errors.get(error, 0) + 1
+            if self.finished:  # outlived its request: straight to the route's counters
+                self.flush_tasks(self.obs.stats.shard)
+        except Exception as exc:
+            self.obs.fault("asgi_task_done", exc)
+
+    def flush_tasks(self, shard: HttpShard) -> None:
+        """Move the task outcomes counted so far into ``shard`` under this request's route."""
+        base = (self.method, self.route, self.proto)
+        outcomes = shard.task_outcomes
+        for outcome, count in (("ok", self.task_ok), ("cancelled", self.task_cancelled)):
+            if count:
+                key = (*base, outcome, None)
+                outcomes[key] = outcomes.get(key, 0) + count
+        self.task_ok = self.task_cancelled = 0
+        if self.task_errors:
+            for error, count in self.task_errors.items():
+                error_key = (*base, "error", error)
+                outcomes[error_key] = outcomes.get(error_key, 0) + count
+            self.task_errors = None
+
+    # ---------------------------------------------------------------- shared end
+
+    def resolve_route(self) -> str | None:
+        """The bounded route template (None: the request matched no route)."""
+        found = _routes.template(self.scope, self.root_path, self.router)
+        return None if found is None else self.obs.stats.route(found)
+
+    def close_tasks(self, shard: HttpShard) -> None:
+        """Record tasks-per-request and the outcomes seen so far; later ones go direct."""
+        key = (self.method, self.route, self.proto)
+        hist = shard.request_tasks.get(key)
+        if hist is None:
+            hist = shard.request_tasks[key] = BoundHist(n.TASKS_PER_REQUEST_BOUNDS)
+        hist.add(self.tasks)
+        self.finished = True
+        self.flush_tasks(shard)
+
+    def release(self) -> None:
+        """Drop references to the request, so long-lived tasks do not keep it alive."""
+        self.scope = self._receive = self._send = self.router = None
+        self.exc = None
+        self.span = None
+        self.callbacks = None
+
+    def end_span(self, error: str | None, status: int | None, failed: bool, end_ns: int) -> None:
+        span = self.span
+        if span is None:
+            return
+        from opentelemetry.trace import Status, StatusCode
+
+        base = self.method if self.method != n.OVERFLOW else "HTTP"
+        if self.proto == "websocket":
+            base = "WS"
+        if self.route is not None:
+            span.update_name(f"{base} {self.route}")
+            span.set_attribute(n.HTTP_ROUTE, self.route)
+        if status is not None:
+            span.set_attribute(n.HTTP_STATUS, status)
+        if error is not None:
+            span.set_attribute(n.ERROR_TYPE, error)
+        if self.disconnected:
+            span.set_attribute("asyncwatch.http.client_disconnected", True)
+        exc = self.exc
+        if exc is not None and not self.disconnected:
+            span.record_exception(exc)
+        if failed:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end(end_time=end_ns)
+
+
+class HttpExchange(_Exchange):
+    """One HTTP request; see the module docstring."""
+
+    status: int | None = None
+    trailers = False
+    req_bytes = 0
+    resp_bytes = 0
+    end: float | None = None
+    recorded = False
+    background = False
+    slot: RequestSlot | None = None
+    active: list[int] | None = None
+
+    def __init__(
+        self,
+        obs: Observer,
+        scope: Any,
+        receive: Any,
+        send: Any,
+        router: Any,
+        method: str,
+        meters: bool,
+    ) -> None:
+        # _Exchange.__init__ inlined: this runs for every request.
+        self.obs = obs
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.router = router
+        self.method = method
+        get = scope.get
+        self.root_path = get("root_path", "")
+        scheme = get("scheme")
+        if scheme.__class__ is not str or len(scheme) > 15:
+            scheme = "http"
+        self.scheme = scheme
+        version = get("http_version")
+        self.version = version if version.__class__ is str and len(version) < 8 else None
+        shard = self.shard = obs.stats.shard
+        shard.live.add(self)
+        if meters:  # False when FastAPI's own telemetry records the HTTP metrics
+            cell = shard.active.get((method, scheme))
+            if cell is None:
+                cell = shard.active[(method, scheme)] = [0]
+            cell[0] += 1
+            self.active = cell
+        self.started = clock()
+
+    async def receive(self) -> Any:
+        """The server's receive, observed."""
+        message = await self._receive()
+        try:
+            kind = message["type"]
+            if kind == "http.request":
+                self.req_bytes += len(message.get("body", b""))
+            elif kind == "http.disconnect" and self.end is None:
+                self.disconnected = True
+        except (KeyError, TypeError, AttributeError):
+            pass  # not a message this middleware understands; the app gets it unchanged
+        return message
+
+    async def send(self, message: Any) -> None:
+        """The server's send, observed; the request ends when its last part is sent."""
+        last = False
+        try:
+            kind = message["type"]
+            if kind == "http.response.body":
+                body = message.get("body")
+                if body:
+                    self.resp_bytes += len(body)
+                last = not message.get("more_body") and not self.trailers
+            elif kind == "http.response.start":
+                status = message["status"]
+                self.status = status if status.__class__ is int else None
+                if message.get("trailers"):
+                    self.trailers = True
+            elif kind == "http.response.trailers":
+                last = not message.get("more_trailers")
+            elif kind == "http.response.pathsend":
+                last = True
+        except (KeyError, TypeError, AttributeError):
+            pass
+        try:
+            await self._send(message)
+        except OSError:
+            if self.end is None:
+                self.disconnected = True
+            raise
+        if last and self.end is None:
+            self.end = clock()
+            status = self.status
+            if status is None or status < 500:
+                self.record()
+
+    def finish(self) -> None:
+        """The app returned or raised: record whatever is still open."""
+        try:
+            if not self.recorded:
+                if self.end is None:
+                    self.end = clock()
+                self.record()
+            elif self.background or self.exc is not None:
+                self.record_background()
+            slot = self.slot
+            tasks = self.tasks
+            self.finished = True
+            if tasks == 0:
+                if slot is not None:
+                    slot.zero_tasks += 1
+                return
+            if slot is not None:
+                slot.tasks.add(tasks)
+            self.flush_tasks(self.obs.stats.shard)
+            self.release()  # its tasks may outlive it: keep nothing of the request alive
+        except Exception as exc:
+            self.obs.fault("asgi_request", exc)
+
+    def record(self) -> None:
+        """Record the request (once): metrics, disconnect count, span."""
+        try:
+            self.recorded = True
+            self.shard.live.discard(self)
+            scope = self.scope
+            # The route: Starlette's matched route when no mount was crossed (the common
+            # case, inline here), else matched again from the router (see _routes).
+            route = scope.get("route")
+            template = None
+            if route is not None and scope.get("root_path", "") == self.root_path:
+                template = getattr(route, "path_format", None)
+            if template.__class__ is not str:
+                template = _routes.template(scope, self.root_path, self.router)
+            stats = self.obs.stats
+            if template is not None and template not in stats.routes:
+                template = stats.route(template)
+            self.route = template
+            status = self.status
+            if self.exc is None and not self.disconnected and status is not None and status < 500:
+                error = None  # the common case
+            else:
+                status, error = self.failure(stats, template, status)
+            shard = self.shard
+            key = (self.method, template, status, self.scheme, self.version, error)
+            slot = shard.requests.get(key)
+            if slot is None:
+                slot = shard.request(key)
+            self.slot = slot
+            end = self.end
+            assert end is not None
+            active = self.active
+            if active is not None:
+                active[0] -= 1
+                slot.add(end - self.started, self.req_bytes, self.resp_bytes)
+            else:
+                slot.add(None, self.req_bytes, self.resp_bytes)
+            if self.span is not None:
+                end_ns = time.time_ns() - int((clock() - end) * 1e9)
+                self.end_span(error, status, error is not None, end_ns)
+        except Exception as exc:
+            self.obs.fault("asgi_request", exc)
+
+    def live_route(self) -> str | None:
+        """The route template of this request while it is in flight (None: not routed yet, or
+        no route); read by the console from another thread, so it only reads."""
+        if self.route is not None:
+            return self.route
+        scope = self.scope
+        if scope is None or scope.get("route") is None:
+            return None
+        return _routes.template(scope, self.root_path, self.router)
+
+    def failure(self, stats: Any, template: str | None, status: int | None) -> tuple[Any, Any]:
+        """(status, error.type) of a request that did not simply succeed."""
+        if self.disconnected:  # counted apart, never an error of the app
+            shard = self.shard
+            key = (self.method, template, self.scheme)
+            shard.disconnects[key] = shard.disconnects.get(key, 0) + 1
+            return status, None
+        if self.exc is not None:
+            # status None: what the server (or Starlette's error middleware) answers
+            return (500 if status is None else status), stats.exception_type(self.exc)
+        if status is None:
+            return None, stats.error_type("incomplete_response")
+        return status, stats.error_type(str(status))
+
+    def record_background(self) -> None:
+        """Work after the response (background tasks), or a failure after it was sent."""
+        error = None
+        if self.exc is not None and not self.disconnected:
+            error = self.obs.stats.exception_type(self.exc)
+        shard = self.obs.stats.shard
+        key = (self.method, self.route, error)
+        hist = shard.background.get(key)
+        if hist is None:
+            hist = shard.background[key] = BoundHist(n.HTTP_DURATION_BOUNDS)
+        assert self.end is not None
+        hist.add(clock() - self.end)
+
+
+class WsExchange(_Exchange):
+    """One WebSocket connection: duration, messages each way, never changed."""
+
+    proto = "websocket"
+    default_scheme = "ws"
+    received = 0
+    sent = 0
+
+    def __init__(self, obs: Observer, scope: Any, receive: Any, send: Any, router: Any) -> None:
+        _Exchange.__init__(self, obs, scope, receive, send, router)
+        active = obs.stats.shard.ws_active
+        active[self.scheme] = active.get(self.scheme, 0) + 1
+
+    async def receive(self) -> Any:
+        """The server's receive, observed."""
+        message = await self._receive()
+        try:
+            kind = message["type"]
+            if kind == "websocket.receive":
+                self.received += 1
+            elif kind == "websocket.disconnect":
+                self.disconnected = True
+        except (KeyError, TypeError, AttributeError):
+            pass
+        return message
+
+    async def send(self, message: Any) -> None:
+        """The server's send, observed."""
+        try:
+            if message["type"] == "websocket.send":
+                self.sent += 1
+        except (KeyError, TypeError, AttributeError):
+            pass
+        try:
+            await self._send(message)
+        except OSError:
+            self.disconnected = True
+            raise
+
+    def finish(self) -> None:
+        """The app returned or raised."""
+        try:
+            stats = self.obs.stats
+            shard = stats.shard
+            self.route = route = self.resolve_route()
+            error = None
+            if self.exc is not None and not self.disconnected:
+                error = stats.exception_type(self.exc)
+            key = (route, self.scheme, error)
+            hist = shard.ws.get(key)
+            if hist is None:
+                hist = shard.ws[key] = BoundHist(n.WEBSOCKET_DURATION_BOUNDS)
+            hist.add(clock() - self.started)
+            shard.ws_active[self.scheme] = shard.ws_active.get(self.scheme, 0) - 1
+            messages = shard.ws_messages
+            for direction, count in (("received", self.received), ("sent", self.sent)):
+                if count:
+                    messages[(route, direction)] = messages.get((route, direction), 0) + count
+            self.end_span(error, None, error is not None, time.time_ns())
+            self.close_tasks(shard)
+        except Exception as exc:
+            self.obs.fault("asgi_websocket", exc)
+        finally:
+            self.release()

@@ -1,0 +1,283 @@
+"""HTTP throughput and tail latency: a Starlette app on uvicorn, bare vs observed, under wrk.
+
+The app has a JSON route (``/json``) and a route with a path parameter (``/items/{item_id}``);
+wrk alternates between them. Each configuration is a uvicorn process (uvloop and httptools
+when installed, access log off) pinned to CPU 0 with ``taskset``; ``wrk`` (Debian package
+``wrk``) runs pinned to CPU 1 and connects over 127.0.0.1. All servers run side by side and
+are loaded in turn, the order rotated each round; each round yields every configuration's
+requests/s divided by bare's in that round, and the table gives the median of those ratios,
+the median p99 latency and its ratio to bare's. A second figure, less sensitive to other load
+on the machine than requests/s: the server process's CPU time (user + system, from
+``/proc``) per request served during the run, and its ratio to bare's.
+
+Configurations:
+
+* ``bare`` - the app alone.
+* ``asyncwatch`` - ``AsyncWatchMiddleware`` with metrics (and the task hook, installed before
+  the loop starts, as ``asyncwatch run`` does), Prometheus endpoint on a spare port.
+* ``asyncwatch-http-only`` - the same with the other detectors off (``loop_watch=False``,
+  ``deadlock_detection=False``): the middleware and task hook alone.
+* ``asyncwatch+spans`` - ``asyncwatch`` with a SERVER span per request (SDK TracerProvider, batch
+  processor, an exporter that drops spans).
+* ``otel-asgi`` - opentelemetry-instrumentation-asgi's ``OpenTelemetryMiddleware`` with SDK
+  Meter and Tracer providers (stable HTTP conventions, same span processing).
+* ``otel-asgi-metrics`` - the same with a no-op tracer provider (metrics only).
+
+Run: ``python benchmarks/asgi.py`` (``--quick`` for a short run: 3 rounds of 3 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Row, save
+
+CONFIGS = (
+    "bare",
+    "asyncwatch",
+    "asyncwatch-http-only",
+    "asyncwatch+spans",
+    "otel-asgi",
+    "otel-asgi-metrics",
+)
+
+WRK_SCRIPT = """
+counter = 0
+request = function()
+  counter = counter + 1
+  if counter % 2 == 0 then
+    return wrk.format("GET", "/json")
+  end
+  return wrk.format("GET", "/items/" .. (counter % 1000))
+end
+"""
+
+
+def build_app(config: str) -> Any:
+    """The app for one configuration (runs in the server process)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def hello(request: Request) -> JSONResponse:
+        return JSONResponse({"hello": "world", "items": [1, 2, 3]})
+
+    async def item(request: Request) -> JSONResponse:
+        return JSONResponse({"id": int(request.path_params["item_id"]), "name": "thing"})
+
+    app: Any = Starlette(routes=[Route("/json", hello), Route("/items/{item_id:int}", item)])
+    if config == "bare":
+        return app
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class DropSpans(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(DropSpans()))
+    if config.startswith("asyncwatch"):
+        import asyncwatch
+
+        http_only = config == "asyncwatch-http-only"
+        asyncwatch.install(
+            prometheus_port=0,
+            asgi_auto=False,
+            loop_watch=not http_only,
+            deadlock_detection=not http_only,
+            tracer_provider=tracer_provider if config == "asyncwatch+spans" else None,
+            http_spans=config == "asyncwatch+spans",
+        )
+        return asyncwatch.AsyncWatchMiddleware(app)
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    if config == "otel-asgi-metrics":
+        return OpenTelemetryMiddleware(
+            app, tracer_provider=trace.NoOpTracerProvider(), meter_provider=meter_provider
+        )
+    return OpenTelemetryMiddleware(
+        app, tracer_provider=tracer_provider, meter_provider=meter_provider
+    )
+
+
+def serve(config: str, port: int) -> None:
+    """Server process: the configuration's app on uvicorn."""
+    import uvicorn
+
+    app = build_app(config)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cpu: int) -> list[str]:
+    taskset = shutil.which("taskset")
+    return [taskset, "-c", str(cpu)] if taskset and (os.cpu_count() or 1) > 1 else []
+
+
+def start_server(config: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {**os.environ, "OTEL_SEMCONV_STABILITY_OPT_IN": "http"}
+    env = {k: v for k, v in env.items() if not k.startswith("ASYNCWATCH_")}
+    cmd = [*pinned(0), sys.executable, __file__, "--serve", config, "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2) as r:
+                r.read()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{config} server did not start") from None
+            time.sleep(0.1)  # polling for startup with a deadline
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(
+    port: int, seconds: float, connections: int, script: str, pid: int | None = None
+) -> tuple[float, float, float]:
+    """(requests/s, p99 latency in ms, server CPU µs per request) from one wrk run."""
+    before = cpu_seconds(pid) if pid else 0.0
+    cmd = [
+        *pinned(1),
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        script,
+        f"http://127.0.0.1:{port}",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    used = cpu_seconds(pid) - before if pid else 0.0
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+    served = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return rate, p99, used * 1e6 / max(served, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 3 s")
+    parser.add_argument("--only", help="comma-separated configurations (bare is always run)")
+    parser.add_argument("--name", default="asgi", help="results file name")
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.port)
+        return 0
+    if shutil.which("wrk") is None:
+        print("asgi benchmark: needs wrk (Debian package wrk)", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.rounds, args.seconds = 3, 3.0
+    chosen = ["bare", *[c for c in (args.only.split(",") if args.only else CONFIGS) if c != "bare"]]
+    servers = {name: start_server(name) for name in chosen}
+    rates: dict[str, list[float]] = {name: [] for name in chosen}
+    ratios: dict[str, list[float]] = {name: [] for name in chosen}
+    p99s: dict[str, list[float]] = {name: [] for name in chosen}
+    cpus: dict[str, list[float]] = {name: [] for name in chosen}
+    cpu_ratios: dict[str, list[float]] = {name: [] for name in chosen}
+    load_before = os.getloadavg()[0]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT)
+    try:
+        for _, port in servers.values():
+            load(port, 1.0, args.connections, f.name)  # warm up
+        for r in range(args.rounds):
+            order = chosen[r % len(chosen) :] + chosen[: r % len(chosen)]
+            seen = {}
+            for name in order:
+                proc, port = servers[name]
+                seen[name] = load(port, args.seconds, args.connections, f.name, proc.pid)
+            for name in chosen:
+                rates[name].append(seen[name][0])
+                p99s[name].append(seen[name][1])
+                ratios[name].append(seen[name][0] / seen["bare"][0])
+                cpus[name].append(seen[name][2])
+                cpu_ratios[name].append(seen[name][2] / seen["bare"][2])
+            print(
+                f"round {r + 1}: " + ", ".join(f"{n} {seen[n][0]:,.0f}/s" for n in chosen),
+                flush=True,
+            )
+    finally:
+        os.unlink(f.name)
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(30)
+    load_after = os.getloadavg()[0]
+    bare_p99 = statistics.median(p99s["bare"])
+    lines = [
+        "| configuration | requests/s (median) | throughput vs bare (median of per-round ratios) "
+        "| p99 latency (median) | p99 vs bare | server CPU per request | CPU vs bare |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = []
+    for name in chosen:
+        p99 = statistics.median(p99s[name])
+        rows.append(Row("http", name, ratios[name], rates[name]))
+        lines.append(
+            f"| {name} | {statistics.median(rates[name]):,.0f} "
+            f"| {statistics.median(ratios[name]):.2f} "
+            f"| {p99:.2f} ms | {p99 / bare_p99:.2f}x "
+            f"| {statistics.median(cpus[name]):.0f} µs "
+            f"| {statistics.median(cpu_ratios[name]):.2f}x |"
+        )
+    lines += [
+        "",
+        f"{args.rounds} interleaved rounds of {args.seconds:g} s per configuration; wrk -t1 "
+        f"-c{args.connections} alternating GET /json and GET /items/{{id}}; uvicorn on CPU 0, "
+        f"wrk on CPU 1; Python {sys.version.split()[0]}; load average {load_before:.1f} before, "
+        f"{load_after:.1f} after (other work on the machine shows up as noise in requests/s "
+        "and p99 more than in CPU per request).",
+    ]
+    text = "\n".join(lines)
+    extra = {"rounds": args.rounds, "seconds": args.seconds, "p99_ms": p99s, "cpu_us": cpus}
+    save(args.name, rows, text, extra)
+    print()
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
