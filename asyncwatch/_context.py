@@ -4,8 +4,8 @@ A blocked-loop finding names the request that held the loop. The watchdog runs i
 thread, so it cannot ask "what is current?"; it reads the ``contextvars.Context`` of the task
 (or callback) holding the loop and looks up, in this order:
 
-1. ``current_route``: this module's ContextVar. The ASGI middleware sets it to the route
-   *template* (``/items/{id}``, never the raw path) for the duration of a request::
+1. ``current_route``: this module's ContextVar, for other frameworks or middlewares to set
+   to the route *template* (``/items/{id}``, never the raw path) for a request::
 
        token = current_route.set("/items/{id}")
        try:
@@ -14,7 +14,9 @@ thread, so it cannot ask "what is current?"; it reads the ``contextvars.Context`
            current_route.reset(token)
 
    Tasks created while handling the request inherit it, as contextvars do.
-2. The OpenTelemetry span current in that context (any instrumentation's SERVER or task span):
+2. asyncwatch's own ASGI middleware: the request it handles in that context (its
+   ``REQUEST`` ContextVar), whose template is read from the scope as routed so far.
+3. The OpenTelemetry span current in that context (any instrumentation's SERVER or task span):
    its trace and span ids go into the finding, the block is added to it as a span event, and
    its ``http.route`` attribute is the route when (1) is unset.
 
@@ -35,6 +37,29 @@ current_route: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 """The route template of the request being handled, set by the ASGI middleware."""
 
 _HTTP_ROUTE = "http.route"
+
+
+def _asgi_route(ctx: contextvars.Context) -> str | None:
+    """The route template of the request asyncwatch's middleware handles in ``ctx``.
+
+    The middleware keeps its request in a ContextVar (``_exchange.REQUEST``) and does not work
+    out the template until the request ends, so that costs nothing per request; here it is
+    read from the request's scope as routed so far. The reader is the watchdog, while the
+    loop thread is held by a blocking call, so the scope is not changing under it.
+    """
+    exchange_module = sys.modules.get("asyncwatch._exchange")
+    if exchange_module is None:  # the ASGI middleware was never imported
+        return None
+    request = ctx.get(exchange_module.REQUEST)
+    if request is None:
+        return None
+    try:
+        from . import _routes
+
+        found = _routes.template(request.scope, request.root_path, request.router)
+    except Exception:  # a scope changing under us after all: no route, never an error
+        return None
+    return found if isinstance(found, str) else None
 
 
 def task_context(task: Any) -> contextvars.Context | None:
@@ -77,11 +102,15 @@ def span_in(ctx: contextvars.Context | None) -> Any:
 
 
 def route_in(ctx: contextvars.Context | None, span: Any = None) -> str | None:
-    """The request route current in ``ctx``: ``current_route``, else the span's http.route."""
+    """The request route current in ``ctx``: ``current_route``, else the request that
+    asyncwatch's ASGI middleware is handling there, else the span's http.route."""
     if ctx is not None:
         route = ctx.get(current_route)
         if route:
             return str(route)
+        route = _asgi_route(ctx)
+        if route:
+            return route
     attributes = getattr(span, "attributes", None)
     if attributes:
         route = attributes.get(_HTTP_ROUTE)

@@ -568,3 +568,42 @@ def test_internal_error_in_precise_report_never_reaches_the_loop(
 
     assert asyncio.run(main()) == "still running"
     assert w.faults.counts.get("precise_callbacks", 0) >= 1
+
+
+def test_route_of_a_request_blocking_under_the_asgi_middleware(watch: asyncwatch.Watch) -> None:
+    """A Starlette handler served by uvicorn through AsyncWatchMiddleware blocks the loop: the
+    finding names the route template the request matched, from the middleware's own context
+    (nothing set by the app), and the culprit line in the handler."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from asyncwatch import AsyncWatchMiddleware
+    from tests.asgi_servers import Uvicorn
+
+    blocker = Sleep()
+
+    async def item(request: Any) -> PlainTextResponse:
+        blocker.body()
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/items/{item_id:int}", item)])
+    app.add_middleware(AsyncWatchMiddleware)
+    with Uvicorn(app) as server:
+        answer: list[int] = []
+        url = f"{server.url}/items/42"
+        client = threading.Thread(
+            target=lambda: answer.append(httpx.get(url, timeout=30).status_code)
+        )
+        client.start()
+        try:
+            wait_for(lambda: blocks(ongoing=True), what="block")
+        finally:
+            blocker.release()
+            client.join(30)
+    assert answer == [200]
+    (finding,) = wait_for(lambda: blocks(ongoing=False), what="final finding")
+    assert finding.route == "/items/{item_id}"  # the template (Starlette drops the convertor)
+    assert finding.culprit is not None and finding.culprit.lineno == line_of("sleep")
+    assert finding.coroutine is not None and "run_asgi" in finding.coroutine
