@@ -21,6 +21,7 @@ Timing semantics:
 from __future__ import annotations
 
 import time
+from _thread import get_ident
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -225,7 +226,11 @@ class HttpExchange(_Exchange):
         self.scheme = scheme
         version = get("http_version")
         self.version = version if version.__class__ is str and len(version) < 8 else None
-        shard = self.shard = obs.stats.shard
+        stats = obs.stats
+        shard = stats._by_thread.get(get_ident())  # HttpStats.shard inlined
+        if shard is None:
+            shard = stats.shard
+        self.shard = shard
         shard.live.add(self)
         if meters:  # False when FastAPI's own telemetry records the HTTP metrics
             cell = shard.active.get((method, scheme))

@@ -119,13 +119,20 @@ class RequestSlot:
             if duration > h.max:
                 h.max = duration
         h = self.request_size
-        h.counts[bisect_left(_SIZES, request_size)] += 1
         h.count += 1
-        h.sum += request_size
-        if request_size < h.min:
-            h.min = request_size
-        if request_size > h.max:
-            h.max = request_size
+        if request_size == 0:  # most requests (GET) have no body: no search, no sum
+            h.counts[0] += 1
+            if h.min > 0:
+                h.min = 0
+            if h.max < 0:
+                h.max = 0
+        else:
+            h.counts[bisect_left(_SIZES, request_size)] += 1
+            h.sum += request_size
+            if request_size < h.min:
+                h.min = request_size
+            if request_size > h.max:
+                h.max = request_size
         h = self.response_size
         h.counts[bisect_left(_SIZES, response_size)] += 1
         h.count += 1
