@@ -9,14 +9,16 @@ process spent descheduled but includes any background threads the tool under tes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -96,3 +98,44 @@ def save(name: str, rows: list[Row], text: str, extra: dict[str, object] | None 
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     header = f"<!-- {name}: Python {meta['python']}, {meta['when']} -->\n"
     (RESULTS / f"{name}.md").write_text(header + text + "\n")
+
+
+def new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
+    """A fresh event loop: uvloop's or the standard one."""
+    if use_uvloop:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def timed(
+    workload: Callable[[int], Awaitable[None]],
+    n: int,
+    use_uvloop: bool,
+    setup: Callable[[asyncio.AbstractEventLoop], Any] | None = None,
+    teardown: Callable[[Any], None] | None = None,
+    *,
+    warm: bool = False,
+) -> tuple[float, int]:
+    """Run ``workload(n)`` in a fresh loop; CPU seconds (process, all threads) of the workload
+    alone, and ``n``. ``setup(loop)`` runs before, ``teardown(its result)`` after; ``warm``
+    lets one loop iteration (e.g. a first heartbeat) run before the clock starts."""
+    loop = new_loop(use_uvloop)
+    state = setup(loop) if setup else None
+
+    async def main() -> float:
+        if warm:
+            await asyncio.sleep(0)
+        start = time.process_time()
+        await workload(n)
+        return time.process_time() - start
+
+    try:
+        seconds = loop.run_until_complete(main())
+    finally:
+        if teardown:
+            teardown(state)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    return seconds, n

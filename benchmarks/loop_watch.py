@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import RESULTS, Row, interleave, save, table
+from _harness import RESULTS, Row, interleave, new_loop, save, table, timed
 
 from asyncwatch import Config
 from asyncwatch._faults import Faults
@@ -75,40 +75,6 @@ async def task_churn(n: int) -> None:
             await t
 
 
-def new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
-    if use_uvloop:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def timed(
-    workload: Callable[[int], Awaitable[None]],
-    n: int,
-    use_uvloop: bool,
-    setup: Callable[[asyncio.AbstractEventLoop], Any] | None = None,
-    teardown: Callable[[Any], None] | None = None,
-) -> tuple[float, int]:
-    """Run the workload in a fresh loop; CPU seconds (all threads) of the workload alone."""
-    loop = new_loop(use_uvloop)
-    state = setup(loop) if setup else None
-
-    async def main() -> float:
-        await asyncio.sleep(0)  # let the first heartbeat run outside the measurement
-        start = time.process_time()
-        await workload(n)
-        return time.process_time() - start
-
-    try:
-        seconds = loop.run_until_complete(main())
-    finally:
-        if teardown:
-            teardown(state)
-        loop.close()
-    return seconds, n
-
-
 def watching(precise: bool) -> tuple[Callable[[Any], Any], Callable[[Any], None]]:
     def setup(loop: asyncio.AbstractEventLoop) -> LoopWatch:
         watch = LoopWatch(Config(precise_callbacks=precise), FindingsLog(), Faults())
@@ -131,14 +97,14 @@ def configurations(
 ) -> dict[str, Callable[[], tuple[float, int]]]:
     watchdog, precise = watching(False), watching(True)
     configs = {
-        "bare": lambda: timed(workload, n, use_uvloop),
+        "bare": lambda: timed(workload, n, use_uvloop, warm=True),
         # bare again: the spread of its ratio is this machine's noise floor
-        "bare (control)": lambda: timed(workload, n, use_uvloop),
-        "watchdog": lambda: timed(workload, n, use_uvloop, *watchdog),
-        "precise": lambda: timed(workload, n, use_uvloop, *precise),
+        "bare (control)": lambda: timed(workload, n, use_uvloop, warm=True),
+        "watchdog": lambda: timed(workload, n, use_uvloop, *watchdog, warm=True),
+        "precise": lambda: timed(workload, n, use_uvloop, *precise, warm=True),
     }
     if anchor:
-        configs["debug (anchor)"] = lambda: timed(workload, n, use_uvloop, debug)
+        configs["debug (anchor)"] = lambda: timed(workload, n, use_uvloop, debug, warm=True)
     return configs
 
 

@@ -34,7 +34,6 @@ import asyncio
 import logging
 import os
 import sys
-import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -43,7 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Row, interleave, save, table
+from _harness import Row, interleave, save, table, timed
 
 from asyncwatch import Config
 from asyncwatch._watch import Watch
@@ -97,40 +96,6 @@ WORKLOADS: dict[str, Callable[[int], Awaitable[None]]] = {
     "gather/await": gathered,
 }
 TRACED_NAMES = "empty,one_await,node"
-
-
-def new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
-    if use_uvloop:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def timed(
-    workload: Callable[[int], Awaitable[None]],
-    n: int,
-    use_uvloop: bool,
-    setup: Callable[[asyncio.AbstractEventLoop], Any] | None = None,
-    teardown: Callable[[Any], None] | None = None,
-) -> tuple[float, int]:
-    """Run the workload in a fresh loop; CPU seconds of the workload alone."""
-    loop = new_loop(use_uvloop)
-    state = setup(loop) if setup else None
-
-    async def main() -> float:
-        start = time.process_time()
-        await workload(n)
-        return time.process_time() - start
-
-    try:
-        seconds = loop.run_until_complete(main())
-    finally:
-        if teardown:
-            teardown(state)
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-    return seconds, n
 
 
 def configurations(
