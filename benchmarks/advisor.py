@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Row, interleave, save, table
+from locks import semaphore_contended  # the same workload as the locks benchmark
 
 import asyncwatch
 
@@ -79,17 +80,6 @@ async def semaphore_uncontended(n: int) -> None:
     for _ in range(n):
         async with sem:
             pass
-
-
-async def semaphore_contended(n: int) -> None:
-    sem = asyncio.Semaphore(2)
-
-    async def worker(k: int) -> None:
-        for _ in range(k):
-            async with sem:
-                await asyncio.sleep(0)
-
-    await asyncio.gather(*(worker(n // 8) for _ in range(8)))
 
 
 async def loop_iterations(n: int) -> None:
