@@ -87,6 +87,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def marked_line(path: str | Path, marker: str) -> int:
+    """The number of the line of ``path`` that ends with ``# <marker>``."""
+    for number, text in enumerate(Path(path).read_text().splitlines(), 1):
+        if text.rstrip().endswith(f"# {marker}"):
+            return number
+    raise AssertionError(f"no line marked {marker!r} in {path}")
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -22,7 +22,7 @@ import asyncwatch
 from asyncwatch import Config, ConfigError, Finding
 from asyncwatch._console_commands import do_http
 from asyncwatch._console_render import render_top
-from tests.conftest import free_port, python_env, wait_for
+from tests.conftest import free_port, marked_line, python_env, wait_for
 from tests.console_client import AppThread, run_commands
 
 HERE = __name__
@@ -123,8 +123,7 @@ def test_profile_command_ranks_the_hot_coroutine_first(console: dict[str, int]) 
 
 def line_of(marker: str) -> int:
     """The line of this file that carries ``# <marker>``."""
-    lines = Path(__file__).read_text().splitlines()
-    return next(i for i, text in enumerate(lines, 1) if text.rstrip().endswith(f"# {marker}"))
+    return marked_line(__file__, marker)
 
 
 async def troubled_app(app: AppThread) -> None:

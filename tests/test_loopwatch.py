@@ -23,7 +23,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 import asyncwatch
 from asyncwatch._blocked import BlockedLoop
 
-from .conftest import collect, point, run_python, wait_for
+from .conftest import collect, marked_line, point, run_python, wait_for
 
 SOURCE = Path(__file__).resolve()
 THREAD = "app-loop"
@@ -31,10 +31,7 @@ THREAD = "app-loop"
 
 def line_of(marker: str) -> int:
     """The line of this file that ends with ``# <marker>``."""
-    for number, text in enumerate(SOURCE.read_text().splitlines(), 1):
-        if text.rstrip().endswith(f"# {marker}"):
-            return number
-    raise AssertionError(f"no line marked {marker!r}")
+    return marked_line(SOURCE, marker)
 
 
 # ---------------------------------------------------------------- blocking bodies
