@@ -13,6 +13,7 @@ import telnetlib3
 
 PROMPT = "asyncwatch >>> "
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]")
+_BACKSPACED = re.compile(r"[^\x08]\x08")
 
 
 class AppThread:
@@ -88,8 +89,10 @@ async def _session(host: str, port: int, commands: Sequence[str], timeout: float
 
 
 def clean(text: str) -> str:
-    """Terminal output as plain text: escape sequences and carriage returns removed."""
-    return _ANSI.sub("", text).replace("\r", "")
+    """Terminal output as plain text: escape sequences and carriage returns removed, and a
+    character followed by a backspace dropped (prompt_toolkit draws " \b" when it renders an
+    empty prompt, which can land between two lines of the proxied REPL's output)."""
+    return _BACKSPACED.sub("", _ANSI.sub("", text)).replace("\r", "")
 
 
 def run_commands(

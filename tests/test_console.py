@@ -412,7 +412,11 @@ def repl_session(port: int, code: str, expected: str) -> str:
         async def until(marker: str) -> None:
             nonlocal text
             while marker not in clean(text):
-                text += await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
+                try:
+                    text += await asyncio.wait_for(reader.read(65536),
+                                                   deadline - time.monotonic())
+                except TimeoutError:
+                    raise AssertionError(f"waited for {marker!r}; the console sent {text!r}")
 
         await until(PROMPT)
         writer.write("console\r")
