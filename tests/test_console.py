@@ -416,7 +416,9 @@ def repl_session(port: int, code: str, expected: str) -> str:
                     text += await asyncio.wait_for(reader.read(65536),
                                                    deadline - time.monotonic())
                 except TimeoutError:
-                    raise AssertionError(f"waited for {marker!r}; the console sent {text!r}")
+                    raise AssertionError(
+                        f"waited for {marker!r}; the console sent {text!r}"
+                    ) from None
 
         await until(PROMPT)
         writer.write("console\r")
