@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+from _thread import get_ident
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -118,6 +119,11 @@ class Observer:
         self._metrics_app: Any = None
         self.off = False
 
+    def shard(self) -> Any:
+        """This thread's ``HttpShard``."""
+        shard = self.stats._by_thread.get(get_ident())
+        return self.stats.shard if shard is None else shard
+
     def fault(self, hook: str, exc: BaseException) -> None:
         """An internal error: counted; the middleware turns itself off if it keeps failing."""
         if self.faults.report(hook, exc):
@@ -145,18 +151,15 @@ class Observer:
                 method = scope.get("method")
                 if method.__class__ is not str or method not in self.methods:
                     method = n.OVERFLOW
-                ex = HttpExchange(self, scope, receive, send, mw.router, method, not fastapi_meters)
+                ex = HttpExchange(self, scope, receive, send, mw.router, method, self.shard())
+                if fastapi_meters:
+                    ex.meters = False
             else:
                 ex = WsExchange(self, scope, receive, send, mw.router)
         except Exception as exc:
             self.fault("asgi_request", exc)
             return None
-        if (
-            self.spans_wanted
-            and not fastapi_spans
-            and self.telemetry.tracer_provider is not None
-            and self.telemetry.exports_spans
-        ):
+        if self.spans_wanted and not fastapi_spans and self.telemetry.exports_spans:
             try:
                 self.start_span(ex, scope)
             except Exception as exc:
@@ -188,7 +191,8 @@ class Observer:
         from opentelemetry.trace import SpanKind
 
         parent = propagate.extract(_headers(scope), getter=_GETTER)
-        attributes: dict[str, Any] = {n.URL_SCHEME: ex.scheme}
+        scheme = ex.scheme_now() if isinstance(ex, HttpExchange) else ex.scheme
+        attributes: dict[str, Any] = {n.URL_SCHEME: scheme}
         path = scope.get("path")
         if isinstance(path, str):
             attributes["url.path"] = path
@@ -197,8 +201,9 @@ class Observer:
             attributes[n.HTTP_METHOD] = ex.method
             if ex.method == n.OVERFLOW and isinstance(scope.get("method"), str):
                 attributes["http.request.method_original"] = scope["method"]
-            if ex.version is not None:
-                attributes[n.PROTOCOL_VERSION] = ex.version
+            version = ex.protocol_version()
+            if version is not None:
+                attributes[n.PROTOCOL_VERSION] = version
             query = scope.get("query_string")
             if query and isinstance(query, bytes):
                 attributes["url.query"] = _redacted_query(query)
@@ -277,6 +282,7 @@ class AsyncWatchMiddleware:
         self._observer: Observer | None = None
         self.fastapi: Any = None  # the FastAPI app this wraps from outside, if any
         self.router: Any = None  # the Starlette router under this middleware, if any
+        self._inline = False  # requests may take __call__'s inline set-up (see _bind)
         if _watch.current() is None and (config is None or config.enabled):
             _watch.install(config)
 
@@ -285,32 +291,33 @@ class AsyncWatchMiddleware:
             kind = scope["type"]
         except Exception:
             kind = None
-        if kind in ("http", "websocket"):
-            watch = _watch._current
-            if watch is not self._watch:
-                self._bind(watch)
+        if kind == "http" or kind == "websocket":  # noqa: PLR1714 - cheaper than a tuple
+            if self._watch is not _watch._current:
+                self._bind(_watch._current)
             obs = self._observer
             if obs is not None and not obs.off:
                 # The common HTTP request (no path filters, no FastAPI telemetry to defer to,
                 # not nested, no span to start) is set up inline: this runs for every request
-                # and each call saved is measurable (see benchmarks/asgi.py). Anything else
-                # goes through Observer.begin.
+                # and each step saved is measurable (see benchmarks/asgi_inprocess.py).
+                # Anything else goes through Observer.begin.
                 if (
                     kind == "http"
-                    and obs.plain
-                    and self.fastapi is None
-                    and REQUEST.get() is None
+                    and self._inline
                     and "fastapi.telemetry" not in scope
-                    and obs.telemetry.tracer_provider is None
+                    and REQUEST.get() is None
+                    and not (obs.spans_wanted and obs.telemetry.exports_spans)
                 ):
                     try:
-                        method = scope.get("method")
-                        if method.__class__ is not str or method not in obs.methods:
+                        method = scope["method"]
+                        if method not in obs.methods:
                             method = n.OVERFLOW
-                        ex = HttpExchange(obs, scope, receive, send, self.router, method, True)
-                    except Exception as exc:
-                        obs.fault("asgi_request", exc)
-                        ex = None
+                        stats = obs.stats
+                        shard = stats._by_thread.get(get_ident())
+                        if shard is None:
+                            shard = stats.shard
+                        ex = HttpExchange(obs, scope, receive, send, self.router, method, shard)
+                    except Exception:  # an odd method (unhashable, missing): the long way
+                        ex = obs.begin(self, scope, receive, send, kind)
                 else:
                     ex = obs.begin(self, scope, receive, send, kind)
                 if ex is not None:
@@ -335,13 +342,15 @@ class AsyncWatchMiddleware:
     def _bind(self, watch: Any) -> None:
         self._watch = watch
         self._observer = None
+        self._inline = False
         if watch is None or not watch.config.enabled:
             return
         try:
             # What the wrapped app is does not change once it serves: look it up once.
             self.fastapi = find_fastapi(self.app)
             self.router = find_router(self.app)
-            self._observer = Observer(watch, self.config or watch.config)
+            self._observer = obs = Observer(watch, self.config or watch.config)
+            self._inline = obs.plain and self.fastapi is None
             watch.tasks.track_requests(REQUEST)
         except Exception as exc:
             watch.faults.report("asgi_bind", exc)

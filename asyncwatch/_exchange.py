@@ -21,19 +21,23 @@ Timing semantics:
 from __future__ import annotations
 
 import time
-from _thread import get_ident
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from . import _names as n
 from . import _routes
-from ._http import BoundHist, HttpShard, RequestSlot
+from ._http import FOLD_AT, BoundHist, HttpShard, RequestKey, RequestSlot
 from ._recorder import clock
 
 if TYPE_CHECKING:
     from ._asgi import Observer
 
 REQUEST: ContextVar[Any] = ContextVar("asyncwatch.request", default=None)
+
+# What ``url.scheme`` and ``network.protocol.version`` may be (anything else from a server is
+# reported as "http" and left out, so a hostile scope cannot grow the metric's cardinality).
+HTTP_SCHEMES = frozenset({"http", "https"})
+HTTP_VERSIONS = frozenset({"1.0", "1.1", "2", "2.0", "3", "3.0"})
 
 
 class _Exchange:
@@ -199,7 +203,7 @@ class HttpExchange(_Exchange):
     recorded = False
     background = False
     slot: RequestSlot | None = None
-    active: list[int] | None = None
+    meters = True  # False when FastAPI's own telemetry records the HTTP metrics
 
     def __init__(
         self,
@@ -209,36 +213,38 @@ class HttpExchange(_Exchange):
         send: Any,
         router: Any,
         method: str,
-        meters: bool,
+        shard: HttpShard,
     ) -> None:
-        # _Exchange.__init__ inlined: this runs for every request.
+        # _Exchange.__init__ cut to what every request needs: this runs for every request.
+        # The scheme and protocol version are read when the request is recorded.
         self.obs = obs
         self.scope = scope
         self._receive = receive
         self._send = send
         self.router = router
         self.method = method
-        get = scope.get
-        self.root_path = get("root_path", "")
-        scheme = get("scheme")
-        if scheme.__class__ is not str or len(scheme) > 15:
-            scheme = "http"
-        self.scheme = scheme
-        version = get("http_version")
-        self.version = version if version.__class__ is str and len(version) < 8 else None
-        stats = obs.stats
-        shard = stats._by_thread.get(get_ident())  # HttpStats.shard inlined
-        if shard is None:
-            shard = stats.shard
         self.shard = shard
+        self.root_path = scope.get("root_path", "")
         shard.live.add(self)
-        if meters:  # False when FastAPI's own telemetry records the HTTP metrics
-            cell = shard.active.get((method, scheme))
-            if cell is None:
-                cell = shard.active[(method, scheme)] = [0]
-            cell[0] += 1
-            self.active = cell
         self.started = clock()
+
+    def scheme_now(self) -> str:
+        """The bounded ``url.scheme`` of this request."""
+        scope = self.scope
+        scheme = None if scope is None else scope.get("scheme")
+        try:
+            return scheme if scheme in HTTP_SCHEMES else "http"
+        except TypeError:  # unhashable
+            return "http"
+
+    def protocol_version(self) -> str | None:
+        """The bounded ``network.protocol.version`` (None: not one the conventions know)."""
+        scope = self.scope
+        version = None if scope is None else scope.get("http_version")
+        try:
+            return version if version in HTTP_VERSIONS else None
+        except TypeError:
+            return None
 
     async def receive(self) -> Any:
         """The server's receive, observed."""
@@ -313,18 +319,21 @@ class HttpExchange(_Exchange):
         """Record the request (once): metrics, disconnect count, span."""
         try:
             self.recorded = True
-            self.shard.live.discard(self)
+            shard = self.shard
+            shard.live.discard(self)
             scope = self.scope
             # The route: Starlette's matched route when no mount was crossed (the common
             # case, inline here), else matched again from the router (see _routes).
-            route = scope.get("route")
             template = None
+            route = scope.get("route")
             if route is not None and scope.get("root_path", "") == self.root_path:
                 template = getattr(route, "path_format", None)
+            stats = self.obs.stats
             if template.__class__ is not str:
                 template = _routes.template(scope, self.root_path, self.router)
-            stats = self.obs.stats
-            if template is not None and template not in stats.routes:
+                if template is not None:
+                    template = stats.route(template)
+            elif template not in stats.routes:
                 template = stats.route(template)
             self.route = template
             status = self.status
@@ -332,25 +341,47 @@ class HttpExchange(_Exchange):
                 error = None  # the common case
             else:
                 status, error = self.failure(stats, template, status)
-            shard = self.shard
-            key = (self.method, template, status, self.scheme, self.version, error)
-            slot = shard.requests.get(key)
+            # Scheme and version as the server gave them: a key with anything else (not a
+            # known scheme or version) is not found and takes the bounded path below.
+            key: Any = (self.method, template, status, scope.get("scheme"),
+                         scope.get("http_version"), error)
+            try:
+                slot = shard.requests.get(key)
+            except TypeError:  # an unhashable value in a hostile scope
+                slot = None
             if slot is None:
-                slot = shard.request(key)
+                slot = shard.request(self.bounded_key(key))
             self.slot = slot
             end = self.end
             assert end is not None
-            active = self.active
-            if active is not None:
-                active[0] -= 1
-                slot.add(end - self.started, self.req_bytes, self.resp_bytes)
-            else:
-                slot.add(None, self.req_bytes, self.resp_bytes)
+            if self.meters:
+                slot.durations.append(end - self.started)
+            slot.request_sizes.append(self.req_bytes)
+            sizes = slot.response_sizes
+            sizes.append(self.resp_bytes)
+            if len(sizes) >= FOLD_AT:
+                shard.fold(slot)
             if self.span is not None:
                 end_ns = time.time_ns() - int((clock() - end) * 1e9)
                 self.end_span(error, status, error is not None, end_ns)
         except Exception as exc:
             self.obs.fault("asgi_request", exc)
+
+    @staticmethod
+    def bounded_key(key: tuple[Any, ...]) -> RequestKey:
+        """``key`` with its scheme and protocol version bounded to known values."""
+        method, template, status, scheme, version, error = key
+        try:
+            if scheme not in HTTP_SCHEMES:
+                scheme = "http"
+        except TypeError:
+            scheme = "http"
+        try:
+            if version not in HTTP_VERSIONS:
+                version = None
+        except TypeError:
+            version = None
+        return (method, template, status, scheme, version, error)
 
     def live_route(self) -> str | None:
         """The route template of this request while it is in flight (None: not routed yet, or
@@ -366,7 +397,7 @@ class HttpExchange(_Exchange):
         """(status, error.type) of a request that did not simply succeed."""
         if self.disconnected:  # counted apart, never an error of the app
             shard = self.shard
-            key = (self.method, template, self.scheme)
+            key: Any = (self.method, template, self.scheme_now())
             shard.disconnects[key] = shard.disconnects.get(key, 0) + 1
             return status, None
         if self.exc is not None:

@@ -274,6 +274,10 @@ class Telemetry:
         self._wrapped_readers: list[tuple[Any, Any, Any]] = []
         self._tracer: Any = None
         self.started = False
+        # Whether a span started now goes anywhere: the app's or a given tracer provider, or a
+        # traces exporter of asyncwatch's own. Set by start(), read per request by the ASGI
+        # middleware (a plain attribute: that check runs for every request).
+        self.exports_spans = False
         # Filled by the Prometheus reader: what an app-served /metrics page renders.
         self.prometheus_registry: Any = None
         self._app_provider_reader: Any = None
@@ -321,14 +325,9 @@ class Telemetry:
             self.tracer_provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
             for processor in self._span_processors():
                 self.tracer_provider.add_span_processor(processor)
-
-    @property
-    def exports_spans(self) -> bool:
-        """Whether a span started now goes anywhere (the app's or a given tracer provider, or
-        a traces exporter of asyncwatch's own)."""
-        if self.tracer_provider is None:
-            return False
-        return not self._own_tracer_provider or "none" not in self.config.traces_exporters
+        self.exports_spans = (
+            not self._own_tracer_provider or "none" not in self.config.traces_exporters
+        )
 
     def tracer(self) -> Any:
         """asyncwatch's tracer (from the app's provider if it set one)."""
@@ -532,6 +531,7 @@ class Telemetry:
         if self._own_tracer_provider and self.tracer_provider is not None:
             stops.append(self.tracer_provider.shutdown)
         self.meter_provider = self.tracer_provider = self._tracer = None
+        self.exports_spans = False
         self._own_meter_provider = self._own_tracer_provider = False
         if stops:
 
@@ -558,6 +558,7 @@ class Telemetry:
         self._unwrap_readers()  # the app's readers are wrapped again on start
         self.prometheus_registry = self._app_provider_reader = None
         self.meter_provider = self.tracer_provider = self._tracer = None
+        self.exports_spans = False
         self._own_meter_provider = self._own_tracer_provider = False
         self.started = False
 
