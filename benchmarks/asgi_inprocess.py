@@ -170,9 +170,22 @@ def main() -> None:
         small = 500 if args.quick else 1000
         per = {c: (instructions(c, 6 * small) - instructions(c, small)) / (5 * small)
                for c in configs}
-        print(f"{'configuration':24} {'instructions/request':>22} {'vs bare':>8}")
-        for c in configs:
-            print(f"{c:24} {per[c]:>22,.0f} {per[c] / per['bare']:>7.2f}x")
+        lines = [
+            "| configuration | instructions per request (loop thread) | vs bare |",
+            "|---|---:|---:|",
+        ]
+        lines += [f"| {c} | {per[c]:,.0f} | {per[c] / per['bare']:.2f}x |" for c in configs]
+        lines += [
+            "",
+            f"callgrind, difference between runs of {small:,} and {6 * small:,} requests; "
+            "default settings, so what runs on a timer (heartbeat, timed task samples) is "
+            "counted at valgrind's slow pace and overstated; Python "
+            f"{sys.version.split()[0]}.",
+        ]
+        text = "\n".join(lines)
+        rows = [Row("http in process", c, [per[c] / per["bare"]], [per[c]]) for c in configs]
+        save(args.name + "_callgrind", rows, text, {"small": small})
+        print(text)
         return
     if args.quick:
         args.rounds, args.count = 3, 5000

@@ -52,14 +52,16 @@ def app() -> Starlette:
     return Starlette(routes=[Route("/items/{size:int}", item)])
 
 
-async def serve(application: Any, count: int) -> None:
-    """Be the ASGI server for ``count`` GET requests (sizes 0..9 bytes)."""
+async def serve(application: Any, count: int, **odd: Any) -> None:
+    """Be the ASGI server for ``count`` GET requests (sizes 0..9 bytes); ``odd`` values
+    (callables of the request's number) replace scope entries."""
     for i in range(count):
         path = f"/items/{i % 10}"
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
                  "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
                  "root_path": "", "query_string": b"", "headers": [],
                  "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5000)}
+        scope.update({key: make(i) for key, make in odd.items()})
 
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": b"", "more_body": False}
@@ -119,3 +121,20 @@ def test_a_reader_folding_while_requests_arrive_loses_nothing() -> None:
         assert obs.count(n.HTTP_SERVER_DURATION.name, http__route="/items/{size}") == total
         sizes = obs.points(n.HTTP_SERVER_REQUEST_SIZE.name, http__route="/items/{size}")
         assert sum(p.count for p in sizes) == total
+
+
+def test_scheme_and_version_are_bounded_whatever_the_server_says() -> None:
+    """A server (or a middleware below it) putting any string in ``scheme`` or
+    ``http_version`` adds no series: unknown ones are reported as http / left out."""
+    with observing(http_spans=False) as obs:
+        application = asyncwatch.AsyncWatchMiddleware(app())
+        odd = {"scheme": lambda i: ["https", f"s{i}", None][i % 3],
+               "http_version": lambda i: ["2", f"v{i}", "1.1"][i % 3]}
+        asyncio.run(serve(application, 300, **odd))
+        points = obs.points(n.HTTP_SERVER_DURATION.name)
+        assert sum(p.count for p in points) == 300
+        schemes = {p.attributes.get("url.scheme") for p in points}
+        versions = {p.attributes.get("network.protocol.version") for p in points}
+        assert schemes == {"http", "https"}
+        assert versions == {"2", "1.1", None}
+        assert len(points) <= 3
