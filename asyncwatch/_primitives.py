@@ -258,19 +258,23 @@ class PrimitiveTracker:
 
     # ------------------------------------------------------------------ install
 
-    def install(self) -> None:
-        """Patch the classes. Idempotent."""
+    def install(self, *, semaphores_only: bool = False) -> None:
+        """Patch the classes. Idempotent. ``semaphores_only``: only what the advisor reads
+        (semaphores), for when the deadlock detector is off: every Lock, Event, Condition
+        and Queue the app (or its server, once per request) creates then costs nothing."""
         if self._patches:
             return
         _SKIPPED.update(_skipped_files())
         self.active = True
         locks = asyncio.locks
-        self._wrap_init(locks.Lock, "Lock", lazy=True)
+        if not semaphores_only:
+            self._wrap_init(locks.Lock, "Lock", lazy=True)
         self._wrap_init(locks.Semaphore, None, lazy=False)
-        self._wrap_init(locks.Condition, "Condition", lazy=False)
-        self._wrap_init(locks.Event, "Event", lazy=True)
-        self._wrap_init(asyncio.queues.Queue, None, lazy=True)
-        self._wrap_lock(_fast_paths_match())
+        if not semaphores_only:
+            self._wrap_init(locks.Condition, "Condition", lazy=False)
+            self._wrap_init(locks.Event, "Event", lazy=True)
+            self._wrap_init(asyncio.queues.Queue, None, lazy=True)
+            self._wrap_lock(_fast_paths_match())
         self._wrap_semaphore(_fast_paths_match())
 
     def uninstall(self) -> None:

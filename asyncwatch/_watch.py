@@ -112,7 +112,8 @@ class Watch:
         if self.config.loop_watch:
             self.loops.start()
         if self.config.deadlock_detection or self.config.advisor:
-            self.primitives.install()  # the advisor reads semaphores through it
+            # the advisor reads semaphores through it; the deadlock detector needs the rest
+            self.primitives.install(semaphores_only=not self.config.deadlock_detection)
         if self.config.deadlock_detection:
             self.deadlocks.start()
         if self.config.advisor:

@@ -27,6 +27,21 @@ def class_attributes() -> dict[type, dict[str, Any]]:
     return {cls: dict(vars(cls)) for cls in CLASSES}
 
 
+def test_with_only_the_advisor_only_semaphores_are_patched() -> None:
+    """Deadlock detection off, advisor on: Lock, Condition, Event and Queue keep their own
+    methods (nothing to pay per Event a server makes per request); semaphores are tracked."""
+    before = class_attributes()
+    install(deadlock_detection=False, advisor=True)
+    try:
+        for cls in (asyncio.Lock, asyncio.Condition, asyncio.Event, asyncio.Queue):
+            assert dict(vars(cls)) == before[cls], cls
+        assert asyncio.Semaphore.__dict__["acquire"] is not before[asyncio.Semaphore]["acquire"]
+        assert state_of(asyncio.Semaphore(2)) is not None
+    finally:
+        asyncwatch.uninstall()
+    assert class_attributes() == before
+
+
 def test_uninstall_restores_the_classes_exactly() -> None:
     """After uninstall every attribute of Lock, Semaphore, Condition... is the original."""
     before = class_attributes()
