@@ -293,6 +293,9 @@ class PrimitiveTracker:
         original = cls.__dict__["__init__"]
         tracker = self
         getframe = sys._getframe
+        if lazy and kind is not None:
+            self._wrap_lazy_init(cls, kind, original)
+            return
 
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
             original(self, *args, **kwargs)
@@ -313,6 +316,41 @@ class PrimitiveTracker:
                         lock_state = state_of(self._lock)
                         if lock_state is not None and lock_state.tracker is tracker:
                             lock_state.part_of = state
+                    for hook in tracker.on_created:
+                        hook(self, state)
+                except Exception as exc:
+                    tracker.fault(exc)
+
+        self._patch(cls, "__init__", __init__)
+
+    def _wrap_lazy_init(self, cls: type, kind: str, original: Any) -> None:
+        """``__init__`` of a Lock, Event or Queue: note only where it was made (its state is
+        built when a scan first needs it, see ``state_of``). Apps and servers make these per
+        request, so this is a hot path: no ``*args`` forwarding when there are none, and the
+        common creator (a frame of the app's own code) is recognised without a call."""
+        tracker = self
+        getframe = sys._getframe
+        app_files = _APP_FILES
+        caller = _caller
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            if args or kwargs:
+                original(self, *args, **kwargs)
+            else:
+                original(self)
+            if tracker.active:
+                try:
+                    frame = getframe(1)
+                    code = frame.f_code
+                    if code.co_filename in app_files:
+                        where: Any = (code, frame.f_lasti)
+                    else:
+                        where = caller(frame)
+                    if not tracker.on_created:
+                        self._asyncwatch_state = (tracker, kind, where)  # see state_of()
+                        return
+                    state = PrimitiveState(tracker, kind, where)
+                    self._asyncwatch_state = state
                     for hook in tracker.on_created:
                         hook(self, state)
                 except Exception as exc:
