@@ -1,9 +1,11 @@
 """Bounded aggregation of what the ASGI middleware observes, exported at collection time.
 
-Like the task Recorder, nothing here calls OpenTelemetry per request: the middleware bumps
-plain integers and explicit-bucket histograms in a per-thread ``HttpShard`` (each thread
-running an event loop writes only its own shard, so no lock on the request path), and
-``HttpStats.points`` turns the merged shards into ``Point``s when a reader collects.
+Like the task Recorder, nothing here calls OpenTelemetry per request: the middleware
+appends a request's duration and sizes to lists and bumps plain integers in a per-thread
+``HttpShard`` (each thread running an event loop writes only its own shard, so no lock on
+the request path); the lists are folded into explicit-bucket histograms in bulk (see
+``RequestSlot``), and ``HttpStats.points`` turns the merged shards into ``Point``s when a
+reader collects. Scheme and protocol version are bounded to known values.
 
 Cardinality is bounded whatever the traffic: ``http.route`` is a route template from the
 app's routing (never a raw path; requests that match no route carry no ``http.route``) and
