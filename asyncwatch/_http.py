@@ -334,6 +334,8 @@ class HttpStats:
         """Start from zero (after fork)."""
         with self._lock:
             for shard in self._shards:
+                # A fold running in another thread at fork time left its lock held forever.
+                shard.lock = threading.Lock()
                 shard.clear()
             self.routes.clear()
             self._errors.clear()

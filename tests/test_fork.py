@@ -213,3 +213,51 @@ print("parent", asyncwatch.stats()["__main__.job"].created, flush=True)
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["child 3 True", "parent 10"]
+
+
+def test_fork_while_http_figures_are_folded_leaves_the_child_working() -> None:
+    """A fork while another thread folds the HTTP figures (the shard's lock held): the child
+    starts from zero and its requests are recorded and folded, nothing hangs."""
+    code = """
+import asyncio, os, sys
+import asyncwatch
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+w = asyncwatch.install(metrics_exporters=("none",), http_spans=False)
+async def hello(request):
+    return PlainTextResponse("hi")
+app = asyncwatch.AsyncWatchMiddleware(Starlette(routes=[Route("/hi", hello)]))
+async def serve(n):
+    for _ in range(n):
+        scope = {"type": "http", "method": "GET", "scheme": "http", "http_version": "1.1",
+                 "path": "/hi", "raw_path": b"/hi", "root_path": "", "query_string": b"",
+                 "headers": [], "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
+        async def receive():
+            return {"type": "http.request", "body": b""}
+        async def send(message):
+            pass
+        await app(scope, receive, send)
+asyncio.run(serve(5))
+shard = w.http._shards[0]
+shard.lock.acquire()  # as a reader's fold in another thread would hold it at fork time
+pid = os.fork()
+if pid == 0:
+    asyncio.run(serve(300))
+    rows = w.http_routes()
+    print("child", sum(r["requests"] for r in rows), flush=True)
+    os._exit(0)
+shard.lock.release()
+os.waitpid(pid, 0)
+print("parent", sum(r["requests"] for r in w.http_routes()), flush=True)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["child 300", "parent 5"]
