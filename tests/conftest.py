@@ -117,10 +117,11 @@ def python_env(**extra: str) -> dict[str, str]:
 
 
 def run_python(
-    code: str, *, env: dict[str, str] | None = None, timeout: float = 60
+    code: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
+    """``python -c code args...`` in a clean environment; output captured as text."""
     return subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, *args],
         env=env or python_env(),
         capture_output=True,
         text=True,

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import ROOT, free_port, python_env, wait_for
+from .conftest import ROOT, free_port, python_env, run_python, wait_for
 
 BIN = os.path.dirname(sys.executable)
 ASYNCWATCH = shutil.which("asyncwatch", path=BIN) or "asyncwatch"
@@ -203,14 +203,7 @@ os.waitpid(pid, 0)
 print("parent", asyncwatch.stats()["__main__.job"].created, flush=True)
 """
     port = free_port()
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(port)],
-        env=python_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(code, str(port))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["child 3 True", "parent 10"]
 
@@ -251,13 +244,6 @@ shard.lock.release()
 os.waitpid(pid, 0)
 print("parent", sum(r["requests"] for r in w.http_routes()), flush=True)
 """
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env=python_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["child 300", "parent 5"]
