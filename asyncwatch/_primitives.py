@@ -289,51 +289,43 @@ class PrimitiveTracker:
         functools.update_wrapper(fn, original)
         self._patches.append(_Patch(cls, name, fn))
 
+    def made(self, obj: Any, name: str, where: Any) -> None:
+        """Build the state of ``obj``, just created (at ``where``), and tell the hooks."""
+        state = PrimitiveState(self, name, where)
+        obj._asyncwatch_state = state
+        if name.endswith("Semaphore"):
+            bound = getattr(obj, "_bound_value", None)
+            state.initial = obj._value if bound is None else bound
+            self._semaphores.add(obj)
+        elif name == "Condition":
+            lock_state = state_of(obj._lock)
+            if lock_state is not None and lock_state.tracker is self:
+                lock_state.part_of = state
+        for hook in self.on_created:
+            hook(obj, state)
+
     def _wrap_init(self, cls: type, kind: str | None, *, lazy: bool) -> None:
+        """Wrap ``cls.__init__`` to note where each instance is made. Semaphores and
+        Conditions get their state at once; a lazy kind (Lock, Event, Queue: apps and servers
+        make these per request, so this is a hot path) only notes where it was made, and its
+        state is built when a scan first needs it (see ``state_of``), unless a hook wants
+        every creation. The lazy path forwards no ``*args`` when there are none and
+        recognises the common creator (a frame of the app's own code) without a call."""
         original = cls.__dict__["__init__"]
-        tracker = self
-        getframe = sys._getframe
-        if lazy and kind is not None:
-            self._wrap_lazy_init(cls, kind, original)
-            return
-
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            original(self, *args, **kwargs)
-            if tracker.active:
-                try:
-                    name = kind or type(self).__name__
-                    where = _caller(getframe(1))
-                    if lazy and not tracker.on_created:
-                        self._asyncwatch_state = (tracker, name, where)  # see state_of()
-                        return
-                    state = PrimitiveState(tracker, name, where)
-                    self._asyncwatch_state = state
-                    if name.endswith("Semaphore"):
-                        bound = getattr(self, "_bound_value", None)
-                        state.initial = self._value if bound is None else bound
-                        tracker._semaphores.add(self)
-                    elif name == "Condition":
-                        lock_state = state_of(self._lock)
-                        if lock_state is not None and lock_state.tracker is tracker:
-                            lock_state.part_of = state
-                    for hook in tracker.on_created:
-                        hook(self, state)
-                except Exception as exc:
-                    tracker.fault(exc)
-
-        self._patch(cls, "__init__", __init__)
-
-    def _wrap_lazy_init(self, cls: type, kind: str, original: Any) -> None:
-        """``__init__`` of a Lock, Event or Queue: note only where it was made (its state is
-        built when a scan first needs it, see ``state_of``). Apps and servers make these per
-        request, so this is a hot path: no ``*args`` forwarding when there are none, and the
-        common creator (a frame of the app's own code) is recognised without a call."""
         tracker = self
         getframe = sys._getframe
         app_files = _APP_FILES
         caller = _caller
 
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        def eager_init(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            if tracker.active:
+                try:
+                    tracker.made(self, kind or type(self).__name__, caller(getframe(1)))
+                except Exception as exc:
+                    tracker.fault(exc)
+
+        def lazy_init(self: Any, *args: Any, **kwargs: Any) -> None:
             if args or kwargs:
                 original(self, *args, **kwargs)
             else:
@@ -346,17 +338,15 @@ class PrimitiveTracker:
                         where: Any = (code, frame.f_lasti)
                     else:
                         where = caller(frame)
-                    if not tracker.on_created:
-                        self._asyncwatch_state = (tracker, kind, where)  # see state_of()
-                        return
-                    state = PrimitiveState(tracker, kind, where)
-                    self._asyncwatch_state = state
-                    for hook in tracker.on_created:
-                        hook(self, state)
+                    name = kind or type(self).__name__
+                    if tracker.on_created:
+                        tracker.made(self, name, where)
+                    else:
+                        self._asyncwatch_state = (tracker, name, where)  # see state_of()
                 except Exception as exc:
                     tracker.fault(exc)
 
-        self._patch(cls, "__init__", __init__)
+        self._patch(cls, "__init__", lazy_init if lazy else eager_init)
 
     def _wrap_lock(self, inline: bool) -> None:
         cls = asyncio.locks.Lock
