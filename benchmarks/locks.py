@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Row, interleave, save, table
+from _harness import timed as harness_timed
 
 from asyncwatch import Config
 from asyncwatch._watch import Watch
@@ -111,27 +111,22 @@ def timed(
     workload: Callable[[int], Awaitable[None]], n: int, watch: Watch | None = None
 ) -> tuple[float, int]:
     """Run the workload in a fresh loop (with ``watch`` hooked in); CPU seconds of it alone."""
-    if watch is not None and watch.config.deadlock_detection:
-        watch.primitives.install()
-        watch.deadlocks.start()
-    loop = asyncio.new_event_loop()
-    if watch is not None:
+
+    def setup(loop: asyncio.AbstractEventLoop) -> None:
+        if watch is None:
+            return
+        if watch.config.deadlock_detection:
+            watch.primitives.install()
+            watch.deadlocks.start()
         watch.tasks.instrument(loop)
         watch.deadlocks.attach(loop)
 
-    async def main() -> float:
-        start = time.process_time()
-        await workload(n)
-        return time.process_time() - start
-
-    try:
-        seconds = loop.run_until_complete(main())
-    finally:
+    def teardown(_: None) -> None:
         if watch is not None:
             watch.deadlocks.stop()
             watch.primitives.uninstall()
-        loop.close()
-    return seconds, n
+
+    return harness_timed(workload, n, False, setup, teardown)
 
 
 def configurations(

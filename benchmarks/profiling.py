@@ -19,11 +19,9 @@ Run: ``python benchmarks/profiling.py --quick`` (smoke), ``python benchmarks/pro
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import yappi
 from _harness import interleave, save, table
+from _harness import timed as harness_timed
 from task_churn import WORKLOADS
 
 from asyncwatch._profiling import ProfileSession
@@ -46,21 +45,7 @@ def timed(
     stop: Callable[[Any], None] | None = None,
 ) -> tuple[float, int]:
     """CPU seconds of the workload in a fresh loop, with a profiler started around it."""
-    loop = asyncio.new_event_loop()
-    state = start() if start else None
-
-    async def main() -> float:
-        began = time.process_time()
-        await workload(n)
-        return time.process_time() - began
-
-    try:
-        seconds = loop.run_until_complete(main())
-    finally:
-        if stop:
-            stop(state)
-        loop.close()
-    return seconds, n
+    return harness_timed(workload, n, False, (lambda _loop: start()) if start else None, stop)
 
 
 def yappi_on(guard: bool) -> Callable[[], Any]:
