@@ -119,11 +119,6 @@ class Observer:
         self._metrics_app: Any = None
         self.off = False
 
-    def shard(self) -> Any:
-        """This thread's ``HttpShard``."""
-        shard = self.stats._by_thread.get(get_ident())
-        return self.stats.shard if shard is None else shard
-
     def fault(self, hook: str, exc: BaseException) -> None:
         """An internal error: counted; the middleware turns itself off if it keeps failing."""
         if self.faults.report(hook, exc):
@@ -151,7 +146,7 @@ class Observer:
                 method = scope.get("method")
                 if method.__class__ is not str or method not in self.methods:
                     method = n.OVERFLOW
-                ex = HttpExchange(self, scope, receive, send, mw.router, method, self.shard())
+                ex = HttpExchange(self, scope, receive, send, mw.router, method, self.stats.shard)
                 if fastapi_meters:
                     ex.meters = False
             else:

@@ -40,6 +40,22 @@ HTTP_SCHEMES = frozenset({"http", "https"})
 HTTP_VERSIONS = frozenset({"1.0", "1.1", "2", "2.0", "3", "3.0"})
 
 
+def bounded_scheme(value: Any) -> str:
+    """``value`` if it is a known ``url.scheme``, else "http"."""
+    try:
+        return value if value in HTTP_SCHEMES else "http"
+    except TypeError:  # unhashable
+        return "http"
+
+
+def bounded_version(value: Any) -> str | None:
+    """``value`` if it is a known ``network.protocol.version``, else None (left out)."""
+    try:
+        return value if value in HTTP_VERSIONS else None
+    except TypeError:  # unhashable
+        return None
+
+
 class _Exchange:
     """What HTTP requests and WebSocket connections share: task counting, route, span."""
 
@@ -231,20 +247,12 @@ class HttpExchange(_Exchange):
     def scheme_now(self) -> str:
         """The bounded ``url.scheme`` of this request."""
         scope = self.scope
-        scheme = None if scope is None else scope.get("scheme")
-        try:
-            return scheme if scheme in HTTP_SCHEMES else "http"
-        except TypeError:  # unhashable
-            return "http"
+        return bounded_scheme(None if scope is None else scope.get("scheme"))
 
     def protocol_version(self) -> str | None:
         """The bounded ``network.protocol.version`` (None: not one the conventions know)."""
         scope = self.scope
-        version = None if scope is None else scope.get("http_version")
-        try:
-            return version if version in HTTP_VERSIONS else None
-        except TypeError:
-            return None
+        return bounded_version(None if scope is None else scope.get("http_version"))
 
     async def receive(self) -> Any:
         """The server's receive, observed."""
@@ -371,17 +379,7 @@ class HttpExchange(_Exchange):
     def bounded_key(key: tuple[Any, ...]) -> RequestKey:
         """``key`` with its scheme and protocol version bounded to known values."""
         method, template, status, scheme, version, error = key
-        try:
-            if scheme not in HTTP_SCHEMES:
-                scheme = "http"
-        except TypeError:
-            scheme = "http"
-        try:
-            if version not in HTTP_VERSIONS:
-                version = None
-        except TypeError:
-            version = None
-        return (method, template, status, scheme, version, error)
+        return (method, template, status, bounded_scheme(scheme), bounded_version(version), error)
 
     def live_route(self) -> str | None:
         """The route template of this request while it is in flight (None: not routed yet, or

@@ -130,14 +130,6 @@ class RequestSlot:
         self.tasks = BoundHist(n.TASKS_PER_REQUEST_BOUNDS)
         self.zero_tasks = 0
 
-    def add(self, duration: float | None, request_size: int, response_size: int) -> None:
-        """One request: its duration (None when FastAPI's own telemetry times it) and sizes.
-        (The middleware inlines this.)"""
-        if duration is not None:
-            self.durations.append(duration)
-        self.request_sizes.append(request_size)
-        self.response_sizes.append(response_size)
-
     def fold(self) -> None:
         """Move the listed observations into the histograms. Call with the shard's lock.
         Each list is folded on its own (entries appended meanwhile stay for the next fold)."""
