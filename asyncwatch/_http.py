@@ -54,6 +54,36 @@ class BoundHist:
         if value > self.max:
             self.max = value
 
+    def take(self, pending: list[Any]) -> int:
+        """Add the observations listed in ``pending`` and remove them from it; how many.
+        Entries appended meanwhile (by the loop's thread) stay: ``del`` of a slice is atomic.
+        Sorted first (in C, and nearly free for the repeated sizes of a route), so each
+        bucket's count is the distance between two searches, min and max are the ends."""
+        count = len(pending)
+        if not count:
+            return 0
+        values = pending[:count]
+        del pending[:count]
+        values.sort()
+        counts = self.counts
+        lo = 0
+        for index, bound in enumerate(self.bounds):
+            hi = bisect_right(values, bound, lo)  # values <= bound
+            if hi > lo:
+                counts[index] += hi - lo
+                lo = hi
+            if hi == count:
+                break
+        if lo < count:
+            counts[-1] += count - lo
+        self.count += count
+        self.sum += sum(values)
+        if values[0] < self.min:
+            self.min = values[0]
+        if values[-1] > self.max:
+            self.max = values[-1]
+        return count
+
     def merge_into(self, total: BoundHist) -> None:
         """Add this histogram's counts into ``total`` (same bounds)."""
         counts = total.counts
@@ -133,9 +163,9 @@ class RequestSlot:
     def fold(self) -> None:
         """Move the listed observations into the histograms. Call with the shard's lock.
         Each list is folded on its own (entries appended meanwhile stay for the next fold)."""
-        _fold(self.durations, self.duration)
-        _fold(self.request_sizes, self.request_size)
-        _fold(self.response_sizes, self.response_size)
+        self.duration.take(self.durations)
+        self.request_size.take(self.request_sizes)
+        self.response_size.take(self.response_sizes)
 
     def tasks_hist(self) -> BoundHist:
         """Tasks per request, the zero-task requests included."""
@@ -147,37 +177,6 @@ class RequestSlot:
             total.min = 0.0
             total.max = max(total.max, 0.0)
         return total
-
-
-def _fold(pending: list[Any], into: BoundHist) -> int:
-    """Fold the first entries of ``pending`` into ``into`` and drop them; how many there were.
-    Entries appended meanwhile (by the loop's thread) stay: ``del`` of a slice is atomic.
-    Sorted first (in C, and nearly free for the repeated sizes of a route), so each bucket's
-    count is the distance between two searches, min and max are the ends."""
-    count = len(pending)
-    if not count:
-        return 0
-    values = pending[:count]
-    del pending[:count]
-    values.sort()
-    counts = into.counts
-    lo = 0
-    for index, bound in enumerate(into.bounds):
-        hi = bisect_right(values, bound, lo)  # values <= bound
-        if hi > lo:
-            counts[index] += hi - lo
-            lo = hi
-        if hi == count:
-            break
-    if lo < count:
-        counts[-1] += count - lo
-    into.count += count
-    into.sum += sum(values)
-    if values[0] < into.min:
-        into.min = values[0]
-    if values[-1] > into.max:
-        into.max = values[-1]
-    return count
 
 
 FOLD_AT = 256  # observations listed per slot before the request path folds them itself

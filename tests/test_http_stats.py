@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 import asyncwatch
 from asyncwatch import _names as n
-from asyncwatch._http import FOLD_AT, BoundHist, _fold
+from asyncwatch._http import FOLD_AT, BoundHist
 
 from .asgi_apps import observing
 
@@ -37,7 +37,7 @@ def test_folding_equals_adding_one_by_one(observed: list[float], bounds: tuple[f
     for value in observed:
         one_by_one.add(value)
     pending = list(observed)
-    assert _fold(pending, folded) == len(observed)
+    assert folded.take(pending) == len(observed)
     assert pending == []
     assert folded.counts == one_by_one.counts
     assert folded.count == one_by_one.count
