@@ -18,7 +18,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from _thread import get_ident
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -101,8 +100,9 @@ _GETTER = _HeadersGetter()
 class Observer:
     """What a middleware needs from one running Watch, resolved once per Watch."""
 
-    def __init__(self, watch: Any, config: Config) -> None:
+    def __init__(self, watch: Any, config: Config, router: Any = None) -> None:
         self.watch = watch
+        self.router = router  # the Starlette router under the middleware, if any
         self.stats = watch.http
         self.faults = watch.faults
         self.telemetry = watch.telemetry
@@ -146,11 +146,11 @@ class Observer:
                 method = scope.get("method")
                 if method.__class__ is not str or method not in self.methods:
                     method = n.OVERFLOW
-                ex = HttpExchange(self, scope, receive, send, mw.router, method, self.stats.shard)
+                ex = HttpExchange(self, scope, receive, send, method)
                 if fastapi_meters:
                     ex.meters = False
             else:
-                ex = WsExchange(self, scope, receive, send, mw.router)
+                ex = WsExchange(self, scope, receive, send)
         except Exception as exc:
             self.fault("asgi_request", exc)
             return None
@@ -277,84 +277,79 @@ class AsyncWatchMiddleware:
         self._observer: Observer | None = None
         self.fastapi: Any = None  # the FastAPI app this wraps from outside, if any
         self.router: Any = None  # the Starlette router under this middleware, if any
-        self._inline = False  # requests may take __call__'s inline set-up (see _bind)
+        # The Observer while requests may take __call__'s inline set-up (see _bind), else None
+        self._fast: Observer | None = None
         if _watch.current() is None and (config is None or config.enabled):
             _watch.install(config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex: Any = None
+        obs = self._fast
+        if obs is not None and self._watch is _watch._current:
+            # The common HTTP request (no path filters, no FastAPI telemetry to defer to,
+            # not nested, no span to start) is set up inline: this runs for every request
+            # and each step saved is measurable (see benchmarks/asgi_inprocess.py).
+            try:
+                if (
+                    scope["type"] == "http"
+                    and "fastapi.telemetry" not in scope
+                    and REQUEST.get() is None
+                    and not obs.off
+                    and not (obs.spans_wanted and obs.telemetry.exports_spans)
+                ):
+                    method = scope["method"]
+                    if method not in obs.methods:
+                        method = n.OVERFLOW
+                    ex = HttpExchange(obs, scope, receive, send, method)
+            except Exception:  # an odd scope (unhashable method, no type): the long way
+                ex = None
+        if ex is None:  # anything else: set up by Observer.begin, or passed through
+            ex = self._begin(scope, receive, send)
+            if ex is None:
+                await self.app(scope, receive, send)
+                return
+            if ex is _SERVE_METRICS:
+                await self._observer.metrics_app()(scope, receive, send)  # type: ignore[union-attr]
+                return
+        token = REQUEST.set(ex)
+        try:
+            await self.app(scope, ex.receive, ex.send)
+        except BaseException as exc:
+            ex.exc = exc
+            raise
+        finally:
+            REQUEST.reset(token)
+            ex.finish()
+
+    def _begin(self, scope: Scope, receive: Receive, send: Send) -> Any:
+        """The long way: the request's exchange, ``_SERVE_METRICS``, or None (pass the
+        request through)."""
         try:
             kind = scope["type"]
         except Exception:
-            kind = None
-        if kind == "http" or kind == "websocket":  # noqa: PLR1714 - cheaper than a tuple
-            if self._watch is not _watch._current:
-                self._bind(_watch._current)
-            obs = self._observer
-            if obs is not None and not obs.off:
-                # The common HTTP request (no path filters, no FastAPI telemetry to defer to,
-                # not nested, no span to start) is set up inline: this runs for every request
-                # and each step saved is measurable (see benchmarks/asgi_inprocess.py).
-                # Anything else goes through Observer.begin.
-                if (
-                    kind == "http"
-                    and self._inline
-                    and "fastapi.telemetry" not in scope
-                    and REQUEST.get() is None
-                    and not (obs.spans_wanted and obs.telemetry.exports_spans)
-                ):
-                    try:
-                        method = scope["method"]
-                        if method not in obs.methods:
-                            method = n.OVERFLOW
-                        stats = obs.stats
-                        shard = stats._by_thread.get(get_ident())
-                        if shard is None:
-                            shard = stats.shard
-                        ex = HttpExchange(obs, scope, receive, send, self.router, method, shard)
-                    except Exception:  # an odd method (unhashable, missing): the long way
-                        ex = obs.begin(self, scope, receive, send, kind)
-                else:
-                    ex = obs.begin(self, scope, receive, send, kind)
-                if ex is not None:
-                    if ex is _SERVE_METRICS:
-                        await obs.metrics_app()(scope, receive, send)  # the opt-in page
-                        return
-                    token = REQUEST.set(ex)
-                    try:
-                        await self.app(scope, ex.receive, ex.send)
-                    except BaseException as exc:
-                        ex.exc = exc
-                        raise
-                    finally:
-                        REQUEST.reset(token)
-                        span_token = ex.span_token
-                        ex.finish()
-                        if span_token is not None:
-                            _detach(ex, span_token)
-                    return
-        await self.app(scope, receive, send)
+            return None
+        if kind != "http" and kind != "websocket":  # noqa: PLR1714 - cheaper than a tuple
+            return None
+        if self._watch is not _watch._current:
+            self._bind(_watch._current)
+        obs = self._observer
+        if obs is None or obs.off:
+            return None
+        return obs.begin(self, scope, receive, send, kind)
 
     def _bind(self, watch: Any) -> None:
         self._watch = watch
         self._observer = None
-        self._inline = False
+        self._fast = None
         if watch is None or not watch.config.enabled:
             return
         try:
             # What the wrapped app is does not change once it serves: look it up once.
             self.fastapi = find_fastapi(self.app)
             self.router = find_router(self.app)
-            self._observer = obs = Observer(watch, self.config or watch.config)
-            self._inline = obs.plain and self.fastapi is None
+            self._observer = obs = Observer(watch, self.config or watch.config, self.router)
+            if obs.plain and self.fastapi is None:
+                self._fast = obs
             watch.tasks.track_requests(REQUEST)
         except Exception as exc:
             watch.faults.report("asgi_bind", exc)
-
-
-def _detach(ex: _Exchange, token: Any) -> None:
-    from opentelemetry import context
-
-    try:
-        context.detach(token)
-    except Exception as exc:  # pragma: no cover - the SDK logs and swallows its own
-        ex.obs.fault("asgi_span", exc)

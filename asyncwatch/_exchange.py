@@ -21,6 +21,7 @@ Timing semantics:
 from __future__ import annotations
 
 import time
+from _thread import get_ident
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -79,12 +80,11 @@ class _Exchange:
     task_cb: Any = None
     callbacks: dict[Any, Any] | None = None
 
-    def __init__(self, obs: Observer, scope: Any, receive: Any, send: Any, router: Any) -> None:
+    def __init__(self, obs: Observer, scope: Any, receive: Any, send: Any) -> None:
         self.obs = obs
         self.scope = scope
         self._receive = receive
         self._send = send
-        self.router = router  # a router hint for route resolution (None: the scope's own)
         self.root_path = scope.get("root_path", "")
         scheme = scope.get("scheme")
         if scheme.__class__ is str and len(scheme) < 16:
@@ -92,6 +92,11 @@ class _Exchange:
         else:
             self.scheme = self.default_scheme
         self.started = clock()
+
+    @property
+    def router(self) -> Any:
+        """The router hint for route resolution (None: the scope's own); the middleware's."""
+        return self.obs.router
 
     # ---------------------------------------------------------------- tasks (hot path)
 
@@ -177,7 +182,7 @@ class _Exchange:
 
     def release(self) -> None:
         """Drop references to the request, so long-lived tasks do not keep it alive."""
-        self.scope = self._receive = self._send = self.router = None
+        self.scope = self._receive = self._send = None
         self.exc = None
         self.span = None
         self.callbacks = None
@@ -207,6 +212,16 @@ class _Exchange:
             span.set_status(Status(StatusCode.ERROR, error))
         span.end(end_time=end_ns)
 
+    def detach_span(self) -> None:
+        """Make the request's span no longer current (after ``REQUEST`` was reset)."""
+        from opentelemetry import context
+
+        try:
+            context.detach(self.span_token)
+        except Exception as exc:  # pragma: no cover - the SDK logs and swallows its own
+            self.obs.fault("asgi_span", exc)
+        self.span_token = None
+
 
 class HttpExchange(_Exchange):
     """One HTTP request; see the module docstring."""
@@ -227,9 +242,7 @@ class HttpExchange(_Exchange):
         scope: Any,
         receive: Any,
         send: Any,
-        router: Any,
         method: str,
-        shard: HttpShard,
     ) -> None:
         # _Exchange.__init__ cut to what every request needs: this runs for every request.
         # The scheme and protocol version are read when the request is recorded.
@@ -237,10 +250,19 @@ class HttpExchange(_Exchange):
         self.scope = scope
         self._receive = receive
         self._send = send
-        self.router = router
         self.method = method
+        stats = obs.stats
+        shard = stats._by_thread.get(get_ident())
+        if shard is None:
+            shard = stats.shard
         self.shard = shard
         self.root_path = scope.get("root_path", "")
+        # Read by every request: set here, where the store is cheap and makes later reads
+        # cheap too (a read that falls through to the class default is a slow lookup).
+        self.status = self.end = self.exc = self.span = self.span_token = None
+        self.trailers = self.recorded = self.background = self.disconnected = False
+        self.meters = True
+        self.tasks = self.req_bytes = self.resp_bytes = 0
         shard.live.add(self)
         self.started = clock()
 
@@ -295,36 +317,38 @@ class HttpExchange(_Exchange):
                 self.disconnected = True
             raise
         if last and self.end is None:
-            self.end = clock()
+            self.end = end = clock()
             status = self.status
             if status is None or status < 500:
-                self.record()
+                self.record(end)
 
     def finish(self) -> None:
         """The app returned or raised: record whatever is still open."""
         try:
             if not self.recorded:
-                if self.end is None:
-                    self.end = clock()
-                self.record()
+                end = self.end
+                if end is None:
+                    self.end = end = clock()
+                self.record(end)
             elif self.background or self.exc is not None:
                 self.record_background()
             slot = self.slot
             tasks = self.tasks
             self.finished = True
-            if tasks == 0:
+            if tasks:
                 if slot is not None:
-                    slot.zero_tasks += 1
-                return
-            if slot is not None:
-                slot.tasks.add(tasks)
-            self.flush_tasks(self.obs.stats.shard)
-            self.release()  # its tasks may outlive it: keep nothing of the request alive
+                    slot.tasks.add(tasks)
+                self.flush_tasks(self.obs.stats.shard)
+                self.release()  # its tasks may outlive it: keep nothing of the request alive
+            elif slot is not None:
+                slot.zero_tasks += 1
         except Exception as exc:
             self.obs.fault("asgi_request", exc)
+        if self.span_token is not None:
+            self.detach_span()
 
-    def record(self) -> None:
-        """Record the request (once): metrics, disconnect count, span."""
+    def record(self, end: float) -> None:
+        """Record the request (once), ended at ``end``: metrics, disconnect count, span."""
         try:
             self.recorded = True
             shard = self.shard
@@ -345,7 +369,7 @@ class HttpExchange(_Exchange):
                 template = stats.route(template)
             self.route = template
             status = self.status
-            if self.exc is None and not self.disconnected and status is not None and status < 500:
+            if status is not None and status < 500 and self.exc is None and not self.disconnected:
                 error = None  # the common case
             else:
                 status, error = self.failure(stats, template, status)
@@ -360,8 +384,6 @@ class HttpExchange(_Exchange):
             if slot is None:
                 slot = shard.request(self.bounded_key(key))
             self.slot = slot
-            end = self.end
-            assert end is not None
             if self.meters:
                 slot.durations.append(end - self.started)
             slot.request_sizes.append(self.req_bytes)
@@ -427,8 +449,8 @@ class WsExchange(_Exchange):
     received = 0
     sent = 0
 
-    def __init__(self, obs: Observer, scope: Any, receive: Any, send: Any, router: Any) -> None:
-        _Exchange.__init__(self, obs, scope, receive, send, router)
+    def __init__(self, obs: Observer, scope: Any, receive: Any, send: Any) -> None:
+        _Exchange.__init__(self, obs, scope, receive, send)
         active = obs.stats.shard.ws_active
         active[self.scheme] = active.get(self.scheme, 0) + 1
 
@@ -483,3 +505,5 @@ class WsExchange(_Exchange):
             self.obs.fault("asgi_websocket", exc)
         finally:
             self.release()
+            if self.span_token is not None:
+                self.detach_span()

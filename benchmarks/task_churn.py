@@ -115,9 +115,8 @@ def configurations(
 
         requests.tasks.track_requests(REQUEST)
         requests.tasks.instrument(loop)
-        request = HttpExchange(
-            Observer(requests, requests.config), {"type": "http"}, None, None, None, "GET", True
-        )
+        observer = Observer(requests, requests.config)
+        request = HttpExchange(observer, {"type": "http"}, None, None, "GET")
         return REQUEST.set(request)  # the workload's task inherits it, as a handler's would
 
     def asgi_idle(loop: asyncio.AbstractEventLoop) -> Any:
