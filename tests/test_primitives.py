@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 import asyncwatch
-from asyncwatch._primitives import PrimitiveObserver, PrimitiveState, state_of
+from asyncwatch._primitives import (
+    STATE_ATTR,
+    PrimitiveObserver,
+    PrimitiveState,
+    _stdlib_body,
+    state_of,
+)
 
 from .deadlock_helpers import install, line_of, settle
 
@@ -70,6 +76,52 @@ def test_a_later_patch_by_someone_else_is_left_in_place() -> None:
         assert asyncio.Lock.__dict__["acquire"] is theirs
     finally:
         asyncio.Lock.acquire = original  # type: ignore[method-assign]
+
+
+async def test_tracked_init_makes_the_same_objects_and_errors() -> None:
+    """The generated __init__ leaves each object as the original would (plus the state
+    attribute), raises the same errors naming the same method, and notes the creation site.
+    Lock and Event run the stdlib's two stores in place (their bytecode is recognised);
+    a class whose __init__ differs has its own called."""
+    fresh = {cls: vars(cls()) for cls in (asyncio.Lock, asyncio.Event)}
+    queue_state = {k: v for k, v in vars(asyncio.Queue(3)).items() if k != "_finished"}
+    errors = {}
+    for cls in (asyncio.Lock, asyncio.Event, asyncio.Queue):
+        with pytest.raises(TypeError) as caught:
+            cls(1, 2, 3)  # type: ignore[call-arg]
+        errors[cls] = str(caught.value)
+    install()
+    assert _stdlib_body(asyncio.Lock.__dict__["__init__"].__wrapped__) is not None
+    assert _stdlib_body(asyncio.Event.__dict__["__init__"].__wrapped__) is not None
+    assert _stdlib_body(asyncio.Queue.__dict__["__init__"].__wrapped__) is None
+    for cls, before in fresh.items():
+        made = cls()  # created by the generated init
+        state = state_of(made)
+        assert state is not None and state.site is not None
+        assert state.site[1] == line_of("created by the generated init", HERE)
+        after = {k: v for k, v in vars(made).items() if k != STATE_ATTR}
+        assert after.keys() == before.keys()
+        assert all(after[k] == v or type(after[k]) is type(v) for k, v in before.items())
+    queue = asyncio.Queue(3)
+    assert queue.maxsize == 3
+    assert {k: v for k, v in vars(queue).items() if k not in ("_finished", STATE_ATTR)} .keys() \
+        == queue_state.keys()
+    for cls, message in errors.items():
+        with pytest.raises(TypeError) as caught:
+            cls(1, 2, 3)  # type: ignore[call-arg]
+        assert str(caught.value) == message
+
+    class Changed:
+        def __init__(self) -> None:
+            self._waiters = None
+            self._locked = True  # not the stdlib's body
+
+    assert _stdlib_body(Changed.__init__) is None
+    assert asyncio.Event().is_set() is False
+    lock = asyncio.Lock()
+    assert await lock.acquire() is True
+    assert lock.locked()
+    lock.release()
 
 
 async def test_lock_holder_is_the_acquiring_task() -> None:
