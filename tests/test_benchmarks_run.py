@@ -1,0 +1,55 @@
+"""Every configuration of the in-process benchmarks still runs.
+
+The benchmarks are not part of the suite (timing is asserted there, never here), so a
+configuration that no longer matches the code would go unnoticed until someone measures: this
+runs each of them once on a tiny workload, into a temporary results file, and checks that
+every configuration produced a finite, positive figure. The figures themselves are not looked
+at. (``asgi.py`` needs wrk and takes seconds per configuration; ``tests/test_asgi*`` cover
+its app, and ``asgi_inprocess.py`` here runs the same configurations.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+# benchmark -> (arguments for a tiny run, configurations that must appear in its results)
+CASES: dict[str, tuple[list[str], set[str]]] = {
+    "task_churn": (
+        ["--rounds", "1", "--tasks", "40"],
+        {"bare", "asyncwatch", "asyncwatch+spans", "asyncwatch+asgi", "asyncwatch+request",
+         "asyncwatch+memory", "otel-asyncio", "aiomonitor"},
+    ),
+    "locks": (["--rounds", "1", "--ops", "200"], {"bare", "asyncwatch"}),
+    "advisor": (["--rounds", "1", "--ops", "200"], {"bare"}),
+    "asgi_inprocess": (
+        ["--rounds", "1", "--count", "40", "--warm", "10"],
+        {"bare", "asyncwatch", "asyncwatch-http-only", "otel-asgi-metrics", "otel-asgi"},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_configuration_runs(name: str, tmp_path: Path) -> None:
+    args, expected = CASES[name]
+    out = tmp_path / name
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), *args, "--name", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    configurations = {row["config"] for row in rows}
+    assert expected <= configurations, expected - configurations
+    for row in rows:
+        for key in ("ratio", "rate"):
+            value = row.get(key)
+            if value is not None:
+                assert math.isfinite(value) and value > 0, row
