@@ -328,7 +328,7 @@ class AsyncWatchMiddleware:
             kind = scope["type"]
         except Exception:
             return None
-        if kind != "http" and kind != "websocket":  # noqa: PLR1714 - cheaper than a tuple
+        if kind not in ("http", "websocket"):
             return None
         if self._watch is not _watch._current:
             self._bind(_watch._current)
