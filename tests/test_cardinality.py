@@ -76,7 +76,7 @@ def test_memory_is_flat_over_many_tasks() -> None:
         )
         return sum(stat.size for stat in snapshot.statistics("filename"))
 
-    async def main() -> tuple[int, int]:
+    async def main() -> list[int]:
         for _ in range(20):
             await batch()
         sizes = [asyncwatch_bytes()]

@@ -81,8 +81,8 @@ def test_a_later_patch_by_someone_else_is_left_in_place() -> None:
 async def test_tracked_init_makes_the_same_objects_and_errors() -> None:
     """The generated __init__ leaves each object as the original would (plus the state
     attribute), raises the same errors naming the same method, and notes the creation site.
-    Lock and Event run the stdlib's two stores in place (their bytecode is recognised);
-    a class whose __init__ differs has its own called."""
+    Lock and Event run the stdlib's two stores in place (their source and code are
+    recognised); a class whose __init__ differs has its own called."""
     fresh = {cls: vars(cls()) for cls in (asyncio.Lock, asyncio.Event)}
     queue_state = {k: v for k, v in vars(asyncio.Queue(3)).items() if k != "_finished"}
     errors = {}
@@ -100,12 +100,13 @@ async def test_tracked_init_makes_the_same_objects_and_errors() -> None:
         assert state is not None and state.site is not None
         assert state.site[1] == line_of("created by the generated init", HERE)
         after = {k: v for k, v in vars(made).items() if k != STATE_ATTR}
-        assert after.keys() == before.keys()
-        assert all(after[k] == v or type(after[k]) is type(v) for k, v in before.items())
+        assert after == before
+        assert all(type(after[k]) is type(v) for k, v in before.items())
     queue = asyncio.Queue(3)
     assert queue.maxsize == 3
-    assert {k: v for k, v in vars(queue).items() if k not in ("_finished", STATE_ATTR)} .keys() \
-        == queue_state.keys()
+    assert {k: v for k, v in vars(queue).items() if k not in ("_finished", STATE_ATTR)} == (
+        queue_state
+    )
     for cls, message in errors.items():
         with pytest.raises(TypeError) as caught:
             cls(1, 2, 3)  # type: ignore[call-arg]
