@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Row, save
+from _harness import Row, interleave, save
 from asgi import build_app
 
 CONFIGS = ("bare", "asyncwatch", "asyncwatch-http-only", "otel-asgi-metrics", "otel-asgi")
@@ -192,26 +192,21 @@ def main() -> None:
         return
     if args.quick:
         args.rounds, args.count = 3, 5000
-    per: dict[str, list[float]] = {c: [] for c in configs}
-    ratios: dict[str, list[float]] = {c: [] for c in configs}
-    for r in range(args.rounds):
-        order = configs[r % len(configs):] + configs[: r % len(configs)]
-        got = {c: measure(c, args.count, args.warm) for c in order}
-        for c in configs:
-            per[c].append(got[c])
-            ratios[c].append(got[c] / got["bare"])
+    def run(config: str) -> tuple[float, int]:
+        return measure(config, args.count, args.warm) * args.count, args.count
+
+    rows = interleave(
+        "http in process", {c: functools.partial(run, c) for c in configs}, rounds=args.rounds
+    )
     lines = [
         "| configuration | server CPU per request (median) "
         "| cost vs bare (median of per-round ratios) | range over rounds |",
         "|---|---:|---:|---:|",
     ]
-    rows = []
-    for c in configs:
-        rows.append(Row("http in process", c, ratios[c], [1 / t for t in per[c]]))
+    for row in rows:
         lines.append(
-            f"| {c} | {statistics.median(per[c]) * 1e6:.1f} µs "
-            f"| {statistics.median(ratios[c]):.2f}x "
-            f"| {min(ratios[c]):.2f}-{max(ratios[c]):.2f} |"
+            f"| {row.config} | {1e6 / row.rate:.1f} µs | {row.ratio:.2f}x "
+            f"| {min(row.ratios):.2f}-{max(row.ratios):.2f} |"
         )
     lines += [
         "",
