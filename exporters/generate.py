@@ -162,11 +162,14 @@ RECORDING: list[Record] = [
 
 
 def _new_or_increased(metric: str, by: str, window: str) -> str:
-    """Counter went up in ``window``, or first appeared in it (increase() misses that)."""
+    """Counter went up in ``window``, or first appeared in it with a count (increase() misses
+    that). Both branches keep only values above 0: a fresh process exports its counters at 0,
+    and a restart brings them back at 0 (increase() sees the reset as no increase), so neither
+    a healthy start nor a restart ever fires; the first real event does."""
     return f"""
         sum by ({by}) (increase({metric}[{window}])) > 0
         or
-        sum by ({by}) ({metric} unless {metric} offset {window})
+        sum by ({by}) ({metric} unless {metric} offset {window}) > 0
         """
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -590,3 +591,116 @@ def test_every_panel_query_and_recording_rule_returns_data(
     assert len(rules) == len(rule_exprs(ACTIVE_RULE_FILES))
     unhealthy = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not unhealthy, unhealthy
+
+
+@pytest.mark.slow
+def test_no_alert_is_pending_or_firing_on_a_fresh_healthy_process(tmp_path: Path) -> None:
+    """A real Prometheus evaluating the active rules every second against a fresh, healthy
+    ``asyncwatch run -- uvicorn examples.hello_asgi:app`` serving light traffic: across many
+    evaluations after the first scrape, /api/v1/alerts lists no alert, pending or firing.
+    (Before the fix, AsyncwatchDeadlockFound fired, critical, on the very first evaluation: the
+    deadlock counter is exported at 0 and was "new" for 15 minutes.)"""
+    bindir = Path(sys.executable).parent
+    app_port, metrics_port, prom_port = free_port(), free_port(), free_port()
+    app_log, prom_log = tmp_path / "app.log", tmp_path / "prometheus.log"
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(p) for p in ACTIVE_RULE_FILES],
+        "scrape_configs": [
+            {
+                "job_name": "hello",
+                "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
+            }
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with app_log.open("w") as app_out, prom_log.open("w") as prom_out:
+        app = subprocess.Popen(
+            [
+                str(bindir / "asyncwatch"),
+                "run",
+                "--",
+                str(bindir / "uvicorn"),
+                "examples.hello_asgi:app",
+                "--port",
+                str(app_port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=python_env(ASYNCWATCH_PROMETHEUS_PORT=str(metrics_port)),
+            stdout=app_out,
+            stderr=subprocess.STDOUT,
+        )
+        prom = subprocess.Popen(
+            [
+                _tool("prometheus"),
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+                "--log.level=warn",
+            ],
+            stdout=prom_out,
+            stderr=subprocess.STDOUT,
+        )
+    api = PrometheusAPI(prom_port)
+    traffic = httpx.Client(base_url=f"http://127.0.0.1:{app_port}", timeout=10)
+    try:
+        wait_for(api.ready, 30, "Prometheus to be ready")
+
+        def no_alerts() -> None:
+            alerts = api.get("/api/v1/alerts")["alerts"]
+            assert alerts == [], alerts
+
+        def request() -> None:
+            try:
+                assert traffic.get("/").status_code == 200
+            except httpx.TransportError:
+                assert app.poll() is None, app_log.read_text()
+
+        def scraped() -> float | None:
+            """When the counters the restart-unsafe rules queried are first seen at 0."""
+            request()
+            no_alerts()
+            result = api.get("/api/v1/query", query="asyncwatch_deadlocks_total")["result"]
+            if not result:
+                return None
+            assert [float(s["value"][1]) for s in result] == [0.0]
+            return float(result[0]["value"][0])
+
+        first_seen = wait_for(scraped, 60, "the first scrape of the fresh process")
+        evaluations: set[str] = set()
+
+        def evaluated_enough() -> bool:
+            """Eight evaluations of the alert group after the counters were seen."""
+            request()
+            no_alerts()
+            for group in api.get("/api/v1/rules", type="alert")["groups"]:
+                last = group["lastEvaluation"]
+                if _rfc3339(last) > first_seen:
+                    evaluations.add(last)
+            return len(evaluations) >= 8
+
+        wait_for(evaluated_enough, 60, "eight rule evaluations")
+        no_alerts()
+        rules = [r for g in api.get("/api/v1/rules")["groups"] for r in g["rules"]]
+        assert rules
+        assert all(r["health"] == "ok" for r in rules), rules
+    finally:
+        traffic.close()
+        for proc in (prom, app):
+            proc.terminate()
+        for proc in (prom, app):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        api.client.close()
+        for log in (app_log, prom_log):
+            sys.stderr.write(f"--- {log.name} (tail)\n{log.read_text()[-2000:]}\n")
+
+
+def _rfc3339(stamp: str) -> float:
+    """Prometheus's lastEvaluation (RFC 3339, nanoseconds) as a Unix time."""
+    return datetime.fromisoformat(stamp).timestamp()
