@@ -22,7 +22,7 @@ SIGNAL = "asyncwatch.signal"  # metrics | traces
 REASON = "asyncwatch.reason"
 CPU_MODE = "cpu.mode"  # semconv
 GC_GENERATION = "cpython.gc.generation"  # semconv
-CONTEXT_SWITCH_TYPE = "process.context_switch_type"  # semconv
+CONTEXT_SWITCH_TYPE = "process.context_switch.type"  # semconv (1.27+; was ..._switch_type)
 FINDING_KIND = "asyncwatch.finding.kind"  # deadlock | stuck_task
 ADVICE_TARGET = "asyncwatch.advisor.target"  # executor / semaphore site / batch site / loop
 ADVICE_KNOB = "asyncwatch.advisor.knob"  # max_workers | concurrency_limit | batch_size | processes
@@ -55,17 +55,26 @@ class MetricDef:
 
     @property
     def prometheus(self) -> str:
-        """The name the Prometheus exporter gives it (histograms add _bucket/_sum/_count)."""
-        base = self.name.replace(".", "_")
+        """The Prometheus name (histograms add _bucket/_sum/_count).
+
+        Every path gives this one name: the embedded endpoint (opentelemetry-exporter-
+        prometheus) and an OpenTelemetry Collector or Prometheus's own OTLP receiver (both use
+        the otlptranslator rules) split the name into tokens, drop UCUM annotations (``{task}``),
+        append the unit's word unless a token already is it, and ``total`` for counters. They
+        differ on unit ``1``: the Python exporter adds nothing, the Collector adds ``ratio`` to
+        gauges. So a dimensionless gauge's name ends in ``ratio`` itself, and both agree
+        (checked against a real scrape and the Collector's rules by tests/test_names.py).
+        """
+        tokens = [t for t in self.name.replace(".", "_").split("_") if t]
         suffix = _PROM_UNITS.get(self.unit, "")
-        if suffix and not base.endswith("_" + suffix):
-            base = f"{base}_{suffix}"
+        if suffix and suffix not in tokens:
+            tokens.append(suffix)
         if self.kind == "counter":
-            base += "_total"
-        return base
+            tokens = [t for t in tokens if t != "total"] + ["total"]
+        return "_".join(tokens)
 
 
-_PROM_UNITS = {"s": "seconds", "By": "bytes", "1": "ratio"}
+_PROM_UNITS = {"s": "seconds", "By": "bytes", "1": ""}
 
 TASK_CREATED = MetricDef(
     "asyncwatch.task.created",
@@ -157,7 +166,7 @@ ADVICE_CURRENT = MetricDef(
     (ADVICE_TARGET, ADVICE_KNOB),
 )
 ADVICE_GAIN = MetricDef(
-    "asyncwatch.advisor.expected_gain",
+    "asyncwatch.advisor.expected_gain.ratio",
     "1",
     "gauge",
     "Expected throughput ratio if the suggestion is applied (e.g. 3.5 = 3.5x).",

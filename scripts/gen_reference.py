@@ -1,5 +1,9 @@
-"""Regenerate the README's configuration and metric reference tables from the code, and its
-benchmark tables from benchmarks/results/*.md (``<!-- BEGIN results:NAME -->`` markers).
+"""Regenerate the README's configuration, metric and alert reference tables from the code, and
+its benchmark tables from benchmarks/results/*.md (``<!-- BEGIN results:NAME -->`` markers).
+
+The metric table gives each metric's Prometheus name as ``MetricDef.prometheus``, which
+tests/test_names.py checks against a real /metrics page and the Collector's naming rules. The
+alert table comes from exporters/generate.py's ALERTS, the table the rule files are made from.
 
 python scripts/gen_reference.py          rewrite README.md in place
 python scripts/gen_reference.py --check  exit 1 if README.md is out of date (used by tests)
@@ -43,6 +47,24 @@ def metrics_table() -> str:
     return "\n".join(lines)
 
 
+def alerts_table() -> str:
+    import importlib.util
+
+    path = ROOT / "exporters" / "generate.py"
+    spec = importlib.util.spec_from_file_location("_exporters_generate", path)
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = gen  # dataclasses look their module up there
+    spec.loader.exec_module(gen)
+    lines = ["| alert | severity | `for` | what it means |", "|---|---|---|---|"]
+    for a in gen.ALERTS:
+        if a.waits_for is None:
+            when = re.sub(r"\{\{ \$labels\.(\w+) \}\}", r"`\1`", a.description)
+            when = re.sub(r"\{\{ \$value[^}]*\}\}", "N", when)
+            lines.append(f"| `{a.alert}` | {a.severity} | {a.for_} | {when} |")
+    return "\n".join(lines)
+
+
 def _field_docs() -> dict[str, str]:
     """The docstring under each Config field, joined to one line."""
     import ast
@@ -62,7 +84,11 @@ def _field_docs() -> dict[str, str]:
     return docs
 
 
-SECTIONS = {"config-reference": config_table, "metrics-reference": metrics_table}
+SECTIONS = {
+    "config-reference": config_table,
+    "metrics-reference": metrics_table,
+    "alerts-reference": alerts_table,
+}
 RESULTS = ROOT / "benchmarks" / "results"
 
 
