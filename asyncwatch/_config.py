@@ -202,6 +202,9 @@ class _Setting:
 _SETTINGS: dict[str, _Setting] = {
     "enabled": _Setting(("ASYNCWATCH_ENABLED",), _parse_flag, _is_bool, "1 or 0"),
     "max_keys": _Setting(("ASYNCWATCH_MAX_KEYS",), _parse_int, _at_least(1), "whole number >= 1"),
+    "max_series": _Setting(
+        ("ASYNCWATCH_MAX_SERIES",), _parse_int, _at_least(1), "whole number >= 1"
+    ),
     "max_error_types": _Setting(
         ("ASYNCWATCH_MAX_ERROR_TYPES",), _parse_int, _at_least(1), "whole number >= 1"
     ),
@@ -360,8 +363,11 @@ class Config:
 
     enabled: bool = True
     """Observe tasks at all. ``ASYNCWATCH_ENABLED=0`` turns a wrapped process into a no-op."""
-    max_keys: int = 500
+    max_keys: int = 200
     """Distinct coroutine names tracked; further names are counted under ``_OTHER``."""
+    max_series: int = 3000
+    """Most metric series exported (a histogram counts its buckets, sum and count); series
+    beyond it are folded into one ``_OTHER`` series per metric (see "Metric reference")."""
     max_error_types: int = 20
     """Distinct exception types counted per coroutine; others are folded into ``_OTHER``."""
     timed_per_s: float = 200.0

@@ -5,12 +5,20 @@ The hot path never calls the OTel SDK. Instead each metric source yields ``Point
 ``MetricsBridge`` turns them into the SDK's own data model (``Metric``/``Sum``/``Histogram``)
 and merges them into the batch the reader is about to export. Temporality follows what each
 reader prefers: cumulative as recorded, or delta against that reader's previous collection.
+
+Series budget: each distinct series (a histogram counts its buckets, sum and count) is
+admitted once and then always exported on its own, until ``max_series`` are admitted. Points
+of series that find the budget spent are folded, per metric, into one series whose every
+attribute is ``_OTHER`` (counts and histograms added, gauges by their maximum), so a page
+never holds much more than the budget whatever the app does. Series with no attributes are
+always admitted: there is one of each.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import threading
 import time
@@ -74,8 +82,13 @@ def _is_delta(prefs: Mapping[Any, Any], kind: str) -> bool:
 class MetricsBridge:
     """Collects every source into SDK ``Metric`` objects; see the module docstring."""
 
-    def __init__(self, version: str) -> None:
+    def __init__(self, version: str, max_series: int = 3000) -> None:
         self.scope = InstrumentationScope(SCOPE_NAME, version)
+        self.max_series = max_series
+        # series admitted under the budget (metric name, sorted attributes), and their cost
+        self._admitted: set[tuple[str, tuple[Any, ...]]] = set()
+        self._admitted_cost = 0
+        self._budget_logged = False
         self._sources: list[tuple[str, Source]] = []
         self._lock = threading.Lock()
         # per reader (by id): previous cumulative value per (metric, attributes)
@@ -111,7 +124,7 @@ class MetricsBridge:
         grouped: dict[str, tuple[n.MetricDef, list[Any]]] = {}
         with self._lock:
             previous = self._previous.setdefault(id(reader), {})
-        for mdef, attrs, value, start in self.points():
+        for mdef, attrs, value, start in self._within_budget(self.points()):
             delta = _is_delta(prefs, mdef.kind)
             point = self._point(mdef, attrs, value, start, now, previous if delta else None)
             if point is not None:
@@ -130,6 +143,44 @@ class MetricsBridge:
             else:
                 data = Sum(points, temporality, is_monotonic=mdef.kind == "counter")
             out.append(Metric(mdef.name, mdef.description, mdef.unit, data))
+        return out
+
+    def _within_budget(self, points: list[Point]) -> list[Point]:
+        """``points`` with those of series beyond the budget folded; see the module docstring."""
+        out: list[Point] = []
+        folded: dict[str, Point] = {}
+        with self._lock:
+            for point in points:
+                mdef, attrs, value, start = point
+                if not attrs:
+                    out.append(point)
+                    continue
+                key = (mdef.name, tuple(sorted(attrs.items())))
+                if key not in self._admitted:
+                    cost = len(value.counts) + 2 if isinstance(value, HistValue) else 1
+                    if self._admitted_cost + cost > self.max_series:
+                        other = folded.get(mdef.name)
+                        folded[mdef.name] = point if other is None else _fold(other, point)
+                        continue
+                    self._admitted.add(key)
+                    self._admitted_cost += cost
+                out.append(point)
+        if folded and not self._budget_logged:
+            self._budget_logged = True
+            logging.getLogger("asyncwatch").warning(
+                "asyncwatch: %d metric series exported, the max_series budget; further series "
+                "are folded into one _OTHER series per metric",
+                self._admitted_cost,
+            )
+        for mdef, attrs, value, start in folded.values():
+            point = (mdef, dict.fromkeys(attrs, n.OVERFLOW), value, start)
+            # an admitted series may already be all _OTHER (a source's own overflow key)
+            for i, same in enumerate(out):
+                if same[0] is mdef and same[1] == point[1]:
+                    out[i] = _fold(same, point)
+                    break
+            else:
+                out.append(point)
         return out
 
     @staticmethod
@@ -181,6 +232,29 @@ class MetricsBridge:
         """Drop the delta state kept for ``reader``."""
         with self._lock:
             self._previous.pop(id(reader), None)
+
+
+def _fold(a: Point, b: Point) -> Point:
+    """Two points of one metric as one: counts added, gauges by their maximum."""
+    mdef, attrs, x, start = a
+    y = b[2]
+    value: int | float | HistValue
+    if isinstance(x, HistValue) and isinstance(y, HistValue) and x.bounds == y.bounds:
+        value = HistValue(
+            x.bounds,
+            tuple(i + j for i, j in zip(x.counts, y.counts, strict=True)),
+            x.sum + y.sum,
+            x.count + y.count,
+            min(x.min, y.min),
+            max(x.max, y.max),
+        )
+    elif isinstance(x, HistValue) or isinstance(y, HistValue):
+        value = x  # one metric's histograms share their bounds; keep the first if not
+    elif mdef.kind == "gauge":
+        value = max(x, y)
+    else:
+        value = x + y
+    return mdef, {**attrs, **b[1]}, value, min(start, b[3])
 
 
 def _minus(

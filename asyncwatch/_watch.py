@@ -50,7 +50,7 @@ class Watch:
         self.drops = DropCounter()
         self.findings = FindingsLog()
         _recorder.fault_sink = self._report
-        self.bridge = MetricsBridge(VERSION)
+        self.bridge = MetricsBridge(VERSION, config.max_series)
         self.bridge.on_error = self._report
         self.process = ProcessSampler()
         self.bridge.add_source("tasks", task_points(self.recorder))
