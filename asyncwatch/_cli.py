@@ -70,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     connect.add_argument("--port", type=int, default=20101, help="console port (default 20101)")
     sub.add_parser("config", help="print the settings in effect here and where they come from")
     sub.add_parser("version", help="print the version")
+    assets = sub.add_parser(
+        "assets",
+        help="write the Prometheus rules and configs and Grafana dashboards to DIR",
+        description="Write asyncwatch's Prometheus configs, rules (and their promtool tests), "
+        "OpenTelemetry Collector configs and Grafana dashboards and provisioning to "
+        "DIR/exporters and DIR/grafana.",
+    )
+    assets.add_argument("dir", type=Path, help="where to write them (created if missing)")
+    assets.add_argument("--force", action="store_true", help="overwrite files that differ")
     return parser
 
 
@@ -161,6 +170,19 @@ def _connect(host: str, port: int) -> int:
     return 0
 
 
+def _assets(target: Path, force: bool) -> int:
+    from . import _assets
+
+    try:
+        files = _assets.write(target, force=force)
+    except (FileExistsError, FileNotFoundError, OSError) as exc:
+        print(f"asyncwatch assets: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(files)} files to {target}/exporters and {target}/grafana")
+    print(f"  prometheus --config.file={target}/exporters/prometheus/prometheus.yml")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``asyncwatch`` console script."""
     args = _parser().parse_args(argv)
@@ -170,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config()
     if args.command == "console":
         return _connect(args.host, args.port)
+    if args.command == "assets":
+        return _assets(args.dir, args.force)
     from . import __version__
 
     print(__version__)

@@ -1,0 +1,131 @@
+"""What pip users get: the wheel and sdist as built by ``python -m build``.
+
+The wheel carries the licence and the rules, configs and dashboards (copied in from
+exporters/ and grafana/ at build time: the repository keeps one copy), and ``asyncwatch
+assets DIR`` writes them out. The sdist builds that wheel; it leaves the tests out (they need
+Debian's prometheus, npm packages and the whole checkout: run them from a clone).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from asyncwatch import _assets
+
+from .conftest import ROOT, python_env
+
+pytestmark = pytest.mark.slow
+
+ASSETS = _assets.asset_files(ROOT)
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sdist, and the wheel built from it (what ``python -m build`` does)."""
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def _wheel(dist: Path) -> Path:
+    (wheel,) = dist.glob("asyncwatch-*.whl")
+    return wheel
+
+
+def test_the_assets_are_the_rules_configs_and_dashboards() -> None:
+    names = {str(p) for p in ASSETS}
+    assert "exporters/prometheus/prometheus.yml" in names
+    assert "exporters/prometheus/rules/asyncwatch.alerts.yml" in names
+    assert "grafana/dashboards/asyncwatch-overview.json" in names
+    assert "grafana/provisioning/datasources/asyncwatch.yaml" in names
+    assert not any(name.endswith(".py") for name in names)
+
+
+def test_the_wheel_has_the_licence_and_the_assets(dist: Path) -> None:
+    with zipfile.ZipFile(_wheel(dist)) as wheel:
+        names = set(wheel.namelist())
+        packaged = {
+            name.removeprefix("asyncwatch/_assets_data/")
+            for name in names
+            if name.startswith("asyncwatch/_assets_data/")
+        }
+        assert packaged == {str(p) for p in ASSETS}
+        for relative in ASSETS:
+            data = wheel.read(f"asyncwatch/_assets_data/{relative}")
+            assert data == (ROOT / relative).read_bytes(), relative
+        (licence,) = (n for n in names if n.endswith(".dist-info/licenses/LICENSE"))
+        assert wheel.read(licence) == (ROOT / "LICENSE").read_bytes()
+        metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        text = wheel.read(metadata).decode()
+    assert "Apache License" in (ROOT / "LICENSE").read_text()
+    assert "License-Expression: Apache-2.0" in text
+    assert "License-File: LICENSE" in text
+
+
+def test_the_sdist_builds_the_wheel_and_leaves_the_tests_out(dist: Path) -> None:
+    (sdist,) = dist.glob("asyncwatch-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    for required in ("LICENSE", "setup.py", "pyproject.toml", "README.md", "examples/demo.py"):
+        assert required in names
+    assert {str(p) for p in ASSETS} <= names  # the wheel above was built from this sdist
+    assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
+
+
+def test_asyncwatch_assets_from_the_wheel_in_a_fresh_venv(dist: Path, tmp_path: Path) -> None:
+    """pip install the wheel into a new virtual environment, then ``asyncwatch assets DIR``:
+    the files written equal the repository's, and a second run over them is fine."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+         "--disable-pip-version-check", str(_wheel(dist))],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]
+    out = tmp_path / "assets"
+    cli = str(venv / "bin" / "asyncwatch")
+    for _ in range(2):
+        result = subprocess.run(
+            [cli, "assets", str(out)],
+            cwd=tmp_path,  # not the checkout: the installed package's own copy is used
+            env=python_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    written = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert written == sorted(ASSETS)
+    for relative in ASSETS:
+        assert (out / relative).read_bytes() == (ROOT / relative).read_bytes(), relative
+    (out / ASSETS[0]).write_text("changed by the user\n")
+    refused = subprocess.run(
+        [cli, "assets", str(out)], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert refused.returncode == 1
+    assert "--force" in refused.stderr
+    assert (out / ASSETS[0]).read_text() == "changed by the user\n"
+
+
+def test_asyncwatch_assets_from_a_checkout(tmp_path: Path) -> None:
+    """An editable install (or a checkout on sys.path) writes the repository's own files."""
+    from asyncwatch._cli import main
+
+    assert main(["assets", str(tmp_path)]) == 0
+    for relative in ASSETS:
+        assert (tmp_path / relative).read_bytes() == (ROOT / relative).read_bytes()
