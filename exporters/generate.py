@@ -208,7 +208,16 @@ ALERTS: list[Alert] = [
     ),
     Alert(
         "AsyncwatchTasksPilingUp",
-        f"sum by ({BY_TASK}) (delta(asyncwatch_task_in_flight[1h])) > 500",
+        # the hour's growth alone also fires on a fresh process that ramps up to a steady
+        # count (or a restart seen as a new instance): the series must span the hour, and
+        # the count must still be growing now
+        f"""
+        sum by ({BY_TASK}) (delta(asyncwatch_task_in_flight[1h])) > 500
+        and
+        sum by ({BY_TASK}) (delta(asyncwatch_task_in_flight[15m])) > 125
+        and
+        sum by ({BY_TASK}) (asyncwatch_task_in_flight offset 1h)
+        """,
         "30m",
         "warning",
         "{{ $labels.code_function_name }} tasks pile up on {{ $labels.instance }}",
