@@ -355,11 +355,16 @@ class HttpExchange(_Exchange):
             shard = self.shard
             shard.live.discard(self)
             scope = self.scope
-            # The route: Starlette's matched route when no mount was crossed (the common
-            # case, inline here), else matched again from the router (see _routes).
+            # The route: Starlette's matched route when no mount was crossed and no FastAPI
+            # included router (0.137+) holds the prefixes (the common case, inline here),
+            # else found by _routes.
             template = None
             route = scope.get("route")
-            if route is not None and scope.get("root_path", "") == self.root_path:
+            if (
+                route is not None
+                and scope.get("root_path", "") == self.root_path
+                and "fastapi" not in scope
+            ):
                 template = getattr(route, "path_format", None)
             stats = self.obs.stats
             if template.__class__ is not str:
