@@ -318,10 +318,15 @@ class HttpExchange(_Exchange):
                 self.disconnected = True
             raise
         if last and self.end is None:
-            self.end = end = clock()
-            status = self.status
-            if status is None or status < 500:
-                self.record(end)
+            # Guarded here too (record guards its own body): nothing asyncwatch does after the
+            # app's send may reach the app. A try costs nothing in 3.11 unless it catches.
+            try:
+                self.end = end = clock()
+                status = self.status
+                if status is None or status < 500:
+                    self.record(end)
+            except Exception as exc:
+                self.obs.fault("asgi_request", exc)
 
     def finish(self) -> None:
         """The app returned or raised: record whatever is still open."""
