@@ -417,7 +417,7 @@ class Telemetry:
         return reader, registry
 
     def _prometheus_reader(self) -> Any:
-        from prometheus_client import start_http_server
+        from ._hostguard import start_metrics_server
 
         reader, registry = self._registry_reader()
         self.prometheus_registry = registry
@@ -426,8 +426,8 @@ class Telemetry:
         error: OSError | None = None
         for port in ports:
             try:
-                self._server, self._server_thread = start_http_server(
-                    port, addr=host, registry=registry
+                self._server, self._server_thread = start_metrics_server(
+                    host, port, registry, self.config.allowed_hosts
                 )
             except OSError as exc:
                 error = exc
