@@ -82,9 +82,12 @@ def _included_template(scope: Mapping[str, Any], route: Any) -> Any:
         return None
     if context is None:
         return None
+    starlette_route = getattr(context, "starlette_route", None)
+    if starlette_route is not None and starlette_route is route:  # e.g. an included WebSocket
+        return getattr(route, "path_format", None)
     if getattr(context, "original_route", None) is not route:
         return _STALE
-    return getattr(getattr(context, "starlette_route", None) or context, "path_format", None)
+    return getattr(starlette_route or context, "path_format", None)
 
 
 _STALE = object()  # not a str: template() matches the request again

@@ -12,11 +12,12 @@ from typing import Any
 import fastapi.routing
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, WebSocket
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Host, Mount, Route, Router
+from websockets.sync.client import connect
 
 import asyncwatch
 from asyncwatch import _names as n
@@ -168,3 +169,26 @@ def test_every_kind_of_route_is_recorded_with_its_full_template(build: Any, how:
     for template in expected.values():
         wanted[template or ""] = wanted.get(template or "", 0) + 1
     assert recorded == wanted
+
+
+def test_a_websocket_in_an_included_router_gets_its_prefixed_template() -> None:
+    """An APIRouter's WebSocket route included under a prefix (twice)."""
+    app = FastAPI()
+    rooms = APIRouter()
+
+    @rooms.websocket("/ws/{room}")
+    async def ws(websocket: WebSocket, room: str) -> None:
+        await websocket.accept()
+        await websocket.send_text(room)
+        await websocket.close()
+
+    app.include_router(rooms, prefix="/c1")
+    app.include_router(rooms, prefix="/c2")
+    with observing() as obs:
+        with Uvicorn(asyncwatch.AsyncWatchMiddleware(app)) as server:
+            for prefix in ("/c1", "/c2"):
+                with connect(server.ws_url + prefix + "/ws/lobby") as client:
+                    assert client.recv() == "lobby"
+        points = obs.metrics()["asyncwatch.websocket.connection.duration"]
+        routes = sorted(p.attributes.get("http.route") for p in points)
+    assert routes == ["/c1/ws/{room}", "/c2/ws/{room}"]
