@@ -119,6 +119,8 @@ def fastapi_app() -> tuple[FastAPI, dict[tuple[str, str], str | None]]:
         ("GET", "/users/2"): "/users/{user_id}",
         ("GET", "/c1/list/3"): "/c1/list/{n}",
         ("GET", "/c2/list/3"): "/c2/list/{n}",
+        ("POST", "/c1/list/3"): "/c1/list/{n}",  # 405 through an included router
+        ("POST", "/sub/c3/list/5"): "/sub/c3/list/{n}",  # 405 in a mounted app's router
         ("GET", "/c1/raw/x"): "/c1/raw/{q}",
         ("GET", "/c2/st/p/y"): "/c2/st/p/{v}",
         ("GET", "/top/outer/mid/inner/leaf/4"): "/top/outer/mid/inner/leaf/{x}",
