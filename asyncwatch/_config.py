@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._hostguard import check_allowed_hosts
+
 __all__ = ["Config", "ConfigError"]
 
 
@@ -302,6 +304,13 @@ _SETTINGS: dict[str, _Setting] = {
         ("ASYNCWATCH_CONSOLE_ALLOW_REMOTE",), _parse_flag, _is_bool, "1 or 0"
     ),
     "console_repl": _Setting(("ASYNCWATCH_CONSOLE_REPL",), _parse_flag, _is_bool, "1 or 0"),
+    "console_webui": _Setting(("ASYNCWATCH_CONSOLE_WEBUI",), _parse_flag, _is_bool, "1 or 0"),
+    "allowed_hosts": _Setting(
+        ("ASYNCWATCH_ALLOWED_HOSTS",),
+        _parse_list,
+        check_allowed_hosts,
+        "comma-separated host names, addresses, .suffixes, or *",
+    ),
     "console_task_tracing": _Setting(
         ("ASYNCWATCH_CONSOLE_TASK_TRACING",), _parse_flag, _is_bool, "1 or 0"
     ),
@@ -431,6 +440,13 @@ class Config:
     port can cancel tasks, and run code if ``console_repl`` is on)."""
     console_repl: bool = False
     """Allow aiomonitor's Python REPL (arbitrary code execution in the app). Off by default."""
+    console_webui: bool = False
+    """Serve aiomonitor's web UI (task list, cancel) on ``console_webui_port``. Off by default:
+    it is a web page that can cancel tasks (see the README's security section)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (``Host`` and ``Origin``) the ``/metrics`` endpoint and the console's web UI
+    answer besides loopback names and the address they listen on: names, addresses,
+    ``.example.com`` for its subdomains, ``*`` for any (not advised)."""
     console_task_tracing: bool = False
     """Let aiomonitor trace tasks (creation stacks, ``ps-terminated``); it wraps each task's
     coroutine, so it is off by default."""
@@ -565,6 +581,7 @@ def _normalise(name: str, value: Any) -> Any:
         "http_excluded_paths",
         "http_excluded_urls",
         "idle_coroutines",
+        "allowed_hosts",
     ):
         if isinstance(value, str):
             return _parse_list(value)

@@ -4,6 +4,11 @@
   ``console_webui_port`` (aiomonitor's web UI) and, only while a REPL session is open,
   ``console_repl_port``. A non-loopback host is refused (``ConfigError``) unless
   ``console_allow_remote`` is set, which logs a warning.
+* **The web UI is off by default** (``console_webui=True`` turns it on). It is a web page
+  that can cancel tasks, so any other web page the user opens is a potential client: see
+  ``_hostguard`` for what it refuses (foreign ``Host``/``Origin``, state-changing requests
+  without the header its own page sends). The telnet console does all it does and more, and
+  no browser can speak to it.
 * **The REPL is off by default.** aiomonitor's ``console`` command opens a Python REPL inside
   the app: arbitrary code execution for anyone who reaches the port (any local user, any
   process sharing the network namespace). ``console_repl=True`` turns it on.
@@ -49,14 +54,84 @@ def _monitor_class() -> type:
     from aiomonitor.utils import _filter_stack
 
     class AsyncWatchMonitor(aiomonitor.Monitor):  # type: ignore[misc]
-        """aiomonitor's Monitor that reports start-up errors instead of hanging on them."""
+        """aiomonitor's Monitor that reports start-up errors instead of hanging on them, and
+        serves its web UI only if asked to, behind the host guard."""
 
-        def __init__(self, loop: Any, *, watch: Any, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            loop: Any,
+            *,
+            watch: Any,
+            webui: bool = False,
+            allowed_hosts: tuple[str, ...] = (),
+            **kwargs: Any,
+        ) -> None:
             super().__init__(loop, **kwargs)
             self.watch = watch
+            self.webui = webui
+            self.allowed_hosts = allowed_hosts
             self.prompt = "asyncwatch >>> "
             self.start_error: BaseException | None = None
             self._ui_thread.name = "asyncwatch-console"
+
+        async def _ui_main_async(self) -> None:
+            # aiomonitor 0.7's own, but the web UI is optional and guarded (see _hostguard).
+            import asyncio
+            import functools
+
+            import janus
+            from aiohttp import web
+            from aiomonitor.monitor import TelnetServer, init_webui, interact
+
+            from ._hostguard import HostPolicy, aiohttp_guard
+
+            loop = asyncio.get_running_loop()
+            self._termination_info_queue: Any = janus.Queue()
+            self._cancellation_chain_queue: Any = janus.Queue()
+            self._ui_loop = loop
+            self._ui_forever_future = loop.create_future()
+            self._ui_termination_handler_task = loop.create_task(
+                self._ui_handle_termination_updates()
+            )
+            self._ui_cancellation_handler_task = loop.create_task(
+                self._ui_handle_cancellation_updates()
+            )
+            telnet_server = TelnetServer(
+                interact=functools.partial(interact, self),
+                host=self._host,
+                port=self._termui_port,
+            )
+            webui_runner = None
+            if self.webui:
+                webui_app = await init_webui(self)
+                webui_app.middlewares.insert(
+                    0, aiohttp_guard(HostPolicy(str(self._host), self.allowed_hosts))
+                )
+                webui_runner = web.AppRunner(webui_app)
+                await webui_runner.setup()
+                site = web.TCPSite(webui_runner, str(self._host), self._webui_port)
+                await site.start()
+            telnet_server.start()
+            await asyncio.sleep(0)
+            self._ui_started.set()
+            try:
+                await self._ui_forever_future
+            except asyncio.CancelledError:
+                pass
+            finally:
+                termui_tasks = {*self._termui_tasks}
+                for termui_task in termui_tasks:
+                    termui_task.cancel()
+                await asyncio.gather(*termui_tasks, return_exceptions=True)
+                self._ui_termination_handler_task.cancel()
+                self._ui_cancellation_handler_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._ui_termination_handler_task
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._ui_cancellation_handler_task
+                await telnet_server.stop()
+                if webui_runner is not None:
+                    await webui_runner.cleanup()
 
         def _ui_main(self) -> None:
             _local.console_thread = True
@@ -128,10 +203,10 @@ class Console:
         if self.config.console_allow_remote and not _loopback(self.config.console_host):
             logger.warning(
                 "asyncwatch: the console listens on %s (console_allow_remote): anyone who "
-                "reaches ports %d/%d can inspect and cancel tasks%s",
+                "reaches port %d%s can inspect and cancel tasks%s",
                 self.config.console_host,
                 self.config.console_port,
-                self.config.console_webui_port,
+                f" or {self.config.console_webui_port}" if self.config.console_webui else "",
                 " and run code (console_repl is on)" if self.config.console_repl else "",
             )
 
@@ -181,6 +256,8 @@ class Console:
                 console_port=cfg.console_repl_port,
                 console_enabled=cfg.console_repl,
                 hook_task_factory=tracing,
+                webui=cfg.console_webui,
+                allowed_hosts=cfg.allowed_hosts,
                 locals={"__name__": "__console__", "asyncwatch": asyncwatch, "loop": loop},
             )
             monitor.start()
@@ -194,13 +271,13 @@ class Console:
             )
             return None
         logger.info(
-            "asyncwatch: console at telnet://%s:%d (asyncwatch console --port %d), web UI "
-            "http://%s:%d",
+            "asyncwatch: console at telnet://%s:%d (asyncwatch console --port %d)%s",
             cfg.console_host,
             cfg.console_port,
             cfg.console_port,
-            cfg.console_host,
-            cfg.console_webui_port,
+            f", web UI http://{cfg.console_host}:{cfg.console_webui_port}"
+            if cfg.console_webui
+            else "",
         )
         return monitor
 

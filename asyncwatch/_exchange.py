@@ -15,7 +15,11 @@ Timing semantics:
   names the ``error.type`` of the request it broke.
 * A client that goes away first (``http.disconnect`` before the response was complete, or
   the server's ``send`` raising ``OSError``) is counted in ``asyncwatch.http.server.disconnects``;
-  it is not an error of the app, whatever the app raises because of it.
+  it is not an error of the app, whatever the app raises because of it. Following the HTTP
+  conventions its request has ``error.type`` ``client_disconnect`` and no
+  ``http.response.status_code`` unless the status line went out before the client left (a
+  500 the app answers to a vanished client is never sent, so never counted as a 5xx); the
+  span's status stays unset.
 """
 
 from __future__ import annotations
@@ -236,6 +240,8 @@ class HttpExchange(_Exchange):
     background: bool
     meters: bool  # False when FastAPI's own telemetry records the HTTP metrics
     slot: RequestSlot | None = None
+    # The client left before the status line was sent (set and read only on that rare path).
+    status_unsent = False
 
     def __init__(
         self,
@@ -286,6 +292,8 @@ class HttpExchange(_Exchange):
                 self.req_bytes += len(message.get("body", b""))
             elif kind == "http.disconnect" and self.end is None:
                 self.disconnected = True
+                if self.status is None:
+                    self.status_unsent = True
         except (KeyError, TypeError, AttributeError):
             pass  # not a message this middleware understands; the app gets it unchanged
         return message
@@ -293,6 +301,7 @@ class HttpExchange(_Exchange):
     async def send(self, message: Any) -> None:
         """The server's send, observed; the request ends when its last part is sent."""
         last = False
+        kind = None
         try:
             kind = message["type"]
             if kind == "http.response.body":
@@ -316,12 +325,19 @@ class HttpExchange(_Exchange):
         except OSError:
             if self.end is None:
                 self.disconnected = True
+                if self.status is None or kind == "http.response.start":
+                    self.status_unsent = True
             raise
         if last and self.end is None:
-            self.end = end = clock()
-            status = self.status
-            if status is None or status < 500:
-                self.record(end)
+            # Guarded here too (record guards its own body): nothing asyncwatch does after the
+            # app's send may reach the app. A try costs nothing in 3.11 unless it catches.
+            try:
+                self.end = end = clock()
+                status = self.status
+                if status is None or status < 500:
+                    self.record(end)
+            except Exception as exc:
+                self.obs.fault("asgi_request", exc)
 
     def finish(self) -> None:
         """The app returned or raised: record whatever is still open."""
@@ -355,11 +371,16 @@ class HttpExchange(_Exchange):
             shard = self.shard
             shard.live.discard(self)
             scope = self.scope
-            # The route: Starlette's matched route when no mount was crossed (the common
-            # case, inline here), else matched again from the router (see _routes).
+            # The route: Starlette's matched route when no mount was crossed and no FastAPI
+            # included router (0.137+) holds the prefixes (the common case, inline here),
+            # else found by _routes.
             template = None
             route = scope.get("route")
-            if route is not None and scope.get("root_path", "") == self.root_path:
+            if (
+                route is not None
+                and scope.get("root_path", "") == self.root_path
+                and "fastapi" not in scope
+            ):
                 template = getattr(route, "path_format", None)
             stats = self.obs.stats
             if template.__class__ is not str:
@@ -394,7 +415,7 @@ class HttpExchange(_Exchange):
                 shard.fold(slot)
             if self.span is not None:
                 end_ns = time.time_ns() - int((clock() - end) * 1e9)
-                self.end_span(error, status, error is not None, end_ns)
+                self.end_span(error, status, error is not None and not self.disconnected, end_ns)
         except Exception as exc:
             self.obs.fault("asgi_request", exc)
 
@@ -420,7 +441,7 @@ class HttpExchange(_Exchange):
             shard = self.shard
             key: Any = (self.method, template, self.scheme_now())
             shard.disconnects[key] = shard.disconnects.get(key, 0) + 1
-            return status, None
+            return (None if self.status_unsent else status), n.CLIENT_DISCONNECT
         if self.exc is not None:
             # status None: what the server (or Starlette's error middleware) answers
             return (500 if status is None else status), stats.exception_type(self.exc)

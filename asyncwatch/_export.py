@@ -90,20 +90,27 @@ class MetricsBridge:
         self._admitted_cost = 0
         self._budget_logged = False
         self._sources: list[tuple[str, Source]] = []
+        self._last: set[str] = set()
         self._lock = threading.Lock()
         # per reader (by id): previous cumulative value per (metric, attributes)
         self._previous: dict[int, dict[tuple[str, tuple[Any, ...]], Any]] = {}
         self.on_error: Callable[[str, BaseException], None] = lambda hook, exc: None
 
-    def add_source(self, name: str, source: Source) -> None:
-        """Register a callable that yields points at collection time."""
+    def add_source(self, name: str, source: Source, *, last: bool = False) -> None:
+        """Register a callable that yields points at collection time (``last``: collected
+        after the others, so the internal-errors source counts their failures in the same
+        collection)."""
         with self._lock:
+            if last:
+                self._last.add(name)
             self._sources.append((name, source))
+            self._sources.sort(key=lambda item: item[0] in self._last)  # stable: order kept
 
     def remove_source(self, name: str) -> None:
         """Forget the source registered under ``name``."""
         with self._lock:
             self._sources = [(k, s) for k, s in self._sources if k != name]
+            self._last.discard(name)
 
     def points(self) -> list[Point]:
         """Every source's points now; a failing source is skipped and reported."""
@@ -118,16 +125,30 @@ class MetricsBridge:
         return out
 
     def metrics(self, reader: Any) -> list[Metric]:
-        """The SDK metrics for one collection by ``reader`` (temporality as it prefers)."""
+        """The SDK metrics for one collection by ``reader`` (temporality as it prefers).
+
+        Each source is isolated: one that raises, or yields a point that cannot be converted,
+        is left out of this collection and counted (``collect:<source>`` in
+        ``asyncwatch.internal.errors``); every other source is served.
+        """
         now = time.time_ns()
         prefs = getattr(reader, "_instrument_class_temporality", {})
         grouped: dict[str, tuple[n.MetricDef, list[Any]]] = {}
         with self._lock:
             previous = self._previous.setdefault(id(reader), {})
-        for mdef, attrs, value, start in self._within_budget(self.points()):
-            delta = _is_delta(prefs, mdef.kind)
-            point = self._point(mdef, attrs, value, start, now, previous if delta else None)
-            if point is not None:
+            sources = list(self._sources)
+        for name, source in sources:
+            try:
+                converted = []
+                for mdef, attrs, value, start in self._within_budget(list(source())):
+                    delta = _is_delta(prefs, mdef.kind)
+                    point = self._point(mdef, attrs, value, start, now, previous if delta else None)
+                    if point is not None:
+                        converted.append((mdef, point))
+            except Exception as exc:
+                self.on_error(f"collect:{name}", exc)
+                continue
+            for mdef, point in converted:
                 grouped.setdefault(mdef.name, (mdef, []))[1].append(point)
         out = []
         for mdef, points in grouped.values():

@@ -361,7 +361,7 @@ class HttpStats:
             ):
                 r = row(method, route)
                 r["requests"] += slot.request_size.count
-                if error is not None:
+                if error is not None and error != n.CLIENT_DISCONNECT:
                     r["errors"] += slot.request_size.count
                 total = durations.get((method, route or ""))
                 if total is None:

@@ -17,6 +17,9 @@ Kind = Literal["counter", "updowncounter", "gauge", "histogram"]
 CODE_FUNCTION = "code.function.name"  # semconv: fully qualified function name
 OUTCOME = "asyncwatch.task.outcome"  # ok | error | cancelled
 ERROR_TYPE = "error.type"  # semconv
+# error.type of an HTTP request the client abandoned before the response was complete: not
+# an error of the app (kept out of error counts and ratios; no status code if none was sent)
+CLIENT_DISCONNECT = "client_disconnect"
 HOOK = "asyncwatch.hook"
 SIGNAL = "asyncwatch.signal"  # metrics | traces
 REASON = "asyncwatch.reason"

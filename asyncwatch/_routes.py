@@ -7,6 +7,12 @@ routers overwrite ``scope["route"]`` with the innermost route and move ``root_pa
 template of the whole chain, mount prefixes included, is rebuilt by matching the router tree
 again with the scope as it arrived (``resolve``); the same is done when the scope has no
 route at all (a middleware answered before routing, an older Starlette, a copied scope).
+
+FastAPI 0.137 and later keep an included router as one route (``_IncludedRouter``) instead of
+copying its routes with the prefix applied: ``scope["route"]`` is then the route as the
+router declared it (``/list/{n}``, without the ``include_router`` prefix), and the prefixed
+route is the "effective route context" FastAPI keeps in ``scope["fastapi"]``. Its template is
+read from there; matching again walks an included router through its effective routes.
 Nothing here imports Starlette: without it loaded there is no Starlette router to read.
 """
 
@@ -51,7 +57,9 @@ def template(scope: Mapping[str, Any], entry_root_path: Any, router: Any) -> str
     if route is not None and scope.get("root_path", "") == entry_root_path:
         if isinstance(route, str):
             return route if route.startswith("/") else None
-        path_format = getattr(route, "path_format", None)
+        path_format = _included_template(scope, route)
+        if path_format is None:
+            path_format = getattr(route, "path_format", None)
         if isinstance(path_format, str):
             return path_format
     if router is None:
@@ -59,6 +67,30 @@ def template(scope: Mapping[str, Any], entry_root_path: Any, router: Any) -> str
     if router is None:
         return None
     return resolve(router, scope, entry_root_path)
+
+
+def _included_template(scope: Mapping[str, Any], route: Any) -> Any:
+    """The template of ``route`` as a FastAPI included router applies it (prefixes included);
+    None: not routed through an included router (the route's own template is right), or
+    ``_STALE`` when FastAPI's record names another route (match again to be sure)."""
+    fastapi = scope.get("fastapi")
+    if fastapi is None:
+        return None
+    try:
+        context = fastapi.get("effective_route_context")
+    except AttributeError:  # not FastAPI's dictionary
+        return None
+    if context is None:
+        return None
+    starlette_route = getattr(context, "starlette_route", None)
+    if starlette_route is not None and starlette_route is route:  # e.g. an included WebSocket
+        return getattr(route, "path_format", None)
+    if getattr(context, "original_route", None) is not route:
+        return _STALE
+    return getattr(starlette_route or context, "path_format", None)
+
+
+_STALE = object()  # not a str: template() matches the request again
 
 
 def resolve(router: Any, scope: Mapping[str, Any], root_path: Any) -> str | None:
@@ -75,7 +107,11 @@ def resolve(router: Any, scope: Mapping[str, Any], root_path: Any) -> str | None
     return _match(routing, getattr(router, "routes", ()), probe, 0)
 
 
-_ROUTING_KEYS = frozenset({"route", "path_params", "endpoint", "app_root_path", "router"})
+# "fastapi": FastAPI's per-request routing state, which its routers write while matching; the
+# probe gets a fresh one (setdefault), so the request's own is never touched.
+_ROUTING_KEYS = frozenset(
+    {"route", "path_params", "endpoint", "app_root_path", "router", "fastapi"}
+)
 
 
 def _match(routing: Any, routes: Any, scope: MutableMapping[str, Any], depth: int) -> str | None:
@@ -99,6 +135,12 @@ def _match(routing: Any, routes: Any, scope: MutableMapping[str, Any], depth: in
 def _descend(
     routing: Any, route: Any, scope: MutableMapping[str, Any], child: Mapping[str, Any], depth: int
 ) -> str | None:
+    candidates = getattr(route, "effective_candidates", None)
+    if callable(candidates):  # a FastAPI included router: its routes with its prefixes applied
+        return _match(routing, candidates(), {**scope, **child}, depth + 1)
+    # A FastAPI effective route context: the Starlette route it built with the prefix, if any
+    # (a Route, Mount or Host), else its own (prefixed) template.
+    route = getattr(route, "starlette_route", None) or route
     if isinstance(route, routing.Mount | routing.Host):
         inner = route.routes
         if not inner:  # a mounted non-router app (static files, another framework)

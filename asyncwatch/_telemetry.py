@@ -417,7 +417,7 @@ class Telemetry:
         return reader, registry
 
     def _prometheus_reader(self) -> Any:
-        from prometheus_client import start_http_server
+        from ._hostguard import start_metrics_server
 
         reader, registry = self._registry_reader()
         self.prometheus_registry = registry
@@ -426,8 +426,8 @@ class Telemetry:
         error: OSError | None = None
         for port in ports:
             try:
-                self._server, self._server_thread = start_http_server(
-                    port, addr=host, registry=registry
+                self._server, self._server_thread = start_metrics_server(
+                    host, port, registry, self.config.allowed_hosts
                 )
             except OSError as exc:
                 error = exc
@@ -481,9 +481,13 @@ class Telemetry:
         bridge, on_error, pid = self.bridge, self.on_error, os.getpid()
 
         def collect(_reader: Any, timeout_millis: float = 10_000) -> Any:
-            data = original(_reader, timeout_millis=timeout_millis)
-            if os.getpid() != pid:
-                return data  # inherited through fork: the child merges through its own wrapper
+            if os.getpid() != pid:  # inherited through fork: the child merges through its own
+                return original(_reader, timeout_millis=timeout_millis)
+            try:
+                data = original(_reader, timeout_millis=timeout_millis)
+            except Exception as exc:  # the SDK's own part failed: still serve asyncwatch's
+                on_error("collect:sdk", exc)
+                data = None
             try:
                 return bridge.merge(data, _reader, resource)
             except Exception as exc:

@@ -55,7 +55,7 @@ class Watch:
         self.process = ProcessSampler()
         self.bridge.add_source("tasks", task_points(self.recorder))
         self.bridge.add_source("process", self.process.points)
-        self.bridge.add_source("internal", self._internal_points)
+        self.bridge.add_source("internal", self._internal_points, last=True)
         self.http = HttpStats(
             max_routes=config.http_max_routes, max_error_types=config.max_error_types
         )

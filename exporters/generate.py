@@ -147,9 +147,9 @@ RECORDING: list[Record] = [
     Record(
         "asyncwatch:http_errors:ratio_rate5m",
         """
-        sum by (job, instance, http_route) (rate(http_server_request_duration_seconds_count{http_response_status_code=~"5.."}[5m]))
+        sum by (job, instance, http_route) (rate(http_server_request_duration_seconds_count{http_response_status_code=~"5..", error_type!="client_disconnect"}[5m]))
         /
-        sum by (job, instance, http_route) (rate(http_server_request_duration_seconds_count[5m]))
+        sum by (job, instance, http_route) (rate(http_server_request_duration_seconds_count{error_type!="client_disconnect"}[5m]))
         """,
     ),
     Record(
@@ -297,9 +297,9 @@ ALERTS: list[Alert] = [
         "AsyncwatchHttpErrorRateHigh",
         """
         (
-          sum by (job, instance, http_route) (rate(http_server_request_duration_seconds_count{http_response_status_code=~"5.."}[5m]))
+          sum by (job, instance, http_route) (rate(http_server_request_duration_seconds_count{http_response_status_code=~"5..", error_type!="client_disconnect"}[5m]))
           /
-          sum by (job, instance, http_route) (rate(http_server_request_duration_seconds_count[5m]))
+          sum by (job, instance, http_route) (rate(http_server_request_duration_seconds_count{error_type!="client_disconnect"}[5m]))
         ) > 0.05
         and
         sum by (job, instance, http_route) (rate(http_server_request_duration_seconds_count[5m])) > 0.1

@@ -58,6 +58,8 @@ SEL = 'job=~"$job", instance=~"$instance"'
 TASK = SEL + ', code_function_name=~"$coroutine"'
 ROUTE = SEL + ', http_route=~"$route"'
 RATE = "[$__rate_interval]"
+# requests the client abandoned (error.type client_disconnect): not server errors, not served
+NOT_DISCONNECT = 'error_type!="client_disconnect"'
 
 
 @dataclass(frozen=True)
@@ -426,9 +428,9 @@ HTTP = Board(
                     (
                         Query(
                             "sum by (http_route) (rate(http_server_request_duration_seconds_count"
-                            f'{{{ROUTE}, http_response_status_code=~"5.."}}{RATE}))'
-                            " / sum by (http_route) "
-                            f"(rate(http_server_request_duration_seconds_count{{{ROUTE}}}{RATE}))",
+                            f'{{{ROUTE}, http_response_status_code=~"5..", {NOT_DISCONNECT}}}{RATE}))'
+                            " / sum by (http_route) (rate(http_server_request_duration_seconds_count"
+                            f"{{{ROUTE}, {NOT_DISCONNECT}}}{RATE}))",
                             "{{http_route}}",
                         ),
                     ),

@@ -214,7 +214,9 @@ def test_background_work_is_timed_apart_from_the_request(observed: Observed, fai
 
 
 def test_a_client_disconnect_is_counted_not_an_app_error(observed: Observed) -> None:
-    """A client leaving mid-stream counts as a disconnect; no error.type, no error span."""
+    """A client leaving mid-stream counts as a disconnect: the status it was sent is kept,
+    error.type says client_disconnect (as the conventions' dropped-connection example), the
+    span is not an error."""
     with Uvicorn(wrapped(Controls())) as server, httpx.Client(base_url=server.url) as client:
         with client.stream("GET", "/forever") as response:
             next(response.iter_bytes())
@@ -222,10 +224,34 @@ def test_a_client_disconnect_is_counted_not_an_app_error(observed: Observed) -> 
         wait_for(lambda: observed.count(disconnects, http__route="/forever") == 1, what="count")
     point = observed.points(DURATION, http__route="/forever")[0]
     assert point.attributes["http.response.status_code"] == 200
-    assert "error.type" not in point.attributes
+    assert point.attributes["error.type"] == n.CLIENT_DISCONNECT
     (span,) = observed.server_spans()
     assert span.status.status_code is StatusCode.UNSET
     assert span.attributes["asyncwatch.http.client_disconnected"] is True
+    assert span.attributes["error.type"] == n.CLIENT_DISCONNECT
+
+
+def test_a_client_gone_before_the_response_has_no_status_and_is_no_5xx(
+    observed: Observed,
+) -> None:
+    """A client that leaves while the app reads its body: Starlette raises ClientDisconnect
+    and answers 500 to nobody. Recorded with no http.response.status_code (none was sent) and
+    error.type client_disconnect, so it is no 5xx; the console does not count it an error."""
+    with Uvicorn(wrapped(Controls())) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nabc")
+        wait_for(lambda: observed.count(ACTIVE) == 1, what="the request in flight")
+        sock.close()
+        disconnects = n.HTTP_SERVER_DISCONNECTS.name
+        wait_for(lambda: observed.count(disconnects, http__route="/echo") == 1, what="count")
+    (point,) = observed.points(DURATION, http__route="/echo")
+    assert "http.response.status_code" not in point.attributes
+    assert point.attributes["error.type"] == n.CLIENT_DISCONNECT
+    (span,) = observed.server_spans()
+    assert span.status.status_code is StatusCode.UNSET
+    assert "http.response.status_code" not in span.attributes
+    (row,) = observed.watch.http_routes()
+    assert (row["requests"], row["errors"]) == (1, 0)
 
 
 def test_websocket_connections_get_duration_and_message_counts(observed: Observed) -> None:

@@ -1,0 +1,221 @@
+"""Which browsers' requests asyncwatch's own HTTP ports answer (DNS rebinding, cross-site).
+
+A web page cannot open a socket, but it can make the browser send HTTP requests: to
+``127.0.0.1:20102`` directly (the browser then sends the page's ``Origin``), or to its own
+host name after rebinding that name to 127.0.0.1 (the browser then sends ``Host:
+attacker.example``, and treats the answer as same-origin, so it can read it). Every HTTP port
+asyncwatch opens (the embedded ``/metrics`` endpoint, the console's web UI) therefore:
+
+* refuses (421) a ``Host`` that is not a loopback name or address (``localhost``,
+  ``*.localhost``, 127.0.0.0/8, ``::1``), the address it listens on, or, when it listens on
+  every interface, an IP address (an address literal cannot be rebound), unless the host is
+  in ``allowed_hosts`` (``*`` allows any);
+* refuses (403) an ``Origin`` whose host fails the same test (``null`` included);
+* for requests that change state (anything but GET, HEAD and OPTIONS) also requires the
+  ``HX-Request`` header that the web UI's own page (htmx) sends: a header a page from another
+  origin can only send after a CORS preflight, which these servers never grant; an ``Origin``
+  must then be this very origin, and ``Sec-Fetch-Site`` (where the browser sends it) must
+  not be cross-site.
+
+A request with no ``Host`` (HTTP/1.0 tools) is answered: browsers always send one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from urllib.parse import urlsplit
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PROOF_HEADER = "HX-Request"  # sent by htmx, which aiomonitor's web UI uses for every request
+_WILDCARDS = frozenset({"", "0.0.0.0", "::", "*"})
+_HOSTNAME = re.compile(r"^\.?(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*\.?$")
+
+
+def check_allowed_hosts(value: Any) -> str | None:
+    """The setting's check: a tuple of host names, addresses, ``.suffix`` names or ``*``."""
+    if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
+        return "must be a tuple of host names (or empty)"
+    for entry in value:
+        if entry == "*" or _HOSTNAME.match(entry.lower()):
+            continue
+        try:
+            ipaddress.ip_address(entry.strip("[]"))
+        except ValueError:
+            return (
+                f"{entry!r} is not a host name, an address, a .suffix or * "
+                "(no scheme, port or path)"
+            )
+    return None
+
+
+def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+class HostPolicy:
+    """The Host/Origin rules above, for a server listening on ``listen_host``."""
+
+    def __init__(self, listen_host: str, allowed: Iterable[str] = ()) -> None:
+        self.listen = listen_host.strip().strip("[]").lower()
+        self.listen_ip = _ip(self.listen)
+        self.any_interface = self.listen in _WILDCARDS
+        entries = {a.strip().strip("[]").lower().rstrip(".") for a in allowed}
+        self.allow_all = "*" in entries
+        self.suffixes = tuple(e for e in entries if e.startswith("."))
+        self.exact = {e for e in entries if not e.startswith(".")}
+
+    def host_ok(self, name: str) -> bool:
+        """Whether ``name`` (a host, without port or brackets) may be this server's name."""
+        name = name.strip().lower().rstrip(".")
+        if self.allow_all or name == "localhost" or name.endswith(".localhost"):
+            return True
+        if name == self.listen or name in self.exact:
+            return True
+        if any(name.endswith(suffix) for suffix in self.suffixes):
+            return True
+        ip = _ip(name)
+        if ip is None:
+            return False
+        return ip.is_loopback or ip == self.listen_ip or self.any_interface
+
+    def header_host_ok(self, header: str | None) -> bool:
+        """Whether a ``Host`` header value is acceptable (None: no header, answered)."""
+        if header is None:
+            return True
+        return self.host_ok(_split_host(header))
+
+    def origin_ok(self, origin: str | None) -> bool:
+        """Whether an ``Origin`` header value is acceptable (None: no header)."""
+        if origin is None:
+            return True
+        host = urlsplit(origin.strip()).hostname
+        return host is not None and self.host_ok(host)
+
+    def refusal(
+        self,
+        method: str,
+        host: str | None,
+        origin: str | None,
+        proof: str | None,
+        fetch_site: str | None,
+    ) -> tuple[int, str] | None:
+        """(status, reason) if the request must be refused, else None."""
+        if not self.header_host_ok(host):
+            return 421, "this server does not answer to that Host (see allowed_hosts)"
+        if not self.origin_ok(origin):
+            return 403, "cross-origin requests are refused (see allowed_hosts)"
+        if method.upper() in SAFE_METHODS:
+            return None
+        if proof is None:
+            return 403, f"a request that changes state needs the {PROOF_HEADER} header"
+        if fetch_site is not None and fetch_site.lower() not in ("same-origin", "none"):
+            return 403, "cross-site requests are refused"
+        if origin is not None and host is not None:
+            own = urlsplit(origin.strip())
+            if own.netloc.lower() != host.strip().lower():
+                return 403, "cross-origin requests are refused"
+        return None
+
+
+def _split_host(header: str) -> str:
+    """The host part of a ``Host`` header (``name``, ``name:port``, ``[v6]:port``)."""
+    header = header.strip()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    if header.count(":") == 1:
+        return header.split(":", 1)[0]
+    return header
+
+
+# ---------------------------------------------------------------------------- /metrics
+
+
+def guard_wsgi(app: Callable[..., Any], policy: HostPolicy) -> Callable[..., Any]:
+    """``app`` answering only requests the policy accepts."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        refused = policy.refusal(
+            environ.get("REQUEST_METHOD", "GET"),
+            environ.get("HTTP_HOST"),
+            environ.get("HTTP_ORIGIN"),
+            environ.get("HTTP_" + PROOF_HEADER.upper().replace("-", "_")),
+            environ.get("HTTP_SEC_FETCH_SITE"),
+        )
+        if refused is None:
+            return app(environ, start_response)  # type: ignore[no-any-return]
+        status, reason = refused
+        phrase = "Misdirected Request" if status == 421 else "Forbidden"
+        body = (reason + "\n").encode()
+        start_response(
+            f"{status} {phrase}",
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    return guarded
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # no list of finished threads kept for joining
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log nothing (prometheus_client's server does the same)."""
+
+
+def start_metrics_server(
+    host: str, port: int, registry: Any, allowed_hosts: Iterable[str]
+) -> tuple[WSGIServer, threading.Thread]:
+    """prometheus_client's WSGI app for ``registry`` on (host, port), behind the host guard,
+    served from a daemon thread (what ``prometheus_client.start_http_server`` does, with the
+    guard in place before the first request can arrive)."""
+    from prometheus_client import make_wsgi_app
+
+    family, _, _, _, sockaddr = next(
+        iter(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE))
+    )
+
+    class Server(_ThreadingServer):
+        address_family = family
+
+    app = guard_wsgi(make_wsgi_app(registry), HostPolicy(host, allowed_hosts))
+    httpd = make_server(str(sockaddr[0]), port, app, Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, name="asyncwatch-metrics", daemon=True)
+    thread.start()
+    return httpd, thread
+
+
+# ---------------------------------------------------------------------------- web UI
+
+
+def aiohttp_guard(policy: HostPolicy) -> Any:
+    """An aiohttp middleware applying ``policy`` (for aiomonitor's web UI)."""
+    from aiohttp import web
+
+    @web.middleware
+    async def guard(request: Any, handler: Any) -> Any:
+        headers = request.headers
+        refused = policy.refusal(
+            request.method,
+            headers.get("Host"),
+            headers.get("Origin"),
+            headers.get(PROOF_HEADER),
+            headers.get("Sec-Fetch-Site"),
+        )
+        if refused is None:
+            return await handler(request)
+        status, reason = refused
+        return web.Response(status=status, text=reason + "\n")
+
+    return guard
