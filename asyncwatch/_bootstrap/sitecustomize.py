@@ -19,15 +19,20 @@ def _strict() -> bool:
     )
 
 
+def _stop(message: str) -> None:
+    """Exit with status 2 (SystemExit raised during interpreter start-up exits with 1 and a
+    traceback, so exit directly)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+    os._exit(2)
+
+
 def _unobserved(why: str) -> None:
     """Say once per interpreter (children inherit the record) that this one is unobserved."""
     warned = os.environ.get("ASYNCWATCH_BOOTSTRAP_WARNED", "")
     seen = warned.split(os.pathsep) if warned else []
     if _strict():
-        sys.stderr.write(
-            f"asyncwatch: {why}; stopping (ASYNCWATCH_REQUIRE=1 or ASYNCWATCH_RAISE=1)\n"
-        )
-        raise SystemExit(2)
+        _stop(f"asyncwatch: {why}; stopping (ASYNCWATCH_REQUIRE=1 or ASYNCWATCH_RAISE=1)")
     if sys.executable not in seen:
         sys.stderr.write(f"asyncwatch: {why}; the program runs unobserved\n")
         os.environ["ASYNCWATCH_BOOTSTRAP_WARNED"] = os.pathsep.join([*seen, sys.executable])
@@ -44,8 +49,7 @@ def _install() -> None:
     try:
         asyncwatch.install()
     except asyncwatch.ConfigError as exc:
-        sys.stderr.write(f"asyncwatch: {exc}\n")
-        raise SystemExit(2) from None
+        _stop(f"asyncwatch: {exc}")
     except Exception as exc:
         _unobserved(f"not installed in {sys.executable} ({exc!r})")
 
