@@ -203,6 +203,8 @@ def _need(module: str, extra: str, setting: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
+        if extra == "otlp-grpc":
+            setting += " with otlp_protocol=grpc"
         raise ConfigError(f"{setting} needs `pip install asyncwatch[{extra}]` ({module})") from None
 
 
@@ -289,11 +291,11 @@ class Telemetry:
         protocol = self.config.otlp_protocol.replace("/", "_")
         for exporter in self.config.metrics_exporters:
             if exporter == "otlp":
-                _need(_OTLP_MODULES[protocol][0], "otlp", "metrics exporter otlp")
+                _need(_OTLP_MODULES[protocol][0], _OTLP_EXTRA[protocol], "metrics exporter otlp")
             if exporter == "prometheus":
                 _need("opentelemetry.exporter.prometheus", "all", "metrics exporter prometheus")
         if "otlp" in self.config.traces_exporters:
-            _need(_OTLP_MODULES[protocol][1], "otlp", "traces exporter otlp")
+            _need(_OTLP_MODULES[protocol][1], _OTLP_EXTRA[protocol], "traces exporter otlp")
         if "none" not in self.config.traces_exporters:
             _check_batch_settings()
 
@@ -370,7 +372,7 @@ class Telemetry:
 
             return ConsoleMetricExporter()
         protocol = self.config.otlp_protocol.replace("/", "_")
-        module = _need(_OTLP_MODULES[protocol][0], "otlp", "metrics exporter otlp")
+        module = _need(_OTLP_MODULES[protocol][0], _OTLP_EXTRA[protocol], "metrics exporter otlp")
         exporter: MetricExporter = module.OTLPMetricExporter()
         return exporter
 
@@ -387,7 +389,9 @@ class Telemetry:
                 inner = ConsoleSpanExporter()
             else:
                 protocol = self.config.otlp_protocol.replace("/", "_")
-                module = _need(_OTLP_MODULES[protocol][1], "otlp", "traces exporter otlp")
+                module = _need(
+                    _OTLP_MODULES[protocol][1], _OTLP_EXTRA[protocol], "traces exporter otlp"
+                )
                 inner = module.OTLPSpanExporter()
             guard = ExportGuard("traces", self.config.export_timeout_s, self.drops)
             processors.append(
@@ -562,6 +566,9 @@ class Telemetry:
         self._own_meter_provider = self._own_tracer_provider = False
         self.started = False
 
+
+# the extra that brings each protocol's exporter (asyncwatch[all] has both)
+_OTLP_EXTRA = {"http_protobuf": "otlp", "grpc": "otlp-grpc"}
 
 _OTLP_MODULES = {
     "http_protobuf": (
