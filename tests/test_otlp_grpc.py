@@ -41,7 +41,7 @@ class GrpcOtlpReceiver(
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
 
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the gRPC method name
+    def Export(self, request: Any, context: Any) -> Any:  # the gRPC method name
         with self.lock:
             if isinstance(request, metrics_service_pb2.ExportMetricsServiceRequest):
                 self.metric_names.append(
