@@ -65,8 +65,54 @@ class DropCounter:
             yield n.EXPORT_DROPPED, {n.SIGNAL: signal, n.REASON: reason}, count, self.started_ns
 
 
+class _ExporterLogFilter(logging.Filter):
+    """Keeps the SDK exporters' per-attempt warnings out of the log when they come from
+    asyncwatch's export threads (a dead endpoint made hundreds of lines), remembering the last
+    one per thread so the ExportGuard's single "failing" line can say why. Records from any
+    other thread (the app's own exporters) pass untouched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: dict[str, str] = {}
+        self.loggers: list[logging.Logger] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.threadName or ""
+        if not name.startswith(_EXPORT_THREAD):
+            return True
+        with contextlib.suppress(Exception):
+            self.last[name] = record.getMessage()
+        return False
+
+    def attach(self) -> None:
+        """Filter every exporter logger that exists now (call after importing exporters)."""
+        for name, item in list(logging.Logger.manager.loggerDict.items()):
+            if (
+                isinstance(item, logging.Logger)
+                and name.startswith("opentelemetry.exporter.otlp")
+                and self not in item.filters
+            ):
+                item.addFilter(self)
+                self.loggers.append(item)
+
+    def detach(self) -> None:
+        """Remove the filter from every logger it was added to."""
+        for item in self.loggers:
+            item.removeFilter(self)
+        self.loggers.clear()
+        self.last.clear()
+
+
+_EXPORT_THREAD = "asyncwatch-export-"
+exporter_log_filter = _ExporterLogFilter()
+
+
 class ExportGuard:
-    """Runs one export at a time on a worker thread and gives up on it after a deadline."""
+    """Runs one export at a time on a worker thread and gives up on it after a deadline.
+
+    It also keeps the log quiet about a dead or failing endpoint: one warning when exports
+    start failing (with the reason), one when they recover; every drop is counted in between.
+    """
 
     def __init__(self, signal: str, timeout_s: float, drops: DropCounter) -> None:
         self.signal = signal
@@ -74,35 +120,68 @@ class ExportGuard:
         self.drops = drops
         self._lock = threading.Lock()
         self._busy = False
+        self.failing = False
+        self.failed_exports = 0
+        self.thread_name = f"{_EXPORT_THREAD}{signal}"
 
     def call(self, fn: Callable[[], Any], items: int, *, reason_prefix: str = "") -> Any:
         """``fn()``'s result, or None if it was skipped, failed or overran (then counted)."""
         with self._lock:
             if self._busy:
                 self.drops.add(self.signal, reason_prefix + "busy", items)
+                self.last_problem = "the previous export is still running"
                 return None
             self._busy = True
         outcome: list[Any] = [None]
+        error: list[BaseException | None] = [None]
         finished = threading.Event()
 
         def work() -> None:
             try:
                 outcome[0] = fn()
-            except Exception:
+            except Exception as exc:
                 logger.debug("asyncwatch: %s export failed", self.signal, exc_info=True)
                 outcome[0] = None
+                error[0] = exc
             finally:
                 with self._lock:
                     self._busy = False
                 finished.set()
 
-        threading.Thread(target=work, name=f"asyncwatch-export-{self.signal}", daemon=True).start()
+        threading.Thread(target=work, name=self.thread_name, daemon=True).start()
         if not finished.wait(self.timeout_s):
             self.drops.add(self.signal, reason_prefix + "timeout", items)
+            self.last_problem = f"no answer within {self.timeout_s:g} s"
             return None
         if outcome[0] is None:
             self.drops.add(self.signal, reason_prefix + "error", items)
+            self.last_problem = repr(error[0]) if error[0] is not None else "no result"
         return outcome[0]
+
+    last_problem = ""
+
+    def note(self, ok: bool) -> None:
+        """Record how an export went; log only when that changes (failing <-> recovered)."""
+        if ok:
+            if self.failing:
+                self.failing = False
+                logger.warning(
+                    "asyncwatch: %s exports recovered after %d failed export(s)",
+                    self.signal,
+                    self.failed_exports,
+                )
+            self.failed_exports = 0
+            return
+        self.failed_exports += 1
+        if not self.failing:
+            self.failing = True
+            why = exporter_log_filter.last.pop(self.thread_name, None) or self.last_problem
+            logger.warning(
+                "asyncwatch: %s exports are failing (%s); what cannot be sent is counted in "
+                "asyncwatch.export.dropped, and one line follows when they recover",
+                self.signal,
+                why or "the exporter reported a failure",
+            )
 
 
 class GuardedMetricExporter(MetricExporter):
@@ -124,6 +203,7 @@ class GuardedMetricExporter(MetricExporter):
         result = self.guard.call(
             lambda: self.inner.export(metrics_data, timeout_millis=limit, **kwargs), 1
         )
+        self.guard.note(result is MetricExportResult.SUCCESS)
         if result is MetricExportResult.SUCCESS:
             return result
         if result is MetricExportResult.FAILURE:
@@ -151,6 +231,7 @@ class GuardedSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Export in the guard; FAILURE (counted) if the exporter is slow or down."""
         result = self.guard.call(lambda: self.inner.export(spans), len(spans))
+        self.guard.note(result is SpanExportResult.SUCCESS)
         if result is SpanExportResult.SUCCESS:
             return result
         if result is SpanExportResult.FAILURE:
@@ -358,6 +439,7 @@ class Telemetry:
             if exporter in chosen:
                 guard = ExportGuard("metrics", self.config.export_timeout_s, self.drops)
                 inner = self._metric_exporter(exporter)
+                exporter_log_filter.attach()
                 readers.append(
                     PeriodicExportingMetricReader(
                         GuardedMetricExporter(inner, guard),
@@ -393,6 +475,7 @@ class Telemetry:
                     _OTLP_MODULES[protocol][1], _OTLP_EXTRA[protocol], "traces exporter otlp"
                 )
                 inner = module.OTLPSpanExporter()
+                exporter_log_filter.attach()
             guard = ExportGuard("traces", self.config.export_timeout_s, self.drops)
             processors.append(
                 CountingBatchSpanProcessor(
@@ -544,6 +627,7 @@ class Telemetry:
                     stop()
 
             _run_with_deadline(stop_all, deadline, "telemetry shutdown")
+        exporter_log_filter.detach()
 
     def _unwrap_readers(self) -> None:
         for reader, collect, original in self._wrapped_readers:
