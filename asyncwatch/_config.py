@@ -633,13 +633,14 @@ def check_environment(config: Config, env: Mapping[str, str] | None = None) -> N
             socket.getaddrinfo(host, config.prometheus_port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
             raise ConfigError(
-                f"prometheus_host={host!r} (ASYNCWATCH_PROMETHEUS_HOST): does not resolve ({exc})"
+                f"prometheus_host={host!r} ({_source('prometheus_host', env)}): does not "
+                f"resolve ({exc})"
             ) from None
     if config.profile_dir and not (
         os.path.isdir(config.profile_dir) and os.access(config.profile_dir, os.W_OK | os.X_OK)
     ):
         raise ConfigError(
-            f"profile_dir={config.profile_dir!r} (ASYNCWATCH_PROFILE_DIR): not a writable "
+            f"profile_dir={config.profile_dir!r} ({_source('profile_dir', env)}): not a writable "
             "directory (create it first, or leave it empty for a temporary folder)"
         )
     periodic = any(config.uses(kind) for kind in ("otlp", "console"))
@@ -694,8 +695,17 @@ def check_environment(config: Config, env: Mapping[str, str] | None = None) -> N
             )
 
 
+def _source(name: str, env: Mapping[str, str]) -> str:
+    """The variable that set ``name`` (the first one present), else its own variable."""
+    variables = _SETTINGS[name].env
+    return next((v for v in variables if (env.get(v) or "").strip()), variables[0])
+
+
 def _endpoint_problem(url: str, protocol: str) -> str | None:
-    parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
     if "://" not in url and protocol != "grpc":
         return "must be a URL such as http://localhost:4318"
     if parsed.scheme not in ("http", "https"):

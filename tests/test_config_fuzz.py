@@ -237,3 +237,41 @@ def _quiet_asyncwatch_log() -> Iterator[None]:
     logger.setLevel(logging.ERROR)
     yield
     logger.setLevel(level)
+
+
+_VARIABLES = sorted({var for s in _SETTINGS.values() for var in s.env})
+_OTEL_CHECKED = [
+    "OTEL_METRIC_EXPORT_INTERVAL",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+]
+_RAW = st.one_of(
+    st.sampled_from(["inf", "-inf", "nan", "1e300", "1e-300", "-5", "0", "1", "0.5", "65536",
+                     "all", "true", "yes", " ", "::1", "http://127.0.0.1:1", "localhost:4317"]),
+    st.text(max_size=10),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(variable=st.sampled_from(_VARIABLES + _OTEL_CHECKED), raw=_RAW)
+def test_fuzz_every_variable_is_refused_by_name_or_accepted(variable: str, raw: str) -> None:
+    """Environment text for every variable asyncwatch reads: ConfigError naming the variable,
+    or a Config the machine checks accept (with every exporter that reads OTEL_* on)."""
+    env = {variable: raw}
+    try:
+        config = Config.from_env(env)
+        if variable in _OTEL_CHECKED:
+            config = config.replace(
+                metrics_exporters=("otlp", "console"), traces_exporters=("otlp",)
+            )
+        check_environment(config, env)
+    except ConfigError as exc:
+        assert variable in str(exc), exc  # noqa: PT017 - either outcome is allowed
