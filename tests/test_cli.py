@@ -183,6 +183,20 @@ def test_run_refused_setting_exits_non_zero_with_the_message(tmp_path: Path) -> 
     assert result.returncode == 2, result.stderr
     assert "ASYNCWATCH_MEMORY_FRAMES='70000'" in result.stderr
     assert not marker.exists()
+    # a value that needs the machine to check it is refused there too
+    missing = tmp_path / "no-such-folder"
+    result = run_cli(
+        "run",
+        "--set",
+        f"profile_dir={missing}",
+        "--",
+        sys.executable,
+        "-c",
+        f"open({str(marker)!r}, 'w')",
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"profile_dir={str(missing)!r} (ASYNCWATCH_PROFILE_DIR): not a writable" in result.stderr
+    assert not marker.exists()
 
 
 def test_run_reports_a_bad_set_value_under_its_set_name() -> None:
