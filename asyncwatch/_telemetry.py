@@ -74,7 +74,6 @@ class _ExporterLogFilter(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.last: dict[str, str] = {}
-        self.loggers: list[logging.Logger] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
         name = record.threadName or ""
@@ -93,14 +92,10 @@ class _ExporterLogFilter(logging.Filter):
                 and self not in item.filters
             ):
                 item.addFilter(self)
-                self.loggers.append(item)
 
-    def detach(self) -> None:
-        """Remove the filter from every logger it was added to."""
-        for item in self.loggers:
-            item.removeFilter(self)
-        self.loggers.clear()
-        self.last.clear()
+    # No detach on uninstall: an export abandoned after its deadline can still be retrying on
+    # its thread and log after shutdown. Left on a logger, the filter passes every record but
+    # those of asyncwatch's own export threads.
 
 
 _EXPORT_THREAD = "asyncwatch-export-"
@@ -627,7 +622,7 @@ class Telemetry:
                     stop()
 
             _run_with_deadline(stop_all, deadline, "telemetry shutdown")
-        exporter_log_filter.detach()
+        exporter_log_filter.last.clear()
 
     def _unwrap_readers(self) -> None:
         for reader, collect, original in self._wrapped_readers:
