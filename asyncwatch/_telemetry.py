@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import sys
@@ -260,6 +261,10 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         if queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen:
             self._aw_drops.add("traces", "queue_full", 1)
         super().on_end(span)
+
+
+# uninstall(timeout_s=...) is kept within these (inf: "as long as it takes", up to an hour)
+_MIN_SHUTDOWN_S, _MAX_SHUTDOWN_S = 0.01, 3600.0
 
 
 def _run_with_deadline(fn: Callable[[], Any], seconds: float, what: str) -> bool:
@@ -588,6 +593,10 @@ class Telemetry:
             return
         self.started = False
         deadline = timeout_s if timeout_s is not None else self.config.export_timeout_s
+        if math.isnan(deadline) or deadline < 0:
+            deadline = self.config.export_timeout_s
+        # inf would overflow the thread APIs; 0 makes the SDK's shutdown raise
+        deadline = min(max(deadline, _MIN_SHUTDOWN_S), _MAX_SHUTDOWN_S)
         if not at_exit:
             self._unwrap_readers()
         self.prometheus_registry = None
@@ -619,7 +628,10 @@ class Telemetry:
 
             def stop_all() -> None:
                 for stop in stops:
-                    stop()
+                    try:
+                        stop()
+                    except Exception:  # e.g. the SDK's "deadline already exceeded"
+                        logger.debug("asyncwatch: telemetry shutdown step failed", exc_info=True)
 
             _run_with_deadline(stop_all, deadline, "telemetry shutdown")
         exporter_log_filter.last.clear()

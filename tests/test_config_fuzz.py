@@ -275,3 +275,15 @@ def test_fuzz_every_variable_is_refused_by_name_or_accepted(variable: str, raw: 
         check_environment(config, env)
     except ConfigError as exc:
         assert variable in str(exc), exc  # noqa: PT017 - either outcome is allowed
+
+
+@pytest.mark.parametrize("timeout_s", [math.inf, 1e300, math.nan, -1.0, 0.0])
+def test_uninstall_takes_any_timeout(timeout_s: float) -> None:
+    """uninstall(timeout_s=inf) is "as long as it takes" (capped at an hour), not an
+    OverflowError from the thread APIs; nan and negative values mean the default
+    (export_timeout_s), 0 the shortest wait the SDK accepts."""
+    before = _state()
+    asyncwatch.install(prometheus_port=free_port())
+    asyncio.run(_short_run())
+    asyncwatch.uninstall(timeout_s=timeout_s)
+    _assert_restored(before)
