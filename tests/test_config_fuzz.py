@@ -97,7 +97,7 @@ def _try(name: str, value: Any) -> None:
     base.pop(name, None)
     before = _state()
     try:
-        asyncwatch.install(**base, **{name: value})
+        watch = asyncwatch.install(**base, **{name: value})
     except ConfigError as exc:
         assert name in str(exc), exc  # noqa: PT017 - refused or not is the fuzz's outcome
         _assert_restored(before, ports["prometheus_port"])
@@ -106,6 +106,7 @@ def _try(name: str, value: Any) -> None:
         asyncio.run(_short_run())
     finally:
         asyncwatch.uninstall(timeout_s=5)
+    assert not watch.faults.counts, (name, value, dict(watch.faults.counts))  # no hidden errors
     _assert_restored(before)
 
 
