@@ -90,23 +90,24 @@ async def _short_run() -> None:
     await asyncio.sleep(0.01)
 
 
-def _try(name: str, value: Any) -> None:
-    """install() with ``name=value``: refused naming the setting, or working end to end."""
+def _try(chosen: dict[str, Any]) -> None:
+    """install() with ``chosen`` settings: refused naming one of them, or working end to end."""
     ports = _free_ports()
     base: dict[str, Any] = {**ports, "advisor_interval_s": 0.05, "deadlock_interval_s": 0.05}
-    base.pop(name, None)
+    base.update(chosen)
     before = _state()
     try:
-        watch = asyncwatch.install(**base, **{name: value})
+        watch = asyncwatch.install(**base)
     except ConfigError as exc:
-        assert name in str(exc), exc  # noqa: PT017 - refused or not is the fuzz's outcome
+        named = [name for name in chosen if name in str(exc)]
+        assert named, exc  # noqa: PT017 - refused or not is the fuzz's outcome
         _assert_restored(before, ports["prometheus_port"])
         return
     try:
         asyncio.run(_short_run())
     finally:
         asyncwatch.uninstall(timeout_s=5)
-    assert not watch.faults.counts, (name, value, dict(watch.faults.counts))  # no hidden errors
+    assert not watch.faults.counts, (chosen, dict(watch.faults.counts))  # no hidden errors
     _assert_restored(before)
 
 
@@ -147,11 +148,28 @@ def test_every_setting_refuses_every_hostile_value_by_name(name: str) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(name=st.sampled_from(sorted(_SETTINGS)), value=_values())
-def test_fuzz_every_setting_is_refused_or_works(name: str, value: Any) -> None:
-    """Hypothesis over every setting: ConfigError naming it with nothing left behind, or
-    install + a short loop + uninstall with no exception at all."""
-    _try(name, value)
+@given(
+    names=st.lists(st.sampled_from(sorted(_SETTINGS)), min_size=1, max_size=3, unique=True),
+    data=st.data(),
+)
+def test_fuzz_every_setting_is_refused_or_works(names: list[str], data: st.DataObject) -> None:
+    """Hypothesis over every setting, up to three at once: ConfigError naming one of them
+    with nothing left behind, or install + a short loop + uninstall with no exception and no
+    internal error."""
+    chosen = {name: data.draw(st.one_of(_plausible(name), _values()), label=name) for name in names}
+    _try(chosen)
+
+
+def _plausible(name: str) -> st.SearchStrategy[Any]:
+    """Values of the setting's own type near its usual range: the "works" path."""
+    default = getattr(Config(), name)
+    if isinstance(default, bool):
+        return st.booleans()
+    if isinstance(default, int):
+        return st.one_of(st.just(default), st.integers(min_value=1, max_value=200))
+    if isinstance(default, float):
+        return st.one_of(st.just(default), st.floats(min_value=0.01, max_value=100))
+    return st.just(default)
 
 
 @pytest.mark.parametrize(
