@@ -119,7 +119,8 @@ def install(
 def uninstall(timeout_s: float | None = None) -> None:
     """Stop observing and put back every task factory and class attribute install() changed.
 
-    Exporters get a final flush bounded by ``timeout_s`` (default ``export_timeout_s``).
+    Exporters get a final flush bounded by ``timeout_s`` (default ``export_timeout_s``;
+    ``math.inf`` waits up to an hour, a negative or nan value means the default).
     Idempotent. Also runs at interpreter exit.
     """
     _uninstall(timeout_s)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._config import Config, ConfigError, settings_reference
+from ._config import Config, ConfigError, check_environment, raw_problem, settings_reference
 
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
 
@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="asyncwatch",
         description="Observe every asyncio task of a Python program.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"asyncwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
@@ -53,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the live console (aiomonitor, telnet on 127.0.0.1:20101)",
     )
     run.add_argument("--console-port", type=int, help="telnet port of the console (default 20101)")
+    run.add_argument(
+        "--require",
+        action="store_true",
+        default=None,
+        help="stop with exit code 2 if a Python process of CMD cannot be observed (e.g. its "
+        "interpreter cannot import asyncwatch) instead of warning",
+    )
     run.add_argument(
         "--set",
         action="append",
@@ -82,37 +92,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_FLAG_VARIABLES = {
-    "host": "ASYNCWATCH_PROMETHEUS_HOST",
-    "port": "ASYNCWATCH_PROMETHEUS_PORT",
-    "port_span": "ASYNCWATCH_PROMETHEUS_PORT_SPAN",
-    "metrics_exporter": "ASYNCWATCH_METRICS_EXPORTER",
-    "traces_exporter": "ASYNCWATCH_TRACES_EXPORTER",
-    "task_spans": "ASYNCWATCH_TASK_SPANS",
-    "console": "ASYNCWATCH_CONSOLE",
-    "console_port": "ASYNCWATCH_CONSOLE_PORT",
+# flag -> setting it sets
+_FLAG_SETTINGS = {
+    "host": "prometheus_host",
+    "port": "prometheus_port",
+    "port_span": "prometheus_port_span",
+    "metrics_exporter": "metrics_exporters",
+    "traces_exporter": "traces_exporters",
+    "task_spans": "task_spans",
+    "console": "console",
+    "console_port": "console_port",
+    "require": "require",
 }
 
 
 def run_environment(args: argparse.Namespace, base: dict[str, str]) -> dict[str, str]:
-    """The environment CMD runs in; raises ConfigError for a bad setting."""
+    """The environment CMD runs in; raises ConfigError for a bad setting.
+
+    A bad value given on the command line is reported under the flag that gave it
+    (``--port``, ``--set max_keys=...``), one from the environment under its variable.
+    """
     env = dict(base)
-    for attr, variable in _FLAG_VARIABLES.items():
+    by_argument = {row[0]: row[1].split(", ")[0] for row in settings_reference()}
+    by_variable = {variable: name for name, variable in by_argument.items()}
+    for attr, name in _FLAG_SETTINGS.items():
         value = getattr(args, attr)
         if value is not None:
-            env[variable] = "1" if value is True else str(value)
-    by_argument = {row[0]: row[1].split(", ")[0] for row in settings_reference()}
+            raw = "1" if value is True else str(value)
+            problem = raw_problem(name, raw)
+            if problem is not None:
+                flag = "--" + attr.replace("_", "-")
+                raise ConfigError(f"{flag} {raw!r}: {problem}")
+            env[by_argument[name]] = raw
     for item in args.set:
         name, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected NAME=VALUE")
         variable = by_argument.get(name, name)
-        if not variable.startswith("ASYNCWATCH_"):
+        if variable not in by_variable:
             raise ConfigError(f"--set {name}: unknown setting (see `asyncwatch config`)")
+        problem = raw_problem(by_variable[variable], value)
+        if problem is not None:
+            raise ConfigError(f"--set {item}: {problem}")
         env[variable] = value
     env.setdefault("ASYNCWATCH_LAZY_START", "1")
     env["ASYNCWATCH_BOOTSTRAP"] = "1"
-    Config.from_env(env)  # fail here, before CMD starts, with the variable named
+    env.pop("ASYNCWATCH_BOOTSTRAP_WARNED", None)
+    # fail here, before CMD starts, with the variable named
+    check_environment(Config.from_env(env), env)
     paths = [str(BOOTSTRAP_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
@@ -156,11 +183,20 @@ def _config() -> int:
 
 
 def _connect(host: str, port: int) -> int:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print(
+            "asyncwatch console: needs a terminal (stdin and stdout must be a tty); from a "
+            f"script, use a telnet client: telnet {host} {port}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         from aiomonitor.cli import monitor_client
     except ImportError:
-        print("asyncwatch console needs aiomonitor: pip install 'asyncwatch[console]'",
-              file=sys.stderr)
+        print(
+            "asyncwatch console needs aiomonitor: pip install 'asyncwatch[console]'",
+            file=sys.stderr,
+        )
         return 2
     try:
         monitor_client(host, port)

@@ -14,13 +14,15 @@ import ipaddress
 import math
 import os
 import re
+import socket
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ._hostguard import check_allowed_hosts
 
-__all__ = ["Config", "ConfigError"]
+__all__ = ["Config", "ConfigError", "check_environment"]
 
 
 class ConfigError(ValueError):
@@ -70,25 +72,34 @@ def _parse_list(raw: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------- checks (value -> error or None)
 
 
-def _positive(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        return "must be a positive number"
-    return None
-
-
-def _non_negative_int(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return "must be a whole number >= 0"
-    return None
-
-
-def _at_least(low: int) -> Callable[[Any], str | None]:
+def _whole(low: int, high: int) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            return f"must be a whole number >= {low}"
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"must be a whole number from {low} to {high}"
         return None
 
     return check
+
+
+def _seconds(low: float, high: float, *, example: float) -> Callable[[Any], str | None]:
+    """Finite seconds from ``low`` to ``high``: a value outside either breaks at run time
+    (an infinite timeout overflows the thread APIs, a vanishing one abandons every call)."""
+
+    def check(value: Any) -> str | None:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not low <= value <= high:
+            return f"must be a number of seconds from {low:g} to {high:g}, e.g. {example:g}"
+        return None
+
+    return check
+
+
+def _rate(value: Any) -> str | None:
+    if value == math.inf and not isinstance(value, bool):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.001 <= value <= 1e9:
+        return "must be tasks per second from 0.001 to 1e9, or inf ('all')"
+    return None
 
 
 def _port(value: Any) -> str | None:
@@ -117,6 +128,34 @@ def _is_str(value: Any) -> str | None:
     return None if isinstance(value, str) and value else "must be a non-empty string"
 
 
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
+
+
+def _host(value: Any) -> str | None:
+    """An IP address or a well-formed host name (whether it resolves is checked at install)."""
+    if isinstance(value, str) and value and len(value) <= 253:
+        try:
+            ipaddress.ip_address(value)
+            return None
+        except ValueError:
+            if _HOST_NAME.fullmatch(value) and not value.replace(".", "").isdigit():
+                return None
+    return "must be an IP address or a host name"
+
+
+def _ipv4_host(value: Any) -> str | None:
+    """aiomonitor listens on IPv4 only: an IPv4 address, or ``localhost``."""
+    if isinstance(value, str) and value == "localhost":
+        return None
+    if isinstance(value, str):
+        try:
+            ipaddress.IPv4Address(value)
+            return None
+        except ValueError:
+            pass
+    return "must be an IPv4 address or localhost (the console does not listen on IPv6)"
+
+
 def _str_tuple(value: Any) -> str | None:
     if isinstance(value, tuple) and all(isinstance(v, str) and v for v in value):
         return None
@@ -142,9 +181,11 @@ def _regexes(value: Any) -> str | None:
 
 
 def _url_path(value: Any) -> str | None:
-    if isinstance(value, str) and (value == "" or value.startswith("/")):
+    if isinstance(value, str) and (
+        value == "" or (value.startswith("/") and not re.search(r"[\s?#]", value))
+    ):
         return None
-    return "must be a path starting with / (or empty for off)"
+    return "must be a path starting with /, without spaces, ? or # (or empty for off)"
 
 
 _METRICS_EXPORTERS = frozenset({"prometheus", "otlp", "console", "none"})
@@ -169,12 +210,6 @@ def _listen_port(value: Any) -> str | None:
 
 def _any_str(value: Any) -> str | None:
     return None if isinstance(value, str) else "must be a string (empty for the default)"
-
-
-def _max_seconds(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
-        return "must be seconds from above 0 up to 3600"
-    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -203,15 +238,17 @@ class _Setting:
 
 _SETTINGS: dict[str, _Setting] = {
     "enabled": _Setting(("ASYNCWATCH_ENABLED",), _parse_flag, _is_bool, "1 or 0"),
-    "max_keys": _Setting(("ASYNCWATCH_MAX_KEYS",), _parse_int, _at_least(1), "whole number >= 1"),
+    "max_keys": _Setting(
+        ("ASYNCWATCH_MAX_KEYS",), _parse_int, _whole(1, 1_000_000), "whole number 1-1000000"
+    ),
     "max_series": _Setting(
-        ("ASYNCWATCH_MAX_SERIES",), _parse_int, _at_least(1), "whole number >= 1"
+        ("ASYNCWATCH_MAX_SERIES",), _parse_int, _whole(1, 10_000_000), "whole number 1-10000000"
     ),
     "max_error_types": _Setting(
-        ("ASYNCWATCH_MAX_ERROR_TYPES",), _parse_int, _at_least(1), "whole number >= 1"
+        ("ASYNCWATCH_MAX_ERROR_TYPES",), _parse_int, _whole(1, 10_000), "whole number 1-10000"
     ),
     "timed_per_s": _Setting(
-        ("ASYNCWATCH_TIMED_PER_S",), _parse_rate, _positive, "tasks per second, or 'all'"
+        ("ASYNCWATCH_TIMED_PER_S",), _parse_rate, _rate, "tasks per second (0.001-1e9), or 'all'"
     ),
     "task_spans": _Setting(
         ("ASYNCWATCH_TASK_SPANS",), _parse_list, _str_tuple, "comma-separated globs"
@@ -240,8 +277,8 @@ _SETTINGS: dict[str, _Setting] = {
     "prometheus_host": _Setting(
         ("ASYNCWATCH_PROMETHEUS_HOST", "OTEL_EXPORTER_PROMETHEUS_HOST"),
         _parse_str,
-        _is_str,
-        "host name or address",
+        _host,
+        "IP address or host name that resolves",
     ),
     "prometheus_port": _Setting(
         ("ASYNCWATCH_PROMETHEUS_PORT", "OTEL_EXPORTER_PROMETHEUS_PORT"),
@@ -250,16 +287,22 @@ _SETTINGS: dict[str, _Setting] = {
         "port 0-65535",
     ),
     "prometheus_port_span": _Setting(
-        ("ASYNCWATCH_PROMETHEUS_PORT_SPAN",), _parse_int, _non_negative_int, "whole number >= 0"
+        ("ASYNCWATCH_PROMETHEUS_PORT_SPAN",), _parse_int, _whole(0, 1000), "whole number 0-1000"
     ),
     "export_timeout_s": _Setting(
-        ("ASYNCWATCH_EXPORT_TIMEOUT_S",), _parse_float, _positive, "seconds, e.g. 3"
+        ("ASYNCWATCH_EXPORT_TIMEOUT_S",),
+        _parse_float,
+        _seconds(0.1, 600, example=3),
+        "seconds from 0.1 to 600, e.g. 3",
     ),
     "memory_attribution": _Setting(
         ("ASYNCWATCH_MEMORY_ATTRIBUTION",), _parse_flag, _is_bool, "1 or 0"
     ),
     "memory_interval_s": _Setting(
-        ("ASYNCWATCH_MEMORY_INTERVAL_S",), _parse_float, _positive, "seconds, e.g. 30"
+        ("ASYNCWATCH_MEMORY_INTERVAL_S",),
+        _parse_float,
+        _seconds(0.1, 86_400, example=30),
+        "seconds from 0.1 to 86400, e.g. 30",
     ),
     "http_excluded_paths": _Setting(
         ("ASYNCWATCH_HTTP_EXCLUDED_PATHS",),
@@ -274,7 +317,7 @@ _SETTINGS: dict[str, _Setting] = {
         "comma-separated regular expressions",
     ),
     "http_max_routes": _Setting(
-        ("ASYNCWATCH_HTTP_MAX_ROUTES",), _parse_int, _at_least(1), "whole number >= 1"
+        ("ASYNCWATCH_HTTP_MAX_ROUTES",), _parse_int, _whole(1, 100_000), "whole number 1-100000"
     ),
     "http_spans": _Setting(("ASYNCWATCH_HTTP_SPANS",), _parse_flag, _is_bool, "1 or 0"),
     "http_metrics_path": _Setting(
@@ -285,11 +328,11 @@ _SETTINGS: dict[str, _Setting] = {
     ),
     "asgi_auto": _Setting(("ASYNCWATCH_ASGI_AUTO",), _parse_flag, _is_bool, "1 or 0"),
     "memory_frames": _Setting(
-        ("ASYNCWATCH_MEMORY_FRAMES",), _parse_int, _at_least(1), "whole number >= 1"
+        ("ASYNCWATCH_MEMORY_FRAMES",), _parse_int, _whole(1, 65_535), "whole number 1-65535"
     ),
     "console": _Setting(("ASYNCWATCH_CONSOLE",), _parse_flag, _is_bool, "1 or 0"),
     "console_host": _Setting(
-        ("ASYNCWATCH_CONSOLE_HOST",), _parse_str, _is_str, "IPv4 address or localhost"
+        ("ASYNCWATCH_CONSOLE_HOST",), _parse_str, _ipv4_host, "IPv4 address or localhost"
     ),
     "console_port": _Setting(
         ("ASYNCWATCH_CONSOLE_PORT",), _parse_int, _listen_port, "port 1-65535"
@@ -315,10 +358,13 @@ _SETTINGS: dict[str, _Setting] = {
         ("ASYNCWATCH_CONSOLE_TASK_TRACING",), _parse_flag, _is_bool, "1 or 0"
     ),
     "profile_max_s": _Setting(
-        ("ASYNCWATCH_PROFILE_MAX_S",), _parse_float, _max_seconds, "seconds, up to 3600"
+        ("ASYNCWATCH_PROFILE_MAX_S",),
+        _parse_float,
+        _seconds(0.01, 3600, example=60),
+        "seconds from 0.01 to 3600",
     ),
     "profile_dir": _Setting(
-        ("ASYNCWATCH_PROFILE_DIR",), _parse_str, _any_str, "directory path"
+        ("ASYNCWATCH_PROFILE_DIR",), _parse_str, _any_str, "existing writable directory"
     ),
     "loop_watch": _Setting(("ASYNCWATCH_LOOP_WATCH",), _parse_flag, _is_bool, "1 or 0"),
     "block_threshold_s": _Setting(
@@ -328,34 +374,50 @@ _SETTINGS: dict[str, _Setting] = {
         ("ASYNCWATCH_PRECISE_CALLBACKS",), _parse_flag, _is_bool, "1 or 0"
     ),
     "max_culprits": _Setting(
-        ("ASYNCWATCH_MAX_CULPRITS",), _parse_int, _at_least(1), "whole number >= 1"
+        ("ASYNCWATCH_MAX_CULPRITS",), _parse_int, _whole(1, 100_000), "whole number 1-100000"
     ),
     "deadlock_detection": _Setting(
         ("ASYNCWATCH_DEADLOCK_DETECTION",), _parse_flag, _is_bool, "1 or 0"
     ),
     "deadlock_interval_s": _Setting(
-        ("ASYNCWATCH_DEADLOCK_INTERVAL_S",), _parse_float, _positive, "seconds, e.g. 5"
+        ("ASYNCWATCH_DEADLOCK_INTERVAL_S",),
+        _parse_float,
+        _seconds(0.01, 86_400, example=5),
+        "seconds from 0.01 to 86400, e.g. 5",
     ),
     "stuck_task_after_s": _Setting(
-        ("ASYNCWATCH_STUCK_TASK_AFTER_S",), _parse_float, _positive, "seconds, e.g. 60"
+        ("ASYNCWATCH_STUCK_TASK_AFTER_S",),
+        _parse_float,
+        _seconds(0.001, 604_800, example=60),
+        "seconds from 0.001 to 604800 (a week), e.g. 60",
     ),
     "idle_coroutines": _Setting(
         ("ASYNCWATCH_IDLE_COROUTINES",), _parse_list, _str_tuple, "comma-separated globs"
     ),
     "advisor": _Setting(("ASYNCWATCH_ADVISOR",), _parse_flag, _is_bool, "1 or 0"),
     "advisor_interval_s": _Setting(
-        ("ASYNCWATCH_ADVISOR_INTERVAL_S",), _parse_float, _positive, "seconds, e.g. 30"
+        ("ASYNCWATCH_ADVISOR_INTERVAL_S",),
+        _parse_float,
+        _seconds(0.01, 86_400, example=30),
+        "seconds from 0.01 to 86400, e.g. 30",
     ),
     "advisor_window_s": _Setting(
-        ("ASYNCWATCH_ADVISOR_WINDOW_S",), _parse_float, _positive, "seconds, e.g. 60"
+        ("ASYNCWATCH_ADVISOR_WINDOW_S",),
+        _parse_float,
+        _seconds(0.01, 86_400, example=60),
+        "seconds from 0.01 to 86400, e.g. 60",
     ),
     "advisor_batch_budget_s": _Setting(
-        ("ASYNCWATCH_ADVISOR_BATCH_BUDGET_S",), _parse_float, _positive, "seconds, e.g. 1"
+        ("ASYNCWATCH_ADVISOR_BATCH_BUDGET_S",),
+        _parse_float,
+        _seconds(0.0001, 3600, example=1),
+        "seconds from 0.0001 to 3600, e.g. 1",
     ),
     "advisor_max_threads": _Setting(
-        ("ASYNCWATCH_ADVISOR_MAX_THREADS",), _parse_int, _at_least(1), "whole number >= 1"
+        ("ASYNCWATCH_ADVISOR_MAX_THREADS",), _parse_int, _whole(1, 10_000), "whole number 1-10000"
     ),
     "advisor_gather": _Setting(("ASYNCWATCH_ADVISOR_GATHER",), _parse_flag, _is_bool, "1 or 0"),
+    "require": _Setting(("ASYNCWATCH_REQUIRE",), _parse_flag, _is_bool, "1 or 0"),
     "lazy_start": _Setting(("ASYNCWATCH_LAZY_START",), _parse_flag, _is_bool, "1 or 0"),
     "raise_errors": _Setting(("ASYNCWATCH_RAISE",), _parse_flag, _is_bool, "1 or 0"),
 }
@@ -493,6 +555,10 @@ class Config:
     advisor_gather: bool = True
     """Record the size and duration of ``asyncio.gather`` fan-outs (wraps ``asyncio.gather``
     while installed)."""
+    require: bool = False
+    """Under ``asyncwatch run``: a Python process that cannot be observed (its interpreter
+    cannot import asyncwatch, or install() fails) stops with exit code 2 instead of running
+    unobserved with a warning. Implied by ``raise_errors``."""
     lazy_start: bool = False
     """Start exporters when the first event loop is instrumented (set by ``asyncwatch run``)."""
     raise_errors: bool = False
@@ -511,6 +577,12 @@ class Config:
                 "address: the console can cancel tasks and may run code, so it listens on "
                 "127.0.0.1 unless you also set console_allow_remote=True "
                 "(ASYNCWATCH_CONSOLE_ALLOW_REMOTE=1)"
+            )
+        if self.prometheus_port + self.prometheus_port_span > 65535:
+            raise ConfigError(
+                f"prometheus_port_span={self.prometheus_port_span} "
+                "(ASYNCWATCH_PROMETHEUS_PORT_SPAN): prometheus_port + prometheus_port_span "
+                f"= {self.prometheus_port + self.prometheus_port_span}, beyond port 65535"
             )
 
     @classmethod
@@ -568,8 +640,109 @@ class Config:
         return exporter in chosen and "none" not in chosen
 
 
+def check_environment(config: Config, env: Mapping[str, str] | None = None) -> None:
+    """The checks that depend on this machine and on the SDK's ``OTEL_*`` variables.
+
+    ``install()`` runs them before it starts anything (``asyncwatch run`` too, before the
+    command starts), so a value that would only fail later (a host name that does not resolve,
+    a missing profile folder, an export interval the SDK would ignore) is refused up front
+    with the setting named.
+    """
+    env = os.environ if env is None else env
+    if config.uses("prometheus") and config.enabled:
+        host = config.prometheus_host
+        try:
+            socket.getaddrinfo(host, config.prometheus_port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise ConfigError(
+                f"prometheus_host={host!r} ({_source('prometheus_host', env)}): does not "
+                f"resolve ({exc})"
+            ) from None
+    if config.profile_dir and not (
+        os.path.isdir(config.profile_dir) and os.access(config.profile_dir, os.W_OK | os.X_OK)
+    ):
+        raise ConfigError(
+            f"profile_dir={config.profile_dir!r} ({_source('profile_dir', env)}): not a writable "
+            "directory (create it first, or leave it empty for a temporary folder)"
+        )
+    periodic = any(config.uses(kind) for kind in ("otlp", "console"))
+    spans = "none" not in config.traces_exporters
+    otlp = config.uses("otlp") or config.uses("otlp", signal="traces")
+    checks: list[tuple[str, bool, float, float, str]] = [
+        # variable, read by what asyncwatch builds, low, high, unit
+        ("OTEL_METRIC_EXPORT_INTERVAL", periodic, 10, 86_400_000, "milliseconds"),
+        ("OTEL_BSP_SCHEDULE_DELAY", spans, 1, 86_400_000, "milliseconds"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", spans, 1, 10_000_000, "spans"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", spans, 1, 10_000_000, "spans"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", otlp, 0.001, 3600, "seconds"),
+        ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", otlp, 0.001, 3600, "seconds"),
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", otlp, 0.001, 3600, "seconds"),
+    ]
+    values: dict[str, float] = {}
+    for variable, used, low, high, unit in checks:
+        raw = env.get(variable)
+        if not used or raw is None or raw.strip() == "":
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        whole = unit == "spans" or variable.startswith("OTEL_BSP")
+        if not low <= value <= high or (whole and not value.is_integer()):
+            kind = "a whole number" if whole else "a number"
+            raise ConfigError(
+                f"{variable}={raw!r}: must be {kind} of {unit} from {low:g} to {high:g}"
+            )
+        values[variable] = value
+    batch = values.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
+    queue = values.get("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+    if spans and batch > queue:
+        raise ConfigError(
+            f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE={batch:g} must not exceed "
+            f"OTEL_BSP_MAX_QUEUE_SIZE={queue:g}"
+        )
+    if otlp:
+        for variable in (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ):
+            raw = env.get(variable)
+            if raw and (problem := _endpoint_problem(raw.strip(), config.otlp_protocol)):
+                raise ConfigError(f"{variable}={raw!r}: {problem}")
+        raw = env.get("OTEL_EXPORTER_OTLP_COMPRESSION")
+        if raw and raw.strip().lower() not in ("gzip", "deflate", "none"):
+            raise ConfigError(
+                f"OTEL_EXPORTER_OTLP_COMPRESSION={raw!r}: must be gzip, deflate or none"
+            )
+
+
+def _source(name: str, env: Mapping[str, str]) -> str:
+    """The variable that set ``name`` (the first one present), else its own variable."""
+    variables = _SETTINGS[name].env
+    return next((v for v in variables if (env.get(v) or "").strip()), variables[0])
+
+
+def _endpoint_problem(url: str, protocol: str) -> str | None:
+    try:
+        parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if "://" not in url and protocol != "grpc":
+        return "must be a URL such as http://localhost:4318"
+    if parsed.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    try:
+        parsed.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return "has an invalid port"
+    if not parsed.hostname:
+        return "names no host"
+    return None
+
+
 # Variables read by other modules (the CLI, extensions) that are still asyncwatch's own.
-_OTHER_KNOWN_VARIABLES: set[str] = {"ASYNCWATCH_BOOTSTRAP"}
+_OTHER_KNOWN_VARIABLES: set[str] = {"ASYNCWATCH_BOOTSTRAP", "ASYNCWATCH_BOOTSTRAP_WARNED"}
 
 
 def _normalise(name: str, value: Any) -> Any:
@@ -590,6 +763,19 @@ def _normalise(name: str, value: Any) -> Any:
     if name == "timed_per_s" and value == "all":
         return math.inf
     return value
+
+
+def raw_problem(name: str, raw: str) -> str | None:
+    """What is wrong with ``raw`` as the text of setting ``name`` (None: nothing)."""
+    setting = _SETTINGS[name]
+    if raw.strip() == "":
+        return None
+    try:
+        value = setting.parse(raw)
+    except ValueError as exc:
+        return str(exc)
+    problem = setting.check(value)
+    return None if problem is None else f"{problem} (accepted: {setting.form})"
 
 
 def settings_reference() -> list[tuple[str, str, str, str]]:

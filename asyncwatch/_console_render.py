@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import sys
+import sysconfig
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -13,6 +15,21 @@ from ._stats import CoroutineStats, Stats, _ms
 def _short(text: str, width: int) -> str:
     """Cut from the left, in ASCII (telnet clients disagree about encodings)."""
     return text if len(text) <= width else ".." + text[-(width - 2) :]
+
+
+_LIBRARY_DIRS = tuple(
+    {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+
+
+def _is_library(name: str) -> bool:
+    """Whether coroutine ``name`` comes from the standard library or an installed package
+    (judged by where its top-level module was loaded from)."""
+    module = sys.modules.get(name.split(".", 1)[0])
+    path = getattr(module, "__file__", None) if module is not None else None
+    if path is None:
+        return name.split(".", 1)[0] in sys.stdlib_module_names
+    return path.startswith(_LIBRARY_DIRS) or "site-packages" in path
 
 
 def _rate_of(before: Stats | None, now: Stats, dt: float) -> dict[str, float | None]:
@@ -34,10 +51,16 @@ def render_top(
         if sort == "name":
             return c.name
         if sort == "rate":
-            return rates.get(c.name) or 0.0
-        if sort in ("p50", "p95", "p99"):
-            return getattr(c.duration, sort) or 0.0
-        return getattr(c, sort)
+            main: Any = rates.get(c.name) or 0.0
+        elif sort in ("p50", "p95", "p99"):
+            main = getattr(c.duration, sort) or 0.0
+        else:
+            main = getattr(c, sort)
+        # Ties (typically many long-lived coroutines at 0 created/s) used to keep first-seen
+        # order, so a server library's coroutines started before the app's pushed the app's
+        # own out of `top -n 5`: break them by tasks in flight, then the app's code before
+        # libraries', then tasks created.
+        return (main, c.in_flight, not _is_library(c.name), c.created)
 
     rows = sorted(now.coroutines.values(), key=key, reverse=sort != "name")[:limit]
     head = (

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import sys
@@ -65,8 +66,49 @@ class DropCounter:
             yield n.EXPORT_DROPPED, {n.SIGNAL: signal, n.REASON: reason}, count, self.started_ns
 
 
+class _ExporterLogFilter(logging.Filter):
+    """Keeps the SDK exporters' per-attempt warnings out of the log when they come from
+    asyncwatch's export threads (a dead endpoint made hundreds of lines), remembering the last
+    one per thread so the ExportGuard's single "failing" line can say why. Records from any
+    other thread (the app's own exporters) pass untouched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: dict[str, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.threadName or ""
+        if not name.startswith(_EXPORT_THREAD):
+            return True
+        with contextlib.suppress(Exception):
+            self.last[name] = record.getMessage()
+        return False
+
+    def attach(self) -> None:
+        """Filter every exporter logger that exists now (call after importing exporters)."""
+        for name, item in list(logging.Logger.manager.loggerDict.items()):
+            if (
+                isinstance(item, logging.Logger)
+                and name.startswith("opentelemetry.exporter.otlp")
+                and self not in item.filters
+            ):
+                item.addFilter(self)
+
+    # No detach on uninstall: an export abandoned after its deadline can still be retrying on
+    # its thread and log after shutdown. Left on a logger, the filter passes every record but
+    # those of asyncwatch's own export threads.
+
+
+_EXPORT_THREAD = "asyncwatch-export-"
+exporter_log_filter = _ExporterLogFilter()
+
+
 class ExportGuard:
-    """Runs one export at a time on a worker thread and gives up on it after a deadline."""
+    """Runs one export at a time on a worker thread and gives up on it after a deadline.
+
+    It also keeps the log quiet about a dead or failing endpoint: one warning when exports
+    start failing (with the reason), one when they recover; every drop is counted in between.
+    """
 
     def __init__(self, signal: str, timeout_s: float, drops: DropCounter) -> None:
         self.signal = signal
@@ -74,35 +116,68 @@ class ExportGuard:
         self.drops = drops
         self._lock = threading.Lock()
         self._busy = False
+        self.failing = False
+        self.failed_exports = 0
+        self.thread_name = f"{_EXPORT_THREAD}{signal}"
 
     def call(self, fn: Callable[[], Any], items: int, *, reason_prefix: str = "") -> Any:
         """``fn()``'s result, or None if it was skipped, failed or overran (then counted)."""
         with self._lock:
             if self._busy:
                 self.drops.add(self.signal, reason_prefix + "busy", items)
+                self.last_problem = "the previous export is still running"
                 return None
             self._busy = True
         outcome: list[Any] = [None]
+        error: list[BaseException | None] = [None]
         finished = threading.Event()
 
         def work() -> None:
             try:
                 outcome[0] = fn()
-            except Exception:
+            except Exception as exc:
                 logger.debug("asyncwatch: %s export failed", self.signal, exc_info=True)
                 outcome[0] = None
+                error[0] = exc
             finally:
                 with self._lock:
                     self._busy = False
                 finished.set()
 
-        threading.Thread(target=work, name=f"asyncwatch-export-{self.signal}", daemon=True).start()
+        threading.Thread(target=work, name=self.thread_name, daemon=True).start()
         if not finished.wait(self.timeout_s):
             self.drops.add(self.signal, reason_prefix + "timeout", items)
+            self.last_problem = f"no answer within {self.timeout_s:g} s"
             return None
         if outcome[0] is None:
             self.drops.add(self.signal, reason_prefix + "error", items)
+            self.last_problem = repr(error[0]) if error[0] is not None else "no result"
         return outcome[0]
+
+    last_problem = ""
+
+    def note(self, ok: bool) -> None:
+        """Record how an export went; log only when that changes (failing <-> recovered)."""
+        if ok:
+            if self.failing:
+                self.failing = False
+                logger.warning(
+                    "asyncwatch: %s exports recovered after %d failed export(s)",
+                    self.signal,
+                    self.failed_exports,
+                )
+            self.failed_exports = 0
+            return
+        self.failed_exports += 1
+        if not self.failing:
+            self.failing = True
+            why = exporter_log_filter.last.pop(self.thread_name, None) or self.last_problem
+            logger.warning(
+                "asyncwatch: %s exports are failing (%s); what cannot be sent is counted in "
+                "asyncwatch.export.dropped, and one line follows when they recover",
+                self.signal,
+                why or "the exporter reported a failure",
+            )
 
 
 class GuardedMetricExporter(MetricExporter):
@@ -124,6 +199,7 @@ class GuardedMetricExporter(MetricExporter):
         result = self.guard.call(
             lambda: self.inner.export(metrics_data, timeout_millis=limit, **kwargs), 1
         )
+        self.guard.note(result is MetricExportResult.SUCCESS)
         if result is MetricExportResult.SUCCESS:
             return result
         if result is MetricExportResult.FAILURE:
@@ -151,6 +227,7 @@ class GuardedSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Export in the guard; FAILURE (counted) if the exporter is slow or down."""
         result = self.guard.call(lambda: self.inner.export(spans), len(spans))
+        self.guard.note(result is SpanExportResult.SUCCESS)
         if result is SpanExportResult.SUCCESS:
             return result
         if result is SpanExportResult.FAILURE:
@@ -186,6 +263,10 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         super().on_end(span)
 
 
+# uninstall(timeout_s=...) is kept within these (inf: "as long as it takes", up to an hour)
+_MIN_SHUTDOWN_S, _MAX_SHUTDOWN_S = 0.01, 3600.0
+
+
 def _run_with_deadline(fn: Callable[[], Any], seconds: float, what: str) -> bool:
     """Run ``fn`` on a daemon thread; True if it finished within ``seconds``."""
     worker = threading.Thread(target=fn, name=f"asyncwatch-{what}", daemon=True)
@@ -203,6 +284,8 @@ def _need(module: str, extra: str, setting: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
+        if extra == "otlp-grpc":
+            setting += " with otlp_protocol=grpc"
         raise ConfigError(f"{setting} needs `pip install asyncwatch[{extra}]` ({module})") from None
 
 
@@ -289,11 +372,11 @@ class Telemetry:
         protocol = self.config.otlp_protocol.replace("/", "_")
         for exporter in self.config.metrics_exporters:
             if exporter == "otlp":
-                _need(_OTLP_MODULES[protocol][0], "otlp", "metrics exporter otlp")
+                _need(_OTLP_MODULES[protocol][0], _OTLP_EXTRA[protocol], "metrics exporter otlp")
             if exporter == "prometheus":
                 _need("opentelemetry.exporter.prometheus", "all", "metrics exporter prometheus")
         if "otlp" in self.config.traces_exporters:
-            _need(_OTLP_MODULES[protocol][1], "otlp", "traces exporter otlp")
+            _need(_OTLP_MODULES[protocol][1], _OTLP_EXTRA[protocol], "traces exporter otlp")
         if "none" not in self.config.traces_exporters:
             _check_batch_settings()
 
@@ -356,6 +439,7 @@ class Telemetry:
             if exporter in chosen:
                 guard = ExportGuard("metrics", self.config.export_timeout_s, self.drops)
                 inner = self._metric_exporter(exporter)
+                exporter_log_filter.attach()
                 readers.append(
                     PeriodicExportingMetricReader(
                         GuardedMetricExporter(inner, guard),
@@ -370,7 +454,7 @@ class Telemetry:
 
             return ConsoleMetricExporter()
         protocol = self.config.otlp_protocol.replace("/", "_")
-        module = _need(_OTLP_MODULES[protocol][0], "otlp", "metrics exporter otlp")
+        module = _need(_OTLP_MODULES[protocol][0], _OTLP_EXTRA[protocol], "metrics exporter otlp")
         exporter: MetricExporter = module.OTLPMetricExporter()
         return exporter
 
@@ -387,8 +471,11 @@ class Telemetry:
                 inner = ConsoleSpanExporter()
             else:
                 protocol = self.config.otlp_protocol.replace("/", "_")
-                module = _need(_OTLP_MODULES[protocol][1], "otlp", "traces exporter otlp")
+                module = _need(
+                    _OTLP_MODULES[protocol][1], _OTLP_EXTRA[protocol], "traces exporter otlp"
+                )
                 inner = module.OTLPSpanExporter()
+                exporter_log_filter.attach()
             guard = ExportGuard("traces", self.config.export_timeout_s, self.drops)
             processors.append(
                 CountingBatchSpanProcessor(
@@ -510,6 +597,10 @@ class Telemetry:
             return
         self.started = False
         deadline = timeout_s if timeout_s is not None else self.config.export_timeout_s
+        if math.isnan(deadline) or deadline < 0:
+            deadline = self.config.export_timeout_s
+        # inf would overflow the thread APIs; 0 makes the SDK's shutdown raise
+        deadline = min(max(deadline, _MIN_SHUTDOWN_S), _MAX_SHUTDOWN_S)
         if not at_exit:
             self._unwrap_readers()
         self.prometheus_registry = None
@@ -541,9 +632,13 @@ class Telemetry:
 
             def stop_all() -> None:
                 for stop in stops:
-                    stop()
+                    try:
+                        stop()
+                    except Exception:  # e.g. the SDK's "deadline already exceeded"
+                        logger.debug("asyncwatch: telemetry shutdown step failed", exc_info=True)
 
             _run_with_deadline(stop_all, deadline, "telemetry shutdown")
+        exporter_log_filter.last.clear()
 
     def _unwrap_readers(self) -> None:
         for reader, collect, original in self._wrapped_readers:
@@ -566,6 +661,9 @@ class Telemetry:
         self._own_meter_provider = self._own_tracer_provider = False
         self.started = False
 
+
+# the extra that brings each protocol's exporter (asyncwatch[all] has both)
+_OTLP_EXTRA = {"http_protobuf": "otlp", "grpc": "otlp-grpc"}
 
 _OTLP_MODULES = {
     "http_protobuf": (

@@ -14,7 +14,7 @@ from typing import Any
 from . import _names as n
 from . import _recorder
 from ._advisor import Advisor
-from ._config import Config
+from ._config import Config, check_environment
 from ._deadlock import DeadlockDetector
 from ._export import MetricsBridge, Point, ProcessSampler, task_points
 from ._faults import Faults
@@ -92,10 +92,22 @@ class Watch:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        """Check the configuration, start exporters (unless lazy) and hook the loops."""
+        """Check the configuration, start exporters (unless lazy) and hook the loops.
+
+        If anything fails, what was already started is stopped again before the error
+        propagates: a refused install() leaves no thread, port or patch behind.
+        """
+        check_environment(self.config)
         self.telemetry.check()
         if self.console is not None:
             self.console.check()
+        try:
+            self._start()
+        except BaseException:
+            self.stop(self.config.export_timeout_s)
+            raise
+
+    def _start(self) -> None:
         if not self.config.enabled:
             logger.info("asyncwatch: disabled by configuration (ASYNCWATCH_ENABLED=0)")
             return

@@ -15,7 +15,9 @@ What it does, so each panel has something to show:
 * a short-lived allocation-heavy coroutine (``build_report``) for the per-coroutine memory panel
   (``ASYNCWATCH_MEMORY_ATTRIBUTION=1``);
 * one task that waits forever on an ``asyncio.Event`` nobody sets (``wait_for_approval``):
-  a stuck task for the diagnosis dashboard;
+  a stuck task for the diagnosis dashboard, reported after 10 s here
+  (``ASYNCWATCH_STUCK_TASK_AFTER_S`` overrides that; scans every second,
+  ``ASYNCWATCH_DEADLOCK_INTERVAL_S``);
 * HTTP traffic for the HTTP dashboard: a Starlette app with ``AsyncWatchMiddleware``, served
   by uvicorn in this process on 127.0.0.1 (a free port), and a client loop calling it
   (``GET /orders/{order_id}`` runs ``handle_order``, so each request fans out into tasks;
@@ -86,8 +88,11 @@ async def load_legacy_config() -> None:
     read_config_file()
 
 
-async def wait_for_approval(approved: asyncio.Event) -> None:
-    await approved.wait()  # nobody ever sets it: a stuck task, on purpose
+async def wait_for_approval() -> None:
+    # Nobody ever sets it: a stuck task, on purpose. The event lives only in this coroutine:
+    # an event some other task still holds could be set by it, so it would not be stuck.
+    approved = asyncio.Event()
+    await approved.wait()
 
 
 def lookup_tax_rate(item: int) -> float:
@@ -104,8 +109,7 @@ async def tax_caller(pool: concurrent.futures.Executor, deadline: float) -> None
 
 
 async def run(seconds: float, pause: float) -> None:
-    approved = asyncio.Event()
-    stuck = asyncio.create_task(wait_for_approval(approved))
+    stuck = asyncio.create_task(wait_for_approval())
     deadline = time.monotonic() + seconds
     # too few threads for 6 callers of a blocking client: the advisor suggests more
     tax_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="tax-lookup")
@@ -226,6 +230,11 @@ def main() -> None:
         settings["advisor_interval_s"] = 2.0
     if "ASYNCWATCH_ADVISOR_WINDOW_S" not in os.environ:
         settings["advisor_window_s"] = 10.0
+    # and the stuck task reported within about 15 s rather than after the default 60 s
+    if "ASYNCWATCH_STUCK_TASK_AFTER_S" not in os.environ:
+        settings["stuck_task_after_s"] = 10.0
+    if "ASYNCWATCH_DEADLOCK_INTERVAL_S" not in os.environ:
+        settings["deadlock_interval_s"] = 1.0
     if args.inject_faults:
         os.environ["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] = (
             f"http://127.0.0.1:{_closed_port()}/v1/metrics"

@@ -184,7 +184,9 @@ async def main(seconds: float) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=45.0)
+    parser.add_argument(
+        "--seconds", type=float, default=45.0, help="how long to run (default: %(default)g s)"
+    )
     parser.add_argument("--forever", action="store_true")
     parser.add_argument("--port", type=int, default=PORT, help="the demo API's port")
     args = parser.parse_args()

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+import asyncwatch
 
 from .conftest import free_port, python_env
 
@@ -162,3 +166,112 @@ def test_config_command_shows_settings() -> None:
     assert result.returncode == 0, result.stderr
     line = next(row for row in result.stdout.splitlines() if " max_keys " in row)
     assert line.startswith("*") and "42" in line and "ASYNCWATCH_MAX_KEYS" in line
+
+
+def test_run_refused_setting_exits_non_zero_with_the_message(tmp_path: Path) -> None:
+    """A value that used to pass and fail later (issue 13.4: memory_frames above tracemalloc's
+    limit left the program running unobserved with exit code 0) stops `run` before CMD."""
+    marker = tmp_path / "started"
+    result = run_cli(
+        "run",
+        "--",
+        sys.executable,
+        "-c",
+        f"open({str(marker)!r}, 'w')",
+        env=python_env(ASYNCWATCH_MEMORY_ATTRIBUTION="1", ASYNCWATCH_MEMORY_FRAMES="70000"),
+    )
+    assert result.returncode == 2, result.stderr
+    assert "ASYNCWATCH_MEMORY_FRAMES='70000'" in result.stderr
+    assert not marker.exists()
+    # a value that needs the machine to check it is refused there too
+    missing = tmp_path / "no-such-folder"
+    result = run_cli(
+        "run",
+        "--set",
+        f"profile_dir={missing}",
+        "--",
+        sys.executable,
+        "-c",
+        f"open({str(marker)!r}, 'w')",
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"profile_dir={str(missing)!r} (ASYNCWATCH_PROFILE_DIR): not a writable" in result.stderr
+    assert not marker.exists()
+
+
+def test_run_reports_a_bad_set_value_under_its_set_name() -> None:
+    """--set max_keys=lots is reported as --set max_keys=..., not as ASYNCWATCH_MAX_KEYS."""
+    result = run_cli("run", "--set", "max_keys=lots", "--", sys.executable, "-c", "pass")
+    assert result.returncode == 2
+    assert "--set max_keys=lots: expected a whole number" in result.stderr
+    assert "ASYNCWATCH_MAX_KEYS" not in result.stderr
+    result = run_cli("run", "--port", "70000", "--", sys.executable, "-c", "pass")
+    assert result.returncode == 2
+    assert "--port '70000': must be a TCP port" in result.stderr
+
+
+def test_version_flag() -> None:
+    """`asyncwatch --version` prints the version."""
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"asyncwatch {asyncwatch.__version__}"
+
+
+def test_console_without_a_terminal_says_so() -> None:
+    """`asyncwatch console` with stdin not a terminal: a clear message, no traceback."""
+    with socket.socket() as listener:  # a real listening port, so the client gets that far
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        result = run_cli("console", "--port", str(port), stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert "needs a terminal" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real second interpreter: a fresh venv without asyncwatch."""
+    folder = tmp_path_factory.mktemp("bare-venv")
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120
+    )
+    python = folder / "bin" / "python"
+    assert subprocess.run([python, "-c", "import asyncwatch"], check=False).returncode != 0
+    return python
+
+
+_SPAWNS_ITSELF = (
+    "import subprocess, sys, asyncio; asyncio.run(asyncio.sleep(0));"
+    "subprocess.run([sys.executable, '-c', 'pass'], check=True); print('ran')"
+)
+
+
+def test_run_names_an_interpreter_that_cannot_import_asyncwatch(bare_python: Path) -> None:
+    """`python` on PATH is another interpreter: stderr says so once (not again for the
+    child it starts), naming the interpreter; the program still runs."""
+    env = python_env(PATH=f"{bare_python.parent}{os.pathsep}{os.environ['PATH']}")
+    result = run_cli("run", "--", "python", "-c", _SPAWNS_ITSELF, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ran"
+    lines = [line for line in result.stderr.splitlines() if line.startswith("asyncwatch:")]
+    assert len(lines) == 1, result.stderr
+    assert str(bare_python) in lines[0] and "runs unobserved" in lines[0]
+
+
+@pytest.mark.parametrize("strict", ["--require", "ASYNCWATCH_REQUIRE=1", "ASYNCWATCH_RAISE=1"])
+def test_run_strict_refuses_an_interpreter_without_asyncwatch(
+    bare_python: Path, strict: str, tmp_path: Path
+) -> None:
+    """Under --require / ASYNCWATCH_REQUIRE=1 / ASYNCWATCH_RAISE=1 the program does not run
+    unobserved: exit code 2 and the interpreter named."""
+    marker = tmp_path / "started"
+    extra = dict([strict.split("=")]) if "=" in strict else {}
+    flags = [strict] if strict.startswith("--") else []
+    env = python_env(**extra)
+    result = run_cli(
+        "run", *flags, "--", str(bare_python), "-c", f"open({str(marker)!r}, 'w')", env=env
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"cannot be imported by {bare_python}" in result.stderr
+    assert not marker.exists()

@@ -64,7 +64,7 @@ def test_otlp_endpoint_turns_traces_on() -> None:
     ("variable", "raw", "expected"),
     [
         ("ASYNCWATCH_MAX_KEYS", "many", "ASYNCWATCH_MAX_KEYS='many': expected a whole number"),
-        ("ASYNCWATCH_MAX_KEYS", "0", "ASYNCWATCH_MAX_KEYS='0': must be a whole number >= 1"),
+        ("ASYNCWATCH_MAX_KEYS", "0", "ASYNCWATCH_MAX_KEYS='0': must be a whole number from 1"),
         ("ASYNCWATCH_RAISE", "yes", "ASYNCWATCH_RAISE='yes': expected 1, 0, true or false"),
         (
             "ASYNCWATCH_PROMETHEUS_PORT",
@@ -73,7 +73,7 @@ def test_otlp_endpoint_turns_traces_on() -> None:
         ),
         ("ASYNCWATCH_TASK_SPAN_RATIO", "2", "ASYNCWATCH_TASK_SPAN_RATIO='2': must be a fraction"),
         ("OTEL_METRICS_EXPORTER", "zipkin", "OTEL_METRICS_EXPORTER='zipkin': must name exporters"),
-        ("ASYNCWATCH_TIMED_PER_S", "-1", "ASYNCWATCH_TIMED_PER_S='-1': must be a positive number"),
+        ("ASYNCWATCH_TIMED_PER_S", "-1", "ASYNCWATCH_TIMED_PER_S='-1': must be tasks per second"),
     ],
 )
 def test_bad_variable_is_named(variable: str, raw: str, expected: str) -> None:
@@ -94,7 +94,7 @@ def test_unknown_variable_is_a_typo() -> None:
 
 def test_bad_keyword_is_named() -> None:
     """A bad keyword argument names the argument and the accepted form."""
-    with pytest.raises(ConfigError, match=r"Config\(max_keys=0\): must be a whole number >= 1"):
+    with pytest.raises(ConfigError, match=r"Config\(max_keys=0\): must be a whole number from 1"):
         Config(max_keys=0)
 
 

@@ -535,3 +535,36 @@ def test_run_console_flag_serves_an_unmodified_script(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     row = next(line for line in top.splitlines() if "__main__.work" in line)
     assert row.split()[3] == "25"  # created
+
+
+async def _library_first_app(app: AppThread) -> None:
+    # A library's long-lived coroutine starts first (like a server's serve loop), then the
+    # app's own parked workers and a busy ticker.
+    library = asyncio.create_task(asyncio.Event().wait())
+    release = asyncio.Event()
+    workers = [asyncio.create_task(parked(release)) for _ in range(4)]
+    app.ready.set()
+    while not app.stop.is_set():
+        await asyncio.gather(ticker(), ticker())
+        await asyncio.sleep(0.005)
+    release.set()
+    library.cancel()
+    await asyncio.gather(library, *workers, return_exceptions=True)
+
+
+def test_top_n_keeps_the_apps_own_coroutines(console: dict[str, int]) -> None:
+    """Issue 14.9: `top -n 2` (sorted by created/s) shows the busy ticker and the app's 4
+    parked workers, not the library coroutine that merely started first (rows at 0 created/s
+    used to keep first-seen order)."""
+    client = (  # from another process, as a user would: no telnet client tasks in the app
+        "import sys; from tests.console_client import run_commands;"
+        f"print(run_commands({console['console_port']}, ['top -n 2 -i 0.3'])[0])"
+    )
+    with AppThread(_library_first_app):
+        done = subprocess.run(
+            [sys.executable, "-c", client], cwd=Path(__file__).resolve().parent.parent,
+            env=python_env(), capture_output=True, text=True, timeout=60, check=True,
+        )
+    top = done.stdout
+    rows = [line.split()[0] for line in top.splitlines()[3:] if line.strip()]
+    assert rows == [f"{HERE}.ticker", f"{HERE}.parked"], top

@@ -33,3 +33,16 @@ def test_demo_names_the_blocking_line_its_route_and_serves_http() -> None:
     assert re.search(r"GET\s+/reports/\{name\}\s+\d+ requests", out), out
     for section in ("=== findings", "=== advice", "=== tasks"):
         assert section in out, out
+
+
+def test_demo_script_states_the_demo_length() -> None:
+    """scripts/demo's comment and README say how long the demo runs: the length it runs."""
+    help_text = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py"), "--help"],
+        cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    match = re.search(r"default: ([\d.]+) s", help_text)
+    assert match, help_text
+    seconds = match.group(1)
+    assert f"runs for {seconds} seconds" in (ROOT / "scripts" / "demo").read_text()
+    assert f"for {seconds} s" in (ROOT / "README.md").read_text()

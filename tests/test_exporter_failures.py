@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import textwrap
@@ -169,3 +170,44 @@ def test_inconsistent_batch_settings_fail_at_install(monkeypatch: pytest.MonkeyP
     ):
         asyncwatch.install(metrics_exporters=("none",), traces_exporters=("console",))
     assert asyncwatch.current() is None
+
+
+def test_a_dead_endpoint_logs_one_line_and_one_on_recovery(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14.8: a closed port gives one "failing" line per signal (not the SDK's line per
+    attempt), the drops are counted, and one "recovered" line once a real receiver appears."""
+    port = closed_port()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "50")
+    caplog.set_level(logging.INFO)
+    watch = asyncwatch.install(metrics_exporters=("otlp",), export_timeout_s=2)
+
+    async def job() -> None:
+        await asyncio.sleep(0)
+
+    asyncio.run(job())
+    wait_for(lambda: sum(watch.drops.counts.values()) >= 8, what="8 failed exports")
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+    assert len(lines()) == 1, lines()
+    assert lines()[0].startswith("asyncwatch: metrics exports are failing (")
+    assert str(port) in lines()[0]  # the reason, from the exporter's own (suppressed) line
+    with OtlpReceiver(port) as receiver:
+        wait_for(lambda: receiver.metric_names, what="an export to arrive")
+        wait_for(lambda: len(lines()) == 2, what="the recovery line")
+        assert lines()[1].startswith("asyncwatch: metrics exports recovered after ")
+        asyncwatch.uninstall(timeout_s=2)
+    # whatever the shutdown adds, none of it is the SDK's per-attempt lines
+    assert all(r.name == "asyncwatch" for r in caplog.records if r.levelno >= logging.WARNING)
+
+
+def test_the_apps_own_exporter_logs_are_left_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """Only records from asyncwatch's export threads are held back."""
+    from opentelemetry.exporter.otlp.proto.http import metric_exporter
+
+    asyncwatch.install(metrics_exporters=("otlp",), export_timeout_s=1)
+    logging.getLogger(metric_exporter.__name__).warning("the app's own exporter speaks")
+    assert "the app's own exporter speaks" in caplog.text
