@@ -123,7 +123,10 @@ class DeadlockDetector:
         self.clock = clock
         self.wall = wall
         self.active = False
-        self._states: weakref.WeakKeyDictionary[Any, LoopState] = weakref.WeakKeyDictionary()
+        # loop -> its state, both weakly: the state is owned by the loop (see _schedule).
+        self._states: weakref.WeakKeyDictionary[Any, weakref.ref[LoopState]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.deadlocks_found = 0
         self.stuck_found = 0
         self.scan_seconds = 0.0
@@ -148,18 +151,20 @@ class DeadlockDetector:
             self._schedule(loop, state, self.interval_s)
 
     def _schedule(self, loop: Any, state: LoopState, delay: float) -> None:
+        """The pending scan's handle holds the state, and the loop holds the handle: what the
+        scanner remembers (futures, which reference their loop) is owned by the loop and is
+        freed with it, closed or just dropped. A closed loop takes no timer: its state goes."""
         try:
-            state.handle = loop.call_later(delay, self._tick, weakref.ref(loop))
+            state.handle = loop.call_later(delay, self._tick, weakref.ref(loop), state)
         except RuntimeError:  # closed loop
             state.handle = None
 
-    def _tick(self, loop_ref: Any) -> None:
+    def _tick(self, loop_ref: Any, state: LoopState) -> None:
         loop = loop_ref()
         if loop is None or not self.active:
             return
-        state = self._state(loop)
         state.handle = None
-        self._step(loop, state, self._steps(loop), 0.0)
+        self._step(loop, state, self._steps(loop, state=state), 0.0)
 
     def _step(self, loop: Any, state: LoopState, steps: Iterator[None], spent: float) -> None:
         """Run one slice of a timed scan; the next slice runs after whatever the loop has
@@ -176,8 +181,9 @@ class DeadlockDetector:
                 return
         spent += time.perf_counter() - began
         if not done:
-            loop.call_soon(self._step, loop, state, steps, spent)
+            state.handle = loop.call_soon(self._step, loop, state, steps, spent)
             return
+        state.handle = None
         self.last_scan_s = spent
         self.scan_seconds += spent
         self._schedule(loop, state, max(self.interval_s, spent / MAX_SHARE))
@@ -185,7 +191,10 @@ class DeadlockDetector:
     def stop(self) -> None:
         """Stop scanning; cancel pending scans. Idempotent."""
         self.active = False
-        for loop, state in list(self._states.items()):
+        for loop, ref in list(self._states.items()):
+            state = ref()
+            if state is None:
+                continue
             state.seen = {}
             handle, state.handle = state.handle, None
             if handle is None or loop.is_closed():
@@ -206,9 +215,11 @@ class DeadlockDetector:
         self.scan_seconds = 0.0
 
     def _state(self, loop: Any) -> LoopState:
-        state = self._states.get(loop)
+        ref = self._states.get(loop)
+        state = ref() if ref is not None else None
         if state is None:
-            state = self._states[loop] = LoopState()
+            state = LoopState()
+            self._states[loop] = weakref.ref(state)
         return state
 
     # ------------------------------------------------------------------ metrics
@@ -219,11 +230,14 @@ class DeadlockDetector:
         deadlocked = stuck = 0
         for _ in range(3):
             try:
-                states = list(self._states.values())
+                refs = list(self._states.values())
                 break
             except RuntimeError:  # a loop was added meanwhile
-                states = []
-        for state in states:
+                refs = []
+        for ref in refs:
+            state = ref()
+            if state is None:
+                continue
             deadlocked += state.deadlocked
             stuck += state.stuck
         yield n.DEADLOCKS, {}, self.deadlocks_found, start
@@ -241,8 +255,12 @@ class DeadlockDetector:
             loop = asyncio.get_running_loop()
         began = time.perf_counter()
         out: list[DeadlockFinding | StuckTaskFinding] = []
+        state = self._state(loop)
+        if state.handle is None and self.active:
+            self._schedule(loop, state, self.interval_s)  # owned by the loop from now on
+        # (Otherwise nothing keeps the state: an inactive detector's scans start afresh.)
         try:
-            for _ in self._steps(loop, out):
+            for _ in self._steps(loop, out, state=state):
                 pass
             return out
         finally:
@@ -250,10 +268,11 @@ class DeadlockDetector:
             self.last_scan_s = spent
             self.scan_seconds += spent
 
-    def _steps(self, loop: Any,
-               out: list[DeadlockFinding | StuckTaskFinding] | None = None) -> Iterator[None]:
+    def _steps(self, loop: Any, out: list[DeadlockFinding | StuckTaskFinding] | None = None,
+               *, state: LoopState | None = None) -> Iterator[None]:
         """One scan, as a generator that yields between slices of ``SLICE`` tasks."""
-        state = self._state(loop)
+        if state is None:
+            state = self._state(loop)
         now = self.clock()
         current = asyncio.current_task(loop)
         tasks = tasks_of(loop)

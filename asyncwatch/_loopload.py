@@ -55,8 +55,11 @@ class _LoopMeter:
         self.loop_ref = weakref.ref(loop)
         self.idle_s = 0.0
         self.entered = 0.0  # perf_counter at entry of the select in progress (0: none)
-        self.selector: Any = None
-        self.wrapper: Any = None
+        # Both weakly: the selector references the loop (its keys hold the loop's handles),
+        # and the wrapper references the selector. The selector owns the wrapper, not us.
+        self.selector: Callable[[], Any] = _none
+        self.wrapper: Callable[[], Any] = _none
+        self.armed = False  # the wrapper was installed: idle time is measured
         self.thread_id: int | None = None
         self.cpu_clock: int | None = None
         self.samples: deque[LoadSample] = deque(maxlen=SAMPLES)
@@ -91,19 +94,21 @@ class _LoopMeter:
             selector.select = select
         except AttributeError:  # a selector with __slots__
             return
-        self.selector, self.wrapper = selector, select
+        self.selector, self.wrapper = weakref.ref(selector), weakref.ref(select)
+        self.armed = True
 
     def disarm(self) -> None:
-        selector, wrapper = self.selector, self.wrapper
-        self.selector = self.wrapper = None
-        if selector is not None and selector.__dict__.get("select") is wrapper:
+        selector, wrapper = self.selector(), self.wrapper()
+        self.selector = self.wrapper = _none
+        self.armed = False
+        if wrapper is not None and selector is not None and vars(selector).get("select") is wrapper:
             del selector.select
 
     def sample(self, now: float, lag_counts_of: Callable[[Any], Any] | None = None) -> None:
         loop = self.loop_ref()
         running = bool(loop is not None and not loop.is_closed() and loop.is_running())
         idle = -1.0
-        if self.wrapper is not None:
+        if self.armed:
             entered = self.entered
             idle = self.idle_s + (now - entered if entered else 0.0)
         cpu = -1.0
@@ -117,6 +122,10 @@ class _LoopMeter:
             counts = lag_counts_of(loop)
             lag = tuple(counts) if counts is not None else None
         self.samples.append(LoadSample(now, running, idle, cpu, lag))
+
+
+def _none() -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -162,7 +171,7 @@ class LoopLoad:
             meters = list(self._meters.items())
             self._meters = weakref.WeakKeyDictionary()
         for loop, meter in meters:
-            if meter.wrapper is None:
+            if meter.wrapper() is None:
                 continue
             try:
                 if loop.is_running() and meter.thread_id != threading.get_ident():

@@ -52,7 +52,11 @@ def _held_lock() -> threading.Lock:
 
 
 class _Heartbeat:
-    """The ``call_later`` chain on one loop (runs on the loop's thread)."""
+    """The ``call_later`` chain on one loop (runs on the loop's thread).
+
+    Its pending handle references the loop (every asyncio handle does), so the heartbeat
+    keeps it only weakly: the loop owns its timer, never the other way round, and a loop the
+    app lets go of is freed with its timer in it."""
 
     __slots__ = ("ctx", "finalizer", "handle", "loop_ref", "monitor", "owner", "stopped")
 
@@ -61,13 +65,13 @@ class _Heartbeat:
         self.monitor = monitor
         self.loop_ref = weakref.ref(loop)
         self.ctx = contextvars.Context()  # never the app's context: nothing of it leaks in
-        self.handle: Any = None
+        self.handle: Callable[[], Any] = _none  # weak reference to the pending handle
         self.stopped = False
         self.finalizer: Any = None
 
     def start(self, loop: Any) -> None:
         # First beat as soon as the loop runs; it records no lag (the monitor starts paused).
-        self.handle = loop.call_soon(self.run, context=self.ctx)
+        self.handle = weakref.ref(loop.call_soon(self.run, context=self.ctx))
 
     def run(self) -> None:
         if self.stopped:
@@ -92,7 +96,9 @@ class _Heartbeat:
             monitor.depth = depth
             resumed = monitor.paused
             monitor.beat()
-            self.handle = loop.call_later(monitor.interval_s, self.run, context=self.ctx)
+            self.handle = weakref.ref(
+                loop.call_later(monitor.interval_s, self.run, context=self.ctx)
+            )
             if resumed:
                 self.owner.kick()  # a loop (re)started: the watchdog may be in a long sleep
             if self.owner.thread is None:
@@ -104,7 +110,7 @@ class _Heartbeat:
         self.stopped = True
         if self.finalizer is not None:
             self.finalizer.detach()
-        handle, self.handle = self.handle, None
+        handle, self.handle = self.handle(), _none
         loop = self.loop_ref()
         if handle is None or loop is None or loop.is_closed():
             return
@@ -115,6 +121,10 @@ class _Heartbeat:
                 handle.cancel()
         except RuntimeError:  # closed meanwhile: nothing left to cancel
             pass
+
+
+def _none() -> None:
+    return None
 
 
 class _Info:
@@ -392,7 +402,9 @@ class LoopWatch:
         return sample
 
     def _loop_gone(self, key: int, monitor: LoopMonitor) -> None:
-        self._dead.append((key, monitor))  # runs inside GC: no lock, list.append is atomic
+        # Runs inside GC: no lock, list.append is atomic. The watchdog folds it at its next
+        # look (at most IDLE_POLL_S away), as it does a closed loop's.
+        self._dead.append((key, monitor))
 
     def _fold_dead(self) -> None:
         while self._dead:

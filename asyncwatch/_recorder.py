@@ -3,8 +3,9 @@
 Layout: one ``Shard`` per event loop (written only by that loop's thread, so the hot path
 needs no lock), holding one ``TaskStats`` per coroutine name. Readers merge the shards at
 collection time. Distinct names are capped (``max_keys``); later names share ``_OTHER``.
-A shard whose loop is gone is folded into ``retired`` so counters stay monotonic and memory
-stays flat however many loops an app creates.
+A shard whose loop is closed or gone is folded into ``retired`` right then (``retire``, from
+the loop's ``close`` or its finalizer), so counters stay monotonic and memory stays flat
+however many loops an app creates, whether or not anything reads the metrics.
 
 Timing is sampled: every task is counted (created, in flight, outcome), but only about
 ``timed_per_s`` tasks per second per coroutine are timed (schedule delay and run duration), each
@@ -373,7 +374,10 @@ class Recorder:
         self.timed_per_s = timed_per_s
         # span_for(key) -> 0..1, the fraction of that coroutine's tasks that get a span
         self._span_for = span_for or (lambda key: 0.0)
-        self._lock = threading.RLock()
+        # Not reentrant: ``retire`` may run inside the garbage collector on a thread that is
+        # in the middle of a read, and must then leave the fold to the next taker of the lock.
+        # (Typed wider only for Watch's after-fork renewal, which keeps the kind it finds.)
+        self._lock: threading.Lock | threading.RLock = threading.Lock()
         self._keys: dict[str, int] = {}  # key -> first-seen time (ns since epoch)
         self._strides: dict[str, float] = {}
         self._shards: list[Shard] = []
@@ -388,12 +392,20 @@ class Recorder:
         """A shard for a newly instrumented loop."""
         shard = Shard(self, label)
         with self._lock:
+            self._fold_dead()
             self._shards.append(shard)
         return shard
 
     def retire(self, shard: Shard) -> None:
-        """Called when a shard's loop is gone; folded at the next read (any thread)."""
-        self._dead.append(shard)  # list.append is atomic; no lock here (may run inside GC)
+        """The shard's loop was closed or collected (any thread, possibly inside the garbage
+        collector): fold it now, or, when the lock is taken (maybe by this very thread,
+        interrupted), leave it to whoever takes the lock next (a read or a new loop)."""
+        self._dead.append(shard)  # list.append is atomic
+        if self._lock.acquire(blocking=False):
+            try:
+                self._fold_dead()
+            finally:
+                self._lock.release()
 
     def admit(self, key: str) -> str:
         """Register a coroutine name, or return ``_OTHER`` once the cap is reached."""
@@ -444,14 +456,13 @@ class Recorder:
     def snapshot(self) -> dict[str, KeySnapshot]:
         """Merged per-coroutine figures from every loop, live and retired."""
         now = clock()
+        out: dict[str, KeySnapshot] = {}
         with self._lock:
             self._fold_dead()
             shards = list(self._shards)
             first_seen = dict(self._keys)
-            retired = list(self._retired.stats.items())
-        out: dict[str, KeySnapshot] = {}
-        for key, s in retired:
-            out.setdefault(key, KeySnapshot()).add(s, live=False)
+            for key, s in self._retired.stats.items():  # written by folds: read under the lock
+                out.setdefault(key, KeySnapshot()).add(s, live=False)
         for shard in shards:
             for key, s in list(shard.stats.items()):
                 s.retune(now)

@@ -85,7 +85,10 @@ class Graph:
 
 
 class LoopState:
-    __slots__ = ("cycles", "deadlocked", "handle", "reported", "seen", "stuck")
+    """What the scanner keeps for one loop. Its futures and handle reference the loop, so the
+    loop owns it (through the pending scan's handle) and the detector keeps it only weakly."""
+
+    __slots__ = ("__weakref__", "cycles", "deadlocked", "handle", "reported", "seen", "stuck")
 
     def __init__(self) -> None:
         self.seen: dict[int, Seen] = {}

@@ -4,7 +4,13 @@ How a loop gets instrumented:
 
 * ``install()`` patches the constructors of ``asyncio.BaseEventLoop`` (every stdlib loop) and
   ``uvloop.Loop`` so each loop made afterwards gets a ``LoopHook`` as its task factory, and
-  instruments the running loop (or the thread's current loop) at once.
+  instruments the running loop (or the thread's current loop) at once. The constructor only
+  sets the factory: everything that schedules on the loop (heartbeat, deadlock scans, load
+  meter: ``on_loop``) starts when the loop first runs (``run_forever``, which every way of
+  running a loop goes through), never while a subclass's ``__init__`` is still unfinished.
+* ``close`` is patched too: a closed loop's figures are folded at once, and when a loop is
+  collected unclosed its shard is retired by a finalizer. Nothing here holds a
+  loop: the hooks are kept by weak key and reference the loop only weakly.
 * ``set_task_factory``/``get_task_factory`` are patched on the same classes: a factory the app
   sets later becomes the hook's ``inner`` (chained, still observed), and ``get_task_factory``
   reports the app's own factory, never ours, so code that chains to "the previous factory"
@@ -127,6 +133,7 @@ class LoopHook:
         "__weakref__",
         "_ctx",
         "active",
+        "attached",
         "by_code",
         "factory",
         "inner",
@@ -141,6 +148,7 @@ class LoopHook:
         self.shard = shard
         self.by_code = shard.by_code  # the same dict, one attribute hop closer
         self.active = True  # False once uninstalled or switched off after repeated faults
+        self.attached = False  # on_loop ran (the loop has run since it was instrumented)
         self.inner = inner
         self.inner_takes_context = _takes_context(inner)
         # Empty context the mark callbacks run in: one per loop (a Context may be entered by
@@ -332,12 +340,15 @@ class TaskWatcher:
         *,
         tracer: Callable[[], Any],
         on_loop: Callable[[Any], None] | None = None,
+        skip_thread: Callable[[], bool] | None = None,
     ) -> None:
         self.recorder = recorder
         self.faults = faults
         self.tracer = tracer
         self.active = False
         self._on_loop = on_loop
+        # True on a thread whose new loops are asyncwatch's own (the console's): not hooked.
+        self._skip_thread = skip_thread
         self._hooks: weakref.WeakKeyDictionary[Any, tuple[LoopHook, Any]] = (
             weakref.WeakKeyDictionary()
         )
@@ -367,11 +378,14 @@ class TaskWatcher:
     def instrument_current(self) -> None:
         """Instrument the running loop, or this thread's set-but-not-running loop."""
         loop = asyncio.events._get_running_loop()
+        running = loop is not None
         if loop is None:
             local = getattr(asyncio.get_event_loop_policy(), "_local", None)
             loop = getattr(local, "_loop", None)
         if loop is not None and not loop.is_closed():
             self.instrument(loop)
+            if running:
+                self.attach(loop)
 
     def switch_off(self) -> None:
         """Let every hook pass tasks straight through (after repeated internal errors)."""
@@ -425,9 +439,27 @@ class TaskWatcher:
         finalizer = weakref.finalize(loop, self.recorder.retire, shard)
         finalizer.atexit = False
         self._hooks[loop] = (hook, finalizer)
+        return hook
+
+    def attach(self, loop: Any) -> None:
+        """The loop runs: start what schedules on it (``on_loop``), once per loop. Nothing
+        does before this, so a loop subclass is never touched while it is being built."""
+        entry = self._hooks.get(loop)
+        if entry is None or entry[0].attached or not self.active:
+            return
+        entry[0].attached = True
         if self._on_loop is not None:
             self._on_loop(loop)
-        return hook
+
+    def closed(self, loop: Any) -> None:
+        """The loop was closed: fold its figures now (its finalizer has nothing left to do).
+        May run inside the garbage collector (an unclosed loop's ``__del__`` closes it)."""
+        entry = self._hooks.get(loop)
+        if entry is None:
+            return
+        hook, finalizer = entry
+        if finalizer.detach() is not None:
+            self.recorder.retire(hook.shard)
 
     # ------------------------------------------------------------------ class patches
 
@@ -442,15 +474,36 @@ class TaskWatcher:
         original_init = cls.__dict__.get("__init__") or getattr(cls, "__init__")  # noqa: B009
         original_get = cls.get_task_factory  # type: ignore[attr-defined]
         original_set = cls.set_task_factory  # type: ignore[attr-defined]
+        original_run = cls.run_forever  # type: ignore[attr-defined]
+        original_close = cls.close  # type: ignore[attr-defined]
         self._originals[cls] = (original_get, original_set)
 
         def __init__(loop: Any, *args: Any, **kwargs: Any) -> None:
             original_init(loop, *args, **kwargs)
             if watcher.active:
                 try:
-                    watcher.instrument(loop)
+                    skip = watcher._skip_thread
+                    if skip is None or not skip():
+                        watcher.instrument(loop)  # sets the factory only: see attach()
                 except Exception as exc:
                     watcher.faults.report("loop_init", exc)
+
+        def run_forever(loop: Any) -> Any:
+            if watcher.active:
+                try:
+                    watcher.attach(loop)
+                except Exception as exc:
+                    watcher.faults.report("loop_run", exc)
+            return original_run(loop)
+
+        def close(loop: Any) -> Any:
+            result = original_close(loop)
+            if watcher.active and loop.is_closed():
+                try:
+                    watcher.closed(loop)
+                except Exception as exc:
+                    watcher.faults.report("loop_close", exc)
+            return result
 
         def get_task_factory(loop: Any) -> Any:
             factory = original_get(loop)
@@ -472,6 +525,8 @@ class TaskWatcher:
             ("__init__", __init__),
             ("get_task_factory", get_task_factory),
             ("set_task_factory", set_task_factory),
+            ("run_forever", run_forever),
+            ("close", close),
         ):
             fn.__qualname__ = f"{cls.__qualname__}.{name}"
             fn.__doc__ = getattr(cls, name).__doc__

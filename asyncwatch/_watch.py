@@ -78,16 +78,19 @@ class Watch:
         self.bridge.add_source("deadlock", self.deadlocks.points)
         self.advisor = Advisor(config, self.faults, self.primitives, self.loops)
         self.bridge.add_source("advice", self.advisor.points)
-        self.tasks = TaskWatcher(
-            self.recorder, self.faults, tracer=self.telemetry.tracer, on_loop=self._on_loop
-        )
         self._memory: Any = None
         self._started_ns = self.recorder.started_ns
         self.console: Any = None
+        skip_thread = None
         if config.console and config.enabled:
-            from ._console import Console
+            from ._console import Console, is_console_thread
 
             self.console = Console(self)
+            skip_thread = is_console_thread  # the console's own loop is left alone
+        self.tasks = TaskWatcher(
+            self.recorder, self.faults, tracer=self.telemetry.tracer, on_loop=self._on_loop,
+            skip_thread=skip_thread,
+        )
 
     # ---------------------------------------------------------------- lifecycle
 

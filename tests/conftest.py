@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 _ORIGINAL_INIT = asyncio.BaseEventLoop.__init__
 _ORIGINAL_GET = asyncio.BaseEventLoop.get_task_factory
 _ORIGINAL_SET = asyncio.BaseEventLoop.set_task_factory
+_ORIGINAL_RUN = asyncio.BaseEventLoop.run_forever
+_ORIGINAL_CLOSE = asyncio.BaseEventLoop.close
 _PRIMITIVES = (asyncio.Lock, asyncio.Semaphore, asyncio.BoundedSemaphore, asyncio.Condition,
                asyncio.Event, asyncio.Queue)
 _ORIGINAL_PRIMITIVES = {cls: dict(vars(cls)) for cls in _PRIMITIVES}
@@ -35,6 +37,8 @@ def _no_leftovers() -> Iterator[None]:
     assert asyncio.BaseEventLoop.__init__ is _ORIGINAL_INIT
     assert asyncio.BaseEventLoop.get_task_factory is _ORIGINAL_GET
     assert asyncio.BaseEventLoop.set_task_factory is _ORIGINAL_SET
+    assert asyncio.BaseEventLoop.run_forever is _ORIGINAL_RUN
+    assert asyncio.BaseEventLoop.close is _ORIGINAL_CLOSE
     for cls, attributes in _ORIGINAL_PRIMITIVES.items():
         now = vars(cls)
         assert now.keys() == attributes.keys(), cls
