@@ -144,7 +144,7 @@ class BatchProbe:
         getframe = sys._getframe
         gather_code = inspect.unwrap(asyncio.tasks.gather).__code__
 
-        class Observed(original):  # type: ignore[valid-type,misc]
+        class Observed(original):  # type: ignore[misc]
             __slots__ = ("_asyncwatch_batch",)  # not in the future's __dict__
 
             def __init__(self, children: Any, *args: Any, **kwargs: Any) -> None:
