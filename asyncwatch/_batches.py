@@ -6,11 +6,19 @@
   the callable getting the function's arguments and returning the size. Batches that raise
   are not recorded (a failure's duration says nothing about the batch's cost). Without
   asyncwatch installed both are no-ops.
-* While installed, ``asyncio.gather`` (the module attribute, which is what ``asyncio.gather``
-  resolves to at call time) is wrapped: a gather of 2 or more awaitables records its size and
-  time to completion under its call site (``file:line in function``). Code that bound
-  ``gather`` to a name of its own before ``install()`` is not seen. Uninstall puts back the
-  original if ours is still in place.
+* While installed, a gather of 2 or more awaitables records its size and time to completion
+  under its call site (``file:line in function``). ``asyncio.gather`` itself is not replaced
+  (a wrapper shows: its code, its frame in tracebacks, a done-callback on the outer future
+  that costs the loop a callback and shows in the future's repr, identity for code that bound
+  ``gather`` earlier; CPython's gather tests see them). Instead gather's outer future is
+  observed: ``asyncio.tasks._GatheringFuture``, which ``gather`` looks up at each call, is a
+  subclass of the original (same name and module, so ``isinstance`` and the repr are
+  unchanged) whose ``__init__`` notes the size, the call site and the time, and whose
+  ``set_result`` records the batch after the original's (so cancelled and failed gathers are
+  not recorded, and nothing is added to the future: no callback, no attribute in its
+  ``__dict__``, the exception's "never retrieved" state untouched). Uninstall puts back the
+  original class if ours is still in place; futures created meanwhile keep working and stop
+  recording.
 
 Each site keeps its last ``RING`` batches (size, seconds, ended at) in fixed arrays. At most
 ``max_sites`` sites; later ones are not measured.
@@ -72,7 +80,7 @@ class BatchSite:
 
 
 class BatchProbe:
-    """Holds the batch sites and installs the ``gather`` wrapper."""
+    """Holds the batch sites and observes ``gather``'s outer futures."""
 
     def __init__(self, faults: Faults, *, max_sites: int = 100, gather: bool = True) -> None:
         self.faults = faults
@@ -114,57 +122,70 @@ class BatchProbe:
     # ------------------------------------------------------------------ gather
 
     def install(self) -> None:
-        """Wrap ``asyncio.gather``. Idempotent."""
+        """Observe gathers (see the module docstring). Idempotent."""
         self.active = True
         if self._patches or not self.watch_gather:
             return
-        original = asyncio.tasks.gather
-        wrapper = self._gather_wrapper(original)
-        self._patches.append(_Patch(asyncio.tasks, "gather", wrapper))  # type: ignore[arg-type]
-        if asyncio.gather is original:
-            self._patches.append(_Patch(asyncio, "gather", wrapper))  # type: ignore[arg-type]
+        original = getattr(asyncio.tasks, "_GatheringFuture", None)
+        if not (isinstance(original, type) and issubclass(original, asyncio.Future)):
+            return  # an asyncio we do not know: gathers are not measured
+        observed = self._observed_class(original)
+        self._patches.append(_Patch(asyncio.tasks, "_GatheringFuture", observed))  # type: ignore[arg-type]
 
     def uninstall(self) -> None:
-        """Put back ``asyncio.gather`` if still ours. Idempotent."""
+        """Put back ``asyncio.tasks._GatheringFuture`` if still ours. Idempotent."""
         self.active = False
         patches, self._patches = self._patches, []
         for patch in reversed(patches):
             patch.undo()
 
-    def _gather_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+    def _observed_class(self, original: type) -> type:
         probe = self
         getframe = sys._getframe
+        gather_code = inspect.unwrap(asyncio.tasks.gather).__code__
 
-        @functools.wraps(original)
-        def gather(*coros_or_futures: Any, return_exceptions: bool = False) -> Any:
-            outer = original(*coros_or_futures, return_exceptions=return_exceptions)
-            size = len(coros_or_futures)
-            if size < 2 or not probe.active:
-                return outer
-            try:
-                frame = getframe(1)
-                key = (frame.f_code, frame.f_lasti)
-                site = probe._sites.get(key)
-                if site is None:
-                    site = probe.site(key, lambda: _describe(frame), explicit=False)
+        class Observed(original):  # type: ignore[misc]
+            __slots__ = ("_asyncwatch_batch",)  # not in the future's __dict__
+
+            def __init__(self, children: Any, *args: Any, **kwargs: Any) -> None:
+                super().__init__(children, *args, **kwargs)
+                self._asyncwatch_batch: tuple[BatchSite, int, float] | None = None
+                if not probe.active:
+                    return
+                try:
+                    size = len(children)
+                    if size < 2:
+                        return
+                    if getframe(1).f_code is not gather_code:
+                        return  # built by someone else than gather: no call site to name
+                    frame = getframe(2)
+                    key = (frame.f_code, frame.f_lasti)
+                    site = probe._sites.get(key)
                     if site is None:
-                        return outer
-                began = clock()
+                        site = probe.site(key, lambda: _describe(frame), explicit=False)
+                        if site is None:
+                            return
+                    self._asyncwatch_batch = (site, size, clock())
+                except Exception as exc:
+                    probe.fault(exc)
 
-                def done(fut: Any) -> None:
-                    if not fut.cancelled() and getattr(fut, "_exception", None) is None:
+            def set_result(self, result: Any) -> None:
+                super().set_result(result)
+                batch = self._asyncwatch_batch
+                if batch is not None and probe.active:
+                    try:
+                        site, size, began = batch
                         now = clock()
                         site.add(size, now - began, now)
+                    except Exception as exc:
+                        probe.fault(exc)
 
-                outer.add_done_callback(done)
-            except Exception as exc:
-                probe.fault(exc)
-            return outer
-
-        return gather
+        for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
+            setattr(Observed, attr, getattr(original, attr))
+        return Observed
 
     def fault(self, exc: BaseException) -> None:
-        """Internal error in the wrapper: counted; the gather is unaffected."""
+        """Internal error while observing a gather: counted; the gather is unaffected."""
         if self.faults.report("gather", exc):
             self.active = False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import fnmatch
 import gc
@@ -164,8 +165,13 @@ class Watch:
                     return  # the console's own loop: nothing to start for it
             except Exception as exc:
                 self._report("console", exc)
+        # A loop with a clock of its own (a virtual-time test loop such as CPython's TestLoop)
+        # gets no timer of ours: they would fire on its clock, not in real time, and such
+        # loops account for every timer scheduled on them.
+        timers = not virtual_clock(loop)
         try:
-            self.deadlocks.attach(loop)
+            if timers:
+                self.deadlocks.attach(loop)
         except Exception as exc:
             self._report("deadlock_attach", exc)
         try:
@@ -178,7 +184,8 @@ class Watch:
             except Exception as exc:
                 self._report("telemetry_start", exc)
         try:
-            self.loops.add_loop(loop)
+            if timers:
+                self.loops.add_loop(loop)
         except Exception as exc:
             self._report("loop_watch", exc)
 
@@ -259,6 +266,13 @@ class Watch:
     def __repr__(self) -> str:
         where = self.prometheus_url or "no embedded endpoint"
         return f"<asyncwatch.Watch loops={self.tasks.loop_count} metrics={where}>"
+
+
+def virtual_clock(loop: Any) -> bool:
+    """Does ``loop`` keep time on a clock of its own (``time()`` replaced on a stdlib loop)?"""
+    if not isinstance(loop, asyncio.BaseEventLoop):
+        return False  # uvloop and other loops in C: their own monotonic clock
+    return getattr(loop.time, "__func__", None) is not asyncio.BaseEventLoop.time
 
 
 # ---------------------------------------------------------------- the process-wide instance

@@ -24,6 +24,7 @@ from tests.conftest import collect, point, wait_for
 
 ORIGINAL_RUN_IN_EXECUTOR = asyncio.BaseEventLoop.run_in_executor
 ORIGINAL_GATHER = asyncio.gather
+ORIGINAL_GATHERING = asyncio.tasks._GatheringFuture  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -38,7 +39,8 @@ def advised(reader: InMemoryMetricReader) -> Iterator[asyncwatch.Watch]:
 
 
 def test_uninstall_restores_every_patch() -> None:
-    """run_in_executor, asyncio.gather and the loop's selector are the originals afterwards."""
+    """run_in_executor, gather's outer-future class and the loop's selector are the originals
+    afterwards (gather itself is never replaced)."""
     selectors: list[Any] = []
 
     async def main() -> None:
@@ -51,10 +53,12 @@ def test_uninstall_restores_every_patch() -> None:
 
     asyncwatch.install(metrics_exporters=("none",), raise_errors=True)
     assert asyncio.BaseEventLoop.run_in_executor is not ORIGINAL_RUN_IN_EXECUTOR
-    assert asyncio.gather is not ORIGINAL_GATHER
+    assert asyncio.tasks._GatheringFuture is not ORIGINAL_GATHERING  # type: ignore[attr-defined]
+    assert asyncio.gather is ORIGINAL_GATHER
     asyncio.run(main())
     assert asyncio.BaseEventLoop.run_in_executor is ORIGINAL_RUN_IN_EXECUTOR
     assert asyncio.gather is ORIGINAL_GATHER and asyncio.tasks.gather is ORIGINAL_GATHER
+    assert asyncio.tasks._GatheringFuture is ORIGINAL_GATHERING  # type: ignore[attr-defined]
     assert "select" not in vars(selectors[0])
 
 
@@ -63,6 +67,7 @@ def test_advisor_off_patches_nothing() -> None:
     asyncwatch.install(metrics_exporters=("none",), advisor=False)
     assert asyncio.BaseEventLoop.run_in_executor is ORIGINAL_RUN_IN_EXECUTOR
     assert asyncio.gather is ORIGINAL_GATHER
+    assert asyncio.tasks._GatheringFuture is ORIGINAL_GATHERING  # type: ignore[attr-defined]
     assert asyncwatch.advise() == []
 
 
