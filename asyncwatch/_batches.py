@@ -15,8 +15,8 @@
   subclass of the original (same name and module, so ``isinstance`` and the repr are
   unchanged) whose ``__init__`` notes the size, the call site and the time, and whose
   ``set_result`` records the batch after the original's (so cancelled and failed gathers are
-  not recorded, and nothing is added to the future: no callback, no attribute in its
-  ``__dict__``, the exception's "never retrieved" state untouched). Uninstall puts back the
+  not recorded, and nothing is added to the future but one slot of ours: no callback, no
+  loop callback, the exception's "never retrieved" state untouched). Uninstall puts back the
   original class if ours is still in place; futures created meanwhile keep working and stop
   recording.
 
@@ -145,7 +145,7 @@ class BatchProbe:
         gather_code = inspect.unwrap(asyncio.tasks.gather).__code__
 
         class Observed(original):  # type: ignore[misc]
-            __slots__ = ("_asyncwatch_batch",)  # not in the future's __dict__
+            __slots__ = ("_asyncwatch_batch",)
 
             def __init__(self, children: Any, *args: Any, **kwargs: Any) -> None:
                 super().__init__(children, *args, **kwargs)

@@ -157,3 +157,15 @@ def test_a_virtual_clock_loop_gets_no_timer(strict: asyncwatch.Watch) -> None:
         real.run_until_complete(asyncio.wait_for(beat(), 20))
     finally:
         real.close()
+
+
+def test_install_creates_no_event_loop_policy() -> None:
+    """install() with no policy yet leaves none (CPython's tests check that it is unchanged)."""
+    saved = asyncio.events._event_loop_policy  # type: ignore[attr-defined]
+    asyncio.events._event_loop_policy = None  # type: ignore[attr-defined]
+    try:
+        asyncwatch.install(metrics_exporters=("none",), raise_errors=True)
+        assert asyncio.events._event_loop_policy is None  # type: ignore[attr-defined]
+    finally:
+        asyncwatch.uninstall(timeout_s=2)
+        asyncio.events._event_loop_policy = saved  # type: ignore[attr-defined]
