@@ -31,10 +31,7 @@ BIN = Path(PYTHON).parent
 
 # Tests that fail under asyncwatch today because of a fix another branch brings; reported, not
 # failing the run. EMPTY THIS LIST once the branches are merged (each entry names its issue).
-EXPECTED_UNTIL_MERGE = {
-    # issue 13.1 (loops kept alive by the deadlock detector's and loop watch's timers)
-    "anyio::tests/test_to_thread.py::test_asyncio_run_does_not_leak_event_loop",
-}
+EXPECTED_UNTIL_MERGE: set[str] = set()
 
 CPYTHON_TESTS = [
     "test_asyncio.test_tasks", "test_asyncio.test_taskgroups", "test_asyncio.test_timeouts",
