@@ -447,8 +447,11 @@ class Recorder:
                 kept.peak = max(kept.peak, s.peak)
                 kept.cancelled += s.cancelled
                 kept.failed += s.failed
+                errors, cap = kept.errors, self.max_error_types
                 for kind, n in s.errors.items():
-                    kept.errors[kind] = kept.errors.get(kind, 0) + n
+                    # capped as one loop's are: the dead loops' types add up
+                    slot = kind if kind in errors or len(errors) < cap else _OverflowError
+                    errors[slot] = errors.get(slot, 0) + n
                 kept.duration.merge(s.duration)
                 kept.delay.merge(s.delay)
             shard.clear()
