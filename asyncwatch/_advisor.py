@@ -30,7 +30,7 @@ from ._config import Config
 from ._export import Point
 from ._faults import Faults
 from ._limits import LimitProbe, LimitStats
-from ._loopload import LoopLoad
+from ._loopload import SAMPLES, LoopLoad
 from ._models import (
     BatchFigures,
     LimitFigures,
@@ -91,7 +91,10 @@ class Advisor:
         self.executors = ExecutorProbe(faults)
         self.limits = LimitProbe()
         self.batches = BatchProbe(faults, gather=config.advisor_gather)
-        self.load = LoopLoad(faults, _lag_counts_of(loops))
+        # As many load samples as one window holds (each keeps the lag histogram's counts).
+        per_window = self.window_s / self.sample_s
+        keep = int(per_window) + 4 if per_window < SAMPLES else SAMPLES
+        self.load = LoopLoad(faults, _lag_counts_of(loops), keep=keep)
         self.active = False
         self._lock = threading.RLock()
         self._stop = threading.Event()

@@ -190,6 +190,9 @@ class LoopMonitor:
         self.episode: Episode | None = None
         self.looks = 0  # stack samples taken of this loop
         self._stretch = -1  # beats value of the busy stretch the last episode began in
+        # Late stretches the loop spent idle in its selector (its thread starved of CPU).
+        self.starved = 0
+        self._starved_stretch = -1
 
     # ---------------------------------------------------------------- loop thread
 
@@ -247,11 +250,15 @@ class LoopMonitor:
             self.paused = True
             return now + IDLE_POLL_S
         if episode is None and not self._busy(now):
+            if self.precise and not self.cb_start:
+                self._idle_but_late(now)  # no callback runs: late only if starved
             return self._next(now)
         sample = sampler(self)
         self.looks += 1
         if sample is None or sample.key is None:
             # Thread gone, or the loop is in its own machinery: nothing holds it.
+            if sample is not None and sample.idle:
+                self._idle_but_late(now)
             if episode is not None and not (self.precise and episode.reported):
                 self._end(episode, now)
             return now + s
@@ -285,6 +292,19 @@ class LoopMonitor:
         elif not episode.logged and held >= LONG_BLOCK_S:
             self.sink.still_blocked(self, episode, now)
         return now + s
+
+    def _idle_but_late(self, now: float) -> None:
+        """The beat is overdue while the loop waits in its selector: its thread did not get
+        the CPU to wake up. The process is starved, the loop is not blocked: counted (once
+        per late stretch) and said as such, never as a block."""
+        late = now - self.due
+        if late < self.threshold_s or self._starved_stretch == self.beats:
+            return
+        self._starved_stretch = self.beats
+        self.starved += 1
+        report = getattr(self.sink, "starved", None)
+        if report is not None:
+            report(self, late)
 
     def _busy(self, now: float) -> bool:
         if self.precise:

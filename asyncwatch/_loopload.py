@@ -14,7 +14,8 @@
   copy, so a window's p99 is read from the difference of two copies. No second heartbeat.
 
 ``sample()`` is called by the advisor's sampler thread about once a second; each loop keeps a
-ring of its last ``SAMPLES`` samples (wall, busy, thread CPU), so windows cost nothing extra.
+ring of its last ``keep`` samples (wall, busy, thread CPU, lag counts: about 1 KiB each), as
+many as the advisor's window needs (at most ``SAMPLES``), so windows cost nothing extra.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class LoadSample:
 class _LoopMeter:
     """Counters of one loop; the select wrapper runs on the loop's thread."""
 
-    def __init__(self, loop: Any) -> None:
+    def __init__(self, loop: Any, keep: int = SAMPLES) -> None:
         self.loop_ref = weakref.ref(loop)
         self.idle_s = 0.0
         self.entered = 0.0  # perf_counter at entry of the select in progress (0: none)
@@ -62,7 +63,7 @@ class _LoopMeter:
         self.armed = False  # the wrapper was installed: idle time is measured
         self.thread_id: int | None = None
         self.cpu_clock: int | None = None
-        self.samples: deque[LoadSample] = deque(maxlen=SAMPLES)
+        self.samples: deque[LoadSample] = deque(maxlen=keep)
         self.label = "event loop"
 
     def arm(self) -> None:
@@ -142,13 +143,15 @@ class LoopWindow:
 class LoopLoad:
     """Every instrumented loop's meter, plus process CPU samples."""
 
-    def __init__(self, faults: Faults, lag_counts_of: Callable[[Any], Any] | None = None):
+    def __init__(self, faults: Faults, lag_counts_of: Callable[[Any], Any] | None = None,
+                 keep: int = SAMPLES):
         self.faults = faults
+        self.keep = keep  # samples kept per loop (and of the process)
         self.lag_counts_of = lag_counts_of
         self.active = False
         self._meters: weakref.WeakKeyDictionary[Any, _LoopMeter] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
-        self.process: deque[tuple[float, float, float | None]] = deque(maxlen=SAMPLES)
+        self.process: deque[tuple[float, float, float | None]] = deque(maxlen=keep)
         self._psutil: Any = None
         self.cores = os.cpu_count() or 1
 
@@ -194,7 +197,7 @@ class LoopLoad:
         with self._lock:
             if loop in self._meters:
                 return
-            meter = self._meters[loop] = _LoopMeter(loop)
+            meter = self._meters[loop] = _LoopMeter(loop, self.keep)
 
         def arm() -> None:
             try:

@@ -477,6 +477,19 @@ class LoopWatch:
             episode.logged = True
             self._log(final)
 
+    def starved(self, monitor: LoopMonitor, late_s: float) -> None:
+        """The loop was idle in its selector yet ``late_s`` late: not a block (no finding,
+        no culprit); one rate-limited line says what it is."""
+        held = self.limiter.allow()
+        if held is None:
+            return
+        more = f", {held} similar lines held back" if held else ""
+        logger.warning(
+            "asyncwatch: event loop in thread %r was idle in its selector yet ran %.3f s "
+            "late: the process is short of CPU (not a blocked loop%s)",
+            monitor.thread_name, late_s, more,
+        )
+
     def _lookup(self, monitor: LoopMonitor, episode: Episode, sample: Sample | None) -> _Info:
         info = _Info()
         handle = episode.handle

@@ -96,12 +96,7 @@ class MemoryAttribution:
             self._memo.clear()
 
     def _codes(self) -> Iterable[tuple[Any, str]]:
-        shards = list(self.recorder._shards)
-        for shard in shards:
-            for code in list(shard.codes):
-                stats = shard.by_code.get(id(code))
-                if stats is not None:
-                    yield code, stats.key
+        return self.recorder.code_keys()  # dead loops' too: what they made may still live
 
     def _attribute(self, frames: Iterable[tuple[str, int]]) -> str | None:
         for spot in frames:  # most recent call first

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._blocked import LoopMonitor
+from ._stacks import CALLBACK_CODES
 
 Handle = asyncio.events.Handle
 ORIGINAL_RUN_CODE = Handle._run.__code__  # the stdlib's, whatever is patched over it later
@@ -55,6 +56,7 @@ def make_run(
                     fault("precise_callbacks", exc)
             monitor.cb_start = 0.0
 
+    CALLBACK_CODES.add(_run.__code__)  # the watchdog tells callbacks from the selector by it
     _run.__qualname__ = "Handle._run"
     _run.__doc__ = original.__doc__
     _run.__wrapped__ = original  # type: ignore[attr-defined]

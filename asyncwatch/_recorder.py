@@ -447,11 +447,41 @@ class Recorder:
                 kept.peak = max(kept.peak, s.peak)
                 kept.cancelled += s.cancelled
                 kept.failed += s.failed
+                errors, cap = kept.errors, self.max_error_types
                 for kind, n in s.errors.items():
-                    kept.errors[kind] = kept.errors.get(kind, 0) + n
+                    # capped as one loop's are: the dead loops' types add up
+                    slot = kind if kind in errors or len(errors) < cap else _OverflowError
+                    errors[slot] = errors.get(slot, 0) + n
                 kept.duration.merge(s.duration)
                 kept.delay.merge(s.delay)
+            self._keep_codes(shard)
             shard.clear()
+
+    def _keep_codes(self, shard: Shard) -> None:
+        """Which code object is which coroutine outlives the loop (memory attribution charges
+        what a dead loop's coroutines allocated): kept once, under the same cap as a shard's."""
+        retired = self._retired
+        room = 4 * self.max_keys - len(retired.codes)
+        for code in shard.codes:
+            if room <= 0:
+                return
+            stats = shard.by_code.get(id(code))
+            if stats is None or id(code) in retired.by_code:
+                continue
+            retired.by_code[id(code)] = retired.stats[stats.key]
+            retired.codes.append(code)
+            room -= 1
+
+    def code_keys(self) -> list[tuple[Any, str]]:
+        """(code object, coroutine name) of every coroutine seen, live loops and dead ones."""
+        out = []
+        with self._lock:
+            for shard in [*self._shards, self._retired]:
+                for code in shard.codes:
+                    stats = shard.by_code.get(id(code))
+                    if stats is not None:
+                        out.append((code, stats.key))
+        return out
 
     def snapshot(self) -> dict[str, KeySnapshot]:
         """Merged per-coroutine figures from every loop, live and retired."""

@@ -46,6 +46,9 @@ _STDLIB_DIRS = tuple(
 )
 _classes: dict[str, int] = {}
 _RUN_CODE = asyncio.events.Handle._run.__code__  # read before precise mode wraps it
+_RUN_ONCE_CODE = asyncio.base_events.BaseEventLoop._run_once.__code__  # type: ignore[attr-defined]
+# Frames that run one callback (asyncio's Handle._run; precise mode adds its wrapper's code).
+CALLBACK_CODES: set[Any] = {_RUN_CODE}
 
 
 def classify(filename: str) -> int:
@@ -80,6 +83,19 @@ class Sample:
     """Index in ``chain`` of the callback's first frame."""
     since: float | None = None
     """Exact start of the callback when known (precise mode)."""
+    idle: bool = False
+    """The loop is between callbacks, in its own ``_run_once``: waiting in its selector (or
+    handling the events it returned). Nothing of the app's holds it (``key`` is None)."""
+
+
+def between_callbacks(chain: list[FrameType]) -> bool:
+    """Whether a stdlib loop's innermost ``_run_once`` is running no callback: it waits in
+    its selector (however the selector's ``select`` is wrapped) or sorts out events and
+    timers. A selector used inside a callback is below a ``Handle._run``: not this."""
+    for i in range(len(chain) - 1, -1, -1):
+        if chain[i].f_code is _RUN_ONCE_CODE:
+            return not any(frame.f_code in CALLBACK_CODES for frame in chain[i + 1 :])
+    return False
 
 
 # CPython 3.11 can deadlock in sys._current_frames(): it holds the runtime's thread-list
@@ -122,6 +138,10 @@ def sample_thread(thread_id: int, depth: int) -> Sample | None:
         chain.append(frame)
         frame = frame.f_back
     chain.reverse()
+    if between_callbacks(chain):
+        # (Its stack can be as deep as a callback's when the selector is wrapped, as the
+        # advisor's load meter wraps it: never take the selector for a callback.)
+        return Sample(None, chain, depth, idle=True)
     if depth <= 0 or len(chain) <= depth:
         return Sample(None, chain, depth)
     return Sample((chain[depth - 1], chain[depth]), chain, depth)

@@ -610,3 +610,69 @@ def test_route_of_a_request_blocking_under_the_asgi_middleware(watch: asyncwatch
     assert finding.route == "/items/{item_id}"  # the template (Starlette drops the convertor)
     assert finding.culprit is not None and finding.culprit.lineno == line_of("sleep")
     assert finding.coroutine is not None and "run_asgi" in finding.coroutine
+
+
+# ---------------------------------------------------------------- idle in select is not blocked
+
+
+class StalledSelector:
+    """Wraps a loop's selector so that, once armed, the loop's thread stays inside
+    ``select()`` until released: what a loop thread starved of CPU looks like from outside
+    (the heartbeat's timer is due, the thread has not come back from its selector)."""
+
+    def __init__(self, selector: Any) -> None:
+        self.original = selector.select
+        self.armed = threading.Event()
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        selector.select = self.select
+
+    def select(self, timeout: float | None = None) -> Any:
+        if self.armed.is_set() and not self.released.is_set():
+            self.entered.set()
+            self.released.wait(30)  # the thread sits in its selector, idle
+        return self.original(timeout)
+
+
+@pytest.mark.parametrize("precise", [False, True])
+def test_a_loop_idle_in_its_selector_is_not_blocked(
+    precise: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Heartbeat late while the loop waits in select() (behind the advisor's own selector
+    wrapper, too): no blocked-loop finding and no culprit line, but the lateness is counted
+    as starvation and said in a log line that says it is not a block."""
+    watch = asyncwatch.install(
+        metrics_exporters=("none",), raise_errors=True, block_threshold_s=0.05,
+        precise_callbacks=precise,
+    )
+    stalled: list[StalledSelector] = []
+    loops: list[Any] = []
+    started = threading.Event()
+    done = threading.Event()
+
+    async def main() -> None:
+        await asyncio.sleep(0)  # the advisor's load meter wraps the selector first
+        loop = asyncio.get_running_loop()
+        stalled.append(StalledSelector(loop._selector))  # type: ignore[attr-defined]
+        loops.append(loop)
+        started.set()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+
+    with caplog.at_level(logging.WARNING, logger="asyncwatch"):
+        thread = start_loop(main)
+        try:
+            assert started.wait(30)
+            monitor = watch.loops.monitor_of(loops[0])
+            assert monitor is not None
+            stalled[0].armed.set()
+            assert stalled[0].entered.wait(30)
+            wait_for(lambda: monitor.starved >= 1, what="the late beat to be seen")
+        finally:
+            for s in stalled:
+                s.released.set()
+            done.set()
+            thread.join(30)
+    assert blocks() == []
+    assert watch.loops.culprits._slots == {}
+    assert "short of CPU (not a blocked loop" in caplog.text
