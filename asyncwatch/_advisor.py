@@ -337,8 +337,8 @@ class Advisor:
     # ------------------------------------------------------------------ advice
 
     def advise(self, *, sample: bool = True) -> list[Recommendation]:
-        """Recommendations now: changes first (largest expected gain first), then the data
-        still needed."""
+        """For each knob watched: changes first (largest expected gain first), then the data
+        still needed, then the knobs to leave as they are (with the reason)."""
         if sample:
             self.sample()
         now = clock()
@@ -358,7 +358,8 @@ class Advisor:
                 recs.extend(step())
             except Exception as exc:
                 self.faults.report(f"advisor:{name}", exc)
-        recs.sort(key=lambda r: (r.suggested is None, -(r.gain or 0.0), r.target))
+        order = {"advice": 0, "need_data": 1, "no_change": 2}
+        recs.sort(key=lambda r: (order[r.kind], -(r.gain or 0.0), r.target))
         self.last = tuple(recs)
         return recs
 
@@ -438,6 +439,11 @@ def render(recs: list[Recommendation], *, evidence: bool = True) -> str:
         return "no recommendations: nothing to change (or not enough traffic yet)"
     lines = []
     for rec in recs:
+        if rec.kind == "no_change":
+            lines.append(f"* {rec.target}\n    {rec.knob}: no change: {rec.reason}")
+            if evidence and rec.evidence:
+                lines.append(f"    evidence: {rec.evidence}")
+            continue
         if rec.suggested is None:
             lines.append(f"* {rec.target}\n    {rec.knob}: not enough data yet, need {rec.need}")
             if evidence and rec.evidence:

@@ -11,12 +11,17 @@ the decisions are tested with figures written by hand.
   under ~0.7 of one core, which caps the threads worth adding; CPU-bound Python work in a
   thread pool is pointed at a process pool instead (at most one worker per core). CPU-bound
   workers are never suggested beyond the number of cores.
-* Concurrency limits (``limit_advice``): throughput at each concurrency level, fitted with the
-  Universal Scalability Law; the limit moves towards the fitted peak when tasks queue for it,
-  but never beyond the demand seen nor more than 2x the highest level measured.
+* Concurrency limits (``limit_advice``): successful completions per second at each
+  concurrency level measured (levels within 2 % merged; failed holds are not throughput, and
+  longer holds count against a level through Little's law). The limit goes to the smallest
+  level measured within 5 % of the best one (medium or high confidence only when it measured
+  no worse than the level in force); beyond the levels measured, one step of at most 2x (or
+  half) at low confidence; a USL fit (Universal Scalability Law) that does not explain the
+  levels (R^2 < 0.8) gives the runs to make instead of a value.
 * Batches (``batch_advice``): batch time = overhead + per-item cost x n (+ a growth term when
   the data show one); the size with the most items per second under the latency budget,
-  never more than 4x the largest size measured (apply, measure, ask again).
+  never more than 2x the size in use beyond the sizes measured (apply, measure, ask
+  again); beyond the sizes measured the confidence is low.
 * The loop (``loop_advice``): busy >= 90 % of its running time: more processes.
 """
 
@@ -33,7 +38,8 @@ KNOBS = ("max_workers", "concurrency_limit", "batch_size", "processes")
 
 @dataclass(frozen=True)
 class Recommendation:
-    """One change the advisor suggests (or, with ``suggested=None``, the data it still needs).
+    """One knob the advisor watches: a change to make (``suggested``), the data it still
+    needs (``need``), or no change with the ``reason`` (see ``kind``).
 
     ``expected_gain`` and ``evidence`` are written for people; ``gain`` is the same expected
     gain as a ratio (e.g. 3.5 = 3.5x the throughput) for programs.
@@ -59,14 +65,21 @@ class Recommendation:
     model: str = ""
     """The model used (Little's law, USL, batch cost fit, loop saturation)."""
     need: str | None = None
-    """When ``suggested`` is None: the data still needed."""
+    """When ``suggested`` is None: the data still needed (the runs to make), or None when
+    nothing is to change (see ``reason``)."""
+    reason: str | None = None
+    """For a ``no_change`` entry: why the knob is where it should be."""
 
     @property
     def kind(self) -> str:
-        """``advice`` or ``need_data``."""
-        return "advice" if self.suggested is not None else "need_data"
+        """``advice`` (a value to set), ``need_data`` (runs to make) or ``no_change``."""
+        if self.suggested is not None:
+            return "advice"
+        return "need_data" if self.need is not None else "no_change"
 
     def __str__(self) -> str:
+        if self.suggested is None and self.need is None:
+            return f"{self.target}: {self.knob} - no change: {self.reason}"
         if self.suggested is None:
             return f"{self.target}: {self.knob} - not enough data yet, need {self.need}"
         now = "?" if self.current is None else str(self.current)
@@ -253,87 +266,196 @@ class LimitFigures:
     waiters: float  # mean tasks waiting while active
     done: int  # completions in the window
     max_level: int
+    failed: tuple[tuple[int, int], ...] = ()  # (concurrency, holds that failed) at it
+
+
+MERGE_LEVELS = 0.02  # levels this close (relative) are one level (a ramp, a drain)
+SHOW_LEVELS = 12  # levels listed in the evidence
+FIT_R2 = 0.8  # a fit explaining less than this is not acted on
+KNEE = 0.95  # the smallest level reaching this share of the best throughput is the best
+
+
+@dataclass(frozen=True)
+class Level:
+    """One measured concurrency level (levels within ``MERGE_LEVELS`` merged)."""
+
+    n: int
+    hold_s: float  # mean hold time
+    holds: int
+    failed: int
+
+    @property
+    def goodput(self) -> float:
+        """Successful completions per second at this level (Little's law)."""
+        ok = max(0, self.holds - self.failed)
+        return self.n * ok / (self.holds * self.hold_s) if self.holds and self.hold_s > 0 else 0.0
+
+
+def merge_levels(levels: tuple[tuple[int, float, int], ...],
+                 failed: tuple[tuple[int, int], ...] = ()) -> list[Level]:
+    """Levels in ascending order, those within ``MERGE_LEVELS`` of a group's first merged
+    (named by the level with the most holds)."""
+    fails = dict(failed)
+    groups: list[list[tuple[int, float, int, int]]] = []
+    for n, t, d in sorted(levels):
+        if d <= 0:
+            continue
+        row = (n, t, d, min(d, fails.get(n, 0)))
+        if groups and n <= groups[-1][0][0] * (1 + MERGE_LEVELS):
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    out = []
+    for g in groups:
+        holds = sum(r[2] for r in g)
+        name = max(g, key=lambda r: (r[2], r[0]))[0]
+        out.append(Level(name, sum(r[1] for r in g) / holds, holds, sum(r[3] for r in g)))
+    return out
+
+
+def _levels_text(levels: list[Level]) -> str:
+    """Every level (the ``SHOW_LEVELS`` with the most completions when there are more)."""
+    shown = sorted(sorted(levels, key=lambda lv: -lv.holds)[:SHOW_LEVELS], key=lambda lv: lv.n)
+    parts = []
+    for lv in shown:
+        part = f"{lv.n} at once: {rate(lv.goodput)}/s ({lv.holds} done"
+        if lv.failed:
+            part += f", {lv.failed / lv.holds:.0%} failed"
+        parts.append(part + f", {secs(lv.hold_s)} each)")
+    more = len(levels) - len(shown)
+    return "; ".join(parts) + (f"; and {more} more levels with fewer completions" if more else "")
+
+
+def _nearest(levels: list[Level], n: float) -> Level | None:
+    """The level nearest ``n`` (relative distance), if within 25 % of it."""
+    if not levels or n <= 0:
+        return None
+    best = min(levels, key=lambda lv: abs(math.log(lv.n / n)))
+    return best if abs(math.log(best.n / n)) <= math.log(1.25) else None
+
+
+def _limit_rec(f: LimitFigures, limit: int, **kw: object) -> Recommendation:
+    base: dict[str, object] = {
+        "target": f.label, "knob": "concurrency_limit", "current": limit, "suggested": None,
+        "expected_gain": "", "evidence": "", "confidence": "low",
+        "model": "measured levels + Universal Scalability Law"}
+    base.update(kw)
+    return Recommendation(**base)  # type: ignore[arg-type]
 
 
 def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Recommendation]:
-    """USL fit of throughput vs concurrency; see the module docstring."""
+    """Throughput measured at each concurrency level; see the module docstring.
+
+    Never a harmful step: a move to a level already measured is judged on its measured
+    throughput (medium or high confidence only when it did no worse); a move beyond the levels
+    measured is at most 2x (or half) the limit and only of low confidence; a fit that does
+    not explain the data gives the runs to make instead.
+    """
     limit = f.limit or f.max_level
     if limit <= 0 or f.active_s <= 0 or f.done <= 0:
         return []
-    binding = f.waiters >= max(0.5, 0.1 * f.holders)
-    if not binding:
-        return []
+    levels = merge_levels(f.levels, f.failed)
+    usable = [lv for lv in levels if lv.holds >= min_done and lv.hold_s > 0]
+    waiting = f.waiters >= max(0.5, 0.1 * f.holders)
+    full = waiting or f.holders >= 0.9 * limit  # every permit in use: the limit sets the pace
     demand = f.holders + f.waiters
-    usable = [(n, t, d) for n, t, d in f.levels if d >= min_done and t > 0]
-    seen = ", ".join(f"{n} ({d} done)" for n, _, d in sorted(f.levels)[-6:])
-    pressure = (f"{f.waiters:.1f} tasks waiting on average beside {f.holders:.1f} holders "
-                f"(limit {limit})")
-    if len(usable) < 3:
-        return [Recommendation(
-            f.label, "concurrency_limit", limit, None, "unknown yet", pressure + "; levels seen: "
-            + (seen or "none"), "low", model="Universal Scalability Law",
-            need=f"throughput at 3 or more concurrency levels with {min_done}+ completions each "
-            f"(have {len(usable)}); a while at another limit (e.g. {limit * 2} or "
-            f"{max(1, limit // 2)}) shows how the work scales")]
-    ns = [float(n) for n, _, _ in usable]
-    xs = [n * d / t for n, t, d in usable]  # Little's law: N / mean hold time
-    fit = fit_usl(ns, xs, [float(d) for _, _, d in usable])
-    if fit is None:
-        return []
-    top_seen = max(ns)
-    cap = min(demand, 2 * top_seen, max_limit)
-    peak = fit.peak
-    best = min(peak, cap)
-    table = ", ".join(f"{rate(x)}/s at {int(n)}" for n, x in list(zip(ns, xs, strict=True))[-6:])
-    curve = (f"throughput {table}; USL fit: contention {fit.sigma:.1%}, crosstalk "
-             f"{fit.kappa:.2%}, " + (f"peak at ~{peak:.0f}" if math.isfinite(peak)
-                                     else "no peak") + f" (R^2 {fit.r2:.2f})")
-    now_x = fit.throughput(limit)
-    if math.isfinite(best) and best > limit:
-        # the knee: the smallest limit reaching 95 % of what the best one would
-        top = fit.throughput(best)
-        knee = next((k for k in range(limit + 1, int(best) + 1)
-                     if fit.throughput(k) >= 0.95 * top), best)
-        best = float(knee)
-    if best > limit * 1.15:
-        target = nice(best)
-        gain = fit.throughput(target) / now_x
-        if gain < 1.15:
-            return []
-        inside = target <= top_seen
-        confidence = ("high" if inside and fit.r2 >= 0.9 else
-                      "medium" if fit.r2 >= 0.7 else "low")
-        return [Recommendation(
-            f.label, "concurrency_limit", limit, target,
-            f"about {gain:.1f}x the throughput ({rate(now_x)}/s -> ~{rate(now_x * gain)}/s), "
-            "less waiting for the limit",
-            f"{pressure}; {curve}", confidence, gain, "Universal Scalability Law")]
-    peak_gain = fit.throughput(round(peak)) / now_x if math.isfinite(peak) else 1.0
-    if math.isfinite(peak) and 1 <= peak < limit * 0.8 and peak_gain >= 1.1:
-        target = max(1, round(peak))
-        gain = peak_gain
-        return [Recommendation(
-            f.label, "concurrency_limit", limit, target,
-            f"about {gain:.2f}x the throughput: past ~{target} at once the work slows itself "
-            "down (contention)",
-            f"{pressure}; {curve}", "medium" if fit.r2 >= 0.8 else "low", gain,
-            "Universal Scalability Law")]
-    # Flat past some level (a rate limit downstream, a saturated service): fewer in flight
-    # give the same throughput, and each task holds the limit for less time.
-    knee = next((k for k in range(1, limit) if fit.throughput(k) >= 0.95 * now_x), limit)
-    if knee < 0.7 * limit and fit.throughput(knee) <= now_x * 1.1:
-        target = nice(knee)
-        held_now = limit / now_x
-        return [Recommendation(
-            f.label, "concurrency_limit", limit, target,
-            f"about the same throughput (~{rate(fit.throughput(target))}/s) with {limit - target}"
-            f" fewer in flight: each holds it ~{secs(target / fit.throughput(target))} instead "
-            f"of {secs(held_now)}",
-            f"{pressure}; {curve}; throughput stops growing past ~{target}: something "
-            "downstream (a rate limit, a saturated service) sets the pace",
-            "medium" if fit.r2 >= 0.8 and target <= top_seen else "low",
-            fit.throughput(target) / now_x, "Universal Scalability Law")]
-    return []
+    pressure = (f"{f.holders:.1f} tasks hold it on average (limit {limit})"
+                + (f", {f.waiters:.1f} more waiting" if waiting else ", none waiting"))
+    seen = "measured: " + (_levels_text(levels) or "nothing yet")
+    in_force = min(float(limit), demand) if not full else float(limit)
+    cur = _nearest(usable, in_force)
+    up, down = min(limit * 2, max_limit), max(1, limit // 2)
+    if cur is None:
+        return [_limit_rec(
+            f, limit, expected_gain="unknown yet", evidence=f"{pressure}; {seen}",
+            need=f"{min_done}+ completions at the limit in force ({limit}); keep it running")]
+    best = max(usable, key=lambda lv: lv.goodput)
+    knee = next(lv for lv in usable if lv.goodput >= KNEE * best.goodput)
+    cur_x = cur.goodput
+    detail = ""
+    fit = None
+    if len(usable) >= 3:
+        fit = fit_usl([float(lv.n) for lv in usable], [lv.goodput for lv in usable],
+                      [float(lv.holds) for lv in usable])
+        if fit is not None:
+            detail = (f"USL fit: contention {fit.sigma:.1%}, crosstalk {fit.kappa:.2%}, "
+                      + (f"peak at ~{fit.peak:.0f}" if math.isfinite(fit.peak) else "no peak")
+                      + f", R^2 {fit.r2:.2f}")
+    evidence = f"{pressure}; {seen}" + (f". Detail: {detail}" if detail else "")
+    # 1. A measured level does better (or as well with fewer in flight): go there.
+    if abs(knee.n - cur.n) > 0.15 * cur.n and (knee.n < cur.n or full):
+        target = knee.n
+        ratio = knee.goodput / cur_x if cur_x > 0 else math.inf
+        solid = min(knee.holds, cur.holds) >= 4 * min_done
+        confidence = ("high" if solid and ratio >= 1.1 else
+                      "medium" if ratio >= 1.0 else "low")
+        if knee.n < cur.n:
+            words = (f"about {ratio:.1f}x the throughput measured at {target} at once "
+                     f"({rate(cur_x)}/s -> ~{rate(knee.goodput)}/s)" if ratio >= 1.1 else
+                     f"about the same throughput (~{rate(knee.goodput)}/s) with {cur.n - target}"
+                     f" fewer in flight: each holds it ~{secs(knee.hold_s)} instead of "
+                     f"{secs(cur.hold_s)}")
+        else:
+            words = (f"about {ratio:.1f}x the throughput measured at {target} at once "
+                     f"({rate(cur_x)}/s -> ~{rate(knee.goodput)}/s)")
+        return [_limit_rec(
+            f, limit, suggested=target, expected_gain=words, confidence=confidence,
+            gain=ratio, evidence=f"{evidence}. {target} at once did best of the levels measured")]
+    top, bottom = usable[-1], usable[0]
+    if not full:
+        return [_limit_rec(
+            f, limit, expected_gain="no change", evidence=evidence, confidence="medium",
+            reason=f"the limit is not reached ({f.holders:.1f} of {limit} held on average)")]
+    if fit is not None and fit.r2 < FIT_R2:
+        runs = sorted({r for r in (up if waiting else limit, down) if r != limit})
+        return [_limit_rec(
+            f, limit, expected_gain="unknown yet", evidence=evidence,
+            need=("a while at a limit of " + " and at ".join(map(str, runs))
+                  + f": the throughput measured so far does not follow a clear curve "
+                  f"(R^2 {fit.r2:.2f})"))]
+    # 2. The current level is the best measured. Beyond the levels measured: one step of at
+    # most 2x in the direction the measurements point, low confidence (apply, ask again).
+    if cur is top and waiting and up > limit:
+        prev = usable[-2] if len(usable) >= 2 else None
+        if prev is None:
+            return [_limit_rec(
+                f, limit, expected_gain="unknown yet", evidence=evidence,
+                need=f"a while at a limit of {up} (and {down}): measured at one level only, "
+                "whether more at once helps is not known")]
+        target = int(min(up, max(limit + 1, math.ceil(demand))))
+        scaling = (cur_x / prev.goodput) / (cur.n / prev.n) if prev.goodput > 0 else 0.0
+        if fit is not None and fit.r2 >= FIT_R2:
+            predicted = fit.throughput(target) / max(fit.throughput(cur.n), 1e-12)
+        else:
+            predicted = 1 + scaling * (target / cur.n - 1)
+        gain = 1 + (predicted - 1) / 2  # conservative: half the predicted gain
+        if scaling >= 0.5 and gain >= 1.1 and target > limit * 1.15:
+            return [_limit_rec(
+                f, limit, suggested=target, confidence="low", gain=gain,
+                expected_gain=f"maybe {gain:.1f}x the throughput ({rate(cur_x)}/s -> "
+                f"~{rate(cur_x * gain)}/s), beyond the levels measured: apply it and ask again",
+                evidence=f"{evidence}. Throughput grew {scaling:.0%} as fast as the level from "
+                f"{prev.n} to {cur.n} at once")]
+    if cur is bottom and len(usable) >= 2 and down < limit:
+        nxt = usable[1]
+        if cur_x >= 1.05 * nxt.goodput:
+            target = max(down, 1)
+            return [_limit_rec(
+                f, limit, suggested=target, confidence="low", gain=1.0,
+                expected_gain=f"maybe more throughput than {rate(cur_x)}/s with fewer at once "
+                "(below the levels measured): apply it and ask again",
+                evidence=f"{evidence}. Throughput fell from {rate(cur_x)}/s at {cur.n} at once "
+                f"to {rate(nxt.goodput)}/s at {nxt.n}: fewer at once may do better still")]
+    if len(usable) == 1 and full:
+        runs = [down] + ([up] if waiting and up > limit else [])
+        return [_limit_rec(
+            f, limit, expected_gain="unknown yet", evidence=evidence,
+            need="a while at a limit of " + " and at ".join(map(str, runs))
+            + ": measured at one level only, whether another does better is not known")]
+    reason = (f"{limit} at once does as well as any level measured"
+              + ("" if waiting else "; no task waits for it"))
+    return [_limit_rec(f, limit, expected_gain="no change", evidence=evidence,
+                       reason=reason, confidence="medium")]
 
 
 # ---------------------------------------------------------------- batches
@@ -388,12 +510,17 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
     if fit is None:
         return []
     # A poor fit still tells the overhead (the intercept) well when it dominates; then a
-    # bigger batch is a safe step (bounded below), just not a precise one.
-    if fit.r2 < 0.5 and fit.overhead < 0.5 * fit.duration(current):
-        return []
+    # bigger batch is a safe step (2x at most, low confidence), just not a precise one.
+    if fit.r2 < FIT_R2 and fit.overhead < 0.5 * fit.duration(current):
+        runs = sorted({max(1, current // 2), current * 2} - {current})
+        return [Recommendation(
+            f.label, "batch_size", current, None, "unknown yet",
+            f"{len(f.batches)} batches, sizes {_sizes_text(distinct)}; their times do not "
+            f"follow size clearly (fit R^2 {fit.r2:.2f})", "low", model="batch cost fit",
+            need="a while with batches of " + " and of ".join(map(str, runs)) + " items")]
     biggest = distinct[-1]
     budget = f.budget_s
-    best = fit.best_size(budget, 4.0 * biggest)
+    best = fit.best_size(budget, max(2.0 * current, biggest))  # one step: 2x at most
     target = nice(best, down=budget is not None and fit.duration(best) >= 0.97 * budget)
     now_x, new_x = fit.throughput(current), fit.throughput(target)
     now_t, new_t = fit.duration(current), fit.duration(target)
@@ -411,9 +538,9 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
     if target > biggest * 1.05:
         limit_note += (f"; {target} is beyond the sizes measured (up to {biggest}): apply it, "
                        "and ask again once batches of that size have run")
-    inside = target <= biggest
-    confidence = ("high" if inside and fit.r2 >= 0.9 else
-                  "medium" if fit.r2 >= 0.8 else "low")
+    inside = target <= biggest * 1.05
+    confidence = ("high" if inside and fit.r2 >= 0.95 else
+                  "medium" if inside and fit.r2 >= FIT_R2 else "low")
     words = (f"about {gain:.1f}x the items per second" if gain >= 1
              else f"batches within the latency budget ({secs(new_t)} instead of {secs(now_t)})")
     return [Recommendation(

@@ -119,17 +119,23 @@ def _limit(**kw: object) -> LimitFigures:
     return LimitFigures(**base)  # type: ignore[arg-type]
 
 
-def test_limit_that_scales_linearly_is_raised_towards_demand_within_2x_measured() -> None:
-    """Throughput doubling with concurrency (200/s per holder): raise, capped at 2x 8."""
-    levels = ((2, 10.0, 1000), (4, 20.0, 2000), (8, 40.0, 4000))  # 10 ms holds at each
+def test_limit_moves_to_a_measured_better_level_and_extrapolates_only_2x_at_low() -> None:
+    """Throughput doubling with concurrency (10 ms holds): a measured better level (8) is
+    where to go; at the top level measured, one step of 2x beyond it, at low confidence."""
+    levels = ((2, 10.0, 1000), (4, 20.0, 2000), (8, 40.0, 4000))
     (rec,) = limit_advice(_limit(levels=levels), min_done=20, max_limit=1000)
-    assert (rec.current, rec.suggested) == (4, 16)
-    assert rec.gain == pytest.approx(4.0, rel=0.01)
-    assert "USL" in rec.evidence
+    assert (rec.current, rec.suggested, rec.confidence) == (4, 8, "high")
+    assert rec.gain == pytest.approx(2.0, rel=0.01)
+    (rec,) = limit_advice(_limit(limit=8, levels=levels, holders=8.0), min_done=20,
+                          max_limit=1000)
+    assert (rec.current, rec.suggested, rec.confidence) == (8, 16, "low")
+    assert rec.gain is not None and 1.1 < rec.gain <= 1.5  # half the 2x a line predicts
+    assert "USL" not in rec.expected_gain and "R^2 1.00" in rec.evidence
 
 
-def test_limit_past_the_usl_peak_is_lowered() -> None:
-    """Throughput that falls beyond ~10 at once: lower a limit of 32 to the peak."""
+def test_limit_past_the_usl_peak_is_lowered_to_the_best_measured_level() -> None:
+    """Throughput that falls beyond ~10 at once: a limit of 32 goes to the best level
+    measured, directly (it was measured: no 2x cap toward it)."""
     lam, sigma, kappa = 100.0, 0.02, 0.01
     levels = tuple(
         (n, n * 100 / (lam * n / (1 + sigma * (n - 1) + kappa * n * (n - 1))), 100)
@@ -137,27 +143,65 @@ def test_limit_past_the_usl_peak_is_lowered() -> None:
     )
     (rec,) = limit_advice(_limit(limit=32, levels=levels, holders=32.0, max_level=32),
                           min_done=20, max_limit=1000)
-    assert rec.suggested == round(math.sqrt((1 - sigma) / kappa))
-    assert rec.gain is not None and rec.gain > 1.1
+    assert rec.suggested == 8  # the smallest level within 5 % of the best measured (8, 16)
+    assert rec.gain is not None and rec.gain > 1.1 and rec.confidence == "high"
+
+
+def test_limit_fit_that_does_not_explain_the_data_asks_for_runs_never_suggests() -> None:
+    """The issue's over-provisioned semaphore (256): scattered throughput, R^2 below zero.
+    The old advisor said 256 -> 340; now: 'need data at X and Y', no suggested value."""
+    levels = ((230, 23.0, 100), (245, 24.5 * 0.8, 100), (256, 25.6 * 1.25, 3000),
+              (180, 18.0 * 1.1, 100))  # ~10 ms holds, noisy, no trend
+    (rec,) = limit_advice(_limit(limit=256, levels=levels, holders=250.0, waiters=40.0,
+                                 max_level=256), min_done=20, max_limit=1000)
+    assert rec.suggested is None and rec.kind == "need_data", rec
+    assert rec.need is not None and "128" in rec.need
+
+
+def test_limit_never_steps_to_a_level_measured_worse_at_medium_or_high() -> None:
+    """Whatever the fit says, a suggested level measured worse is only ever low confidence,
+    and no step beyond the levels measured is more than 2x (or half) the limit."""
+    import itertools
+
+    shapes = [(1.0, 0.0), (0.6, 0.3), (1.0, -0.02), (0.3, 0.0)]  # goodput ~ n^a * (1 + b n)
+    for (a, b), limit in itertools.product(shapes, (2, 8, 32, 128)):
+        levels = tuple((n, n * 100 / (100 * n**a * max(0.05, 1 + b * n)), 100 + n)
+                       for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= 2 * limit)
+        for waiters in (0.0, 50.0):
+            for rec in limit_advice(_limit(limit=limit, levels=levels, holders=float(limit),
+                                           waiters=waiters, max_level=limit),
+                                    min_done=20, max_limit=1000):
+                if rec.suggested is None:
+                    continue
+                measured = {n: n * c / t for n, t, c in levels}
+                if rec.suggested in measured:
+                    if measured[rec.suggested] < measured.get(limit, 0):
+                        assert rec.confidence == "low", (a, b, limit, rec)
+                else:
+                    assert rec.confidence == "low"
+                    assert limit / 2 <= rec.suggested <= 2 * limit, rec
 
 
 def test_limit_not_binding_or_seen_at_one_level() -> None:
-    """No waiters: nothing; waiters but one level measured: 'need other levels'."""
-    assert limit_advice(_limit(waiters=0.1), min_done=20, max_limit=1000) == []
+    """No waiters and room left: no change (said so); full but one level: 'need runs'."""
+    (rec,) = limit_advice(_limit(waiters=0.1, holders=2.0), min_done=20, max_limit=1000)
+    assert rec.kind == "no_change" and "not reached" in (rec.reason or "")
     (rec,) = limit_advice(_limit(levels=((4, 10.0, 4000),)), min_done=20, max_limit=1000)
-    assert rec.suggested is None and rec.need is not None and "3 or more" in rec.need
+    assert rec.suggested is None and rec.need is not None
+    assert "8" in rec.need and "2" in rec.need
 
 
 def _batches(sizes: list[int], a: float, b: float) -> tuple[tuple[int, float], ...]:
     return tuple((n, a + b * n) for n in sizes)
 
 
-def test_batch_with_large_overhead_is_grown_at_most_4x_per_step() -> None:
-    """50 ms overhead, 0.1 ms per item, sizes up to 16: grow, but only to 64 (4x measured)."""
+def test_batch_with_large_overhead_is_grown_at_most_2x_per_step_at_low_confidence() -> None:
+    """50 ms overhead, 0.1 ms per item, sizes up to 16: grow, but only to 32 (2x), and at
+    low confidence: beyond the sizes measured."""
     figures = BatchFigures("b", True, _batches(list(range(1, 17)) * 2, 0.05, 0.0001), 1.0)
     (rec,) = batch_advice(figures, min_batches=10)
-    assert (rec.knob, rec.current, rec.suggested) == ("batch_size", 16, 64)
-    assert "beyond the sizes measured" in rec.evidence
+    assert (rec.knob, rec.current, rec.suggested) == ("batch_size", 16, 32)
+    assert rec.confidence == "low" and "beyond the sizes measured" in rec.evidence
 
 
 def test_batch_over_budget_is_shrunk_to_fit() -> None:
