@@ -29,6 +29,7 @@ from ._findings import Frame as Frame
 from ._idle import idle as idle
 from ._limits import Concurrency as Concurrency
 from ._limits import make_concurrency as _make_concurrency
+from ._limits import mark_rejected as _mark_rejected
 from ._models import Recommendation as Recommendation
 from ._profiling import CoroutineProfile as CoroutineProfile
 from ._profiling import FunctionProfile as FunctionProfile
@@ -84,6 +85,7 @@ __all__ = [
     "profile",
     "profile_sync",
     "profiling",
+    "rejected",
     "stats",
     "uninstall",
 ]
@@ -208,3 +210,21 @@ def concurrency(name: str, limit: int | None = None, *, backlog: Any = None) -> 
     watch = _current_watch()
     advisor = getattr(watch, "advisor", None)
     return _make_concurrency(getattr(advisor, "limits", None), name, limit, backlog)
+
+
+def rejected() -> None:
+    """Mark the current task's hold of a concurrency limit (a semaphore, or
+    ``asyncwatch.concurrency``) as failed though nothing was raised: a 429, a throttled or
+    rejected response. The advisor counts only successful holds as throughput, so a limit
+    where the backend starts refusing work is not mistaken for a fast one::
+
+        async with sem:
+            response = await client.post(url, json=body)
+            if response.status_code == 429:
+                asyncwatch.rejected()
+
+    Holds released while an exception propagates count as failed without it. A no-op outside
+    a task or when asyncwatch is not installed (one weak reference to the task until it
+    releases or ends).
+    """
+    _mark_rejected()

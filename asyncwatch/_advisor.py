@@ -483,7 +483,8 @@ def _limit_window(label: str, latest: LimitStats, base: LimitStats | None) -> Li
         (lvl, latest.hold_time.get(lvl, 0.0) * scale, round(latest.holds[lvl] * scale))
         for lvl in sorted(latest.holds)
     )
+    failed = tuple((lvl, round(count * scale)) for lvl, count in sorted(latest.failed.items()))
     return LimitFigures(
         label, latest.current_limit(), levels, active, holders, delta("waiter_s") / active,
-        done, latest.max_level,
+        done, latest.max_level, failed,
     )

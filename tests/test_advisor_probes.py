@@ -206,6 +206,74 @@ def test_semaphore_holds_are_timed_on_a_sample(advised: asyncwatch.Watch) -> Non
     assert set(stats.holds) == {1}
 
 
+def test_semaphore_limit_in_force_new_level_measured_and_failures_not_throughput(
+    advised: asyncwatch.Watch,
+) -> None:
+    """Issue 16.3, on real semaphores of one creation site: after 3 objects made with 8 and
+    then one with 4, the limit in force is 4 (the old tie-break said 8); the holds at the new
+    level are all timed even after EXACT_HOLDS holds (the old sampling left it a handful);
+    holds that raise or are marked ``asyncwatch.rejected()`` are counted as failed."""
+
+    def make(limit: int) -> asyncio.Semaphore:
+        return asyncio.Semaphore(limit)
+
+    def backend(i: int, fail_every: int) -> None:
+        if fail_every and i % fail_every == 0:
+            if i % (2 * fail_every) == 0:
+                raise RuntimeError("backend said no")
+            asyncwatch.rejected()  # a 429: nothing raised, still not throughput
+
+    async def run(sem: asyncio.Semaphore, holds: int, tasks: int, fail_every: int = 0) -> None:
+        count = iter(range(holds))
+
+        async def job() -> None:
+            for i in count:
+                try:
+                    async with sem:
+                        await asyncio.sleep(0)
+                        backend(i, fail_every)
+                except RuntimeError:
+                    pass
+
+        await asyncio.gather(*(job() for _ in range(tasks)))
+
+    async def main() -> None:
+        for _ in range(3):
+            await run(make(8), EXACT_HOLDS // 2, 16)
+        await run(make(4), 400, 16, fail_every=4)
+
+    asyncio.run(main())
+    (stats,) = [s for s in advised.advisor.limits.limits() if "make" in s.label]
+    assert stats.current_limit() == 4
+    # every hold at the new limit timed (a hold sees ~3-4 holders at once with 4 permits)
+    assert sum(c for lvl, c in stats.holds.items() if lvl <= 4) >= 350
+    assert stats.sampled >= EXACT_HOLDS + 350
+    assert stats.failures == 100  # 1 in 4 of 400: half raised, half marked rejected
+    assert 80 <= sum(stats.failed.values()) <= 100
+    figures = _limit_window(stats.label, stats, None)
+    assert figures is not None and figures.limit == 4
+    level = max(stats.failed, key=stats.failed.__getitem__)  # failed holds, scaled like holds
+    holds = {lvl: d for lvl, _, d in figures.levels}
+    assert dict(figures.failed)[level] / holds[level] == pytest.approx(
+        stats.failed[level] / stats.holds[level], abs=0.01)
+
+
+def test_limit_levels_a_percent_apart_merge_and_every_level_is_listed() -> None:
+    """A saturated limit's ramp and drain (255, 256) are one level; the evidence lists all
+    the levels measured (the old one only the 6 highest)."""
+    from asyncwatch._models import LimitFigures, limit_advice, merge_levels
+
+    levels = ((255, 2.55, 300), (256, 25.6, 3000),
+              *((lvl, lvl / 100, 100) for lvl in (1, 2, 4, 8, 16, 32, 64)))
+    merged = merge_levels(levels)
+    assert [lv.n for lv in merged] == [1, 2, 4, 8, 16, 32, 64, 256]
+    assert merged[-1].holds == 3300
+    figures = LimitFigures("sem", 256, levels, 10.0, 256.0, 0.0, 3300, 256)
+    (rec,) = limit_advice(figures, min_done=20, max_limit=1000)
+    for level in (1, 2, 4, 8, 16, 32, 64, 256):
+        assert f"{level} at once:" in rec.evidence
+
+
 def test_declared_concurrency_with_backlog(advised: asyncwatch.Watch) -> None:
     """A worker pool declared with concurrency(): holds and queue backlog are measured."""
 
