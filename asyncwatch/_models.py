@@ -114,6 +114,13 @@ def nice(n: float, *, down: bool = False) -> int:
     return max(1, int(kept * step))
 
 
+def no_change(target: str, knob: str, current: int | None, reason: str, evidence: str = "",
+              model: str = "") -> Recommendation:
+    """A knob that is where it should be, and why (``kind`` ``no_change``)."""
+    return Recommendation(target, knob, current, None, "no change", evidence or reason,
+                          "medium", model=model, reason=reason)
+
+
 # ---------------------------------------------------------------- pools
 
 
@@ -149,8 +156,11 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
     else:
         run, wait = f.latency_s, 0.0
     queue_share = wait / f.latency_s if f.latency_s > 0 else 0.0
-    if queue_share < 0.3 or wait < 1e-3:
-        return []  # calls barely queue: the pool is not what holds them up
+    if queue_share < 0.3 or wait < 1e-3:  # the pool is not what holds the calls up
+        return [no_change(
+            f.label, "max_workers", c, f"calls barely wait for a worker (queue wait {secs(wait)},"
+            f" {queue_share:.0%} of each call's time)",
+            f"{f.calls} calls in {secs(f.span_s)}, run {secs(run)} each", "Little's law")]
     if f.calls < min_calls:
         return [Recommendation(
             f.label, "max_workers", c, None, "unknown yet",
@@ -191,7 +201,9 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
         suggested = min(f.cores, max(1, math.ceil(in_system)))
         gain = min(suggested, in_system) / max(busy, 1e-9)
         if suggested <= c or gain < 1.2:
-            return []
+            return [no_change(f.label, "max_workers", c, f"already about one worker per core "
+                              f"({c} for {f.cores} cores); more would add little", base,
+                              "Little's law")]
         return [Recommendation(
             f.label, "max_workers", c, suggested,
             f"about {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s)",
@@ -211,11 +223,10 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
                            "now) would reach the GIL's one core")
                 caps.append(gil_cap)
         suggested = max(min(caps), 1)
-        if suggested <= c * 1.2:
-            return []
         gain = min(suggested, in_system) / max(busy, 1e-9)
-        if gain < 1.2:
-            return []
+        if suggested <= c * 1.2 or gain < 1.2:
+            return [no_change(f.label, "max_workers", c, f"{c} workers are about what the calls "
+                              f"need ({why}); more would add little", base, "Little's law")]
         confidence = "high" if f.calls >= 4 * min_calls and (cpu_share or 0) < 0.2 else "medium"
         return [Recommendation(
             f.label, "max_workers", c, suggested,
@@ -229,7 +240,9 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
         procs = min(f.cores, max(1, math.ceil(in_system)))
         gain = min(procs, in_system) / max(cpu_cores or 1.0, 0.1)
         if procs < 2 or gain < 1.3:
-            return []
+            return [no_change(f.label, "max_workers", c, "the work is CPU-bound Python: more "
+                              "threads cannot add throughput, and a process pool would gain "
+                              f"little on {f.cores} cores", base, "Little's law + GIL")]
         return [Recommendation(
             f.label, "processes", 1, procs,
             f"up to {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s) "
@@ -239,11 +252,10 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
             f"process pool with one worker per core ({f.cores} cores) can.",
             "medium", gain, "Little's law + GIL")]
     suggested = min(f.cores, max(1, math.ceil(in_system)))
-    if suggested <= c:
-        return []
     gain = min(suggested, in_system) / max(busy, 1e-9)
-    if gain < 1.2:
-        return []
+    if suggested <= c or gain < 1.2:
+        return [no_change(f.label, "max_workers", c, f"the work is CPU-bound and {c} workers "
+                          f"already use the cores ({f.cores}) it can", base, "Little's law")]
     return [Recommendation(
         f.label, "max_workers", c, suggested,
         f"about {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s)",
@@ -492,7 +504,10 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
         slow = f.budget_s is not None and recent_t and (
             sum(recent_t) / len(recent_t) > f.budget_s)
         if not (f.explicit and slow):
-            return []
+            return [no_change(f.label, "batch_size", current, f"batches of {current} run "
+                              "within their budget" if f.budget_s is not None else
+                              f"batches of {current}", f"{len(f.batches)} batches, sizes "
+                              f"{_sizes_text(distinct)}", "batch cost fit")]
         return [Recommendation(
             f.label, "batch_size", current, None, "unknown yet",
             f"{len(f.batches)} batches, sizes {_sizes_text(distinct)}; at {current} items a "
@@ -508,7 +523,9 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
     ws = [float(len(v)) for v in by_size.values()]
     fit = _batch_fit(ns, ts, ws)
     if fit is None:
-        return []
+        return [no_change(f.label, "batch_size", current, "batch times could not be fitted "
+                          "against their sizes", f"{len(f.batches)} batches, sizes "
+                          f"{_sizes_text(distinct)}", "batch cost fit")]
     # A poor fit still tells the overhead (the intercept) well when it dominates; then a
     # bigger batch is a safe step (2x at most, low confidence), just not a precise one.
     if fit.r2 < FIT_R2 and fit.overhead < 0.5 * fit.duration(current):
@@ -527,7 +544,11 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
     over_budget = budget is not None and now_t > budget
     gain = new_x / now_x if now_x > 0 else 1.0
     if abs(target - current) <= 0.15 * current or (not over_budget and abs(gain - 1) < 0.1):
-        return []
+        return [no_change(f.label, "batch_size", current, f"{current} items is near the best "
+                          f"size ({target}: {gain:.2f}x the items per second)"
+                          + (f", within the budget of {secs(budget)}" if budget else ""),
+                          f"at {current} items: {secs(now_t)} per batch, {rate(now_x)} items/s",
+                          "batch cost fit")]
     model = (f"each batch costs {secs(fit.overhead)} of overhead plus {secs(fit.per_item)} "
              f"per item" + (f" (+{fit.growth * 1e6:.3g} us x n^2)" if fit.growth > 0 else "")
              + f" (fit of {len(f.batches)} batches, sizes {_sizes_text(distinct)}, "
@@ -590,8 +611,11 @@ class LoopFigures:
 def loop_advice(f: LoopFigures, *, min_seconds: float) -> list[Recommendation]:
     """Loop saturation: more processes; see the module docstring."""
     busy = f.busy if f.busy is not None else f.thread_cpu
-    if busy is None or busy < 0.9:
+    if busy is None:
         return []
+    if busy < 0.9:
+        return [no_change(f.label, "processes", 1, f"the loop is busy {busy:.0%} of the time: "
+                          "one process keeps up", model="loop saturation")]
     what = "busy" if f.busy is not None else "on CPU"
     base = f"the loop was {what} {busy:.0%} of the last {secs(f.seconds)}"
     if f.thread_cpu is not None and f.busy is not None:
@@ -606,7 +630,8 @@ def loop_advice(f: LoopFigures, *, min_seconds: float) -> list[Recommendation]:
             model="loop saturation", need=f"{secs(min_seconds)} of measurements (have "
             f"{secs(f.seconds)})")]
     if f.cores < 2:
-        return []
+        return [no_change(f.label, "processes", 1, f"{base}, but the machine has one core: "
+                          "more processes cannot run at once", model="loop saturation")]
     spare: float = f.cores
     if f.machine_busy is not None:
         spare = max(0.0, f.cores * (1 - f.machine_busy / 100))

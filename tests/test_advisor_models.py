@@ -80,9 +80,9 @@ def test_io_bound_pool_with_queue_gets_about_little_l_workers() -> None:
 
 
 def test_pool_without_queue_or_with_few_calls_is_left_alone_or_needs_data() -> None:
-    """No queue: nothing to say; a queue but few calls: 'need N calls'."""
-    assert pool_advice(_pool(wait_s=0.0005, latency_s=0.0205), min_calls=50,
-                       max_threads=128) == []
+    """No queue: 'no change' and why; a queue but few calls: 'need N calls'."""
+    (rec,) = pool_advice(_pool(wait_s=0.0005, latency_s=0.0205), min_calls=50, max_threads=128)
+    assert rec.kind == "no_change" and "barely wait" in (rec.reason or "")
     (rec,) = pool_advice(_pool(calls=20, span_s=0.2), min_calls=50, max_threads=128)
     assert rec.suggested is None and rec.need is not None and "50 calls" in rec.need
 
@@ -215,7 +215,8 @@ def test_batch_over_budget_is_shrunk_to_fit() -> None:
 def test_fixed_size_batches_are_silent_unless_over_budget() -> None:
     """One size only: nothing to fit; said only when those batches break their budget."""
     steady = BatchFigures("b", True, _batches([50] * 20, 0.05, 0.001), 1.0)
-    assert batch_advice(steady, min_batches=10) == []
+    (rec,) = batch_advice(steady, min_batches=10)
+    assert rec.kind == "no_change"
     slow = BatchFigures("b", True, _batches([50] * 20, 0.05, 0.001), 0.08)
     (rec,) = batch_advice(slow, min_batches=10)
     assert rec.suggested is None and "over its budget" in rec.evidence
@@ -229,10 +230,10 @@ def test_saturated_loop_gets_processes_only_with_enough_data_and_cores() -> None
     short = LoopFigures("loop", 3.0, 0.97, 0.95, None, 4, 30.0, 1.0)
     (need,) = loop_advice(short, min_seconds=10)
     assert need.suggested is None
-    assert loop_advice(LoopFigures("loop", 30.0, 0.5, 0.4, None, 4, 30.0, 0.5),
-                       min_seconds=10) == []
-    assert loop_advice(LoopFigures("loop", 30.0, 0.97, 0.95, None, 1, 30.0, 1.0),
-                       min_seconds=10) == []
+    for figures in (LoopFigures("loop", 30.0, 0.5, 0.4, None, 4, 30.0, 0.5),
+                    LoopFigures("loop", 30.0, 0.97, 0.95, None, 1, 30.0, 1.0)):
+        (rec,) = loop_advice(figures, min_seconds=10)
+        assert rec.kind == "no_change" and rec.reason
 
 
 def test_cpu_bound_pool_on_a_busy_machine_is_still_capped_at_cores() -> None:
@@ -248,3 +249,29 @@ def test_cpu_bound_pool_on_a_busy_machine_is_still_capped_at_cores() -> None:
     # the same calls without the scheduler's figure look I/O-bound: that is what it fixes
     (rec,) = pool_advice(_pool(cpu_s=0.002, **busy), min_calls=50, max_threads=128)
     assert rec.suggested is not None and rec.suggested > 2
+
+
+def test_every_watched_knob_gets_an_entry_never_silence() -> None:
+    """Issue 16.5: across figures that lead to a change, to data needed or to nothing to do,
+    each model returns exactly one entry per knob, of one of the three kinds, and a
+    'no change' one says why."""
+    cases = [
+        pool_advice(_pool(**kw), min_calls=50, max_threads=128)  # type: ignore[arg-type]
+        for kw in ({}, {"calls": 20, "span_s": 0.2}, {"wait_s": 0.0005, "latency_s": 0.0205},
+                   {"workers": 16}, {"cpu_s": 0.009, "cores": 1}, {"cpu_s": 0.009, "workers": 8})
+    ]
+    cases += [limit_advice(_limit(**kw), min_done=20, max_limit=1000)  # type: ignore[arg-type]
+              for kw in ({}, {"waiters": 0.0, "holders": 1.0}, {"limit": 8, "holders": 8.0})]
+    cases += [batch_advice(BatchFigures("b", True, _batches(sizes, 0.05, 0.001), 1.0),
+                           min_batches=10) for sizes in ([50] * 20, [100, 200, 300, 400] * 5)]
+    cases += [loop_advice(LoopFigures("loop", 30.0, busy, 0.4, None, 4, 30.0, 0.5),
+                          min_seconds=10) for busy in (0.2, 0.97)]
+    kinds = set()
+    for recs in cases:
+        assert len(recs) == 1, recs
+        (rec,) = recs
+        kinds.add(rec.kind)
+        assert rec.kind in ("advice", "need_data", "no_change")
+        if rec.kind == "no_change":
+            assert rec.reason and str(rec).endswith(rec.reason)
+    assert kinds == {"advice", "need_data", "no_change"}
