@@ -434,27 +434,21 @@ def make_batch(name: str, size: int | Callable[..., int], budget_s: float | None
 
 
 def render(recs: list[Recommendation], *, evidence: bool = True) -> str:
-    """Recommendations as text for the console and logs."""
+    """Recommendations as text for the console and logs: plain words first (what was seen,
+    what to do), then the figures, then the model's own terms."""
     if not recs:
-        return "no recommendations: nothing to change (or not enough traffic yet)"
+        return "no recommendations: nothing watched has had traffic yet"
     lines = []
     for rec in recs:
-        if rec.kind == "no_change":
-            lines.append(f"* {rec.target}\n    {rec.knob}: no change: {rec.reason}")
-            if evidence and rec.evidence:
-                lines.append(f"    evidence: {rec.evidence}")
-            continue
-        if rec.suggested is None:
-            lines.append(f"* {rec.target}\n    {rec.knob}: not enough data yet, need {rec.need}")
-            if evidence and rec.evidence:
-                lines.append(f"    so far: {rec.evidence}")
-            continue
-        now = "?" if rec.current is None else rec.current
-        lines.append(f"* {rec.target}\n    {rec.knob}: {now} -> {rec.suggested}   "
-                     f"[{rec.confidence} confidence, {rec.model}]")
-        lines.append(f"    expected: {rec.expected_gain}")
-        if evidence:
+        head = (f"{rec.knob}: no change" if rec.kind == "no_change" else
+                f"{rec.knob}: not enough data yet" if rec.kind == "need_data" else
+                f"{rec.knob}: {'?' if rec.current is None else rec.current} -> {rec.suggested}"
+                f"   [{rec.confidence} confidence]")
+        lines.append(f"* {rec.target}\n    {head}\n    {rec.summary}")
+        if evidence and rec.evidence:
             lines.append(f"    evidence: {rec.evidence}")
+        if evidence and rec.detail:
+            lines.append(f"    detail ({rec.model}): {rec.detail}")
     return "\n".join(lines)
 
 

@@ -69,6 +69,23 @@ class Recommendation:
     nothing is to change (see ``reason``)."""
     reason: str | None = None
     """For a ``no_change`` entry: why the knob is where it should be."""
+    seen: str = ""
+    """What was measured, in plain words (the start of ``summary``)."""
+    detail: str = ""
+    """The model's own terms (USL contention and crosstalk, fit R^2): for who wants them."""
+
+    @property
+    def summary(self) -> str:
+        """Plain words first: what was seen, then what to do."""
+        if self.kind == "no_change":
+            todo = f"leave {self.knob} at {self.current}: {self.reason}"
+        elif self.kind == "need_data":
+            todo = f"to know what to change, it needs {self.need}"
+        else:
+            todo = (f"set {self.knob} from {'?' if self.current is None else self.current} to "
+                    f"{self.suggested}: {self.expected_gain} ({self.confidence} confidence)")
+        seen = self.seen or self.evidence.split(";")[0]
+        return f"{seen}; {todo}" if seen else todo[:1].upper() + todo[1:]
 
     @property
     def kind(self) -> str:
@@ -393,7 +410,15 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
             detail = (f"USL fit: contention {fit.sigma:.1%}, crosstalk {fit.kappa:.2%}, "
                       + (f"peak at ~{fit.peak:.0f}" if math.isfinite(fit.peak) else "no peak")
                       + f", R^2 {fit.r2:.2f}")
-    evidence = f"{pressure}; {seen}" + (f". Detail: {detail}" if detail else "")
+    evidence = f"{pressure}; {seen}"
+    seen_words = (f"{f.holders:.0f} tasks hold the limit at once" + (
+        f" and {f.waiters:.0f} wait for it" if waiting else "") + f"; {cur.n} at once gave "
+        f"{rate(cur_x)}/s" + (f", {knee.n} at once {rate(knee.goodput)}/s" if knee is not cur
+                              else ""))
+
+    def rec(**kw: object) -> Recommendation:
+        return _limit_rec(f, limit, detail=detail, seen=seen_words, **kw)
+
     # 1. A measured level does better (or as well with fewer in flight): go there.
     if abs(knee.n - cur.n) > 0.15 * cur.n and (knee.n < cur.n or full):
         target = knee.n
@@ -410,18 +435,18 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
         else:
             words = (f"about {ratio:.1f}x the throughput measured at {target} at once "
                      f"({rate(cur_x)}/s -> ~{rate(knee.goodput)}/s)")
-        return [_limit_rec(
-            f, limit, suggested=target, expected_gain=words, confidence=confidence,
+        return [rec(
+            suggested=target, expected_gain=words, confidence=confidence,
             gain=ratio, evidence=f"{evidence}. {target} at once did best of the levels measured")]
     top, bottom = usable[-1], usable[0]
     if not full:
-        return [_limit_rec(
-            f, limit, expected_gain="no change", evidence=evidence, confidence="medium",
+        return [rec(
+            expected_gain="no change", evidence=evidence, confidence="medium",
             reason=f"the limit is not reached ({f.holders:.1f} of {limit} held on average)")]
     if fit is not None and fit.r2 < FIT_R2:
         runs = sorted({r for r in (up if waiting else limit, down) if r != limit})
-        return [_limit_rec(
-            f, limit, expected_gain="unknown yet", evidence=evidence,
+        return [rec(
+            expected_gain="unknown yet", evidence=evidence,
             need=("a while at a limit of " + " and at ".join(map(str, runs))
                   + f": the throughput measured so far does not follow a clear curve "
                   f"(R^2 {fit.r2:.2f})"))]
@@ -430,8 +455,8 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
     if cur is top and waiting and up > limit:
         prev = usable[-2] if len(usable) >= 2 else None
         if prev is None:
-            return [_limit_rec(
-                f, limit, expected_gain="unknown yet", evidence=evidence,
+            return [rec(
+                expected_gain="unknown yet", evidence=evidence,
                 need=f"a while at a limit of {up} (and {down}): measured at one level only, "
                 "whether more at once helps is not known")]
         target = int(min(up, max(limit + 1, math.ceil(demand))))
@@ -442,8 +467,8 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
             predicted = 1 + scaling * (target / cur.n - 1)
         gain = 1 + (predicted - 1) / 2  # conservative: half the predicted gain
         if scaling >= 0.5 and gain >= 1.1 and target > limit * 1.15:
-            return [_limit_rec(
-                f, limit, suggested=target, confidence="low", gain=gain,
+            return [rec(
+                suggested=target, confidence="low", gain=gain,
                 expected_gain=f"maybe {gain:.1f}x the throughput ({rate(cur_x)}/s -> "
                 f"~{rate(cur_x * gain)}/s), beyond the levels measured: apply it and ask again",
                 evidence=f"{evidence}. Throughput grew {scaling:.0%} as fast as the level from "
@@ -452,21 +477,21 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
         nxt = usable[1]
         if cur_x >= 1.05 * nxt.goodput:
             target = max(down, 1)
-            return [_limit_rec(
-                f, limit, suggested=target, confidence="low", gain=1.0,
+            return [rec(
+                suggested=target, confidence="low", gain=1.0,
                 expected_gain=f"maybe more throughput than {rate(cur_x)}/s with fewer at once "
                 "(below the levels measured): apply it and ask again",
                 evidence=f"{evidence}. Throughput fell from {rate(cur_x)}/s at {cur.n} at once "
                 f"to {rate(nxt.goodput)}/s at {nxt.n}: fewer at once may do better still")]
     if len(usable) == 1 and full:
         runs = [down] + ([up] if waiting and up > limit else [])
-        return [_limit_rec(
-            f, limit, expected_gain="unknown yet", evidence=evidence,
+        return [rec(
+            expected_gain="unknown yet", evidence=evidence,
             need="a while at a limit of " + " and at ".join(map(str, runs))
             + ": measured at one level only, whether another does better is not known")]
     reason = (f"{limit} at once does as well as any level measured"
               + ("" if waiting else "; no task waits for it"))
-    return [_limit_rec(f, limit, expected_gain="no change", evidence=evidence,
+    return [rec(expected_gain="no change", evidence=evidence,
                        reason=reason, confidence="medium")]
 
 
@@ -533,7 +558,8 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
         return [Recommendation(
             f.label, "batch_size", current, None, "unknown yet",
             f"{len(f.batches)} batches, sizes {_sizes_text(distinct)}; their times do not "
-            f"follow size clearly (fit R^2 {fit.r2:.2f})", "low", model="batch cost fit",
+            "follow their sizes clearly", "low", model="batch cost fit",
+            detail=f"fit R^2 {fit.r2:.2f}",
             need="a while with batches of " + " and of ".join(map(str, runs)) + " items")]
     biggest = distinct[-1]
     budget = f.budget_s
@@ -550,9 +576,11 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
                           f"at {current} items: {secs(now_t)} per batch, {rate(now_x)} items/s",
                           "batch cost fit")]
     model = (f"each batch costs {secs(fit.overhead)} of overhead plus {secs(fit.per_item)} "
-             f"per item" + (f" (+{fit.growth * 1e6:.3g} us x n^2)" if fit.growth > 0 else "")
-             + f" (fit of {len(f.batches)} batches, sizes {_sizes_text(distinct)}, "
-             f"R^2 {fit.r2:.2f})")
+             f"per item" + (", and more per item in bigger batches" if fit.growth > 0 else "")
+             + f" ({len(f.batches)} batches, sizes {_sizes_text(distinct)})")
+    detail = (f"fit T(n) = a + b*n + c*n^2: a {secs(fit.overhead)}, b {secs(fit.per_item)}, "
+              f"c {fit.growth * 1e6:.3g} us, R^2 {fit.r2:.2f}")
+    seen = f"batches of {current} items take {secs(now_t)} ({rate(now_x)} items/s)"
     figures = (f"at {current} items: {secs(now_t)} per batch, {rate(now_x)} items/s; at "
                f"{target}: {secs(new_t)}, {rate(new_x)} items/s")
     limit_note = f"; latency budget {secs(budget)} per batch" if budget is not None else ""
@@ -566,7 +594,8 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
              else f"batches within the latency budget ({secs(new_t)} instead of {secs(now_t)})")
     return [Recommendation(
         f.label, "batch_size", current, target, words,
-        f"{model}; {figures}{limit_note}", confidence, gain, "batch cost fit")]
+        f"{model}; {figures}{limit_note}", confidence, gain, "batch cost fit", seen=seen,
+        detail=detail)]
 
 
 def _batch_fit(ns: list[float], ts: list[float], ws: list[float]) -> BatchFit | None:

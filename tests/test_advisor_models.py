@@ -130,7 +130,7 @@ def test_limit_moves_to_a_measured_better_level_and_extrapolates_only_2x_at_low(
                           max_limit=1000)
     assert (rec.current, rec.suggested, rec.confidence) == (8, 16, "low")
     assert rec.gain is not None and 1.1 < rec.gain <= 1.5  # half the 2x a line predicts
-    assert "USL" not in rec.expected_gain and "R^2 1.00" in rec.evidence
+    assert "R^2 1.00" in rec.detail
 
 
 def test_limit_past_the_usl_peak_is_lowered_to_the_best_measured_level() -> None:
@@ -275,3 +275,25 @@ def test_every_watched_knob_gets_an_entry_never_silence() -> None:
         if rec.kind == "no_change":
             assert rec.reason and str(rec).endswith(rec.reason)
     assert kinds == {"advice", "need_data", "no_change"}
+
+
+def test_plain_words_first_model_terms_in_the_detail() -> None:
+    """Issue 16.6: the summary says what was seen and what to do; USL, crosstalk and R^2
+    appear only in the detail."""
+    lam, sigma, kappa = 100.0, 0.02, 0.01
+    levels = tuple(
+        (n, n * 100 / (lam * n / (1 + sigma * (n - 1) + kappa * n * (n - 1))), 100)
+        for n in (2, 4, 8, 16, 32)
+    )
+    (limit,) = limit_advice(_limit(limit=32, levels=levels, holders=32.0, max_level=32),
+                            min_done=20, max_limit=1000)
+    (batch,) = batch_advice(BatchFigures("b", True, _batches([100, 200, 300, 400] * 5, 0.05,
+                                                             0.001), 0.25), min_batches=10)
+    for rec in (limit, batch):
+        for term in ("USL", "crosstalk", "R^2", "contention"):
+            assert term not in rec.summary and term not in rec.evidence, (term, rec)
+        assert "R^2" in rec.detail
+    assert limit.summary.startswith("32 tasks hold the limit at once")
+    assert "set concurrency_limit from 32 to 8" in limit.summary
+    assert "crosstalk" in limit.detail
+    assert batch.summary.startswith("batches of 400 items take 450 ms")

@@ -406,6 +406,7 @@ def test_console_advice_command_renders_real_advice(advised: asyncwatch.Watch) -
     obj = type("Monitor", (), {"watch": advised})()
     out = CliRunner().invoke(do_advice, [], obj=obj).output
     assert "* ThreadPoolExecutor 'shown'" in out
-    assert "max_workers: 2 -> " in out and "evidence: " in out and "expected: " in out
+    assert "max_workers: 2 -> " in out and "evidence: " in out
+    assert "set max_workers from 2 to" in out
     brief = CliRunner().invoke(do_advice, ["-b"], obj=obj).output
     assert "max_workers: 2 -> " in brief and "evidence: " not in brief
