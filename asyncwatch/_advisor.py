@@ -50,6 +50,7 @@ THREAD_NAME = "asyncwatch-advisor"
 MIN_CALLS = 50  # executor calls in the window before a pool is judged
 MIN_DONE = 20  # completions at a concurrency level before it counts as a USL point
 MIN_BATCHES = 10  # batches at a site before its size is judged
+PER_SIZE_KEPT = 64  # batches of a size no longer in a site's ring that count in its fit
 MAX_WORKERS_READ = 256  # workers per pool whose scheduler figures are read each sample
 _SCHEDSTAT = os.path.exists("/proc/self/schedstat")
 
@@ -316,13 +317,22 @@ class Advisor:
         return out
 
     def batch_figures(self) -> list[BatchFigures]:
-        """Each batch site's recent batches."""
+        """Each batch site's recent batches, and (as their mean) batches of the sizes it ran
+        before them: a run at each size a "need" names adds a point to the fit."""
         default = self.config.advisor_batch_budget_s
-        return [
-            BatchFigures(site.label, site.explicit, tuple((s, d) for s, d, _ in site.recent()),
-                         site.budget_s if site.budget_s is not None else default)
-            for site in self.batches.sites()
-        ]
+        out = []
+        for site in self.batches.sites():
+            recent = tuple((s, d) for s, d, _ in site.recent())
+            in_ring = {s for s, _ in recent}
+            older = tuple(
+                (size, total / count)
+                for size, (count, total) in list(site.by_size.items())
+                if size not in in_ring and count > 0
+                for _ in range(min(int(count), PER_SIZE_KEPT))
+            )
+            out.append(BatchFigures(site.label, site.explicit, older + recent,
+                                    site.budget_s if site.budget_s is not None else default))
+        return out
 
     def loop_figures(self) -> list[LoopFigures]:
         """Each loop's load over the window."""

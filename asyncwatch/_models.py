@@ -516,30 +516,13 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
     counts: dict[int, int] = {}
     for s in sizes:
         counts[s] = counts.get(s, 0) + 1
-    recent: dict[int, int] = {}
-    for s in sizes[-30:]:
-        recent[s] = recent.get(s, 0) + 1
-    current = max(recent.items(), key=lambda kv: (kv[1], kv[0]))[0]  # the size used now
+    # The size in force: the largest of the last few batches (items[i:i+n] gives n and a
+    # smaller remainder; batches capped at n give n whenever there is enough work).
+    current = max(sizes[-8:])
     distinct = sorted(counts)
     if (len(f.batches) < min_batches or len(distinct) < 3
             or distinct[-1] < 1.5 * distinct[0]):
-        # Not enough to fit. Said only when something is visibly wrong (batches over their
-        # latency budget): a healthy fixed-size batch is not flagged for lack of variety.
-        recent_t = [d for s, d in f.batches[-30:] if s == current]
-        slow = f.budget_s is not None and recent_t and (
-            sum(recent_t) / len(recent_t) > f.budget_s)
-        if not (f.explicit and slow):
-            return [no_change(f.label, "batch_size", current, f"batches of {current} run "
-                              "within their budget" if f.budget_s is not None else
-                              f"batches of {current}", f"{len(f.batches)} batches, sizes "
-                              f"{_sizes_text(distinct)}", "batch cost fit")]
-        return [Recommendation(
-            f.label, "batch_size", current, None, "unknown yet",
-            f"{len(f.batches)} batches, sizes {_sizes_text(distinct)}; at {current} items a "
-            f"batch takes {secs(sum(recent_t) / len(recent_t))}, over its budget of "
-            f"{secs(f.budget_s or 0)}", "low", model="batch cost fit",
-            need=f"{min_batches}+ batches of 3 or more different sizes spanning 1.5x or more "
-            f"(have {len(f.batches)} of {len(distinct)} sizes)")]
+        return _batch_runs(f, current, distinct, counts, min_batches)
     by_size: dict[int, list[float]] = {}
     for s, d in f.batches:
         by_size.setdefault(s, []).append(d)
@@ -565,6 +548,7 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
     budget = f.budget_s
     best = fit.best_size(budget, max(2.0 * current, biggest))  # one step: 2x at most
     target = nice(best, down=budget is not None and fit.duration(best) >= 0.97 * budget)
+    target = min(target, int(max(2.0 * current, biggest)))
     now_x, new_x = fit.throughput(current), fit.throughput(target)
     now_t, new_t = fit.duration(current), fit.duration(target)
     over_budget = budget is not None and now_t > budget
@@ -596,6 +580,58 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
         f.label, "batch_size", current, target, words,
         f"{model}; {figures}{limit_note}", confidence, gain, "batch cost fit", seen=seen,
         detail=detail)]
+
+
+MIN_FANOUT = 16  # a gather of one width, with no remainder seen, counts as a batch from here
+
+
+def _batch_shaped(f: BatchFigures, current: int, counts: dict[int, int]) -> bool:
+    """Is this site a batch size the app chose? Its own ``asyncwatch.batch`` sites are; a
+    gather site is when it looks like ``items[i:i+n]``: most fan-outs at one width, the
+    widest, with smaller remainders (or a width of ``MIN_FANOUT`` or more)."""
+    if f.explicit:
+        return True
+    total = sum(counts.values())
+    if current < max(counts) or counts[current] < 0.6 * total:
+        return False
+    remainders = any(size < current for size in counts)
+    return current >= MIN_FANOUT or (remainders and current >= 8)
+
+
+def _batch_runs(f: BatchFigures, current: int, distinct: list[int], counts: dict[int, int],
+                min_batches: int) -> list[Recommendation]:
+    """Too few sizes to fit (the commonest shape: one size, ``items[i:i+n]``): name the sizes
+    to run, bigger ones unless batches break their budget."""
+    if not _batch_shaped(f, current, counts):
+        return []  # a fan-out of fixed width (gather(a(), b())): not a batch size knob
+    recent_t = [d for s, d in f.batches[-30:] if s == current] or [d for _, d in f.batches]
+    now_t = sum(recent_t) / len(recent_t)
+    seen = f"batches of {current} items take {secs(now_t)} ({rate(current / now_t)} items/s)" \
+        if now_t > 0 else f"batches of {current} items"
+    evidence = f"{len(f.batches)} batches, sizes {_sizes_text(distinct)}"
+    if len(f.batches) < min_batches:
+        return [Recommendation(
+            f.label, "batch_size", current, None, "unknown yet", evidence, "low",
+            model="batch cost fit", seen=seen,
+            need=f"{min_batches}+ batches (have {len(f.batches)})")]
+    slow = f.budget_s is not None and now_t > f.budget_s
+
+    def tried(n: int) -> bool:
+        return any(abs(n - d) <= 0.1 * d and counts[d] >= 3 for d in distinct)
+
+    steps = (current // 2, current // 4) if slow else (current * 2, current * 4)
+    runs = [n for n in steps if n >= 1 and not tried(n)][:2]
+    if not runs:
+        runs = [n for n in (current * 8, current // 8) if n >= 1 and not tried(n)][:1]
+    if slow:
+        evidence += f"; at {current} items a batch takes {secs(now_t)}, over its budget of " \
+            f"{secs(f.budget_s or 0)}"
+    return [Recommendation(
+        f.label, "batch_size", current, None, "unknown yet", evidence, "low",
+        model="batch cost fit", seen=seen,
+        need="a while with batches of " + " and of ".join(map(str, runs)) + " items: "
+        f"with {len(distinct)} size{'s' if len(distinct) > 1 else ''} measured, what a batch "
+        "costs per item and per batch is not known")]
 
 
 def _batch_fit(ns: list[float], ts: list[float], ws: list[float]) -> BatchFit | None:

@@ -212,14 +212,62 @@ def test_batch_over_budget_is_shrunk_to_fit() -> None:
     assert "budget" in rec.expected_gain
 
 
-def test_fixed_size_batches_are_silent_unless_over_budget() -> None:
-    """One size only: nothing to fit; said only when those batches break their budget."""
-    steady = BatchFigures("b", True, _batches([50] * 20, 0.05, 0.001), 1.0)
-    (rec,) = batch_advice(steady, min_batches=10)
-    assert rec.kind == "no_change"
+def _chunked(size: int, items: int, cost: object) -> list[tuple[int, float]]:
+    """``for i in range(0, items, size): items[i:i+size]``: the batches and their times."""
+    out = []
+    for i in range(0, items, size):
+        n = min(size, items - i)
+        out.append((n, cost(n)))  # type: ignore[operator]
+    return out
+
+
+def test_fixed_size_batches_name_the_sizes_to_run_then_converge() -> None:
+    """Issue 16.2: items[i:i+32], best size ~225 (overhead 20 ms, 0.1 ms per item, a growth
+    term). The old advisor said nothing; now it names 64 and 128, then 128, then, with three
+    sizes measured, suggests the next size toward the best, and then the best."""
+
+    def cost(n: int) -> float:
+        return 0.02 + 0.0001 * n + 0.02 / 225**2 * n * n
+
+    for explicit in (True, False):  # asyncwatch.batch, or a gather fan-out of each chunk
+        figures = BatchFigures("b", explicit, tuple(_chunked(32, 1000, cost)), 1.0)
+        (rec,) = batch_advice(figures, min_batches=10)
+        assert rec.kind == "need_data" and rec.current == 32, rec
+        assert "batches of 64 and of 128 items" in (rec.need or "")
+        assert rec.summary.startswith("batches of 32 items take")
+    import re
+
+    history: list[tuple[int, float]] = []
+    sizes, kinds = [32], []
+    for _ in range(8):
+        history += _chunked(sizes[-1], 2000, cost)
+        (rec,) = batch_advice(BatchFigures("b", False, tuple(history), 1.0), min_batches=10)
+        kinds.append(rec.kind)
+        if rec.kind == "no_change":
+            break
+        if rec.kind == "need_data":  # the user runs the first size named
+            sizes.append(int(re.findall(r"batches of (\d+)", rec.need or "")[0]))
+            continue
+        assert rec.suggested is not None and rec.suggested <= 2 * sizes[-1]
+        if rec.confidence != "low":  # never a harmful step
+            assert rec.suggested / cost(rec.suggested) >= sizes[-1] / cost(sizes[-1])
+        sizes.append(rec.suggested)
+    assert kinds[-1] == "no_change", (sizes, kinds)
+    best = 225 / cost(225)
+    assert sizes[-1] / cost(sizes[-1]) >= best / 1.5, sizes
+    reached = next(i for i, n in enumerate(sizes) if n / cost(n) >= best / 1.5)
+    assert reached <= 4, sizes
+
+
+def test_fixed_width_fan_outs_are_not_a_batch_knob_but_own_batches_are() -> None:
+    """gather(a(), b(), c()) at one width is not a batch size to tune (nothing said); the
+    app's own batches at one size over their budget get runs at smaller sizes."""
+    fan_out = BatchFigures("gather", False, ((3, 0.01),) * 40, None)
+    assert batch_advice(fan_out, min_batches=10) == []
     slow = BatchFigures("b", True, _batches([50] * 20, 0.05, 0.001), 0.08)
     (rec,) = batch_advice(slow, min_batches=10)
     assert rec.suggested is None and "over its budget" in rec.evidence
+    assert "batches of 25 and of 12 items" in (rec.need or "")
 
 
 def test_saturated_loop_gets_processes_only_with_enough_data_and_cores() -> None:

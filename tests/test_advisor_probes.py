@@ -274,6 +274,41 @@ def test_limit_levels_a_percent_apart_merge_and_every_level_is_listed() -> None:
         assert f"{level} at once:" in rec.evidence
 
 
+def test_fixed_size_gather_batches_get_the_sizes_to_run_and_history_is_kept(
+    advised: asyncwatch.Watch,
+) -> None:
+    """Issue 16.2 on real calls: ``items[i:i+32]`` fanned out with ``gather`` is seen as a
+    batch size of 32 and gets the runs to make by size; an ``asyncwatch.batch`` site that
+    moved to another size keeps the batches of the size before past its ring."""
+    from asyncwatch._batches import RING
+
+    async def store(item: int) -> int:
+        await asyncio.sleep(0)
+        return item
+
+    async def write_all(items: list[int], size: int) -> None:
+        for i in range(0, len(items), size):
+            await asyncio.gather(*(store(x) for x in items[i:i + size]))
+
+    async def explicit(size: int, batches: int) -> None:
+        for _ in range(batches):
+            with asyncwatch.batch("rows", size=size):
+                await asyncio.sleep(0)
+
+    async def main() -> None:
+        await write_all(list(range(1000)), 32)
+        await explicit(32, 40)
+        await explicit(64, RING + 10)  # the ring now holds only batches of 64
+
+    asyncio.run(main())
+    recs = asyncwatch.advise()
+    (fan_out,) = [r for r in recs if "write_all" in r.target]
+    assert fan_out.kind == "need_data" and fan_out.current == 32, fan_out
+    assert "batches of 64 and of 128 items" in (fan_out.need or "")
+    (rows,) = advised.advisor.batch_figures()[-1:]
+    assert rows.label == "batch 'rows'" and {s for s, _ in rows.batches} == {32, 64}
+
+
 def test_declared_concurrency_with_backlog(advised: asyncwatch.Watch) -> None:
     """A worker pool declared with concurrency(): holds and queue backlog are measured."""
 
