@@ -302,6 +302,7 @@ MERGE_LEVELS = 0.02  # levels this close (relative) are one level (a ramp, a dra
 SHOW_LEVELS = 12  # levels listed in the evidence
 FIT_R2 = 0.8  # a fit explaining less than this is not acted on
 KNEE = 0.95  # the smallest level reaching this share of the best throughput is the best
+OVERLOADED = 0.1  # a level where this share of holds fails: the service refuses work
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,11 @@ class Level:
     hold_s: float  # mean hold time
     holds: int
     failed: int
+
+    @property
+    def fail_share(self) -> float:
+        """Share of the holds at this level that failed."""
+        return self.failed / self.holds if self.holds else 0.0
 
     @property
     def goodput(self) -> float:
@@ -392,14 +398,18 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
                 + (f", {f.waiters:.1f} more waiting" if waiting else ", none waiting"))
     seen = "measured: " + (_levels_text(levels) or "nothing yet")
     in_force = min(float(limit), demand) if not full else float(limit)
-    cur = _nearest(usable, in_force)
+    cur = _nearest(usable, in_force) or _nearest(usable, limit)
     up, down = min(limit * 2, max_limit), max(1, limit // 2)
     if cur is None:
         return [_limit_rec(
             f, limit, expected_gain="unknown yet", evidence=f"{pressure}; {seen}",
             need=f"{min_done}+ completions at the limit in force ({limit}); keep it running")]
-    best = max(usable, key=lambda lv: lv.goodput)
-    knee = next(lv for lv in usable if lv.goodput >= KNEE * best.goodput)
+    overloaded = cur.fail_share >= OVERLOADED
+    # Past the point where the backend refuses work, more at once only adds refusals: the
+    # levels above are no target, however their throughput compares.
+    targets = [lv for lv in usable if lv.n <= cur.n] if overloaded else usable
+    best = max(targets, key=lambda lv: lv.goodput)
+    knee = next(lv for lv in targets if lv.goodput >= KNEE * best.goodput)
     cur_x = cur.goodput
     detail = ""
     fit = None
@@ -439,17 +449,35 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
             suggested=target, expected_gain=words, confidence=confidence,
             gain=ratio, evidence=f"{evidence}. {target} at once did best of the levels measured")]
     top, bottom = usable[-1], usable[0]
+    if overloaded and down < limit and _nearest(usable, down) is None:
+        return [rec(
+            suggested=down, confidence="low", gain=1.0,
+            expected_gain="fewer refused requests, maybe more that succeed: apply it and ask "
+            "again",
+            evidence=f"{evidence}. {cur.fail_share:.0%} of the holds at {cur.n} at once failed "
+            "(errors, or responses marked rejected): the service behind the limit refuses work "
+            "at this load, so fewer at once")]
     if not full:
         return [rec(
             expected_gain="no change", evidence=evidence, confidence="medium",
             reason=f"the limit is not reached ({f.holders:.1f} of {limit} held on average)")]
-    if fit is not None and fit.r2 < FIT_R2:
-        runs = sorted({r for r in (up if waiting else limit, down) if r != limit})
+    if cur is not top and cur is not bottom:
+        lower = max(lv.n for lv in usable if lv.n < cur.n)
+        higher = min(lv.n for lv in usable if lv.n > cur.n)
         return [rec(
-            expected_gain="unknown yet", evidence=evidence,
-            need=("a while at a limit of " + " and at ".join(map(str, runs))
-                  + f": the throughput measured so far does not follow a clear curve "
-                  f"(R^2 {fit.r2:.2f})"))]
+            expected_gain="no change", evidence=evidence, confidence="medium",
+            reason=f"{cur.n} at once did best of the levels measured ({lower} did worse, "
+            f"{higher} no better)")]
+    if fit is not None and fit.r2 < FIT_R2:
+        measured = {lv.n for lv in usable}
+        runs = ([up] if cur is top and waiting and up > limit else []) + (
+            [down] if down < limit and _nearest(usable, down) is None else [])
+        runs = [r for r in runs if r not in measured]
+        if runs:
+            return [rec(
+                expected_gain="unknown yet", evidence=evidence,
+                need=("a while at a limit of " + " and at ".join(map(str, runs))
+                      + ": the throughput measured so far does not follow a clear curve"))]
     # 2. The current level is the best measured. Beyond the levels measured: one step of at
     # most 2x in the direction the measurements point, low confidence (apply, ask again).
     if cur is top and waiting and up > limit:

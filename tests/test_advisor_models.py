@@ -345,3 +345,16 @@ def test_plain_words_first_model_terms_in_the_detail() -> None:
     assert "set concurrency_limit from 32 to 8" in limit.summary
     assert "crosstalk" in limit.detail
     assert batch.summary.startswith("batches of 400 items take 450 ms")
+
+
+def test_limit_where_the_backend_refuses_work_steps_down_never_back_up() -> None:
+    """Issue 16.3: 429s past 20 in flight. At 128 (84 % refused) after 256 (92 % refused,
+    more raw completions per second): the limit is not raised back to 256 (the old advice
+    wandered), it is halved, at low confidence, until the refusals stop."""
+    levels = ((128, 128 * 1000 * 0.2, 1000), (256, 256 * 3000 * 0.1, 3000))
+    failed = ((128, 840), (256, 2760))
+    figures = _limit(limit=128, levels=levels, holders=128.0, waiters=100.0, max_level=256,
+                     failed=failed)
+    (rec,) = limit_advice(figures, min_done=20, max_limit=1000)
+    assert (rec.suggested, rec.confidence) == (64, "low"), rec
+    assert "84% of the holds at 128 at once failed" in rec.evidence
