@@ -194,16 +194,16 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
         cpu_s = min(run, cpu_s + f.cpu_wait_s) if run > 0 else cpu_s + f.cpu_wait_s
     cpu_share = (cpu_s / run) if (cpu_s is not None and run > 0) else None
     cpu_cores = x * cpu_s if cpu_s is not None else None  # cores the pool's work wanted
-    # A share of the run time on (or waiting for) a CPU: half for threads, a third for
-    # process workers (each has a core of its own) makes the work CPU-bound.
-    computing = cpu_share is not None and cpu_share >= (0.5 if f.threads else 0.3)
-    # Threads also wait for the GIL without using CPU, which makes CPU-bound calls look partly
-    # idle; so a thread pool whose calls use a quarter of a core or more in all is treated as
-    # CPU-bound too. Above one core, C code released the GIL.
+    # The share of a call's run time holding a CPU (for threads: the GIL) against the time
+    # it releases it (blocking I/O). Threads: 80 % or more on a CPU is CPU-bound; less is
+    # mixed work, where more threads overlap the released part until their CPU fills the
+    # GIL's one core. Process workers (a core each): a third makes the work CPU-bound.
+    computing = cpu_share is not None and cpu_share >= (0.8 if f.threads else 0.3)
+    # A thread pool whose CPU use already fills the GIL's core (85 %+; above ~1.15 cores C
+    # code released the GIL) cannot go faster with more threads: processes can.
     gil_bound = (f.threads and used_cores is not None and used_cores <= 1.15
-                 and (computing or used_cores >= CPU_POOL_CORES))
-    cpu_bound = gil_bound or computing or (
-        f.threads and used_cores is not None and used_cores >= CPU_POOL_CORES)
+                 and (computing or used_cores >= 0.85))
+    cpu_bound = gil_bound or computing
     base = (f"{f.calls} calls in {secs(f.span_s)}: {rate(x)}/s, queue wait {secs(wait)} "
             f"({queue_share:.0%} of each call's time) vs run {secs(run)}; "
             f"{busy:.1f} of {c} workers busy, {in_system:.1f} calls in the pool on average")
@@ -234,13 +234,17 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
         if f.threads:
             caps.append(max_threads)
             if used_cores is not None and used_cores > 0:
-                gil_cap = math.floor(c * 0.7 / used_cores + 1e-9)
+                gil_cap = math.floor(c / used_cores + 1e-9)
                 if gil_cap < wanted:
                     why = (f"beyond {gil_cap} threads their CPU use ({used_cores:.2f} cores "
                            "now) would reach the GIL's one core")
                 caps.append(gil_cap)
         suggested = max(min(caps), 1)
         gain = min(suggested, in_system) / max(busy, 1e-9)
+        if used_cores is not None and used_cores > 0 and f.threads:
+            gain = min(gain, 0.9 / used_cores)  # the GIL's core caps what threads can add
+        if cpu_share is not None and cpu_share >= 0.2:
+            gain = 1 + (gain - 1) * 0.75  # mixed work: gains fell short of Little's law
         if suggested <= c * 1.2 or gain < 1.2:
             return [no_change(f.label, "max_workers", c, f"{c} workers are about what the calls "
                               f"need ({why}); more would add little", base, "Little's law")]
@@ -249,15 +253,23 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
             f.label, "max_workers", c, suggested,
             f"about {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s), "
             f"queue wait per call from {secs(wait)} to near zero",
-            f"{base}. The work is I/O-bound (CPU {0 if cpu_share is None else cpu_share:.0%} "
-            f"of run time), so more workers run more calls at once; {why}.",
+            f"{base}. The work is " + (
+                f"I/O-bound (CPU {0 if cpu_share is None else cpu_share:.0%} of run time)"
+                if cpu_share is None or cpu_share < 0.2 else
+                f"mixed ({cpu_share:.0%} of the run time on a CPU, the rest blocked)")
+            + f", so more workers run more calls at once; {why}.",
             confidence, gain, "Little's law")]
     # CPU-bound: never more workers than cores
     if f.threads and gil_bound:
         procs = min(f.cores, max(1, math.ceil(in_system)))
         gain = min(procs, in_system) / max(cpu_cores or 1.0, 0.1)
+        if run > 0 and cpu_s:  # each process also blocks for the part not on a CPU
+            gain = min(gain, min(procs / run, f.cores / cpu_s) / x)
+        if cpu_share is not None and cpu_share < 0.8:
+            gain = 1 + (gain - 1) * 0.75  # mixed work: gains fell short of the model
         if procs < 2 or gain < 1.3:
-            return [no_change(f.label, "max_workers", c, "the work is CPU-bound Python: more "
+            return [no_change(f.label, "max_workers", c, "the threads' CPU use "
+                              f"({used_cores or 0:.2f} cores) fills the GIL's one core: more "
                               "threads cannot add throughput, and a process pool would gain "
                               f"little on {f.cores} cores", base, "Little's law + GIL")]
         return [Recommendation(

@@ -98,7 +98,7 @@ def test_thread_pool_gil_cap_limits_io_bound_threads() -> None:
     """Mostly I/O but 0.2 cores of CPU: threads stop where the GIL's core would fill."""
     figures = _pool(cpu_s=0.002, wait_s=0.5, latency_s=0.52)  # 100/s x 2 ms = 0.2 cores
     (rec,) = pool_advice(figures, min_calls=50, max_threads=128)
-    assert rec.suggested == 7  # floor(2 x 0.7 / 0.2)
+    assert rec.suggested == 10  # floor(2 / 0.2): their CPU would fill the GIL's core
     assert "GIL" in rec.evidence
 
 
@@ -358,3 +358,21 @@ def test_limit_where_the_backend_refuses_work_steps_down_never_back_up() -> None
     (rec,) = limit_advice(figures, min_done=20, max_limit=1000)
     assert (rec.suggested, rec.confidence) == (64, "low"), rec
     assert "84% of the holds at 128 at once failed" in rec.evidence
+
+
+def test_mixed_cpu_and_blocking_pool_gets_threads_with_a_conservative_gain() -> None:
+    """Issue 16.6's mixed pool: 1 thread, each call 5 ms on the CPU and 5 ms blocked. The
+    old advisor called it GIL-bound and advised a process pool of 2 promising 3.4x
+    (measured 1.48x; 16 threads measured 2.48x). The blocked half overlaps in threads: more
+    threads, until their CPU would fill the GIL's core, and a gain under that ceiling."""
+    figures = _pool(workers=1, calls=400, span_s=4.0, wait_s=0.15, run_s=0.01,
+                    latency_s=0.16, cpu_s=0.005, cores=2)
+    (rec,) = pool_advice(figures, min_calls=50, max_threads=128)
+    assert rec.knob == "max_workers" and rec.suggested is not None and rec.suggested >= 2
+    assert rec.gain is not None and 1.2 <= rec.gain <= 1.9, rec  # ceiling 0.9 / 0.5 cores
+    assert rec.confidence == "medium"
+    # applied (2 threads, the GIL's core now full): processes, not more threads
+    full = _pool(workers=2, calls=720, span_s=4.0, wait_s=0.08, run_s=0.011, latency_s=0.091,
+                 cpu_s=0.005, cores=2)
+    (rec,) = pool_advice(full, min_calls=50, max_threads=128)
+    assert rec.knob == "processes" or rec.kind == "no_change", rec
