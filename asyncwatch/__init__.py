@@ -26,6 +26,8 @@ from ._deadlock_report import PrimitiveInfo as PrimitiveInfo
 from ._deadlock_report import StuckTaskFinding as StuckTaskFinding
 from ._findings import Finding as Finding
 from ._findings import Frame as Frame
+from ._gates import Gate as Gate
+from ._gates import make_gate as _make_gate
 from ._idle import idle as idle
 from ._limits import Concurrency as Concurrency
 from ._limits import make_concurrency as _make_concurrency
@@ -64,6 +66,7 @@ __all__ = [
     "Finding",
     "Frame",
     "FunctionProfile",
+    "Gate",
     "Percentiles",
     "PrimitiveInfo",
     "ProcessStats",
@@ -80,6 +83,7 @@ __all__ = [
     "concurrency",
     "current",
     "findings",
+    "gate",
     "idle",
     "install",
     "profile",
@@ -228,3 +232,23 @@ def rejected() -> None:
     releases or ends).
     """
     _mark_rejected()
+
+
+def gate(name: str, *, rpm: float | None = None, tpm: float | None = None,
+         tokens: int = 0) -> Gate:
+    """Measure the wait at a rate gate (requests and tokens per minute, as LLM APIs meter):
+    put it around your limiter's wait, per request::
+
+        async with asyncwatch.gate("openai", rpm=RPM, tpm=TPM, tokens=prompt_tokens):
+            await rpm_limiter.acquire()           # e.g. aiolimiter.AsyncLimiter
+            await tpm_limiter.acquire(prompt_tokens)
+
+    Exported per gate name: requests and tokens through it (``asyncwatch.gate.passes``), the
+    declared limits (``asyncwatch.gate.limit``), the time callers waited inside
+    (``asyncwatch.gate.wait.time``) and how many wait now (``asyncwatch.gate.waiting``). It
+    never waits itself; 100 names at most (then ``_OTHER``). A no-op when asyncwatch is not
+    installed.
+    """
+    watch = _current_watch()
+    advisor = getattr(watch, "advisor", None)
+    return _make_gate(getattr(advisor, "gates", None), name, rpm, tpm, tokens)

@@ -29,6 +29,7 @@ from ._batches import Batch, BatchProbe, BatchSite, batch_decorator
 from ._config import Config
 from ._export import Point
 from ._faults import Faults
+from ._gates import GateProbe
 from ._limits import LimitProbe, LimitStats
 from ._loopload import LoopLoad
 from ._models import (
@@ -91,6 +92,7 @@ class Advisor:
         self.sample_s = min(1.0, self.window_s / 20)
         self.executors = ExecutorProbe(faults)
         self.limits = LimitProbe()
+        self.gates = GateProbe()
         self.batches = BatchProbe(faults, gather=config.advisor_gather)
         self.load = LoopLoad(faults, _lag_counts_of(loops))
         self.active = False
@@ -117,6 +119,7 @@ class Advisor:
         self.executors.install()
         self.batches.install()
         self.limits.active = True
+        self.gates.active = True
         self.primitives.track_semaphore = self.limits.track_for
         self.load.start()
         self._start_thread()
@@ -131,6 +134,7 @@ class Advisor:
         self.executors.uninstall()
         self.batches.uninstall()
         self.limits.active = False
+        self.gates.active = False
         self.primitives.track_semaphore = None
         self.load.stop()
 
@@ -145,6 +149,7 @@ class Advisor:
         self._lock = threading.RLock()
         self.executors.reset()
         self.limits.reset()
+        self.gates.reset()
         self.batches.reset()
         self.load.reset()
         self._limit_snaps = {}
@@ -391,8 +396,33 @@ class Advisor:
         self._logged = now
 
     def points(self) -> Iterable[Point]:
-        """Gauges of the last evaluated advice (suggested, current, expected gain)."""
+        """The resources the advisor watches (semaphores, pools, gates: in use, waiting, wait
+        time, per site), and gauges of the last evaluated advice (suggested, current,
+        expected gain)."""
         start = 0
+        for stats in self.limits.limits():
+            attrs = {n.RESOURCE: stats.label}
+            yield n.SEMAPHORE_IN_USE, attrs, max(0, stats.in_use), start
+            limit = stats.current_limit()
+            if limit is not None:
+                yield n.SEMAPHORE_LIMIT, attrs, limit, start
+            yield n.SEMAPHORE_WAITS, attrs, stats.waits, start
+            yield n.SEMAPHORE_WAIT_TIME, attrs, stats.waiter_s, start
+            yield n.SEMAPHORE_FAILED, attrs, stats.failures, start
+        for pool in self.executors.executors():
+            attrs = {n.RESOURCE: pool.label}
+            ended = pool.ended
+            if pool.threads:
+                started = pool.started
+                yield n.POOL_IN_USE, attrs, max(0, started - ended), start
+                yield n.POOL_QUEUED, attrs, max(0, pool.submitted - started), start
+                yield n.POOL_WAIT_TIME, attrs, pool.wait_s, start
+            else:
+                yield n.POOL_IN_USE, attrs, max(0, pool.submitted - ended), start
+            workers = pool.max_workers()
+            if workers is not None:
+                yield n.POOL_WORKERS, attrs, workers, start
+        yield from self.gates.points()
         for rec in self.last:
             if rec.suggested is None:
                 continue

@@ -86,6 +86,7 @@ class LimitStats:
         self.exact_left = EXACT_HOLDS  # holds still to time one and all
         self.failed: dict[int, int] = {}  # level -> sampled holds that failed
         self.failures = 0  # failed holds in all (every hold, not a sample)
+        self.in_use = 0  # permits held now, over the site's objects
         self.hold_time: dict[int, float] = {}  # level -> sampled seconds held at it
         self.holds: dict[int, int] = {}  # level -> sampled holds
         self.sampled = 0  # sampled holds in all
@@ -125,6 +126,7 @@ class LimitStats:
         out.limits = dict(self.limits)
         out.last_limit, out.exact_left = self.last_limit, self.exact_left
         out.failed, out.failures = dict(self.failed), self.failures
+        out.in_use = self.in_use
         out.hold_time = dict(self.hold_time)
         out.holds = dict(self.holds)
         out.sampled, out.sampled_s = self.sampled, self.sampled_s
@@ -161,6 +163,7 @@ class SemaphoreTrack:
         """A permit was taken by ``task`` (``waited_s``: None if it was free)."""
         stats = self.stats
         level = self.level = self.level + 1
+        stats.in_use += 1
         if level > stats.max_level:  # noqa: PLR1730 - cheaper than a max() call per acquire
             stats.max_level = level
         if waited_s is not None:
@@ -189,6 +192,7 @@ class SemaphoreTrack:
         if level <= 0:
             return  # taken before it was tracked
         self.level = level - 1
+        self.stats.in_use -= 1
         self.stats.done += 1
         failed = _failed(task)
         if failed:
@@ -267,6 +271,7 @@ class _Track:
         now = self._advance()
         stats = self.stats
         self.level = level = self.level + 1
+        stats.in_use += 1
         stats.max_level = max(stats.max_level, level)
         self.open.append((now, self.area))
         if self.backlog is not None:
@@ -278,6 +283,7 @@ class _Track:
         stats = self.stats
         if self.level:
             self.level -= 1
+            stats.in_use -= 1
             stats.done += 1
             if failed:
                 stats.failures += 1

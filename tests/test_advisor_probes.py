@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -445,3 +446,95 @@ def test_console_advice_command_renders_real_advice(advised: asyncwatch.Watch) -
     assert "set max_workers from 2 to" in out
     brief = CliRunner().invoke(do_advice, ["-b"], obj=obj).output
     assert "max_workers: 2 -> " in brief and "evidence: " not in brief
+
+
+async def until(predicate: Any, timeout: float = 20.0) -> None:
+    """Poll ``predicate`` on the loop (yielding to it) until true, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)  # polling with a deadline, letting the loop run
+
+
+def test_semaphores_pools_and_gates_are_metrics_per_site(
+    advised: asyncwatch.Watch, reader: InMemoryMetricReader
+) -> None:
+    """Issue 16.7: while work is held up, the metrics show it per site: permits in use and
+    the limit, waits and wait time; a thread pool's calls running and queued and their
+    queue wait; a rate gate's passes (requests, tokens), limits, wait time and waiters."""
+    release = asyncio.Event()
+    seen: dict[str, list[Any]] = {}
+
+    def gated_site() -> asyncio.Semaphore:
+        return asyncio.Semaphore(2)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sem = gated_site()
+        gate_open = asyncio.Event()
+
+        async def holder() -> None:
+            async with sem:
+                await release.wait()
+
+        async def caller(tokens: int) -> None:
+            async with asyncwatch.gate("llm", rpm=600, tpm=60_000, tokens=tokens):
+                await gate_open.wait()  # the app's own limiter, closed for now
+
+        tasks = [asyncio.create_task(holder()) for _ in range(5)]
+        callers = [asyncio.create_task(caller(100)) for _ in range(3)]
+        blocker = threading.Event()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metered") as pool:
+            calls = [loop.run_in_executor(pool, blocker.wait) for _ in range(3)]
+            await until(lambda: sem.locked() and len(sem._waiters or ()) == 3)
+            await until(lambda: any(p.label == "ThreadPoolExecutor 'metered'" and p.started
+                                    for p in advised.advisor.executors.executors()))
+            seen.update(collect(reader))
+            blocker.set()
+            await asyncio.gather(*calls)
+        gate_open.set()
+        release.set()
+        await asyncio.gather(*tasks, *callers)
+        seen["after"] = [collect(reader)]
+
+    asyncio.run(main())
+    site = [p for p in seen["asyncwatch.semaphore.in_use"]
+            if "gated_site" in p.attributes[n.RESOURCE]]
+    assert [p.value for p in site] == [2]
+    label = site[0].attributes[n.RESOURCE]
+    assert point(seen["asyncwatch.semaphore.limit"], asyncwatch__resource=label).value == 2
+    pool = {"asyncwatch__resource": "ThreadPoolExecutor 'metered'"}
+    assert point(seen["asyncwatch.pool.in_use"], **pool).value == 1
+    assert point(seen["asyncwatch.pool.queued"], **pool).value == 2
+    assert point(seen["asyncwatch.pool.workers"], **pool).value == 1
+    assert point(seen["asyncwatch.gate.waiting"], asyncwatch__resource="llm").value == 3
+    after = seen["after"][0]
+    waits = point(after["asyncwatch.semaphore.waits"], asyncwatch__resource=label)
+    assert waits.value == 3
+    assert point(after["asyncwatch.semaphore.wait.time"], asyncwatch__resource=label).value > 0
+    assert point(after["asyncwatch.pool.wait.time"], **pool).value > 0
+    assert point(after["asyncwatch.semaphore.in_use"], asyncwatch__resource=label).value == 0
+    tokens = point(after["asyncwatch.gate.passes"], asyncwatch__resource="llm",
+                   asyncwatch__gate__unit="tokens")
+    assert tokens.value == 300
+    assert point(after["asyncwatch.gate.limit"], asyncwatch__resource="llm",
+                 asyncwatch__gate__unit="requests").value == 600
+    assert point(after["asyncwatch.gate.wait.time"], asyncwatch__resource="llm").value > 0
+    assert point(after["asyncwatch.gate.waiting"], asyncwatch__resource="llm").value == 0
+
+
+def test_gate_names_are_capped_with_an_overflow(advised: asyncwatch.Watch) -> None:
+    """150 gate names: 100 series and _OTHER, never more; bad arguments fail fast."""
+    from asyncwatch._gates import MAX_GATES
+
+    async def main() -> None:
+        for i in range(150):
+            async with asyncwatch.gate(f"gate-{i}", rpm=60):
+                pass
+
+    asyncio.run(main())
+    names = {attrs[n.RESOURCE] for m, attrs, _, _ in advised.advisor.gates.points()}
+    assert len(names) == MAX_GATES + 1 and n.OVERFLOW in names
+    for bad in ({"rpm": 0}, {"tpm": -1}, {"tokens": -1}, {"tokens": 1.5}):
+        with pytest.raises(ValueError, match=r"asyncwatch\.gate"):
+            asyncwatch.gate("x", **bad)  # type: ignore[arg-type]
