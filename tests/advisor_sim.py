@@ -336,3 +336,71 @@ def workloads() -> list[Workload]:
             lambda size: lambda: batch_app(size, seconds=3.0), "write_chunks",
             (16, 32, 64, 128, 180, 225, 256, 320, 512)),
     ]
+
+
+# ---------------------------------------------------------------- pools (a cost model)
+
+
+@dataclass(frozen=True)
+class PoolModel:
+    """A pool of ``callers`` tasks each calling through an executor in a loop; each call
+    holds a CPU (for threads: the GIL) for ``cpu_s`` and blocks for ``block_s``.
+
+    Executor threads run on the wall clock, so this workload is a cost model rather than an
+    app: ``figures`` gives what the probes would measure over ``seconds``. Threads: calls
+    overlap while blocked, their CPU parts are serialised by the GIL. Process workers: one
+    CPU each, up to ``cores``.
+    """
+
+    cpu_s: float
+    block_s: float
+    callers: int
+    cores: int
+    seconds: float = 10.0
+
+    def throughput(self, workers: int, processes: bool) -> float:
+        run = self.cpu_s + self.block_s
+        cpu_cap = (self.cores if processes else 1.0) / self.cpu_s
+        return min(workers / run, cpu_cap, self.callers / run)
+
+    def figures(self, workers: int, processes: bool) -> Any:
+        from asyncwatch._models import PoolFigures
+
+        x = self.throughput(workers, processes)
+        latency = self.callers / x  # Little's law: every caller is in the pool
+        busy = min(workers, self.callers)
+        run = busy / x  # a worker holds a call this long (stretched when the GIL is full)
+        wait = max(0.0, latency - run)
+        calls = round(x * self.seconds)
+        label = "ProcessPoolExecutor" if processes else "ThreadPoolExecutor 'mixed'"
+        return PoolFigures(label, not processes, workers, calls, self.seconds,
+                           None if processes else wait, None if processes else run,
+                           latency, self.cpu_s, self.cores)
+
+
+def pool_closed_loop(model: PoolModel, *, workers: int = 1,
+                     max_steps: int = 8) -> list[Step]:
+    """Apply the pool advice (threads, or a process pool) until "no change"."""
+    from asyncwatch._models import pool_advice
+
+    steps: list[Step] = []
+    processes = False
+    for _ in range(max_steps):
+        measured = model.throughput(workers, processes)
+        (rec,) = pool_advice(model.figures(workers, processes), min_calls=50,
+                             max_threads=128)
+        name = f"{'processes' if processes else 'threads'} {workers}"
+        steps.append(Step(workers if not processes else -workers, measured, rec.kind,
+                          rec.suggested, rec.confidence, rec.gain, f"{name}: {rec.summary}"))
+        if rec.kind != "advice" or rec.suggested is None:
+            break
+        processes = processes or rec.knob == "processes"
+        workers = rec.suggested
+    return steps
+
+
+def pool_sweep(model: PoolModel) -> dict[int, float]:
+    """Brute force: threads 1-64 (positive keys), process pools 1-cores (negative keys)."""
+    out = {w: model.throughput(w, False) for w in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)}
+    out.update({-p: model.throughput(p, True) for p in range(1, model.cores + 1)})
+    return out
