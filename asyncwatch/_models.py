@@ -20,8 +20,9 @@ the decisions are tested with figures written by hand.
   levels (R^2 < 0.8) gives the runs to make instead of a value.
 * Batches (``batch_advice``): batch time = overhead + per-item cost x n (+ a growth term when
   the data show one); the size with the most items per second under the latency budget,
-  never more than 2x the size in use beyond the sizes measured (apply, measure, ask
-  again); beyond the sizes measured the confidence is low.
+  never more than 2x the size in use beyond the sizes measured (4x when a straight
+  overhead + per-item line explains the times, R^2 >= 0.95); beyond the sizes measured the
+  confidence is low (apply, measure, ask again).
 * The loop (``loop_advice``): busy >= 90 % of its running time: more processes.
 """
 
@@ -586,9 +587,13 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
             need="a while with batches of " + " and of ".join(map(str, runs)) + " items")]
     biggest = distinct[-1]
     budget = f.budget_s
-    best = fit.best_size(budget, max(2.0 * current, biggest))  # one step: 2x at most
+    # One step beyond the sizes measured: 2x at most; 4x when the times follow overhead +
+    # per-item cost closely with no growth term (items per second then only rise with size,
+    # and the budget bounds the latency).
+    step = 4.0 if fit.growth <= 0 and fit.r2 >= 0.95 else 2.0
+    best = fit.best_size(budget, max(step * current, biggest))
     target = nice(best, down=budget is not None and fit.duration(best) >= 0.97 * budget)
-    target = min(target, int(max(2.0 * current, biggest)))
+    target = min(target, int(max(step * current, biggest)))
     now_x, new_x = fit.throughput(current), fit.throughput(target)
     now_t, new_t = fit.duration(current), fit.duration(target)
     over_budget = budget is not None and now_t > budget
