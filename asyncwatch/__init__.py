@@ -165,10 +165,13 @@ def advise() -> list[Recommendation]:
 
     Each ``Recommendation`` names its ``target`` and ``knob`` (``max_workers``,
     ``concurrency_limit``, ``batch_size`` or ``processes``), the ``current`` and ``suggested``
-    values, the ``expected_gain``, the ``evidence`` (figures measured while installed) and a
-    ``confidence``. Entries with ``suggested=None`` say what data is still needed (``need``).
-    Largest expected gain first. Empty when nothing needs changing, or when asyncwatch (or its
-    advisor) is not installed.
+    values, the ``expected_gain``, the ``evidence`` (figures measured while installed, in plain
+    words; the model's terms are in ``detail``) and a ``confidence``; ``summary`` says what was
+    seen and what to do. One entry per knob watched, of one ``kind``: ``advice`` (a value to
+    set), ``need_data`` (``suggested`` None, ``need``: the runs to make) or ``no_change``
+    (``reason``: why it is where it should be). Changes first, largest expected gain first.
+    Empty when nothing has been watched yet, or when asyncwatch (or its advisor) is not
+    installed.
     """
     watch = _current_watch()
     advisor = getattr(watch, "advisor", None)
