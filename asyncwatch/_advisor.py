@@ -43,6 +43,7 @@ from ._models import (
     loop_advice,
     pool_advice,
 )
+from ._queues import QueueProbe
 
 logger = logging.getLogger("asyncwatch")
 
@@ -93,6 +94,7 @@ class Advisor:
         self.executors = ExecutorProbe(faults)
         self.limits = LimitProbe()
         self.gates = GateProbe()
+        self.queues = QueueProbe(faults)
         self.batches = BatchProbe(faults, gather=config.advisor_gather)
         self.load = LoopLoad(faults, _lag_counts_of(loops))
         self.active = False
@@ -118,6 +120,8 @@ class Advisor:
         self.started = clock()
         self.executors.install()
         self.batches.install()
+        if self.config.advisor_queues:
+            self.queues.install()
         self.limits.active = True
         self.gates.active = True
         self.primitives.track_semaphore = self.limits.track_for
@@ -133,6 +137,7 @@ class Advisor:
             thread.join(timeout=5)
         self.executors.uninstall()
         self.batches.uninstall()
+        self.queues.uninstall()
         self.limits.active = False
         self.gates.active = False
         self.primitives.track_semaphore = None
@@ -150,6 +155,7 @@ class Advisor:
         self.executors.reset()
         self.limits.reset()
         self.gates.reset()
+        self.queues.reset()
         self.batches.reset()
         self.load.reset()
         self._limit_snaps = {}
@@ -423,6 +429,7 @@ class Advisor:
             if workers is not None:
                 yield n.POOL_WORKERS, attrs, workers, start
         yield from self.gates.points()
+        yield from self.queues.points()
         for rec in self.last:
             if rec.suggested is None:
                 continue

@@ -347,6 +347,7 @@ _SETTINGS: dict[str, _Setting] = {
         ("ASYNCWATCH_ADVISOR_MAX_THREADS",), _parse_int, _at_least(1), "whole number >= 1"
     ),
     "advisor_gather": _Setting(("ASYNCWATCH_ADVISOR_GATHER",), _parse_flag, _is_bool, "1 or 0"),
+    "advisor_queues": _Setting(("ASYNCWATCH_ADVISOR_QUEUES",), _parse_flag, _is_bool, "1 or 0"),
     "lazy_start": _Setting(("ASYNCWATCH_LAZY_START",), _parse_flag, _is_bool, "1 or 0"),
     "raise_errors": _Setting(("ASYNCWATCH_RAISE",), _parse_flag, _is_bool, "1 or 0"),
 }
@@ -477,6 +478,9 @@ class Config:
     advisor_gather: bool = True
     """Record the size and duration of ``asyncio.gather`` fan-outs (wraps ``asyncio.gather``
     while installed)."""
+    advisor_queues: bool = True
+    """Export each ``asyncio.Queue`` site's depth and get/put wait (wraps ``Queue.get`` and
+    ``Queue.put`` while installed)."""
     lazy_start: bool = False
     """Start exporters when the first event loop is instrumented (set by ``asyncwatch run``)."""
     raise_errors: bool = False

@@ -28,6 +28,7 @@ ADVICE_TARGET = "asyncwatch.advisor.target"  # executor / semaphore site / batch
 ADVICE_KNOB = "asyncwatch.advisor.knob"  # max_workers | concurrency_limit | batch_size | processes
 RESOURCE = "asyncwatch.resource"  # a semaphore's creation site, an executor, a gate's name
 GATE_UNIT = "asyncwatch.gate.unit"  # requests | tokens
+QUEUE_OPERATION = "asyncwatch.queue.operation"  # get | put
 TASK_NAME = "asyncwatch.task.name"  # span attribute only (unbounded, never on metrics)
 HTTP_METHOD = "http.request.method"  # semconv; unknown methods are _OTHER
 HTTP_ROUTE = "http.route"  # semconv; the route template, never the raw path
@@ -265,6 +266,27 @@ GATE_WAITING = MetricDef(
     "gauge",
     "Callers waiting at an asyncwatch.gate now.",
     (RESOURCE,),
+)
+QUEUE_DEPTH = MetricDef(
+    "asyncwatch.queue.depth",
+    "{item}",
+    "gauge",
+    "Items in the asyncio queues of a site now (created at, or first used at).",
+    (RESOURCE,),
+)
+QUEUE_WAIT_TIME = MetricDef(
+    "asyncwatch.queue.wait.time",
+    "s",
+    "counter",
+    "Time tasks waited to get from an empty queue or put into a full one, per site.",
+    (RESOURCE, QUEUE_OPERATION),
+)
+QUEUE_WAITING = MetricDef(
+    "asyncwatch.queue.waiting",
+    "{task}",
+    "gauge",
+    "Tasks waiting now to get from an empty queue or put into a full one, per site.",
+    (RESOURCE, QUEUE_OPERATION),
 )
 INTERNAL_ERRORS = MetricDef(
     "asyncwatch.internal.errors",

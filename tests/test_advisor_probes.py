@@ -538,3 +538,52 @@ def test_gate_names_are_capped_with_an_overflow(advised: asyncwatch.Watch) -> No
     for bad in ({"rpm": 0}, {"tpm": -1}, {"tokens": -1}, {"tokens": 1.5}):
         with pytest.raises(ValueError, match=r"asyncwatch\.gate"):
             asyncwatch.gate("x", **bad)  # type: ignore[arg-type]
+
+
+def test_queue_depth_and_waits_are_metrics_per_site(
+    advised: asyncwatch.Watch, reader: InMemoryMetricReader
+) -> None:
+    """Issue 16.7: a bounded queue whose consumer lags shows its depth and the producers
+    waiting to put; an empty one its consumers waiting to get; values and errors go through
+    unchanged, and uninstall puts get/put back."""
+    seen: dict[str, list[Any]] = {}
+
+    def make_jobs() -> asyncio.Queue[int]:
+        return asyncio.Queue(maxsize=3)
+
+    async def main() -> None:
+        jobs = make_jobs()
+        empty: asyncio.Queue[int] = asyncio.Queue()
+        producers = [asyncio.create_task(jobs.put(i)) for i in range(5)]
+        getter = asyncio.create_task(empty.get())
+        await until(lambda: jobs.full() and len(jobs._putters) == 2
+                    and len(empty._getters) == 1)
+        seen.update(collect(reader))
+        got = [await jobs.get() for _ in range(5)]
+        await asyncio.gather(*producers)
+        assert sorted(got) == [0, 1, 2, 3, 4]
+        await empty.put(7)
+        assert await getter == 7
+        getter2 = asyncio.create_task(empty.get())
+        await asyncio.sleep(0)
+        getter2.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await getter2
+        seen["after"] = [collect(reader)]
+
+    asyncio.run(main())
+    depth = [p for p in seen["asyncwatch.queue.depth"] if "make_jobs" in
+             p.attributes[n.RESOURCE] or "main" in p.attributes[n.RESOURCE]]
+    assert sorted(p.value for p in depth) == [0, 3], [dict(p.attributes) for p in depth]
+    jobs_site = next(p.attributes[n.RESOURCE] for p in depth if p.value == 3)
+    waiting = point(seen["asyncwatch.queue.waiting"], asyncwatch__resource=jobs_site,
+                    asyncwatch__queue__operation="put")
+    assert waiting.value == 2
+    after = seen["after"][0]
+    waited = point(after["asyncwatch.queue.wait.time"], asyncwatch__resource=jobs_site,
+                   asyncwatch__queue__operation="put")
+    assert waited.value > 0
+    assert all(p.value == 0 for p in after["asyncwatch.queue.waiting"])
+    asyncwatch.uninstall(timeout_s=2)
+    assert asyncio.Queue.get is asyncio.queues.Queue.__dict__["get"]
+    assert not hasattr(asyncio.Queue.get, "__wrapped__")
