@@ -16,9 +16,13 @@ Per limit (a semaphore's creation site, or a declared name) it keeps, cumulative
   holder-seconds) give the mean hold time and the mean holders a hold sees; with ``done``
   they give holder-seconds and active time over any window.
 
-Semaphores: the first ``EXACT_HOLDS`` holds of each site are all timed (short runs and
-fresh limits get every data point); after that one hold in about ``SAMPLE_EVERY`` x the
-concurrency is (about one transition in ten reads the clock). Between samples an acquire or
+Semaphores: the first ``EXACT_HOLDS`` holds of each site are all timed, and again the first
+``EXACT_HOLDS`` after a semaphore of the site is made with another limit (short runs and
+fresh limits get every data point: a run at a new level always leaves points there); after
+that one hold in about ``SAMPLE_EVERY`` x the concurrency is (about one transition in ten
+reads the clock). A hold released while an exception propagates, or whose task called
+``asyncwatch.rejected()``, is counted as failed (per level, for the sampled holds). Between
+samples an acquire or
 release only moves a level counter and a countdown: no clock read, no allocation. Declared
 limits are explicit calls around coarse work, so every hold is timed.
 
