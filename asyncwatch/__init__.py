@@ -26,9 +26,12 @@ from ._deadlock_report import PrimitiveInfo as PrimitiveInfo
 from ._deadlock_report import StuckTaskFinding as StuckTaskFinding
 from ._findings import Finding as Finding
 from ._findings import Frame as Frame
+from ._gates import Gate as Gate
+from ._gates import make_gate as _make_gate
 from ._idle import idle as idle
 from ._limits import Concurrency as Concurrency
 from ._limits import make_concurrency as _make_concurrency
+from ._limits import mark_rejected as _mark_rejected
 from ._models import Recommendation as Recommendation
 from ._profiling import CoroutineProfile as CoroutineProfile
 from ._profiling import FunctionProfile as FunctionProfile
@@ -63,6 +66,7 @@ __all__ = [
     "Finding",
     "Frame",
     "FunctionProfile",
+    "Gate",
     "Percentiles",
     "PrimitiveInfo",
     "ProcessStats",
@@ -79,11 +83,13 @@ __all__ = [
     "concurrency",
     "current",
     "findings",
+    "gate",
     "idle",
     "install",
     "profile",
     "profile_sync",
     "profiling",
+    "rejected",
     "stats",
     "uninstall",
 ]
@@ -160,10 +166,13 @@ def advise() -> list[Recommendation]:
 
     Each ``Recommendation`` names its ``target`` and ``knob`` (``max_workers``,
     ``concurrency_limit``, ``batch_size`` or ``processes``), the ``current`` and ``suggested``
-    values, the ``expected_gain``, the ``evidence`` (figures measured while installed) and a
-    ``confidence``. Entries with ``suggested=None`` say what data is still needed (``need``).
-    Largest expected gain first. Empty when nothing needs changing, or when asyncwatch (or its
-    advisor) is not installed.
+    values, the ``expected_gain``, the ``evidence`` (figures measured while installed, in plain
+    words; the model's terms are in ``detail``) and a ``confidence``; ``summary`` says what was
+    seen and what to do. One entry per knob watched, of one ``kind``: ``advice`` (a value to
+    set), ``need_data`` (``suggested`` None, ``need``: the runs to make) or ``no_change``
+    (``reason``: why it is where it should be). Changes first, largest expected gain first.
+    Empty when nothing has been watched yet, or when asyncwatch (or its advisor) is not
+    installed.
     """
     watch = _current_watch()
     advisor = getattr(watch, "advisor", None)
@@ -209,3 +218,41 @@ def concurrency(name: str, limit: int | None = None, *, backlog: Any = None) -> 
     watch = _current_watch()
     advisor = getattr(watch, "advisor", None)
     return _make_concurrency(getattr(advisor, "limits", None), name, limit, backlog)
+
+
+def rejected() -> None:
+    """Mark the current task's hold of a concurrency limit (a semaphore, or
+    ``asyncwatch.concurrency``) as failed though nothing was raised: a 429, a throttled or
+    rejected response. The advisor counts only successful holds as throughput, so a limit
+    where the backend starts refusing work is not mistaken for a fast one::
+
+        async with sem:
+            response = await client.post(url, json=body)
+            if response.status_code == 429:
+                asyncwatch.rejected()
+
+    Holds released while an exception propagates count as failed without it. A no-op outside
+    a task or when asyncwatch is not installed (one weak reference to the task until it
+    releases or ends).
+    """
+    _mark_rejected()
+
+
+def gate(name: str, *, rpm: float | None = None, tpm: float | None = None,
+         tokens: int = 0) -> Gate:
+    """Measure the wait at a rate gate (requests and tokens per minute, as LLM APIs meter):
+    put it around your limiter's wait, per request::
+
+        async with asyncwatch.gate("openai", rpm=RPM, tpm=TPM, tokens=prompt_tokens):
+            await rpm_limiter.acquire()           # e.g. aiolimiter.AsyncLimiter
+            await tpm_limiter.acquire(prompt_tokens)
+
+    Exported per gate name: requests and tokens through it (``asyncwatch.gate.passes``), the
+    declared limits (``asyncwatch.gate.limit``), the time callers waited inside
+    (``asyncwatch.gate.wait.time``) and how many wait now (``asyncwatch.gate.waiting``). It
+    never waits itself; 100 names at most (then ``_OTHER``). A no-op when asyncwatch is not
+    installed.
+    """
+    watch = _current_watch()
+    advisor = getattr(watch, "advisor", None)
+    return _make_gate(getattr(advisor, "gates", None), name, rpm, tpm, tokens)

@@ -29,6 +29,7 @@ from ._batches import Batch, BatchProbe, BatchSite, batch_decorator
 from ._config import Config
 from ._export import Point
 from ._faults import Faults
+from ._gates import GateProbe
 from ._limits import LimitProbe, LimitStats
 from ._loopload import SAMPLES, LoopLoad
 from ._models import (
@@ -42,6 +43,7 @@ from ._models import (
     loop_advice,
     pool_advice,
 )
+from ._queues import QueueProbe
 
 logger = logging.getLogger("asyncwatch")
 
@@ -50,6 +52,7 @@ THREAD_NAME = "asyncwatch-advisor"
 MIN_CALLS = 50  # executor calls in the window before a pool is judged
 MIN_DONE = 20  # completions at a concurrency level before it counts as a USL point
 MIN_BATCHES = 10  # batches at a site before its size is judged
+PER_SIZE_KEPT = 64  # batches of a size no longer in a site's ring that count in its fit
 MAX_WORKERS_READ = 256  # workers per pool whose scheduler figures are read each sample
 _SCHEDSTAT = os.path.exists("/proc/self/schedstat")
 
@@ -90,6 +93,8 @@ class Advisor:
         self.sample_s = min(1.0, self.window_s / 20)
         self.executors = ExecutorProbe(faults)
         self.limits = LimitProbe()
+        self.gates = GateProbe()
+        self.queues = QueueProbe(faults)
         self.batches = BatchProbe(faults, gather=config.advisor_gather)
         # As many load samples as one window holds (each keeps the lag histogram's counts).
         per_window = self.window_s / self.sample_s
@@ -118,7 +123,10 @@ class Advisor:
         self.started = clock()
         self.executors.install()
         self.batches.install()
+        if self.config.advisor_queues:
+            self.queues.install()
         self.limits.active = True
+        self.gates.active = True
         self.primitives.track_semaphore = self.limits.track_for
         self.load.start()
         self._start_thread()
@@ -132,7 +140,9 @@ class Advisor:
             thread.join(timeout=5)
         self.executors.uninstall()
         self.batches.uninstall()
+        self.queues.uninstall()
         self.limits.active = False
+        self.gates.active = False
         self.primitives.track_semaphore = None
         self.load.stop()
 
@@ -147,6 +157,8 @@ class Advisor:
         self._lock = threading.RLock()
         self.executors.reset()
         self.limits.reset()
+        self.gates.reset()
+        self.queues.reset()
         self.batches.reset()
         self.load.reset()
         self._limit_snaps = {}
@@ -319,13 +331,22 @@ class Advisor:
         return out
 
     def batch_figures(self) -> list[BatchFigures]:
-        """Each batch site's recent batches."""
+        """Each batch site's recent batches, and (as their mean) batches of the sizes it ran
+        before them: a run at each size a "need" names adds a point to the fit."""
         default = self.config.advisor_batch_budget_s
-        return [
-            BatchFigures(site.label, site.explicit, tuple((s, d) for s, d, _ in site.recent()),
-                         site.budget_s if site.budget_s is not None else default)
-            for site in self.batches.sites()
-        ]
+        out = []
+        for site in self.batches.sites():
+            recent = tuple((s, d) for s, d, _ in site.recent())
+            in_ring = {s for s, _ in recent}
+            older = tuple(
+                (size, total / count)
+                for size, (count, total) in list(site.by_size.items())
+                if size not in in_ring and count > 0
+                for _ in range(min(int(count), PER_SIZE_KEPT))
+            )
+            out.append(BatchFigures(site.label, site.explicit, older + recent,
+                                    site.budget_s if site.budget_s is not None else default))
+        return out
 
     def loop_figures(self) -> list[LoopFigures]:
         """Each loop's load over the window."""
@@ -340,8 +361,8 @@ class Advisor:
     # ------------------------------------------------------------------ advice
 
     def advise(self, *, sample: bool = True) -> list[Recommendation]:
-        """Recommendations now: changes first (largest expected gain first), then the data
-        still needed."""
+        """For each knob watched: changes first (largest expected gain first), then the data
+        still needed, then the knobs to leave as they are (with the reason)."""
         if sample:
             self.sample()
         now = clock()
@@ -361,7 +382,8 @@ class Advisor:
                 recs.extend(step())
             except Exception as exc:
                 self.faults.report(f"advisor:{name}", exc)
-        recs.sort(key=lambda r: (r.suggested is None, -(r.gain or 0.0), r.target))
+        order = {"advice": 0, "need_data": 1, "no_change": 2}
+        recs.sort(key=lambda r: (order[r.kind], -(r.gain or 0.0), r.target))
         self.last = tuple(recs)
         return recs
 
@@ -383,8 +405,34 @@ class Advisor:
         self._logged = now
 
     def points(self) -> Iterable[Point]:
-        """Gauges of the last evaluated advice (suggested, current, expected gain)."""
+        """The resources the advisor watches (semaphores, pools, gates: in use, waiting, wait
+        time, per site), and gauges of the last evaluated advice (suggested, current,
+        expected gain)."""
         start = 0
+        for stats in self.limits.limits():
+            attrs = {n.RESOURCE: stats.label}
+            yield n.SEMAPHORE_IN_USE, attrs, max(0, stats.in_use), start
+            limit = stats.current_limit()
+            if limit is not None:
+                yield n.SEMAPHORE_LIMIT, attrs, limit, start
+            yield n.SEMAPHORE_WAITS, attrs, stats.waits, start
+            yield n.SEMAPHORE_WAIT_TIME, attrs, stats.waiter_s, start
+            yield n.SEMAPHORE_FAILED, attrs, stats.failures, start
+        for pool in self.executors.executors():
+            attrs = {n.RESOURCE: pool.label}
+            ended = pool.ended
+            if pool.threads:
+                started = pool.started
+                yield n.POOL_IN_USE, attrs, max(0, started - ended), start
+                yield n.POOL_QUEUED, attrs, max(0, pool.submitted - started), start
+                yield n.POOL_WAIT_TIME, attrs, pool.wait_s, start
+            else:
+                yield n.POOL_IN_USE, attrs, max(0, pool.submitted - ended), start
+            workers = pool.max_workers()
+            if workers is not None:
+                yield n.POOL_WORKERS, attrs, workers, start
+        yield from self.gates.points()
+        yield from self.queues.points()
         for rec in self.last:
             if rec.suggested is None:
                 continue
@@ -436,22 +484,21 @@ def make_batch(name: str, size: int | Callable[..., int], budget_s: float | None
 
 
 def render(recs: list[Recommendation], *, evidence: bool = True) -> str:
-    """Recommendations as text for the console and logs."""
+    """Recommendations as text for the console and logs: plain words first (what was seen,
+    what to do), then the figures, then the model's own terms."""
     if not recs:
-        return "no recommendations: nothing to change (or not enough traffic yet)"
+        return "no recommendations: nothing watched has had traffic yet"
     lines = []
     for rec in recs:
-        if rec.suggested is None:
-            lines.append(f"* {rec.target}\n    {rec.knob}: not enough data yet, need {rec.need}")
-            if evidence and rec.evidence:
-                lines.append(f"    so far: {rec.evidence}")
-            continue
-        now = "?" if rec.current is None else rec.current
-        lines.append(f"* {rec.target}\n    {rec.knob}: {now} -> {rec.suggested}   "
-                     f"[{rec.confidence} confidence, {rec.model}]")
-        lines.append(f"    expected: {rec.expected_gain}")
-        if evidence:
+        head = (f"{rec.knob}: no change" if rec.kind == "no_change" else
+                f"{rec.knob}: not enough data yet" if rec.kind == "need_data" else
+                f"{rec.knob}: {'?' if rec.current is None else rec.current} -> {rec.suggested}"
+                f"   [{rec.confidence} confidence]")
+        lines.append(f"* {rec.target}\n    {head}\n    {rec.summary}")
+        if evidence and rec.evidence:
             lines.append(f"    evidence: {rec.evidence}")
+        if evidence and rec.detail:
+            lines.append(f"    detail ({rec.model}): {rec.detail}")
     return "\n".join(lines)
 
 
@@ -480,7 +527,8 @@ def _limit_window(label: str, latest: LimitStats, base: LimitStats | None) -> Li
         (lvl, latest.hold_time.get(lvl, 0.0) * scale, round(latest.holds[lvl] * scale))
         for lvl in sorted(latest.holds)
     )
+    failed = tuple((lvl, round(count * scale)) for lvl, count in sorted(latest.failed.items()))
     return LimitFigures(
         label, latest.current_limit(), levels, active, holders, delta("waiter_s") / active,
-        done, latest.max_level,
+        done, latest.max_level, failed,
     )

@@ -20,8 +20,10 @@
   original class if ours is still in place; futures created meanwhile keep working and stop
   recording.
 
-Each site keeps its last ``RING`` batches (size, seconds, ended at) in fixed arrays. At most
-``max_sites`` sites; later ones are not measured.
+Each site keeps its last ``RING`` batches (size, seconds, ended at) in fixed arrays, and per
+size (the first ``SIZES_KEPT`` sizes) the count and total seconds of every batch, so a size
+run before still counts once the ring has moved on. At most ``max_sites`` sites; later ones
+are not measured.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ._faults import Faults
 from ._tasks import _Patch
 
 RING = 512
+SIZES_KEPT = 64
 clock = time.perf_counter
 
 
@@ -59,6 +62,7 @@ class BatchSite:
         self._seconds = array("d", bytes(8 * RING))
         self._ended = array("d", bytes(8 * RING))
         self.count = 0
+        self.by_size: dict[int, list[float]] = {}  # size -> [batches, seconds in all]
 
     def add(self, size: int, seconds: float, ended: float) -> None:
         """Record one batch."""
@@ -67,6 +71,12 @@ class BatchSite:
         self._seconds[i] = seconds
         self._ended[i] = ended
         self.count += 1
+        totals = self.by_size.get(size)
+        if totals is not None:
+            totals[0] += 1
+            totals[1] += seconds
+        elif len(self.by_size) < SIZES_KEPT:
+            self.by_size[size] = [1, seconds]
 
     def recent(self) -> list[tuple[int, float, float]]:
         """The batches kept, oldest first."""

@@ -418,6 +418,7 @@ _SETTINGS: dict[str, _Setting] = {
     ),
     "advisor_gather": _Setting(("ASYNCWATCH_ADVISOR_GATHER",), _parse_flag, _is_bool, "1 or 0"),
     "require": _Setting(("ASYNCWATCH_REQUIRE",), _parse_flag, _is_bool, "1 or 0"),
+    "advisor_queues": _Setting(("ASYNCWATCH_ADVISOR_QUEUES",), _parse_flag, _is_bool, "1 or 0"),
     "lazy_start": _Setting(("ASYNCWATCH_LAZY_START",), _parse_flag, _is_bool, "1 or 0"),
     "raise_errors": _Setting(("ASYNCWATCH_RAISE",), _parse_flag, _is_bool, "1 or 0"),
 }
@@ -553,12 +554,15 @@ class Config:
     advisor_max_threads: int = 128
     """Most threads the advisor will ever suggest for one thread pool."""
     advisor_gather: bool = True
-    """Record the size and duration of ``asyncio.gather`` fan-outs (wraps ``asyncio.gather``
-    while installed)."""
+    """Record the size and duration of ``asyncio.gather`` fan-outs (observed through the class
+    of gather's outer future; ``gather`` itself is not replaced)."""
     require: bool = False
     """Under ``asyncwatch run``: a Python process that cannot be observed (its interpreter
     cannot import asyncwatch, or install() fails) stops with exit code 2 instead of running
     unobserved with a warning. Implied by ``raise_errors``."""
+    advisor_queues: bool = True
+    """Export each ``asyncio.Queue`` site's depth and get/put wait (wraps ``Queue.get`` and
+    ``Queue.put`` while installed)."""
     lazy_start: bool = False
     """Start exporters when the first event loop is instrumented (set by ``asyncwatch run``)."""
     raise_errors: bool = False

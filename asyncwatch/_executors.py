@@ -53,6 +53,10 @@ class ExecutorStats:
         self.kind = type(executor).__name__
         self.calls: deque[tuple[float, float | None, float, float | None]] = deque(maxlen=RING)
         self.submitted = 0
+        self.started = 0  # thread pools: calls a worker started
+        self.ended = 0
+        self.wait_s = 0.0  # thread pools: seconds calls waited for a worker, in all
+        self.lock = threading.Lock()  # the counters above move in the workers' threads
         self._ref = _weak(executor)
         self.first_seen = clock()
         self.workers = _max_workers(executor)
@@ -112,10 +116,10 @@ def _weak(obj: Any) -> Any:
 class _TimedCall:
     """The callable a thread pool runs instead of ``func``: times it in the worker."""
 
-    __slots__ = ("args", "func", "ring", "submitted")
+    __slots__ = ("args", "func", "stats", "submitted")
 
-    def __init__(self, ring: deque[Any], func: Callable[..., Any], args: tuple[Any, ...]):
-        self.ring = ring
+    def __init__(self, stats: ExecutorStats, func: Callable[..., Any], args: tuple[Any, ...]):
+        self.stats = stats
         self.func = func
         self.args = args
         self.submitted = clock()
@@ -123,10 +127,16 @@ class _TimedCall:
     def __call__(self) -> Any:
         started = clock()
         cpu = thread_clock()
+        stats = self.stats
+        with stats.lock:
+            stats.started += 1
+            stats.wait_s += started - self.submitted
         try:
             return self.func(*self.args)
         finally:
-            self.ring.append((self.submitted, started, clock(), thread_clock() - cpu))
+            stats.calls.append((self.submitted, started, clock(), thread_clock() - cpu))
+            with stats.lock:
+                stats.ended += 1
 
     def __repr__(self) -> str:
         return repr(self.func)
@@ -194,7 +204,7 @@ class ExecutorProbe:
             if stats is None:
                 return original(loop, executor, func, *args)
             if stats.threads:
-                call = _TimedCall(stats.calls, func, args)
+                call = _TimedCall(stats, func, args)
                 stats.submitted += 1
                 return original(loop, executor, call)
             future = original(loop, executor, func, *args)
@@ -205,6 +215,7 @@ class ExecutorProbe:
 
                 def done(_: Any) -> None:
                     ring.append((submitted, None, clock(), None))
+                    stats.ended += 1  # in the loop's thread
 
                 future.add_done_callback(done)
             except Exception as exc:

@@ -16,9 +16,13 @@ Per limit (a semaphore's creation site, or a declared name) it keeps, cumulative
   holder-seconds) give the mean hold time and the mean holders a hold sees; with ``done``
   they give holder-seconds and active time over any window.
 
-Semaphores: the first ``EXACT_HOLDS`` holds of each site are all timed (short runs and
-fresh limits get every data point); after that one hold in about ``SAMPLE_EVERY`` x the
-concurrency is (about one transition in ten reads the clock). Between samples an acquire or
+Semaphores: the first ``EXACT_HOLDS`` holds of each site are all timed, and again the first
+``EXACT_HOLDS`` after a semaphore of the site is made with another limit (short runs and
+fresh limits get every data point: a run at a new level always leaves points there); after
+that one hold in about ``SAMPLE_EVERY`` x the concurrency is (about one transition in ten
+reads the clock). A hold released while an exception propagates, or whose task called
+``asyncwatch.rejected()``, is counted as failed (per level, for the sampled holds). Between
+samples an acquire or
 release only moves a level counter and a countdown: no clock read, no allocation. Declared
 limits are explicit calls around coarse work, so every hold is timed.
 
@@ -30,8 +34,10 @@ thread.
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +47,35 @@ from ._primitives import PrimitiveState
 clock = time.perf_counter
 MAX_LEVEL = 4096
 SAMPLE_EVERY = 8  # a sampled hold, then about SAMPLE_EVERY x level holds untimed
-EXACT_HOLDS = 2000  # holds per site timed one and all before sampling starts
+EXACT_HOLDS = 2000  # holds per site timed one and all before sampling starts (and again
+# after the site's semaphores are made with another limit: a new level is always measured)
+REJECTED: weakref.WeakSet[Any] = weakref.WeakSet()  # tasks whose current hold failed
+
+
+def mark_rejected() -> None:
+    """``asyncwatch.rejected()``: the current task's hold of a concurrency limit ended in a
+    failure that raised nothing (a 429, a throttled or rejected response): it is not counted
+    as throughput. Holds released while an exception propagates count as failed already."""
+    import asyncio
+
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop: nothing holds a limit here
+        return
+    if task is not None:
+        REJECTED.add(task)
+
+
+def _failed(task: Any) -> bool:
+    """Did the hold that ``task`` is releasing fail (an exception on its way, or marked)?"""
+    if sys.exc_info()[1] is not None:
+        if task is not None and REJECTED:
+            REJECTED.discard(task)
+        return True
+    if task is not None and REJECTED and task in REJECTED:
+        REJECTED.discard(task)
+        return True
+    return False
 
 
 class LimitStats:
@@ -52,6 +86,11 @@ class LimitStats:
         self.kind = kind  # "Semaphore", "BoundedSemaphore" or "declared"
         self.limit = limit
         self.limits: dict[int, int] = {}  # limit -> objects seen with it (semaphores)
+        self.last_limit: int | None = limit  # the limit of the object made last (in force)
+        self.exact_left = EXACT_HOLDS  # holds still to time one and all
+        self.failed: dict[int, int] = {}  # level -> sampled holds that failed
+        self.failures = 0  # failed holds in all (every hold, not a sample)
+        self.in_use = 0  # permits held now, over the site's objects
         self.hold_time: dict[int, float] = {}  # level -> sampled seconds held at it
         self.holds: dict[int, int] = {}  # level -> sampled holds
         self.sampled = 0  # sampled holds in all
@@ -63,14 +102,22 @@ class LimitStats:
         self.max_level = 0
 
     def current_limit(self) -> int | None:
-        """The limit most objects of this entry were created with (None if unknown)."""
-        if self.limits:
-            return max(self.limits.items(), key=lambda kv: (kv[1], kv[0]))[0]
-        return self.limit
+        """The limit in force: that of the object created last (None if unknown)."""
+        return self.last_limit if self.last_limit is not None else self.limit
 
-    def sample(self, held: float, area: float) -> None:
+    def new_object(self, limit: int) -> None:
+        """A semaphore of this site was made with ``limit``; another limit than the one in
+        force starts a new round of exactly timed holds, so the new level is measured."""
+        if limit != self.last_limit and self.limits:
+            self.exact_left = EXACT_HOLDS
+        self.limits[limit] = self.limits.get(limit, 0) + 1
+        self.last_limit = limit
+
+    def sample(self, held: float, area: float, failed: bool = False) -> None:
         """A timed hold of ``held`` seconds over which the concurrency integrated to ``area``."""
         mean = min(MAX_LEVEL, round(area / held) or 1)
+        if failed:
+            self.failed[mean] = self.failed.get(mean, 0) + 1
         self.holds[mean] = self.holds.get(mean, 0) + 1
         self.hold_time[mean] = self.hold_time.get(mean, 0.0) + held
         self.sampled += 1
@@ -81,6 +128,9 @@ class LimitStats:
         """A snapshot safe to read while the loop keeps writing."""
         out = LimitStats(self.label, self.limit, self.kind)
         out.limits = dict(self.limits)
+        out.last_limit, out.exact_left = self.last_limit, self.exact_left
+        out.failed, out.failures = dict(self.failed), self.failures
+        out.in_use = self.in_use
         out.hold_time = dict(self.hold_time)
         out.holds = dict(self.holds)
         out.sampled, out.sampled_s = self.sampled, self.sampled_s
@@ -110,13 +160,14 @@ class SemaphoreTrack:
         self.task: Any = None  # the task whose hold is being timed
         self.began = self.last = self.area = 0.0
         self.exact: deque[tuple[float, float]] | None = (
-            deque(maxlen=MAX_LEVEL) if stats.sampled < EXACT_HOLDS else None
+            deque(maxlen=MAX_LEVEL) if stats.exact_left > 0 else None
         )  # holds in progress while every hold is timed: (start, area then)
 
     def up(self, task: Any, waited_s: float | None) -> None:
         """A permit was taken by ``task`` (``waited_s``: None if it was free)."""
         stats = self.stats
         level = self.level = self.level + 1
+        stats.in_use += 1
         if level > stats.max_level:  # noqa: PLR1730 - cheaper than a max() call per acquire
             stats.max_level = level
         if waited_s is not None:
@@ -145,9 +196,13 @@ class SemaphoreTrack:
         if level <= 0:
             return  # taken before it was tracked
         self.level = level - 1
+        self.stats.in_use -= 1
         self.stats.done += 1
+        failed = _failed(task)
+        if failed:
+            self.stats.failures += 1
         if self.exact is not None:
-            self._exact_down(level)
+            self._exact_down(level, failed)
             return
         sampled = self.task
         if sampled is None:
@@ -158,7 +213,7 @@ class SemaphoreTrack:
         if sampled is task:
             held = now - self.began
             if held > 0:
-                self.stats.sample(held, area)
+                self.stats.sample(held, area, failed)
         elif level > 1:
             return  # the timed hold goes on
         # done, or abandoned: the permit changed hands and the timed task may never release
@@ -167,7 +222,7 @@ class SemaphoreTrack:
         self.countdown = every // 2 + random.randrange(every)  # no lockstep with the app
 
 
-    def _exact_down(self, level: int) -> None:
+    def _exact_down(self, level: int, failed: bool) -> None:
         now = clock()
         area = self.area = self.area + level * (now - self.last)
         self.last = now
@@ -175,8 +230,9 @@ class SemaphoreTrack:
         if self.exact:
             began, area_then = self.exact.popleft()
             if now > began:
-                stats.sample(now - began, area - area_then)
-        if stats.sampled >= EXACT_HOLDS:
+                stats.sample(now - began, area - area_then, failed)
+                stats.exact_left -= 1
+        if stats.exact_left <= 0:
             self.exact = None  # enough: sample from now on
             self.countdown = SAMPLE_EVERY * max(1, level)
 
@@ -219,23 +275,27 @@ class _Track:
         now = self._advance()
         stats = self.stats
         self.level = level = self.level + 1
+        stats.in_use += 1
         stats.max_level = max(stats.max_level, level)
         self.open.append((now, self.area))
         if self.backlog is not None:
             self._read_backlog()
 
-    def down(self) -> None:
-        """A hold ends."""
+    def down(self, failed: bool = False) -> None:
+        """A hold ends (``failed``: it raised, or the app marked it rejected)."""
         now = self._advance()
         stats = self.stats
         if self.level:
             self.level -= 1
+            stats.in_use -= 1
             stats.done += 1
+            if failed:
+                stats.failures += 1
             if self.open:
                 began, area_then = self.open.popleft()
                 held = now - began
                 if held > 0:
-                    stats.sample(held, self.area - area_then)
+                    stats.sample(held, self.area - area_then, failed)
         if self.backlog is not None:
             self._read_backlog()
 
@@ -285,7 +345,7 @@ class LimitProbe:
         if stats is None:
             return None
         if state.initial is not None:
-            stats.limits[state.initial] = stats.limits.get(state.initial, 0) + 1
+            stats.new_object(state.initial)
         return SemaphoreTrack(stats)
 
     # ------------------------------------------------------------------ declared limits
@@ -301,9 +361,10 @@ class LimitProbe:
                 track = self._declared.setdefault(name, _Track(stats, backlog))
             if limit is not None:
                 stats.limits = {limit: 1}
+                stats.last_limit = limit
         if limit is not None and track.stats.limit != limit:
             track.stats.limit = limit
-            track.stats.limits = {limit: 1}
+            track.stats.new_object(limit)
         if backlog is not None and track.backlog is None:
             track.backlog = backlog
         return track
@@ -328,19 +389,28 @@ class Concurrency:
                 track.backlog = None
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object = None, *exc: object) -> None:
         track = self._track
         if track is not None:
             try:
-                track.down()
+                import asyncio
+
+                try:
+                    task = asyncio.current_task()
+                except RuntimeError:
+                    task = None
+                marked = task is not None and bool(REJECTED) and task in REJECTED
+                if marked:
+                    REJECTED.discard(task)
+                track.down(exc_type is not None or marked)
             except Exception:
                 track.backlog = None
 
     async def __aenter__(self) -> Concurrency:
         return self.__enter__()
 
-    async def __aexit__(self, *exc: object) -> None:
-        self.__exit__()
+    async def __aexit__(self, exc_type: object = None, *exc: object) -> None:
+        self.__exit__(exc_type)
 
 
 def make_concurrency(

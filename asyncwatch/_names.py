@@ -29,6 +29,9 @@ CONTEXT_SWITCH_TYPE = "process.context_switch.type"  # semconv (1.27+; was ..._s
 FINDING_KIND = "asyncwatch.finding.kind"  # deadlock | stuck_task
 ADVICE_TARGET = "asyncwatch.advisor.target"  # executor / semaphore site / batch site / loop
 ADVICE_KNOB = "asyncwatch.advisor.knob"  # max_workers | concurrency_limit | batch_size | processes
+RESOURCE = "asyncwatch.resource"  # a semaphore's creation site, an executor, a gate's name
+GATE_UNIT = "asyncwatch.gate.unit"  # requests | tokens
+QUEUE_OPERATION = "asyncwatch.queue.operation"  # get | put
 TASK_NAME = "asyncwatch.task.name"  # span attribute only (unbounded, never on metrics)
 HTTP_METHOD = "http.request.method"  # semconv; unknown methods are _OTHER
 HTTP_ROUTE = "http.route"  # semconv; the route template, never the raw path
@@ -174,6 +177,119 @@ ADVICE_GAIN = MetricDef(
     "gauge",
     "Expected throughput ratio if the suggestion is applied (e.g. 3.5 = 3.5x).",
     (ADVICE_TARGET, ADVICE_KNOB),
+)
+SEMAPHORE_IN_USE = MetricDef(
+    "asyncwatch.semaphore.in_use",
+    "{permit}",
+    "gauge",
+    "Permits held now, per semaphore creation site (or asyncwatch.concurrency name), summed "
+    "over its objects.",
+    (RESOURCE,),
+)
+SEMAPHORE_LIMIT = MetricDef(
+    "asyncwatch.semaphore.limit",
+    "{permit}",
+    "gauge",
+    "The limit in force: that of the semaphore made last at the site.",
+    (RESOURCE,),
+)
+SEMAPHORE_WAITS = MetricDef(
+    "asyncwatch.semaphore.waits",
+    "{wait}",
+    "counter",
+    "Acquires that found the semaphore taken and waited.",
+    (RESOURCE,),
+)
+SEMAPHORE_WAIT_TIME = MetricDef(
+    "asyncwatch.semaphore.wait.time",
+    "s",
+    "counter",
+    "Time tasks spent waiting for the semaphore (its rate is the mean number of waiters).",
+    (RESOURCE,),
+)
+SEMAPHORE_FAILED = MetricDef(
+    "asyncwatch.semaphore.failed",
+    "{hold}",
+    "counter",
+    "Holds that failed: released while an exception propagated, or asyncwatch.rejected().",
+    (RESOURCE,),
+)
+POOL_IN_USE = MetricDef(
+    "asyncwatch.pool.in_use",
+    "{call}",
+    "gauge",
+    "Calls running in the executor now (process pools: submitted and not done).",
+    (RESOURCE,),
+)
+POOL_QUEUED = MetricDef(
+    "asyncwatch.pool.queued",
+    "{call}",
+    "gauge",
+    "Calls waiting for a thread pool's worker now.",
+    (RESOURCE,),
+)
+POOL_WAIT_TIME = MetricDef(
+    "asyncwatch.pool.wait.time",
+    "s",
+    "counter",
+    "Time calls spent queued for a thread pool's worker (its rate is the mean queue length).",
+    (RESOURCE,),
+)
+POOL_WORKERS = MetricDef(
+    "asyncwatch.pool.workers",
+    "{worker}",
+    "gauge",
+    "The executor's max_workers.",
+    (RESOURCE,),
+)
+GATE_PASSES = MetricDef(
+    "asyncwatch.gate.passes",
+    "{unit}",
+    "counter",
+    "Requests (and tokens) through an asyncwatch.gate: 60 x its rate, against the gate's limit.",
+    (RESOURCE, GATE_UNIT),
+)
+GATE_LIMIT = MetricDef(
+    "asyncwatch.gate.limit",
+    "{unit}",
+    "gauge",
+    "An asyncwatch.gate's declared limit, per minute (rpm: requests, tpm: tokens).",
+    (RESOURCE, GATE_UNIT),
+)
+GATE_WAIT_TIME = MetricDef(
+    "asyncwatch.gate.wait.time",
+    "s",
+    "counter",
+    "Time callers spent waiting at an asyncwatch.gate (its rate is the mean number waiting).",
+    (RESOURCE,),
+)
+GATE_WAITING = MetricDef(
+    "asyncwatch.gate.waiting",
+    "{task}",
+    "gauge",
+    "Callers waiting at an asyncwatch.gate now.",
+    (RESOURCE,),
+)
+QUEUE_DEPTH = MetricDef(
+    "asyncwatch.queue.depth",
+    "{item}",
+    "gauge",
+    "Items in the asyncio queues of a site now (created at, or first used at).",
+    (RESOURCE,),
+)
+QUEUE_WAIT_TIME = MetricDef(
+    "asyncwatch.queue.wait.time",
+    "s",
+    "counter",
+    "Time tasks waited to get from an empty queue or put into a full one, per site.",
+    (RESOURCE, QUEUE_OPERATION),
+)
+QUEUE_WAITING = MetricDef(
+    "asyncwatch.queue.waiting",
+    "{task}",
+    "gauge",
+    "Tasks waiting now to get from an empty queue or put into a full one, per site.",
+    (RESOURCE, QUEUE_OPERATION),
 )
 INTERNAL_ERRORS = MetricDef(
     "asyncwatch.internal.errors",

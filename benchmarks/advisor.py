@@ -19,6 +19,9 @@ Workloads (each round runs ``--ops`` operations):
 * ``gather/10`` - ``await asyncio.gather(*10 trivial coroutines)``; an op is one gather.
 * ``semaphore/uncontended`` - one task, ``async with Semaphore(10)``.
 * ``semaphore/contended`` - eight tasks on a 2-permit semaphore, holding across a yield.
+* ``queue/put+get`` - one task, ``await queue.put(i); await queue.get()`` on an unbounded
+  ``asyncio.Queue`` (the queue metrics' wrappers on their path that never waits); an op is
+  one put and one get.
 * ``loop/iterations`` - ``await asyncio.sleep(0)`` in a loop: one select per iteration.
 * ``batch/context manager`` - ``with asyncwatch.batch("b", size=10): pass``.
 
@@ -82,6 +85,13 @@ async def semaphore_uncontended(n: int) -> None:
             pass
 
 
+async def queue_put_get(n: int) -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(n):
+        await queue.put(i)
+        await queue.get()
+
+
 async def loop_iterations(n: int) -> None:
     for _ in range(n):
         await asyncio.sleep(0)
@@ -100,6 +110,7 @@ WORKLOADS: dict[str, tuple[Callable[[int], Awaitable[None]], float]] = {
     "gather/10": (gather_10, 1.0),
     "semaphore/uncontended": (semaphore_uncontended, 1.0),
     "semaphore/contended": (semaphore_contended, 1.0),
+    "queue/put+get": (queue_put_get, 1.0),
     "loop/iterations": (loop_iterations, 1.0),
     "batch/context manager": (batch_cm, 1.0),
 }

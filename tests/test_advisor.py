@@ -51,7 +51,8 @@ def test_io_bound_pool_gets_more_workers_and_3x_throughput(advised: asyncwatch.W
 
     after = asyncio.run(run(rec.suggested))
     assert after >= 3 * before, (before, after, rec)
-    assert _for(f"ThreadPoolExecutor 'io{rec.suggested}'") == []  # nothing more to change
+    (done,) = _for(f"ThreadPoolExecutor 'io{rec.suggested}'")  # nothing more to change, said
+    assert done.kind == "no_change" and done.reason, done
 
 
 @pytest.mark.parametrize("kind", ["threads", "processes"])
@@ -99,7 +100,7 @@ def test_batch_size_converges_within_2x_of_brute_force(advised: asyncwatch.Watch
             await batch_workload(size, items=max(400, 10 * size), overhead_s=overhead,
                                  per_item_s=per_item, budget_s=budget)
             recs = _for("batch 'insert'")
-            if not recs:
+            if recs[0].kind == "no_change":
                 return sizes
             assert recs[0].knob == "batch_size" and recs[0].suggested is not None, recs
             sizes.append(recs[0].suggested)
@@ -126,7 +127,7 @@ def test_batch_size_converges_within_2x_of_brute_force(advised: asyncwatch.Watch
 
 def test_healthy_workload_gets_no_recommendation(advised: asyncwatch.Watch) -> None:
     """A well-sized app (roomy pool, limit above demand, batches near their best, gathers,
-    an idle loop) gets no recommendation at all."""
+    an idle loop) gets no change on any knob, each with its reason."""
 
     async def app() -> None:
         loop = asyncio.get_running_loop()
@@ -147,4 +148,6 @@ def test_healthy_workload_gets_no_recommendation(advised: asyncwatch.Watch) -> N
     asyncio.run(app())
     assert advised.advisor.pool_figures(time.perf_counter())  # it was measured...
     assert advised.advisor.batch_figures()
-    assert asyncwatch.advise() == []  # ...and found fine
+    recs = asyncwatch.advise()  # ...and found fine: each knob says so, none is silent
+    assert recs and all(r.kind == "no_change" and r.reason for r in recs), recs
+    assert {r.knob for r in recs} >= {"max_workers", "batch_size"}

@@ -80,9 +80,9 @@ def test_io_bound_pool_with_queue_gets_about_little_l_workers() -> None:
 
 
 def test_pool_without_queue_or_with_few_calls_is_left_alone_or_needs_data() -> None:
-    """No queue: nothing to say; a queue but few calls: 'need N calls'."""
-    assert pool_advice(_pool(wait_s=0.0005, latency_s=0.0205), min_calls=50,
-                       max_threads=128) == []
+    """No queue: 'no change' and why; a queue but few calls: 'need N calls'."""
+    (rec,) = pool_advice(_pool(wait_s=0.0005, latency_s=0.0205), min_calls=50, max_threads=128)
+    assert rec.kind == "no_change" and "barely wait" in (rec.reason or "")
     (rec,) = pool_advice(_pool(calls=20, span_s=0.2), min_calls=50, max_threads=128)
     assert rec.suggested is None and rec.need is not None and "50 calls" in rec.need
 
@@ -98,7 +98,7 @@ def test_thread_pool_gil_cap_limits_io_bound_threads() -> None:
     """Mostly I/O but 0.2 cores of CPU: threads stop where the GIL's core would fill."""
     figures = _pool(cpu_s=0.002, wait_s=0.5, latency_s=0.52)  # 100/s x 2 ms = 0.2 cores
     (rec,) = pool_advice(figures, min_calls=50, max_threads=128)
-    assert rec.suggested == 7  # floor(2 x 0.7 / 0.2)
+    assert rec.suggested == 10  # floor(2 / 0.2): their CPU would fill the GIL's core
     assert "GIL" in rec.evidence
 
 
@@ -119,17 +119,23 @@ def _limit(**kw: object) -> LimitFigures:
     return LimitFigures(**base)  # type: ignore[arg-type]
 
 
-def test_limit_that_scales_linearly_is_raised_towards_demand_within_2x_measured() -> None:
-    """Throughput doubling with concurrency (200/s per holder): raise, capped at 2x 8."""
-    levels = ((2, 10.0, 1000), (4, 20.0, 2000), (8, 40.0, 4000))  # 10 ms holds at each
+def test_limit_moves_to_a_measured_better_level_and_extrapolates_only_2x_at_low() -> None:
+    """Throughput doubling with concurrency (10 ms holds): a measured better level (8) is
+    where to go; at the top level measured, one step of 2x beyond it, at low confidence."""
+    levels = ((2, 10.0, 1000), (4, 20.0, 2000), (8, 40.0, 4000))
     (rec,) = limit_advice(_limit(levels=levels), min_done=20, max_limit=1000)
-    assert (rec.current, rec.suggested) == (4, 16)
-    assert rec.gain == pytest.approx(4.0, rel=0.01)
-    assert "USL" in rec.evidence
+    assert (rec.current, rec.suggested, rec.confidence) == (4, 8, "high")
+    assert rec.gain == pytest.approx(2.0, rel=0.01)
+    (rec,) = limit_advice(_limit(limit=8, levels=levels, holders=8.0), min_done=20,
+                          max_limit=1000)
+    assert (rec.current, rec.suggested, rec.confidence) == (8, 16, "low")
+    assert rec.gain is not None and 1.1 < rec.gain <= 1.5  # half the 2x a line predicts
+    assert "R^2 1.00" in rec.detail
 
 
-def test_limit_past_the_usl_peak_is_lowered() -> None:
-    """Throughput that falls beyond ~10 at once: lower a limit of 32 to the peak."""
+def test_limit_past_the_usl_peak_is_lowered_to_the_best_measured_level() -> None:
+    """Throughput that falls beyond ~10 at once: a limit of 32 goes to the best level
+    measured, directly (it was measured: no 2x cap toward it)."""
     lam, sigma, kappa = 100.0, 0.02, 0.01
     levels = tuple(
         (n, n * 100 / (lam * n / (1 + sigma * (n - 1) + kappa * n * (n - 1))), 100)
@@ -137,27 +143,68 @@ def test_limit_past_the_usl_peak_is_lowered() -> None:
     )
     (rec,) = limit_advice(_limit(limit=32, levels=levels, holders=32.0, max_level=32),
                           min_done=20, max_limit=1000)
-    assert rec.suggested == round(math.sqrt((1 - sigma) / kappa))
-    assert rec.gain is not None and rec.gain > 1.1
+    assert rec.suggested == 8  # the smallest level within 5 % of the best measured (8, 16)
+    assert rec.gain is not None and rec.gain > 1.1 and rec.confidence == "high"
+
+
+def test_limit_fit_that_does_not_explain_the_data_asks_for_runs_never_suggests() -> None:
+    """The issue's over-provisioned semaphore (256): scattered throughput, R^2 below zero.
+    The old advisor said 256 -> 340; now: 'need data at X and Y', no suggested value."""
+    levels = ((230, 23.0, 100), (245, 24.5 * 0.8, 100), (256, 25.6 * 1.25, 3000),
+              (180, 18.0 * 1.1, 100))  # ~10 ms holds, noisy, no trend
+    (rec,) = limit_advice(_limit(limit=256, levels=levels, holders=250.0, waiters=40.0,
+                                 max_level=256), min_done=20, max_limit=1000)
+    assert rec.suggested is None and rec.kind == "need_data", rec
+    assert rec.need is not None and "128" in rec.need
+
+
+def test_limit_never_steps_to_a_level_measured_worse_at_medium_or_high() -> None:
+    """Whatever the fit says, a suggested level measured worse is only ever low confidence,
+    and no step beyond the levels measured is more than 2x (or half) the limit."""
+    import itertools
+
+    shapes = [(1.0, 0.0), (0.6, 0.3), (1.0, -0.02), (0.3, 0.0)]  # goodput ~ n^a * (1 + b n)
+    for (a, b), limit in itertools.product(shapes, (2, 8, 32, 128)):
+        levels = tuple((n, n * 100 / (100 * n**a * max(0.05, 1 + b * n)), 100 + n)
+                       for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= 2 * limit)
+        for waiters in (0.0, 50.0):
+            for rec in limit_advice(_limit(limit=limit, levels=levels, holders=float(limit),
+                                           waiters=waiters, max_level=limit),
+                                    min_done=20, max_limit=1000):
+                if rec.suggested is None:
+                    continue
+                measured = {n: n * c / t for n, t, c in levels}
+                if rec.suggested in measured:
+                    if measured[rec.suggested] < measured.get(limit, 0):
+                        assert rec.confidence == "low", (a, b, limit, rec)
+                else:
+                    assert rec.confidence == "low"
+                    assert limit / 2 <= rec.suggested <= 2 * limit, rec
 
 
 def test_limit_not_binding_or_seen_at_one_level() -> None:
-    """No waiters: nothing; waiters but one level measured: 'need other levels'."""
-    assert limit_advice(_limit(waiters=0.1), min_done=20, max_limit=1000) == []
+    """No waiters and room left: no change (said so); full but one level: 'need runs'."""
+    (rec,) = limit_advice(_limit(waiters=0.1, holders=2.0), min_done=20, max_limit=1000)
+    assert rec.kind == "no_change" and "not reached" in (rec.reason or "")
     (rec,) = limit_advice(_limit(levels=((4, 10.0, 4000),)), min_done=20, max_limit=1000)
-    assert rec.suggested is None and rec.need is not None and "3 or more" in rec.need
+    assert rec.suggested is None and rec.need is not None
+    assert "8" in rec.need and "2" in rec.need
 
 
 def _batches(sizes: list[int], a: float, b: float) -> tuple[tuple[int, float], ...]:
     return tuple((n, a + b * n) for n in sizes)
 
 
-def test_batch_with_large_overhead_is_grown_at_most_4x_per_step() -> None:
-    """50 ms overhead, 0.1 ms per item, sizes up to 16: grow, but only to 64 (4x measured)."""
+def test_batch_with_large_overhead_is_grown_one_bounded_step_at_low_confidence() -> None:
+    """50 ms overhead, 0.1 ms per item, sizes up to 16: grow, at low confidence (beyond the
+    sizes measured), to 64 (4x) on a straight line, to 32 (2x) when a growth term shows."""
     figures = BatchFigures("b", True, _batches(list(range(1, 17)) * 2, 0.05, 0.0001), 1.0)
     (rec,) = batch_advice(figures, min_batches=10)
     assert (rec.knob, rec.current, rec.suggested) == ("batch_size", 16, 64)
-    assert "beyond the sizes measured" in rec.evidence
+    assert rec.confidence == "low" and "beyond the sizes measured" in rec.evidence
+    curved = tuple((n, 0.05 + 0.0001 * n + 0.00005 * n * n) for n in list(range(1, 17)) * 2)
+    (rec,) = batch_advice(BatchFigures("b", True, curved, 1.0), min_batches=10)
+    assert rec.suggested is not None and rec.suggested <= 32 and rec.confidence == "low"
 
 
 def test_batch_over_budget_is_shrunk_to_fit() -> None:
@@ -168,13 +215,62 @@ def test_batch_over_budget_is_shrunk_to_fit() -> None:
     assert "budget" in rec.expected_gain
 
 
-def test_fixed_size_batches_are_silent_unless_over_budget() -> None:
-    """One size only: nothing to fit; said only when those batches break their budget."""
-    steady = BatchFigures("b", True, _batches([50] * 20, 0.05, 0.001), 1.0)
-    assert batch_advice(steady, min_batches=10) == []
+def _chunked(size: int, items: int, cost: object) -> list[tuple[int, float]]:
+    """``for i in range(0, items, size): items[i:i+size]``: the batches and their times."""
+    out = []
+    for i in range(0, items, size):
+        n = min(size, items - i)
+        out.append((n, cost(n)))  # type: ignore[operator]
+    return out
+
+
+def test_fixed_size_batches_name_the_sizes_to_run_then_converge() -> None:
+    """Issue 16.2: items[i:i+32], best size ~225 (overhead 20 ms, 0.1 ms per item, a growth
+    term). The old advisor said nothing; now it names 64 and 128, then 128, then, with three
+    sizes measured, suggests the next size toward the best, and then the best."""
+
+    def cost(n: int) -> float:
+        return 0.02 + 0.0001 * n + 0.02 / 225**2 * n * n
+
+    for explicit in (True, False):  # asyncwatch.batch, or a gather fan-out of each chunk
+        figures = BatchFigures("b", explicit, tuple(_chunked(32, 1000, cost)), 1.0)
+        (rec,) = batch_advice(figures, min_batches=10)
+        assert rec.kind == "need_data" and rec.current == 32, rec
+        assert "batches of 64 and of 128 items" in (rec.need or "")
+        assert rec.summary.startswith("batches of 32 items take")
+    import re
+
+    history: list[tuple[int, float]] = []
+    sizes, kinds = [32], []
+    for _ in range(8):
+        history += _chunked(sizes[-1], 2000, cost)
+        (rec,) = batch_advice(BatchFigures("b", False, tuple(history), 1.0), min_batches=10)
+        kinds.append(rec.kind)
+        if rec.kind == "no_change":
+            break
+        if rec.kind == "need_data":  # the user runs the first size named
+            sizes.append(int(re.findall(r"batches of (\d+)", rec.need or "")[0]))
+            continue
+        assert rec.suggested is not None and rec.suggested <= 4 * sizes[-1]
+        if rec.confidence != "low":  # never a harmful step
+            assert rec.suggested / cost(rec.suggested) >= sizes[-1] / cost(sizes[-1])
+        sizes.append(rec.suggested)
+    assert kinds[-1] == "no_change", (sizes, kinds)
+    best = 225 / cost(225)
+    assert sizes[-1] / cost(sizes[-1]) >= best / 1.5, sizes
+    reached = next(i for i, n in enumerate(sizes) if n / cost(n) >= best / 1.5)
+    assert reached <= 4, sizes
+
+
+def test_fixed_width_fan_outs_are_not_a_batch_knob_but_own_batches_are() -> None:
+    """gather(a(), b(), c()) at one width is not a batch size to tune (nothing said); the
+    app's own batches at one size over their budget get runs at smaller sizes."""
+    fan_out = BatchFigures("gather", False, ((3, 0.01),) * 40, None)
+    assert batch_advice(fan_out, min_batches=10) == []
     slow = BatchFigures("b", True, _batches([50] * 20, 0.05, 0.001), 0.08)
     (rec,) = batch_advice(slow, min_batches=10)
     assert rec.suggested is None and "over its budget" in rec.evidence
+    assert "batches of 25 and of 12 items" in (rec.need or "")
 
 
 def test_saturated_loop_gets_processes_only_with_enough_data_and_cores() -> None:
@@ -185,10 +281,10 @@ def test_saturated_loop_gets_processes_only_with_enough_data_and_cores() -> None
     short = LoopFigures("loop", 3.0, 0.97, 0.95, None, 4, 30.0, 1.0)
     (need,) = loop_advice(short, min_seconds=10)
     assert need.suggested is None
-    assert loop_advice(LoopFigures("loop", 30.0, 0.5, 0.4, None, 4, 30.0, 0.5),
-                       min_seconds=10) == []
-    assert loop_advice(LoopFigures("loop", 30.0, 0.97, 0.95, None, 1, 30.0, 1.0),
-                       min_seconds=10) == []
+    for figures in (LoopFigures("loop", 30.0, 0.5, 0.4, None, 4, 30.0, 0.5),
+                    LoopFigures("loop", 30.0, 0.97, 0.95, None, 1, 30.0, 1.0)):
+        (rec,) = loop_advice(figures, min_seconds=10)
+        assert rec.kind == "no_change" and rec.reason
 
 
 def test_cpu_bound_pool_on_a_busy_machine_is_still_capped_at_cores() -> None:
@@ -204,3 +300,82 @@ def test_cpu_bound_pool_on_a_busy_machine_is_still_capped_at_cores() -> None:
     # the same calls without the scheduler's figure look I/O-bound: that is what it fixes
     (rec,) = pool_advice(_pool(cpu_s=0.002, **busy), min_calls=50, max_threads=128)
     assert rec.suggested is not None and rec.suggested > 2
+
+
+def test_every_watched_knob_gets_an_entry_never_silence() -> None:
+    """Issue 16.5: across figures that lead to a change, to data needed or to nothing to do,
+    each model returns exactly one entry per knob, of one of the three kinds, and a
+    'no change' one says why."""
+    cases = [
+        pool_advice(_pool(**kw), min_calls=50, max_threads=128)  # type: ignore[arg-type]
+        for kw in ({}, {"calls": 20, "span_s": 0.2}, {"wait_s": 0.0005, "latency_s": 0.0205},
+                   {"workers": 16}, {"cpu_s": 0.009, "cores": 1}, {"cpu_s": 0.009, "workers": 8})
+    ]
+    cases += [limit_advice(_limit(**kw), min_done=20, max_limit=1000)  # type: ignore[arg-type]
+              for kw in ({}, {"waiters": 0.0, "holders": 1.0}, {"limit": 8, "holders": 8.0})]
+    cases += [batch_advice(BatchFigures("b", True, _batches(sizes, 0.05, 0.001), 1.0),
+                           min_batches=10) for sizes in ([50] * 20, [100, 200, 300, 400] * 5)]
+    cases += [loop_advice(LoopFigures("loop", 30.0, busy, 0.4, None, 4, 30.0, 0.5),
+                          min_seconds=10) for busy in (0.2, 0.97)]
+    kinds = set()
+    for recs in cases:
+        assert len(recs) == 1, recs
+        (rec,) = recs
+        kinds.add(rec.kind)
+        assert rec.kind in ("advice", "need_data", "no_change")
+        if rec.kind == "no_change":
+            assert rec.reason and str(rec).endswith(rec.reason)
+    assert kinds == {"advice", "need_data", "no_change"}
+
+
+def test_plain_words_first_model_terms_in_the_detail() -> None:
+    """Issue 16.6: the summary says what was seen and what to do; USL, crosstalk and R^2
+    appear only in the detail."""
+    lam, sigma, kappa = 100.0, 0.02, 0.01
+    levels = tuple(
+        (n, n * 100 / (lam * n / (1 + sigma * (n - 1) + kappa * n * (n - 1))), 100)
+        for n in (2, 4, 8, 16, 32)
+    )
+    (limit,) = limit_advice(_limit(limit=32, levels=levels, holders=32.0, max_level=32),
+                            min_done=20, max_limit=1000)
+    (batch,) = batch_advice(BatchFigures("b", True, _batches([100, 200, 300, 400] * 5, 0.05,
+                                                             0.001), 0.25), min_batches=10)
+    for rec in (limit, batch):
+        for term in ("USL", "crosstalk", "R^2", "contention"):
+            assert term not in rec.summary and term not in rec.evidence, (term, rec)
+        assert "R^2" in rec.detail
+    assert limit.summary.startswith("32 tasks hold the limit at once")
+    assert "set concurrency_limit from 32 to 8" in limit.summary
+    assert "crosstalk" in limit.detail
+    assert batch.summary.startswith("batches of 400 items take 450 ms")
+
+
+def test_limit_where_the_backend_refuses_work_steps_down_never_back_up() -> None:
+    """Issue 16.3: 429s past 20 in flight. At 128 (84 % refused) after 256 (92 % refused,
+    more raw completions per second): the limit is not raised back to 256 (the old advice
+    wandered), it is halved, at low confidence, until the refusals stop."""
+    levels = ((128, 128 * 1000 * 0.2, 1000), (256, 256 * 3000 * 0.1, 3000))
+    failed = ((128, 840), (256, 2760))
+    figures = _limit(limit=128, levels=levels, holders=128.0, waiters=100.0, max_level=256,
+                     failed=failed)
+    (rec,) = limit_advice(figures, min_done=20, max_limit=1000)
+    assert (rec.suggested, rec.confidence) == (64, "low"), rec
+    assert "84% of the holds at 128 at once failed" in rec.evidence
+
+
+def test_mixed_cpu_and_blocking_pool_gets_threads_with_a_conservative_gain() -> None:
+    """Issue 16.6's mixed pool: 1 thread, each call 5 ms on the CPU and 5 ms blocked. The
+    old advisor called it GIL-bound and advised a process pool of 2 promising 3.4x
+    (measured 1.48x; 16 threads measured 2.48x). The blocked half overlaps in threads: more
+    threads, until their CPU would fill the GIL's core, and a gain under that ceiling."""
+    figures = _pool(workers=1, calls=400, span_s=4.0, wait_s=0.15, run_s=0.01,
+                    latency_s=0.16, cpu_s=0.005, cores=2)
+    (rec,) = pool_advice(figures, min_calls=50, max_threads=128)
+    assert rec.knob == "max_workers" and rec.suggested is not None and rec.suggested >= 2
+    assert rec.gain is not None and 1.2 <= rec.gain <= 1.9, rec  # ceiling 0.9 / 0.5 cores
+    assert rec.confidence == "medium"
+    # applied (2 threads, the GIL's core now full): processes, not more threads
+    full = _pool(workers=2, calls=720, span_s=4.0, wait_s=0.08, run_s=0.011, latency_s=0.091,
+                 cpu_s=0.005, cores=2)
+    (rec,) = pool_advice(full, min_calls=50, max_threads=128)
+    assert rec.knob == "processes" or rec.kind == "no_change", rec

@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -211,6 +212,109 @@ def test_semaphore_holds_are_timed_on_a_sample(advised: asyncwatch.Watch) -> Non
     assert set(stats.holds) == {1}
 
 
+def test_semaphore_limit_in_force_new_level_measured_and_failures_not_throughput(
+    advised: asyncwatch.Watch,
+) -> None:
+    """Issue 16.3, on real semaphores of one creation site: after 3 objects made with 8 and
+    then one with 4, the limit in force is 4 (the old tie-break said 8); the holds at the new
+    level are all timed even after EXACT_HOLDS holds (the old sampling left it a handful);
+    holds that raise or are marked ``asyncwatch.rejected()`` are counted as failed."""
+
+    def make(limit: int) -> asyncio.Semaphore:
+        return asyncio.Semaphore(limit)
+
+    def backend(i: int, fail_every: int) -> None:
+        if fail_every and i % fail_every == 0:
+            if i % (2 * fail_every) == 0:
+                raise RuntimeError("backend said no")
+            asyncwatch.rejected()  # a 429: nothing raised, still not throughput
+
+    async def run(sem: asyncio.Semaphore, holds: int, tasks: int, fail_every: int = 0) -> None:
+        count = iter(range(holds))
+
+        async def job() -> None:
+            for i in count:
+                try:
+                    async with sem:
+                        await asyncio.sleep(0)
+                        backend(i, fail_every)
+                except RuntimeError:
+                    pass
+
+        await asyncio.gather(*(job() for _ in range(tasks)))
+
+    async def main() -> None:
+        for _ in range(3):
+            await run(make(8), EXACT_HOLDS // 2, 16)
+        await run(make(4), 400, 16, fail_every=4)
+
+    asyncio.run(main())
+    (stats,) = [s for s in advised.advisor.limits.limits() if "make" in s.label]
+    assert stats.current_limit() == 4
+    # every hold at the new limit timed (a hold sees ~3-4 holders at once with 4 permits)
+    assert sum(c for lvl, c in stats.holds.items() if lvl <= 4) >= 350
+    assert stats.sampled >= EXACT_HOLDS + 350
+    assert stats.failures == 100  # 1 in 4 of 400: half raised, half marked rejected
+    assert 80 <= sum(stats.failed.values()) <= 100
+    figures = _limit_window(stats.label, stats, None)
+    assert figures is not None and figures.limit == 4
+    level = max(stats.failed, key=stats.failed.__getitem__)  # failed holds, scaled like holds
+    holds = {lvl: d for lvl, _, d in figures.levels}
+    assert dict(figures.failed)[level] / holds[level] == pytest.approx(
+        stats.failed[level] / stats.holds[level], abs=0.01)
+
+
+def test_limit_levels_a_percent_apart_merge_and_every_level_is_listed() -> None:
+    """A saturated limit's ramp and drain (255, 256) are one level; the evidence lists all
+    the levels measured (the old one only the 6 highest)."""
+    from asyncwatch._models import LimitFigures, limit_advice, merge_levels
+
+    levels = ((255, 2.55, 300), (256, 25.6, 3000),
+              *((lvl, lvl / 100, 100) for lvl in (1, 2, 4, 8, 16, 32, 64)))
+    merged = merge_levels(levels)
+    assert [lv.n for lv in merged] == [1, 2, 4, 8, 16, 32, 64, 256]
+    assert merged[-1].holds == 3300
+    figures = LimitFigures("sem", 256, levels, 10.0, 256.0, 0.0, 3300, 256)
+    (rec,) = limit_advice(figures, min_done=20, max_limit=1000)
+    for level in (1, 2, 4, 8, 16, 32, 64, 256):
+        assert f"{level} at once:" in rec.evidence
+
+
+def test_fixed_size_gather_batches_get_the_sizes_to_run_and_history_is_kept(
+    advised: asyncwatch.Watch,
+) -> None:
+    """Issue 16.2 on real calls: ``items[i:i+32]`` fanned out with ``gather`` is seen as a
+    batch size of 32 and gets the runs to make by size; an ``asyncwatch.batch`` site that
+    moved to another size keeps the batches of the size before past its ring."""
+    from asyncwatch._batches import RING
+
+    async def store(item: int) -> int:
+        await asyncio.sleep(0)
+        return item
+
+    async def write_all(items: list[int], size: int) -> None:
+        for i in range(0, len(items), size):
+            await asyncio.gather(*(store(x) for x in items[i:i + size]))
+
+    async def explicit(size: int, batches: int) -> None:
+        for _ in range(batches):
+            with asyncwatch.batch("rows", size=size):
+                await asyncio.sleep(0)
+
+    async def main() -> None:
+        await write_all(list(range(1000)), 32)
+        await explicit(32, 40)
+        await explicit(64, RING + 10)  # the ring now holds only batches of 64
+
+    asyncio.run(main())
+    recs = asyncwatch.advise()
+    (fan_out,) = [r for r in recs if "write_all" in r.target]
+    assert fan_out.kind == "need_data" and fan_out.current == 32, fan_out
+    assert "batches of 64 and of 128 items" in (fan_out.need or "")
+    (rows,) = advised.advisor.batch_figures()[-1:]
+    assert rows.label == "batch 'rows'" and {s for s, _ in rows.batches} == {32, 64}
+
+
 def test_declared_concurrency_with_backlog(advised: asyncwatch.Watch) -> None:
     """A worker pool declared with concurrency(): holds and queue backlog are measured."""
 
@@ -343,6 +447,148 @@ def test_console_advice_command_renders_real_advice(advised: asyncwatch.Watch) -
     obj = type("Monitor", (), {"watch": advised})()
     out = CliRunner().invoke(do_advice, [], obj=obj).output
     assert "* ThreadPoolExecutor 'shown'" in out
-    assert "max_workers: 2 -> " in out and "evidence: " in out and "expected: " in out
+    assert "max_workers: 2 -> " in out and "evidence: " in out
+    assert "set max_workers from 2 to" in out
     brief = CliRunner().invoke(do_advice, ["-b"], obj=obj).output
     assert "max_workers: 2 -> " in brief and "evidence: " not in brief
+
+
+async def until(predicate: Any, timeout: float = 20.0) -> None:
+    """Poll ``predicate`` on the loop (yielding to it) until true, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)  # polling with a deadline, letting the loop run
+
+
+def test_semaphores_pools_and_gates_are_metrics_per_site(
+    advised: asyncwatch.Watch, reader: InMemoryMetricReader
+) -> None:
+    """Issue 16.7: while work is held up, the metrics show it per site: permits in use and
+    the limit, waits and wait time; a thread pool's calls running and queued and their
+    queue wait; a rate gate's passes (requests, tokens), limits, wait time and waiters."""
+    release = asyncio.Event()
+    seen: dict[str, list[Any]] = {}
+
+    def gated_site() -> asyncio.Semaphore:
+        return asyncio.Semaphore(2)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sem = gated_site()
+        gate_open = asyncio.Event()
+
+        async def holder() -> None:
+            async with sem:
+                await release.wait()
+
+        async def caller(tokens: int) -> None:
+            async with asyncwatch.gate("llm", rpm=600, tpm=60_000, tokens=tokens):
+                await gate_open.wait()  # the app's own limiter, closed for now
+
+        tasks = [asyncio.create_task(holder()) for _ in range(5)]
+        callers = [asyncio.create_task(caller(100)) for _ in range(3)]
+        blocker = threading.Event()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metered") as pool:
+            calls = [loop.run_in_executor(pool, blocker.wait) for _ in range(3)]
+            await until(lambda: sem.locked() and len(sem._waiters or ()) == 3)
+            await until(lambda: any(p.label == "ThreadPoolExecutor 'metered'" and p.started
+                                    for p in advised.advisor.executors.executors()))
+            seen.update(collect(reader))
+            blocker.set()
+            await asyncio.gather(*calls)
+        gate_open.set()
+        release.set()
+        await asyncio.gather(*tasks, *callers)
+        seen["after"] = [collect(reader)]
+
+    asyncio.run(main())
+    site = [p for p in seen["asyncwatch.semaphore.in_use"]
+            if "gated_site" in p.attributes[n.RESOURCE]]
+    assert [p.value for p in site] == [2]
+    label = site[0].attributes[n.RESOURCE]
+    assert point(seen["asyncwatch.semaphore.limit"], asyncwatch__resource=label).value == 2
+    pool = {"asyncwatch__resource": "ThreadPoolExecutor 'metered'"}
+    assert point(seen["asyncwatch.pool.in_use"], **pool).value == 1
+    assert point(seen["asyncwatch.pool.queued"], **pool).value == 2
+    assert point(seen["asyncwatch.pool.workers"], **pool).value == 1
+    assert point(seen["asyncwatch.gate.waiting"], asyncwatch__resource="llm").value == 3
+    after = seen["after"][0]
+    waits = point(after["asyncwatch.semaphore.waits"], asyncwatch__resource=label)
+    assert waits.value == 3
+    assert point(after["asyncwatch.semaphore.wait.time"], asyncwatch__resource=label).value > 0
+    assert point(after["asyncwatch.pool.wait.time"], **pool).value > 0
+    assert point(after["asyncwatch.semaphore.in_use"], asyncwatch__resource=label).value == 0
+    tokens = point(after["asyncwatch.gate.passes"], asyncwatch__resource="llm",
+                   asyncwatch__gate__unit="tokens")
+    assert tokens.value == 300
+    assert point(after["asyncwatch.gate.limit"], asyncwatch__resource="llm",
+                 asyncwatch__gate__unit="requests").value == 600
+    assert point(after["asyncwatch.gate.wait.time"], asyncwatch__resource="llm").value > 0
+    assert point(after["asyncwatch.gate.waiting"], asyncwatch__resource="llm").value == 0
+
+
+def test_gate_names_are_capped_with_an_overflow(advised: asyncwatch.Watch) -> None:
+    """150 gate names: 100 series and _OTHER, never more; bad arguments fail fast."""
+    from asyncwatch._gates import MAX_GATES
+
+    async def main() -> None:
+        for i in range(150):
+            async with asyncwatch.gate(f"gate-{i}", rpm=60):
+                pass
+
+    asyncio.run(main())
+    names = {attrs[n.RESOURCE] for m, attrs, _, _ in advised.advisor.gates.points()}
+    assert len(names) == MAX_GATES + 1 and n.OVERFLOW in names
+    for bad in ({"rpm": 0}, {"tpm": -1}, {"tokens": -1}, {"tokens": 1.5}):
+        with pytest.raises(ValueError, match=r"asyncwatch\.gate"):
+            asyncwatch.gate("x", **bad)  # type: ignore[arg-type]
+
+
+def test_queue_depth_and_waits_are_metrics_per_site(
+    advised: asyncwatch.Watch, reader: InMemoryMetricReader
+) -> None:
+    """Issue 16.7: a bounded queue whose consumer lags shows its depth and the producers
+    waiting to put; an empty one its consumers waiting to get; values and errors go through
+    unchanged, and uninstall puts get/put back."""
+    seen: dict[str, list[Any]] = {}
+
+    def make_jobs() -> asyncio.Queue[int]:
+        return asyncio.Queue(maxsize=3)
+
+    async def main() -> None:
+        jobs = make_jobs()
+        empty: asyncio.Queue[int] = asyncio.Queue()
+        producers = [asyncio.create_task(jobs.put(i)) for i in range(5)]
+        getter = asyncio.create_task(empty.get())
+        await until(lambda: jobs.full() and len(jobs._putters) == 2
+                    and len(empty._getters) == 1)
+        seen.update(collect(reader))
+        got = [await jobs.get() for _ in range(5)]
+        await asyncio.gather(*producers)
+        assert sorted(got) == [0, 1, 2, 3, 4]
+        await empty.put(7)
+        assert await getter == 7
+        getter2 = asyncio.create_task(empty.get())
+        await asyncio.sleep(0)
+        getter2.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await getter2
+        seen["after"] = [collect(reader)]
+
+    asyncio.run(main())
+    depth = [p for p in seen["asyncwatch.queue.depth"] if "make_jobs" in
+             p.attributes[n.RESOURCE] or "main" in p.attributes[n.RESOURCE]]
+    assert sorted(p.value for p in depth) == [0, 3], [dict(p.attributes) for p in depth]
+    jobs_site = next(p.attributes[n.RESOURCE] for p in depth if p.value == 3)
+    waiting = point(seen["asyncwatch.queue.waiting"], asyncwatch__resource=jobs_site,
+                    asyncwatch__queue__operation="put")
+    assert waiting.value == 2
+    after = seen["after"][0]
+    waited = point(after["asyncwatch.queue.wait.time"], asyncwatch__resource=jobs_site,
+                   asyncwatch__queue__operation="put")
+    assert waited.value > 0
+    assert all(p.value == 0 for p in after["asyncwatch.queue.waiting"])
+    asyncwatch.uninstall(timeout_s=2)
+    assert asyncio.Queue.get is asyncio.queues.Queue.__dict__["get"]
+    assert not hasattr(asyncio.Queue.get, "__wrapped__")

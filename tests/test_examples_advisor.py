@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 import asyncwatch
-from examples import api_client, checkpoint_runner, event_bus, period_calc
+from examples import api_client, checkpoint_runner, event_bus, llm_client, period_calc
 
 
 @pytest.fixture(autouse=True)
@@ -46,3 +46,14 @@ def test_checkpoint_runner_pool_size_is_raised() -> None:
     checkpoint_runner.main(["--workers", "2,4,8"])
     (rec,) = [r for r in asyncwatch.advise() if r.target == "concurrency 'checkpoint-runner'"]
     assert rec.current == 8 and rec.suggested is not None and rec.suggested > 8
+
+
+def test_llm_client_gate_wait_and_tokens_are_metrics() -> None:
+    """RPM and TPM gates measured with asyncwatch.gate: every request and token through it
+    is counted against the declared limits, and the callers' wait at it is there."""
+    out = llm_client.main(["--requests", "36", "--callers", "12"])
+    assert out["asyncwatch.gate.passes[requests]"] == 36
+    assert 36 * 40 <= out["asyncwatch.gate.passes[tokens]"] <= 36 * 160
+    assert out["asyncwatch.gate.limit[requests]"] == llm_client.RPM
+    assert out["asyncwatch.gate.limit[tokens]"] == llm_client.TPM
+    assert out["asyncwatch.gate.wait.time"] > 0 and out["asyncwatch.gate.waiting"] == 0

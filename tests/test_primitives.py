@@ -34,10 +34,18 @@ def class_attributes() -> dict[type, dict[str, Any]]:
 
 
 def test_with_only_the_advisor_only_semaphores_are_patched() -> None:
-    """Deadlock detection off, advisor on: Lock, Condition, Event and Queue keep their own
-    methods (nothing to pay per Event a server makes per request); semaphores are tracked."""
+    """Deadlock detection off, advisor on (its queue metrics off): Lock, Condition, Event and
+    Queue keep their own methods (nothing to pay per Event a server makes per request);
+    semaphores are tracked. With the queue metrics on, only Queue.get and Queue.put change."""
     before = class_attributes()
     install(deadlock_detection=False, advisor=True)
+    try:
+        queue = before[asyncio.Queue]
+        changed = {k for k, v in vars(asyncio.Queue).items() if queue.get(k) is not v}
+        assert changed == {"get", "put"}
+    finally:
+        asyncwatch.uninstall()
+    install(deadlock_detection=False, advisor=True, advisor_queues=False)
     try:
         for cls in (asyncio.Lock, asyncio.Condition, asyncio.Event, asyncio.Queue):
             assert dict(vars(cls)) == before[cls], cls
