@@ -77,6 +77,13 @@ class BlockedLoop(Finding):
     exact: bool = False
     """Start and duration measured exactly (precise mode), not from the heartbeat."""
 
+    def site(self) -> tuple[Any, ...]:
+        """Blocks at the same culprit line (and route) are one problem, whatever they took."""
+        where = self.culprit
+        if where is None:
+            return (self.kind, None, self.coroutine, self.route)
+        return (self.kind, where.filename, where.lineno, where.function, self.route)
+
 
 class BlockSink(Protocol):
     """Where a monitor reports (``LoopWatch`` in production, a list in tests)."""

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -212,6 +213,40 @@ class LogLimiter:
         return held
 
 
+REPEAT_LOG_S = 60.0
+"""A block at a site already logged is logged again at most this often (with the count)."""
+MAX_REPEAT_SITES = 256
+
+
+class RepeatLimiter:
+    """Per culprit site: the first block is logged; repeats within ``every_s`` of that site's
+    last line are held back and summed up (count, worst) in its next line."""
+
+    def __init__(self, clock: Callable[[], float], every_s: float = REPEAT_LOG_S) -> None:
+        self.clock = clock
+        self.every_s = every_s
+        # site -> [time of its last line, repeats held back since, worst of those]
+        self._sites: OrderedDict[Any, list[float]] = OrderedDict()
+
+    def allow(self, site: Any, duration: float) -> tuple[int, float] | None:
+        """None: hold this line back. Else (repeats held back, the worst of them)."""
+        now = self.clock()
+        entry = self._sites.get(site)
+        if entry is None:
+            self._sites[site] = [now, 0, 0.0]
+            while len(self._sites) > MAX_REPEAT_SITES:
+                self._sites.popitem(last=False)
+            return 0, 0.0
+        self._sites.move_to_end(site)
+        if now - entry[0] < self.every_s:
+            entry[1] += 1
+            entry[2] = max(entry[2], duration)
+            return None
+        held, worst = int(entry[1]), entry[2]
+        entry[:] = [now, 0, 0.0]
+        return held, worst
+
+
 class LoopWatch:
     """The component ``Watch`` wires in: heartbeats, watchdog thread, outputs."""
 
@@ -231,6 +266,7 @@ class LoopWatch:
         self.active = False
         self.culprits = CulpritCounts(config.max_culprits)
         self.limiter = LogLimiter(clock)
+        self.repeats = RepeatLimiter(clock)
         self._lock = threading.Lock()
         self._monitors: dict[int, LoopMonitor] = {}  # id(loop) -> monitor; read by precise mode
         self._beats: dict[int, _Heartbeat] = {}
@@ -320,6 +356,7 @@ class LoopWatch:
         self._retired_lag = Histogram()
         self.culprits.reset()
         self.limiter = LogLimiter(self.clock)
+        self.repeats = RepeatLimiter(self.clock)
         self.started_ns = time.time_ns()
         for monitor in self._monitors.values():
             monitor.lock = threading.Lock()
@@ -540,10 +577,21 @@ class LoopWatch:
         )
 
     def _log(self, finding: BlockedLoop) -> None:
+        repeats = self.repeats.allow(finding.site(), finding.duration_s)
+        if repeats is None:
+            return  # the same line again, logged a moment ago: counted, said in its next line
         held = self.limiter.allow()
         if held is None:
             return
         parts = []
+        seen = self.findings.count_of(finding)
+        if seen > 1:
+            text = f"seen {seen} times here"
+            if repeats[0]:
+                text += (
+                    f", {repeats[0]} not logged since the last line (worst {repeats[1]:.3f} s)"
+                )
+            parts.append(text)
         if finding.task is not None:
             parts.append(f"task {finding.task!r} running {finding.coroutine}")
         if finding.route:
