@@ -67,6 +67,24 @@ class Finding:
     exemplars: tuple[tuple[Frame, ...], ...] = ()
     """A few distinct stacks of occurrences (first, worst, newest), outermost frame first."""
 
+    def __post_init__(self) -> None:
+        # One occurrence is a group of one: its figures are its own (so a finding read back
+        # from the log equals the one its detector made).
+        if not self.first_seen:
+            object.__setattr__(self, "first_seen", self.started_at)
+        if not self.last_seen:
+            object.__setattr__(self, "last_seen", self.started_at)
+        if self.worst_s is None:
+            took = self.duration()
+            if took is not None:
+                object.__setattr__(self, "worst_s", took)
+                if self.typical_s is None:
+                    object.__setattr__(self, "typical_s", took)
+        if not self.exemplars:
+            stack = getattr(self, "stack", None)
+            if isinstance(stack, tuple) and stack:
+                object.__setattr__(self, "exemplars", (stack,))
+
     def as_dict(self) -> dict[str, Any]:
         """Plain data (for JSON, the console and logs)."""
         return asdict(self)
@@ -152,6 +170,8 @@ class _Group:
 
     def view(self) -> Finding:
         """The newest occurrence with the group's figures filled in."""
+        if self.count == 1:
+            return self.latest  # its own figures are the group's
         durations = [d for d in (f.duration() for f in self.recent) if d is not None]
         worst = self.worst.duration() if self.worst is not None else None
         return dataclasses.replace(

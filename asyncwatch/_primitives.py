@@ -289,6 +289,13 @@ class PrimitiveTracker:
         self.on_released: tuple[Callable[..., None], ...] = ()
         # the advisor: state -> track with up(task, waited_s) / down(task), or None
         self.track_semaphore: Callable[[PrimitiveState], Any] | None = None
+        # the deadlock detector: called as ``on_lock_wait(lock, task)`` when a task is about
+        # to wait for a Lock that is taken; ``lock_waits`` then maps the task to that lock
+        # (weakly both ways) until its acquire returns or fails.
+        self.on_lock_wait: Callable[[Any, Any], None] | None = None
+        self.lock_waits: weakref.WeakKeyDictionary[Any, weakref.ref[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._semaphores: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # ------------------------------------------------------------------ hooks
@@ -465,7 +472,20 @@ class PrimitiveTracker:
                 return await acquire_original(self)
             waits = bool(self._locked or self._waiters)
             began = clock() if waits else 0.0
-            result = await acquire_original(self)
+            waiter = None
+            if waits and tracker.on_lock_wait is not None:
+                try:
+                    waiter = current_task()
+                    if waiter is not None:
+                        tracker.lock_waits[waiter] = weakref.ref(self)
+                        tracker.on_lock_wait(self, waiter)
+                except Exception as exc:
+                    tracker.fault(exc)
+            try:
+                result = await acquire_original(self)
+            finally:
+                if waiter is not None:
+                    tracker.lock_waits.pop(waiter, None)
             try:
                 took(self, clock() - began if waits else None)
             except Exception as exc:
