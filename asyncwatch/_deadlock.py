@@ -48,7 +48,11 @@ from ._deadlock_report import (
     DeadlockFinding,
     StuckTaskFinding,
     deadlock_finding,
+    fate_of,
+    get_reason,
+    join_reason,
     names_of,
+    released_never,
     stuck_finding,
 )
 from ._faults import Faults
@@ -554,9 +558,17 @@ class DeadlockDetector:
             ):
                 rec.check_at = math.inf  # by design, or a timeout will end it
                 continue
+            dead_notifier = self._dead_lock_holder(wait) if wait.kind == "condition" else None
             if wait.kind in LOCKLIKE and wait.mode == "or" and all(t.done() for t in wait.succ):
-                reason = f"{names_of(wait.succ)} finished without releasing it"
+                reason = released_never(list(wait.succ))
                 blocked: list[Any] = []
+            elif dead_notifier is not None:
+                # notify() needs the Condition's lock, which a finished task still holds
+                reason = (
+                    f"{names_of([dead_notifier])} {fate_of(dead_notifier)} while still holding"
+                    " the Condition's lock, so no task can acquire it to call notify()"
+                )
+                blocked = []
             elif wait.kind in SIGNAL_KINDS and wait.obj is not None:
                 key = id(wait.obj)
                 if key not in checks.verdicts:
@@ -575,6 +587,10 @@ class DeadlockDetector:
                     rec.check_at = math.inf  # `await asyncio.Future()`: forever by design
                     continue
                 reason = UNREACHABLE_WHY.get(wait.kind, "nothing else references it")
+                if wait.kind == "queue_join":
+                    reason = join_reason(wait.obj, checks.waiters_of(wait)) or reason
+                elif wait.kind == "queue_get":
+                    reason = get_reason(wait.obj, checks.waiters_of(wait)) or reason
             else:
                 rec.check_at = now + self.stuck_after_s  # waits on tasks, or on live holders
                 continue
@@ -582,6 +598,14 @@ class DeadlockDetector:
             rec.check_at = math.inf
             state.reported.add(id(e.task))
             out.append(stuck_finding(e, reason, blocked, now, self._wall_of(now), self.wall()))
+
+    def _dead_lock_holder(self, wait: Any) -> Any:
+        """For a Condition wait: the finished task still holding the Condition's lock."""
+        from ._primitives import state_of
+
+        state = state_of(getattr(wait.obj, "_lock", None))
+        holder = state.holder if state is not None else None
+        return holder if holder is not None and holder.done() else None
 
     def _idle_by_name(self, task: Any) -> bool:
         if not self.idle_patterns:
