@@ -191,6 +191,8 @@ class LoopMonitor:
         self.thread_name = ""
         self.depth = 0  # Python frames below a callback on this loop
         self.lag = Histogram()
+        self.late = (0.0, 0.0)  # (when, how late) of the last beat late by threshold_s or more
+        self.reported_until = 0.0  # end of the last block reported (watchdog's side)
         # Written by precise mode around every callback on this loop (0: none running).
         self.cb_start = 0.0
         # Watchdog-only state.
@@ -209,6 +211,8 @@ class LoopMonitor:
         else:
             lag = max(0.0, now - self.due)
             self.lag.add(lag)
+        if lag is not None and lag >= self.threshold_s:
+            self.late = (now, lag)  # read by the GIL watch (``_gilwatch``)
         self.beat_at = now
         self.due = now + self.interval_s
         self.beats += 1  # last: a watchdog that sees the new count sees the new due time

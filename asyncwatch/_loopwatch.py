@@ -37,13 +37,25 @@ from ._context import route_in, span_in, task_context
 from ._export import HistValue, Point
 from ._faults import Faults
 from ._findings import FindingsLog
+from ._gilwatch import GilWatch
 from ._precise import PreciseTimer
 from ._recorder import Histogram, coroutine_key
-from ._stacks import Sample, callback_site, function_name, handle_in, sample_thread, to_frame
+from ._stacks import (
+    MACHINERY,
+    MAX_STACK,
+    Sample,
+    callback_site,
+    classify,
+    function_name,
+    handle_in,
+    sample_thread,
+    to_frame,
+)
 
 logger = logging.getLogger("asyncwatch")
 
 THREAD_NAME = "asyncwatch-watchdog"
+GIL_WAIT_S = 30.0  # a faulthandler dump whose loop never comes back is dropped after this
 
 
 def _held_lock() -> threading.Lock:
@@ -278,6 +290,8 @@ class LoopWatch:
         self._wake = _held_lock()  # released to wake the watchdog (cheaper than an Event)
         self._stopping = False
         self._timer = PreciseTimer(self._monitors, clock, self.threshold_s, self.fault)
+        self.gil = GilWatch(self.threshold_s, clock)
+        self._gil_pending: list[tuple[float, dict[int, list[tuple[str, int, str]]]]] = []
         self._uvloop_noted = False
         self.started_ns = time.time_ns()
 
@@ -289,6 +303,7 @@ class LoopWatch:
         self._stopping = False
         if self.precise:
             self._timer.install()
+        self.gil.start()
 
     def add_loop(self, loop: Any) -> None:
         """Start a heartbeat on ``loop`` (the task watcher's ``on_loop``); idempotent."""
@@ -330,6 +345,7 @@ class LoopWatch:
         """Stop the heartbeats, precise mode and the watchdog thread (joined). Idempotent."""
         self.active = False
         self._timer.uninstall()
+        self.gil.stop()
         with self._lock:
             beats = list(self._beats.values())
             monitors = list(self._monitors.values())
@@ -357,6 +373,8 @@ class LoopWatch:
         self.culprits.reset()
         self.limiter = LogLimiter(self.clock)
         self.repeats = RepeatLimiter(self.clock)
+        self.gil.after_fork()
+        self._gil_pending = []
         self.started_ns = time.time_ns()
         for monitor in self._monitors.values():
             monitor.lock = threading.Lock()
@@ -429,7 +447,63 @@ class LoopWatch:
                 continue
             wake = min(wake, monitor.check(now, loop.is_running(), self._sample))
         self._fold_dead()
+        if self.gil.active:
+            self._gil_blocks(now)
+            # Fires only if this thread cannot look again in time: a call holding the GIL.
+            self.gil.arm(max(0.0, wake - now) + self.threshold_s)
         return wake
+
+    def _gil_blocks(self, now: float) -> None:
+        """Report blocks seen only by faulthandler's dump (see ``_gilwatch``), once the
+        blocked loop's heartbeat has said how long they lasted."""
+        got = self.gil.read()
+        if got is not None:
+            self._gil_pending.append(got)
+        keep = []
+        monitors = list(self._monitors.values())
+        for fired_at, threads in self._gil_pending:
+            if now - fired_at > GIL_WAIT_S:
+                continue
+            waiting = False
+            for monitor in monitors:
+                frames = threads.get(monitor.thread_id)
+                if not frames or monitor.reported_until >= fired_at:
+                    continue  # not in the dump, or the sampler saw the block after all
+                beat_at, lag = monitor.late
+                if monitor.beat_at < fired_at:
+                    waiting = True  # not back yet
+                    continue
+                if beat_at < fired_at or classify(frames[-1][0]) == MACHINERY:
+                    continue  # came back on time, or was idle in select()
+                self._gil_block(monitor, frames, beat_at - lag, lag)
+            if waiting:
+                keep.append((fired_at, threads))
+        self._gil_pending = keep
+
+    def _gil_block(self, monitor: LoopMonitor, frames: list[tuple[str, int, str]],
+                   since: float, duration: float) -> None:
+        best: list[tuple[str, int, str] | None] = [None, None, None, None]
+        for entry in reversed(frames):
+            kind = classify(entry[0])
+            if best[kind] is None:
+                best[kind] = entry
+        chosen = best[0] or best[1] or best[2] or best[3]
+        culprit = to_frame(chosen) if chosen is not None else None
+        where = str(culprit) if culprit is not None else "an unknown line"
+        finding = BlockedLoop(
+            started_at=time.time() - (self.clock() - since),
+            summary=f"event loop blocked for {duration:.3f} s at {where} (in a call holding "
+            "the GIL; named from a faulthandler dump)",
+            duration_s=duration,
+            culprit=culprit,
+            stack=tuple(to_frame(f) for f in frames[-MAX_STACK:]),
+            thread=monitor.thread_name,
+        )
+        monitor.reported_until = since + duration
+        self.findings.add(finding)
+        if culprit is not None:
+            self.culprits.add((culprit.filename, culprit.lineno, culprit.function), duration)
+        self._log(finding)
 
     def _sample(self, monitor: LoopMonitor) -> Sample | None:
         start = monitor.cb_start
@@ -500,6 +574,7 @@ class LoopWatch:
         else:
             self.findings.add(final)
         episode.finding = final
+        monitor.reported_until = max(monitor.reported_until, episode.end)
         culprit = episode.culprit()
         if culprit is not None:
             (path, line, qualname), module, _ = culprit
