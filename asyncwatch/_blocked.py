@@ -100,7 +100,7 @@ class Episode:
     """One callback seen holding a busy loop, from its first sample to its end."""
 
     __slots__ = (
-        "beats", "counts", "end", "exact", "finding", "first_seen", "handle", "info",
+        "beats", "counts", "end", "exact", "finding", "first_seen", "handle", "info", "internal",
         "key", "last_seen", "logged", "modules", "overflow", "reported", "samples", "since",
         "stacks",
     )
@@ -116,6 +116,7 @@ class Episode:
         self.modules: dict[RawFrame, str] = {}
         self.stacks: dict[RawFrame, list[RawFrame]] = {}
         self.overflow = 0
+        self.internal = 0  # samples with only asyncio's own frames (no culprit to count)
         self.reported = False
         self.logged = False
         self.exact = False
@@ -135,6 +136,7 @@ class Episode:
         self.last_seen = now
         found = culprit_of(sample.chain, sample.depth)
         if found is None:
+            self.internal += 1
             return
         where, module = found
         seen = self.counts.get(where)

@@ -475,7 +475,10 @@ class LoopWatch:
                     continue
                 if beat_at < fired_at or classify(frames[-1][0]) == MACHINERY:
                     continue  # came back on time, or was idle in select()
-                self._gil_block(monitor, frames, beat_at - lag, lag)
+                # Only what the sampler did not already report of this late beat.
+                since = max(beat_at - lag, monitor.reported_until)
+                if beat_at - since > self.threshold_s:
+                    self._gil_block(monitor, frames, since, beat_at - since)
             if waiting:
                 keep.append((fired_at, threads))
         self._gil_pending = keep
@@ -487,13 +490,22 @@ class LoopWatch:
             kind = classify(entry[0])
             if best[kind] is None:
                 best[kind] = entry
-        chosen = best[0] or best[1] or best[2] or best[3]
+        chosen = best[0] or best[1] or best[2]  # never asyncio's own frames
         culprit = to_frame(chosen) if chosen is not None else None
-        where = str(culprit) if culprit is not None else "an unknown line"
+        if culprit is not None:
+            summary = (
+                f"event loop blocked for {duration:.3f} s at {culprit} (in a call holding "
+                "the GIL; named from a faulthandler dump)"
+            )
+        else:
+            summary = (
+                f"event loop blocked for {duration:.3f} s between callbacks, in no line of "
+                "the app: objects being freed (deallocation of what a finished callback or "
+                "task let go) or garbage collection (from a faulthandler dump)"
+            )
         finding = BlockedLoop(
             started_at=time.time() - (self.clock() - since),
-            summary=f"event loop blocked for {duration:.3f} s at {where} (in a call holding "
-            "the GIL; named from a faulthandler dump)",
+            summary=summary,
             duration_s=duration,
             culprit=culprit,
             stack=tuple(to_frame(f) for f in frames[-MAX_STACK:]),
@@ -632,6 +644,16 @@ class LoopWatch:
         duration = episode.duration
         where_text = str(culprit_frame) if culprit_frame is not None else "an unknown line"
         summary = f"event loop blocked for {duration:.3f} s at {where_text}"
+        if culprit is None and episode.internal:
+            # Sampled, but only ever in asyncio's own frames: no line of the app ran. What
+            # holds the loop then is C code run from asyncio, in practice freeing the objects
+            # a callback let go of (a large parsed document) or a garbage collection.
+            after = f"after {culprit_frame}" if culprit_frame is not None else "between callbacks"
+            summary = (
+                f"event loop blocked for {duration:.3f} s {after}, in no line of the app: "
+                "objects being freed (deallocation of what the callback let go) or garbage "
+                "collection"
+            )
         if ongoing:
             summary += " (still blocked)"
         return BlockedLoop(

@@ -71,7 +71,7 @@ def test_regex_holding_the_gil_is_named(watch: asyncwatch.Watch) -> None:
     thread.join(60)
     found = wait_for(
         lambda: [f for f in asyncwatch.findings("blocked_loop") if isinstance(f, BlockedLoop)],
-        what="the GIL-holding block reported",
+        what=f"the GIL-holding block reported (dumps read: {watch.loops.gil.dumps})",
     )
     [finding] = found
     assert finding.culprit is not None
