@@ -35,7 +35,12 @@ async def block_in_c(n: int) -> None:
         assert asyncio.get_running_loop().time() < deadline, "never watched"
         await asyncio.sleep(0.01)
         monitor = watch.loops.monitor_of(asyncio.get_running_loop())
+    beats = monitor.beats
     catastrophic(n)
+    # The loop keeps running until its heartbeat has come back (a loop closed at once never
+    # says how long it was held).
+    while monitor.beats < beats + 2:
+        await asyncio.sleep(0.01)
 
 
 def test_parse_dump_reads_every_thread() -> None:
