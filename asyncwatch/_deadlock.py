@@ -58,7 +58,7 @@ from ._deadlock_report import (
 from ._faults import Faults
 from ._findings import FindingsLog
 from ._idle import is_idle
-from ._primitives import PrimitiveTracker
+from ._primitives import PrimitiveTracker, state_of
 from ._reach import UNREACHABLE, Verdict, direct, reach
 from ._recorder import coroutine_key
 from ._scanstate import (
@@ -169,8 +169,6 @@ class DeadlockDetector:
         the loop is then scanned at once (and again ``EXPEDITE_S`` later, when the waits
         count as settled) instead of at the next interval. Costs a few dictionary lookups,
         on contended acquires only."""
-        from ._primitives import state_of
-
         waits = self.tracker.lock_waits if self.tracker is not None else None
         if waits is None or not self.active:
             return
@@ -185,8 +183,7 @@ class DeadlockDetector:
                 if loop is not None:
                     self.expedite(loop)
                 return
-            ref = waits.get(holder)
-            current = ref() if ref is not None else None
+            current = waits.get(id(holder))
             if current is None:
                 return
 
@@ -601,8 +598,6 @@ class DeadlockDetector:
 
     def _dead_lock_holder(self, wait: Any) -> Any:
         """For a Condition wait: the finished task still holding the Condition's lock."""
-        from ._primitives import state_of
-
         state = state_of(getattr(wait.obj, "_lock", None))
         holder = state.holder if state is not None else None
         return holder if holder is not None and holder.done() else None

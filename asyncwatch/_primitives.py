@@ -374,12 +374,11 @@ class PrimitiveTracker:
         # the advisor: state -> track with up(task, waited_s) / down(task), or None
         self.track_semaphore: Callable[[PrimitiveState], Any] | None = None
         # the deadlock detector: called as ``on_lock_wait(lock, task)`` when a task is about
-        # to wait for a Lock that is taken; ``lock_waits`` then maps the task to that lock
-        # (weakly both ways) until its acquire returns or fails.
+        # to wait for a Lock that is taken; ``lock_waits`` then maps id(task) to that lock
+        # until its acquire returns or fails (removed in a ``finally``: the waiting coroutine
+        # references the lock anyway while the entry exists).
         self.on_lock_wait: Callable[[Any, Any], None] | None = None
-        self.lock_waits: weakref.WeakKeyDictionary[Any, weakref.ref[Any]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self.lock_waits: dict[int, Any] = {}
         self._semaphores: weakref.WeakSet[Any] = weakref.WeakSet()
         # (code id, offset) -> objects numbered there (``PrimitiveState.number``)
         self.site_numbers: dict[Any, int] = {}
@@ -558,20 +557,24 @@ class PrimitiveTracker:
                 return await acquire_original(self)
             waits = bool(self._locked or self._waiters)
             began = clock() if waits else 0.0
-            waiter = None
-            if waits and tracker.on_lock_wait is not None:
+            hook = tracker.on_lock_wait if waits else None
+            if hook is None:
+                result = await acquire_original(self)
+            else:
+                key = 0
                 try:
                     waiter = current_task()
                     if waiter is not None:
-                        tracker.lock_waits[waiter] = weakref.ref(self)
-                        tracker.on_lock_wait(self, waiter)
+                        key = id(waiter)
+                        tracker.lock_waits[key] = self
+                        hook(self, waiter)
                 except Exception as exc:
                     tracker.fault(exc)
-            try:
-                result = await acquire_original(self)
-            finally:
-                if waiter is not None:
-                    tracker.lock_waits.pop(waiter, None)
+                try:
+                    result = await acquire_original(self)
+                finally:
+                    if key:
+                        tracker.lock_waits.pop(key, None)
             try:
                 took(self, clock() - began if waits else None)
             except Exception as exc:
