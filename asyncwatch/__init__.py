@@ -149,16 +149,21 @@ def stats() -> Stats:
     return watch.stats()
 
 
-def findings(kind: str | None = None) -> list[Finding]:
+def findings(kind: str | None = None, *, grouped: bool = True) -> list[Finding]:
     """What asyncwatch's detectors found, oldest first; only ``kind`` if given
     (e.g. ``"blocked_loop"``, ``"deadlock"``, ``"stuck_task"``). Bounded per kind.
+
+    Repeats are grouped by site (a blocked loop's culprit line and route): one finding per
+    site, its newest occurrence, with ``count``, ``first_seen``, ``last_seen``, ``worst_s``,
+    ``typical_s`` (median) and a few ``exemplars`` stacks. ``grouped=False``: every
+    occurrence still kept, each with ``count=1``.
 
     Empty when asyncwatch is not installed.
     """
     watch = _current_watch()
     if watch is None:
         return []
-    return watch.findings.list(kind)
+    return watch.findings.list(kind, grouped=grouped)
 
 
 def advise() -> list[Recommendation]:

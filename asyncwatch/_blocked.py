@@ -77,6 +77,13 @@ class BlockedLoop(Finding):
     exact: bool = False
     """Start and duration measured exactly (precise mode), not from the heartbeat."""
 
+    def site(self) -> tuple[Any, ...]:
+        """Blocks at the same culprit line (and route) are one problem, whatever they took."""
+        where = self.culprit
+        if where is None:
+            return (self.kind, None, self.coroutine, self.route)
+        return (self.kind, where.filename, where.lineno, where.function, self.route)
+
 
 class BlockSink(Protocol):
     """Where a monitor reports (``LoopWatch`` in production, a list in tests)."""
@@ -93,7 +100,7 @@ class Episode:
     """One callback seen holding a busy loop, from its first sample to its end."""
 
     __slots__ = (
-        "beats", "counts", "end", "exact", "finding", "first_seen", "handle", "info",
+        "beats", "counts", "end", "exact", "finding", "first_seen", "handle", "info", "internal",
         "key", "last_seen", "logged", "modules", "overflow", "reported", "samples", "since",
         "stacks",
     )
@@ -109,6 +116,7 @@ class Episode:
         self.modules: dict[RawFrame, str] = {}
         self.stacks: dict[RawFrame, list[RawFrame]] = {}
         self.overflow = 0
+        self.internal = 0  # samples with only asyncio's own frames (no culprit to count)
         self.reported = False
         self.logged = False
         self.exact = False
@@ -128,6 +136,7 @@ class Episode:
         self.last_seen = now
         found = culprit_of(sample.chain, sample.depth)
         if found is None:
+            self.internal += 1
             return
         where, module = found
         seen = self.counts.get(where)
@@ -184,6 +193,8 @@ class LoopMonitor:
         self.thread_name = ""
         self.depth = 0  # Python frames below a callback on this loop
         self.lag = Histogram()
+        self.late = (0.0, 0.0)  # (when, how late) of the last beat late by threshold_s or more
+        self.reported_until = 0.0  # end of the last block reported (watchdog's side)
         # Written by precise mode around every callback on this loop (0: none running).
         self.cb_start = 0.0
         # Watchdog-only state.
@@ -205,6 +216,8 @@ class LoopMonitor:
         else:
             lag = max(0.0, now - self.due)
             self.lag.add(lag)
+        if lag is not None and lag >= self.threshold_s:
+            self.late = (now, lag)  # read by the GIL watch (``_gilwatch``)
         self.beat_at = now
         self.due = now + self.interval_s
         self.beats += 1  # last: a watchdog that sees the new count sees the new due time

@@ -382,8 +382,8 @@ _SETTINGS: dict[str, _Setting] = {
     "deadlock_interval_s": _Setting(
         ("ASYNCWATCH_DEADLOCK_INTERVAL_S",),
         _parse_float,
-        _seconds(0.01, 86_400, example=5),
-        "seconds from 0.01 to 86400, e.g. 5",
+        _seconds(0.01, 86_400, example=0.5),
+        "seconds from 0.01 to 86400, e.g. 0.5",
     ),
     "stuck_task_after_s": _Setting(
         ("ASYNCWATCH_STUCK_TASK_AFTER_S",),
@@ -531,9 +531,10 @@ class Config:
     deadlock_detection: bool = True
     """Scan the await graph for deadlocks and stuck tasks, and track who holds each asyncio
     Lock/Semaphore (see "Deadlocks and stuck tasks")."""
-    deadlock_interval_s: float = 5.0
+    deadlock_interval_s: float = 0.5
     """Seconds between scans of each event loop (stretched if a scan would take more than 1%
-    of the loop's time)."""
+    of the loop's time). A wait is judged once two scans have seen it, so a cycle is found
+    within two intervals; one closed by a lock wait is scanned for at once."""
     stuck_task_after_s: float = 60.0
     """A task waiting this long at the same await point, on something nothing can wake, is
     reported as stuck."""

@@ -226,7 +226,7 @@ def do_findings(ctx: click.Context, kind: str | None, limit: int, stack: bool) -
         click.echo(f"no findings{f' of kind {kind}' if kind else ''} so far")
         return None
     counts = ", ".join(f"{k} {v}" for k, v in sorted(totals.items()))
-    click.echo(f"{len(found)} kept ({counts} seen); newest last")
+    click.echo(f"{len(found)} sites kept ({counts} occurrences seen); newest last")
     for finding in found[-limit:]:
         click.echo(render_finding(finding, stack=stack))
     return None

@@ -162,9 +162,29 @@ def render_finding(finding: Any, *, stack: bool = True) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(data.pop("started_at", time.time())))
     kind = data.pop("kind", type(finding).__name__)
     out = [f"[{when}] {kind}"]
+    count = data.pop("count", 1)
+    first_seen = data.pop("first_seen", 0.0)
+    data.pop("last_seen", None)
+    worst, typical = data.pop("worst_s", None), data.pop("typical_s", None)
+    exemplars = data.pop("exemplars", ()) or ()
     for name in _FIRST:
         if name in data:
             _render_value(name, data.pop(name), out)
+    if isinstance(count, int) and count > 1:
+        line = f"  seen {count} times"
+        if first_seen:
+            line += f" since {time.strftime('%H:%M:%S', time.localtime(first_seen))}"
+        if worst is not None and typical is not None:
+            line += f"; worst {worst:.3f} s, typical {typical:.3f} s"
+        out.append(line)
+        if stack and len(exemplars) > 1:
+            out.append(f"  {len(exemplars)} distinct stacks; the others:")
+            shown = data.get("stack")
+            for other in exemplars:
+                if other == shown:
+                    continue
+                out.append("    ---")
+                out.extend(f"    {_frame_text(f) or f}" for f in other)
     # Await chains and locks (deadlock and stuck-task findings) read best in their own words.
     chains = getattr(finding, "chains", None)
     if chains and all(callable(getattr(c, "format", None)) for c in chains) and "chains" in data:

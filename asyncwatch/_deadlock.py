@@ -48,13 +48,17 @@ from ._deadlock_report import (
     DeadlockFinding,
     StuckTaskFinding,
     deadlock_finding,
+    fate_of,
+    get_reason,
+    join_reason,
     names_of,
+    released_never,
     stuck_finding,
 )
 from ._faults import Faults
 from ._findings import FindingsLog
 from ._idle import is_idle
-from ._primitives import PrimitiveTracker
+from ._primitives import PrimitiveTracker, state_of
 from ._reach import UNREACHABLE, Verdict, direct, reach
 from ._recorder import coroutine_key
 from ._scanstate import (
@@ -97,6 +101,20 @@ _DONE = object()
 CHECK_BUDGET_S = 0.005  # stuck checks per scan stop after this long; the rest wait a scan
 CHECKS_PER_SCAN = 256  # candidates considered per scan (the longest unchecked first)
 WALK_SHARE = 0.002  # most of a loop's time the reference walks (gc.get_referrers) may take
+MAX_LOCK_CHAIN = 64  # holders followed from a lock wait looking for a cycle back to the waiter
+EXPEDITE_S = 0.05  # after a lock wait closed a cycle: the scan that settles it runs this soon
+
+
+def _closes_cycle(task: Any, fut: Any) -> bool:
+    """Does ``task``, now awaiting the task ``fut``, close a cycle of tasks awaiting tasks
+    directly (each one's ``_fut_waiter`` the next)? A few attribute reads per new wait."""
+    for _ in range(MAX_LOCK_CHAIN):
+        if fut is task:
+            return True
+        fut = getattr(fut, "_fut_waiter", None)
+        if fut is None or type(fut) not in TASK_TYPES:
+            return False
+    return False
 
 
 class DeadlockDetector:
@@ -141,6 +159,49 @@ class DeadlockDetector:
     def start(self) -> None:
         """Scan every loop attached from now on."""
         self.active = True
+        if self.tracker is not None:
+            self.tracker.on_lock_wait = self._lock_wait
+
+    def _lock_wait(self, lock: Any, task: Any) -> None:
+        """``task`` is about to wait for ``lock`` (the lock tracker's hook, on the loop's
+        thread). Follow holder -> the lock it waits for -> its holder...: back at ``task``, a
+        cycle of lock waits just closed, certain to be a deadlock unless a timeout ends it;
+        the loop is then scanned at once (and again ``EXPEDITE_S`` later, when the waits
+        count as settled) instead of at the next interval. Costs a few dictionary lookups,
+        on contended acquires only."""
+        waits = self.tracker.lock_waits if self.tracker is not None else None
+        if waits is None or not self.active:
+            return
+        current = lock
+        for _ in range(MAX_LOCK_CHAIN):
+            state = state_of(current)
+            holder = state.holder if state is not None else None
+            if holder is None or holder.done():
+                return
+            if holder is task:
+                loop = asyncio.events._get_running_loop()
+                if loop is not None:
+                    self.expedite(loop)
+                return
+            current = waits.get(id(holder))
+            if current is None:
+                return
+
+    def expedite(self, loop: Any) -> None:
+        """Scan ``loop`` now and once more ``EXPEDITE_S`` later (from the loop's thread)."""
+        ref = self._states.get(loop) if self.active else None
+        state = ref() if ref is not None else None
+        if state is None:
+            return  # not attached (e.g. a loop on a clock of its own gets no timers of ours)
+        handle = state.handle
+        if handle is None or isinstance(handle, asyncio.TimerHandle):
+            state.expedite = 2
+            if handle is not None:
+                handle.cancel()
+            state.handle = None
+            self._schedule(loop, state, 0.0)
+        else:  # a scan in progress (it may have passed these tasks): two more after it
+            state.expedite = 3
 
     def attach(self, loop: Any) -> None:
         """Scan ``loop`` every ``interval_s`` (call from its thread, or before it runs)."""
@@ -190,11 +251,18 @@ class DeadlockDetector:
         state.handle = None
         self.last_scan_s = spent
         self.scan_seconds += spent
+        if state.expedite > 0:
+            state.expedite -= 1
+            if state.expedite > 0:
+                self._schedule(loop, state, EXPEDITE_S)
+                return
         self._schedule(loop, state, max(self.interval_s, spent / MAX_SHARE))
 
     def stop(self) -> None:
         """Stop scanning; cancel pending scans. Idempotent."""
         self.active = False
+        if self.tracker is not None and self.tracker.on_lock_wait == self._lock_wait:
+            self.tracker.on_lock_wait = None
         for loop, ref in list(self._states.items()):
             state = ref()
             if state is None:
@@ -286,6 +354,15 @@ class DeadlockDetector:
             if start + SLICE < len(tasks):
                 yield
         state.seen = new = sweep.new
+        if sweep.closed and state.expedite <= 1:
+            # The next scan settles the new cycle: run it soon.
+            if isinstance(state.handle, asyncio.TimerHandle):  # a scan by hand: move the timer
+                state.handle.cancel()
+                state.handle = None
+                state.expedite = 1
+                self._schedule(loop, state, EXPEDITE_S)
+            else:  # a timed scan: this one and the next
+                state.expedite = 2
         followed, due = sweep.followed, sweep.due
         if len(tasks) > SLICE:  # other code ran between slices: keep waits that still hold
             followed = [e for e in followed if still(e.task, e.rec)]
@@ -308,6 +385,7 @@ class DeadlockDetector:
         (classifying them, or a stuck check). This loop runs for every waiting task on every
         scan, so a wait that is neither costs a dictionary lookup and three comparisons."""
         get, new, current, now = sweep.old.get, sweep.new, sweep.current, sweep.now
+        task_types: Any = TASK_TYPES
         followed, due = sweep.followed, sweep.due
         try:
             for task in tasks:
@@ -330,6 +408,8 @@ class DeadlockDetector:
                             due.append((rec.check_at, rec.since, tid, task, rec))
                 else:
                     rec = Seen(fut, now)
+                    if not sweep.closed and type(fut) in task_types:
+                        sweep.closed = _closes_cycle(task, fut)
                 new[tid] = rec
         except AttributeError:  # a task class without _fut_waiter: leave such tasks out
             usable = [t for t in tasks if hasattr(t, "_fut_waiter")]
@@ -475,9 +555,17 @@ class DeadlockDetector:
             ):
                 rec.check_at = math.inf  # by design, or a timeout will end it
                 continue
+            dead_notifier = self._dead_lock_holder(wait) if wait.kind == "condition" else None
             if wait.kind in LOCKLIKE and wait.mode == "or" and all(t.done() for t in wait.succ):
-                reason = f"{names_of(wait.succ)} finished without releasing it"
+                reason = released_never(list(wait.succ))
                 blocked: list[Any] = []
+            elif dead_notifier is not None:
+                # notify() needs the Condition's lock, which a finished task still holds
+                reason = (
+                    f"{names_of([dead_notifier])} {fate_of(dead_notifier)} while still holding"
+                    " the Condition's lock, so no task can acquire it to call notify()"
+                )
+                blocked = []
             elif wait.kind in SIGNAL_KINDS and wait.obj is not None:
                 key = id(wait.obj)
                 if key not in checks.verdicts:
@@ -496,6 +584,10 @@ class DeadlockDetector:
                     rec.check_at = math.inf  # `await asyncio.Future()`: forever by design
                     continue
                 reason = UNREACHABLE_WHY.get(wait.kind, "nothing else references it")
+                if wait.kind == "queue_join":
+                    reason = join_reason(wait.obj, checks.waiters_of(wait)) or reason
+                elif wait.kind == "queue_get":
+                    reason = get_reason(wait.obj, checks.waiters_of(wait)) or reason
             else:
                 rec.check_at = now + self.stuck_after_s  # waits on tasks, or on live holders
                 continue
@@ -503,6 +595,12 @@ class DeadlockDetector:
             rec.check_at = math.inf
             state.reported.add(id(e.task))
             out.append(stuck_finding(e, reason, blocked, now, self._wall_of(now), self.wall()))
+
+    def _dead_lock_holder(self, wait: Any) -> Any:
+        """For a Condition wait: the finished task still holding the Condition's lock."""
+        state = state_of(getattr(wait.obj, "_lock", None))
+        holder = state.holder if state is not None else None
+        return holder if holder is not None and holder.done() else None
 
     def _idle_by_name(self, task: Any) -> bool:
         if not self.idle_patterns:

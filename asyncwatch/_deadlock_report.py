@@ -134,6 +134,14 @@ def site_frame(state: PrimitiveState | None) -> Frame | None:
     return Frame(filename, line, function, linecache.getline(filename, line).strip() or None)
 
 
+def number(obj: Any) -> None:
+    state = state_of(obj) if obj is not None else None
+    if state is not None:
+        state.number()
+        if state.part_of is not None:
+            state.part_of.number()
+
+
 def describe_object(obj: Any) -> str:
     """``Lock created at app.py:12 in main``, ``a Future``..."""
     state = state_of(obj)
@@ -247,6 +255,63 @@ UNREACHABLE_WHY = {
 }
 
 
+def fate_of(task: Any) -> str:
+    """How a finished task ended: 'was cancelled', 'raised ValueError', 'returned'."""
+    try:
+        if task.cancelled():
+            return "was cancelled"
+        exc = task.exception()
+    except Exception:  # not done after all, or an odd task class
+        return "finished"
+    return f"raised {type(exc).__name__}" if exc is not None else "returned"
+
+
+def released_never(holders: list[Any], what: str = "it") -> str:
+    """"'a' was cancelled while holding it and never released it" (grouped by fate)."""
+    by_fate: dict[str, list[Any]] = {}
+    for task in holders:
+        by_fate.setdefault(fate_of(task), []).append(task)
+    return "; ".join(
+        f"{names_of(tasks)} {fate} while holding {what} and never released it"
+        for fate, tasks in by_fate.items()
+    )
+
+
+def join_reason(queue: Any, waiters: list[Any]) -> str | None:
+    """queue.join() that cannot return although a consumer is alive: the consumers (tasks
+    waiting in get()) took items and never called task_done(). None if no consumer waits."""
+    getters = [t for t in waiters if _waits_in(t, getattr(queue, "_getters", None))]
+    if not getters:
+        return None
+    unfinished = getattr(queue, "_unfinished_tasks", None)
+    items = f" for {unfinished} item(s) it took" if isinstance(unfinished, int) else ""
+    verb = "is" if len(getters) == 1 else "are"
+    who = "consumer" if len(getters) == 1 else "consumers"
+    return (
+        f"the {who} {names_of(getters)} {verb} alive (waiting for the next item) but never "
+        f"called task_done(){items}, and nothing else can put an item or call it"
+    )
+
+
+def get_reason(queue: Any, waiters: list[Any]) -> str | None:
+    """queue.get() whose producers all wait in join(): they wait for this consumer's
+    task_done(). None if no producer waits in join()."""
+    finished = getattr(getattr(queue, "_finished", None), "_waiters", None)
+    joiners = [t for t in waiters if _waits_in(t, finished)]
+    if not joiners:
+        return None
+    return (
+        f"the only other {'task' if len(joiners) == 1 else 'tasks'} holding the queue, "
+        f"{names_of(joiners)}, {'waits' if len(joiners) == 1 else 'wait'} in join() for "
+        "task_done() calls that never came, so no item will be put"
+    )
+
+
+def _waits_in(task: Any, futures: Any) -> bool:
+    waiter = getattr(task, "_fut_waiter", None)
+    return waiter is not None and any(f is waiter for f in futures or ())
+
+
 def names_of(tasks: list[Any]) -> str:
     shown = ", ".join(repr(task_name(t)) for t in tasks[:5])
     return shown + (f" and {len(tasks) - 5} more" if len(tasks) > 5 else "")
@@ -264,6 +329,11 @@ def deadlock_finding(graph: Graph, group: list[int], behind: list[int],
     lines = []
     chains = []
     holds: dict[int, list[str]] = {}
+    for v in group:  # numbered before any is described: two from one line are told apart
+        if v >= count:
+            number(res[v - count].obj)
+        else:
+            number(getattr(nodes[v].wait, "obj", None))
     for r in (v for v in group if v >= count):
         for h in res[r - count].succ:
             holds.setdefault(id(h), []).append(describe_object(res[r - count].obj))

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -36,13 +37,25 @@ from ._context import route_in, span_in, task_context
 from ._export import HistValue, Point
 from ._faults import Faults
 from ._findings import FindingsLog
+from ._gilwatch import GilWatch
 from ._precise import PreciseTimer
 from ._recorder import Histogram, coroutine_key
-from ._stacks import Sample, callback_site, function_name, handle_in, sample_thread, to_frame
+from ._stacks import (
+    MACHINERY,
+    MAX_STACK,
+    Sample,
+    callback_site,
+    classify,
+    function_name,
+    handle_in,
+    sample_thread,
+    to_frame,
+)
 
 logger = logging.getLogger("asyncwatch")
 
 THREAD_NAME = "asyncwatch-watchdog"
+GIL_WAIT_S = 30.0  # a faulthandler dump whose loop never comes back is dropped after this
 
 
 def _held_lock() -> threading.Lock:
@@ -212,6 +225,40 @@ class LogLimiter:
         return held
 
 
+REPEAT_LOG_S = 60.0
+"""A block at a site already logged is logged again at most this often (with the count)."""
+MAX_REPEAT_SITES = 256
+
+
+class RepeatLimiter:
+    """Per culprit site: the first block is logged; repeats within ``every_s`` of that site's
+    last line are held back and summed up (count, worst) in its next line."""
+
+    def __init__(self, clock: Callable[[], float], every_s: float = REPEAT_LOG_S) -> None:
+        self.clock = clock
+        self.every_s = every_s
+        # site -> [time of its last line, repeats held back since, worst of those]
+        self._sites: OrderedDict[Any, list[float]] = OrderedDict()
+
+    def allow(self, site: Any, duration: float) -> tuple[int, float] | None:
+        """None: hold this line back. Else (repeats held back, the worst of them)."""
+        now = self.clock()
+        entry = self._sites.get(site)
+        if entry is None:
+            self._sites[site] = [now, 0, 0.0]
+            while len(self._sites) > MAX_REPEAT_SITES:
+                self._sites.popitem(last=False)
+            return 0, 0.0
+        self._sites.move_to_end(site)
+        if now - entry[0] < self.every_s:
+            entry[1] += 1
+            entry[2] = max(entry[2], duration)
+            return None
+        held, worst = int(entry[1]), entry[2]
+        entry[:] = [now, 0, 0.0]
+        return held, worst
+
+
 class LoopWatch:
     """The component ``Watch`` wires in: heartbeats, watchdog thread, outputs."""
 
@@ -231,6 +278,7 @@ class LoopWatch:
         self.active = False
         self.culprits = CulpritCounts(config.max_culprits)
         self.limiter = LogLimiter(clock)
+        self.repeats = RepeatLimiter(clock)
         self._lock = threading.Lock()
         self._monitors: dict[int, LoopMonitor] = {}  # id(loop) -> monitor; read by precise mode
         self._beats: dict[int, _Heartbeat] = {}
@@ -242,6 +290,8 @@ class LoopWatch:
         self._wake = _held_lock()  # released to wake the watchdog (cheaper than an Event)
         self._stopping = False
         self._timer = PreciseTimer(self._monitors, clock, self.threshold_s, self.fault)
+        self.gil = GilWatch(self.threshold_s, clock)
+        self._gil_pending: list[tuple[float, dict[int, list[tuple[str, int, str]]]]] = []
         self._uvloop_noted = False
         self.started_ns = time.time_ns()
 
@@ -253,6 +303,7 @@ class LoopWatch:
         self._stopping = False
         if self.precise:
             self._timer.install()
+        self.gil.start()
 
     def add_loop(self, loop: Any) -> None:
         """Start a heartbeat on ``loop`` (the task watcher's ``on_loop``); idempotent."""
@@ -294,6 +345,7 @@ class LoopWatch:
         """Stop the heartbeats, precise mode and the watchdog thread (joined). Idempotent."""
         self.active = False
         self._timer.uninstall()
+        self.gil.stop()
         with self._lock:
             beats = list(self._beats.values())
             monitors = list(self._monitors.values())
@@ -320,6 +372,9 @@ class LoopWatch:
         self._retired_lag = Histogram()
         self.culprits.reset()
         self.limiter = LogLimiter(self.clock)
+        self.repeats = RepeatLimiter(self.clock)
+        self.gil.after_fork()
+        self._gil_pending = []
         self.started_ns = time.time_ns()
         for monitor in self._monitors.values():
             monitor.lock = threading.Lock()
@@ -392,7 +447,75 @@ class LoopWatch:
                 continue
             wake = min(wake, monitor.check(now, loop.is_running(), self._sample))
         self._fold_dead()
+        if self.gil.active:
+            self._gil_blocks(now)
+            # Fires only if this thread cannot look again in time: a call holding the GIL.
+            self.gil.arm(max(0.0, wake - now) + self.threshold_s)
         return wake
+
+    def _gil_blocks(self, now: float) -> None:
+        """Report blocks seen only by faulthandler's dump (see ``_gilwatch``), once the
+        blocked loop's heartbeat has said how long they lasted."""
+        got = self.gil.read()
+        if got is not None:
+            self._gil_pending.append(got)
+        keep = []
+        monitors = list(self._monitors.values())
+        for fired_at, threads in self._gil_pending:
+            if now - fired_at > GIL_WAIT_S:
+                continue
+            waiting = False
+            for monitor in monitors:
+                frames = threads.get(monitor.thread_id)
+                if not frames or monitor.reported_until >= fired_at:
+                    continue  # not in the dump, or the sampler saw the block after all
+                beat_at, lag = monitor.late
+                if monitor.beat_at < fired_at:
+                    waiting = True  # not back yet
+                    continue
+                if beat_at < fired_at or classify(frames[-1][0]) == MACHINERY:
+                    continue  # came back on time, or was idle in select()
+                # Only what the sampler did not already report of this late beat.
+                since = max(beat_at - lag, monitor.reported_until)
+                if beat_at - since > self.threshold_s:
+                    self._gil_block(monitor, frames, since, beat_at - since)
+            if waiting:
+                keep.append((fired_at, threads))
+        self._gil_pending = keep
+
+    def _gil_block(self, monitor: LoopMonitor, frames: list[tuple[str, int, str]],
+                   since: float, duration: float) -> None:
+        best: list[tuple[str, int, str] | None] = [None, None, None, None]
+        for entry in reversed(frames):
+            kind = classify(entry[0])
+            if best[kind] is None:
+                best[kind] = entry
+        chosen = best[0] or best[1] or best[2]  # never asyncio's own frames
+        culprit = to_frame(chosen) if chosen is not None else None
+        if culprit is not None:
+            summary = (
+                f"event loop blocked for {duration:.3f} s at {culprit} (in a call holding "
+                "the GIL; named from a faulthandler dump)"
+            )
+        else:
+            summary = (
+                f"event loop blocked for {duration:.3f} s between callbacks, in no line of "
+                "the app: objects being freed (deallocation of what a finished callback or "
+                "task let go) or garbage collection (from a faulthandler dump)"
+            )
+        finding = BlockedLoop(
+            started_at=time.time() - (self.clock() - since),
+            summary=summary,
+            duration_s=duration,
+            culprit=culprit,
+            stack=tuple(to_frame(f) for f in frames[-MAX_STACK:]),
+            thread=monitor.thread_name,
+        )
+        monitor.reported_until = since + duration
+        self.findings.add(finding)
+        if culprit is not None:
+            self.culprits.add((culprit.filename, culprit.lineno, culprit.function), duration)
+        self._log(finding)
 
     def _sample(self, monitor: LoopMonitor) -> Sample | None:
         start = monitor.cb_start
@@ -463,6 +586,7 @@ class LoopWatch:
         else:
             self.findings.add(final)
         episode.finding = final
+        monitor.reported_until = max(monitor.reported_until, episode.end)
         culprit = episode.culprit()
         if culprit is not None:
             (path, line, qualname), module, _ = culprit
@@ -533,6 +657,16 @@ class LoopWatch:
         duration = episode.duration
         where_text = str(culprit_frame) if culprit_frame is not None else "an unknown line"
         summary = f"event loop blocked for {duration:.3f} s at {where_text}"
+        if culprit is None and episode.internal:
+            # Sampled, but only ever in asyncio's own frames: no line of the app ran. What
+            # holds the loop then is C code run from asyncio, in practice freeing the objects
+            # a callback let go of (a large parsed document) or a garbage collection.
+            after = f"after {culprit_frame}" if culprit_frame is not None else "between callbacks"
+            summary = (
+                f"event loop blocked for {duration:.3f} s {after}, in no line of the app: "
+                "objects being freed (deallocation of what the callback let go) or garbage "
+                "collection"
+            )
         if ongoing:
             summary += " (still blocked)"
         return BlockedLoop(
@@ -553,10 +687,21 @@ class LoopWatch:
         )
 
     def _log(self, finding: BlockedLoop) -> None:
+        repeats = self.repeats.allow(finding.site(), finding.duration_s)
+        if repeats is None:
+            return  # the same line again, logged a moment ago: counted, said in its next line
         held = self.limiter.allow()
         if held is None:
             return
         parts = []
+        seen = self.findings.count_of(finding)
+        if seen > 1:
+            text = f"seen {seen} times here"
+            if repeats[0]:
+                text += (
+                    f", {repeats[0]} not logged since the last line (worst {repeats[1]:.3f} s)"
+                )
+            parts.append(text)
         if finding.task is not None:
             parts.append(f"task {finding.task!r} running {finding.coroutine}")
         if finding.route:

@@ -94,6 +94,53 @@ def _caller(frame: Any) -> tuple[Any, int] | None:
     return None
 
 
+def _name_at(code: Any, offset: int) -> str | None:
+    """The variable a primitive created at ``(code, offset)`` was assigned to, read from the
+    source: ``ledger`` in ``accounts, ledger = Lock(), Lock()``, ``self.lock`` in
+    ``self.lock = Lock()``. None when the call is not the whole right-hand side of a
+    one-line assignment (a list of locks, a call's argument...)."""
+    import ast
+
+    try:
+        positions = list(code.co_positions())
+        line, end_line, col, end_col = positions[offset // 2]
+    except (AttributeError, IndexError, ValueError):
+        return None
+    if line is None or line != end_line or col is None or end_col is None:
+        return None
+    text = linecache.getline(code.co_filename, line)
+    stripped = text.lstrip()
+    indent = len(text) - len(stripped)
+    try:
+        tree = ast.parse(stripped.rstrip())
+    except SyntaxError:
+        return None
+    if len(tree.body) != 1:
+        return None
+    stmt = tree.body[0]
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+        target, value = stmt.targets[0], stmt.value
+    elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+        target, value = stmt.target, stmt.value
+    else:
+        return None
+    pairs: list[tuple[ast.expr, ast.expr]] = [(target, value)]
+    if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple):
+        if len(target.elts) != len(value.elts):
+            return None
+        pairs = list(zip(target.elts, value.elts, strict=True))
+    for name, call in pairs:
+        if (
+            isinstance(call, ast.Call)
+            and call.col_offset + indent == col
+            and call.end_col_offset is not None
+            and call.end_col_offset + indent == end_col
+            and isinstance(name, ast.Name | ast.Attribute | ast.Subscript)
+        ):
+            return ast.unparse(name)
+    return None
+
+
 def _line_of(code: Any, offset: int) -> int:
     for start, stop, line in code.co_lines():
         if start <= offset < stop and line is not None:
@@ -209,6 +256,8 @@ class PrimitiveState:
     waits = 0  # acquires that found it taken
     wait_s = 0.0  # total time those acquires waited
     track: Any = None  # Semaphore: the advisor's level track (see ``track_semaphore``)
+    ordinal = 0  # numbered among the objects described from the same site (``number()``)
+    _name: str | None
 
     def __init__(self, tracker: PrimitiveTracker, kind: str, where: tuple[Any, int] | None):
         self.tracker = tracker
@@ -225,6 +274,19 @@ class PrimitiveState:
         function = getattr(code, "co_qualname", code.co_name)
         return (code.co_filename, _line_of(code, offset), function)
 
+    @property
+    def name(self) -> str | None:
+        """The variable it was assigned to where the app created it, if that can be read
+        (see ``_name_at``); worked out once, when a finding needs it."""
+        try:
+            return self._name
+        except AttributeError:
+            pass
+        where = self._where
+        name = _name_at(*where) if where is not None else None
+        self._name = name
+        return name
+
     def held(self) -> int:
         """Permits (or the lock) held now, by tasks asyncwatch saw acquire them."""
         if self.kind == "Lock":
@@ -232,14 +294,36 @@ class PrimitiveState:
         return sum(self.holders.values()) if self.holders else 0
 
     def describe(self) -> str:
-        """'Lock created at app.py:12 in main' (or 'the lock of Condition created at...')."""
+        """'Lock 'ledger' created at app.py:12 in main' (or 'the lock of Condition ...')."""
         if self.part_of is not None:
             return f"the lock of {self.part_of.describe()}"
         site = self.site
         if site is None:
             return f"{self.kind} (created before asyncwatch was installed)"
         filename, line, function = site
-        return f"{self.kind} created at {filename}:{line} in {function}"
+        name = self.name
+        if name:
+            named = f" {name!r}"
+        elif self.ordinal and self.tracker.site_numbers.get(self._where_key(), 0) > 1:
+            named = f" #{self.ordinal}"  # several made on one line, none with a name
+        else:
+            named = ""
+        return f"{self.kind}{named} created at {filename}:{line} in {function}"
+
+    def _where_key(self) -> tuple[Any, ...] | None:
+        where = self._where
+        return None if where is None else (id(where[0]), where[1])
+
+    def number(self) -> None:
+        """Number it among the objects described so far that were created at the same place
+        (``Lock #2 created at ...`` when the source gives no name to tell them apart)."""
+        if self.ordinal or self._where is None:
+            return
+        key = self._where_key()
+        numbers = self.tracker.site_numbers
+        if len(numbers) > 10_000:
+            numbers.clear()  # bounded; numbering restarts
+        self.ordinal = numbers[key] = numbers.get(key, 0) + 1
 
 
 class PrimitiveObserver:
@@ -289,7 +373,15 @@ class PrimitiveTracker:
         self.on_released: tuple[Callable[..., None], ...] = ()
         # the advisor: state -> track with up(task, waited_s) / down(task), or None
         self.track_semaphore: Callable[[PrimitiveState], Any] | None = None
+        # the deadlock detector: called as ``on_lock_wait(lock, task)`` when a task is about
+        # to wait for a Lock that is taken; ``lock_waits`` then maps id(task) to that lock
+        # until its acquire returns or fails (removed in a ``finally``: the waiting coroutine
+        # references the lock anyway while the entry exists).
+        self.on_lock_wait: Callable[[Any, Any], None] | None = None
+        self.lock_waits: dict[int, Any] = {}
         self._semaphores: weakref.WeakSet[Any] = weakref.WeakSet()
+        # (code id, offset) -> objects numbered there (``PrimitiveState.number``)
+        self.site_numbers: dict[Any, int] = {}
 
     # ------------------------------------------------------------------ hooks
 
@@ -465,7 +557,24 @@ class PrimitiveTracker:
                 return await acquire_original(self)
             waits = bool(self._locked or self._waiters)
             began = clock() if waits else 0.0
-            result = await acquire_original(self)
+            hook = tracker.on_lock_wait if waits else None
+            if hook is None:
+                result = await acquire_original(self)
+            else:
+                key = 0
+                try:
+                    waiter = current_task()
+                    if waiter is not None:
+                        key = id(waiter)
+                        tracker.lock_waits[key] = self
+                        hook(self, waiter)
+                except Exception as exc:
+                    tracker.fault(exc)
+                try:
+                    result = await acquire_original(self)
+                finally:
+                    if key:
+                        tracker.lock_waits.pop(key, None)
             try:
                 took(self, clock() - began if waits else None)
             except Exception as exc:

@@ -41,7 +41,7 @@ class Seen:
 class Sweep:
     """What one scan collects while it walks the task list (possibly in slices)."""
 
-    __slots__ = ("current", "due", "followed", "new", "now", "old")
+    __slots__ = ("closed", "current", "due", "followed", "new", "now", "old")
 
     def __init__(self, old: dict[int, Seen], current: Any, now: float) -> None:
         self.old = old
@@ -51,6 +51,7 @@ class Sweep:
         self.followed: list[Entry] = []
         # (check_at, since, n, task, rec): sortable as is, n breaking ties before the task
         self.due: list[tuple[float, float, int, Any, Seen]] = []
+        self.closed = False  # a new wait closed a cycle of tasks awaiting tasks
 
 
 class Entry:
@@ -88,7 +89,9 @@ class LoopState:
     """What the scanner keeps for one loop. Its futures and handle reference the loop, so the
     loop owns it (through the pending scan's handle) and the detector keeps it only weakly."""
 
-    __slots__ = ("__weakref__", "cycles", "deadlocked", "handle", "reported", "seen", "stuck")
+    __slots__ = (
+        "__weakref__", "cycles", "deadlocked", "expedite", "handle", "reported", "seen", "stuck",
+    )
 
     def __init__(self) -> None:
         self.seen: dict[int, Seen] = {}
@@ -97,6 +100,7 @@ class LoopState:
         self.deadlocked = 0
         self.stuck = 0
         self.handle: Any = None
+        self.expedite = 0  # scans still to run right away (a lock wait closed a cycle)
 
 
 class Checks:

@@ -167,7 +167,9 @@ def culprit_of(chain: list[FrameType], depth: int) -> tuple[RawFrame, str] | Non
             best[kind] = frame
             if kind == APP:
                 break
-    chosen = best[APP] or best[LIBRARY] or best[STDLIB] or best[MACHINERY]
+    # Never asyncio's (or asyncwatch's) own frames: a sample with nothing else is the loop's
+    # machinery, or C code run from it (objects freed as a callback's references go).
+    chosen = best[APP] or best[LIBRARY] or best[STDLIB]
     if chosen is None:
         return None
     module = chosen.f_globals.get("__name__") or ""

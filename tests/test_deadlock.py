@@ -196,7 +196,7 @@ async def test_lock_order_inversion() -> None:
     assert sites == [line_of("the first lock", HERE), line_of("the second lock", HERE)]
     assert {lock.held_by for lock in found.locks} == {("forward",), ("backward",)}
     assert "held by 'backward'" in found.explanation
-    assert "holds Lock created at" in found.explanation
+    assert "holds Lock 'first_lock' created at" in found.explanation
 
 
 async def test_semaphore_exhausted_by_tasks_waiting_on_each_other() -> None:
@@ -376,7 +376,7 @@ async def test_lock_held_by_a_finished_task() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert found.tasks == ("waiter",)
-    assert "'forgetful' finished without releasing it" in found.explanation
+    assert "'forgetful' returned while holding it and never released it" in found.explanation
 
 
 async def test_idle_marks_keep_long_waits_quiet() -> None:

@@ -200,7 +200,7 @@ async def test_condition_lock_is_tracked_through_the_condition() -> None:
     lock_state = state_of(cond._lock)  # type: ignore[attr-defined]
     assert lock_state is not None
     assert lock_state.part_of is state_of(cond)
-    assert lock_state.describe().startswith("the lock of Condition created at")
+    assert lock_state.describe().startswith("the lock of Condition 'cond' created at")
     seen: list[Any] = []
 
     async def notifier() -> None:
