@@ -99,3 +99,24 @@ def test_an_app_using_the_timer_gets_it(watch: asyncwatch.Watch, tmp_path: Path)
 def _timer_restored() -> object:
     yield None
     assert not hasattr(faulthandler.dump_traceback_later, "__wrapped__")
+
+
+def test_gil_watch_off_leaves_the_timer_alone() -> None:
+    """``gil_watch=False`` (for an app that armed the timer before install, which asyncwatch
+    cannot see): faulthandler's functions are the originals and asyncwatch never arms it."""
+    original = faulthandler.dump_traceback_later
+    watch = asyncwatch.install(gil_watch=False, metrics_exporters=("none",))
+    try:
+        assert faulthandler.dump_traceback_later is original
+        assert not watch.loops.gil.active
+
+        async def main() -> None:
+            monitor = watch.loops.monitor_of(asyncio.get_running_loop())
+            assert monitor is not None
+            while monitor.beats < 3:
+                await asyncio.sleep(0.01)
+
+        asyncio.run(main())
+        assert not watch.loops.gil.armed_at
+    finally:
+        asyncwatch.uninstall(timeout_s=2)
