@@ -526,11 +526,12 @@ class Config:
     precise_callbacks: bool = False
     """Time every asyncio callback (patches ``asyncio.Handle._run``): every block is caught and
     timed exactly, at a cost per callback (see the README). No effect on uvloop loops."""
-    gil_watch: bool = True
-    """Name blocks inside C code that holds the GIL with ``faulthandler``'s later-timer, re-armed
-    by the watchdog. asyncwatch gives the timer up as soon as anything else arms it after
-    install; ``0`` leaves the timer alone altogether (for an app that arms it before calling
-    ``install()``, which asyncwatch cannot see)."""
+    gil_watch: bool = False
+    """Opt-in, experimental: name blocks inside C code that holds the GIL with
+    ``faulthandler``'s later-timer, re-armed by the watchdog. Off by default: when the timer
+    fires while other threads run Python (a starved watchdog, not only a GIL-holding call),
+    faulthandler reads their frames without the GIL, which can crash the process. asyncwatch
+    gives the timer up as soon as anything else arms it after install."""
     max_culprits: int = 100
     """Distinct culprit lines counted in the blocked-loop metrics; others count as ``_OTHER``."""
     deadlock_detection: bool = True

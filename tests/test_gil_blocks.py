@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
 from asyncwatch._blocked import BlockedLoop
@@ -95,17 +97,31 @@ def test_an_app_using_the_timer_gets_it(watch: asyncwatch.Watch, tmp_path: Path)
         faulthandler.cancel_dump_traceback_later()
 
 
+@pytest.fixture
+def watch(reader: InMemoryMetricReader) -> Iterator[asyncwatch.Watch]:
+    """The suite's strict install, with the GIL watch turned on (it is opt-in)."""
+    w = asyncwatch.install(
+        metrics_exporters=("none",),
+        raise_errors=True,
+        timed_per_s=float("inf"),
+        metric_readers=[reader],
+        gil_watch=True,
+    )
+    yield w
+    asyncwatch.uninstall(timeout_s=2)
+
+
 @pytest.fixture(autouse=True)
 def _timer_restored() -> object:
     yield None
     assert not hasattr(faulthandler.dump_traceback_later, "__wrapped__")
 
 
-def test_gil_watch_off_leaves_the_timer_alone() -> None:
-    """``gil_watch=False`` (for an app that armed the timer before install, which asyncwatch
-    cannot see): faulthandler's functions are the originals and asyncwatch never arms it."""
+def test_gil_watch_is_off_by_default_and_leaves_the_timer_alone() -> None:
+    """By default (``gil_watch`` off: the timer's dump reads other threads' frames without the
+    GIL), faulthandler's functions are the originals and asyncwatch never arms the timer."""
     original = faulthandler.dump_traceback_later
-    watch = asyncwatch.install(gil_watch=False, metrics_exporters=("none",))
+    watch = asyncwatch.install(metrics_exporters=("none",))
     try:
         assert faulthandler.dump_traceback_later is original
         assert not watch.loops.gil.active
