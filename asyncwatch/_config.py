@@ -373,6 +373,7 @@ _SETTINGS: dict[str, _Setting] = {
     "precise_callbacks": _Setting(
         ("ASYNCWATCH_PRECISE_CALLBACKS",), _parse_flag, _is_bool, "1 or 0"
     ),
+    "gil_watch": _Setting(("ASYNCWATCH_GIL_WATCH",), _parse_flag, _is_bool, "1 or 0"),
     "max_culprits": _Setting(
         ("ASYNCWATCH_MAX_CULPRITS",), _parse_int, _whole(1, 100_000), "whole number 1-100000"
     ),
@@ -526,6 +527,12 @@ class Config:
     precise_callbacks: bool = False
     """Time every asyncio callback (patches ``asyncio.Handle._run``): every block is caught and
     timed exactly, at a cost per callback (see the README). No effect on uvloop loops."""
+    gil_watch: bool = False
+    """Opt-in, experimental: name blocks inside C code that holds the GIL with
+    ``faulthandler``'s later-timer, re-armed by the watchdog. Off by default: when the timer
+    fires while other threads run Python (a starved watchdog, not only a GIL-holding call),
+    faulthandler reads their frames without the GIL, which can crash the process. asyncwatch
+    gives the timer up as soon as anything else arms it after install."""
     max_culprits: int = 100
     """Distinct culprit lines counted in the blocked-loop metrics; others count as ``_OTHER``."""
     deadlock_detection: bool = True

@@ -272,6 +272,7 @@ class LoopWatch:
     ) -> None:
         self.threshold_s = config.block_threshold_s
         self.precise = config.precise_callbacks
+        self.gil_watch = config.gil_watch
         self.findings = findings
         self.faults = faults
         self.clock = clock
@@ -303,7 +304,8 @@ class LoopWatch:
         self._stopping = False
         if self.precise:
             self._timer.install()
-        self.gil.start()
+        if self.gil_watch:
+            self.gil.start()
 
     def add_loop(self, loop: Any) -> None:
         """Start a heartbeat on ``loop`` (the task watcher's ``on_loop``); idempotent."""

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
 from asyncwatch._blocked import BlockedLoop
@@ -95,7 +97,42 @@ def test_an_app_using_the_timer_gets_it(watch: asyncwatch.Watch, tmp_path: Path)
         faulthandler.cancel_dump_traceback_later()
 
 
+@pytest.fixture
+def watch(reader: InMemoryMetricReader) -> Iterator[asyncwatch.Watch]:
+    """The suite's strict install, with the GIL watch turned on (it is opt-in)."""
+    w = asyncwatch.install(
+        metrics_exporters=("none",),
+        raise_errors=True,
+        timed_per_s=float("inf"),
+        metric_readers=[reader],
+        gil_watch=True,
+    )
+    yield w
+    asyncwatch.uninstall(timeout_s=2)
+
+
 @pytest.fixture(autouse=True)
 def _timer_restored() -> object:
     yield None
     assert not hasattr(faulthandler.dump_traceback_later, "__wrapped__")
+
+
+def test_gil_watch_is_off_by_default_and_leaves_the_timer_alone() -> None:
+    """By default (``gil_watch`` off: the timer's dump reads other threads' frames without the
+    GIL), faulthandler's functions are the originals and asyncwatch never arms the timer."""
+    original = faulthandler.dump_traceback_later
+    watch = asyncwatch.install(metrics_exporters=("none",))
+    try:
+        assert faulthandler.dump_traceback_later is original
+        assert not watch.loops.gil.active
+
+        async def main() -> None:
+            monitor = watch.loops.monitor_of(asyncio.get_running_loop())
+            assert monitor is not None
+            while monitor.beats < 3:
+                await asyncio.sleep(0.01)
+
+        asyncio.run(main())
+        assert not watch.loops.gil.armed_at
+    finally:
+        asyncwatch.uninstall(timeout_s=2)
