@@ -83,7 +83,8 @@ def test_memory_attribution_charges_the_allocating_coroutine(reader: object) -> 
 
 
 def test_readme_reference_tables_are_current() -> None:
-    """The README's settings and metrics tables match the code (regenerate if not)."""
+    """The README's settings, metrics and alerts tables match the code (regenerate if not);
+    the metric names they list are the ones tests/test_names.py checks on a served page."""
     result = subprocess.run(
         [sys.executable, "scripts/gen_reference.py", "--check"],
         cwd=ROOT,
@@ -91,7 +92,7 @@ def test_readme_reference_tables_are_current() -> None:
         text=True,
         check=False,
     )
-    assert result.returncode == 0, result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_readme_names_every_metric_and_variable() -> None:
