@@ -51,17 +51,24 @@ def reader() -> InMemoryMetricReader:
     return InMemoryMetricReader()
 
 
-@pytest.fixture
-def watch(reader: InMemoryMetricReader) -> Iterator[asyncwatch.Watch]:
-    """asyncwatch installed in strict mode, no exporter, an in-memory reader attached."""
+def strict_watch(reader: InMemoryMetricReader, **settings: Any) -> Iterator[asyncwatch.Watch]:
+    """asyncwatch installed in strict mode, no exporter, an in-memory reader attached (and any
+    further settings), uninstalled afterwards: the body of the ``watch`` fixtures."""
     w = asyncwatch.install(
         metrics_exporters=("none",),
         raise_errors=True,
         timed_per_s=float("inf"),
         metric_readers=[reader],
+        **settings,
     )
     yield w
     asyncwatch.uninstall(timeout_s=2)
+
+
+@pytest.fixture
+def watch(reader: InMemoryMetricReader) -> Iterator[asyncwatch.Watch]:
+    """asyncwatch installed in strict mode, no exporter, an in-memory reader attached."""
+    yield from strict_watch(reader)
 
 
 def collect(reader: InMemoryMetricReader) -> dict[str, list[Any]]:

@@ -16,7 +16,7 @@ import asyncwatch
 from asyncwatch._blocked import BlockedLoop
 from asyncwatch._gilwatch import parse_dump
 
-from .conftest import marked_line, wait_for
+from .conftest import marked_line, strict_watch, wait_for
 from .test_loopwatch import start_loop
 
 SOURCE = Path(__file__).resolve()
@@ -100,15 +100,7 @@ def test_an_app_using_the_timer_gets_it(watch: asyncwatch.Watch, tmp_path: Path)
 @pytest.fixture
 def watch(reader: InMemoryMetricReader) -> Iterator[asyncwatch.Watch]:
     """The suite's strict install, with the GIL watch turned on (it is opt-in)."""
-    w = asyncwatch.install(
-        metrics_exporters=("none",),
-        raise_errors=True,
-        timed_per_s=float("inf"),
-        metric_readers=[reader],
-        gil_watch=True,
-    )
-    yield w
-    asyncwatch.uninstall(timeout_s=2)
+    yield from strict_watch(reader, gil_watch=True)
 
 
 @pytest.fixture(autouse=True)
