@@ -64,6 +64,22 @@ def _tool(name: str) -> str:
     return path
 
 
+def _start_prometheus(tmp_path: Path, port: int, out: Any) -> subprocess.Popen[bytes]:
+    """A real Prometheus on 127.0.0.1:``port`` with ``tmp_path``/prometheus.yml, its data in
+    ``tmp_path``/data and its log to ``out``."""
+    return subprocess.Popen(
+        [
+            _tool("prometheus"),
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+
 # ------------------------------------------------------------------------ PromQL helpers
 
 
@@ -517,17 +533,7 @@ def running(tmp_path: Path) -> Iterator[tuple[PrometheusAPI, list[int]]]:
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     with (tmp_path / "prometheus.log").open("w") as out:
-        prom = subprocess.Popen(
-            [
-                _tool("prometheus"),
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-                "--log.level=warn",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        prom = _start_prometheus(tmp_path, prom_port, out)
     api = PrometheusAPI(prom_port)
     try:
         wait_for(api.ready, 30, "Prometheus to be ready")
@@ -632,17 +638,7 @@ def test_no_alert_is_pending_or_firing_on_a_fresh_healthy_process(tmp_path: Path
             stdout=app_out,
             stderr=subprocess.STDOUT,
         )
-        prom = subprocess.Popen(
-            [
-                _tool("prometheus"),
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-                "--log.level=warn",
-            ],
-            stdout=prom_out,
-            stderr=subprocess.STDOUT,
-        )
+        prom = _start_prometheus(tmp_path, prom_port, prom_out)
     api = PrometheusAPI(prom_port)
     traffic = httpx.Client(base_url=f"http://127.0.0.1:{app_port}", timeout=10)
     try:
