@@ -396,12 +396,12 @@ class DeadlockDetector:
                 rec = get(tid)
                 if rec is not None and rec.fut is fut:
                     if rec.follow:
-                        followed.append(Entry(task, rec))
+                        followed.append(Entry(task, fut, rec))
                     elif rec.check_at <= now:
                         if rec.kind is None:
-                            self._first_look(task, rec)
+                            self._first_look(task, fut, rec)
                             if rec.follow:
-                                followed.append(Entry(task, rec))
+                                followed.append(Entry(task, fut, rec))
                             elif rec.check_at <= now:
                                 due.append((rec.check_at, rec.since, tid, task, rec))
                         else:
@@ -417,33 +417,31 @@ class DeadlockDetector:
                 raise
             self._settle(sweep, usable)
 
-    def _first_look(self, task: Any, rec: Seen) -> None:
+    def _first_look(self, task: Any, fut: Any, rec: Seen) -> None:
         """The wait was seen by two scans: remember its kind."""
-        kind = rec.kind = wait_kind(task, rec.fut)
+        kind = rec.kind = wait_kind(task, fut)
         rec.follow = kind in EDGE_KINDS
         rec.check_at = rec.since + self.stuck_after_s
 
     def _wait_of(self, entry: Entry) -> Wait | None:
         """The entry's wait, or None for a kind with no edges (remembered per wait)."""
         rec, fut = entry.rec, entry.fut
-        wait = rec.wait
-        if wait is None:
-            kind = rec.kind
-            if kind is not None and kind not in EDGE_KINDS:
-                return None
-            if kind == "task":
-                wait = rec.wait = Wait("task", "and", [fut], fut)
-            elif kind == "gather":
-                wait = rec.wait = Wait("gather", "and", list(fut._children), fut)
-            elif kind == "shield":
-                inner = _shielded(fut)
-                wait = rec.wait = Wait("shield", "and", [] if inner is None else [inner], fut)
-            else:  # locks, TaskGroups, wait(): what they wait on changes, so look each time
-                wait = classify(entry.task, fut, self.tracker)
-                rec.kind = wait.kind
-                if wait.kind not in EDGE_KINDS:  # e.g. a semaphore nobody holds: a signal
-                    rec.follow = False
-                    rec.wait = wait
+        kind = rec.kind
+        if kind is not None and kind not in EDGE_KINDS:
+            return None
+        # Built afresh every scan (nothing kept between scans may hold the app's objects).
+        if kind == "task":
+            wait = Wait("task", "and", [fut], fut)
+        elif kind == "gather":
+            wait = Wait("gather", "and", fut._children, fut)
+        elif kind == "shield":
+            inner = _shielded(fut)
+            wait = Wait("shield", "and", [] if inner is None else [inner], fut)
+        else:  # locks, TaskGroups, wait(): what they wait on changes, so look each time
+            wait = classify(entry.task, fut, self.tracker)
+            rec.kind = wait.kind
+            if wait.kind not in EDGE_KINDS:  # e.g. a semaphore nobody holds: a signal
+                rec.follow = False
         entry.wait = wait
         return wait if wait.mode is not None else None
 
@@ -534,11 +532,13 @@ class DeadlockDetector:
         # The rest (and those past the time budget) keep their place for the next scan.
         by_task = {id(e.task): e for e in followed}
         candidates = [
-            by_task.get(tid) or Entry(task, rec)
+            by_task.get(tid) or Entry(task, task._fut_waiter, rec)
             for _, _, tid, task, rec in heapq.nsmallest(CHECKS_PER_SCAN, pool)
             if still(task, rec)
         ]
-        checks = Checks(state.seen, graph)
+        for e in candidates:
+            by_task[id(e.task)] = e
+        checks = Checks(by_task, graph)
         deadline = time.perf_counter() + CHECK_BUDGET_S
         walk_ok = now >= self._walk_after
         for e in candidates:
@@ -546,7 +546,7 @@ class DeadlockDetector:
                 break
             rec = e.rec
             if e.wait is None:
-                e.wait = rec.wait = classify(e.task, rec.fut, self.tracker)
+                e.wait = classify(e.task, e.fut, self.tracker)
                 rec.kind = e.wait.kind
             wait = e.wait
             if (

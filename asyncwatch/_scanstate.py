@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import weakref
 from typing import Any
 
 from ._primitives import PrimitiveState
@@ -18,24 +19,45 @@ from ._waitgraph import DEAD, LIVE, Wait, is_task
 LOCKLIKE = ("lock", "semaphore")
 
 
-class Seen:
-    """One task's current wait, across scans. It holds the future the task waits on (the task
-    holds it too, while it waits); no reference to the task itself."""
+class _Strong:
+    """Stands in for a weak reference to a future type without weak-reference support."""
 
-    __slots__ = ("check_at", "checks", "follow", "fut", "kind", "reported", "since", "wait")
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __call__(self) -> Any:
+        return self.obj
+
+
+def _ref(fut: Any) -> Any:
+    try:
+        return weakref.ref(fut)
+    except TypeError:
+        return _Strong(fut)
+
+
+class Seen:
+    """One task's current wait, across scans. It holds the future the task waits on only
+    weakly, and nothing else of the app: a wait that ends between two scans frees its future
+    (a finished gather and its results, a finished task) at once, not at the next scan."""
+
+    __slots__ = ("_fut", "check_at", "checks", "follow", "kind", "reported", "since")
 
     def __init__(self, fut: Any, since: float) -> None:
-        self.fut = fut
+        self._fut = _ref(fut)
         self.since = since
         self.kind: str | None = None  # set when a second scan finds the same wait
         self.follow = False  # an edge kind: part of the deadlock graph every scan
         self.check_at = since  # when next to look at it (classify, then stuck checks)
         self.checks = 0
         self.reported = False
-        # The Wait of a kind whose edges cannot change while the future is the same (task,
-        # gather, shield) or of a signal kind: it references only what the waiting task's
-        # future already does.
-        self.wait: Wait | None = None
+
+    @property
+    def fut(self) -> Any:
+        """The future waited on, or None once it is gone."""
+        return self._fut()
 
 
 class Sweep:
@@ -55,19 +77,15 @@ class Sweep:
 
 
 class Entry:
-    """A settled wait during one scan (the future is reached through ``rec``, so that the
-    records referencing a waited-on object are exactly the ``Seen`` ones)."""
+    """A settled wait during one scan: the task, the future it waits on, and the record."""
 
-    __slots__ = ("rec", "task", "wait")
+    __slots__ = ("fut", "rec", "task", "wait")
 
-    def __init__(self, task: Any, rec: Seen) -> None:
+    def __init__(self, task: Any, fut: Any, rec: Seen) -> None:
         self.task = task
+        self.fut = fut
         self.rec = rec
         self.wait: Wait | None = None
-
-    @property
-    def fut(self) -> Any:
-        return self.rec.fut
 
 
 class Graph:
@@ -106,10 +124,10 @@ class LoopState:
 class Checks:
     """Per-scan state of the stuck checks: verdicts per object, reverse edges on demand."""
 
-    __slots__ = ("_rev", "graph", "seen", "verdicts")
+    __slots__ = ("_rev", "by_task", "graph", "verdicts")
 
-    def __init__(self, seen: dict[int, Seen], graph: Graph) -> None:
-        self.seen = seen
+    def __init__(self, by_task: dict[int, Entry], graph: Graph) -> None:
+        self.by_task = by_task  # this scan's entries (followed waits and checked ones)
         self.graph = graph
         self.verdicts: dict[int, tuple[Verdict, list[Any]] | None] = {}
         self._rev: dict[int, list[Entry]] | None = None
@@ -133,17 +151,18 @@ class Checks:
         return list(out.values())
 
     def own_refs(self, waiters: list[Any]) -> list[Any]:
-        """asyncwatch's own records that may reference the waiters' object: their ``Seen``
-        records (future, cached Wait). A reference missed here only sends the decision to
-        the heap walk, which skips asyncwatch's objects by type."""
+        """asyncwatch's own records that may reference the waiters' object: this scan's
+        entries of the waiters (task, future, Wait). A reference missed here only sends the
+        decision to the heap walk, which skips asyncwatch's objects by type."""
+        by_task = self.by_task
         out: dict[int, Any] = {}
         for t in waiters:
-            rec = self.seen.get(id(t))
-            if rec is not None:
-                out[id(rec)] = rec
-                if rec.wait is not None:
-                    out[id(rec.wait)] = rec.wait
-                    out[id(rec.wait.succ)] = rec.wait.succ
+            e = by_task.get(id(t))
+            if e is not None:
+                out[id(e)] = e
+                if e.wait is not None:
+                    out[id(e.wait)] = e.wait
+                    out[id(e.wait.succ)] = e.wait.succ
         return list(out.values())
 
     def dependents(self, private: set[int]) -> list[Any]:
