@@ -31,6 +31,7 @@ arguments and the monitor, so tests drive it with a manual clock and synthetic s
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,53 @@ LONG_BLOCK_S = 1.0  # a block still holding the loop after this long is logged w
 IDLE_POLL_S = 0.5  # how often a stopped or not yet started loop is looked at
 MAX_CULPRITS_PER_BLOCK = 32
 MAX_STACKS_PER_BLOCK = 8
+# A late look proves a block held in one call when, since the loop's beat was due, the loop's
+# thread was running or waiting for a CPU at least LOOP_BUSY_SHARE of the time, and the
+# watchdog's thread was put on a CPU WATCHDOG_RUNS times or more (see ``_held_computing``).
+LOOP_BUSY_SHARE = 0.8
+WATCHDOG_RUNS = 5
+
+
+class ThreadClock:
+    """Linux's scheduler statistics of one thread, readable from any thread: seconds it ran,
+    and seconds it was runnable but waiting for a CPU. Made on the thread itself
+    (``thread_clock``), so it always names the right one; raises OSError once it is gone."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def read(self) -> tuple[float, float, int]:
+        """Seconds running, seconds runnable but waiting for a CPU, times put on a CPU."""
+        # Opened for each read: nothing is held open per thread (about 6 us a read).
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            running_ns, waiting_ns, runs = os.read(fd, 96).split()[:3]
+        finally:
+            os.close(fd)
+        return int(running_ns) / 1e9, int(waiting_ns) / 1e9, int(runs)
+
+
+def thread_clock() -> ThreadClock | None:
+    """The calling thread's clock, or None where the kernel keeps no such statistics."""
+    try:
+        clock = ThreadClock(f"/proc/self/task/{threading.get_native_id()}/schedstat")
+        clock.read()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return clock
+
+
+_own = threading.local()  # each watchdog thread's own clock
+
+
+def _own_clock() -> ThreadClock | None:
+    try:
+        clock: ThreadClock | None = _own.clock
+    except AttributeError:
+        clock = _own.clock = thread_clock()
+    return clock
 
 
 @dataclass(frozen=True)
@@ -100,9 +148,9 @@ class Episode:
     """One callback seen holding a busy loop, from its first sample to its end."""
 
     __slots__ = (
-        "beats", "counts", "end", "exact", "finding", "first_seen", "handle", "info", "internal",
-        "key", "last_seen", "logged", "modules", "overflow", "reported", "samples", "since",
-        "stacks",
+        "beats", "counts", "end", "exact", "finding", "first_seen", "gil", "handle", "info",
+        "internal", "key", "last_seen", "logged", "modules", "overflow", "reported", "samples",
+        "since", "stacks",
     )
 
     def __init__(self, key: tuple[Any, ...], since: float, beats: int, now: float) -> None:
@@ -120,6 +168,9 @@ class Episode:
         self.reported = False
         self.logged = False
         self.exact = False
+        # Named by the first look the watchdog could make, late, once the loop's thread let go
+        # of the GIL: it computed all along (a call holding the GIL, see ``_held_computing``).
+        self.gil = False
         self.handle: Any = None  # precise mode: the asyncio Handle, when timed after the fact
         self.finding: Any = None  # what the sink recorded at detection
         self.info: Any = None  # what the sink looked up at detection (task, span...)
@@ -191,6 +242,10 @@ class LoopMonitor:
         self.paused = True  # the next beat records no lag (first beat, or after a stop)
         self.thread_id = 0
         self.thread_name = ""
+        # The loop thread's clock (made by the heartbeat, on the loop's thread: see
+        # ``ThreadClock``); None until the first beat, or where there is none.
+        self.thread_clock: ThreadClock | None = None
+        self.native_id = 0
         self.depth = 0  # Python frames below a callback on this loop
         self.lag = Histogram()
         self.late = (0.0, 0.0)  # (when, how late) of the last beat late by threshold_s or more
@@ -204,6 +259,10 @@ class LoopMonitor:
         # Late stretches the loop spent idle in its selector (its thread starved of CPU).
         self.starved = 0
         self._starved_stretch = -1
+        # At the last look: clock, loop thread running + runnable (seconds), times the
+        # watchdog's thread was put on a CPU.
+        self._clock_mark: tuple[float, float, int] | None = None
+        self._asked = math.inf  # when the last look asked to be looked at next
 
     # ---------------------------------------------------------------- loop thread
 
@@ -247,7 +306,11 @@ class LoopMonitor:
     ) -> float:
         """Look at the loop now; returns when it wants to be looked at next."""
         with self.lock:
-            return self._check(now, running, sampler)
+            wake = self._check(now, running, sampler)
+            self._asked = wake
+            # Last: reading the clocks lets go of the GIL, and the loop may move on meanwhile.
+            self._clock_mark = self._read_clocks()
+            return wake
 
     def _check(
         self, now: float, running: bool, sampler: Callable[[LoopMonitor], Sample | None]
@@ -282,19 +345,28 @@ class LoopMonitor:
             # (A reported precise block is closed, exactly, by slow_callback.)
             episode = self.episode = None
         if episode is None:
+            late = False
             if sample.since is not None:
                 since = sample.since
             elif self._stretch != self.beats and now - self.due <= self.look_s + 2 * s:
                 since = self.due  # first look at this busy stretch, on time: busy since due
             else:
-                # Not the first callback of the stretch, or the watchdog itself was starved
-                # of CPU and looks late: what ran before is unknown, so count from now.
+                # Not the first callback of the stretch, or the watchdog itself looks late:
+                # what ran before is unknown, so count from now (unless proven below).
                 since = now
+                late = self._stretch != self.beats
             self._stretch = self.beats
             episode = self.episode = Episode(sample.key, since, self.beats, now)
-        episode.add(sample, now)
+            episode.add(sample, now)
+            if late:
+                began = self._held_in_one_call(episode, sample)
+                if began is not None:
+                    episode.since = began  # the loop's thread held the GIL all along
+                    episode.gil = True
+        else:
+            episode.add(sample, now)
         held = now - episode.since
-        confirmed = episode.samples >= 2 or sample.since is not None
+        confirmed = episode.samples >= 2 or sample.since is not None or episode.gil
         if not episode.reported:
             if confirmed and held > self.threshold_s:
                 episode.reported = True
@@ -318,6 +390,67 @@ class LoopMonitor:
         report = getattr(self.sink, "starved", None)
         if report is not None:
             report(self, late)
+
+    def _held_in_one_call(self, episode: Episode, sample: Sample) -> float | None:
+        """A late first look at a busy stretch: was it one call holding the GIL? If so, when
+        it began (the beat's due time). What the sample and the sink need of the loop as it
+        is now is taken first, for the clocks are read from files, which lets go of the GIL:
+        the loop moves on meanwhile (its heartbeat may run: ``due`` is read before)."""
+        mark = self._clock_mark
+        due = self.due
+        if mark is None or due - mark[0] > self.look_s + 2 * self.sample_s:
+            return None  # no look shortly before the beat was due to measure from
+        if episode.first_seen - self._asked < self.look_s:
+            return None  # the watchdog was not held back (by the GIL) for long
+        prepare = getattr(self.sink, "prepare", None)
+        if prepare is not None:
+            prepare(self, episode, sample)
+        return due if self._held_computing(mark, self._read_clocks(), due) else None
+
+    def _read_clocks(self) -> tuple[float, float, int] | None:
+        loop_clock = self.thread_clock
+        if loop_clock is None:
+            return None
+        own = _own_clock()
+        if own is None:
+            return None
+        try:
+            running, waiting, _ = loop_clock.read()
+            own_runs = own.read()[2]
+        except (OSError, ValueError):  # the loop's thread has exited
+            self.thread_clock = None
+            return None
+        return self.clock(), running + waiting, own_runs
+
+    def _held_computing(self, mark: tuple[float, float, int] | None,
+                        reading: tuple[float, float, int] | None, due: float) -> bool:
+        """Whether one call held the GIL since the loop's beat was due.
+
+        The watchdog looks late at a loop whose beat is overdue. Either the watchdog was short
+        of CPU (a loaded machine), or a thread held the GIL without a break: C code such as a
+        catastrophic ``re.match`` or ``json.loads`` of a huge document, during which no other
+        thread runs a line of Python. ``_held_in_one_call`` has checked that the watchdog
+        looked at least ``look_s`` later than it meant to. The scheduler's statistics tell the
+        two apart. A thread
+        computing without a break is running or waiting for a CPU all along, however loaded the
+        machine; one waiting for the GIL sleeps. So the loop's thread was busy nearly all the
+        time (it held the GIL, not another thread). And the watchdog's thread woke again and
+        again: a thread waiting for the GIL wakes at every switch interval (5 ms) to ask for
+        it, and a thread running Python hands it over at once, so a watchdog that only waited
+        for a CPU (a loaded machine, a loop running many short callbacks) is put on one twice
+        or three times, one that waited on a call holding the GIL dozens of times (150-200
+        over 1.1-1.9 s at a load of 10 on 2 cores, measured). What the loop's thread may have
+        spent before the beat was due (since the previous look) counts against the proof."""
+        if mark is None or reading is None:
+            return False
+        then, busy_then, runs_then = mark
+        now, busy, runs = reading
+        start = max(due, then)
+        span = now - start
+        if span < self.threshold_s:
+            return False
+        loop_busy = busy - busy_then - max(0.0, due - then)
+        return loop_busy >= LOOP_BUSY_SHARE * span and runs - runs_then >= WATCHDOG_RUNS
 
     def _busy(self, now: float) -> bool:
         if self.precise:

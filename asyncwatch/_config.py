@@ -528,8 +528,9 @@ class Config:
     """Time every asyncio callback (patches ``asyncio.Handle._run``): every block is caught and
     timed exactly, at a cost per callback (see the README). No effect on uvloop loops."""
     gil_watch: bool = False
-    """Opt-in, experimental: name blocks inside C code that holds the GIL with
-    ``faulthandler``'s later-timer, re-armed by the watchdog. Off by default: when the timer
+    """Opt-in, experimental: name blocks inside C code that holds the GIL *while* they last,
+    with ``faulthandler``'s later-timer, re-armed by the watchdog (by default, on Linux, they
+    are named the moment the call returns). Off by default: when the timer
     fires while other threads run Python (a starved watchdog, not only a GIL-holding call),
     faulthandler reads their frames without the GIL, which can crash the process. asyncwatch
     gives the timer up as soon as anything else arms it after install."""

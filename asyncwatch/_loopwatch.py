@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _names as n
-from ._blocked import IDLE_POLL_S, BlockedLoop, Episode, LoopMonitor
+from ._blocked import IDLE_POLL_S, BlockedLoop, Episode, LoopMonitor, thread_clock
 from ._config import Config
 from ._context import route_in, span_in, task_context
 from ._export import HistValue, Point
@@ -100,6 +100,10 @@ class _Heartbeat:
             if ident != monitor.thread_id:
                 monitor.thread_name = threading.current_thread().name
                 monitor.thread_id = ident
+            native = threading.get_native_id()
+            if native != monitor.native_id:  # another thread, or a forked child's
+                monitor.thread_clock = thread_clock()
+                monitor.native_id = native
             depth = 0
             try:
                 frame: Any = sys._getframe(1)
@@ -548,12 +552,19 @@ class LoopWatch:
 
     # ---------------------------------------------------------------- outputs (BlockSink)
 
+    def prepare(self, monitor: LoopMonitor, episode: Episode, sample: Sample) -> None:
+        """Look up the task and request of a block that may be reported (see ``detected``)
+        while the loop is still where the sample found it."""
+        episode.info = self._lookup(monitor, episode, sample)
+
     def detected(
         self, monitor: LoopMonitor, episode: Episode, now: float, sample: Sample | None
     ) -> None:
-        """A block was found: look up its task and request, record it (ongoing), and add it to
-        the current span now, while that span is surely still open."""
-        info = episode.info = self._lookup(monitor, episode, sample)
+        """A block was found: look up its task and request (unless ``prepare`` did), record it
+        (ongoing), and add it to the current span now, while that span is surely still open."""
+        info = episode.info
+        if info is None:
+            info = episode.info = self._lookup(monitor, episode, sample)
         info.started_at = time.time() - (self.clock() - episode.since)
         finding = episode.finding = self._finding(monitor, episode, ongoing=True)
         self.findings.add(finding)
@@ -668,6 +679,11 @@ class LoopWatch:
                 f"event loop blocked for {duration:.3f} s {after}, in no line of the app: "
                 "objects being freed (deallocation of what the callback let go) or garbage "
                 "collection"
+            )
+        if episode.gil:
+            summary += (
+                " (in a call that held the GIL, so no other thread could look meanwhile: "
+                "named the moment it returned)"
             )
         if ongoing:
             summary += " (still blocked)"

@@ -1,19 +1,24 @@
-"""Blocks inside C code that holds the GIL: the watchdog thread cannot sample them, a
-faulthandler dump names them (asyncwatch._gilwatch)."""
+"""Blocks inside C code that holds the GIL: the watchdog thread cannot sample them while they
+last. By default the watchdog names them the moment the call returns, its late look proven a
+block by the loop thread's CPU clock (``LoopMonitor._held_computing``); with ``gil_watch`` on,
+a faulthandler dump names them while they last (asyncwatch._gilwatch)."""
 
 from __future__ import annotations
 
 import asyncio
 import faulthandler
+import json
 import re
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
-from asyncwatch._blocked import BlockedLoop
+from asyncwatch._blocked import BlockedLoop, LoopMonitor, ThreadClock, thread_clock
 from asyncwatch._gilwatch import parse_dump
 
 from .conftest import marked_line, strict_watch, wait_for
@@ -25,6 +30,44 @@ EVIL = re.compile(r"(a+)+$")
 
 def catastrophic(n: int) -> None:
     EVIL.match("a" * n + "b")  # held in C
+
+
+def size_holding_for(seconds: float) -> int:
+    """A catastrophic input size that holds the GIL for at least ``seconds`` on this machine
+    (each extra character doubles the time), measured before anything is watched."""
+    n = 16
+    while True:
+        began = time.perf_counter()
+        catastrophic(n)
+        if time.perf_counter() - began > seconds:
+            return n + 1
+        n += 1
+
+
+def parse(document: str) -> int:
+    return len(json.loads(document))  # a large document
+
+
+async def watched(then: Callable[[], object]) -> None:
+    """Once the loop is watched (two heartbeats), run ``then`` on it and keep the loop running
+    until its heartbeat has come back twice (so the block's length is known)."""
+    loop = asyncio.get_running_loop()
+    watch = asyncwatch.current()
+    assert watch is not None
+    deadline = loop.time() + 20
+    monitor = watch.loops.monitor_of(loop)
+    while monitor is None or monitor.beats < 2:
+        assert loop.time() < deadline, "never watched"
+        await asyncio.sleep(0.01)
+        monitor = watch.loops.monitor_of(loop)
+    beats = monitor.beats
+    then()
+    while monitor.beats < beats + 2:
+        await asyncio.sleep(0.01)
+
+
+def reported() -> list[BlockedLoop]:
+    return [f for f in asyncwatch.findings("blocked_loop") if isinstance(f, BlockedLoop)]
 
 
 async def block_in_c(n: int) -> None:
@@ -128,3 +171,192 @@ def test_gil_watch_is_off_by_default_and_leaves_the_timer_alone() -> None:
         assert not watch.loops.gil.armed_at
     finally:
         asyncwatch.uninstall(timeout_s=2)
+
+
+# ------------------------------------------------------------- default mode (no gil_watch)
+
+
+def blocks_until_named(block: Callable[[], object]) -> list[BlockedLoop]:
+    """Run ``block`` on a watched loop, again (up to three times) while nothing is reported.
+    The watchdog names such a block when it gets the GIL back; on a very loaded machine the
+    OS can deschedule it at that moment and the loop's thread takes the GIL back first (seen
+    once in 15 runs at a load of 9 on 2 cores): the block then goes unnamed."""
+    for _ in range(3):
+        thread = start_loop(lambda: watched(block))
+        thread.join(60)
+        try:
+            return wait_for(reported, timeout=5, what="the GIL-holding block reported")
+        except AssertionError:
+            continue
+    raise AssertionError("three GIL-holding blocks, none reported")
+
+
+def test_regex_holding_the_gil_is_named_by_default(reader: InMemoryMetricReader) -> None:
+    """Default settings: a catastrophic re.match holding the GIL for several thresholds is
+    reported, naming its line, as soon as it returns."""
+    n = size_holding_for(0.5)
+    for _ in strict_watch(reader, block_threshold_s=0.1):
+        [finding] = blocks_until_named(lambda: catastrophic(n))
+        assert finding.culprit is not None
+        assert Path(finding.culprit.filename).resolve() == SOURCE
+        assert finding.culprit.lineno == marked_line(SOURCE, "held in C")
+        assert finding.duration_s > 0.1
+        assert "held the GIL" in finding.summary
+        assert finding.task is not None  # looked up while the loop was still there
+
+
+def test_json_loads_of_a_large_document_is_named_by_default(
+    reader: InMemoryMetricReader,
+) -> None:
+    document = json.dumps([{"k": i, "v": [i, str(i)]} for i in range(300_000)])
+    began = time.perf_counter()
+    parse(document)
+    took = time.perf_counter() - began
+    threshold = max(0.02, took / 5)  # the parse holds the loop for about 5 thresholds
+    for _ in strict_watch(reader, block_threshold_s=threshold):
+        found = blocks_until_named(lambda: parse(document))
+        assert any(
+            f.culprit is not None
+            and Path(f.culprit.filename).resolve() == SOURCE
+            and f.culprit.lineno == marked_line(SOURCE, "a large document")
+            for f in found
+        ), [f.summary for f in found]
+
+
+@pytest.fixture
+def fast_watch(reader: InMemoryMetricReader) -> Iterator[asyncwatch.Watch]:
+    """The suite's strict install, defaults otherwise, a 0.1 s block threshold."""
+    yield from strict_watch(reader, block_threshold_s=0.1)
+
+
+def test_another_thread_holding_the_gil_is_not_the_loops_block(
+    fast_watch: asyncwatch.Watch,
+) -> None:
+    """A catastrophic regex in a worker thread stalls the loop too (it waits for the GIL), but
+    the loop's own thread did not compute meanwhile: no block is reported against the loop."""
+    n = size_holding_for(0.5)
+    watch = fast_watch
+    started = threading.Event()
+
+    def hog() -> None:
+        started.set()
+        catastrophic(n)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        monitor = watch.loops.monitor_of(loop)
+        while monitor is None or monitor.beats < 2:
+            await asyncio.sleep(0.01)
+            monitor = watch.loops.monitor_of(loop)
+        worker = threading.Thread(target=hog)
+        worker.start()
+        started.wait()
+        while worker.is_alive():
+            await asyncio.sleep(0.005)  # the loop stays idle but for its own timers
+        beats = monitor.beats
+        while monitor.beats < beats + 3:
+            await asyncio.sleep(0.01)
+        worker.join()
+
+    thread = start_loop(main)
+    thread.join(60)
+    blamed = [f for f in reported() if f.culprit is not None
+              and Path(f.culprit.filename).resolve() == SOURCE]
+    assert not [f for f in blamed if "held the GIL" in f.summary], [
+        f.summary for f in blamed
+    ]
+
+
+def _proof(loop_busy: float, watchdog_runs: int, *, late: float = 0.5,
+           busy_before_due: float = 0.0) -> bool:
+    """The decision for a look ``late`` seconds after the beat was due, the previous look
+    25 ms before it, with what the two threads' clocks say happened meanwhile."""
+    monitor = LoopMonitor("loop", threshold_s=0.1, clock=time.monotonic, sink=None)  # type: ignore[arg-type]
+    then = 100.0
+    monitor.due = then + 0.025
+    mark = (then, 5.0, 70)
+    reading = (monitor.due + late, 5.0 + busy_before_due + loop_busy, 70 + watchdog_runs)
+    return monitor._held_computing(mark, reading, monitor.due)
+
+
+@pytest.mark.parametrize(
+    ("loop_busy", "watchdog_runs", "proven"),
+    [
+        (0.5, 100, True),  # the loop's thread computed all along, the watchdog asked for the GIL
+        (0.45, 5, True),  # the same on a very loaded machine
+        (0.5, 3, False),  # the watchdog only waited for a CPU: a busy loop seen late, no block
+        (0.25, 100, False),  # the loop's thread slept half the time: another thread's GIL
+        (0.0, 100, False),  # the loop's thread slept all along
+    ],
+)
+def test_the_thread_clock_proof(loop_busy: float, watchdog_runs: int, proven: bool) -> None:
+    assert _proof(loop_busy, watchdog_runs) is proven
+
+
+def test_what_ran_before_the_beat_was_due_never_counts() -> None:
+    assert _proof(0.43, 100)
+    # 0.415 s busy in all: enough, were the 25 ms before the beat was due counted
+    assert not _proof(0.39, 100, busy_before_due=0.025)
+
+
+def test_a_late_look_shorter_than_the_threshold_proves_nothing() -> None:
+    assert not _proof(0.05, 100, late=0.05)
+
+
+def test_a_watchdog_not_held_back_proves_nothing() -> None:
+    """A first look at a busy stretch, late after the beat was due but on time for the
+    watchdog's own plan (it meant to sleep that long): not a GIL-holding call, whatever the
+    clocks say; the sink is not even asked to prepare a report."""
+    from asyncwatch._blocked import Episode
+
+    prepared: list[object] = []
+
+    class Sink:
+        def prepare(self, *args: object) -> None:
+            prepared.append(args)
+
+    monitor = LoopMonitor("loop", threshold_s=0.1, clock=time.monotonic, sink=Sink())  # type: ignore[arg-type]
+    monitor.due = 100.025
+    monitor._clock_mark = (100.0, 5.0, 70)
+    monitor._asked = 100.2
+    episode = Episode(("key",), 100.23, 3, 100.23)
+    assert monitor._held_in_one_call(episode, None) is None  # type: ignore[arg-type]
+    assert prepared == []
+
+
+def test_the_clock_reads_the_thread_it_was_made_on() -> None:
+    """The clock made on a thread reads THAT thread (it grows while the thread computes, not
+    while the reading thread waits), and raises OSError once the thread has exited."""
+    made: list[ThreadClock | None] = []
+    spin = threading.Event()
+    stop = threading.Event()
+
+    def target() -> None:
+        made.append(thread_clock())
+        spin.set()
+        x = 0
+        while not stop.is_set():
+            x += 1
+
+    worker = threading.Thread(target=target)
+    worker.start()
+    spin.wait()
+    clock = made[0]
+    assert clock is not None, "no thread clock on this machine"
+    first = clock.read()[0]
+    deadline = time.monotonic() + 30
+    while clock.read()[0] - first < 0.05:  # the worker computes: its clock moves
+        assert time.monotonic() < deadline
+        stop.wait(0.01)
+    stop.set()
+    worker.join()
+    # The kernel lets go of the thread a moment after join returns.
+    deadline = time.monotonic() + 30
+    gone = None
+    while gone is None and time.monotonic() < deadline:
+        try:
+            clock.read()
+        except OSError as exc:
+            gone = exc
+        stop.wait(0.001)
+    assert gone is not None, "the clock still reads a thread that has exited"
