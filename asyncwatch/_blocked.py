@@ -46,9 +46,11 @@ IDLE_POLL_S = 0.5  # how often a stopped or not yet started loop is looked at
 MAX_CULPRITS_PER_BLOCK = 32
 MAX_STACKS_PER_BLOCK = 8
 # A late look proves a block held in one call when, since the loop's beat was due, the loop's
-# thread was running or waiting for a CPU at least LOOP_BUSY_SHARE of the time, and the
-# watchdog's thread was put on a CPU WATCHDOG_RUNS times or more (see ``_held_computing``).
+# thread was running or waiting for a CPU at least LOOP_BUSY_SHARE of the time, running at
+# least LOOP_RAN_SHARE of it, and the watchdog's thread was put on a CPU WATCHDOG_RUNS times
+# or more (see ``_held_computing``).
 LOOP_BUSY_SHARE = 0.8
+LOOP_RAN_SHARE = 0.15
 WATCHDOG_RUNS = 5
 
 
@@ -259,9 +261,9 @@ class LoopMonitor:
         # Late stretches the loop spent idle in its selector (its thread starved of CPU).
         self.starved = 0
         self._starved_stretch = -1
-        # At the last look: clock, loop thread running + runnable (seconds), times the
-        # watchdog's thread was put on a CPU.
-        self._clock_mark: tuple[float, float, int] | None = None
+        # At the last look: clock, seconds the loop's thread ran and waited for a CPU, times
+        # the watchdog's thread was put on a CPU.
+        self._clock_mark: tuple[float, float, float, int] | None = None
         self._asked = math.inf  # when the last look asked to be looked at next
 
     # ---------------------------------------------------------------- loop thread
@@ -407,7 +409,7 @@ class LoopMonitor:
             prepare(self, episode, sample)
         return due if self._held_computing(mark, self._read_clocks(), due) else None
 
-    def _read_clocks(self) -> tuple[float, float, int] | None:
+    def _read_clocks(self) -> tuple[float, float, float, int] | None:
         loop_clock = self.thread_clock
         if loop_clock is None:
             return None
@@ -420,10 +422,10 @@ class LoopMonitor:
         except (OSError, ValueError):  # the loop's thread has exited
             self.thread_clock = None
             return None
-        return self.clock(), running + waiting, own_runs
+        return self.clock(), running, waiting, own_runs
 
-    def _held_computing(self, mark: tuple[float, float, int] | None,
-                        reading: tuple[float, float, int] | None, due: float) -> bool:
+    def _held_computing(self, mark: tuple[float, float, float, int] | None,
+                        reading: tuple[float, float, float, int] | None, due: float) -> bool:
         """Whether one call held the GIL since the loop's beat was due.
 
         The watchdog looks late at a loop whose beat is overdue. Either the watchdog was short
@@ -431,26 +433,34 @@ class LoopMonitor:
         catastrophic ``re.match`` or ``json.loads`` of a huge document, during which no other
         thread runs a line of Python. ``_held_in_one_call`` has checked that the watchdog
         looked at least ``look_s`` later than it meant to. The scheduler's statistics tell the
-        two apart. A thread
-        computing without a break is running or waiting for a CPU all along, however loaded the
-        machine; one waiting for the GIL sleeps. So the loop's thread was busy nearly all the
-        time (it held the GIL, not another thread). And the watchdog's thread woke again and
-        again: a thread waiting for the GIL wakes at every switch interval (5 ms) to ask for
-        it, and a thread running Python hands it over at once, so a watchdog that only waited
-        for a CPU (a loaded machine, a loop running many short callbacks) is put on one twice
-        or three times, one that waited on a call holding the GIL dozens of times (150-200
-        over 1.1-1.9 s at a load of 10 on 2 cores, measured). What the loop's thread may have
-        spent before the beat was due (since the previous look) counts against the proof."""
+        two apart. A thread computing without a break is running or waiting for a CPU all
+        along, however loaded the machine; one waiting for the GIL sleeps: so the loop's thread
+        was busy nearly all the time (it held the GIL, not another thread). And it RAN a good
+        part of it: a thread running Python hands the GIL over as soon as it runs after being
+        asked, so a loop of short callbacks holds the watchdog off for long only while the OS
+        has taken the CPU from it (a loaded machine), running next to nothing meanwhile.
+        Measured at a load of 8 on 2 cores: catastrophic regexes of 0.7-1.8 s ran 25-35% of
+        the time (runnable 96-99%); a busy loop of short callbacks seen late ran less than it
+        had been allowed before its beat was due. Last, the watchdog's thread was put on a CPU
+        again and again (a thread waiting for the GIL wakes at every switch interval, 5 ms, to
+        ask for it). What the loop's thread may have spent before the beat was due (since the
+        previous look) counts against the proof."""
         if mark is None or reading is None:
             return False
-        then, busy_then, runs_then = mark
-        now, busy, runs = reading
+        then, ran_then, waited_then, runs_then = mark
+        now, ran, waited, runs = reading
         start = max(due, then)
         span = now - start
         if span < self.threshold_s:
             return False
-        loop_busy = busy - busy_then - max(0.0, due - then)
-        return loop_busy >= LOOP_BUSY_SHARE * span and runs - runs_then >= WATCHDOG_RUNS
+        before = max(0.0, due - then)
+        loop_ran = ran - ran_then - before
+        loop_busy = loop_ran + waited - waited_then
+        return (
+            loop_ran >= LOOP_RAN_SHARE * span
+            and loop_busy >= LOOP_BUSY_SHARE * span
+            and runs - runs_then >= WATCHDOG_RUNS
+        )
 
     def _busy(self, now: float) -> bool:
         if self.precise:

@@ -267,40 +267,44 @@ def test_another_thread_holding_the_gil_is_not_the_loops_block(
     ]
 
 
-def _proof(loop_busy: float, watchdog_runs: int, *, late: float = 0.5,
-           busy_before_due: float = 0.0) -> bool:
+def _proof(ran: float, waited: float, watchdog_runs: int = 100, *, late: float = 0.5,
+           ran_before_due: float = 0.0) -> bool:
     """The decision for a look ``late`` seconds after the beat was due, the previous look
-    25 ms before it, with what the two threads' clocks say happened meanwhile."""
+    25 ms before it, with what the two threads' clocks say happened meanwhile: the loop's
+    thread ``ran`` and ``waited`` for a CPU; the watchdog was put on a CPU ``watchdog_runs``
+    times."""
     monitor = LoopMonitor("loop", threshold_s=0.1, clock=time.monotonic, sink=None)  # type: ignore[arg-type]
     then = 100.0
     monitor.due = then + 0.025
-    mark = (then, 5.0, 70)
-    reading = (monitor.due + late, 5.0 + busy_before_due + loop_busy, 70 + watchdog_runs)
+    mark = (then, 5.0, 3.0, 70)
+    reading = (monitor.due + late, 5.0 + ran_before_due + ran, 3.0 + waited, 70 + watchdog_runs)
     return monitor._held_computing(mark, reading, monitor.due)
 
 
 @pytest.mark.parametrize(
-    ("loop_busy", "watchdog_runs", "proven"),
+    ("ran", "waited", "watchdog_runs", "proven"),
     [
-        (0.5, 100, True),  # the loop's thread computed all along, the watchdog asked for the GIL
-        (0.45, 5, True),  # the same on a very loaded machine
-        (0.5, 3, False),  # the watchdog only waited for a CPU: a busy loop seen late, no block
-        (0.25, 100, False),  # the loop's thread slept half the time: another thread's GIL
-        (0.0, 100, False),  # the loop's thread slept all along
+        (0.5, 0.0, 100, True),  # a quiet machine: the call computed all along
+        (0.125, 0.375, 100, True),  # a loaded one (load 8 on 2 cores: ran 25-35%)
+        (0.0, 0.5, 100, False),  # runnable, hardly ran: the OS took its CPU, not a call
+        (0.5, 0.0, 3, False),  # the watchdog did not keep asking for the GIL
+        (0.2, 0.1, 100, False),  # slept 40% of the time: another thread's GIL, or I/O
+        (0.0, 0.0, 100, False),  # slept all along
     ],
 )
-def test_the_thread_clock_proof(loop_busy: float, watchdog_runs: int, proven: bool) -> None:
-    assert _proof(loop_busy, watchdog_runs) is proven
+def test_the_thread_clock_proof(ran: float, waited: float, watchdog_runs: int,
+                                proven: bool) -> None:
+    assert _proof(ran, waited, watchdog_runs) is proven
 
 
 def test_what_ran_before_the_beat_was_due_never_counts() -> None:
-    assert _proof(0.43, 100)
-    # 0.415 s busy in all: enough, were the 25 ms before the beat was due counted
-    assert not _proof(0.39, 100, busy_before_due=0.025)
+    assert _proof(0.125, 0.375)
+    # 0.085 s run in all, 0.06 of it after the beat was due: enough, were the rest counted
+    assert not _proof(0.06, 0.44, ran_before_due=0.025)
 
 
 def test_a_late_look_shorter_than_the_threshold_proves_nothing() -> None:
-    assert not _proof(0.05, 100, late=0.05)
+    assert not _proof(0.05, 0.0, late=0.05)
 
 
 def test_a_watchdog_not_held_back_proves_nothing() -> None:
@@ -317,7 +321,7 @@ def test_a_watchdog_not_held_back_proves_nothing() -> None:
 
     monitor = LoopMonitor("loop", threshold_s=0.1, clock=time.monotonic, sink=Sink())  # type: ignore[arg-type]
     monitor.due = 100.025
-    monitor._clock_mark = (100.0, 5.0, 70)
+    monitor._clock_mark = (100.0, 5.0, 3.0, 70)
     monitor._asked = 100.2
     episode = Episode(("key",), 100.23, 3, 100.23)
     assert monitor._held_in_one_call(episode, None) is None  # type: ignore[arg-type]
