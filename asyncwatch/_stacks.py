@@ -249,7 +249,7 @@ def task_of(handle: Any) -> Any:
 
 
 def _coroutine_frames(coro: Any) -> list[FrameType]:
-    frames = []
+    frames: list[FrameType] = []
     while coro is not None and len(frames) < MAX_STACK:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if frame is None:

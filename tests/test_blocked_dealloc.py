@@ -184,3 +184,50 @@ def test_uninstall_removes_the_gc_callback() -> None:
     asyncwatch.uninstall()
     assert gc.callbacks == before
 
+
+
+async def finishes() -> None:
+    return None
+
+
+def test_a_finished_coroutine_keeps_its_module() -> None:
+    """A coroutine that returned has no frame to read its module from: its name comes from
+    its code's file (it used to be the bare ``finishes``, the name precise mode printed)."""
+    from asyncwatch._recorder import coroutine_key
+
+    coro = finishes()
+    live = coroutine_key(coro)
+    with pytest.raises(StopIteration):
+        coro.send(None)
+    assert coroutine_key(coro) == live == f"{__name__}.finishes"
+
+
+async def sleeper() -> None:
+    await asyncio.sleep(30)  # sleeper waits
+
+
+def test_callback_site_is_never_asyncio_code() -> None:
+    """A block timed after the fact is placed at the app's line: a task suspended inside
+    asyncio.sleep is at the line that awaits it (not in asyncio/tasks.py), and a callback of
+    asyncio's own has no site at all."""
+    from asyncwatch._stacks import callback_site
+
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(sleeper())
+        loop.run_until_complete(asyncio.sleep(0))  # the task is now suspended in sleep()
+        site = callback_site(asyncio.Handle(task.cancel, (), loop))
+        assert site is not None
+        (filename, line, function), module = site
+        assert (filename, line, function) == (__file__, marked_line(__file__, "sleeper waits"),
+                                              "sleeper")
+        assert module == __name__
+        future = loop.create_future()
+        set_result = asyncio.futures._set_result_unless_cancelled  # type: ignore[attr-defined]
+        internal = asyncio.Handle(set_result, (future, None), loop)
+        assert callback_site(internal) is None
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            loop.run_until_complete(task)
+    finally:
+        loop.close()
