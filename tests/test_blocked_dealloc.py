@@ -94,8 +94,8 @@ def test_freeing_after_a_task_returned_is_named(
     n = records_to_free()
     run_app(lambda settled: dealloc_app.parse_job(n, settled))
     found = wait_for(
-        lambda: [f for f in blocks() if "objects being freed" in f.summary],
-        what="a block named as objects being freed",
+        lambda: [f for f in blocks() if f.task == "parse-job" and "deallocation" in f.summary],
+        what="a block named as the deallocation of what parse-job let go",
     )
     finding = found[0]
     coroutine = "tests.dealloc_app.parse_job"
