@@ -55,6 +55,7 @@ from ._stacks import (
     module_of_file,
     sample_thread,
     task_of,
+    thread_cpu,
     to_frame,
 )
 
@@ -105,6 +106,7 @@ class _Heartbeat:
             ident = threading.get_ident()
             if ident != monitor.thread_id:
                 monitor.thread_name = threading.current_thread().name
+                monitor.native_id = threading.get_native_id()
                 monitor.thread_id = ident
             depth = 0
             try:
@@ -463,6 +465,8 @@ class LoopWatch:
                 self._dead.append((key, monitor))
                 continue
             wake = min(wake, monitor.check(now, loop.is_running(), self._sample))
+            if not monitor.precise:  # for _after_gil: was the loop's thread on the CPU?
+                monitor.looked = (now, thread_cpu(monitor.native_id))
         self._fold_dead()
         if self.gil.active:
             self._gil_blocks(now)
@@ -569,16 +573,22 @@ class LoopWatch:
         returned, is a block by itself: from the overdue beat (or the previous look) to now.
         """
         now = self.clock()
-        previous, monitor.sampled_at = monitor.sampled_at, now
         if sample.idle or sample.depth <= 0 or len(sample.chain) < sample.depth:
             return
-        since = max(monitor.due, previous, monitor.reported_until)
-        if now - since <= self.threshold_s:
+        looked_at, cpu_then = monitor.looked
+        since = max(monitor.due, looked_at, monitor.reported_until)
+        held = now - since
+        if held <= self.threshold_s:
             return
         if culprit_of(sample.chain, sample.depth) is not None:
             return
         handle = handle_in(sample.chain)
         if handle is None or not finished(handle, sample.chain[sample.depth:]):
+            return
+        cpu = thread_cpu(monitor.native_id)
+        if cpu_then >= 0 and cpu >= 0 and cpu - cpu_then < self.threshold_s:
+            # The loop's thread did not run for the threshold since the last look: it was off
+            # the CPU (descheduled with the GIL in hand), a starved process, not a block.
             return
         if sample.key is None:  # right after the step, in Handle._run itself
             sample.key = (sample.chain[-1],)

@@ -20,6 +20,7 @@ import os
 import selectors
 import sys
 import sysconfig
+import time
 from dataclasses import dataclass
 from types import FrameType, ModuleType
 from typing import Any
@@ -45,6 +46,7 @@ _STDLIB_DIRS = tuple(
     }
 )
 _classes: dict[str, int] = {}
+_LINUX = sys.platform.startswith("linux")
 _RUN_CODE = asyncio.events.Handle._run.__code__  # read before precise mode wraps it
 _RUN_ONCE_CODE = asyncio.base_events.BaseEventLoop._run_once.__code__  # type: ignore[attr-defined]
 # Frames that run one callback (asyncio's Handle._run; precise mode adds its wrapper's code).
@@ -148,6 +150,20 @@ def sample_thread(thread_id: int, depth: int) -> Sample | None:
     if depth <= 0 or len(chain) <= depth:
         return Sample(None, chain, depth)
     return Sample((chain[depth - 1], chain[depth]), chain, depth)
+
+
+def thread_cpu(native_id: int) -> float:
+    """CPU seconds a thread of this process has run, from its native id; -1.0 where that
+    cannot be read. Linux: the thread's CPU clock, made from the id as glibc's
+    ``pthread_getcpuclockid`` makes it (``pthread_getcpuclockid`` itself reads the thread's
+    memory, which a thread that has ended no longer owns; the kernel answers a gone id with
+    EINVAL and never looks outside this process)."""
+    if not _LINUX or native_id <= 0:
+        return -1.0
+    try:
+        return time.clock_gettime(((~native_id) << 3) | 6)  # CPUCLOCK_SCHED | per-thread
+    except (OSError, OverflowError, ValueError):
+        return -1.0
 
 
 def raw(frame: FrameType) -> RawFrame:
