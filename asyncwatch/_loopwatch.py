@@ -399,6 +399,10 @@ class LoopWatch:
             monitor.lock = threading.Lock()
             monitor.forget()
             monitor.lag = Histogram()
+            # Only the forking thread lives on here, under a new native id.
+            here = monitor.thread_id == threading.get_ident()
+            monitor.native_id = threading.get_native_id() if here else 0
+            monitor.looked = (0.0, -1.0)
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -586,9 +590,10 @@ class LoopWatch:
         if handle is None or not finished(handle, sample.chain[sample.depth:]):
             return
         cpu = thread_cpu(monitor.native_id)
-        if cpu_then >= 0 and cpu >= 0 and cpu - cpu_then < self.threshold_s:
+        if cpu_then < 0 or cpu < 0 or cpu - cpu_then < self.threshold_s:
             # The loop's thread did not run for the threshold since the last look: it was off
-            # the CPU (descheduled with the GIL in hand), a starved process, not a block.
+            # the CPU (descheduled with the GIL in hand), a starved process, not a block. (Or
+            # its CPU time cannot be read, off Linux: then nothing is claimed.)
             return
         if sample.key is None:  # right after the step, in Handle._run itself
             sample.key = (sample.chain[-1],)
@@ -739,6 +744,7 @@ class LoopWatch:
             # holds the loop then is C code run from asyncio: freeing the objects a callback or
             # task let go as it returned (a large parsed document), or a garbage collection.
             after = f" after {info.freed} returned" if info.freed is not None else ""
+            step = f"after {culprit_frame}" if culprit_frame is not None else "between callbacks"
             if collected is not None and collected[0] >= duration / 2:
                 cause = "garbage_collection"
                 summary = (
@@ -755,9 +761,9 @@ class LoopWatch:
             else:
                 cause = "unknown"
                 summary = (
-                    f"event loop blocked for {duration:.3f} s between callbacks, in no line of "
-                    "the app: asyncio's own code, or C code run from it (objects being freed, "
-                    "a garbage collection)"
+                    f"event loop blocked for {duration:.3f} s {step}, in no line of the app: "
+                    "asyncio's own code, or C code run from it (objects being freed, a garbage "
+                    "collection)"
                 )
         elif collected is not None and collected[0] >= duration / 4:
             summary += (
