@@ -123,6 +123,24 @@ def test_freeing_after_a_task_returned_is_named(
     assert coroutine in labels, labels
 
 
+def test_a_loop_thread_off_the_cpu_is_not_taken_for_a_deallocation(
+    reader: InMemoryMetricReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Default mode: a loop thread descheduled by the OS with the GIL in hand keeps the
+    watchdog out just as freeing does. If the thread's CPU clock says it did not run (here:
+    the clock read is held still), the tail the watchdog then finds is no deallocation."""
+    import asyncwatch._loopwatch as loopwatch
+
+    monkeypatch.setattr(loopwatch, "thread_cpu", lambda native_id: 1.0)
+    n = records_to_free()
+    for _ in strict_watch(reader, block_threshold_s=THRESHOLD):
+        run_app(lambda settled: dealloc_app.parse_job(n, settled))
+        # (A deallocation is recorded the moment the watchdog sees the tail, before the
+        # heartbeat that run_app waits for.)
+        found = asyncwatch.findings("blocked_loop", grouped=False)
+        assert not [f for f in found if "deallocation" in f.summary], found
+
+
 def test_a_long_garbage_collection_is_named(reader: InMemoryMetricReader) -> None:
     """Precise mode: a full collection that holds the loop is said to be one (generation 2),
     timed through gc.callbacks; the culprit is still the app's line, never asyncio's."""
