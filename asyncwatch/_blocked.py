@@ -203,8 +203,6 @@ class LoopMonitor:
         # Written by precise mode around every callback on this loop (0: none running).
         self.cb_start = 0.0
         # Watchdog-only state.
-        self.native_id = 0  # the loop thread's native id (set by the heartbeat)
-        self.looked = (0.0, -1.0)  # (when, loop thread's CPU s) of the last look (LoopWatch)
         self.episode: Episode | None = None
         self.looks = 0  # stack samples taken of this loop
         self._stretch = -1  # beats value of the busy stretch the last episode began in

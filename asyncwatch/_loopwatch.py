@@ -48,14 +48,12 @@ from ._stacks import (
     Sample,
     callback_site,
     classify,
-    culprit_of,
     finished,
     function_name,
     handle_in,
     module_of_file,
     sample_thread,
     task_of,
-    thread_cpu,
     to_frame,
 )
 
@@ -106,7 +104,6 @@ class _Heartbeat:
             ident = threading.get_ident()
             if ident != monitor.thread_id:
                 monitor.thread_name = threading.current_thread().name
-                monitor.native_id = threading.get_native_id()
                 monitor.thread_id = ident
             depth = 0
             try:
@@ -399,10 +396,6 @@ class LoopWatch:
             monitor.lock = threading.Lock()
             monitor.forget()
             monitor.lag = Histogram()
-            # Only the forking thread lives on here, under a new native id.
-            here = monitor.thread_id == threading.get_ident()
-            monitor.native_id = threading.get_native_id() if here else 0
-            monitor.looked = (0.0, -1.0)
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -469,8 +462,6 @@ class LoopWatch:
                 self._dead.append((key, monitor))
                 continue
             wake = min(wake, monitor.check(now, loop.is_running(), self._sample))
-            if not monitor.precise:  # for _after_gil: was the loop's thread on the CPU?
-                monitor.looked = (now, thread_cpu(monitor.native_id))
         self._fold_dead()
         if self.gil.active:
             self._gil_blocks(now)
@@ -561,43 +552,7 @@ class LoopWatch:
             same = start and monitor.cb_start == start
             sample.key = (start,) if same else None
             sample.since = start if same else None
-        elif sample is not None:
-            self._after_gil(monitor, sample)
         return sample
-
-    def _after_gil(self, monitor: LoopMonitor, sample: Sample) -> None:
-        """Default mode: date a block the watchdog could not see while it lasted.
-
-        Freeing what a returning callback or task let go (millions of objects of a parsed
-        document) or a garbage collection holds the GIL throughout: no thread can sample it.
-        The watchdog gets the GIL back at the next line of Python the loop runs, in the tail
-        of that callback (asyncio scheduling the task's done callbacks, or ``Handle._run``
-        after it). Such a first look, at a loop held since before the watchdog's previous look
-        for over the threshold, with nothing of the app's on the stack and the callback
-        returned, is a block by itself: from the overdue beat (or the previous look) to now.
-        """
-        now = self.clock()
-        if sample.idle or sample.depth <= 0 or len(sample.chain) < sample.depth:
-            return
-        looked_at, cpu_then = monitor.looked
-        since = max(monitor.due, looked_at, monitor.reported_until)
-        held = now - since
-        if held <= self.threshold_s:
-            return
-        if culprit_of(sample.chain, sample.depth) is not None:
-            return
-        handle = handle_in(sample.chain)
-        if handle is None or not finished(handle, sample.chain[sample.depth:]):
-            return
-        cpu = thread_cpu(monitor.native_id)
-        if cpu_then < 0 or cpu < 0 or cpu - cpu_then < self.threshold_s:
-            # The loop's thread did not run for the threshold since the last look: it was off
-            # the CPU (descheduled with the GIL in hand), a starved process, not a block. (Or
-            # its CPU time cannot be read, off Linux: then nothing is claimed.)
-            return
-        if sample.key is None:  # right after the step, in Handle._run itself
-            sample.key = (sample.chain[-1],)
-        sample.since = since
 
     def _loop_gone(self, key: int, monitor: LoopMonitor) -> None:
         # Runs inside GC: no lock, list.append is atomic. The watchdog folds it at its next

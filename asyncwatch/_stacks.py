@@ -20,7 +20,6 @@ import os
 import selectors
 import sys
 import sysconfig
-import time
 from dataclasses import dataclass
 from types import FrameType, ModuleType
 from typing import Any
@@ -46,7 +45,6 @@ _STDLIB_DIRS = tuple(
     }
 )
 _classes: dict[str, int] = {}
-_LINUX = sys.platform.startswith("linux")
 _RUN_CODE = asyncio.events.Handle._run.__code__  # read before precise mode wraps it
 _RUN_ONCE_CODE = asyncio.base_events.BaseEventLoop._run_once.__code__  # type: ignore[attr-defined]
 # Frames that run one callback (asyncio's Handle._run; precise mode adds its wrapper's code).
@@ -84,10 +82,7 @@ class Sample:
     depth: int
     """Index in ``chain`` of the callback's first frame."""
     since: float | None = None
-    """Start of the callback when known: exact in precise mode; in default mode set only for
-    the first sample after the loop thread held the GIL past the threshold in the tail of a
-    callback that had returned (``LoopWatch._sample``: then dated from the overdue beat).
-    A sample with ``since`` confirms a block by itself."""
+    """Exact start of the callback when known (precise mode)."""
     idle: bool = False
     """The loop is between callbacks, in its own ``_run_once``: waiting in its selector (or
     handling the events it returned). Nothing of the app's holds it (``key`` is None)."""
@@ -150,20 +145,6 @@ def sample_thread(thread_id: int, depth: int) -> Sample | None:
     if depth <= 0 or len(chain) <= depth:
         return Sample(None, chain, depth)
     return Sample((chain[depth - 1], chain[depth]), chain, depth)
-
-
-def thread_cpu(native_id: int) -> float:
-    """CPU seconds a thread of this process has run, from its native id; -1.0 where that
-    cannot be read. Linux: the thread's CPU clock, made from the id as glibc's
-    ``pthread_getcpuclockid`` makes it (``pthread_getcpuclockid`` itself reads the thread's
-    memory, which a thread that has ended no longer owns; the kernel answers a gone id with
-    EINVAL and never looks outside this process)."""
-    if not _LINUX or native_id <= 0:
-        return -1.0
-    try:
-        return time.clock_gettime(((~native_id) << 3) | 6)  # CPUCLOCK_SCHED | per-thread
-    except (OSError, OverflowError, ValueError):
-        return -1.0
 
 
 def raw(frame: FrameType) -> RawFrame:
