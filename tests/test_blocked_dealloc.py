@@ -103,11 +103,22 @@ def test_freeing_after_a_task_returned_is_named(
     """The block is the deallocation of what parse_job let go: said so, with the task and its
     module-qualified coroutine; its culprit is parse_job's own line, not asyncio's."""
     n = records_to_free()
-    run_app(lambda settled: dealloc_app.parse_job(n, settled))
-    found = wait_for(
-        lambda: [f for f in blocks() if f.task == "parse-job" and "deallocation" in f.summary],
-        what="a block named as the deallocation of what parse-job let go",
-    )
+
+    def named() -> list[BlockedLoop]:
+        return [f for f in blocks() if f.task == "parse-job" and "deallocation" in f.summary]
+
+    # Precise mode times every callback. The default mode proves the block by the watchdog's
+    # late look, which an overloaded machine can spoil now and then (the OS descheduling the
+    # watchdog just as it gets the GIL back): up to three such blocks, one must be named.
+    for _ in range(1 if watch.config.precise_callbacks else 3):
+        run_app(lambda settled: dealloc_app.parse_job(n, settled))
+        try:
+            found = wait_for(named, timeout=5, what="the deallocation named")
+            break
+        except AssertionError:
+            continue
+    else:
+        raise AssertionError(f"no block named as the deallocation: {blocks()}")
     finding = found[0]
     coroutine = "tests.dealloc_app.parse_job"
     assert finding.task == "parse-job"
