@@ -126,6 +126,11 @@ class BlockedLoop(Finding):
     the culprit is then the callback's location, not the blocking line)."""
     exact: bool = False
     """Start and duration measured exactly (precise mode), not from the heartbeat."""
+    cause: str = "code"
+    """What held the loop: ``"code"`` (the culprit's line running), ``"deallocation"``
+    (objects being freed after a callback or task returned, letting go of them; the culprit
+    is then that callback's or coroutine's first line), ``"garbage_collection"`` (a
+    collection timed through ``gc.callbacks``), ``"unknown"`` (no line of the app ran)."""
 
     def site(self) -> tuple[Any, ...]:
         """Blocks at the same culprit line (and route) are one problem, whatever they took."""

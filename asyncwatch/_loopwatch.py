@@ -37,18 +37,23 @@ from ._context import route_in, span_in, task_context
 from ._export import HistValue, Point
 from ._faults import Faults
 from ._findings import FindingsLog
+from ._gctimes import GcTimes
 from ._gilwatch import GilWatch
 from ._precise import PreciseTimer
 from ._recorder import Histogram, coroutine_key
 from ._stacks import (
     MACHINERY,
     MAX_STACK,
+    RawFrame,
     Sample,
     callback_site,
     classify,
+    finished,
     function_name,
     handle_in,
+    module_of_file,
     sample_thread,
+    task_of,
     to_frame,
 )
 
@@ -149,11 +154,17 @@ def _none() -> None:
 class _Info:
     """What was looked up about a block when it was detected."""
 
-    __slots__ = ("coroutine", "route", "span", "span_id", "started_at", "task", "trace_id")
+    __slots__ = ("coroutine", "freed", "freed_site", "label", "route", "span", "span_id",
+                 "started_at", "task", "trace_id")
 
     def __init__(self) -> None:
         self.task: str | None = None
         self.coroutine: str | None = None
+        # The callback or task the block came after, when it had already returned (its
+        # tail: freeing what it let go), e.g. "task 'x' running app.jobs.handler".
+        self.freed: str | None = None
+        self.freed_site: tuple[RawFrame, str] | None = None  # its first line and module
+        self.label = ""  # the culprit's module-qualified name (``code.function.name``)
         self.route: str | None = None
         self.span: Any = None
         self.trace_id: str | None = None
@@ -296,6 +307,7 @@ class LoopWatch:
         self._stopping = False
         self._timer = PreciseTimer(self._monitors, clock, self.threshold_s, self.fault)
         self.gil = GilWatch(self.threshold_s, clock)
+        self.gc = GcTimes(clock, self.threshold_s / 4)
         self._gil_pending: list[tuple[float, dict[int, list[tuple[str, int, str]]]]] = []
         self._uvloop_noted = False
         self.started_ns = time.time_ns()
@@ -308,6 +320,7 @@ class LoopWatch:
         self._stopping = False
         if self.precise:
             self._timer.install()
+        self.gc.install()
         if self.gil_watch:
             self.gil.start()
 
@@ -351,6 +364,7 @@ class LoopWatch:
         """Stop the heartbeats, precise mode and the watchdog thread (joined). Idempotent."""
         self.active = False
         self._timer.uninstall()
+        self.gc.uninstall()
         self.gil.stop()
         with self._lock:
             beats = list(self._beats.values())
@@ -498,12 +512,22 @@ class LoopWatch:
                 best[kind] = entry
         chosen = best[0] or best[1] or best[2]  # never asyncio's own frames
         culprit = to_frame(chosen) if chosen is not None else None
+        collected = self.gc.during(since, since + duration)
+        cause = "code"
         if culprit is not None:
             summary = (
                 f"event loop blocked for {duration:.3f} s at {culprit} (in a call holding "
                 "the GIL; named from a faulthandler dump)"
             )
+        elif collected is not None and collected[0] >= duration / 2:
+            cause = "garbage_collection"
+            summary = (
+                f"event loop blocked for {duration:.3f} s by a garbage collection (generation "
+                f"{collected[1]}, {collected[0]:.3f} s), in no line of the app (from a "
+                "faulthandler dump)"
+            )
         else:
+            cause = "unknown"
             summary = (
                 f"event loop blocked for {duration:.3f} s between callbacks, in no line of "
                 "the app: objects being freed (deallocation of what a finished callback or "
@@ -516,11 +540,13 @@ class LoopWatch:
             culprit=culprit,
             stack=tuple(to_frame(f) for f in frames[-MAX_STACK:]),
             thread=monitor.thread_name,
+            cause=cause,
         )
         monitor.reported_until = since + duration
         self.findings.add(finding)
         if culprit is not None:
-            self.culprits.add((culprit.filename, culprit.lineno, culprit.function), duration)
+            label = function_name(module_of_file(culprit.filename), culprit.function)
+            self.culprits.add((culprit.filename, culprit.lineno, label), duration)
         self._log(finding)
 
     def _sample(self, monitor: LoopMonitor) -> Sample | None:
@@ -578,7 +604,7 @@ class LoopWatch:
             if where is not None:
                 attributes.update(
                     {n.CODE_FILE: where.filename, n.CODE_LINE: where.lineno,
-                     n.CODE_FUNCTION: where.function}
+                     n.CODE_FUNCTION: info.label or where.function}
                 )
             span.add_event(
                 n.BLOCKED_EVENT, attributes, timestamp=int(info.started_at * 1e9)
@@ -600,13 +626,9 @@ class LoopWatch:
             self.findings.add(final)
         episode.finding = final
         monitor.reported_until = max(monitor.reported_until, episode.end)
-        culprit = episode.culprit()
-        if culprit is not None:
-            (path, line, qualname), module, _ = culprit
-            function = function_name(module, qualname)
-        elif final.culprit is not None:
+        if final.culprit is not None:
             where = final.culprit
-            path, line, function = where.filename, where.lineno, where.function
+            path, line, function = where.filename, where.lineno, episode.info.label
         else:
             path, line, function = n.OVERFLOW, 0, n.OVERFLOW
         self.culprits.add((path, line, function), final.duration_s)
@@ -637,15 +659,22 @@ class LoopWatch:
         if loop is not None and sample is not None:
             task = asyncio.current_task(loop)
         if task is None and handle is not None:
-            owner = getattr(getattr(handle, "_callback", None), "__self__", None)
-            if asyncio.isfuture(owner) and hasattr(owner, "get_coro"):
-                task = owner
+            task = task_of(handle)
         if task is not None:
             info.task = task.get_name()
             info.coroutine = coroutine_key(task.get_coro())
             ctx = task_context(task)
         else:
             ctx = getattr(handle, "_context", None)
+        chain = sample.chain[sample.depth:] if sample is not None else None
+        if handle is not None and finished(handle, chain):
+            # The callback had returned: the loop was in its tail (see ``_finding``).
+            site = info.freed_site = callback_site(handle)
+            if task is not None and task is task_of(handle):
+                info.freed = f"task {info.task!r} running {info.coroutine}"
+            elif task is None and site is not None:
+                (_, _, qualname), module = site
+                info.freed = f"callback {module}.{qualname}" if module else f"callback {qualname}"
         span = info.span = span_in(ctx)
         info.route = route_in(ctx, span)
         if span is not None:
@@ -659,26 +688,53 @@ class LoopWatch:
         culprit_frame = None
         stack: tuple[Any, ...] = ()
         culprit = episode.culprit()
+        site = None
         if culprit is not None:
-            where, _, raw_stack = culprit
-            culprit_frame = to_frame(where)
+            where, module, raw_stack = culprit
+            site = (where, module)
             stack = tuple(to_frame(entry) for entry in raw_stack)
+        elif info.freed is not None and episode.internal:
+            site = info.freed_site
         elif episode.handle is not None:
             site = callback_site(episode.handle)
-            if site is not None:
-                culprit_frame = to_frame(site[0])
+        if site is not None:
+            culprit_frame = to_frame(site[0])
+            info.label = function_name(site[1], site[0][2])
         duration = episode.duration
+        collected = self.gc.during(episode.since, episode.since + duration)
+        cause = "code"
         where_text = str(culprit_frame) if culprit_frame is not None else "an unknown line"
         summary = f"event loop blocked for {duration:.3f} s at {where_text}"
         if culprit is None and episode.internal:
             # Sampled, but only ever in asyncio's own frames: no line of the app ran. What
-            # holds the loop then is C code run from asyncio, in practice freeing the objects
-            # a callback let go of (a large parsed document) or a garbage collection.
-            after = f"after {culprit_frame}" if culprit_frame is not None else "between callbacks"
-            summary = (
-                f"event loop blocked for {duration:.3f} s {after}, in no line of the app: "
-                "objects being freed (deallocation of what the callback let go) or garbage "
-                "collection"
+            # holds the loop then is C code run from asyncio: freeing the objects a callback or
+            # task let go as it returned (a large parsed document), or a garbage collection.
+            after = f" after {info.freed} returned" if info.freed is not None else ""
+            step = f"after {culprit_frame}" if culprit_frame is not None else "between callbacks"
+            if collected is not None and collected[0] >= duration / 2:
+                cause = "garbage_collection"
+                summary = (
+                    f"event loop blocked for {duration:.3f} s by a garbage collection "
+                    f"(generation {collected[1]}, {collected[0]:.3f} s){after}, in no line of "
+                    "the app"
+                )
+            elif info.freed is not None:
+                cause = "deallocation"
+                summary = (
+                    f"event loop blocked for {duration:.3f} s by objects being freed{after} "
+                    "(deallocation of what it let go, in no line of the app)"
+                )
+            else:
+                cause = "unknown"
+                summary = (
+                    f"event loop blocked for {duration:.3f} s {step}, in no line of the app: "
+                    "asyncio's own code, or C code run from it (objects being freed, a garbage "
+                    "collection)"
+                )
+        elif collected is not None and collected[0] >= duration / 4:
+            summary += (
+                f" (a garbage collection, generation {collected[1]}, took {collected[0]:.3f} s "
+                "of it)"
             )
         if episode.gil:
             summary += (
@@ -702,6 +758,7 @@ class LoopWatch:
             ongoing=ongoing,
             samples=episode.samples,
             exact=episode.exact,
+            cause=cause,
         )
 
     def _log(self, finding: BlockedLoop) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._names import OVERFLOW
+from ._stacks import module_of_file
 
 clock = time.perf_counter
 
@@ -321,6 +322,12 @@ def coroutine_key(coro: Any) -> str:
         module = frame.f_globals.get("__name__")
     if module is None:
         module = getattr(coro, "__module__", None)
+    if module is None:
+        # A finished coroutine has no frame (and coroutines have no ``__module__``): its
+        # module is the one its code was loaded from (blocks timed after a task returned).
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        if code is not None:
+            module = module_of_file(code.co_filename)
     if not module or module == "builtins":
         return str(qualname)
     return f"{module}.{qualname}"

@@ -21,7 +21,7 @@ import selectors
 import sys
 import sysconfig
 from dataclasses import dataclass
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import Any
 
 from ._findings import Frame
@@ -203,26 +203,104 @@ def handle_in(chain: list[FrameType]) -> Any:
     return None
 
 
+_module_names: dict[str, str] = {}
+
+
+def module_of_file(filename: str) -> str:
+    """The name of the loaded module whose source file is ``filename`` ("" if none is).
+
+    Names a coroutine whose frame is gone (it returned, so its globals cannot be read) from
+    its code object. Scans ``sys.modules`` on a miss: for findings, never per task."""
+    name = _module_names.get(filename)
+    if name is not None:
+        return name
+    for module in list(sys.modules.copy().values()):
+        if not isinstance(module, ModuleType):
+            continue
+        namespace = module.__dict__
+        if namespace.get("__file__") == filename:
+            name = str(namespace.get("__name__") or "")
+            if len(_module_names) > 4096:
+                _module_names.clear()
+            _module_names[filename] = name
+            return name
+    return ""
+
+
+def _unwrap(callback: Any) -> Any:
+    """The function behind a callback (bound methods and ``functools.partial`` unwrapped)."""
+    for _ in range(8):
+        inner = getattr(callback, "func", None)  # functools.partial
+        if inner is None or not callable(inner):
+            break
+        callback = inner
+    return getattr(callback, "__func__", callback)
+
+
+def task_of(handle: Any) -> Any:
+    """The asyncio Task whose step (or wake-up) ``handle`` runs, or None for a plain callback."""
+    owner = getattr(getattr(handle, "_callback", None), "__self__", None)
+    if asyncio.isfuture(owner) and hasattr(owner, "get_coro"):
+        return owner
+    return None
+
+
+def _coroutine_frames(coro: Any) -> list[FrameType]:
+    frames: list[FrameType] = []
+    while coro is not None and len(frames) < MAX_STACK:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append(frame)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return frames
+
+
+def code_site(code: Any) -> tuple[RawFrame, str] | None:
+    """A function's (or coroutine's) first line and module, unless it is asyncio's or
+    asyncwatch's own code (never a culprit)."""
+    filename = getattr(code, "co_filename", None)
+    if filename is None or classify(filename) == MACHINERY:
+        return None
+    return (filename, code.co_firstlineno, _qualname(code)), module_of_file(filename)
+
+
 def callback_site(handle: Any) -> tuple[RawFrame, str] | None:
     """Where a handle's callback lives, for a block timed after the fact (precise mode): the
-    line a task's coroutine is suspended at, or a plain callback's first line."""
-    callback = getattr(handle, "_callback", None)
-    task = getattr(callback, "__self__", None)
-    if isinstance(task, asyncio.Future) and hasattr(task, "get_coro"):
+    line a task's coroutine is suspended at (the innermost frame of the app's, as for a
+    culprit), the first line of a finished task's coroutine, or a plain callback's first
+    line. Never a line of asyncio's own (an asyncio-internal callback has no site)."""
+    task = task_of(handle)
+    if task is not None:
         coro = task.get_coro()
-        frame = None
-        while coro is not None:
-            inner = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-            if inner is None:
-                break
-            frame = inner
-            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-        if frame is not None:
-            return raw(frame), str(frame.f_globals.get("__name__") or "")
-        return None
-    func = getattr(callback, "__func__", callback)
+        frames = _coroutine_frames(coro)
+        if frames:
+            found = culprit_of(frames, 0)
+            if found is not None:
+                return found
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        return code_site(code) if code is not None and not frames else None
+    func = _unwrap(getattr(handle, "_callback", None))
     code = getattr(func, "__code__", None)
     if code is None:
         return None
-    module = getattr(func, "__module__", "") or ""
-    return (code.co_filename, code.co_firstlineno, _qualname(code)), str(module)
+    site = code_site(code)
+    if site is None:
+        return None
+    module = getattr(func, "__module__", None) or site[1]
+    return site[0], str(module)
+
+
+def finished(handle: Any, chain: list[FrameType] | None) -> bool:
+    """Whether the callback ``handle`` runs has already returned, the handle still running:
+    the loop is then in the tail of that callback, in asyncio's code and in C (freeing what
+    the callback let go, scheduling done callbacks). A task's: its step ended the task. A
+    plain callback's (of the app's or a library's, never asyncio's own): its code is no longer
+    on ``chain`` (None: timed after the fact by precise mode, so it has returned)."""
+    task = task_of(handle)
+    if task is not None:
+        return bool(task.done())
+    code = getattr(_unwrap(getattr(handle, "_callback", None)), "__code__", None)
+    if code is None or classify(code.co_filename) == MACHINERY:
+        return False
+    return chain is None or all(frame.f_code is not code for frame in chain)
