@@ -736,7 +736,7 @@ class LoopWatch:
                 f" (a garbage collection, generation {collected[1]}, took {collected[0]:.3f} s "
                 "of it)"
             )
-        if episode.gil:
+        if episode.gil and cause == "code":
             summary += (
                 " (in a call that held the GIL, so no other thread could look meanwhile: "
                 "named the moment it returned)"
