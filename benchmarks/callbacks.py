@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,20 +50,29 @@ from loop_watch import callback_churn
 
 import asyncwatch
 
+THREAD_AND_TIMER = "bare + a thread + a timer"
 CONFIGS: dict[str, dict[str, Any] | None] = {
     "bare": None,
     "bare (control)": None,
+    # What asyncwatch cannot help adding, and nearly every real app has anyway: another
+    # thread in the process (here one that only waits) and a timer pending on the loop.
+    THREAD_AND_TIMER: None,
     "defaults": {},
     "defaults, advisor off": {"advisor": False},
 }
 
 
-def timed(settings: dict[str, Any] | None, n: int, chains: int) -> tuple[float, int]:
+def timed(settings: dict[str, Any] | None, n: int, chains: int,
+          thread_and_timer: bool = False) -> tuple[float, int]:
     """CPU seconds of ``n`` callbacks on a fresh loop, asyncwatch installed with ``settings``
     (defaults plus these) unless None."""
     if settings is not None:
         asyncwatch.install(metrics_exporters=("none",), **settings)
     loop = asyncio.new_event_loop()
+    stop = threading.Event()
+    if thread_and_timer:
+        threading.Thread(target=stop.wait, daemon=True).start()
+        loop.call_later(3600, lambda: None)
 
     async def main() -> float:
         for _ in range(3):  # the loop has run: heartbeat, advisor, deadlock scans attached
@@ -74,6 +84,7 @@ def timed(settings: dict[str, Any] | None, n: int, chains: int) -> tuple[float, 
     try:
         seconds = loop.run_until_complete(main())
     finally:
+        stop.set()
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
         if settings is not None:
@@ -144,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="callbacks", help="results file name")
     args = parser.parse_args(argv)
     if args.child:
-        timed(CONFIGS[args.child], args.callbacks, args.chains)
+        timed(CONFIGS[args.child], args.callbacks, args.chains, args.child == THREAD_AND_TIMER)
         return 0
     configs = [c for c in CONFIGS if c != "bare (control)"]
     if args.callgrind:
@@ -157,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.rounds, args.callbacks = 5, 100_000
-    runs = {name: (lambda s=settings: timed(s, args.callbacks, args.chains))
-            for name, settings in CONFIGS.items()}
+    runs = {name: (lambda s=settings, x=name == THREAD_AND_TIMER: timed(
+        s, args.callbacks, args.chains, x)) for name, settings in CONFIGS.items()}
     runs["bare"]()  # warm up imports and caches outside the measured rounds
     runs["defaults"]()
     rows: list[Row] = interleave("callbacks", runs, rounds=args.rounds)
