@@ -203,7 +203,7 @@ class Advisor:
                 peeking = self.load.peek()
                 if time.monotonic() < next_sample:
                     continue
-                next_sample = max(next_sample + self.sample_s, time.monotonic())
+                next_sample = time.monotonic() + self.sample_s
                 self.sample()
                 if clock() >= next_eval:
                     next_eval = clock() + self.config.advisor_interval_s
