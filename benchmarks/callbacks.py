@@ -1,11 +1,14 @@
 """Loop callbacks with asyncwatch's DEFAULT settings, side by side with bare asyncio.
 
-The workload is ``loop_watch.py``'s: 1,000,000 ``call_soon`` callbacks in 100 chains, each
-callback scheduling the next link of its chain (so every loop iteration runs about 100
-callbacks and calls ``select`` once). Configurations, interleaved round by round in one
-process:
+The workload is ``loop_watch.py``'s: 1,000,000 ``call_soon`` callbacks, each scheduling the
+next link of its chain, in one chain by default (``--chains``): every loop iteration runs one
+callback and calls ``select`` once, the worst case for anything done per iteration.
+Configurations, interleaved round by round in one process:
 
 * ``bare`` asyncio, twice (``bare (control)``: its distance from 1.00 is the noise);
+* ``bare + a thread + a timer``: bare asyncio with what asyncwatch cannot help adding, and
+  nearly every real app has anyway: another thread in the process (one that only waits) and a
+  timer pending on the loop (asyncio then checks the timer heap at every iteration);
 * ``defaults``: ``asyncwatch.install()`` with every default (task hook, watchdog and
   heartbeat, advisor and its sampler thread, deadlock scans), metrics exporter ``none`` so
   that no port is opened (the exporter is a thread that waits for scrapes; it adds nothing
@@ -135,8 +138,9 @@ def callgrind(configs: list[str], small: int, chains: int) -> str:
     lines += [
         "",
         f"callgrind, difference between runs of {small:,} and {6 * small:,} callbacks, each "
-        "configuration in its own process; 'all threads' includes the watchdog and the "
-        "advisor's sampler, whose per-second work is overstated about 50x at valgrind's pace; "
+        "configuration in its own process. What asyncwatch does per second (the heartbeat and "
+        "deadlock scans on the loop's thread; the watchdog's looks and the advisor's peeks in "
+        "'all threads') is overstated about 50x against the callbacks at valgrind's pace; "
         f"Python {sys.version.split()[0]}.",
     ]
     return "\n".join(lines)
