@@ -4,11 +4,13 @@ Wiring (``Watch`` owns one ``Advisor``):
 
 * probes installed by ``start()`` and removed by ``stop()``: ``run_in_executor``
   (``_executors``), semaphores through the primitive tracker's semaphore wrappers (``_limits``),
-  ``asyncio.gather`` (``_batches``), each loop's selector (``_loopload``);
+  ``asyncio.gather`` (``_batches``); nothing on the loops themselves (``_loopload`` reads
+  them from this module's thread);
 * a sampler thread (``asyncwatch-advisor``) that every ``sample_s`` reads the cumulative
-  counters into short rings (loops, process CPU, process-pool workers' CPU, limit snapshots)
-  and every ``advisor_interval_s`` evaluates the advice, logs what changed and keeps it for
-  the ``asyncwatch.advisor.*`` gauges;
+  counters into short rings (loops, process CPU, process-pool workers' CPU, limit snapshots),
+  in between peeks at each loop thread's stack about every ``PEEK_S`` (whether the loop
+  waits in its selector), and every ``advisor_interval_s`` evaluates the advice, logs what
+  changed and keeps it for the ``asyncwatch.advisor.*`` gauges;
 * ``advise()`` samples and evaluates on demand.
 
 The deciding is in ``_models`` (pure functions); this module only gathers the figures.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 from collections import deque
@@ -31,7 +34,7 @@ from ._export import Point
 from ._faults import Faults
 from ._gates import GateProbe
 from ._limits import LimitProbe, LimitStats
-from ._loopload import SAMPLES, LoopLoad
+from ._loopload import PEEK_S, SAMPLES, LoopLoad
 from ._models import (
     BatchFigures,
     LimitFigures,
@@ -91,6 +94,7 @@ class Advisor:
         self.primitives = primitives
         self.window_s = config.advisor_window_s
         self.sample_s = min(1.0, self.window_s / 20)
+        self.peek_s = min(PEEK_S, self.sample_s)
         self.executors = ExecutorProbe(faults)
         self.limits = LimitProbe()
         self.gates = GateProbe()
@@ -183,8 +187,23 @@ class Advisor:
     def _run(self) -> None:
         stop = self._stop
         next_eval = clock() + self.config.advisor_interval_s
-        while not stop.wait(self.sample_s):
+        # Scheduling on the real clock (``clock`` may be a test's virtual one): a sample every
+        # sample_s, and between samples a peek at each loop thread's stack every peek_s or so
+        # (jittered: a fixed period could keep step with a periodic task of the app).
+        jitter = random.Random()
+        next_sample = time.monotonic() + self.sample_s
+        peeking = True
+        while True:
+            wait = next_sample - time.monotonic()
+            if peeking:
+                wait = min(wait, self.peek_s * jitter.uniform(0.5, 1.5))
+            if stop.wait(max(0.0, wait)):
+                return
             try:
+                peeking = self.load.peek()
+                if time.monotonic() < next_sample:
+                    continue
+                next_sample = time.monotonic() + self.sample_s
                 self.sample()
                 if clock() >= next_eval:
                     next_eval = clock() + self.config.advisor_interval_s

@@ -1,12 +1,24 @@
 """Is the event loop itself saturated? Busy time per loop, and CPU of its thread and process.
 
-* Busy time (stdlib loops): the loop's selector gets an instance-level ``select`` wrapper that
-  adds up the time spent waiting in it (two clock reads per loop iteration, none per
-  callback). Busy = running time outside ``select``: callbacks, task steps, and blocking calls
-  made from them. The wrapper is removed at uninstall (only if still in place).
-* CPU of the loop's thread (Linux: ``pthread_getcpuclockid``), read by the sampler: tells
-  computing apart from blocking. uvloop has no Python selector, so there the thread's CPU is
-  the busy figure.
+Nothing here runs on the loop's iterations: everything is read from the advisor's sampler
+thread. (It used to wrap the selector's ``select`` with two clock reads per iteration, which
+cost 15 % of a loop that runs one callback per iteration.)
+
+* CPU of the loop's thread, and on Linux the time it spent runnable but waiting for a CPU
+  (``/proc/self/task/<tid>/schedstat``; elsewhere ``pthread_getcpuclockid``, CPU only):
+  computing, counted exactly. uvloop has no Python selector, so there the thread's CPU is the
+  busy figure.
+* Busy time (stdlib loops), sampled: about ten times a second (``PEEK_S``, jittered) the
+  sampler thread peeks at the loop thread's stack (``sys._current_frames()``). The loop is
+  idle when the frame called by its ``_run_once`` is the selector's ``select`` (however that
+  is wrapped) and nothing is ready to run (no ready callback, no timer due); anything else is
+  busy: a callback, the loop's own bookkeeping, a blocking call made from a callback, a wait
+  for the GIL. A window's busy share is the share of busy peeks, but never less than the
+  thread's CPU and run-queue wait over the window (exact, and a peek has to wait for the GIL:
+  it tends to land where the loop lets go of it, entering ``select``, so peeks alone
+  under-count a loop busy computing in stretches shorter than the 5 ms switch interval).
+  Blocking calls release the GIL, so they are peeked at once: that is what the peeks add
+  to the CPU figure.
 * Process CPU (psutil) and spare cores on the machine: whether another process would get a
   core of its own.
 * Loop lag: ``lag_counts_of(loop)`` returns the blocked-loop detector's cumulative lag
@@ -14,12 +26,14 @@
   copy, so a window's p99 is read from the difference of two copies. No second heartbeat.
 
 ``sample()`` is called by the advisor's sampler thread about once a second; each loop keeps a
-ring of its last ``keep`` samples (wall, busy, thread CPU, lag counts: about 1 KiB each), as
+ring of its last ``keep`` samples (wall, peeks, thread CPU, lag counts: about 1 KiB each), as
 many as the advisor's window needs (at most ``SAMPLES``), so windows cost nothing extra.
+The loop's thread runs one callback per loop, once, to say which thread it is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -29,13 +43,22 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import CodeType, FrameType
 from typing import Any
 
 from ._faults import Faults
 from ._recorder import FINE_BOUNDS, Histogram
+from ._stacks import current_frames
 
 clock = time.perf_counter
 SAMPLES = 600
+PEEK_S = 0.1
+"""Mean time between two peeks at a loop thread's stack (each one 0.5-1.5 times this)."""
+PEEK_DEPTH = 8
+"""Frames looked at from the innermost one down to the loop's ``_run_once`` (a selector
+wrapped a few times over still fits; a callback's stack need not be walked to its end)."""
+_BASE_RUN_ONCE: CodeType | None = getattr(
+    getattr(asyncio.base_events.BaseEventLoop, "_run_once", None), "__code__", None)
 
 
 @dataclass(frozen=True)
@@ -44,30 +67,29 @@ class LoadSample:
 
     at: float
     running: bool
-    idle_s: float  # time spent waiting in select (cumulative); None-like -1 when unknown
+    peeks: int  # stack peeks taken while the loop ran (cumulative)
+    idle_peeks: int  # of which found the loop waiting in its selector
     thread_cpu_s: float  # loop thread CPU (cumulative); -1 when unknown
+    runq_s: float = -1.0  # loop thread runnable but not running (cumulative); -1 when unknown
     lag_counts: tuple[int, ...] | None = None  # loop-lag histogram counts (cumulative)
 
 
 class _LoopMeter:
-    """Counters of one loop; the select wrapper runs on the loop's thread."""
+    """Counters of one loop, read from the sampler thread."""
 
     def __init__(self, loop: Any, keep: int = SAMPLES) -> None:
         self.loop_ref = weakref.ref(loop)
-        self.idle_s = 0.0
-        self.entered = 0.0  # perf_counter at entry of the select in progress (0: none)
-        # Both weakly: the selector references the loop (its keys hold the loop's handles),
-        # and the wrapper references the selector. The selector owns the wrapper, not us.
-        self.selector: Callable[[], Any] = _none
-        self.wrapper: Callable[[], Any] = _none
-        self.armed = False  # the wrapper was installed: idle time is measured
         self.thread_id: int | None = None
         self.cpu_clock: int | None = None
+        self.schedstat: str | None = None  # Linux: the thread's scheduler figures
+        self.run_once: frozenset[CodeType] = frozenset()  # empty: busy is not peeked (uvloop)
+        self.peeks = 0
+        self.idle_peeks = 0
         self.samples: deque[LoadSample] = deque(maxlen=keep)
         self.label = "event loop"
 
     def arm(self) -> None:
-        """On the loop's thread: note the thread, wrap the selector."""
+        """On the loop's thread, once: note the thread and how to tell the loop is idle."""
         self.thread_id = threading.get_ident()
         self.label = f"event loop in thread {threading.current_thread().name!r} (pid {os.getpid()})"
         getter = getattr(time, "pthread_getcpuclockid", None)
@@ -76,44 +98,46 @@ class _LoopMeter:
                 self.cpu_clock = getter(self.thread_id)
             except OSError:
                 self.cpu_clock = None
+        path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+        if _schedstat(path) is not None:
+            self.schedstat = path
         loop = self.loop_ref()
-        selector = getattr(loop, "_selector", None)
-        original = getattr(selector, "select", None)
-        if selector is None or original is None or "select" in getattr(selector, "__dict__", {}):
-            return  # uvloop, or someone else's wrapper already there: CPU only
-        meter = self
+        if getattr(loop, "_selector", None) is None or not hasattr(loop, "_ready"):
+            return  # uvloop or another loop without a Python selector: CPU only
+        codes = {_BASE_RUN_ONCE, getattr(getattr(type(loop), "_run_once", None), "__code__", None)}
+        self.run_once = frozenset(c for c in codes if c is not None)
 
-        def select(timeout: float | None = None) -> Any:
-            meter.entered = began = clock()
-            try:
-                return original(timeout)
-            finally:
-                meter.entered = 0.0
-                meter.idle_s += clock() - began
-
-        try:
-            selector.select = select
-        except AttributeError:  # a selector with __slots__
-            return
-        self.selector, self.wrapper = weakref.ref(selector), weakref.ref(select)
-        self.armed = True
-
-    def disarm(self) -> None:
-        selector, wrapper = self.selector(), self.wrapper()
-        self.selector = self.wrapper = _none
-        self.armed = False
-        if wrapper is not None and selector is not None and vars(selector).get("select") is wrapper:
-            del selector.select
+    def peek(self, frames: dict[int, FrameType]) -> bool:
+        """From the sampler thread: is the loop waiting in its selector right now? False: the
+        loop does not run (nothing counted)."""
+        if not self.run_once or self.thread_id is None:
+            return False
+        loop = self.loop_ref()
+        if loop is None or not loop.is_running():
+            return False
+        frame = frames.get(self.thread_id)
+        callee = None
+        idle = False
+        for _ in range(PEEK_DEPTH):
+            if frame is None:
+                break
+            if frame.f_code in self.run_once:
+                idle = callee is not None and callee.f_code.co_name == "select" and _nothing_due(
+                    loop)
+                break
+            callee, frame = frame, frame.f_back
+        self.peeks += 1
+        self.idle_peeks += idle
+        return True
 
     def sample(self, now: float, lag_counts_of: Callable[[Any], Any] | None = None) -> None:
         loop = self.loop_ref()
         running = bool(loop is not None and not loop.is_closed() and loop.is_running())
-        idle = -1.0
-        if self.armed:
-            entered = self.entered
-            idle = self.idle_s + (now - entered if entered else 0.0)
-        cpu = -1.0
-        if self.cpu_clock is not None:
+        cpu = runq = -1.0
+        read = _schedstat(self.schedstat) if self.schedstat is not None else None
+        if read is not None:
+            cpu, runq = read
+        elif self.cpu_clock is not None:
             try:
                 cpu = time.clock_gettime(self.cpu_clock)
             except OSError:  # the thread is gone
@@ -122,11 +146,31 @@ class _LoopMeter:
         if lag_counts_of is not None and loop is not None:
             counts = lag_counts_of(loop)
             lag = tuple(counts) if counts is not None else None
-        self.samples.append(LoadSample(now, running, idle, cpu, lag))
+        self.samples.append(LoadSample(now, running, self.peeks, self.idle_peeks, cpu, runq, lag))
 
 
-def _none() -> None:
-    return None
+def _nothing_due(loop: Any) -> bool:
+    """The loop has no callback ready and no timer due: its ``select`` waits (a ``select``
+    with work ready only polls, with a timeout of 0, and counts as busy)."""
+    try:
+        if loop._ready:
+            return False
+        scheduled = loop._scheduled
+        return not scheduled or scheduled[0]._when > loop.time()
+    except (AttributeError, IndexError):  # changed under us: the loop is at work
+        return False
+
+
+def _schedstat(path: str | None) -> tuple[float, float] | None:
+    """(CPU seconds, seconds runnable waiting for a CPU) of a thread, from Linux's schedstat."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            fields = f.read().split()
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -135,9 +179,10 @@ class LoopWindow:
 
     label: str
     seconds: float  # running time covered
-    busy: float | None  # fraction of running time outside select (None: not measurable)
+    busy: float | None  # share of running time outside select (None: not measurable)
     cpu: float | None  # loop thread CPU / running time
     lag_p99_s: float | None
+    peeks: int = 0  # stack peeks the busy share comes from
 
 
 class LoopLoad:
@@ -168,21 +213,10 @@ class LoopLoad:
             self.faults.report("loopload", exc)
 
     def stop(self) -> None:
-        """Remove every selector wrapper still ours (from the loop's thread when it runs)."""
+        """Stop measuring and forget every loop (nothing of ours is left on them)."""
         self.active = False
         with self._lock:
-            meters = list(self._meters.items())
             self._meters = weakref.WeakKeyDictionary()
-        for loop, meter in meters:
-            if meter.wrapper() is None:
-                continue
-            try:
-                if loop.is_running() and meter.thread_id != threading.get_ident():
-                    loop.call_soon_threadsafe(meter.disarm)
-                else:
-                    meter.disarm()
-            except RuntimeError:  # closed meanwhile
-                meter.disarm()
 
     def reset(self) -> None:
         """After fork: forget the parent's loops and samples."""
@@ -208,6 +242,29 @@ class LoopLoad:
 
         with contextlib.suppress(RuntimeError):  # a closed loop
             loop.call_soon(arm)
+
+    def peek(self) -> bool:
+        """From the sampler thread: one look at the stack of every stdlib loop's thread.
+        False when no such loop runs (nothing to look at: the sampler then waits for its
+        next sample to look again)."""
+        with self._lock:
+            meters = [m for m in self._meters.values() if m.run_once]
+        if not meters:
+            return False
+        me = threading.get_ident()
+        looked = False
+        frames = current_frames()
+        try:
+            for meter in meters:
+                if meter.thread_id == me:
+                    continue  # a loop's own thread (advise() from a callback) sees itself busy
+                try:
+                    looked = meter.peek(frames) or looked
+                except Exception as exc:
+                    self.faults.report("loopload", exc)
+        finally:
+            frames.clear()  # every thread's frames: hold none of them past this look
+        return looked
 
     def sample(self) -> None:
         """One sampler tick: every loop, and the process."""
@@ -241,31 +298,40 @@ class LoopLoad:
                 continue
             end = samples[-1].at
             chosen = [s for s in samples if s.at >= end - window_s]
-            running = idle = cpu = 0.0
-            idle_known = cpu_known = True
+            running = cpu = runq = 0.0
+            peeks = idle = 0
+            cpu_known = runq_known = True
             for a, b in itertools.pairwise(chosen):
                 if not (a.running and b.running):
                     continue
-                dt = b.at - a.at
-                running += dt
-                if a.idle_s < 0 or b.idle_s < 0:
-                    idle_known = False
-                else:
-                    idle += b.idle_s - a.idle_s
+                running += b.at - a.at
+                peeks += b.peeks - a.peeks
+                idle += b.idle_peeks - a.idle_peeks
                 if a.thread_cpu_s < 0 or b.thread_cpu_s < 0:
                     cpu_known = False
                 else:
                     cpu += b.thread_cpu_s - a.thread_cpu_s
+                if a.runq_s < 0 or b.runq_s < 0:
+                    runq_known = False
+                else:
+                    runq += b.runq_s - a.runq_s
             if running <= 0:
                 continue
+            busy = None
+            if peeks > 0:
+                # Peeked share, but never under what the thread spent computing or waiting
+                # for a CPU (counted exactly; see the module docstring).
+                floor = (cpu if cpu_known else 0.0) + (runq if runq_known else 0.0)
+                busy = max(1 - idle / peeks, floor / running)
             lag = _lag_p99(chosen[0].lag_counts, chosen[-1].lag_counts)
             out.append(
                 LoopWindow(
                     meter.label,
                     running,
-                    max(0.0, min(1.0, 1 - idle / running)) if idle_known else None,
+                    max(0.0, min(1.0, busy)) if busy is not None else None,
                     max(0.0, min(1.0, cpu / running)) if cpu_known else None,
                     lag,
+                    peeks,
                 )
             )
         return out

@@ -139,8 +139,8 @@ def sample_thread(thread_id: int, depth: int) -> Sample | None:
         frame = frame.f_back
     chain.reverse()
     if between_callbacks(chain):
-        # (Its stack can be as deep as a callback's when the selector is wrapped, as the
-        # advisor's load meter wraps it: never take the selector for a callback.)
+        # (Its stack can be as deep as a callback's when the selector is wrapped, as a
+        # library or a test may wrap it: never take the selector for a callback.)
         return Sample(None, chain, depth, idle=True)
     if depth <= 0 or len(chain) <= depth:
         return Sample(None, chain, depth)

@@ -47,7 +47,8 @@ CHAINS = 100
 BATCH = 1000
 
 
-async def callback_churn(n: int) -> None:
+async def callback_churn(n: int, chains: int = CHAINS) -> None:
+    """``n`` callbacks in ``chains`` chains: each iteration of the loop runs about ``chains``."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
     left = [n]
@@ -59,7 +60,7 @@ async def callback_churn(n: int) -> None:
         elif not done.done():
             done.set_result(None)
 
-    for _ in range(CHAINS):
+    for _ in range(chains):
         loop.call_soon(link)
     await done
 

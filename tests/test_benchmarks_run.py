@@ -29,6 +29,10 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
     ),
     "locks": (["--rounds", "1", "--ops", "200"], {"bare", "asyncwatch"}),
     "advisor": (["--rounds", "1", "--ops", "200"], {"bare"}),
+    "callbacks": (
+        ["--rounds", "1", "--callbacks", "200"],
+        {"bare", "bare + a thread + a timer", "defaults", "defaults, advisor off"},
+    ),
     "asgi_inprocess": (
         ["--rounds", "1", "--count", "40", "--warm", "10"],
         {"bare", "asyncwatch", "asyncwatch-http-only", "otel-asgi-metrics", "otel-asgi"},
