@@ -8,9 +8,11 @@ state lives in one ``HttpExchange`` (see ``_exchange``); figures go to the Watch
 
 Works as ``app.add_middleware(AsyncWatchMiddleware)`` (Starlette, FastAPI) or
 ``AsyncWatchMiddleware(app)`` around any ASGI app, and is added by itself to Starlette and
-FastAPI apps built while asyncwatch is installed (``_asgi_patch``). An instance nested in
-another one (a mounted app wrapped too) passes the request through, so nothing is counted
-twice.
+FastAPI apps built while asyncwatch is installed (``_asgi_patch``). Whichever way it got
+there, a request runs through one layer: wrapping a Starlette app from outside keeps
+asyncwatch from adding its own inside that app (and takes out one it already added), and an
+app mounted in an observed app gets none (see ``_asgi_patch``). An instance nested in another
+one anyway (added twice by hand) passes the request through, so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from opentelemetry.propagators.textmap import Getter
 
 from . import _names as n
 from . import _watch
+from ._asgi_patch import wrapping_from_outside
 from ._config import Config
 from ._exchange import REQUEST, HttpExchange, WsExchange, _Exchange
 from ._routes import fastapi_native, find_fastapi, find_router
@@ -279,8 +282,10 @@ class AsyncWatchMiddleware:
         self.router: Any = None  # the Starlette router under this middleware, if any
         # The Observer while requests may take __call__'s inline set-up (see _bind), else None
         self._fast: Observer | None = None
+        self.auto = False  # added by asyncwatch itself (``_asgi_patch``), not by the app
         if _watch.current() is None and (config is None or config.enabled):
             _watch.install(config)
+        wrapping_from_outside(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex: Any = None
