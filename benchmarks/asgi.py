@@ -19,6 +19,12 @@ Configurations:
   ``deadlock_detection=False``): the middleware and task hook alone.
 * ``asyncwatch+spans`` - ``asyncwatch`` with a SERVER span per request (SDK TracerProvider, batch
   processor, an exporter that drops spans).
+* Attribution (not run by default; ``--only`` or ``--attribute``): ``asyncwatch`` with one
+  periodic piece off each - ``asyncwatch-no-loopwatch`` (heartbeat and watchdog thread),
+  ``asyncwatch-no-deadlock`` (scans), ``asyncwatch-no-advisor``, ``asyncwatch-no-exporter``
+  (``metrics_exporters=none``: no /metrics server thread), ``asyncwatch-quiet`` (all four
+  off: the middleware and the task hook alone), and ``asyncwatch-no-middleware`` (defaults,
+  the app not wrapped: everything but the middleware).
 * ``otel-asgi`` - opentelemetry-instrumentation-asgi's ``OpenTelemetryMiddleware`` with SDK
   Meter and Tracer providers (stable HTTP conventions, same span processing).
 * ``otel-asgi-metrics`` - the same with a no-op tracer provider (metrics only).
@@ -55,6 +61,25 @@ CONFIGS = (
     "otel-asgi",
     "otel-asgi-metrics",
 )
+
+# asyncwatch with one periodic piece off each, to attribute its tail latency (--attribute)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "asyncwatch": {},
+    "asyncwatch-http-only": {"loop_watch": False, "deadlock_detection": False},
+    "asyncwatch+spans": {"http_spans": True},
+    "asyncwatch-no-loopwatch": {"loop_watch": False},
+    "asyncwatch-no-deadlock": {"deadlock_detection": False},
+    "asyncwatch-no-advisor": {"advisor": False},
+    "asyncwatch-no-exporter": {"metrics_exporters": ("none",)},
+    "asyncwatch-quiet": {
+        "loop_watch": False,
+        "deadlock_detection": False,
+        "advisor": False,
+        "metrics_exporters": ("none",),
+    },
+    "asyncwatch-no-middleware": {},
+}
+ATTRIBUTION = tuple(v for v in VARIANTS if v not in CONFIGS)
 
 WRK_SCRIPT = """
 counter = 0
@@ -97,15 +122,13 @@ def build_app(config: str) -> Any:
     if config.startswith("asyncwatch"):
         import asyncwatch
 
-        http_only = config == "asyncwatch-http-only"
-        asyncwatch.install(
-            prometheus_port=0,
-            asgi_auto=False,
-            loop_watch=not http_only,
-            deadlock_detection=not http_only,
-            tracer_provider=tracer_provider if config == "asyncwatch+spans" else None,
-            http_spans=config == "asyncwatch+spans",
-        )
+        settings: dict[str, Any] = {"prometheus_port": 0, "asgi_auto": False, "http_spans": False}
+        settings.update(VARIANTS[config])
+        if settings["http_spans"]:
+            settings["tracer_provider"] = tracer_provider
+        asyncwatch.install(**settings)
+        if config == "asyncwatch-no-middleware":
+            return app
         return asyncwatch.AsyncWatchMiddleware(app)
     from opentelemetry import trace
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -201,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="3 rounds of 3 s")
     parser.add_argument("--only", help="comma-separated configurations (bare is always run)")
+    parser.add_argument(
+        "--attribute",
+        action="store_true",
+        help="bare, asyncwatch and the attribution variants (one periodic piece off each)",
+    )
     parser.add_argument("--name", default="asgi", help="results file name")
     args = parser.parse_args(argv)
     if args.serve:
@@ -211,7 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.quick:
         args.rounds, args.seconds = 3, 3.0
-    chosen = ["bare", *[c for c in (args.only.split(",") if args.only else CONFIGS) if c != "bare"]]
+    wanted = args.only.split(",") if args.only else CONFIGS
+    if args.attribute:
+        wanted = ["asyncwatch", *ATTRIBUTION]
+    unknown = sorted(set(wanted) - {*CONFIGS, *ATTRIBUTION})
+    if unknown:
+        parser.error(f"unknown configurations: {', '.join(unknown)}")
+    chosen = ["bare", *[c for c in wanted if c != "bare"]]
     servers = {name: start_server(name) for name in chosen}
     rates: dict[str, list[float]] = {name: [] for name in chosen}
     ratios: dict[str, list[float]] = {name: [] for name in chosen}
