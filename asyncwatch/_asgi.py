@@ -65,21 +65,33 @@ def known_methods(env: MutableMapping[str, str] | None = None) -> frozenset[str]
 
 
 class _HeadersGetter(Getter[Any]):
-    """Reads W3C propagation headers from an ASGI header list; skips malformed entries."""
+    """Reads W3C propagation headers from a ``_header_index`` of the request's ASGI headers
+    (the propagators ask for a few names each: one pass over the headers serves them all)."""
 
     def get(self, carrier: Any, key: str) -> list[str] | None:
         want = key.lower().encode("latin-1")
-        values = [
-            item[1].decode("latin-1")
-            for item in carrier
-            if _is_header(item) and item[0].lower() == want
-        ]
-        if not values:
+        raw = carrier.get(want)
+        if not raw:
             return None
+        values = [value.decode("latin-1") for value in raw]
         return [",".join(values)] if want == b"baggage" else values
 
     def keys(self, carrier: Any) -> list[str]:
-        return [item[0].decode("latin-1") for item in carrier if _is_header(item)]
+        return [name.decode("latin-1") for name in carrier]
+
+
+def _header_index(headers: Any) -> dict[bytes, list[bytes]]:
+    """Lower-cased header name -> its values in order; malformed entries are skipped."""
+    index: dict[bytes, list[bytes]] = {}
+    for item in headers:
+        if _is_header(item):
+            name = item[0].lower()
+            values = index.get(name)
+            if values is None:
+                index[name] = [item[1]]
+            else:
+                values.append(item[1])
+    return index
 
 
 def _is_header(item: Any) -> bool:
@@ -98,6 +110,16 @@ def _headers(scope: Scope) -> Any:
 
 
 _GETTER = _HeadersGetter()
+_otel: Any = None  # (context, propagate, trace, SpanKind.SERVER), imported at the first span
+
+
+def _otel_api() -> Any:
+    global _otel
+    if _otel is None:
+        from opentelemetry import context, propagate, trace
+
+        _otel = (context, propagate, trace, trace.SpanKind.SERVER)
+    return _otel
 
 
 class Observer:
@@ -185,10 +207,8 @@ class Observer:
     def start_span(self, ex: _Exchange, scope: Scope) -> None:
         """Start the SERVER span, child of the W3C context the request carries, and make it
         current for the app (and so for every task the request creates)."""
-        from opentelemetry import context, propagate, trace
-        from opentelemetry.trace import SpanKind
-
-        parent = propagate.extract(_headers(scope), getter=_GETTER)
+        context, propagate, trace, kind = _otel or _otel_api()
+        parent = propagate.extract(_header_index(_headers(scope)), getter=_GETTER)
         scheme = ex.scheme_now() if isinstance(ex, HttpExchange) else ex.scheme
         attributes: dict[str, Any] = {n.URL_SCHEME: scheme}
         path = scope.get("path")
@@ -217,7 +237,7 @@ class Observer:
             if isinstance(server[1], int):
                 attributes["server.port"] = server[1]
         span = self.telemetry.tracer().start_span(
-            name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+            name, context=parent, kind=kind, attributes=attributes
         )
         ex.span = span
         ex.span_token = context.attach(trace.set_span_in_context(span, parent))
