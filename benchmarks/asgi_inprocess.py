@@ -202,6 +202,14 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
+def loop_waits() -> int:
+    """Voluntary context switches of the loop's (main) thread so far. Served from memory the
+    loop never waits for I/O, so each one is a wait for the GIL (another thread held it)."""
+    status = Path(f"/proc/self/task/{os.getpid()}/status").read_text()
+    found = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M)
+    return int(found.group(1)) if found else 0
+
+
 def tail_child(config: str, seconds: float, warm: int, inflight: int) -> None:
     """The tail measurement in this process: prints JSON (percentiles, collections, pauses)."""
     import gc
@@ -233,7 +241,9 @@ def tail_child(config: str, seconds: float, warm: int, inflight: int) -> None:
     gc.collect()
     gc.callbacks.append(on_gc)
     cpu_before = thread_cpu()
+    waits_before = loop_waits()
     times = uvloop.run(serve_for(app, seconds, warm, inflight))
+    waits = loop_waits() - waits_before
     cpu = {k: v - cpu_before.get(k, 0.0) for k, v in thread_cpu().items()}
     gc.callbacks.remove(on_gc)
     times.sort()
@@ -247,7 +257,7 @@ def tail_child(config: str, seconds: float, warm: int, inflight: int) -> None:
         "collections": collections, "gc_s": gc_time, "gc_max_s": gc_max[0],
         "pauses": {k: [len(v), sum(v), sorted(v)[int(0.99 * len(v))] if v else 0.0,
                        max(v, default=0.0)] for k, v in pauses.spent.items()},
-        "thread_cpu_s": cpu,
+        "thread_cpu_s": cpu, "loop_waits": waits,
     }))
     if config.startswith("asyncwatch"):
         import asyncwatch
@@ -296,8 +306,8 @@ def tail(
     lines += [
         "",
         "| configuration | periodic work on the loop: calls/s, loop time per s, p99 and longest "
-        "call | CPU per second of other threads |",
-        "|---|---|---|",
+        "call | CPU per second of other threads | loop thread's waits (GIL) per s |",
+        "|---|---|---|---:|",
     ]
     for config in configs:
         runs = results[config]
@@ -323,7 +333,8 @@ def tail(
         others = ", ".join(
             f"{thread} {used / total * 1000:.1f} ms" for thread, used in sorted(threads.items())
         ) or "none"
-        lines.append(f"| {config} | {work} | {others} |")
+        waits = sum(x["loop_waits"] for x in runs) / total
+        lines.append(f"| {config} | {work} | {others} | {waits:.1f} |")
     lines += [
         "",
         f"{rounds} interleaved rounds of {seconds:g} s per configuration (after {warm:,} warm-up "
