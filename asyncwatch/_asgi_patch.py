@@ -72,7 +72,9 @@ def _observed_already(app: Any) -> bool:
     from ._exchange import REQUEST
 
     outer = REQUEST.get()
-    return outer is not None and outer.scope.get("app") is app
+    # None once the outer request is over and released (a task it left behind builds the app)
+    scope = getattr(outer, "scope", None)
+    return isinstance(scope, dict) and scope.get("app") is app
 
 
 class _PostImportHook(importlib.abc.MetaPathFinder):
