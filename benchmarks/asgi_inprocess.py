@@ -273,6 +273,7 @@ def tail(
     import statistics
 
     results: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+    load_before = os.getloadavg()[0]
     for r in range(rounds):
         order = configs[r % len(configs):] + configs[:r % len(configs)]
         for config in order:
@@ -343,7 +344,9 @@ def tail(
         "each request timed from the previous answer on its connection to its own answer; "
         "medians over rounds (gc, pauses and threads: totals); uvicorn "
         f"HttpToolsProtocol on uvloop over an in-memory transport; Python "
-        f"{sys.version.split()[0]}.",
+        f"{sys.version.split()[0]}; load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after (wall-clock percentiles move with other load; the "
+        "loop time, thread CPU and GIL waits much less).",
     ]
     text = "\n".join(lines)
     save(name + "_tail", [], text, {"rounds": rounds, "seconds": seconds, "runs": results})
