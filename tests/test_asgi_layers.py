@@ -153,3 +153,43 @@ def test_one_layer_per_request(case: str, obs: Observed, calls: Counter[str]) ->
         expected[template] += rounds
     points = obs.points(DURATION)
     assert {p.attributes["http.route"]: p.count for p in points} == dict(expected)
+
+
+def test_an_app_first_served_by_a_task_a_request_left_behind(
+    obs: Observed, calls: Counter[str]
+) -> None:
+    """A task created by a request outlives it (the request's state is released) and then
+    serves a Starlette app of its own in process: that app is not nested in the finished
+    request, so it gets its layer, and its request is counted once."""
+    import asyncio
+
+    import httpx as httpx_module
+
+    inner = starlette_app()
+    go: list[asyncio.Event] = []
+    answers: list[int] = []
+    left_behind: list[asyncio.Task[None]] = []
+
+    async def serve_later() -> None:
+        await go[0].wait()
+        transport = httpx_module.ASGITransport(app=inner)
+        async with httpx_module.AsyncClient(transport=transport, base_url="http://in") as c:
+            answers.append((await c.get("/items/9")).status_code)
+
+    async def start(request: Request) -> PlainTextResponse:
+        go.append(asyncio.Event())
+        left_behind.append(asyncio.create_task(serve_later()))
+        return PlainTextResponse("started")
+
+    async def release(request: Request) -> PlainTextResponse:
+        go[0].set()
+        await left_behind[0]
+        return PlainTextResponse(str(answers))
+
+    outer = Starlette(routes=[Route("/start", start), Route("/release", release)])
+    with Uvicorn(outer) as server, httpx.Client(base_url=server.url) as client:
+        assert client.get("/start").text == "started"
+        assert client.get("/release").text == "[200]"
+    assert calls == {"/start": 1, "/release": 1, "/items/9": 1}
+    routes = {p.attributes["http.route"]: p.count for p in obs.points(DURATION)}
+    assert routes == {"/start": 1, "/release": 1, "/items/{item_id}": 1}
