@@ -373,7 +373,10 @@ class AsyncWatchMiddleware:
             self.fastapi = find_fastapi(self.app)
             self.router = find_router(self.app)
             self._observer = obs = Observer(watch, self.config or watch.config, self.router)
-            if obs.plain and self.fastapi is None:
+            # A FastAPI with telemetry of its own (0.142 and later) is asked per request
+            # whether it records this one; an older one never does: the inline path serves it.
+            native = getattr(self.fastapi, "_native_telemetry", None)
+            if obs.plain and native is None:
                 self._fast = obs
             watch.tasks.track_requests(REQUEST)
         except Exception as exc:
