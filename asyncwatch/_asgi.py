@@ -8,9 +8,11 @@ state lives in one ``HttpExchange`` (see ``_exchange``); figures go to the Watch
 
 Works as ``app.add_middleware(AsyncWatchMiddleware)`` (Starlette, FastAPI) or
 ``AsyncWatchMiddleware(app)`` around any ASGI app, and is added by itself to Starlette and
-FastAPI apps built while asyncwatch is installed (``_asgi_patch``). An instance nested in
-another one (a mounted app wrapped too) passes the request through, so nothing is counted
-twice.
+FastAPI apps built while asyncwatch is installed (``_asgi_patch``). Whichever way it got
+there, a request runs through one layer: wrapping a Starlette app from outside keeps
+asyncwatch from adding its own inside that app (and takes out one it already added), and an
+app mounted in an observed app gets none (see ``_asgi_patch``). An instance nested in another
+one anyway (added twice by hand) passes the request through, so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from opentelemetry.propagators.textmap import Getter
 
 from . import _names as n
 from . import _watch
+from ._asgi_patch import wrapping_from_outside
 from ._config import Config
 from ._exchange import REQUEST, HttpExchange, WsExchange, _Exchange
 from ._routes import fastapi_native, find_fastapi, find_router
@@ -62,21 +65,33 @@ def known_methods(env: MutableMapping[str, str] | None = None) -> frozenset[str]
 
 
 class _HeadersGetter(Getter[Any]):
-    """Reads W3C propagation headers from an ASGI header list; skips malformed entries."""
+    """Reads W3C propagation headers from a ``_header_index`` of the request's ASGI headers
+    (the propagators ask for a few names each: one pass over the headers serves them all)."""
 
     def get(self, carrier: Any, key: str) -> list[str] | None:
         want = key.lower().encode("latin-1")
-        values = [
-            item[1].decode("latin-1")
-            for item in carrier
-            if _is_header(item) and item[0].lower() == want
-        ]
-        if not values:
+        raw = carrier.get(want)
+        if not raw:
             return None
+        values = [value.decode("latin-1") for value in raw]
         return [",".join(values)] if want == b"baggage" else values
 
     def keys(self, carrier: Any) -> list[str]:
-        return [item[0].decode("latin-1") for item in carrier if _is_header(item)]
+        return [name.decode("latin-1") for name in carrier]
+
+
+def _header_index(headers: Any) -> dict[bytes, list[bytes]]:
+    """Lower-cased header name -> its values in order; malformed entries are skipped."""
+    index: dict[bytes, list[bytes]] = {}
+    for item in headers:
+        if _is_header(item):
+            name = item[0].lower()
+            values = index.get(name)
+            if values is None:
+                index[name] = [item[1]]
+            else:
+                values.append(item[1])
+    return index
 
 
 def _is_header(item: Any) -> bool:
@@ -95,6 +110,16 @@ def _headers(scope: Scope) -> Any:
 
 
 _GETTER = _HeadersGetter()
+_otel: Any = None  # (context, propagate, trace, SpanKind.SERVER), imported at the first span
+
+
+def _otel_api() -> Any:
+    global _otel
+    if _otel is None:
+        from opentelemetry import context, propagate, trace
+
+        _otel = (context, propagate, trace, trace.SpanKind.SERVER)
+    return _otel
 
 
 class Observer:
@@ -182,10 +207,8 @@ class Observer:
     def start_span(self, ex: _Exchange, scope: Scope) -> None:
         """Start the SERVER span, child of the W3C context the request carries, and make it
         current for the app (and so for every task the request creates)."""
-        from opentelemetry import context, propagate, trace
-        from opentelemetry.trace import SpanKind
-
-        parent = propagate.extract(_headers(scope), getter=_GETTER)
+        context, propagate, trace, kind = _otel or _otel_api()
+        parent = propagate.extract(_header_index(_headers(scope)), getter=_GETTER)
         scheme = ex.scheme_now() if isinstance(ex, HttpExchange) else ex.scheme
         attributes: dict[str, Any] = {n.URL_SCHEME: scheme}
         path = scope.get("path")
@@ -214,7 +237,7 @@ class Observer:
             if isinstance(server[1], int):
                 attributes["server.port"] = server[1]
         span = self.telemetry.tracer().start_span(
-            name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+            name, context=parent, kind=kind, attributes=attributes
         )
         ex.span = span
         ex.span_token = context.attach(trace.set_span_in_context(span, parent))
@@ -279,8 +302,10 @@ class AsyncWatchMiddleware:
         self.router: Any = None  # the Starlette router under this middleware, if any
         # The Observer while requests may take __call__'s inline set-up (see _bind), else None
         self._fast: Observer | None = None
+        self.auto = False  # added by asyncwatch itself (``_asgi_patch``), not by the app
         if _watch.current() is None and (config is None or config.enabled):
             _watch.install(config)
+        wrapping_from_outside(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex: Any = None
@@ -348,7 +373,10 @@ class AsyncWatchMiddleware:
             self.fastapi = find_fastapi(self.app)
             self.router = find_router(self.app)
             self._observer = obs = Observer(watch, self.config or watch.config, self.router)
-            if obs.plain and self.fastapi is None:
+            # A FastAPI with telemetry of its own (0.142 and later) is asked per request
+            # whether it records this one; an older one never does: the inline path serves it.
+            native = getattr(self.fastapi, "_native_telemetry", None)
+            if obs.plain and native is None:
                 self._fast = obs
             watch.tasks.track_requests(REQUEST)
         except Exception as exc:

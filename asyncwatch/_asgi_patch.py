@@ -5,6 +5,11 @@
   app added the middleware itself (``asgi_auto``). Outermost means every request is seen,
   including those Starlette's error middleware answers; inside FastAPI, it runs within
   FastAPI's own telemetry, which it detects so nothing is counted twice.
+* One layer per request: an app wrapped from outside (``AsyncWatchMiddleware(app)``, also
+  through other middleware) is remembered (weakly) and gets no layer of asyncwatch's own, and
+  one already built into its stack is taken out; an app whose stack is built while an outer
+  layer observes the request it serves (a mounted sub-app, built on its first request) gets
+  none either, since the outer layer already sees all of its requests.
 * ``BackgroundTask.__call__`` marks the current request as running background work, so the
   time after the response is reported as background time, not request time.
 
@@ -19,12 +24,57 @@ from __future__ import annotations
 
 import importlib.abc
 import sys
+import weakref
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
 from ._faults import Faults
 from ._tasks import _Patch
+
+# Starlette apps wrapped from outside by an AsyncWatchMiddleware: no layer of our own inside.
+_OUTSIDE: weakref.WeakSet[Any] = weakref.WeakSet()
+_MAX_WRAPPERS = 64  # middleware ``.app`` links followed at most, looking for the Starlette app
+
+
+def wrapping_from_outside(app: Any) -> None:
+    """``AsyncWatchMiddleware(app)`` is being made: the Starlette app under ``app`` (directly or
+    through other middleware's ``.app``), if any, gets no layer of asyncwatch's own, and one
+    asyncwatch added already is taken out of its built stack. Never raises."""
+    try:
+        module = sys.modules.get("starlette.applications")
+        if module is None:  # not loaded: ``app`` is no Starlette app
+            return
+        for _ in range(_MAX_WRAPPERS):
+            if app is None:
+                return
+            if isinstance(app, module.Starlette):
+                break
+            app = getattr(app, "app", None)
+        else:
+            return
+        _OUTSIDE.add(app)
+        stack = app.__dict__.get("middleware_stack")
+        if getattr(stack, "auto", False) is True:
+            from ._asgi import AsyncWatchMiddleware
+
+            if isinstance(stack, AsyncWatchMiddleware):
+                app.middleware_stack = stack.app
+    except Exception:  # an odd object: it keeps whatever layers it has
+        return
+
+
+def _observed_already(app: Any) -> bool:
+    """``app`` builds its stack while serving a request an outer layer observes (it is mounted
+    in an observed app, or wrapped from outside): that layer sees all of its requests."""
+    if app in _OUTSIDE:
+        return True
+    from ._exchange import REQUEST
+
+    outer = REQUEST.get()
+    # None once the outer request is over and released (a task it left behind builds the app)
+    scope = getattr(outer, "scope", None)
+    return isinstance(scope, dict) and scope.get("app") is app
 
 
 class _PostImportHook(importlib.abc.MetaPathFinder):
@@ -124,8 +174,13 @@ class StarlettePatches:
                     getattr(m, "cls", None) is AsyncWatchMiddleware
                     for m in getattr(app, "user_middleware", ())
                 )
-                if not added and not isinstance(stack, AsyncWatchMiddleware):
+                if (
+                    not added
+                    and not isinstance(stack, AsyncWatchMiddleware)
+                    and not _observed_already(app)
+                ):
                     stack = AsyncWatchMiddleware(stack)
+                    stack.auto = True
             except Exception as exc:
                 patches.faults.report("asgi_auto", exc)
             return stack

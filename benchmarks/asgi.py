@@ -8,7 +8,10 @@ are loaded in turn, the order rotated each round; each round yields every config
 requests/s divided by bare's in that round, and the table gives the median of those ratios,
 the median p99 latency and its ratio to bare's. A second figure, less sensitive to other load
 on the machine than requests/s: the server process's CPU time (user + system, from
-``/proc``) per request served during the run, and its ratio to bare's.
+``/proc``) per request served during the run, and its ratio to bare's. The last column counts
+the loop thread's voluntary context switches per 1,000 requests: it sleeps in epoll when it
+has nothing to do, and waits for the GIL when another thread of the process holds it, which
+is how a background thread's periodic work reaches the loop's latency.
 
 Configurations:
 
@@ -19,6 +22,12 @@ Configurations:
   ``deadlock_detection=False``): the middleware and task hook alone.
 * ``asyncwatch+spans`` - ``asyncwatch`` with a SERVER span per request (SDK TracerProvider, batch
   processor, an exporter that drops spans).
+* Attribution (not run by default; ``--only`` or ``--attribute``): ``asyncwatch`` with one
+  periodic piece off each - ``asyncwatch-no-loopwatch`` (heartbeat and watchdog thread),
+  ``asyncwatch-no-deadlock`` (scans), ``asyncwatch-no-advisor``, ``asyncwatch-no-exporter``
+  (``metrics_exporters=none``: no /metrics server thread), ``asyncwatch-quiet`` (all four
+  off: the middleware and the task hook alone), and ``asyncwatch-no-middleware`` (defaults,
+  the app not wrapped: everything but the middleware).
 * ``otel-asgi`` - opentelemetry-instrumentation-asgi's ``OpenTelemetryMiddleware`` with SDK
   Meter and Tracer providers (stable HTTP conventions, same span processing).
 * ``otel-asgi-metrics`` - the same with a no-op tracer provider (metrics only).
@@ -55,6 +64,25 @@ CONFIGS = (
     "otel-asgi",
     "otel-asgi-metrics",
 )
+
+# asyncwatch with one periodic piece off each, to attribute its tail latency (--attribute)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "asyncwatch": {},
+    "asyncwatch-http-only": {"loop_watch": False, "deadlock_detection": False},
+    "asyncwatch+spans": {"http_spans": True},
+    "asyncwatch-no-loopwatch": {"loop_watch": False},
+    "asyncwatch-no-deadlock": {"deadlock_detection": False},
+    "asyncwatch-no-advisor": {"advisor": False},
+    "asyncwatch-no-exporter": {"metrics_exporters": ("none",)},
+    "asyncwatch-quiet": {
+        "loop_watch": False,
+        "deadlock_detection": False,
+        "advisor": False,
+        "metrics_exporters": ("none",),
+    },
+    "asyncwatch-no-middleware": {},
+}
+ATTRIBUTION = tuple(v for v in VARIANTS if v not in CONFIGS)
 
 WRK_SCRIPT = """
 counter = 0
@@ -97,15 +125,13 @@ def build_app(config: str) -> Any:
     if config.startswith("asyncwatch"):
         import asyncwatch
 
-        http_only = config == "asyncwatch-http-only"
-        asyncwatch.install(
-            prometheus_port=0,
-            asgi_auto=False,
-            loop_watch=not http_only,
-            deadlock_detection=not http_only,
-            tracer_provider=tracer_provider if config == "asyncwatch+spans" else None,
-            http_spans=config == "asyncwatch+spans",
-        )
+        settings: dict[str, Any] = {"prometheus_port": 0, "asgi_auto": False, "http_spans": False}
+        settings.update(VARIANTS[config])
+        if settings["http_spans"]:
+            settings["tracer_provider"] = tracer_provider
+        asyncwatch.install(**settings)
+        if config == "asyncwatch-no-middleware":
+            return app
         return asyncwatch.AsyncWatchMiddleware(app)
     from opentelemetry import trace
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -165,11 +191,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def loop_waits(pid: int) -> int:
+    """Voluntary context switches of the server's loop (main) thread so far: its waits for
+    I/O when idle and for the GIL when another thread holds it."""
+    status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
+    found = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M)
+    return int(found.group(1)) if found else 0
+
+
 def load(
     port: int, seconds: float, connections: int, script: str, pid: int | None = None
 ) -> tuple[float, float, float]:
-    """(requests/s, p99 latency in ms, server CPU µs per request) from one wrk run."""
+    """(requests/s, p99 latency in ms, server CPU µs per request, loop thread waits per
+    1,000 requests) from one wrk run."""
     before = cpu_seconds(pid) if pid else 0.0
+    waits = loop_waits(pid) if pid else 0
     cmd = [
         *pinned(1),
         "wrk",
@@ -183,13 +219,14 @@ def load(
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     used = cpu_seconds(pid) - before if pid else 0.0
+    waits = loop_waits(pid) - waits if pid else 0
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
     p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
     served = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    return rate, p99, used * 1e6 / max(served, 1)
+    return rate, p99, used * 1e6 / max(served, 1), waits * 1000 / max(served, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="3 rounds of 3 s")
     parser.add_argument("--only", help="comma-separated configurations (bare is always run)")
+    parser.add_argument(
+        "--attribute",
+        action="store_true",
+        help="bare, asyncwatch and the attribution variants (one periodic piece off each)",
+    )
     parser.add_argument("--name", default="asgi", help="results file name")
     args = parser.parse_args(argv)
     if args.serve:
@@ -211,13 +253,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.quick:
         args.rounds, args.seconds = 3, 3.0
-    chosen = ["bare", *[c for c in (args.only.split(",") if args.only else CONFIGS) if c != "bare"]]
+    wanted = args.only.split(",") if args.only else CONFIGS
+    if args.attribute:
+        wanted = ["asyncwatch", *ATTRIBUTION]
+    unknown = sorted(set(wanted) - {*CONFIGS, *ATTRIBUTION})
+    if unknown:
+        parser.error(f"unknown configurations: {', '.join(unknown)}")
+    chosen = ["bare", *[c for c in wanted if c != "bare"]]
     servers = {name: start_server(name) for name in chosen}
     rates: dict[str, list[float]] = {name: [] for name in chosen}
     ratios: dict[str, list[float]] = {name: [] for name in chosen}
     p99s: dict[str, list[float]] = {name: [] for name in chosen}
     cpus: dict[str, list[float]] = {name: [] for name in chosen}
     cpu_ratios: dict[str, list[float]] = {name: [] for name in chosen}
+    waits: dict[str, list[float]] = {name: [] for name in chosen}
     load_before = os.getloadavg()[0]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_SCRIPT)
@@ -236,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 ratios[name].append(seen[name][0] / seen["bare"][0])
                 cpus[name].append(seen[name][2])
                 cpu_ratios[name].append(seen[name][2] / seen["bare"][2])
+                waits[name].append(seen[name][3])
             print(
                 f"round {r + 1}: " + ", ".join(f"{n} {seen[n][0]:,.0f}/s" for n in chosen),
                 flush=True,
@@ -249,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     bare_p99 = statistics.median(p99s["bare"])
     lines = [
         "| configuration | requests/s (median) | throughput vs bare (median of per-round ratios) "
-        "| p99 latency (median) | p99 vs bare | server CPU per request | CPU vs bare |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| p99 latency (median) | p99 vs bare | server CPU per request | CPU vs bare "
+        "| loop thread waits per 1,000 requests |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     rows = []
     for name in chosen:
@@ -261,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {statistics.median(ratios[name]):.2f} "
             f"| {p99:.2f} ms | {p99 / bare_p99:.2f}x "
             f"| {statistics.median(cpus[name]):.0f} µs "
-            f"| {statistics.median(cpu_ratios[name]):.2f}x |"
+            f"| {statistics.median(cpu_ratios[name]):.2f}x "
+            f"| {statistics.median(waits[name]):.0f} |"
         )
     lines += [
         "",
@@ -272,7 +324,13 @@ def main(argv: list[str] | None = None) -> int:
         "and p99 more than in CPU per request).",
     ]
     text = "\n".join(lines)
-    extra = {"rounds": args.rounds, "seconds": args.seconds, "p99_ms": p99s, "cpu_us": cpus}
+    extra = {
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "p99_ms": p99s,
+        "cpu_us": cpus,
+        "loop_waits_per_1000": waits,
+    }
     save(args.name, rows, text, extra)
     print()
     print(text)

@@ -57,3 +57,23 @@ def test_every_configuration_runs(name: str, tmp_path: Path) -> None:
             value = row.get(key)
             if value is not None:
                 assert math.isfinite(value) and value > 0, row
+
+
+def test_the_asgi_tail_attribution_runs(tmp_path: Path) -> None:
+    """``asgi_inprocess.py --tail`` with the attribution variants: every configuration served
+    requests and reported its percentiles (the figures are not looked at)."""
+    configs = ["bare", "asyncwatch", "asyncwatch-no-loopwatch", "asyncwatch-quiet"]
+    out = tmp_path / "asgi"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "asgi_inprocess.py"), "--tail", "0.3", "--rounds", "1",
+         "--warm", "5", "--inflight", "2", "--configs", ",".join(configs), "--name", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads((tmp_path / "asgi_tail.json").read_text())["meta"]["runs"]
+    assert sorted(runs) == sorted(configs)
+    for config, (run,) in runs.items():
+        assert run["count"] > 0, config
+        assert all(math.isfinite(run[k]) and run[k] > 0 for k in ("p50", "p99", "max")), run
+    assert runs["asyncwatch"][0]["pauses"]["heartbeat"][0] > 0  # the loop watch was timed
+    assert runs["asyncwatch-no-loopwatch"][0]["pauses"]["heartbeat"][0] == 0
