@@ -31,8 +31,8 @@ arguments and the monitor, so tests drive it with a manual clock and synthetic s
 from __future__ import annotations
 
 import math
-import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -46,54 +46,45 @@ IDLE_POLL_S = 0.5  # how often a stopped or not yet started loop is looked at
 MAX_CULPRITS_PER_BLOCK = 32
 MAX_STACKS_PER_BLOCK = 8
 # A late look proves a block held in one call when, since the loop's beat was due, the loop's
-# thread was running or waiting for a CPU at least LOOP_BUSY_SHARE of the time, running at
-# least LOOP_RAN_SHARE of it, and the watchdog's thread was put on a CPU WATCHDOG_RUNS times
-# or more (see ``_held_computing``).
-LOOP_BUSY_SHARE = 0.8
+# thread ran at least LOOP_RAN_SHARE of the time and the watchdog's thread was switched out
+# WATCHDOG_RUNS times or more (see ``_held_computing``).
 LOOP_RAN_SHARE = 0.15
 WATCHDOG_RUNS = 5
 
 
 class ThreadClock:
-    """Linux's scheduler statistics of one thread, readable from any thread: seconds it ran,
-    and seconds it was runnable but waiting for a CPU. Made on the thread itself
-    (``thread_clock``), so it always names the right one; raises OSError once it is gone."""
+    """The CPU clock of one thread, readable from any thread; made on the thread itself
+    (``thread_clock``), so it always names the right one. Reading it takes a few hundred
+    nanoseconds and never lets go of the GIL; it raises OSError once the thread is gone."""
 
-    __slots__ = ("path",)
+    __slots__ = ("clock_id",)
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, clock_id: int) -> None:
+        self.clock_id = clock_id
 
-    def read(self) -> tuple[float, float, int]:
-        """Seconds running, seconds runnable but waiting for a CPU, times put on a CPU."""
-        # Opened for each read: nothing is held open per thread (about 6 us a read).
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            running_ns, waiting_ns, runs = os.read(fd, 96).split()[:3]
-        finally:
-            os.close(fd)
-        return int(running_ns) / 1e9, int(waiting_ns) / 1e9, int(runs)
+    def read(self) -> float:
+        return time.clock_gettime(self.clock_id)
 
 
 def thread_clock() -> ThreadClock | None:
-    """The calling thread's clock, or None where the kernel keeps no such statistics."""
+    """The calling thread's clock, or None where there is none (macOS, Windows)."""
     try:
-        clock = ThreadClock(f"/proc/self/task/{threading.get_native_id()}/schedstat")
+        clock = ThreadClock(time.pthread_getcpuclockid(threading.get_ident()))
         clock.read()
-    except (AttributeError, OSError, ValueError):
+    except (AttributeError, OSError):
         return None
     return clock
 
 
-_own = threading.local()  # each watchdog thread's own clock
-
-
-def _own_clock() -> ThreadClock | None:
+def _own_switches() -> int | None:
+    """Times the calling thread was switched out (waited for something, or was preempted)."""
     try:
-        clock: ThreadClock | None = _own.clock
-    except AttributeError:
-        clock = _own.clock = thread_clock()
-    return clock
+        import resource  # (not on Windows)
+
+        usage = resource.getrusage(resource.RUSAGE_THREAD)
+    except (ImportError, AttributeError, OSError, ValueError):
+        return None  # no per-thread figures here
+    return int(usage.ru_nvcsw + usage.ru_nivcsw)
 
 
 @dataclass(frozen=True)
@@ -266,9 +257,8 @@ class LoopMonitor:
         # Late stretches the loop spent idle in its selector (its thread starved of CPU).
         self.starved = 0
         self._starved_stretch = -1
-        # At the last look: clock, seconds the loop's thread ran and waited for a CPU, times
-        # the watchdog's thread was put on a CPU.
-        self._clock_mark: tuple[float, float, float, int] | None = None
+        # At the last look: clock, the loop thread's CPU seconds, the watchdog's switches.
+        self._clock_mark: tuple[float, float, int] | None = None
         self._asked = math.inf  # when the last look asked to be looked at next
 
     # ---------------------------------------------------------------- loop thread
@@ -315,7 +305,6 @@ class LoopMonitor:
         with self.lock:
             wake = self._check(now, running, sampler)
             self._asked = wake
-            # Last: reading the clocks lets go of the GIL, and the loop may move on meanwhile.
             self._clock_mark = self._read_clocks()
             return wake
 
@@ -366,7 +355,7 @@ class LoopMonitor:
             episode = self.episode = Episode(sample.key, since, self.beats, now)
             episode.add(sample, now)
             if late:
-                began = self._held_in_one_call(episode, sample)
+                began = self._held_in_one_call(now)
                 if began is not None:
                     episode.since = began  # the loop's thread held the GIL all along
                     episode.gil = True
@@ -398,74 +387,65 @@ class LoopMonitor:
         if report is not None:
             report(self, late)
 
-    def _held_in_one_call(self, episode: Episode, sample: Sample) -> float | None:
+    def _held_in_one_call(self, now: float) -> float | None:
         """A late first look at a busy stretch: was it one call holding the GIL? If so, when
-        it began (the beat's due time). What the sample and the sink need of the loop as it
-        is now is taken first, for the clocks are read from files, which lets go of the GIL:
-        the loop moves on meanwhile (its heartbeat may run: ``due`` is read before)."""
+        it began (the beat's due time)."""
         mark = self._clock_mark
         due = self.due
         if mark is None or due - mark[0] > self.look_s + 2 * self.sample_s:
             return None  # no look shortly before the beat was due to measure from
-        if episode.first_seen - self._asked < self.look_s:
+        if now - self._asked < self.look_s:
             return None  # the watchdog was not held back (by the GIL) for long
-        prepare = getattr(self.sink, "prepare", None)
-        if prepare is not None:
-            prepare(self, episode, sample)
         return due if self._held_computing(mark, self._read_clocks(), due) else None
 
-    def _read_clocks(self) -> tuple[float, float, float, int] | None:
+    def _read_clocks(self) -> tuple[float, float, int] | None:
+        """(clock, loop thread CPU seconds, watchdog switches): nothing here lets go of the
+        GIL, so the loop stays where the sample found it."""
         loop_clock = self.thread_clock
         if loop_clock is None:
             return None
-        own = _own_clock()
-        if own is None:
+        switches = _own_switches()
+        if switches is None:
             return None
         try:
-            running, waiting, _ = loop_clock.read()
-            own_runs = own.read()[2]
-        except (OSError, ValueError):  # the loop's thread has exited
+            ran = loop_clock.read()
+        except OSError:  # the loop's thread has exited
             self.thread_clock = None
             return None
-        return self.clock(), running, waiting, own_runs
+        return self.clock(), ran, switches
 
-    def _held_computing(self, mark: tuple[float, float, float, int] | None,
-                        reading: tuple[float, float, float, int] | None, due: float) -> bool:
+    def _held_computing(self, mark: tuple[float, float, int] | None,
+                        reading: tuple[float, float, int] | None, due: float) -> bool:
         """Whether one call held the GIL since the loop's beat was due.
 
         The watchdog looks late at a loop whose beat is overdue. Either the watchdog was short
         of CPU (a loaded machine), or a thread held the GIL without a break: C code such as a
         catastrophic ``re.match`` or ``json.loads`` of a huge document, during which no other
         thread runs a line of Python. ``_held_in_one_call`` has checked that the watchdog
-        looked at least ``look_s`` later than it meant to. The scheduler's statistics tell the
-        two apart. A thread computing without a break is running or waiting for a CPU all
-        along, however loaded the machine; one waiting for the GIL sleeps: so the loop's thread
-        was busy nearly all the time (it held the GIL, not another thread). And it RAN a good
-        part of it: a thread running Python hands the GIL over as soon as it runs after being
-        asked, so a loop of short callbacks holds the watchdog off for long only while the OS
-        has taken the CPU from it (a loaded machine), running next to nothing meanwhile.
-        Measured at a load of 8 on 2 cores: catastrophic regexes of 0.7-1.8 s ran 25-35% of
-        the time (runnable 96-99%); a busy loop of short callbacks seen late ran less than it
-        had been allowed before its beat was due. Last, the watchdog's thread was put on a CPU
-        again and again (a thread waiting for the GIL wakes at every switch interval, 5 ms, to
-        ask for it). What the loop's thread may have spent before the beat was due (since the
-        previous look) counts against the proof."""
+        looked at least ``look_s`` later than it meant to. Two clocks tell the cases apart:
+
+        * the loop's thread RAN a good part of the time. A thread waiting for the GIL (another
+          thread holds it) sleeps; and a thread running Python hands the GIL over as soon as
+          it runs after being asked, so a loop of short callbacks holds the watchdog off for
+          long only while the OS has taken the CPU from it (a loaded machine), running next
+          to nothing meanwhile. Measured at a load of 8 on 2 cores: catastrophic regexes of
+          0.7-2.2 s ran 25-72% of the time; a busy loop of short callbacks seen late, and a
+          loop while a regex ran in another thread, ran less than they had been allowed
+          before the beat was due;
+        * the watchdog's thread was switched out again and again: a thread waiting for the
+          GIL wakes at every switch interval (5 ms) to ask for it.
+
+        CPU the loop's thread may have spent between the previous look and the beat's due
+        time counts against the proof."""
         if mark is None or reading is None:
             return False
-        then, ran_then, waited_then, runs_then = mark
-        now, ran, waited, runs = reading
-        start = max(due, then)
-        span = now - start
+        then, ran_then, switches_then = mark
+        now, ran, switches = reading
+        span = now - max(due, then)
         if span < self.threshold_s:
             return False
-        before = max(0.0, due - then)
-        loop_ran = ran - ran_then - before
-        loop_busy = loop_ran + waited - waited_then
-        return (
-            loop_ran >= LOOP_RAN_SHARE * span
-            and loop_busy >= LOOP_BUSY_SHARE * span
-            and runs - runs_then >= WATCHDOG_RUNS
-        )
+        loop_ran = ran - ran_then - max(0.0, due - then)
+        return loop_ran >= LOOP_RAN_SHARE * span and switches - switches_then >= WATCHDOG_RUNS
 
     def _busy(self, now: float) -> bool:
         if self.precise:

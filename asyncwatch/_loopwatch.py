@@ -578,19 +578,12 @@ class LoopWatch:
 
     # ---------------------------------------------------------------- outputs (BlockSink)
 
-    def prepare(self, monitor: LoopMonitor, episode: Episode, sample: Sample) -> None:
-        """Look up the task and request of a block that may be reported (see ``detected``)
-        while the loop is still where the sample found it."""
-        episode.info = self._lookup(monitor, episode, sample)
-
     def detected(
         self, monitor: LoopMonitor, episode: Episode, now: float, sample: Sample | None
     ) -> None:
-        """A block was found: look up its task and request (unless ``prepare`` did), record it
-        (ongoing), and add it to the current span now, while that span is surely still open."""
-        info = episode.info
-        if info is None:
-            info = episode.info = self._lookup(monitor, episode, sample)
+        """A block was found: look up its task and request, record it (ongoing), and add it to
+        the current span now, while that span is surely still open."""
+        info = episode.info = self._lookup(monitor, episode, sample)
         info.started_at = time.time() - (self.clock() - episode.since)
         finding = episode.finding = self._finding(monitor, episode, ongoing=True)
         self.findings.add(finding)
