@@ -196,6 +196,10 @@ class LoopHook:
             else:
                 task = _asyncio_tasks.Task(coro, loop=loop)
             try:
+                # Re-read, not the count taken above: an eager task (3.12+) runs its first step
+                # inside the call above, and tasks it creates there re-enter this hook and
+                # count themselves first; writing the old figure back would lose them.
+                created = stats.created + 1
                 stats.created = created
                 in_flight = created - stats.done
                 if in_flight > stats.peak:  # noqa: PLR1730 - a compare is cheaper than max()
@@ -247,6 +251,7 @@ class LoopHook:
             rec = None
         task = self._create(loop, coro, kwargs)
         try:
+            created = stats.created + 1  # re-read: eager steps re-enter the hook (see _factory)
             stats.created = created
             in_flight = created - stats.done
             if in_flight > stats.peak:  # noqa: PLR1730 - a compare is cheaper than max()

@@ -401,6 +401,31 @@ def test_eager_tasks_still_start_eagerly() -> None:
     assert created("test_eager_tasks_still_start_eagerly.<locals>.step") == 1
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks exist from Python 3.12")
+@pytest.mark.usefixtures("watch")
+def test_tasks_created_inside_an_eager_step_are_all_counted() -> None:
+    """An eager task's first step runs inside the factory, so tasks it creates re-enter the
+    hook before the outer call has counted its own: every one is still counted, once."""
+    key = f"{HERE}.test_tasks_created_inside_an_eager_step_are_all_counted.<locals>.nest"
+    seen: dict[str, int] = {}
+
+    async def nest(depth: int) -> None:
+        if depth:
+            await asyncio.create_task(nest(depth - 1))
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        await asyncio.create_task(nest(5))
+        stats = asyncwatch.stats()[key]
+        seen["created"], seen["in_flight"] = stats.created, stats.in_flight
+
+    asyncio.run(main())
+    stats = asyncwatch.stats()[key]
+    assert seen["created"] == 6
+    assert seen["in_flight"] >= 0
+    assert (stats.created, stats.ok, stats.in_flight) == (6, 6, 0)
+
+
 # ------------------------------------------------------------------ chaining and restoring
 
 
