@@ -268,6 +268,11 @@ class LoopHook:
                 rec.start = rec.t0  # ran eagerly inside the factory: no schedule delay
                 if rec.sampled:
                     stats.delay.add(0.0, rec.weight)
+                if task.done():
+                    # Finished inside the factory: it ended now, not when a done-callback
+                    # would get its turn after the creator's step (which may be long).
+                    rec.done(task)
+                    return task
             task.add_done_callback(rec.done)
         except Exception as exc:
             self.fault("task_factory", exc)

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 import asyncwatch
+import asyncwatch._tasks
+from asyncwatch._recorder import clock
 from asyncwatch._tasks import LoopHook
 
 HERE = __name__  # the module part of every coroutine key defined in this file
@@ -424,6 +426,35 @@ def test_tasks_created_inside_an_eager_step_are_all_counted() -> None:
     assert seen["created"] == 6
     assert seen["in_flight"] >= 0
     assert (stats.created, stats.ok, stats.in_flight) == (6, 6, 0)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks exist from Python 3.12")
+@pytest.mark.usefixtures("watch")
+def test_eager_task_that_finishes_at_once_is_timed_to_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A task that finishes inside its eager first step ended then: its duration does not
+    include the rest of its creator's step (the hook's clock is driven by hand here)."""
+    now = [clock()]
+    monkeypatch.setattr(asyncwatch._tasks, "clock", lambda: now[0])
+
+    async def quick() -> None:
+        pass
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        task = asyncio.create_task(quick())
+        assert task.done()
+        now[0] += 10.0  # the creator holds the loop "10 s" more before it awaits
+        await task
+
+    asyncio.run(main())
+    stats = asyncwatch.stats()[
+        f"{HERE}.test_eager_task_that_finishes_at_once_is_timed_to_its_end.<locals>.quick"
+    ]
+    assert (stats.created, stats.ok, stats.in_flight) == (1, 1, 0)
+    assert stats.duration.timed == 1
+    assert stats.duration.max < 1.0, stats.duration
 
 
 # ------------------------------------------------------------------ chaining and restoring
