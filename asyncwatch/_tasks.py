@@ -299,6 +299,27 @@ class LoopHook:
             self.watcher.switch_off()
 
 
+def _renames_after_factory() -> bool:
+    """Whether ``BaseEventLoop.create_task`` calls ``set_name(None)`` on a task its factory
+    made when no name was given, naming it "None" (3.13.0-3.13.2, CPython gh-130033). Asked
+    of the method itself, with a stand-in loop and task: no loop is made."""
+    names: list[Any] = []
+
+    class Stub:
+        def set_name(self, name: Any) -> None:
+            names.append(name)
+
+    stub = Stub()
+    stand_in = type("StandIn", (), {})()
+    stand_in._check_closed = lambda: None
+    stand_in._task_factory = lambda loop, coro, **kwargs: stub
+    try:
+        asyncio.BaseEventLoop.create_task(stand_in, None)  # type: ignore[arg-type]
+    except Exception:
+        return False
+    return None in names
+
+
 def _started(task: Any, coro: Any) -> bool:
     """After the factory returned: did the task already take its first step (eager start)?"""
     if task.done():
@@ -545,3 +566,24 @@ class TaskWatcher:
             fn.__doc__ = getattr(cls, name).__doc__
             fn.__wrapped__ = getattr(cls, name)  # type: ignore[union-attr]
             self._patches.append(_Patch(cls, name, fn))
+
+        if cls is asyncio.BaseEventLoop and _renames_after_factory():
+            # 3.13.0-3.13.2 rename every task a factory made to "None" when no name was given.
+            # Where the factory is only ours (the app set none), the loop would have made the
+            # Task itself and kept asyncio's "Task-N": create it through the hook without that
+            # rename. With an app factory chained, the interpreter's behaviour is left as is.
+            original_create = cls.create_task
+
+            def create_task(loop: Any, coro: Any, *, name: Any = None, **kwargs: Any) -> Any:
+                entry = watcher._hooks.get(loop) if name is None else None
+                if entry is not None and entry[0].inner is None:
+                    factory = entry[0].factory
+                    if original_get(loop) is factory:
+                        loop._check_closed()
+                        return factory(loop, coro, **kwargs)
+                return original_create(loop, coro, name=name, **kwargs)
+
+            create_task.__qualname__ = f"{cls.__qualname__}.create_task"
+            create_task.__doc__ = original_create.__doc__
+            create_task.__wrapped__ = original_create  # type: ignore[attr-defined]
+            self._patches.append(_Patch(cls, "create_task", create_task))
