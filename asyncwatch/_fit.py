@@ -50,7 +50,7 @@ def nnls3(
     """
     k = len(basis)
     rows = [[f(x) for f in basis] for x in xs]
-    best: tuple[list[float], float] | None = None
+    cases: list[tuple[int, float, list[float]]] = []  # (free parameters, sse, params)
     for free in itertools.product((True, False), repeat=k):
         if any(req and not f for req, f in zip(required, free, strict=False)):
             continue
@@ -70,9 +70,16 @@ def nnls3(
             w * (y - sum(p * v for p, v in zip(params, r, strict=True))) ** 2
             for r, y, w in zip(rows, ys, weights, strict=True)
         )
-        if best is None or sse < best[1] - 1e-15 * max(1.0, abs(sse)):
-            best = (params, sse)
-    return best
+        cases.append((len(idx), sse, params))
+    if not cases:
+        return None
+    # A term that lowers the residual only at round-off level is no evidence for it: the
+    # fewest parameters within that of the best fit win. (Round-off differs by version:
+    # 3.12's compensated sum() left a 1e-18 growth term in an exactly linear batch fit.)
+    scale = sum(w * y * y for y, w in zip(ys, weights, strict=True))
+    floor = min(c[1] for c in cases) + 1e-12 * scale
+    _, sse, params = min((c for c in cases if c[1] <= floor), key=lambda c: (c[0], c[1]))
+    return params, sse
 
 
 def r_squared(ys: Sequence[float], predicted: Sequence[float], weights: Sequence[float]) -> float:
@@ -171,8 +178,8 @@ class BatchFit:
         a, b, c = self.overhead - budget_s, self.per_item, self.growth
         if a > 0:
             return 0.0
-        if c > 0:
-            return (-b + math.sqrt(b * b - 4 * c * a)) / (2 * c)
+        if c > 0:  # the positive root, in the form that does not cancel when c is tiny
+            return 0.0 if a == 0 else -2 * a / (b + math.sqrt(b * b - 4 * c * a))
         if b > 0:
             return -a / b
         return math.inf

@@ -196,6 +196,10 @@ class LoopHook:
             else:
                 task = _asyncio_tasks.Task(coro, loop=loop)
             try:
+                # Re-read, not the count taken above: an eager task (3.12+) runs its first step
+                # inside the call above, and tasks it creates there re-enter this hook and
+                # count themselves first; writing the old figure back would lose them.
+                created = stats.created + 1
                 stats.created = created
                 in_flight = created - stats.done
                 if in_flight > stats.peak:  # noqa: PLR1730 - a compare is cheaper than max()
@@ -247,6 +251,7 @@ class LoopHook:
             rec = None
         task = self._create(loop, coro, kwargs)
         try:
+            created = stats.created + 1  # re-read: eager steps re-enter the hook (see _factory)
             stats.created = created
             in_flight = created - stats.done
             if in_flight > stats.peak:  # noqa: PLR1730 - a compare is cheaper than max()
@@ -263,6 +268,11 @@ class LoopHook:
                 rec.start = rec.t0  # ran eagerly inside the factory: no schedule delay
                 if rec.sampled:
                     stats.delay.add(0.0, rec.weight)
+                if task.done():
+                    # Finished inside the factory: it ended now, not when a done-callback
+                    # would get its turn after the creator's step (which may be long).
+                    rec.done(task)
+                    return task
             task.add_done_callback(rec.done)
         except Exception as exc:
             self.fault("task_factory", exc)
@@ -287,6 +297,27 @@ class LoopHook:
         """Report an internal error; switch the whole task hook off if it keeps failing."""
         if self.watcher.faults.report(hook, exc):
             self.watcher.switch_off()
+
+
+def _renames_after_factory() -> bool:
+    """Whether ``BaseEventLoop.create_task`` calls ``set_name(None)`` on a task its factory
+    made when no name was given, naming it "None" (3.13.0-3.13.2, CPython gh-130033). Asked
+    of the method itself, with a stand-in loop and task: no loop is made."""
+    names: list[Any] = []
+
+    class Stub:
+        def set_name(self, name: Any) -> None:
+            names.append(name)
+
+    stub = Stub()
+    stand_in = type("StandIn", (), {})()
+    stand_in._check_closed = lambda: None
+    stand_in._task_factory = lambda loop, coro, **kwargs: stub
+    try:
+        asyncio.BaseEventLoop.create_task(stand_in, None)  # type: ignore[arg-type]
+    except Exception:
+        return False
+    return None in names
 
 
 def _started(task: Any, coro: Any) -> bool:
@@ -535,3 +566,24 @@ class TaskWatcher:
             fn.__doc__ = getattr(cls, name).__doc__
             fn.__wrapped__ = getattr(cls, name)  # type: ignore[union-attr]
             self._patches.append(_Patch(cls, name, fn))
+
+        if cls is asyncio.BaseEventLoop and _renames_after_factory():
+            # 3.13.0-3.13.2 rename every task a factory made to "None" when no name was given.
+            # Where the factory is only ours (the app set none), the loop would have made the
+            # Task itself and kept asyncio's "Task-N": create it through the hook without that
+            # rename. With an app factory chained, the interpreter's behaviour is left as is.
+            original_create = cls.create_task
+
+            def create_task(loop: Any, coro: Any, *, name: Any = None, **kwargs: Any) -> Any:
+                entry = watcher._hooks.get(loop) if name is None else None
+                if entry is not None and entry[0].inner is None:
+                    factory = entry[0].factory
+                    if original_get(loop) is factory:
+                        loop._check_closed()
+                        return factory(loop, coro, **kwargs)
+                return original_create(loop, coro, name=name, **kwargs)
+
+            create_task.__qualname__ = f"{cls.__qualname__}.create_task"
+            create_task.__doc__ = original_create.__doc__
+            create_task.__wrapped__ = original_create  # type: ignore[attr-defined]
+            self._patches.append(_Patch(cls, "create_task", create_task))

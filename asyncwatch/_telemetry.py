@@ -144,7 +144,8 @@ class ExportGuard:
                     self._busy = False
                 finished.set()
 
-        threading.Thread(target=work, name=self.thread_name, daemon=True).start()
+        if not _start(threading.Thread(target=work, name=self.thread_name, daemon=True)):
+            work()  # the final export at exit on 3.12, bounded by the exporter's own timeout
         if not finished.wait(self.timeout_s):
             self.drops.add(self.signal, reason_prefix + "timeout", items)
             self.last_problem = f"no answer within {self.timeout_s:g} s"
@@ -267,10 +268,30 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
 _MIN_SHUTDOWN_S, _MAX_SHUTDOWN_S = 0.01, 3600.0
 
 
+_exiting = False  # set by Telemetry.shutdown(at_exit=True); see _start
+
+
+def _start(worker: threading.Thread) -> bool:
+    """Start ``worker``; False if this is interpreter exit and Python refuses new threads.
+
+    Python 3.12 raises RuntimeError for a thread started in an atexit handler (gh-113964,
+    allowed again in 3.13), which lost the final export and printed a traceback at exit: the
+    caller then runs the work itself. Any other refusal is raised as before."""
+    try:
+        worker.start()
+    except RuntimeError:
+        if not _exiting:
+            raise
+        return False
+    return True
+
+
 def _run_with_deadline(fn: Callable[[], Any], seconds: float, what: str) -> bool:
     """Run ``fn`` on a daemon thread; True if it finished within ``seconds``."""
     worker = threading.Thread(target=fn, name=f"asyncwatch-{what}", daemon=True)
-    worker.start()
+    if not _start(worker):
+        fn()  # at exit on 3.12: here, bounded by the SDK's own shutdown timeouts
+        return True
     worker.join(seconds)
     if worker.is_alive():
         logger.warning("asyncwatch: %s did not finish within %.1f s; abandoned", what, seconds)
@@ -593,9 +614,11 @@ class Telemetry:
         after us (atexit runs last-registered first) and its final export should still carry
         asyncwatch's figures.
         """
+        global _exiting
         if not self.started:
             return
         self.started = False
+        _exiting = _exiting or at_exit
         deadline = timeout_s if timeout_s is not None else self.config.export_timeout_s
         if math.isnan(deadline) or deadline < 0:
             deadline = self.config.export_timeout_s

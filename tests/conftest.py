@@ -24,6 +24,7 @@ _ORIGINAL_GET = asyncio.BaseEventLoop.get_task_factory
 _ORIGINAL_SET = asyncio.BaseEventLoop.set_task_factory
 _ORIGINAL_RUN = asyncio.BaseEventLoop.run_forever
 _ORIGINAL_CLOSE = asyncio.BaseEventLoop.close
+_ORIGINAL_CREATE = asyncio.BaseEventLoop.create_task  # patched on 3.13.0-3.13.2 only
 _PRIMITIVES = (asyncio.Lock, asyncio.Semaphore, asyncio.BoundedSemaphore, asyncio.Condition,
                asyncio.Event, asyncio.Queue)
 _ORIGINAL_PRIMITIVES = {cls: dict(vars(cls)) for cls in _PRIMITIVES}
@@ -39,6 +40,7 @@ def _no_leftovers() -> Iterator[None]:
     assert asyncio.BaseEventLoop.set_task_factory is _ORIGINAL_SET
     assert asyncio.BaseEventLoop.run_forever is _ORIGINAL_RUN
     assert asyncio.BaseEventLoop.close is _ORIGINAL_CLOSE
+    assert asyncio.BaseEventLoop.create_task is _ORIGINAL_CREATE
     for cls, attributes in _ORIGINAL_PRIMITIVES.items():
         now = vars(cls)
         assert now.keys() == attributes.keys(), cls

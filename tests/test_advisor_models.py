@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from asyncwatch._fit import fit_batch, fit_usl, nnls3
+from asyncwatch._fit import BatchFit, fit_batch, fit_usl, nnls3
 from asyncwatch._models import (
     BatchFigures,
     LimitFigures,
@@ -54,6 +54,28 @@ def test_batch_fit_best_size_respects_the_budget_and_the_growth_term() -> None:
     curved = fit_batch(sizes, [0.04 + 0.0005 * n + 0.0001 * n * n for n in sizes])
     assert curved is not None
     assert curved.best_size(None, 1e9) == pytest.approx(20)  # sqrt(0.04 / 0.0001)
+
+
+def test_batch_budget_with_a_vanishing_growth_term_is_exact() -> None:
+    """The largest size within budget does not cancel away when the growth term is tiny:
+    a 1e-18 term (round-off left by a linear fit on 3.12) gave 199.986 instead of 200."""
+    fit = BatchFit(0.05, 0.001, 1e-18, 1.0)
+    assert fit.largest_within(0.25) == pytest.approx(200, rel=1e-12)
+    assert BatchFit(0.25, 0.001, 1e-18, 1.0).largest_within(0.25) == 0.0
+    assert BatchFit(0.04, 0.0005, 0.0001, 1.0).largest_within(0.1) == pytest.approx(
+        (-0.0005 + math.sqrt(0.0005**2 + 4 * 0.0001 * 0.06)) / (2 * 0.0001)
+    )
+
+
+def test_a_term_that_only_moves_round_off_is_left_out() -> None:
+    """Exactly linear data fit with no growth term on every Python (3.12's compensated sum()
+    used to leave growth=1.2e-18, so the advisor picked 2e8-item batches instead of 450)."""
+    sizes = [1.0, 5.0, 10.0, 20.0]
+    for per_item in (0.001, 0.0007, 0.013):
+        fit = fit_batch(sizes, [0.05 + per_item * n for n in sizes])
+        assert fit is not None
+        assert fit.growth == 0.0
+        assert fit.best_size(None, 1e9) == pytest.approx(9 * 0.05 / per_item)
 
 
 def test_nice_rounds_to_two_significant_digits() -> None:

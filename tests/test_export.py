@@ -283,6 +283,27 @@ def test_failed_task_span_records_the_exception() -> None:
     assert any(e.name == "exception" for e in span.events)
 
 
+def test_final_export_at_exit_without_uninstall() -> None:
+    """An app that never calls uninstall() still gets its last metrics and spans out at exit,
+    and nothing on stderr (3.12 refuses new threads in atexit handlers: that lost both)."""
+    code = textwrap.dedent(
+        """
+        import asyncio, asyncwatch
+        asyncwatch.install(
+            metrics_exporters=("console",), traces_exporters=("console",), task_span_ratio=1.0
+        )
+        async def job():
+            await asyncio.sleep(0)
+        asyncio.run(job())
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert '"name": "asyncwatch.task.created"' in result.stdout
+    assert '"name": "__main__.job"' in result.stdout
+
+
 def test_dev_environment_variable_sets_metrics_exporter() -> None:
     """ASYNCWATCH_METRICS_EXPORTER=none starts no endpoint at all."""
     result = run_python(

@@ -14,11 +14,14 @@ class Thing:
 
 
 GLOBAL = Thing()
+# The verdicts are under test here, not reach()'s 0.1 s budget: one heap pass over a long test
+# session's heap takes tens of ms, more on a loaded machine, and the budget would answer UNKNOWN.
+UNHURRIED = 60.0
 
 
 def test_a_module_global_is_reachable() -> None:
     """An object a module holds is reachable (through the module's namespace)."""
-    verdict = reach([GLOBAL], set())
+    verdict = reach([GLOBAL], set(), max_s=UNHURRIED)
     assert verdict.outcome == REACHABLE
     assert verdict.root.startswith("module")
 
@@ -27,7 +30,7 @@ def test_a_local_of_running_code_is_never_claimed_unreachable() -> None:
     """A reference gc cannot list (a plain function's local) makes the verdict unknown."""
     thing = Thing()
     box = [thing]
-    verdict = reach([box[0]], {id(box)})
+    verdict = reach([box[0]], {id(box)}, max_s=UNHURRIED)
     assert thing is box[0]
     assert verdict.outcome == UNKNOWN
 
@@ -39,7 +42,7 @@ def test_held_only_by_private_containers_is_unreachable() -> None:
     owner.__dict__["inner"] = box.pop()
     holder = [owner]
     del owner
-    verdict = reach([holder[0].__dict__["inner"]], {id(holder)})
+    verdict = reach([holder[0].__dict__["inner"]], {id(holder)}, max_s=UNHURRIED)
     assert verdict.outcome == UNREACHABLE
 
 
@@ -47,7 +50,7 @@ def test_a_thread_local_variable_is_a_hidden_reference() -> None:
     """An object a running thread holds in a plain local is never declared unreachable."""
     ready, leave = threading.Event(), threading.Event()
     box: list[Any] = [Thing()]
-    before = reach([box[0]], {id(box)})
+    before = reach([box[0]], {id(box)}, max_s=UNHURRIED)
 
     def hold() -> None:
         mine = box[0]
@@ -59,7 +62,7 @@ def test_a_thread_local_variable_is_a_hidden_reference() -> None:
     thread.start()
     ready.wait()
     try:
-        during = reach([box[0]], {id(box)})
+        during = reach([box[0]], {id(box)}, max_s=UNHURRIED)
     finally:
         leave.set()
         thread.join()

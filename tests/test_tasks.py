@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import re
 import sys
 import threading
 import weakref
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 
 import asyncwatch
+import asyncwatch._tasks
+from asyncwatch._recorder import clock
 from asyncwatch._tasks import LoopHook
 
 HERE = __name__  # the module part of every coroutine key defined in this file
@@ -55,7 +58,8 @@ def test_create_task_and_loop_create_task_are_seen() -> None:
 
 @pytest.mark.usefixtures("watch")
 def test_taskgroup_gather_ensure_future_wait_for_are_seen() -> None:
-    """TaskGroup, gather, ensure_future and wait_for all create observed tasks."""
+    """TaskGroup, gather, ensure_future and wait_for all create observed tasks (wait_for
+    only before 3.12: from then on it awaits a coroutine in place, in a timeout block)."""
 
     async def main() -> None:
         async with asyncio.TaskGroup() as tg:
@@ -65,7 +69,7 @@ def test_taskgroup_gather_ensure_future_wait_for_are_seen() -> None:
         await asyncio.wait_for(leaf(), timeout=60)
 
     asyncio.run(main())
-    assert created("leaf") == 5
+    assert created("leaf") == (5 if sys.version_info < (3, 12) else 4)
 
 
 @pytest.mark.usefixtures("watch")
@@ -234,6 +238,37 @@ def test_names_are_never_changed() -> None:
     assert names[1].startswith("Task-")
 
 
+def test_names_are_what_they_are_without_asyncwatch() -> None:
+    """Every way of making a task gives it the name it gets without asyncwatch installed,
+    also where Python renames a factory-made task (3.13.0-3.13.2 call set_name(None) after
+    any task factory, so asyncwatch's factory alone turned every "Task-N" into "None")."""
+
+    def names() -> list[str]:
+        out: list[str] = []
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            out.append(asyncio.create_task(leaf()).get_name())
+            out.append(loop.create_task(leaf()).get_name())
+            async with asyncio.TaskGroup() as tg:
+                out.append(tg.create_task(leaf()).get_name())
+            out.append(loop.create_task(leaf(), name="given").get_name())
+            loop.set_task_factory(my_factory)  # the app's own factory: as Python does it
+            out.append(asyncio.create_task(leaf()).get_name())
+            out.append(asyncio.create_task(leaf(), name="given").get_name())
+            await asyncio.gather(
+                *(t for t in asyncio.all_tasks() if t is not asyncio.current_task())
+            )
+
+        asyncio.run(main())
+        return [re.sub(r"^Task-\d+$", "Task-N", n) for n in out]
+
+    bare = names()
+    asyncwatch.install(metrics_exporters=("none",), raise_errors=True)
+    assert names() == bare
+    assert bare[:4] == ["Task-N", "Task-N", "Task-N", "given"]
+
+
 @pytest.mark.usefixtures("watch")
 def test_get_coro_and_get_stack_are_the_apps_own() -> None:
     """get_coro() is the app's coroutine object and get_stack() has no asyncwatch frame."""
@@ -399,6 +434,60 @@ def test_eager_tasks_still_start_eagerly() -> None:
     asyncio.run(main())
     assert order == ["task", "after create"]
     assert created("test_eager_tasks_still_start_eagerly.<locals>.step") == 1
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks exist from Python 3.12")
+@pytest.mark.usefixtures("watch")
+def test_tasks_created_inside_an_eager_step_are_all_counted() -> None:
+    """An eager task's first step runs inside the factory, so tasks it creates re-enter the
+    hook before the outer call has counted its own: every one is still counted, once."""
+    key = f"{HERE}.test_tasks_created_inside_an_eager_step_are_all_counted.<locals>.nest"
+    seen: dict[str, int] = {}
+
+    async def nest(depth: int) -> None:
+        if depth:
+            await asyncio.create_task(nest(depth - 1))
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        await asyncio.create_task(nest(5))
+        stats = asyncwatch.stats()[key]
+        seen["created"], seen["in_flight"] = stats.created, stats.in_flight
+
+    asyncio.run(main())
+    stats = asyncwatch.stats()[key]
+    assert seen["created"] == 6
+    assert seen["in_flight"] >= 0
+    assert (stats.created, stats.ok, stats.in_flight) == (6, 6, 0)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks exist from Python 3.12")
+@pytest.mark.usefixtures("watch")
+def test_eager_task_that_finishes_at_once_is_timed_to_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A task that finishes inside its eager first step ended then: its duration does not
+    include the rest of its creator's step (the hook's clock is driven by hand here)."""
+    now = [clock()]
+    monkeypatch.setattr(asyncwatch._tasks, "clock", lambda: now[0])
+
+    async def quick() -> None:
+        pass
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        task = asyncio.create_task(quick())
+        assert task.done()
+        now[0] += 10.0  # the creator holds the loop "10 s" more before it awaits
+        await task
+
+    asyncio.run(main())
+    stats = asyncwatch.stats()[
+        f"{HERE}.test_eager_task_that_finishes_at_once_is_timed_to_its_end.<locals>.quick"
+    ]
+    assert (stats.created, stats.ok, stats.in_flight) == (1, 1, 0)
+    assert stats.duration.timed == 1
+    assert stats.duration.max < 1.0, stats.duration
 
 
 # ------------------------------------------------------------------ chaining and restoring
