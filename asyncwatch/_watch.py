@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from . import __version__
 from . import _names as n
 from . import _recorder
 from ._advisor import Advisor
@@ -30,7 +31,7 @@ from ._telemetry import DropCounter, Telemetry
 
 logger = logging.getLogger("asyncwatch")
 
-VERSION = "0.1.0"
+VERSION = __version__
 
 
 class Watch:
