@@ -13,7 +13,6 @@ standard ``OTEL_*`` variables point. Without code changes: ``asyncwatch run -- p
 from __future__ import annotations
 
 import sys
-
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -69,8 +68,8 @@ if TYPE_CHECKING:
     from ._models import Recommendation as Recommendation
     from ._profiling import CoroutineProfile as CoroutineProfile
     from ._profiling import FunctionProfile as FunctionProfile
-    from ._profiling import ProfileReport as ProfileReport
     from ._profiling import ProfilerBusy as ProfilerBusy
+    from ._profiling import ProfileReport as ProfileReport
     from ._profiling import ProfileSession as ProfileSession
     from ._profiling import profile as profile
     from ._profiling import profile_sync as profile_sync
@@ -187,7 +186,7 @@ def current() -> Watch | None:
 
 def _current_watch() -> Watch | None:
     watch = sys.modules.get(__name__ + "._watch")
-    return None if watch is None else watch.current()  # type: ignore[no-any-return]
+    return None if watch is None else watch.current()
 
 
 def stats() -> Stats:
@@ -304,8 +303,7 @@ def rejected() -> None:
     mark_rejected()
 
 
-def gate(name: str, *, rpm: float | None = None, tpm: float | None = None,
-         tokens: int = 0) -> Gate:
+def gate(name: str, *, rpm: float | None = None, tpm: float | None = None, tokens: int = 0) -> Gate:
     """Measure the wait at a rate gate (requests and tokens per minute, as LLM APIs meter):
     put it around your limiter's wait, per request::
 

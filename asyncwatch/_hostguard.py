@@ -29,10 +29,11 @@ import selectors
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PROOF_HEADER = "HX-Request"  # sent by htmx, which aiomonitor's web UI uses for every request
@@ -167,45 +168,59 @@ def guard_wsgi(app: Callable[..., Any], policy: HostPolicy) -> Callable[..., Any
     return guarded
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # no list of finished threads kept for joining
+def _server_classes() -> tuple[type[Any], type[Any]]:
+    """The /metrics server and its handler (http.server and wsgiref load only when a server
+    starts, not with the settings that import this module)."""
+    global _CLASSES
+    if _CLASSES is not None:
+        return _CLASSES
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._wake_r, self._wake_w = socket.socketpair()  # shutdown() writes, select wakes
-        self._stopping = False
-        self._stopped = threading.Event()
-        super().__init__(*args, **kwargs)
+    class _ThreadingServer(ThreadingMixIn, WSGIServer):
+        daemon_threads = True  # no list of finished threads kept for joining
 
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Serve until ``shutdown()``, sleeping in ``select`` with no timeout: no wake-ups while
-        idle, and ``shutdown()`` wakes it at once instead of after a poll interval."""
-        try:
-            with selectors.DefaultSelector() as selector:
-                selector.register(self, selectors.EVENT_READ)
-                selector.register(self._wake_r, selectors.EVENT_READ)
-                while not self._stopping:
-                    for key, _ in selector.select():
-                        if key.fileobj is self and not self._stopping:
-                            self._handle_request_noblock()
-        finally:
-            self._stopped.set()
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._wake_r, self._wake_w = socket.socketpair()  # shutdown() writes, select wakes
+            self._stopping = False
+            self._stopped = threading.Event()
+            super().__init__(*args, **kwargs)
 
-    def shutdown(self, timeout_s: float | None = None) -> None:
-        """Stop ``serve_forever`` (from another thread), waiting at most ``timeout_s``."""
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
-        self._stopped.wait(timeout_s)
+        def serve_forever(self, poll_interval: float = 0.5) -> None:
+            """Serve until ``shutdown()``, sleeping in ``select`` with no timeout: no wake-ups while
+            idle, and ``shutdown()`` wakes it at once instead of after a poll interval."""
+            try:
+                with selectors.DefaultSelector() as selector:
+                    selector.register(self, selectors.EVENT_READ)
+                    selector.register(self._wake_r, selectors.EVENT_READ)
+                    while not self._stopping:
+                        for key, _ in selector.select():
+                            if key.fileobj is self and not self._stopping:
+                                self._handle_request_noblock()  # type: ignore[attr-defined]
+            finally:
+                self._stopped.set()
 
-    def server_close(self) -> None:
-        super().server_close()
-        for end in (self._wake_r, self._wake_w):
-            end.close()
+        def shutdown(self, timeout_s: float | None = None) -> None:
+            """Stop ``serve_forever`` (from another thread), waiting at most ``timeout_s``."""
+            self._stopping = True
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"\0")
+            self._stopped.wait(timeout_s)
+
+        def server_close(self) -> None:
+            super().server_close()
+            for end in (self._wake_r, self._wake_w):
+                end.close()
+
+    class _QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """Log nothing (prometheus_client's server does the same)."""
+
+    _CLASSES = (_ThreadingServer, _QuietHandler)
+    return _CLASSES
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Log nothing (prometheus_client's server does the same)."""
+_CLASSES: tuple[type[Any], type[Any]] | None = None
 
 
 def _metrics_app(registry: Any) -> Callable[..., Any]:
@@ -238,11 +253,15 @@ def start_metrics_server(
         iter(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE))
     )
 
-    class Server(_ThreadingServer):
+    from wsgiref.simple_server import make_server
+
+    threading_server, quiet_handler = _server_classes()
+
+    class Server(threading_server):  # type: ignore[valid-type,misc]
         address_family = family
 
     app = guard_wsgi(_metrics_app(registry), HostPolicy(host, allowed_hosts))
-    httpd = make_server(str(sockaddr[0]), port, app, Server, handler_class=_QuietHandler)
+    httpd = make_server(str(sockaddr[0]), port, app, Server, handler_class=quiet_handler)
     thread = threading.Thread(target=httpd.serve_forever, name="asyncwatch-metrics", daemon=True)
     thread.start()
     return httpd, thread

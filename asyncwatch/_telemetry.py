@@ -197,13 +197,14 @@ def _need(module: str, extra: str, setting: str, *, load: bool = True) -> Any:
     try:
         if load:
             return importlib.import_module(module)
-        if importlib.util.find_spec(module) is None:
-            raise ImportError(module)
-        return None
+        found = importlib.util.find_spec(module) is not None
     except ImportError:
+        found = False
+    if not found:
         if extra == "otlp-grpc":
             setting += " with otlp_protocol=grpc"
         raise ConfigError(f"{setting} needs `pip install asyncwatch[{extra}]` ({module})") from None
+    return None
 
 
 def _check_batch_settings() -> None:

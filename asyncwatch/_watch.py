@@ -12,9 +12,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, _recorder
 from . import _names as n
-from . import _recorder
 from ._advisor import Advisor
 from ._config import Config, check_environment
 from ._deadlock import DeadlockDetector
@@ -90,7 +89,10 @@ class Watch:
             self.console = Console(self)
             skip_thread = is_console_thread  # the console's own loop is left alone
         self.tasks = TaskWatcher(
-            self.recorder, self.faults, tracer=self.telemetry.tracer, on_loop=self._on_loop,
+            self.recorder,
+            self.faults,
+            tracer=self.telemetry.tracer,
+            on_loop=self._on_loop,
             skip_thread=skip_thread,
         )
 
