@@ -147,7 +147,7 @@ def measure(
     return rows
 
 
-def table(rows: list[dict[str, object]], rounds: int, skipped: str) -> str:
+def table(rows: list[dict[str, object]], rounds: int, suite_rounds: int, skipped: str) -> str:
     lines = [
         "| program | configuration | wall (median ms) | added wall (ms) | wall vs bare "
         "| added CPU (ms) | CPU vs bare |",
@@ -163,7 +163,8 @@ def table(rows: list[dict[str, object]], rounds: int, skipped: str) -> str:
     lines.append(
         f"{rounds} rounds, configurations interleaved; added = median over rounds of "
         "(configuration - bare) in the same round; CPU = user + system of the child "
-        f"processes. Suite: {SUITE_RUNS} sequential runs of the one-await program.{skipped}"
+        f"processes. Suite: {SUITE_RUNS} sequential runs of the one-await program, "
+        f"{suite_rounds} rounds.{skipped}"
     )
     return "\n".join(lines)
 
@@ -192,7 +193,7 @@ def main() -> int:
             rows += measure(name, [str(path)], args.rounds)
         first = str(paths["asyncio, one await"])
         rows += measure(f"suite: {SUITE_RUNS} interpreters", [first], args.suite_rounds, SUITE_RUNS)
-    text = table(rows, args.rounds, skipped)
+    text = table(rows, args.rounds, args.suite_rounds, skipped)
     out = Path(args.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
