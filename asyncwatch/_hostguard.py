@@ -236,7 +236,9 @@ def _metrics_app(registry: Any) -> Callable[..., Any]:
                     from prometheus_client import CollectorRegistry, make_wsgi_app
 
                     served = registry() if callable(registry) else registry
-                    made.append(make_wsgi_app(served or CollectorRegistry()))
+                    if served is None:  # shutting down: an empty page, made again next time
+                        return make_wsgi_app(CollectorRegistry())(environ, start_response)  # type: ignore[no-any-return]
+                    made.append(make_wsgi_app(served))
         return made[0](environ, start_response)  # type: ignore[no-any-return]
 
     return app

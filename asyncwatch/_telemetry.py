@@ -7,6 +7,10 @@
   its own later) with the exporters the configuration names.
 * The embedded default is a Prometheus ``/metrics`` endpoint on 127.0.0.1:9464. A busy port
   is one clear log line (or the next free port within ``prometheus_port_span``), not a crash.
+  Providers of asyncwatch's own that are only pulled from (this endpoint, the app's /metrics
+  page) or that export nothing are built at their first use (first scrape, first span), so a
+  short program never loads the SDK; push exporters are built at start. The endpoint stops
+  at once (no poll interval), and a push exporter's final export is bounded like any other.
 * Every push export runs through an ``ExportGuard``: one export in flight at a time, on a
   worker thread, abandoned after ``export_timeout_s``; what could not be sent is counted in
   ``asyncwatch.export.dropped``. Shutdown is bounded the same way, so a dead, black-holed or
@@ -382,8 +386,8 @@ class Telemetry:
             return
         with self._lock:
             if self._meter_deferred:
-                self._meter_deferred = False
                 self._make_meter_provider()
+                self._meter_deferred = False  # only now: others wait on the lock till it is built
 
     def _served_registry(self) -> Any:
         """What the embedded endpoint serves: the registry, built at the first request."""
@@ -399,8 +403,8 @@ class Telemetry:
             if self._tracer_deferred:
                 with self._lock:
                     if self._tracer_deferred:
-                        self._tracer_deferred = False
                         self._make_tracer_provider()
+                        self._tracer_deferred = False
             if self.tracer_provider is None:
                 from opentelemetry import trace
 
