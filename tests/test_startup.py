@@ -162,3 +162,36 @@ def test_exit_does_not_wait_for_the_export_interval_and_keeps_the_final_export()
     points = [p for m in created for p in m["data"]["data_points"]]
     work = [p for p in points if p["attributes"].get("code.function.name") == "__main__.work"]
     assert [p["value"] for p in work] == [7], points
+
+
+def test_concurrent_first_scrapes_all_get_the_figures() -> None:
+    """Eight scrapes arriving together at a deferred endpoint: one builds the pipeline, the
+    others wait for it; every page carries asyncwatch's figures (none is served empty)."""
+    code = textwrap.dedent(
+        """
+        import asyncio, threading, urllib.request
+        import asyncwatch
+        watch = asyncwatch.install(prometheus_port=0)
+        async def work(i):
+            await asyncio.sleep(0)
+        async def main():
+            await asyncio.gather(*(work(i) for i in range(3)))
+        asyncio.run(main())
+        start = threading.Barrier(8)
+        pages = []
+        def scrape():
+            start.wait()
+            pages.append(urllib.request.urlopen(watch.prometheus_url, timeout=30).read())
+        threads = [threading.Thread(target=scrape) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        line = b'asyncwatch_task_created_total{code_function_name="__main__.work"} 3.0'
+        print(len(pages), sum(line in page for page in pages))
+        asyncwatch.uninstall()
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["8", "8"]
