@@ -88,9 +88,8 @@ class BlockedLoop(Finding):
 class BlockSink(Protocol):
     """Where a monitor reports (``LoopWatch`` in production, a list in tests)."""
 
-    def detected(
-        self, monitor: LoopMonitor, episode: Episode, now: float, sample: Sample | None
-    ) -> None: ...
+    def detected(self, monitor: LoopMonitor, episode: Episode, now: float,
+                 sample: Sample | None) -> None: ...
 
     def still_blocked(self, monitor: LoopMonitor, episode: Episode, now: float) -> None: ...
 
@@ -101,23 +100,8 @@ class Episode:
     """One callback seen holding a busy loop, from its first sample to its end."""
 
     __slots__ = (
-        "beats",
-        "counts",
-        "end",
-        "exact",
-        "finding",
-        "first_seen",
-        "handle",
-        "info",
-        "internal",
-        "key",
-        "last_seen",
-        "logged",
-        "modules",
-        "overflow",
-        "reported",
-        "samples",
-        "since",
+        "beats", "counts", "end", "exact", "finding", "first_seen", "handle", "info", "internal",
+        "key", "last_seen", "logged", "modules", "overflow", "reported", "samples", "since",
         "stacks",
     )
 

@@ -218,7 +218,9 @@ class DeadlockDetector:
         try:
             # Through the class, as the heartbeat: an instance-level replacement (a test's mock)
             # neither sees nor breaks the scans.
-            state.handle = type(loop).call_later(loop, delay, self._tick, weakref.ref(loop), state)
+            state.handle = type(loop).call_later(
+                loop, delay, self._tick, weakref.ref(loop), state
+            )
         except RuntimeError:  # closed loop
             state.handle = None
 
@@ -338,13 +340,8 @@ class DeadlockDetector:
             self.last_scan_s = spent
             self.scan_seconds += spent
 
-    def _steps(
-        self,
-        loop: Any,
-        out: list[DeadlockFinding | StuckTaskFinding] | None = None,
-        *,
-        state: LoopState | None = None,
-    ) -> Iterator[None]:
+    def _steps(self, loop: Any, out: list[DeadlockFinding | StuckTaskFinding] | None = None,
+               *, state: LoopState | None = None) -> Iterator[None]:
         """One scan, as a generator that yields between slices of ``SLICE`` tasks."""
         if state is None:
             state = self._state(loop)
@@ -375,9 +372,8 @@ class DeadlockDetector:
         graph = self._graph(followed)
         in_deadlock = self._deadlocks(loop, state, graph, now, out)
         if due or followed:
-            self._stuck(
-                state, followed, due, graph=graph, in_deadlock=in_deadlock, now=now, out=out
-            )
+            self._stuck(state, followed, due, graph=graph, in_deadlock=in_deadlock, now=now,
+                        out=out)
         state.reported = {tid for tid in state.reported if (r := new.get(tid)) and r.reported}
         state.stuck = len(state.reported)
         for finding in out:
@@ -473,14 +469,11 @@ class DeadlockDetector:
             else:
                 # A successor that is not a settled, followed task is live: running,
                 # runnable, done, or waiting on something that can wake it.
-                succ.append(
-                    [
-                        index.get(id(s), LIVE)
-                        if isinstance(s, task_types) and not s.done()
-                        else LIVE
-                        for s in wait.succ
-                    ]
-                )
+                succ.append([
+                    index.get(id(s), LIVE) if isinstance(s, task_types) and not s.done()
+                    else LIVE
+                    for s in wait.succ
+                ])
                 mode.append(wait.mode or "and")
         for wait in res:
             succ.append([node_of(h, index, holder=True) for h in wait.succ])
@@ -488,14 +481,8 @@ class DeadlockDetector:
             live0.append(False)
         return graph
 
-    def _deadlocks(
-        self,
-        loop: Any,
-        state: LoopState,
-        graph: Graph,
-        now: float,
-        out: list[DeadlockFinding | StuckTaskFinding],
-    ) -> set[int]:
+    def _deadlocks(self, loop: Any, state: LoopState, graph: Graph, now: float,
+                   out: list[DeadlockFinding | StuckTaskFinding]) -> set[int]:
         """Report new cycles; return ids of tasks in (or waiting behind) any cycle."""
         nodes, succ, mode, live0 = graph.nodes, graph.succ, graph.mode, graph.live0
         bad = doomed(succ, mode, live0)
@@ -532,17 +519,10 @@ class DeadlockDetector:
         state.deadlocked = deadlocked
         return involved
 
-    def _stuck(
-        self,
-        state: LoopState,
-        followed: list[Entry],
-        due: list[tuple[float, float, int, Any, Seen]],
-        *,
-        graph: Graph,
-        in_deadlock: set[int],
-        now: float,
-        out: list[DeadlockFinding | StuckTaskFinding],
-    ) -> None:
+    def _stuck(self, state: LoopState, followed: list[Entry],
+               due: list[tuple[float, float, int, Any, Seen]], *, graph: Graph,
+               in_deadlock: set[int], now: float,
+               out: list[DeadlockFinding | StuckTaskFinding]) -> None:
         pool = due
         for e in followed:
             rec = e.rec
@@ -570,11 +550,8 @@ class DeadlockDetector:
                 rec.kind = e.wait.kind
             wait = e.wait
             if (
-                wait.kind in ("sleep", "io")
-                or wait.escapable
-                or is_idle(e.task)
-                or self._idle_by_name(e.task)
-                or has_deadline(e.task, coro_chain(e.task))
+                wait.kind in ("sleep", "io") or wait.escapable or is_idle(e.task)
+                or self._idle_by_name(e.task) or has_deadline(e.task, coro_chain(e.task))
             ):
                 rec.check_at = math.inf  # by design, or a timeout will end it
                 continue
@@ -601,7 +578,7 @@ class DeadlockDetector:
                 verdict, blocked = got
                 if verdict.outcome != UNREACHABLE:
                     rec.checks += 1
-                    rec.check_at = now + self.stuck_after_s * min(2**rec.checks, 64)
+                    rec.check_at = now + self.stuck_after_s * min(2 ** rec.checks, 64)
                     continue
                 if not verdict.held_by_user:
                     rec.check_at = math.inf  # `await asyncio.Future()`: forever by design
@@ -634,9 +611,9 @@ class DeadlockDetector:
                 return True
         return False
 
-    def _reach(
-        self, entry: Entry, checks: Checks, *, walk_ok: bool
-    ) -> tuple[Verdict, list[Any]] | None:
+    def _reach(self, entry: Entry, checks: Checks, *, walk_ok: bool) -> tuple[
+        Verdict, list[Any]
+    ] | None:
         """Can anything but its waiters (and who waits on them) reach the entry's object?
         None when that needs a heap walk and none is allowed now."""
         wait = entry.wait
@@ -680,3 +657,5 @@ class DeadlockDetector:
         self.findings.add(finding)
         detail = "\n".join(chain.format() for chain in finding.chains)
         logger.warning("asyncwatch: %s\nAwait chains:\n%s", finding.explanation, detail)
+
+

@@ -143,9 +143,8 @@ class LoopWindow:
 class LoopLoad:
     """Every instrumented loop's meter, plus process CPU samples."""
 
-    def __init__(
-        self, faults: Faults, lag_counts_of: Callable[[Any], Any] | None = None, keep: int = SAMPLES
-    ):
+    def __init__(self, faults: Faults, lag_counts_of: Callable[[Any], Any] | None = None,
+                 keep: int = SAMPLES):
         self.faults = faults
         self.keep = keep  # samples kept per loop (and of the process)
         self.lag_counts_of = lag_counts_of

@@ -73,8 +73,7 @@ def _is_call_args(obj: Any, frontier: list[Any]) -> bool:
     """The argument tuple of our own ``gc.get_referrers(*frontier)`` call, which Python 3.13
     returns among the referrers (earlier versions leave it out)."""
     return (
-        type(obj) is tuple
-        and len(obj) == len(frontier)
+        type(obj) is tuple and len(obj) == len(frontier)
         and all(a is b for a, b in zip(obj, frontier, strict=True))
     )
 
@@ -144,10 +143,7 @@ def _walk(
                     if user and not _await_iter(x):
                         held = True
             if (
-                rid in private
-                or rid in seen
-                or skip(r)
-                or isinstance(r, types.FrameType)
+                rid in private or rid in seen or skip(r) or isinstance(r, types.FrameType)
                 or _is_call_args(r, frontier)
             ):
                 continue
@@ -228,7 +224,8 @@ def reach(
     asyncwatch's own bookkeeping objects (counted, not followed). The walk gives up
     (``UNKNOWN``) past ``max_levels`` heap passes, ``max_objects`` objects or ``max_s``.
     """
-    return _walk(target, private, skip, max_levels=max_levels, max_objects=max_objects, max_s=max_s)
+    return _walk(target, private, skip, max_levels=max_levels, max_objects=max_objects,
+                 max_s=max_s)
 
 
 def _measure(frontier: list[Any]) -> int:

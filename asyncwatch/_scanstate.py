@@ -108,14 +108,7 @@ class LoopState:
     loop owns it (through the pending scan's handle) and the detector keeps it only weakly."""
 
     __slots__ = (
-        "__weakref__",
-        "cycles",
-        "deadlocked",
-        "expedite",
-        "handle",
-        "reported",
-        "seen",
-        "stuck",
+        "__weakref__", "cycles", "deadlocked", "expedite", "handle", "reported", "seen", "stuck",
     )
 
     def __init__(self) -> None:
@@ -226,6 +219,8 @@ OWN_TYPES = (Wait, Seen, Sweep, Entry, Graph, Checks, LoopState, PrimitiveState)
 
 def own_record(obj: Any) -> bool:
     return isinstance(obj, OWN_TYPES)
+
+
 
 
 def trim(entries: list[Entry]) -> list[Entry]:
