@@ -12,46 +12,89 @@ standard ``OTEL_*`` variables point. Without code changes: ``asyncwatch run -- p
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._advisor import make_batch as _make_batch
-from ._asgi import AsyncWatchMiddleware as AsyncWatchMiddleware
-from ._blocked import BlockedLoop as BlockedLoop
-from ._config import Config as Config
-from ._config import ConfigError as ConfigError
-from ._deadlock_report import AwaitChain as AwaitChain
-from ._deadlock_report import DeadlockFinding as DeadlockFinding
-from ._deadlock_report import PrimitiveInfo as PrimitiveInfo
-from ._deadlock_report import StuckTaskFinding as StuckTaskFinding
-from ._findings import Finding as Finding
-from ._findings import Frame as Frame
-from ._gates import Gate as Gate
-from ._gates import make_gate as _make_gate
-from ._idle import idle as idle
-from ._limits import Concurrency as Concurrency
-from ._limits import make_concurrency as _make_concurrency
-from ._limits import mark_rejected as _mark_rejected
-from ._models import Recommendation as Recommendation
-from ._profiling import CoroutineProfile as CoroutineProfile
-from ._profiling import FunctionProfile as FunctionProfile
-from ._profiling import ProfilerBusy as ProfilerBusy
-from ._profiling import ProfileReport as ProfileReport
-from ._profiling import ProfileSession as ProfileSession
-from ._profiling import profile as profile
-from ._profiling import profile_sync as profile_sync
-from ._profiling import profiling as profiling
-from ._stats import CoroutineStats as CoroutineStats
-from ._stats import Percentiles as Percentiles
-from ._stats import ProcessStats as ProcessStats
-from ._stats import Stats as Stats
-from ._watch import VERSION
-from ._watch import Watch as Watch
-from ._watch import current as _current_watch
-from ._watch import install as _install
-from ._watch import uninstall as _uninstall
+__version__ = "0.1.0"
 
-__version__ = VERSION
+# Everything below is imported on first use (PEP 562 ``__getattr__``), so ``import asyncwatch``
+# costs next to nothing and install() loads only what its configuration uses: no
+# OpenTelemetry SDK, starlette, aiomonitor or yappi until something needs them.
+_LAZY = {
+    "AsyncWatchMiddleware": "._asgi",
+    "AwaitChain": "._deadlock_report",
+    "BlockedLoop": "._blocked",
+    "Concurrency": "._limits",
+    "Config": "._config",
+    "ConfigError": "._config",
+    "CoroutineProfile": "._profiling",
+    "CoroutineStats": "._stats",
+    "DeadlockFinding": "._deadlock_report",
+    "Finding": "._findings",
+    "Frame": "._findings",
+    "FunctionProfile": "._profiling",
+    "Gate": "._gates",
+    "Percentiles": "._stats",
+    "PrimitiveInfo": "._deadlock_report",
+    "ProcessStats": "._stats",
+    "ProfileReport": "._profiling",
+    "ProfileSession": "._profiling",
+    "ProfilerBusy": "._profiling",
+    "Recommendation": "._models",
+    "Stats": "._stats",
+    "StuckTaskFinding": "._deadlock_report",
+    "Watch": "._watch",
+    "idle": "._idle",
+    "profile": "._profiling",
+    "profile_sync": "._profiling",
+    "profiling": "._profiling",
+}
+
+if TYPE_CHECKING:
+    from ._asgi import AsyncWatchMiddleware as AsyncWatchMiddleware
+    from ._blocked import BlockedLoop as BlockedLoop
+    from ._config import Config as Config
+    from ._config import ConfigError as ConfigError
+    from ._deadlock_report import AwaitChain as AwaitChain
+    from ._deadlock_report import DeadlockFinding as DeadlockFinding
+    from ._deadlock_report import PrimitiveInfo as PrimitiveInfo
+    from ._deadlock_report import StuckTaskFinding as StuckTaskFinding
+    from ._findings import Finding as Finding
+    from ._findings import Frame as Frame
+    from ._gates import Gate as Gate
+    from ._idle import idle as idle
+    from ._limits import Concurrency as Concurrency
+    from ._models import Recommendation as Recommendation
+    from ._profiling import CoroutineProfile as CoroutineProfile
+    from ._profiling import FunctionProfile as FunctionProfile
+    from ._profiling import ProfilerBusy as ProfilerBusy
+    from ._profiling import ProfileReport as ProfileReport
+    from ._profiling import ProfileSession as ProfileSession
+    from ._profiling import profile as profile
+    from ._profiling import profile_sync as profile_sync
+    from ._profiling import profiling as profiling
+    from ._stats import CoroutineStats as CoroutineStats
+    from ._stats import Percentiles as Percentiles
+    from ._stats import ProcessStats as ProcessStats
+    from ._stats import Stats as Stats
+    from ._watch import Watch as Watch
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "AsyncWatchMiddleware",
@@ -117,6 +160,8 @@ def install(
     ``tracer_provider``: the OpenTelemetry ``TracerProvider`` for asyncwatch's spans (default:
     the global one if the app set an SDK provider, else asyncwatch's own).
     """
+    from ._watch import install as _install
+
     return _install(
         config, metric_readers=metric_readers, tracer_provider=tracer_provider, **settings
     )
@@ -129,12 +174,19 @@ def uninstall(timeout_s: float | None = None) -> None:
     ``math.inf`` waits up to an hour, a negative or nan value means the default).
     Idempotent. Also runs at interpreter exit.
     """
+    from ._watch import uninstall as _uninstall
+
     _uninstall(timeout_s)
 
 
 def current() -> Watch | None:
     """The running ``Watch``, or None when asyncwatch is not installed."""
     return _current_watch()
+
+
+def _current_watch() -> Watch | None:
+    watch = sys.modules.get(__name__ + "._watch")
+    return None if watch is None else watch.current()
 
 
 def stats() -> Stats:
@@ -145,6 +197,8 @@ def stats() -> Stats:
     """
     watch = _current_watch()
     if watch is None:
+        from ._stats import Stats
+
         return Stats(installed=False)
     return watch.stats()
 
@@ -204,7 +258,9 @@ def batch(name: str, size: int | Callable[..., int], *, budget_s: float | None =
     that raise are not recorded. Costs two clock reads per batch; a no-op when asyncwatch is not
     installed.
     """
-    return _make_batch(name, size, budget_s)
+    from ._advisor import make_batch
+
+    return make_batch(name, size, budget_s)
 
 
 def concurrency(name: str, limit: int | None = None, *, backlog: Any = None) -> Concurrency:
@@ -222,7 +278,9 @@ def concurrency(name: str, limit: int | None = None, *, backlog: Any = None) -> 
     """
     watch = _current_watch()
     advisor = getattr(watch, "advisor", None)
-    return _make_concurrency(getattr(advisor, "limits", None), name, limit, backlog)
+    from ._limits import make_concurrency
+
+    return make_concurrency(getattr(advisor, "limits", None), name, limit, backlog)
 
 
 def rejected() -> None:
@@ -240,11 +298,12 @@ def rejected() -> None:
     a task or when asyncwatch is not installed (one weak reference to the task until it
     releases or ends).
     """
-    _mark_rejected()
+    from ._limits import mark_rejected
+
+    mark_rejected()
 
 
-def gate(name: str, *, rpm: float | None = None, tpm: float | None = None,
-         tokens: int = 0) -> Gate:
+def gate(name: str, *, rpm: float | None = None, tpm: float | None = None, tokens: int = 0) -> Gate:
     """Measure the wait at a rate gate (requests and tokens per minute, as LLM APIs meter):
     put it around your limiter's wait, per request::
 
@@ -260,4 +319,6 @@ def gate(name: str, *, rpm: float | None = None, tpm: float | None = None,
     """
     watch = _current_watch()
     advisor = getattr(watch, "advisor", None)
-    return _make_gate(getattr(advisor, "gates", None), name, rpm, tpm, tokens)
+    from ._gates import make_gate
+
+    return make_gate(getattr(advisor, "gates", None), name, rpm, tpm, tokens)

@@ -15,11 +15,17 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 from ._config import Config, ConfigError, check_environment, raw_problem, settings_reference
 
-BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
+BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "_bootstrap")
+
+
+def _path(text: str) -> Any:
+    from pathlib import Path  # only `assets` takes a path: not loaded for `run`
+
+    return Path(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         "OpenTelemetry Collector configs and Grafana dashboards and provisioning to "
         "DIR/exporters and DIR/grafana.",
     )
-    assets.add_argument("dir", type=Path, help="where to write them (created if missing)")
+    assets.add_argument("dir", type=_path, help="where to write them (created if missing)")
     assets.add_argument("--force", action="store_true", help="overwrite files that differ")
     return parser
 
@@ -206,7 +212,7 @@ def _connect(host: str, port: int) -> int:
     return 0
 
 
-def _assets(target: Path, force: bool) -> int:
+def _assets(target: Any, force: bool) -> int:
     from . import _assets
 
     try:

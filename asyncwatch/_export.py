@@ -24,26 +24,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from opentelemetry.sdk.metrics import Counter, Histogram, UpDownCounter
-from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
-    Gauge,
-    HistogramDataPoint,
-    Metric,
-    MetricsData,
-    NumberDataPoint,
-    ResourceMetrics,
-    ScopeMetrics,
-    Sum,
-)
-from opentelemetry.sdk.metrics.export import Histogram as HistogramData
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from typing import TYPE_CHECKING, Any
 
 from . import _names as n
 from ._recorder import Recorder
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import Metric, MetricsData
+    from opentelemetry.sdk.resources import Resource
+
+# The OpenTelemetry SDK is imported where it is used (collection time), not here: a process
+# whose metrics are never collected (a short script, a test interpreter) never loads it.
 
 SCOPE_NAME = "asyncwatch"
 
@@ -64,7 +55,8 @@ Attrs = Mapping[str, str | int | float | bool]
 Point = tuple[n.MetricDef, Attrs, "int | float | HistValue", int]  # (def, attrs, value, start_ns)
 Source = Callable[[], Iterable[Point]]
 
-_KIND_CLASS = {"counter": Counter, "updowncounter": UpDownCounter, "histogram": Histogram}
+# the SDK instrument class each kind is recorded with, by name
+_KIND_CLASS = {"counter": "Counter", "updowncounter": "UpDownCounter", "histogram": "Histogram"}
 
 
 def _is_delta(prefs: Mapping[Any, Any], kind: str) -> bool:
@@ -74,8 +66,8 @@ def _is_delta(prefs: Mapping[Any, Any], kind: str) -> bool:
     if wanted is None:
         return False
     for cls, temporality in prefs.items():
-        if getattr(cls, "__name__", "").lstrip("_") == wanted.__name__:
-            return bool(temporality == AggregationTemporality.DELTA)
+        if getattr(cls, "__name__", "").lstrip("_") == wanted:
+            return getattr(temporality, "name", None) == "DELTA"
     return False
 
 
@@ -83,7 +75,8 @@ class MetricsBridge:
     """Collects every source into SDK ``Metric`` objects; see the module docstring."""
 
     def __init__(self, version: str, max_series: int = 3000) -> None:
-        self.scope = InstrumentationScope(SCOPE_NAME, version)
+        self.version = version
+        self._scope: Any = None
         self.max_series = max_series
         # series admitted under the budget (metric name, sorted attributes), and their cost
         self._admitted: set[tuple[str, tuple[Any, ...]]] = set()
@@ -95,6 +88,15 @@ class MetricsBridge:
         # per reader (by id): previous cumulative value per (metric, attributes)
         self._previous: dict[int, dict[tuple[str, tuple[Any, ...]], Any]] = {}
         self.on_error: Callable[[str, BaseException], None] = lambda hook, exc: None
+
+    @property
+    def scope(self) -> Any:
+        """asyncwatch's ``InstrumentationScope`` (made at the first collection)."""
+        if self._scope is None:
+            from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+            self._scope = InstrumentationScope(SCOPE_NAME, self.version)
+        return self._scope
 
     def add_source(self, name: str, source: Source, *, last: bool = False) -> None:
         """Register a callable that yields points at collection time (``last``: collected
@@ -131,6 +133,9 @@ class MetricsBridge:
         is left out of this collection and counted (``collect:<source>`` in
         ``asyncwatch.internal.errors``); every other source is served.
         """
+        from opentelemetry.sdk.metrics.export import AggregationTemporality, Gauge, Metric, Sum
+        from opentelemetry.sdk.metrics.export import Histogram as HistogramData
+
         now = time.time_ns()
         prefs = getattr(reader, "_instrument_class_temporality", {})
         grouped: dict[str, tuple[n.MetricDef, list[Any]]] = {}
@@ -213,6 +218,8 @@ class MetricsBridge:
         now: int,
         previous: dict[tuple[str, tuple[Any, ...]], Any] | None,
     ) -> Any:
+        from opentelemetry.sdk.metrics.export import HistogramDataPoint, NumberDataPoint
+
         attributes = dict(attrs)
         if previous is not None:
             key = (mdef.name, tuple(sorted(attributes.items())))
@@ -239,6 +246,8 @@ class MetricsBridge:
 
     def merge(self, data: MetricsData, reader: Any, resource: Resource) -> MetricsData:
         """``data`` with asyncwatch's metrics added under its own instrumentation scope."""
+        from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
+
         ours = ScopeMetrics(self.scope, self.metrics(reader), "")
         resource_metrics = list(data.resource_metrics) if data is not None else []
         if resource_metrics:

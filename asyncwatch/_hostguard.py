@@ -22,15 +22,18 @@ A request with no ``Host`` (HTTP/1.0 tools) is answered: browsers always send on
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
+import selectors
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PROOF_HEADER = "HX-Request"  # sent by htmx, which aiomonitor's web UI uses for every request
@@ -165,32 +168,102 @@ def guard_wsgi(app: Callable[..., Any], policy: HostPolicy) -> Callable[..., Any
     return guarded
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # no list of finished threads kept for joining
+def _server_classes() -> tuple[type[Any], type[Any]]:
+    """The /metrics server and its handler (http.server and wsgiref load only when a server
+    starts, not with the settings that import this module)."""
+    global _CLASSES
+    if _CLASSES is not None:
+        return _CLASSES
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+    class _ThreadingServer(ThreadingMixIn, WSGIServer):
+        daemon_threads = True  # no list of finished threads kept for joining
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._wake_r, self._wake_w = socket.socketpair()  # shutdown() writes, select wakes
+            self._stopping = False
+            self._stopped = threading.Event()
+            super().__init__(*args, **kwargs)
+
+        def serve_forever(self, poll_interval: float = 0.5) -> None:
+            """Serve until ``shutdown()``, sleeping in ``select`` with no timeout: no wake-ups while
+            idle, and ``shutdown()`` wakes it at once instead of after a poll interval."""
+            try:
+                with selectors.DefaultSelector() as selector:
+                    selector.register(self, selectors.EVENT_READ)
+                    selector.register(self._wake_r, selectors.EVENT_READ)
+                    while not self._stopping:
+                        for key, _ in selector.select():
+                            if key.fileobj is self and not self._stopping:
+                                self._handle_request_noblock()  # type: ignore[attr-defined]
+            finally:
+                self._stopped.set()
+
+        def shutdown(self, timeout_s: float | None = None) -> None:
+            """Stop ``serve_forever`` (from another thread), waiting at most ``timeout_s``."""
+            self._stopping = True
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"\0")
+            self._stopped.wait(timeout_s)
+
+        def server_close(self) -> None:
+            super().server_close()
+            for end in (self._wake_r, self._wake_w):
+                end.close()
+
+    class _QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """Log nothing (prometheus_client's server does the same)."""
+
+    _CLASSES = (_ThreadingServer, _QuietHandler)
+    return _CLASSES
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Log nothing (prometheus_client's server does the same)."""
+_CLASSES: tuple[type[Any], type[Any]] | None = None
+
+
+def _metrics_app(registry: Any) -> Callable[..., Any]:
+    """prometheus_client's WSGI app for ``registry``, made at the first request; ``registry``
+    may be a function returning it (so what it serves is built only when first scraped)."""
+    made: list[Callable[..., Any]] = []
+    lock = threading.Lock()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not made:
+            with lock:
+                if not made:
+                    from prometheus_client import CollectorRegistry, make_wsgi_app
+
+                    served = registry() if callable(registry) else registry
+                    if served is None:  # shutting down: an empty page, made again next time
+                        return make_wsgi_app(CollectorRegistry())(environ, start_response)  # type: ignore[no-any-return]
+                    made.append(make_wsgi_app(served))
+        return made[0](environ, start_response)  # type: ignore[no-any-return]
+
+    return app
 
 
 def start_metrics_server(
     host: str, port: int, registry: Any, allowed_hosts: Iterable[str]
 ) -> tuple[WSGIServer, threading.Thread]:
-    """prometheus_client's WSGI app for ``registry`` on (host, port), behind the host guard,
-    served from a daemon thread (what ``prometheus_client.start_http_server`` does, with the
-    guard in place before the first request can arrive)."""
-    from prometheus_client import make_wsgi_app
-
+    """prometheus_client's WSGI app for ``registry`` (or a function returning it, called at
+    the first request) on (host, port), behind the host guard, served from a daemon thread
+    (what ``prometheus_client.start_http_server`` does, with the guard in place before the
+    first request can arrive). ``shutdown()`` returns at once, with no poll interval."""
     family, _, _, _, sockaddr = next(
         iter(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE))
     )
 
-    class Server(_ThreadingServer):
+    from wsgiref.simple_server import make_server
+
+    threading_server, quiet_handler = _server_classes()
+
+    class Server(threading_server):  # type: ignore[valid-type,misc]
         address_family = family
 
-    app = guard_wsgi(make_wsgi_app(registry), HostPolicy(host, allowed_hosts))
-    httpd = make_server(str(sockaddr[0]), port, app, Server, handler_class=_QuietHandler)
+    app = guard_wsgi(_metrics_app(registry), HostPolicy(host, allowed_hosts))
+    httpd = make_server(str(sockaddr[0]), port, app, Server, handler_class=quiet_handler)
     thread = threading.Thread(target=httpd.serve_forever, name="asyncwatch-metrics", daemon=True)
     thread.start()
     return httpd, thread

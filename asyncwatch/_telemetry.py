@@ -7,6 +7,10 @@
   its own later) with the exporters the configuration names.
 * The embedded default is a Prometheus ``/metrics`` endpoint on 127.0.0.1:9464. A busy port
   is one clear log line (or the next free port within ``prometheus_port_span``), not a crash.
+  Providers of asyncwatch's own that are only pulled from (this endpoint, the app's /metrics
+  page) or that export nothing are built at their first use (first scrape, first span), so a
+  short program never loads the SDK; push exporters are built at start. The endpoint stops
+  at once (no poll interval), and a push exporter's final export is bounded like any other.
 * Every push export runs through an ``ExportGuard``: one export in flight at a time, on a
   worker thread, abandoned after ``export_timeout_s``; what could not be sent is counted in
   ``asyncwatch.export.dropped``. Shutdown is bounded the same way, so a dead, black-holed or
@@ -19,27 +23,21 @@ import contextlib
 import logging
 import math
 import os
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
-
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    MetricExporter,
-    MetricExportResult,
-    MetricsData,
-    PeriodicExportingMetricReader,
-)
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from typing import TYPE_CHECKING, Any
 
 from . import _names as n
 from ._config import Config, ConfigError
 from ._export import MetricsBridge, Point
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 logger = logging.getLogger("asyncwatch")
 
@@ -181,89 +179,6 @@ class ExportGuard:
             )
 
 
-class GuardedMetricExporter(MetricExporter):
-    """A metric exporter whose every call is bounded by an ``ExportGuard``."""
-
-    def __init__(self, inner: MetricExporter, guard: ExportGuard) -> None:
-        super().__init__(
-            preferred_temporality=inner._preferred_temporality,
-            preferred_aggregation=inner._preferred_aggregation,
-        )
-        self.inner = inner
-        self.guard = guard
-
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        """Export in the guard; FAILURE (counted) if the exporter is slow or down."""
-        limit = min(timeout_millis, self.guard.timeout_s * 1000)
-        result = self.guard.call(
-            lambda: self.inner.export(metrics_data, timeout_millis=limit, **kwargs), 1
-        )
-        self.guard.note(result is MetricExportResult.SUCCESS)
-        if result is MetricExportResult.SUCCESS:
-            return result
-        if result is MetricExportResult.FAILURE:
-            self.guard.drops.add("metrics", "rejected", 1)
-        return MetricExportResult.FAILURE
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        """Flush within the guard's deadline."""
-        return bool(self.guard.call(lambda: self.inner.force_flush(timeout_millis), 0))
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        """Shut the inner exporter down within the guard's deadline."""
-        self.guard.call(
-            lambda: self.inner.shutdown(timeout_millis=timeout_millis, **kwargs) or True, 0
-        )
-
-
-class GuardedSpanExporter(SpanExporter):
-    """A span exporter whose every call is bounded by an ``ExportGuard``."""
-
-    def __init__(self, inner: SpanExporter, guard: ExportGuard) -> None:
-        self.inner = inner
-        self.guard = guard
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        """Export in the guard; FAILURE (counted) if the exporter is slow or down."""
-        result = self.guard.call(lambda: self.inner.export(spans), len(spans))
-        self.guard.note(result is SpanExportResult.SUCCESS)
-        if result is SpanExportResult.SUCCESS:
-            return result
-        if result is SpanExportResult.FAILURE:
-            self.guard.drops.add("traces", "rejected", len(spans))
-        return SpanExportResult.FAILURE
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Flush within the guard's deadline."""
-        return bool(self.guard.call(lambda: self.inner.force_flush(timeout_millis), 0))
-
-    def shutdown(self) -> None:
-        """Shut the inner exporter down within the guard's deadline."""
-
-        def stop() -> bool:
-            self.inner.shutdown()
-            return True
-
-        self.guard.call(stop, 0)
-
-
-class CountingBatchSpanProcessor(BatchSpanProcessor):
-    """The SDK's batch processor (bounded queue), counting the spans it drops when full."""
-
-    def __init__(self, exporter: SpanExporter, drops: DropCounter, **kwargs: Any) -> None:
-        super().__init__(exporter, **kwargs)
-        self._aw_drops = drops
-
-    def on_end(self, span: ReadableSpan) -> None:
-        """Queue the span; count it if the queue is already full (the SDK then drops one)."""
-        queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
-        if queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen:
-            self._aw_drops.add("traces", "queue_full", 1)
-        super().on_end(span)
-
-
 # uninstall(timeout_s=...) is kept within these (inf: "as long as it takes", up to an hour)
 _MIN_SHUTDOWN_S, _MAX_SHUTDOWN_S = 0.01, 3600.0
 
@@ -299,15 +214,22 @@ def _run_with_deadline(fn: Callable[[], Any], seconds: float, what: str) -> bool
     return True
 
 
-def _need(module: str, extra: str, setting: str) -> Any:
+def _need(module: str, extra: str, setting: str, *, load: bool = True) -> Any:
+    """``module``, imported (``load``) or only found, or ConfigError naming ``setting``."""
     import importlib
+    import importlib.util
 
     try:
-        return importlib.import_module(module)
+        if load:
+            return importlib.import_module(module)
+        found = importlib.util.find_spec(module) is not None
     except ImportError:
+        found = False
+    if not found:
         if extra == "otlp-grpc":
             setting += " with otlp_protocol=grpc"
         raise ConfigError(f"{setting} needs `pip install asyncwatch[{extra}]` ({module})") from None
+    return None
 
 
 def _check_batch_settings() -> None:
@@ -330,21 +252,6 @@ def _check_batch_settings() -> None:
             f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE={values['OTEL_BSP_MAX_EXPORT_BATCH_SIZE']} must not "
             f"exceed OTEL_BSP_MAX_QUEUE_SIZE={values['OTEL_BSP_MAX_QUEUE_SIZE']}"
         )
-
-
-def make_resource() -> Resource:
-    """This process's resource: OTEL_* variables, plus pid and a per-process instance id."""
-    attributes: dict[str, Any] = {
-        "process.pid": os.getpid(),
-        "service.instance.id": f"{socket.gethostname()}:{os.getpid()}",
-    }
-    named_in_env = os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in os.environ.get(
-        "OTEL_RESOURCE_ATTRIBUTES", ""
-    )
-    if not named_in_env:
-        script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
-        attributes["service.name"] = f"unknown_service:{script or 'python'}"
-    return Resource.create(attributes)
 
 
 class Telemetry:
@@ -383,8 +290,20 @@ class Telemetry:
         # middleware (a plain attribute: that check runs for every request).
         self.exports_spans = False
         # Filled by the Prometheus reader: what an app-served /metrics page renders.
-        self.prometheus_registry: Any = None
+        self._prometheus_registry: Any = None
         self._app_provider_reader: Any = None
+        # Providers of asyncwatch's own that only pull (the /metrics endpoint, the app's
+        # /metrics page) or export nothing are built at their first use, not at start: a
+        # program that ends before anything scrapes it never loads the OpenTelemetry SDK.
+        self._lock = threading.Lock()
+        self._meter_deferred = False
+        self._tracer_deferred = False
+
+    @property
+    def prometheus_registry(self) -> Any:
+        """The ``CollectorRegistry`` an app-served /metrics page renders (None if none)."""
+        self._ensure_meter_provider()
+        return self._prometheus_registry
 
     # ---------------------------------------------------------------- start
 
@@ -395,47 +314,118 @@ class Telemetry:
             if exporter == "otlp":
                 _need(_OTLP_MODULES[protocol][0], _OTLP_EXTRA[protocol], "metrics exporter otlp")
             if exporter == "prometheus":
-                _need("opentelemetry.exporter.prometheus", "all", "metrics exporter prometheus")
+                # found, not loaded: it is loaded at the first scrape
+                _need(
+                    "opentelemetry.exporter.prometheus",
+                    "all",
+                    "metrics exporter prometheus",
+                    load=False,
+                )
         if "otlp" in self.config.traces_exporters:
             _need(_OTLP_MODULES[protocol][1], _OTLP_EXTRA[protocol], "traces exporter otlp")
         if "none" not in self.config.traces_exporters:
             _check_batch_settings()
 
     def start(self) -> None:
-        """Build or adopt providers and start exporters. Idempotent."""
+        """Build or adopt providers and start exporters. Idempotent.
+
+        Only what pushes (OTLP, console, readers given to install()) is built here; a
+        provider of asyncwatch's own that is only pulled from is built at its first use (the
+        first scrape, the first task span), see ``_ensure_meter_provider``.
+        """
         if self.started:
             return
         self.started = True
         from opentelemetry import metrics, trace
 
-        self.resource = make_resource()
+        self.resource = None
         existing = metrics.get_meter_provider()
-        if isinstance(existing, MeterProvider) and not self.extra_readers:
+        # the app's provider can only be an SDK one if the app imported the SDK
+        sdk_metrics = sys.modules.get("opentelemetry.sdk.metrics")
+        if (
+            sdk_metrics is not None
+            and isinstance(existing, sdk_metrics.MeterProvider)
+            and not self.extra_readers
+        ):
             self.meter_provider = existing
             self._adopt_readers(existing)
         else:
             self._own_meter_provider = True
-            readers = self._readers() + self.extra_readers
-            self.meter_provider = MeterProvider(
-                resource=self.resource, metric_readers=readers, shutdown_on_exit=False
-            )
-            for reader in readers:
-                self._wrap_collect(reader, self.resource)
-        existing_tp = self.given_tracer_provider or trace.get_tracer_provider()
-        if isinstance(existing_tp, TracerProvider) or self.given_tracer_provider is not None:
+            chosen = self.config.metrics_exporters
+            if "none" not in chosen and "prometheus" in chosen:
+                self._serve_prometheus()
+            pushes = "none" not in chosen and ("otlp" in chosen or "console" in chosen)
+            if pushes or self.extra_readers:
+                self._make_meter_provider()
+            else:
+                self._meter_deferred = True
+        given = self.given_tracer_provider
+        existing_tp = given or trace.get_tracer_provider()
+        sdk_trace = sys.modules.get("opentelemetry.sdk.trace")
+        if given is not None or (
+            sdk_trace is not None and isinstance(existing_tp, sdk_trace.TracerProvider)
+        ):
             self.tracer_provider = existing_tp
         else:
             self._own_tracer_provider = True
-            self.tracer_provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
-            for processor in self._span_processors():
-                self.tracer_provider.add_span_processor(processor)
+            if "none" in self.config.traces_exporters:
+                self._tracer_deferred = True  # spans that go nowhere: made if one is wanted
+            else:
+                self._make_tracer_provider()
         self.exports_spans = (
             not self._own_tracer_provider or "none" not in self.config.traces_exporters
         )
 
+    def _resource(self) -> Resource:
+        if self.resource is None:
+            from ._telemetry_sdk import make_resource
+
+            self.resource = make_resource()
+        return self.resource
+
+    def _make_meter_provider(self) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider
+
+        resource = self._resource()
+        readers = self._readers() + self.extra_readers
+        self.meter_provider = MeterProvider(
+            resource=resource, metric_readers=readers, shutdown_on_exit=False
+        )
+        for reader in readers:
+            self._wrap_collect(reader, resource)
+
+    def _make_tracer_provider(self) -> None:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        self.tracer_provider = TracerProvider(resource=self._resource(), shutdown_on_exit=False)
+        for processor in self._span_processors():
+            self.tracer_provider.add_span_processor(processor)
+
+    def _ensure_meter_provider(self) -> None:
+        """Build the deferred MeterProvider now (first scrape or first read of the registry)."""
+        if not self._meter_deferred:
+            return
+        with self._lock:
+            if self._meter_deferred:
+                self._make_meter_provider()
+                self._meter_deferred = False  # only now: others wait on the lock till it is built
+
+    def _served_registry(self) -> Any:
+        """What the embedded endpoint serves: the registry, built at the first request."""
+        try:
+            self._ensure_meter_provider()
+        except Exception as exc:
+            self.on_error("telemetry_start", exc)
+        return self._prometheus_registry
+
     def tracer(self) -> Any:
         """asyncwatch's tracer (from the app's provider if it set one)."""
         if self._tracer is None:
+            if self._tracer_deferred:
+                with self._lock:
+                    if self._tracer_deferred:
+                        self._make_tracer_provider()
+                        self._tracer_deferred = False
             if self.tracer_provider is None:
                 from opentelemetry import trace
 
@@ -446,13 +436,10 @@ class Telemetry:
     def _readers(self) -> list[Any]:
         readers: list[Any] = []
         chosen = self.config.metrics_exporters
-        if "none" not in chosen and "prometheus" in chosen:
-            reader = self._prometheus_reader()
-            if reader is not None:
-                readers.append(reader)
-        elif self.config.http_metrics_path:
-            # Prometheus text for the app's own /metrics page, with no endpoint of ours.
-            reader, self.prometheus_registry = self._registry_reader()
+        if ("none" not in chosen and "prometheus" in chosen) or self.config.http_metrics_path:
+            # the embedded endpoint's, or (with no endpoint of ours) the app's own /metrics
+            # page's Prometheus text
+            reader, self._prometheus_registry = self._registry_reader()
             readers.append(reader)
         if "none" in chosen:
             return readers
@@ -461,6 +448,10 @@ class Telemetry:
                 guard = ExportGuard("metrics", self.config.export_timeout_s, self.drops)
                 inner = self._metric_exporter(exporter)
                 exporter_log_filter.attach()
+                from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+                from ._telemetry_sdk import GuardedMetricExporter
+
                 readers.append(
                     PeriodicExportingMetricReader(
                         GuardedMetricExporter(inner, guard),
@@ -498,6 +489,8 @@ class Telemetry:
                 inner = module.OTLPSpanExporter()
                 exporter_log_filter.attach()
             guard = ExportGuard("traces", self.config.export_timeout_s, self.drops)
+            from ._telemetry_sdk import CountingBatchSpanProcessor, GuardedSpanExporter
+
             processors.append(
                 CountingBatchSpanProcessor(
                     GuardedSpanExporter(inner, guard),
@@ -524,18 +517,17 @@ class Telemetry:
             reader = PrometheusMetricReader()
         return reader, registry
 
-    def _prometheus_reader(self) -> Any:
+    def _serve_prometheus(self) -> None:
+        """Open the embedded /metrics endpoint; what it serves is made at its first request."""
         from ._hostguard import start_metrics_server
 
-        reader, registry = self._registry_reader()
-        self.prometheus_registry = registry
         host, first = self.config.prometheus_host, self.config.prometheus_port
         ports = [0] if first == 0 else range(first, first + self.config.prometheus_port_span + 1)
         error: OSError | None = None
         for port in ports:
             try:
                 self._server, self._server_thread = start_metrics_server(
-                    host, port, registry, self.config.allowed_hosts
+                    host, port, self._served_registry, self.config.allowed_hosts
                 )
             except OSError as exc:
                 error = exc
@@ -544,7 +536,7 @@ class Telemetry:
             shown = f"[{host}]" if ":" in host else host
             self.prometheus_url = f"http://{shown}:{bound}/metrics"
             logger.info("asyncwatch: metrics at %s (pid %d)", self.prometheus_url, os.getpid())
-            return reader
+            return
         last = list(ports)[-1]
         logger.warning(
             "asyncwatch: cannot serve /metrics on %s port %s%s (%s); metrics are still recorded. "
@@ -555,7 +547,6 @@ class Telemetry:
             f"-{last}" if last != first else "",
             error,
         )
-        return reader  # still registered, so stats and other readers keep working
 
     def _adopt_readers(self, provider: MeterProvider) -> None:
         config = getattr(provider, "_sdk_config", None)
@@ -564,7 +555,7 @@ class Telemetry:
             or getattr(config, "metric_readers", ())
             or ()
         )
-        resource = getattr(config, "resource", None) or self.resource
+        resource = getattr(config, "resource", None) or self._resource()
         for reader in readers:
             self._wrap_collect(reader, resource)
         if self.config.http_metrics_path and hasattr(provider, "add_metric_reader"):
@@ -572,7 +563,7 @@ class Telemetry:
             provider.add_metric_reader(reader)
             self._wrap_collect(reader, resource)
             self._app_provider_reader = (provider, reader)
-            self.prometheus_registry = registry
+            self._prometheus_registry = registry
         elif not readers:
             logger.warning("asyncwatch: the app's MeterProvider has no readers; metrics stay local")
 
@@ -619,6 +610,8 @@ class Telemetry:
             return
         self.started = False
         _exiting = _exiting or at_exit
+        with self._lock:  # nothing deferred is built from here on
+            self._meter_deferred = self._tracer_deferred = False
         deadline = timeout_s if timeout_s is not None else self.config.export_timeout_s
         if math.isnan(deadline) or deadline < 0:
             deadline = self.config.export_timeout_s
@@ -626,7 +619,7 @@ class Telemetry:
         deadline = min(max(deadline, _MIN_SHUTDOWN_S), _MAX_SHUTDOWN_S)
         if not at_exit:
             self._unwrap_readers()
-        self.prometheus_registry = None
+        self._prometheus_registry = None
         if self._app_provider_reader is not None:
             provider, reader = self._app_provider_reader
             self._app_provider_reader = None
@@ -638,7 +631,7 @@ class Telemetry:
         self._server = self._server_thread = None
         self.prometheus_url = None
         if server is not None:
-            server.shutdown()
+            server.shutdown(deadline)  # returns at once: the server has no poll interval
             server.server_close()
             if thread is not None:
                 thread.join(deadline)
@@ -678,7 +671,10 @@ class Telemetry:
         self._server = self._server_thread = None
         self.prometheus_url = None
         self._unwrap_readers()  # the app's readers are wrapped again on start
-        self.prometheus_registry = self._app_provider_reader = None
+        self._prometheus_registry = self._app_provider_reader = None
+        self._lock = threading.Lock()  # another thread may have held it at fork time
+        self._meter_deferred = self._tracer_deferred = False
+        self.resource = None
         self.meter_provider = self.tracer_provider = self._tracer = None
         self.exports_spans = False
         self._own_meter_provider = self._own_tracer_provider = False

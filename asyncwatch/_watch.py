@@ -10,10 +10,10 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import __version__, _recorder
 from . import _names as n
-from . import _recorder
 from ._advisor import Advisor
 from ._config import Config, check_environment
 from ._deadlock import DeadlockDetector
@@ -24,13 +24,15 @@ from ._http import HttpStats
 from ._loopwatch import LoopWatch
 from ._primitives import PrimitiveTracker
 from ._recorder import Recorder
-from ._stats import CoroutineStats, ProcessStats, Stats
 from ._tasks import TaskWatcher
 from ._telemetry import DropCounter, Telemetry
 
+if TYPE_CHECKING:  # imported where used: stats() is not needed to start
+    from ._stats import ProcessStats, Stats
+
 logger = logging.getLogger("asyncwatch")
 
-VERSION = "0.1.0"
+VERSION = __version__
 
 
 class Watch:
@@ -217,6 +219,8 @@ class Watch:
 
     def stats(self) -> Stats:
         """A snapshot of every coroutine seen, with process figures."""
+        from ._stats import CoroutineStats, Stats
+
         memory = self._memory.bytes_by_key if self._memory is not None else {}
         coroutines = {
             key: CoroutineStats.of(key, snap, memory.get(key))
@@ -231,6 +235,8 @@ class Watch:
         return self.http.route_table()
 
     def _process_stats(self) -> ProcessStats:
+        from ._stats import ProcessStats
+
         values: dict[str, Any] = {}
         try:
             for mdef, attrs, value, _ in self.process.points():

@@ -237,7 +237,10 @@ def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120
     )
     python = folder / "bin" / "python"
-    assert subprocess.run([python, "-c", "import asyncwatch"], check=False).returncode != 0
+    # from its own folder: from the checkout, `-c` would find the source tree on sys.path
+    # (and `import asyncwatch` loads nothing else, so it would succeed there)
+    found = subprocess.run([python, "-c", "import asyncwatch"], check=False, cwd=folder)
+    assert found.returncode != 0
     return python
 
 

@@ -1,0 +1,197 @@
+"""Start-up and exit (issue 17): load only what the configuration uses, stop without waiting.
+
+Behaviour, not timing (the figures are in benchmarks/startup.py): each check runs in a fresh
+interpreter and reads ``sys.modules``, or gives a process a wait that would never end (an hour
+of poll or export interval) and checks it still exits, within the test's deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+from .conftest import python_env, run_python
+
+ASYNCWATCH = shutil.which("asyncwatch", path=os.path.dirname(sys.executable)) or "asyncwatch"
+
+# what a default install() does not need until something uses it
+HEAVY = (
+    "opentelemetry.sdk",
+    "opentelemetry.exporter.",  # an exporter (its namespace package is found, not loaded)
+    "prometheus_client",
+    "starlette",
+    "fastapi",
+    "aiomonitor",
+    "yappi",
+)
+
+LOADED = textwrap.dedent(
+    """
+    import json, sys
+    def loaded(prefixes):
+        return sorted({m for m in sys.modules if m.split(".")[0] in ("opentelemetry",
+                       "prometheus_client", "starlette", "fastapi", "aiomonitor", "yappi")
+                       and m.startswith(prefixes)})
+    """
+)
+
+
+def _heavy(names: list[str]) -> list[str]:
+    return [m for m in names if m.startswith(HEAVY)]
+
+
+def test_import_loads_no_dependency() -> None:
+    """``import asyncwatch`` loads none of its dependencies; the public names still resolve."""
+    code = LOADED + textwrap.dedent(
+        """
+        import asyncwatch
+        before = loaded(("opentelemetry", "prometheus_client", "starlette", "fastapi",
+                         "aiomonitor", "yappi", "psutil"))
+        names = [asyncwatch.Config.__name__, asyncwatch.ConfigError.__name__,
+                 asyncwatch.Stats.__name__, asyncwatch.profile.__name__]
+        from asyncwatch import AsyncWatchMiddleware, Recommendation, Watch, install
+        assert asyncwatch.current() is None and not asyncwatch.stats().installed
+        assert set(asyncwatch.__all__) <= set(dir(asyncwatch))
+        print(json.dumps({"before": before, "names": names}))
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["before"] == []
+    assert out["names"] == ["Config", "ConfigError", "Stats", "profile"]
+
+
+def test_default_install_loads_the_sdk_only_at_the_first_scrape() -> None:
+    """A default install() and a whole asyncio program load no OpenTelemetry SDK, exporter,
+    prometheus_client, starlette, aiomonitor or yappi; the first scrape of /metrics builds the
+    pipeline and serves asyncwatch's figures of what ran before it."""
+    code = LOADED + textwrap.dedent(
+        """
+        import asyncio, urllib.request
+        import asyncwatch
+        watch = asyncwatch.install(prometheus_port=0)
+        async def work(i):
+            await asyncio.sleep(0)
+        async def main():
+            await asyncio.gather(*(work(i) for i in range(5)))
+        asyncio.run(main())
+        before = loaded(("opentelemetry", "prometheus_client", "starlette", "fastapi",
+                         "aiomonitor", "yappi"))
+        page = urllib.request.urlopen(watch.prometheus_url, timeout=30).read().decode()
+        after = loaded(("opentelemetry.sdk",))
+        asyncwatch.uninstall()
+        print(json.dumps({"before": before, "after": after, "page": page}))
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert _heavy(out["before"]) == [], out["before"]
+    assert "opentelemetry.sdk.metrics" in out["after"]
+    assert 'asyncwatch_task_created_total{code_function_name="__main__.work"} 5.0' in out["page"]
+
+
+def test_metrics_server_stops_without_waiting_for_a_poll_interval() -> None:
+    """uninstall() with the endpoint serving returns at once: the server's loop sleeps on its
+    socket and a wake-up pipe, not on a poll interval (here made an hour for socketserver's
+    own loop, which the endpoint used before and would then wait out)."""
+    code = textwrap.dedent(
+        """
+        import socketserver, urllib.request
+        socketserver.BaseServer.serve_forever.__defaults__ = (3600.0,)
+        import asyncwatch
+        watch = asyncwatch.install(prometheus_port=0)
+        urllib.request.urlopen(watch.prometheus_url, timeout=30).read()
+        asyncwatch.uninstall()
+        print("stopped")
+        """
+    )
+    result = run_python(code, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "stopped"
+
+
+def test_exit_does_not_wait_for_the_export_interval_and_keeps_the_final_export() -> None:
+    """`asyncwatch run` with a periodic exporter whose interval is an hour: the program exits
+    (within the test's deadline) and its final export, with asyncwatch's task figures of the
+    whole run, is written before it does."""
+    program = textwrap.dedent(
+        """
+        import asyncio
+        async def work(i):
+            await asyncio.sleep(0)
+        async def main():
+            await asyncio.gather(*(work(i) for i in range(7)))
+        asyncio.run(main())
+        """
+    )
+    env = python_env(OTEL_METRIC_EXPORT_INTERVAL="3600000")
+    result = subprocess.run(
+        [
+            ASYNCWATCH,
+            "run",
+            "--metrics-exporter",
+            "console,prometheus",
+            "--port",
+            "0",
+            "--",
+            sys.executable,
+            "-c",
+            program,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    exported = json.loads(result.stdout)
+    scopes = [
+        scope
+        for resource in exported["resource_metrics"]
+        for scope in resource["scope_metrics"]
+        if scope["scope"]["name"] == "asyncwatch"
+    ]
+    created = [m for s in scopes for m in s["metrics"] if m["name"] == "asyncwatch.task.created"]
+    points = [p for m in created for p in m["data"]["data_points"]]
+    work = [p for p in points if p["attributes"].get("code.function.name") == "__main__.work"]
+    assert [p["value"] for p in work] == [7], points
+
+
+def test_concurrent_first_scrapes_all_get_the_figures() -> None:
+    """Eight scrapes arriving together at a deferred endpoint: one builds the pipeline, the
+    others wait for it; every page carries asyncwatch's figures (none is served empty)."""
+    code = textwrap.dedent(
+        """
+        import asyncio, threading, urllib.request
+        import asyncwatch
+        watch = asyncwatch.install(prometheus_port=0)
+        async def work(i):
+            await asyncio.sleep(0)
+        async def main():
+            await asyncio.gather(*(work(i) for i in range(3)))
+        asyncio.run(main())
+        start = threading.Barrier(8)
+        pages = []
+        def scrape():
+            start.wait()
+            pages.append(urllib.request.urlopen(watch.prometheus_url, timeout=30).read())
+        threads = [threading.Thread(target=scrape) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        line = b'asyncwatch_task_created_total{code_function_name="__main__.work"} 3.0'
+        print(len(pages), sum(line in page for page in pages))
+        asyncwatch.uninstall()
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["8", "8"]
