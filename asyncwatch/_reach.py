@@ -69,15 +69,6 @@ class Verdict:
         return f"<Verdict {self.outcome} {self.root} held_by_user={self.held_by_user}>"
 
 
-def _is_call_args(obj: Any, frontier: list[Any]) -> bool:
-    """The argument tuple of our own ``gc.get_referrers(*frontier)`` call, which Python 3.13
-    returns among the referrers (earlier versions leave it out)."""
-    return (
-        type(obj) is tuple and len(obj) == len(frontier)
-        and all(a is b for a, b in zip(obj, frontier, strict=True))
-    )
-
-
 def _root(obj: Any) -> str | None:
     """Why ``obj`` (a non-private referrer) counts as live code or a live namespace."""
     if isinstance(obj, types.ModuleType):
@@ -105,32 +96,107 @@ def is_user_code(obj: Any) -> bool:
     return not filename.startswith(_ASYNCIO_DIR) and not filename.startswith(_PKG_DIR)
 
 
-def _walk(
-    frontier: list[Any],
-    private: set[int],
-    skip: Callable[[Any], bool],
-    *,
-    max_levels: int,
-    max_objects: int,
-    max_s: float,
-) -> Verdict:
-    seen = {id(o) for o in frontier}
-    held = False
-    began = time.perf_counter()
-    for _level in range(max_levels):
-        if not frontier:
-            return Verdict(UNREACHABLE, held_by_user=held)
-        if time.perf_counter() - began > max_s:
-            return Verdict(UNKNOWN, "time budget", held)
-        refs = gc.get_referrers(*frontier)
+class Walk:
+    """A walk up from ``target`` made in steps, each one ``gc.get_referrers`` pass over at most
+    ``per_pass`` objects of the current level (``step()``), so that a caller can let its loop
+    run between passes. Between steps the walk holds the objects it has visited (at most
+    ``max_objects``, dropped with the walk).
+
+    Other code may run between two steps and move references around, so an ``UNREACHABLE``
+    outcome is confirmed in the last step, at one instant and without a heap pass: every
+    reference to every visited object must come from a visited object, a private object, or
+    a dead end met on the way (a finished frame, asyncwatch's own records), as
+    ``sys.getrefcount`` counts them. A set so closed can only be reached through the private
+    objects. Otherwise the outcome is ``UNKNOWN``.
+    """
+
+    __slots__ = (
+        "_end_ids", "_ends", "_frontier", "_held", "_level", "_next", "_seen",
+        "_visited", "done", "max_levels", "max_objects", "max_s", "passes",
+        "per_pass", "private", "skip", "spent", "verdict",
+    )
+
+    def __init__(
+        self,
+        target: list[Any],
+        private: set[int],
+        skip: Callable[[Any], bool] = lambda obj: False,
+        *,
+        max_levels: int = 8,
+        max_objects: int = 2000,
+        max_s: float = 0.1,
+        per_pass: int = 16,
+    ) -> None:
+        self.private = private
+        self.skip = skip
+        self.max_levels = max_levels
+        self.max_objects = max_objects
+        self.max_s = max_s
+        self.per_pass = per_pass
+        self.passes = 0
+        self.done = False
+        self.verdict: Verdict | None = None
+        self._seen = {id(o) for o in target}
+        self._visited: list[Any] = list(target)  # every object met on the way up, once
+        # private referrers and dead ends (finished frames, asyncwatch's records) met
+        self._ends: list[Any] = []
+        self._end_ids: set[int] = set()
+        self._frontier: list[Any] = target  # this level's objects not yet passed over
+        self._next: list[Any] = []  # the next level's
+        self._level = 0
+        self._held = False
+        self.spent = 0.0  # time spent in passes so far
+
+    def _finish(self, verdict: Verdict) -> Verdict:
+        self.verdict = verdict
+        self.done = True
+        self._visited = self._ends = self._frontier = self._next = []
+        return verdict
+
+    def step(self) -> Verdict | None:
+        """One heap pass (or, at the end, the closing check): the verdict once decided."""
+        if self.done:
+            return self.verdict
+        if not self._frontier:
+            if not self._next:
+                return self._finish(self._confirm())
+            self._level += 1
+            self._frontier, self._next = self._next, []
+            if self._level >= self.max_levels:
+                return self._finish(Verdict(UNKNOWN, "level budget", self._held))
+        if self.spent > self.max_s:
+            return self._finish(Verdict(UNKNOWN, "time budget", self._held))
+        began = time.perf_counter()
+        chunk = self._frontier[: self.per_pass]
+        del self._frontier[: self.per_pass]
+        verdict = self._pass(chunk)
+        self.passes += 1
+        self.spent += time.perf_counter() - began
+        if verdict is not None:
+            return self._finish(verdict)
+        if len(self._seen) > self.max_objects:
+            return self._finish(Verdict(UNKNOWN, "object budget", self._held))
+        return None
+
+    def _pass(self, frontier: list[Any]) -> Verdict | None:
+        private, seen, skip = self.private, self._seen, self.skip
+        nxt, ends, end_ids = self._next, self._ends, self._end_ids
+        held = self._held
+        # Passed as is, this tuple is the call's argument tuple, which some versions return
+        # among the referrers: known by identity (a closure's one-cell tuple looks the same).
+        args = tuple(frontier)
+        refs = gc.get_referrers(*args)
         position = {id(o): i for i, o in enumerate(frontier)}
         found = [0] * len(frontier)
-        in_refs = [0] * len(frontier)  # our own list `refs` holding a frontier object
-        nxt: list[Any] = []
+        # our own lists holding a frontier object: `refs`, and the walk's `_visited`
+        in_refs = [0] * len(frontier)
+        mine_ids = (
+            id(frontier), id(nxt), id(self._visited), id(self._frontier), id(ends), id(args)
+        )
         root = ""
         for r in refs:
             rid = id(r)
-            if rid == id(frontier) or rid == id(nxt):
+            if rid in mine_ids:
                 continue
             mine = position.get(rid)
             if mine is not None:
@@ -142,10 +208,12 @@ def _walk(
                     found[i] += 1
                     if user and not _await_iter(x):
                         held = True
-            if (
-                rid in private or rid in seen or skip(r) or isinstance(r, types.FrameType)
-                or _is_call_args(r, frontier)
-            ):
+            if rid in seen:
+                continue
+            if rid in private or skip(r) or isinstance(r, types.FrameType):
+                if rid not in end_ids:
+                    end_ids.add(rid)
+                    ends.append(r)
                 continue
             seen.add(rid)
             why = _root(r)
@@ -153,20 +221,38 @@ def _walk(
                 root = why
                 break
             nxt.append(r)
+            self._visited.append(r)
         r = x = None  # drop loop references before counting
+        del args
+        self._held = held
         if root:
             return Verdict(REACHABLE, root, held)
         for i in range(len(frontier)):
-            hidden = sys.getrefcount(frontier[i]) - _BASE - found[i] - in_refs[i]
+            # held by: `frontier`, `_visited` (both counted in _BASE_WALK), `refs` (in_refs)
+            hidden = sys.getrefcount(frontier[i]) - _BASE_WALK - found[i] - in_refs[i]
             if hidden > 0:
                 return Verdict(UNKNOWN, f"{hidden} reference(s) gc cannot see", held)
         del refs
-        frontier = nxt
-        if len(seen) > max_objects:
-            return Verdict(UNKNOWN, "object budget", held)
-    if not frontier:
-        return Verdict(UNREACHABLE, held_by_user=held)
-    return Verdict(UNKNOWN, "level budget", held)
+        return None
+
+    def _confirm(self) -> Verdict:
+        """The closing check (see the class docstring), one pass over the visited objects'
+        and the holders' references: no heap pass."""
+        visited = self._visited
+        index = {id(o): i for i, o in enumerate(visited)}
+        counted = [0] * len(visited)
+        holders = [*visited, *self._ends]
+        for h in holders:
+            for x in gc.get_referents(h):
+                i = index.get(id(x))
+                if i is not None:
+                    counted[i] += 1
+        h = x = None  # drop loop references before counting
+        del holders
+        for i in range(len(visited)):
+            if sys.getrefcount(visited[i]) - _BASE - counted[i] != 0:
+                return Verdict(UNKNOWN, "changed during the walk", self._held)
+        return Verdict(UNREACHABLE, held_by_user=self._held)
 
 
 def direct(target: list[Any], private: list[Any], own: list[Any]) -> Verdict | None:
@@ -215,17 +301,22 @@ def reach(
     skip: Callable[[Any], bool] = lambda obj: False,
     *,
     max_levels: int = 8,
-    max_objects: int = 5000,
+    max_objects: int = 2000,
     max_s: float = 0.1,
 ) -> Verdict:
-    """Walk up from the objects in ``target`` (a list the caller gives up: it is reused).
+    """Walk up from the objects in ``target`` (a list the caller gives up: it is reused), all
+    the passes in one go (``Walk`` makes them one at a time).
 
     ``private``: ids of objects whose references do not count (not followed). ``skip``:
     asyncwatch's own bookkeeping objects (counted, not followed). The walk gives up
-    (``UNKNOWN``) past ``max_levels`` heap passes, ``max_objects`` objects or ``max_s``.
+    (``UNKNOWN``) past ``max_levels`` levels, ``max_objects`` objects or ``max_s`` of passes.
     """
-    return _walk(target, private, skip, max_levels=max_levels, max_objects=max_objects,
-                 max_s=max_s)
+    walk = Walk(target, private, skip, max_levels=max_levels, max_objects=max_objects,
+                max_s=max_s)
+    while True:
+        verdict = walk.step()
+        if verdict is not None:
+            return verdict
 
 
 def _measure(frontier: list[Any]) -> int:
@@ -235,3 +326,4 @@ def _measure(frontier: list[Any]) -> int:
 
 
 _BASE = _measure([object()])
+_BASE_WALK = _BASE + 1  # a walk's object is in its pass's frontier and in ``_visited``
