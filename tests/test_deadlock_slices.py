@@ -73,7 +73,7 @@ async def test_settling_and_classifying_thousands_of_waits_is_sliced(
     """3,000 waiting tasks: the first scan records at most SLICE new waits a slice, the
     second reads at most LOOKS wait kinds a slice and classifies at most ENTRIES waits a
     slice, and so do later scans."""
-    watch, clock = install()
+    watch, _ = install()
     work: Work = Counter()
 
     async def child() -> None:
