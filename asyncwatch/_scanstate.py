@@ -109,7 +109,8 @@ class LoopState:
     loop owns it (through the pending scan's handle) and the detector keeps it only weakly."""
 
     __slots__ = (
-        "__weakref__", "cycles", "deadlocked", "expedite", "handle", "reported", "seen", "stuck",
+        "__weakref__", "costs", "cycles", "deadlocked", "expedite", "handle", "reported", "seen",
+        "stuck",
     )
 
     def __init__(self) -> None:
@@ -120,6 +121,7 @@ class LoopState:
         self.stuck = 0
         self.handle: Any = None
         self.expedite = 0  # scans still to run right away (a lock wait closed a cycle)
+        self.costs: list[float] = []  # CPU seconds of the last timed scans (at most 3)
 
 
 class Checks:
