@@ -162,6 +162,7 @@ class DeadlockDetector:
         self.walks = 0  # of which heap walks
         self._walk_after = -math.inf
         self._pass_cost = PASS_COST_GUESS  # of a heap pass, per allocated block (measured)
+        self._pass_measured = False
         self.started_ns = time.time_ns()
 
     # ------------------------------------------------------------------ scheduling
@@ -761,7 +762,12 @@ class DeadlockDetector:
                 passes = walk.passes
                 verdict = walk.step()
                 if walk.passes > passes:
-                    self._pass_cost = (time.perf_counter() - started) / max(blocks, 1)
+                    # The lowest cost seen: noise (a descheduled process) only adds to it, and
+                    # a slow moment must not keep walks away for good.
+                    cost = (time.perf_counter() - started) / max(blocks, 1)
+                    measured = self._pass_measured
+                    self._pass_cost = min(self._pass_cost, cost) if measured else cost
+                    self._pass_measured = True
                 if verdict is not None:
                     break
         finally:
