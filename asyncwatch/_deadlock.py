@@ -6,9 +6,11 @@ await chains, lock waiter queues, holders recorded by ``_primitives``), and on t
 thread that state cannot change under it, so no lock is needed and no half-updated hand-over
 (a lock released, its next owner not yet running) can be mistaken for a cycle, which a thread
 reading the same structures concurrently could not promise. A deadlocked loop is idle, so the
-scan always gets to run. The price is that the scan blocks its loop while it runs; it is kept
-to O(tasks) cheap attribute reads (measured in the README), and the interval stretches so
-that scans never take more than 1% of the loop's time.
+scan always gets to run. The price is that the scan holds its loop while it runs; a timed
+scan runs in slices, each bounded by units of work (``SLICE`` and the constants after it:
+tasks looked at, waits classified, checks made, one heap pass), with the loop running in
+between, and whatever a later slice decides re-checks that the waits it uses still hold.
+The interval stretches so that scans take about 1% of the loop's CPU time at most.
 
 **Deciding** (``scan()``, called by the timer or directly by tests):
 

@@ -2,8 +2,9 @@
 
 A task waiting on an Event, a Condition, a Queue or a bare Future can only be woken by code
 that holds a reference to that object. ``reach(target, private)`` walks *up* the reference
-graph from ``target`` with ``gc.get_referrers`` (one heap pass per level, all the level's
-objects at once) and stops at:
+graph from ``target`` with ``gc.get_referrers`` (one heap pass per level, or per 16 objects
+of a level; ``Walk`` makes them one at a time so that the loop can run in between) and stops
+at:
 
 * a **root**, something that can still run or be reached by code that runs: a module, a
   class, an event loop, a thread, a pending task or a coroutine/generator/frame that is not
@@ -21,9 +22,11 @@ objects at once) and stops at:
   thread, ``gc.freeze()``): ``UNKNOWN``;
 * the budget (levels, objects): ``UNKNOWN``.
 
-Only ``UNREACHABLE`` (the walk ran out of referrers) makes a stuck task. Each level costs one
-pass over every object gc tracks, so the detector calls this rarely: once per waited-on object
-per threshold period, at most one object per scan.
+Only ``UNREACHABLE`` (the walk ran out of referrers, and a closing reference count over
+everything it met, made at one instant, confirms that nothing else refers to any of it)
+makes a stuck task. Each pass goes over every object gc tracks, so the detector walks rarely:
+once per waited-on object per threshold period, at most one object per scan, and in a timed
+scan only when one pass is expected to fit a slice.
 """
 
 from __future__ import annotations
