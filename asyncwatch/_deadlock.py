@@ -402,6 +402,8 @@ class DeadlockDetector:
         if sweep.followed:
             yield "settle"
             graph = yield from self._graph_steps(sweep)
+            if graph.nodes:  # cycles may be there: judged in a slice of their own
+                yield "graph"
         else:
             graph = Graph([])
         in_deadlock = self._deadlocks(loop, state, graph, now, out)
