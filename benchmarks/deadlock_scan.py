@@ -109,20 +109,23 @@ class Collections:
     """Wall time of the interpreter's own garbage collections (``gc.callbacks``)."""
 
     def __init__(self) -> None:
-        self.total = 0.0
+        self.total = self.cpu = 0.0
         self.full = 0
-        self._began = 0.0
+        self._began = self._began_cpu = 0.0
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._began = time.perf_counter()
+            self._began_cpu = time.thread_time()
         else:
             self.total += time.perf_counter() - self._began
+            self.cpu += time.thread_time() - self._began_cpu
             self.full += info["generation"] == 2
 
 
 COLLECTIONS = Collections()
-Slice = tuple[str, float, float, float]  # phase, wall s, of which in collections, CPU s
+# phase, wall s, of which in collections, CPU s, of which in collections
+Slice = tuple[str, float, float, float, float]
 
 
 async def sliced_scan(watch: asyncwatch.Watch) -> list[Slice]:
@@ -132,13 +135,16 @@ async def sliced_scan(watch: asyncwatch.Watch) -> list[Slice]:
     out: list[Any] = []
     steps = watch.deadlocks._steps(asyncio.get_running_loop(), out, sliced=True)
     while True:
-        collected = COLLECTIONS.total
+        collected, collected_cpu = COLLECTIONS.total, COLLECTIONS.cpu
         cpu = time.thread_time()
         began = time.perf_counter()
         phase = next(steps, None)
         spent = time.perf_counter() - began
         cpu = time.thread_time() - cpu
-        slices.append((phase or "last", spent, COLLECTIONS.total - collected, cpu))
+        slices.append((
+            phase or "last", spent, COLLECTIONS.total - collected, cpu,
+            COLLECTIONS.cpu - collected_cpu,
+        ))
         if phase is None:
             break
         await asyncio.sleep(0)
@@ -152,8 +158,8 @@ def worst(slices: list[Slice], phase: str | None = None, *, gc: bool = True,
     the slice's CPU time (not counting time the process was descheduled) instead."""
     return max(
         (
-            (u if cpu else t) - (0.0 if gc else c)
-            for p, t, c, u in slices if phase is None or p == phase
+            (u if cpu else t) - (0.0 if gc else (cu if cpu else c))
+            for p, t, c, u, cu in slices if phase is None or p == phase
         ),
         default=0.0,
     )
