@@ -62,7 +62,7 @@ from ._faults import Faults
 from ._findings import FindingsLog
 from ._idle import is_idle
 from ._primitives import PrimitiveTracker, state_of
-from ._reach import UNREACHABLE, Verdict, Walk, direct
+from ._reach import UNREACHABLE, Verdict, Walk, closed, direct
 from ._recorder import coroutine_key
 from ._scanstate import (
     LOCKLIKE,
@@ -111,6 +111,7 @@ CHECK_BUDGET_S = 0.005  # stuck checks per scan stop after this long; the rest w
 CHECKS_PER_SCAN = 256  # candidates considered per scan (the longest unchecked first)
 WALK_SHARE = 0.002  # most of a loop's time the reference walks (gc.get_referrers) may take
 WALK_PASS_S = 0.006  # a timed scan walks the heap only if one pass is expected to fit this
+WALK_MAX_S = 0.1  # a walk gives up (unknown) after this long in passes
 PASS_COST_GUESS = 25e-9  # seconds a heap pass takes per allocated block, until one is timed
 MAX_LOCK_CHAIN = 64  # holders followed from a lock wait looking for a cycle back to the waiter
 EXPEDITE_S = 0.05  # after a lock wait closed a cycle: the scan that settles it runs this soon
@@ -724,7 +725,8 @@ class DeadlockDetector:
         tuple[Verdict, list[Any]] | None, list[Any], list[Any]
     ]:
         """Can anything but its waiters (and who waits on them) reach the entry's object,
-        as far as the free check (``_reach.direct``) tells? Returns ``(verdict and the tasks
+        as far as the checks without a heap pass (``_reach.direct``, ``_reach.closed``)
+        tell? Returns ``(verdict and the tasks
         behind, or None when that needs a heap walk; the private objects; the tasks behind)``."""
         wait = entry.wait
         assert wait is not None
@@ -742,6 +744,8 @@ class DeadlockDetector:
         own = checks.own_refs(waiters)
         self.checks += 1
         verdict = direct([wait.obj], private, own)
+        if verdict is None:  # held through objects of the waiters' own, perhaps: no heap pass
+            verdict = closed([wait.obj], private, own)
         return (None if verdict is None else (verdict, behind)), private, behind
 
     def _walk_steps(self, entry: Entry, private: list[Any], behind: list[Any]) -> Generator[
@@ -754,7 +758,7 @@ class DeadlockDetector:
         wait = entry.wait
         assert wait is not None
         guard = [(t, t._fut_waiter) for t in private if is_task(t)]
-        walk = Walk([wait.obj], {id(p) for p in private}, own_record)
+        walk = Walk([wait.obj], {id(p) for p in private}, own_record, max_s=WALK_MAX_S)
         del private
         try:
             while True:

@@ -298,6 +298,91 @@ def direct(target: list[Any], private: list[Any], own: list[Any]) -> Verdict | N
     return None
 
 
+_OPAQUE = (types.FunctionType, types.ModuleType, types.CodeType, type, types.BuiltinFunctionType)
+
+
+def closed(target: list[Any], private: list[Any], own: list[Any], *, max_objects: int = 400,
+           max_depth: int = 4) -> Verdict | None:
+    """Decide ``UNREACHABLE`` without a heap pass, for an object the waiters hold through
+    objects of their own (``self.event`` on an object only their frames know, a queue in a
+    closure cell): follow references *down* from the ``private`` objects (up to
+    ``max_depth`` levels and ``max_objects`` objects, not into functions, modules, classes,
+    code or anything that counts as a root), keep the objects that lead to ``target``, and
+    check with ``sys.getrefcount`` that every reference to each of them comes from one of
+    them, a private object or asyncwatch's ``own`` records. Such a set can only be reached
+    through the private objects. None when that does not hold (a heap walk may still tell).
+    ``target``: a list holding the object, which the caller gives up (it is reused).
+    """
+    private_ids = {id(p) for p in private}
+    objs = target  # every object met, once; `index` gives its position
+    del target[1:]
+    index: dict[int, int] = {id(objs[0]): 0}
+    holders_of: list[list[int]] = [[]]  # positions of the met objects referencing each
+    todo: list[int] = []
+    for h in private:
+        for x in gc.get_referents(h):
+            xid = id(x)
+            if xid in private_ids or xid in index or not gc.is_tracked(x):
+                continue
+            if isinstance(x, _OPAQUE) or _root(x) is not None:
+                continue
+            index[xid] = len(objs)
+            objs.append(x)
+            holders_of.append([])
+            todo.append(len(objs) - 1)
+    depth = 1
+    while todo and depth < max_depth and len(objs) < max_objects:
+        depth += 1
+        nxt: list[int] = []
+        for i in todo:
+            if i == 0:
+                continue  # (the target's own references do not matter)
+            for x in gc.get_referents(objs[i]):
+                xid = id(x)
+                j = index.get(xid)
+                if j is not None:
+                    holders_of[j].append(i)
+                    continue
+                if xid in private_ids or not gc.is_tracked(x) or len(objs) >= max_objects:
+                    continue
+                if isinstance(x, _OPAQUE) or _root(x) is not None:
+                    continue
+                index[xid] = len(objs)
+                objs.append(x)
+                holders_of.append([i])
+                nxt.append(len(objs) - 1)
+        todo = nxt
+    x = None
+    # The objects that lead to the target (the target included).
+    path = {0}
+    stack = [0]
+    while stack:
+        for i in holders_of[stack.pop()]:
+            if i not in path:
+                path.add(i)
+                stack.append(i)
+    counted = dict.fromkeys(path, 0)
+    held = False
+    for h in [*private, *own]:
+        user = not held and id(h) in private_ids and is_user_code(h)
+        for x in gc.get_referents(h):
+            j = index.get(id(x))
+            if j is not None and j in counted:
+                counted[j] += 1
+                if user and not _await_iter(x):
+                    held = True
+    for i in path:
+        for x in gc.get_referents(objs[i]):
+            j = index.get(id(x))
+            if j is not None and j in counted:
+                counted[j] += 1
+    h = x = None  # drop loop references before counting
+    for j, n in counted.items():
+        if sys.getrefcount(objs[j]) - _BASE - n != 0:
+            return None
+    return Verdict(UNREACHABLE, "", held)
+
+
 def reach(
     target: list[Any],
     private: set[int],

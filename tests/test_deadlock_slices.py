@@ -156,15 +156,26 @@ async def test_stuck_checks_are_made_a_few_a_slice(monkeypatch: pytest.MonkeyPat
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class Link:
+    """One object of a chain the app keeps."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+
 def forgotten() -> tuple[asyncio.Task[None], Box]:
-    """A task waiting on an Event that only its own frame can reach, through an object (so a
-    heap walk is needed to tell)."""
+    """A task waiting on an Event that only its own frame can reach, through a chain of six
+    objects: deeper than the check without a heap pass follows (``closed``, four levels),
+    so a heap walk is needed to tell."""
     box = Box()
+    chain: Any = box
+    for _ in range(6):
+        chain = Link(chain)
 
-    async def wait_forgotten(box: Box) -> None:
-        await box.event.wait()
+    async def wait_forgotten(chain: Any) -> None:
+        await chain.inner.inner.inner.inner.inner.inner.event.wait()
 
-    return asyncio.create_task(wait_forgotten(box), name="forgotten"), box
+    return asyncio.create_task(wait_forgotten(chain), name="forgotten"), box
 
 
 async def walk_scan(watch: asyncwatch.Watch, clock: Any, work: Work,
@@ -195,6 +206,8 @@ async def test_a_heap_walk_makes_one_pass_a_slice_and_finds_the_forgotten_event(
     """The walk up from the Event takes a gc.get_referrers pass per slice, and the task is
     reported stuck."""
     watch, clock = install()
+    monkeypatch.setattr(deadlock, "WALK_MAX_S", 3600.0)  # however slow the machine is now
+    monkeypatch.setattr(deadlock, "CHECK_BUDGET_S", 3600.0)
     work: Work = Counter()
     task, box = forgotten()
     del box
@@ -253,3 +266,60 @@ def test_an_object_only_a_private_holder_reaches_is_unreachable_in_steps() -> No
         steps += 1
     assert verdict.outcome == UNREACHABLE
     assert steps >= 2
+
+
+async def test_an_event_kept_on_an_object_only_the_waiter_knows_needs_no_heap_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``self.event`` on an object only the waiting frame holds: found stuck with walks
+    refused (as on a heap too big for a pass to fit a slice), without a heap pass."""
+    watch, clock = install()
+    work: Work = Counter()
+
+    async def wait_on_box(box: Box) -> None:
+        await box.event.wait()
+
+    task = asyncio.create_task(wait_on_box(Box()), name="boxed")
+    await settle()
+    counting(monkeypatch, work)
+    try:
+        watch.deadlocks.scan()
+        watch.deadlocks.scan()
+        clock.advance(100)
+        watch.deadlocks._walk_after = 0.0
+        watch.deadlocks._pass_cost = float("inf")  # no pass would fit
+        found = await slices(watch, work)
+        assert sum(w["heap passes"] for _, w in found) == 0
+        [finding] = asyncwatch.findings("stuck_task")
+        assert finding.tasks == ("boxed",)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_object_the_app_also_keeps_elsewhere_is_not_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same wait while a module's list also holds the Box: nothing is reported."""
+    watch, clock = install()
+    work: Work = Counter()
+
+    async def wait_on_box(box: Box) -> None:
+        await box.event.wait()
+
+    KEPT.append(Box())
+    task = asyncio.create_task(wait_on_box(KEPT[0]), name="boxed")
+    await settle()
+    counting(monkeypatch, work)
+    try:
+        watch.deadlocks.scan()
+        watch.deadlocks.scan()
+        clock.advance(100)
+        watch.deadlocks._walk_after = 0.0
+        watch.deadlocks._pass_cost = float("inf")
+        await slices(watch, work)
+        assert asyncwatch.findings("stuck_task") == []
+    finally:
+        KEPT.clear()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
