@@ -104,7 +104,8 @@ MAX_SHARE = 0.01  # most of a loop's (CPU) time the scans may take
 SLICE = 1000  # tasks looked at (for a wait seen before: a dictionary lookup)
 LOOKS = 400  # of which first looks at a settled wait (its kind read from the await chain)
 ENTRIES = 500  # followed waits re-checked and classified, graph nodes built, candidates sorted
-CHECKS_PER_SLICE = 4  # stuck checks (each a reference count over the waiters' frames)
+CHECKS_PER_SLICE = 4  # stuck checks (each a reference count over the waiters' frames),
+# or one that follows references down from them (_reach.closed, at most 200 objects)
 # and a heap walk: one gc.get_referrers pass (over at most Walk.per_pass objects) a slice.
 _DONE = object()
 CHECK_BUDGET_S = 0.005  # stuck checks per scan stop after this long; the rest wait a scan
@@ -163,6 +164,7 @@ class DeadlockDetector:
         self.last_scan_s = 0.0
         self.checks = 0  # reachability checks made (most without a heap walk)
         self.walks = 0  # of which heap walks
+        self.closed_checks = 0  # of which checks that follow references down (_reach.closed)
         self._walk_after = -math.inf
         self._pass_cost = PASS_COST_GUESS  # of a heap pass, per allocated block (measured)
         self._pass_measured = False
@@ -641,15 +643,16 @@ class DeadlockDetector:
             yield from checks.rev_steps(ENTRIES)
         spent = 0.0
         walk_ok = now >= self._walk_after
-        made = 0
+        units = 0  # a check is one unit, one that follows references down a slice's worth
         for e in candidates:
             if spent > CHECK_BUDGET_S:
                 break
-            if made and made % CHECKS_PER_SLICE == 0:
+            if units >= CHECKS_PER_SLICE:
+                units = 0
                 yield "stuck"
             if not still(e.task, e.rec):
                 continue  # it woke (or moved on) since it was picked
-            made += 1
+            units += 1
             began = time.perf_counter()
             rec = e.rec
             if e.wait is None:
@@ -679,7 +682,10 @@ class DeadlockDetector:
             elif wait.kind in SIGNAL_KINDS and wait.obj is not None:
                 key = id(wait.obj)
                 if key not in checks.verdicts:
+                    followed_down = self.closed_checks
                     got, private, behind = self._direct(e, checks)
+                    if self.closed_checks > followed_down:
+                        units = CHECKS_PER_SLICE
                     if got is None and walk_ok and (not sliced or self._walk_fits()):
                         walk_ok = False  # at most one walk per scan
                         spent += time.perf_counter() - began
@@ -745,6 +751,7 @@ class DeadlockDetector:
         self.checks += 1
         verdict = direct([wait.obj], private, own)
         if verdict is None:  # held through objects of the waiters' own, perhaps: no heap pass
+            self.closed_checks += 1
             verdict = closed([wait.obj], private, own)
         return (None if verdict is None else (verdict, behind)), private, behind
 

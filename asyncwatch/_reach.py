@@ -301,13 +301,14 @@ def direct(target: list[Any], private: list[Any], own: list[Any]) -> Verdict | N
 _OPAQUE = (types.FunctionType, types.ModuleType, types.CodeType, type, types.BuiltinFunctionType)
 
 
-def closed(target: list[Any], private: list[Any], own: list[Any], *, max_objects: int = 400,
+def closed(target: list[Any], private: list[Any], own: list[Any], *, max_objects: int = 200,
            max_depth: int = 4) -> Verdict | None:
     """Decide ``UNREACHABLE`` without a heap pass, for an object the waiters hold through
     objects of their own (``self.event`` on an object only their frames know, a queue in a
     closure cell): follow references *down* from the ``private`` objects (up to
     ``max_depth`` levels and ``max_objects`` objects, not into functions, modules, classes,
-    code or anything that counts as a root), keep the objects that lead to ``target``, and
+    code or anything that counts as a root; from the waiters' coroutines and frames, not
+    from the task objects themselves), keep the objects that lead to ``target``, and
     check with ``sys.getrefcount`` that every reference to each of them comes from one of
     them, a private object or asyncwatch's ``own`` records. Such a set can only be reached
     through the private objects. None when that does not hold (a heap walk may still tell).
@@ -320,6 +321,8 @@ def closed(target: list[Any], private: list[Any], own: list[Any], *, max_objects
     holders_of: list[list[int]] = [[]]  # positions of the met objects referencing each
     todo: list[int] = []
     for h in private:
+        if asyncio.isfuture(h):
+            continue  # a task: its coroutine is among the private objects too
         for x in gc.get_referents(h):
             xid = id(x)
             if xid in private_ids or xid in index or not gc.is_tracked(x):

@@ -37,6 +37,7 @@ def counting(monkeypatch: pytest.MonkeyPatch, work: Work) -> None:
     count(deadlock, "wait_kind", "first looks")
     count(deadlock, "classify", "classified")
     count(deadlock, "direct", "reference checks")
+    count(deadlock, "closed", "checks following references down")
     # (gc.get_referrers itself is left alone: a wrapper's argument tuple would be a
     # reference the walk cannot see)
     count(Walk, "_pass", "heap passes")
@@ -130,7 +131,8 @@ KEPT: list[Any] = []  # a module's list: what it holds is reachable
 
 async def test_stuck_checks_are_made_a_few_a_slice(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forty waits on events past the threshold: at most CHECKS_PER_SLICE reference checks
-    a slice, and no heap pass while walks are not due."""
+    a slice, at most one that follows references down, and no heap pass while walks are
+    not due."""
     watch, clock = install()
     monkeypatch.setattr(deadlock, "CHECK_BUDGET_S", 3600.0)  # all forty in this scan
     work: Work = Counter()
@@ -147,6 +149,9 @@ async def test_stuck_checks_are_made_a_few_a_slice(monkeypatch: pytest.MonkeyPat
         found = await slices(watch, work)
         assert sum(w["reference checks"] for _, w in found) == 40
         assert most(found, "reference checks") <= deadlock.CHECKS_PER_SLICE
+        # (each of these also follows references down from the waiters: one such a slice)
+        assert sum(w["checks following references down"] for _, w in found) == 40
+        assert most(found, "checks following references down") == 1
         assert most(found, "heap passes") == 0
         assert not asyncwatch.findings()
     finally:
