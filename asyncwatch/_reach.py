@@ -298,7 +298,7 @@ def direct(target: list[Any], private: list[Any], own: list[Any]) -> Verdict | N
     return None
 
 
-_OPAQUE = (types.FunctionType, types.ModuleType, types.CodeType, type, types.BuiltinFunctionType)
+_OPAQUE = (types.ModuleType, types.CodeType, type, types.BuiltinFunctionType)
 
 
 def closed(target: list[Any], private: list[Any], own: list[Any], *, max_objects: int = 200,
@@ -306,9 +306,9 @@ def closed(target: list[Any], private: list[Any], own: list[Any], *, max_objects
     """Decide ``UNREACHABLE`` without a heap pass, for an object the waiters hold through
     objects of their own (``self.event`` on an object only their frames know, a queue in a
     closure cell): follow references *down* from the ``private`` objects (up to
-    ``max_depth`` levels and ``max_objects`` objects, not into functions, modules, classes,
-    code or anything that counts as a root; from the waiters' coroutines and frames, not
-    from the task objects themselves), keep the objects that lead to ``target``, and
+    ``max_depth`` levels and ``max_objects`` objects, into functions' closures only, not into
+    modules, classes, code or anything that counts as a root; from the waiters' coroutines
+    and frames, not from the task objects themselves), keep the objects that lead to ``target``, and
     check with ``sys.getrefcount`` that every reference to each of them comes from one of
     them, a private object or asyncwatch's ``own`` records. Such a set can only be reached
     through the private objects. None when that does not hold (a heap walk may still tell).
@@ -327,6 +327,8 @@ def closed(target: list[Any], private: list[Any], own: list[Any], *, max_objects
             xid = id(x)
             if xid in private_ids or xid in index or not gc.is_tracked(x):
                 continue
+            if len(objs) >= max_objects:
+                break
             if isinstance(x, _OPAQUE) or _root(x) is not None:
                 continue
             index[xid] = len(objs)
@@ -340,7 +342,15 @@ def closed(target: list[Any], private: list[Any], own: list[Any], *, max_objects
         for i in todo:
             if i == 0:
                 continue  # (the target's own references do not matter)
-            for x in gc.get_referents(objs[i]):
+            obj = objs[i]
+            refs: Any
+            # A function is followed into its closure only (not its globals, defaults...).
+            if isinstance(obj, types.FunctionType):
+                refs = [] if obj.__closure__ is None else [obj.__closure__]
+            else:
+                refs = gc.get_referents(obj)
+            obj = None
+            for x in refs:
                 xid = id(x)
                 j = index.get(xid)
                 if j is not None:
@@ -355,7 +365,7 @@ def closed(target: list[Any], private: list[Any], own: list[Any], *, max_objects
                 holders_of.append([i])
                 nxt.append(len(objs) - 1)
         todo = nxt
-    x = None
+    x = refs = None
     # The objects that lead to the target (the target included).
     path = {0}
     stack = [0]
