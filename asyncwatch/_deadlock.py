@@ -22,7 +22,8 @@ The interval stretches so that scans take about 1% of the loop's CPU time at mos
    timeout rescues a node, and the strongly connected groups with a cycle are deadlocks,
    reported once per cycle (the same tasks on the same futures).
 3. A settled wait older than ``stuck_task_after_s`` on an event, condition, queue, bare future
-   or signalling semaphore is checked with ``_reach.reach``: if nothing but the waiting tasks
+   or signalling semaphore is checked with ``_reach`` (``direct``, then ``closed``, then,
+   when due and when a pass fits a slice, a heap ``Walk``): if nothing but the waiting tasks
    (and tasks waiting on them) can reach the object, and the app's own code holds it, the task
    is stuck. A wait for a lock or semaphore held only by finished tasks needs no such check.
    Sleeps, I/O, waits with a timeout, ``idle()`` blocks and ``idle_coroutines`` never are.
