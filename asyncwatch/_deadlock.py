@@ -6,9 +6,11 @@ await chains, lock waiter queues, holders recorded by ``_primitives``), and on t
 thread that state cannot change under it, so no lock is needed and no half-updated hand-over
 (a lock released, its next owner not yet running) can be mistaken for a cycle, which a thread
 reading the same structures concurrently could not promise. A deadlocked loop is idle, so the
-scan always gets to run. The price is that the scan blocks its loop while it runs; it is kept
-to O(tasks) cheap attribute reads (measured in the README), and the interval stretches so
-that scans never take more than 1% of the loop's time.
+scan always gets to run. The price is that the scan holds its loop while it runs; a timed
+scan runs in slices, each bounded by units of work (``SLICE`` and the constants after it:
+tasks looked at, waits classified, checks made, one heap pass), with the loop running in
+between, and whatever a later slice decides re-checks that the waits it uses still hold.
+The interval stretches so that scans take about 1% of the loop's CPU time at most.
 
 **Deciding** (``scan()``, called by the timer or directly by tests):
 
@@ -20,7 +22,8 @@ that scans never take more than 1% of the loop's time.
    timeout rescues a node, and the strongly connected groups with a cycle are deadlocks,
    reported once per cycle (the same tasks on the same futures).
 3. A settled wait older than ``stuck_task_after_s`` on an event, condition, queue, bare future
-   or signalling semaphore is checked with ``_reach.reach``: if nothing but the waiting tasks
+   or signalling semaphore is checked with ``_reach`` (``direct``, then ``closed``, then,
+   when due and when a pass fits a slice, a heap ``Walk``): if nothing but the waiting tasks
    (and tasks waiting on them) can reach the object, and the app's own code holds it, the task
    is stuck. A wait for a lock or semaphore held only by finished tasks needs no such check.
    Sleeps, I/O, waits with a timeout, ``idle()`` blocks and ``idle_coroutines`` never are.
@@ -37,9 +40,10 @@ import fnmatch
 import heapq
 import logging
 import math
+import sys
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 from . import _names as n
@@ -59,7 +63,7 @@ from ._faults import Faults
 from ._findings import FindingsLog
 from ._idle import is_idle
 from ._primitives import PrimitiveTracker, state_of
-from ._reach import UNREACHABLE, Verdict, direct, reach
+from ._reach import UNREACHABLE, Verdict, Walk, closed, direct
 from ._recorder import coroutine_key
 from ._scanstate import (
     LOCKLIKE,
@@ -73,8 +77,8 @@ from ._scanstate import (
     node_of,
     own_record,
     still,
-    tasks_of,
-    trim,
+    task_refs,
+    trim_steps,
 )
 from ._waitgraph import (
     EDGE_KINDS,
@@ -89,18 +93,28 @@ from ._waitgraph import (
     doomed,
     frame_of,
     has_deadline,
+    is_task,
     timer_targets,
     wait_kind,
 )
 
 logger = logging.getLogger("asyncwatch")
 
-MAX_SHARE = 0.01  # most of a loop's time the scans may take
-SLICE = 2000  # tasks settled per slice of a timed scan (the loop runs between slices)
+MAX_SHARE = 0.01  # most of a loop's (CPU) time the scans may take
+# What one slice of a scan may do at most (the loop runs between slices):
+SLICE = 1000  # tasks looked at (for a wait seen before: a dictionary lookup)
+LOOKS = 400  # of which first looks at a settled wait (its kind read from the await chain)
+ENTRIES = 500  # followed waits re-checked and classified, graph nodes built, candidates sorted
+CHECKS_PER_SLICE = 4  # stuck checks (each a reference count over the waiters' frames),
+# or one that follows references down from them (_reach.closed, at most 200 objects)
+# and a heap walk: one gc.get_referrers pass (over at most Walk.per_pass objects) a slice.
 _DONE = object()
 CHECK_BUDGET_S = 0.005  # stuck checks per scan stop after this long; the rest wait a scan
 CHECKS_PER_SCAN = 256  # candidates considered per scan (the longest unchecked first)
 WALK_SHARE = 0.002  # most of a loop's time the reference walks (gc.get_referrers) may take
+WALK_PASS_S = 0.006  # a timed scan walks the heap only if one pass is expected to fit this
+WALK_MAX_S = 0.1  # a walk gives up (unknown) after this long in passes
+PASS_COST_GUESS = 25e-9  # seconds a heap pass takes per allocated block, until one is timed
 MAX_LOCK_CHAIN = 64  # holders followed from a lock wait looking for a cycle back to the waiter
 EXPEDITE_S = 0.05  # after a lock wait closed a cycle: the scan that settles it runs this soon
 
@@ -151,7 +165,10 @@ class DeadlockDetector:
         self.last_scan_s = 0.0
         self.checks = 0  # reachability checks made (most without a heap walk)
         self.walks = 0  # of which heap walks
+        self.closed_checks = 0  # of which checks that follow references down (_reach.closed)
         self._walk_after = -math.inf
+        self._pass_cost = PASS_COST_GUESS  # of a heap pass, per allocated block (measured)
+        self._pass_measured = False
         self.started_ns = time.time_ns()
 
     # ------------------------------------------------------------------ scheduling
@@ -229,13 +246,16 @@ class DeadlockDetector:
         if loop is None or not self.active:
             return
         state.handle = None
-        self._step(loop, state, self._steps(loop, state=state), 0.0)
+        self._step(loop, state, self._steps(loop, state=state, sliced=True), 0.0, 0.0)
 
-    def _step(self, loop: Any, state: LoopState, steps: Iterator[None], spent: float) -> None:
+    def _step(self, loop: Any, state: LoopState, steps: Iterator[str], spent: float,
+              cpu: float) -> None:
         """Run one slice of a timed scan; the next slice runs after whatever the loop has
-        ready, so no single pause is longer than one slice."""
+        ready, so no single pause is longer than one slice. ``spent``: the scan's wall time
+        so far (the metric), ``cpu``: its CPU time (what the 1% rule spaces out)."""
         if not self.active:
             return
+        began_cpu = time.thread_time()
         began = time.perf_counter()
         try:
             done = next(steps, _DONE) is _DONE
@@ -245,18 +265,28 @@ class DeadlockDetector:
                 self.active = False
                 return
         spent += time.perf_counter() - began
+        cpu += time.thread_time() - began_cpu
         if not done:
-            state.handle = type(loop).call_soon(loop, self._step, loop, state, steps, spent)
+            state.handle = type(loop).call_soon(
+                loop, self._step, loop, state, steps, spent, cpu
+            )
             return
         state.handle = None
         self.last_scan_s = spent
         self.scan_seconds += spent
+        # The median of the last three scans' CPU time: a garbage collection that one scan's
+        # allocation happened to set off (or a descheduled process) does not stretch the
+        # interval, and with it how soon a cycle of tasks is found, tenfold.
+        costs = state.costs
+        costs.append(cpu)
+        del costs[:-3]
         if state.expedite > 0:
             state.expedite -= 1
             if state.expedite > 0:
                 self._schedule(loop, state, EXPEDITE_S)
                 return
-        self._schedule(loop, state, max(self.interval_s, spent / MAX_SHARE))
+        typical = sorted(costs)[len(costs) // 2]
+        self._schedule(loop, state, max(self.interval_s, typical / MAX_SHARE))
 
     def stop(self) -> None:
         """Stop scanning; cancel pending scans. Idempotent."""
@@ -341,18 +371,26 @@ class DeadlockDetector:
             self.scan_seconds += spent
 
     def _steps(self, loop: Any, out: list[DeadlockFinding | StuckTaskFinding] | None = None,
-               *, state: LoopState | None = None) -> Iterator[None]:
-        """One scan, as a generator that yields between slices of ``SLICE`` tasks."""
+               *, state: LoopState | None = None, sliced: bool = False) -> Iterator[str]:
+        """One scan, as a generator that yields between slices, each slice bounded by work
+        units (see ``SLICE`` and the constants after it); it yields the name of the phase
+        the slice belonged to. Between slices other code runs: whatever is decided in a
+        later slice re-checks that the waits it uses still hold (``still``), and a finding
+        is made only from waits re-read in the slice that reports it. ``sliced``: a timed
+        scan, whose heap walks must also fit one slice (``_walk_fits``)."""
         if state is None:
             state = self._state(loop)
         now = self.clock()
         current = asyncio.current_task(loop)
-        tasks = tasks_of(loop)
+        items, weak = task_refs(loop)
         sweep = Sweep(state.seen, current, now)
-        for start in range(0, len(tasks), SLICE):
-            self._settle(sweep, tasks[start : start + SLICE])
-            if start + SLICE < len(tasks):
-                yield
+        start = 0
+        while True:
+            start = self._settle(sweep, loop, items, weak, start)
+            if start >= len(items):
+                break
+            yield "settle"
+        del items
         state.seen = new = sweep.new
         if sweep.closed and state.expedite <= 1:
             # The next scan settles the new cycle: run it soon.
@@ -363,59 +401,72 @@ class DeadlockDetector:
                 self._schedule(loop, state, EXPEDITE_S)
             else:  # a timed scan: this one and the next
                 state.expedite = 2
-        followed, due = sweep.followed, sweep.due
-        if len(tasks) > SLICE:  # other code ran between slices: keep waits that still hold
-            followed = [e for e in followed if still(e.task, e.rec)]
-            # (the stuck checks re-check the few waits they pick)
         if out is None:
             out = []
-        graph = self._graph(followed)
+        if sweep.followed:
+            yield "settle"
+            graph = yield from self._graph_steps(sweep)
+            if graph.nodes:  # cycles may be there: judged in a slice of their own
+                yield "graph"
+        else:
+            graph = Graph([])
         in_deadlock = self._deadlocks(loop, state, graph, now, out)
-        if due or followed:
-            self._stuck(state, followed, due, graph=graph, in_deadlock=in_deadlock, now=now,
-                        out=out)
+        if sweep.due or sweep.followed:
+            yield "graph"
+            yield from self._stuck_steps(state, sweep, graph=graph, in_deadlock=in_deadlock,
+                                         now=now, out=out, sliced=sliced)
         state.reported = {tid for tid in state.reported if (r := new.get(tid)) and r.reported}
         state.stuck = len(state.reported)
         for finding in out:
             self._emit(finding)
 
-    def _settle(self, sweep: Sweep, tasks: list[Any]) -> None:
-        """Record every suspended task's wait in ``sweep.new``. Of the waits the previous scan
-        saw too, collect those whose edges are followed, and the other ones due for a look
-        (classifying them, or a stuck check). This loop runs for every waiting task on every
-        scan, so a wait that is neither costs a dictionary lookup and three comparisons."""
+    def _settle(self, sweep: Sweep, loop: Any, items: list[Any], weak: bool, start: int) -> int:
+        """Record the wait of every suspended task of ``items[start:]`` in ``sweep.new``, up to
+        ``SLICE`` tasks or ``LOOKS`` first looks; returns where to go on. Of the waits the
+        previous scan saw too, collect those whose edges are followed, and the other ones
+        due for a look (classifying them, or a stuck check). This runs for every waiting
+        task on every scan, so a wait that is neither costs a dictionary lookup and three
+        comparisons."""
         get, new, current, now = sweep.old.get, sweep.new, sweep.current, sweep.now
         task_types: Any = TASK_TYPES
         followed, due = sweep.followed, sweep.due
-        try:
-            for task in tasks:
+        end = min(start + SLICE, len(items))
+        looks = LOOKS
+        for k in range(start, end):
+            task = items[k]
+            try:
+                if weak:
+                    task = task()
+                    if task is None or task._loop is not loop:
+                        continue
                 fut = task._fut_waiter
-                if fut is None or fut.done() or task is current:
-                    continue
-                tid = id(task)
-                rec = get(tid)
-                if rec is not None and rec.fut is fut:
-                    if rec.follow:
-                        followed.append(Entry(task, fut, rec))
-                    elif rec.check_at <= now:
-                        if rec.kind is None:
-                            self._first_look(task, fut, rec)
-                            if rec.follow:
-                                followed.append(Entry(task, fut, rec))
-                            elif rec.check_at <= now:
-                                due.append((rec.check_at, rec.since, tid, task, rec))
-                        else:
+            except AttributeError:  # a task class without _loop or _fut_waiter: left out
+                continue
+            if fut is None or fut.done() or task is current:
+                continue
+            tid = id(task)
+            rec = get(tid)
+            if rec is not None and rec._fut() is fut:  # (rec.fut, without the property)
+                if rec.follow:
+                    followed.append(Entry(task, fut, rec))
+                elif rec.check_at <= now:
+                    if rec.kind is None:
+                        self._first_look(task, fut, rec)
+                        looks -= 1
+                        if rec.follow:
+                            followed.append(Entry(task, fut, rec))
+                        elif rec.check_at <= now:
                             due.append((rec.check_at, rec.since, tid, task, rec))
-                else:
-                    rec = Seen(fut, now)
-                    if not sweep.closed and type(fut) in task_types:
-                        sweep.closed = _closes_cycle(task, fut)
-                new[tid] = rec
-        except AttributeError:  # a task class without _fut_waiter: leave such tasks out
-            usable = [t for t in tasks if hasattr(t, "_fut_waiter")]
-            if len(usable) == len(tasks):
-                raise
-            self._settle(sweep, usable)
+                    else:
+                        due.append((rec.check_at, rec.since, tid, task, rec))
+            else:
+                rec = Seen(fut, now)
+                if not sweep.closed and type(fut) in task_types:
+                    sweep.closed = _closes_cycle(task, fut)
+            new[tid] = rec
+            if looks <= 0:
+                return k + 1
+        return end
 
     def _first_look(self, task: Any, fut: Any, rec: Seen) -> None:
         """The wait was seen by two scans: remember its kind."""
@@ -445,17 +496,29 @@ class DeadlockDetector:
         entry.wait = wait
         return wait if wait.mode is not None else None
 
-    def _graph(self, entries: list[Entry]) -> Graph:
+    def _graph_steps(self, sweep: Sweep) -> Generator[str, None, Graph]:
+        """The wait-for graph of the followed waits that still hold, ``ENTRIES`` waits a
+        slice; ``sweep.followed`` keeps those that still hold."""
         wait_of = self._wait_of
-        waiting = [e for e in entries if wait_of(e) is not None]
-        graph = Graph(trim(waiting))
+        followed: list[Entry] = []
+        waiting: list[Entry] = []
+        for k, e in enumerate(sweep.followed):
+            if still(e.task, e.rec):  # other code ran between slices
+                followed.append(e)
+                if wait_of(e) is not None:
+                    waiting.append(e)
+            if k % ENTRIES == ENTRIES - 1:
+                yield "graph"
+        sweep.followed = followed
+        nodes = yield from trim_steps(waiting, ENTRIES)
+        graph = Graph(nodes)
         graph.waiting = waiting
         index = {id(e.task): i for i, e in enumerate(graph.nodes)}
         count = len(graph.nodes)
         succ, mode, live0, res = graph.succ, graph.mode, graph.live0, graph.res
         res_index: dict[int, int] = {}
         task_types: Any = TASK_TYPES
-        for e in graph.nodes:
+        for k, e in enumerate(graph.nodes):
             wait = e.wait
             assert wait is not None
             live0.append(wait.escapable)
@@ -475,15 +538,33 @@ class DeadlockDetector:
                     for s in wait.succ
                 ])
                 mode.append(wait.mode or "and")
+            if k % ENTRIES == ENTRIES - 1:
+                yield "graph"
         for wait in res:
             succ.append([node_of(h, index, holder=True) for h in wait.succ])
             mode.append("or")
             live0.append(False)
         return graph
 
+    def _holds(self, e: Entry) -> bool:
+        """Whether the wait the graph has for ``e`` is still the task's wait now: the same
+        future and, for waits whose successors can change under the same future (locks,
+        semaphores, TaskGroups, wait()), the same successors."""
+        if not still(e.task, e.rec):
+            return False
+        wait = e.wait
+        if wait is None or wait.kind in ("task", "gather", "shield"):
+            return True
+        fresh = classify(e.task, e.fut, self.tracker)
+        return fresh.mode == wait.mode and (
+            {id(x) for x in fresh.succ} == {id(x) for x in wait.succ}
+        )
+
     def _deadlocks(self, loop: Any, state: LoopState, graph: Graph, now: float,
                    out: list[DeadlockFinding | StuckTaskFinding]) -> set[int]:
-        """Report new cycles; return ids of tasks in (or waiting behind) any cycle."""
+        """Report new cycles; return ids of tasks in (or waiting behind) any cycle. The
+        graph may have been built over several slices: a cycle is reported only when every
+        one of its waits still holds now (a real deadlock still does at the next scan)."""
         nodes, succ, mode, live0 = graph.nodes, graph.succ, graph.mode, graph.live0
         bad = doomed(succ, mode, live0)
         count = len(nodes)
@@ -509,9 +590,14 @@ class DeadlockDetector:
             if not members:
                 continue
             key = frozenset((id(nodes[v].task), id(nodes[v].fut)) for v in members)
+            if not all(self._holds(nodes[v]) for v in members):
+                if key in state.cycles:
+                    active.add(key)  # (reported already: not again)
+                continue
             active.add(key)
             deadlocked += len(members)
-            waiting = behind(group, succ, bad)
+            waiting = [v for v in behind(group, succ, bad)
+                       if v >= count or still(nodes[v].task, nodes[v].rec)]
             involved.update(id(nodes[v].task) for v in (*group, *waiting) if v < count)
             if key not in state.cycles:
                 out.append(deadlock_finding(graph, group, waiting, self._wall_of(now), self.wall()))
@@ -519,31 +605,56 @@ class DeadlockDetector:
         state.deadlocked = deadlocked
         return involved
 
-    def _stuck(self, state: LoopState, followed: list[Entry],
-               due: list[tuple[float, float, int, Any, Seen]], *, graph: Graph,
-               in_deadlock: set[int], now: float,
-               out: list[DeadlockFinding | StuckTaskFinding]) -> None:
-        pool = due
-        for e in followed:
+    def _stuck_steps(self, state: LoopState, sweep: Sweep, *, graph: Graph,
+                     in_deadlock: set[int], now: float,
+                     out: list[DeadlockFinding | StuckTaskFinding],
+                     sliced: bool) -> Generator[str, None, None]:
+        """The stuck checks: pick up to ``CHECKS_PER_SCAN`` candidates (``ENTRIES`` waits a
+        slice), then check them, ``CHECKS_PER_SLICE`` a slice, a heap walk one pass a slice."""
+        pool = sweep.due
+        by_task: dict[int, Entry] = {}
+        for k, e in enumerate(sweep.followed):
             rec = e.rec
+            by_task[id(e.task)] = e
             if rec.check_at <= now and id(e.task) not in in_deadlock:
                 pool.append((rec.check_at, rec.since, id(e.task), e.task, rec))
+            if k % ENTRIES == ENTRIES - 1:
+                yield "stuck"
         # Never checked first, then the longest without a check: no wait starves the others.
         # The rest (and those past the time budget) keep their place for the next scan.
-        by_task = {id(e.task): e for e in followed}
+        best: list[tuple[float, float, int, Any, Seen]] = []
+        for start in range(0, len(pool), ENTRIES):
+            best = heapq.nsmallest(CHECKS_PER_SCAN, best + pool[start : start + ENTRIES])
+            if start + ENTRIES < len(pool):
+                yield "stuck"
+        del pool[:]
+        if not best:
+            return
+        yield "stuck"
         candidates = [
             by_task.get(tid) or Entry(task, task._fut_waiter, rec)
-            for _, _, tid, task, rec in heapq.nsmallest(CHECKS_PER_SCAN, pool)
+            for _, _, tid, task, rec in best
             if still(task, rec)
         ]
+        del best
         for e in candidates:
             by_task[id(e.task)] = e
         checks = Checks(by_task, graph)
-        deadline = time.perf_counter() + CHECK_BUDGET_S
+        if graph.waiting:
+            yield from checks.rev_steps(ENTRIES)
+        spent = 0.0
         walk_ok = now >= self._walk_after
+        units = 0  # a check is one unit, one that follows references down a slice's worth
         for e in candidates:
-            if time.perf_counter() > deadline:
+            if spent > CHECK_BUDGET_S:
                 break
+            if units >= CHECKS_PER_SLICE:
+                units = 0
+                yield "stuck"
+            if not still(e.task, e.rec):
+                continue  # it woke (or moved on) since it was picked
+            units += 1
+            began = time.perf_counter()
             rec = e.rec
             if e.wait is None:
                 e.wait = classify(e.task, e.fut, self.tracker)
@@ -554,9 +665,12 @@ class DeadlockDetector:
                 or self._idle_by_name(e.task) or has_deadline(e.task, coro_chain(e.task))
             ):
                 rec.check_at = math.inf  # by design, or a timeout will end it
+                spent += time.perf_counter() - began
                 continue
             dead_notifier = self._dead_lock_holder(wait) if wait.kind == "condition" else None
             if wait.kind in LOCKLIKE and wait.mode == "or" and all(t.done() for t in wait.succ):
+                if not self._holds(e):
+                    continue
                 reason = released_never(list(wait.succ))
                 blocked: list[Any] = []
             elif dead_notifier is not None:
@@ -569,19 +683,30 @@ class DeadlockDetector:
             elif wait.kind in SIGNAL_KINDS and wait.obj is not None:
                 key = id(wait.obj)
                 if key not in checks.verdicts:
-                    walks = self.walks
-                    checks.verdicts[key] = self._reach(e, checks, walk_ok=walk_ok)
-                    walk_ok = walk_ok and self.walks == walks  # at most one walk per scan
+                    followed_down = self.closed_checks
+                    got, private, behind = self._direct(e, checks)
+                    if self.closed_checks > followed_down:
+                        units = CHECKS_PER_SLICE
+                    if got is None and walk_ok and (not sliced or self._walk_fits()):
+                        walk_ok = False  # at most one walk per scan
+                        spent += time.perf_counter() - began
+                        got = yield from self._walk_steps(e, private, behind)
+                        began = time.perf_counter()
+                    del private, behind
+                    checks.verdicts[key] = got
                 got = checks.verdicts[key]
                 if got is None:
+                    spent += time.perf_counter() - began
                     continue  # needs a heap walk, and none is due yet
                 verdict, blocked = got
                 if verdict.outcome != UNREACHABLE:
                     rec.checks += 1
                     rec.check_at = now + self.stuck_after_s * min(2 ** rec.checks, 64)
+                    spent += time.perf_counter() - began
                     continue
                 if not verdict.held_by_user:
                     rec.check_at = math.inf  # `await asyncio.Future()`: forever by design
+                    spent += time.perf_counter() - began
                     continue
                 reason = UNREACHABLE_WHY.get(wait.kind, "nothing else references it")
                 if wait.kind == "queue_join":
@@ -590,32 +715,26 @@ class DeadlockDetector:
                     reason = get_reason(wait.obj, checks.waiters_of(wait)) or reason
             else:
                 rec.check_at = now + self.stuck_after_s  # waits on tasks, or on live holders
+                spent += time.perf_counter() - began
                 continue
+            spent += time.perf_counter() - began
             rec.reported = True
             rec.check_at = math.inf
             state.reported.add(id(e.task))
             out.append(stuck_finding(e, reason, blocked, now, self._wall_of(now), self.wall()))
 
-    def _dead_lock_holder(self, wait: Any) -> Any:
-        """For a Condition wait: the finished task still holding the Condition's lock."""
-        state = state_of(getattr(wait.obj, "_lock", None))
-        holder = state.holder if state is not None else None
-        return holder if holder is not None and holder.done() else None
+    def _walk_fits(self) -> bool:
+        """Whether one heap pass is expected to fit a slice (``WALK_PASS_S``): the cost per
+        allocated memory block of the last pass measured, times the blocks allocated now."""
+        return sys.getallocatedblocks() * self._pass_cost <= WALK_PASS_S
 
-    def _idle_by_name(self, task: Any) -> bool:
-        if not self.idle_patterns:
-            return False
-        for coro in coro_chain(task):
-            key = coroutine_key(coro)
-            if any(fnmatch.fnmatchcase(key, p) for p in self.idle_patterns):
-                return True
-        return False
-
-    def _reach(self, entry: Entry, checks: Checks, *, walk_ok: bool) -> tuple[
-        Verdict, list[Any]
-    ] | None:
-        """Can anything but its waiters (and who waits on them) reach the entry's object?
-        None when that needs a heap walk and none is allowed now."""
+    def _direct(self, entry: Entry, checks: Checks) -> tuple[
+        tuple[Verdict, list[Any]] | None, list[Any], list[Any]
+    ]:
+        """Can anything but its waiters (and who waits on them) reach the entry's object,
+        as far as the checks without a heap pass (``_reach.direct``, ``_reach.closed``)
+        tell? Returns ``(verdict and the tasks
+        behind, or None when that needs a heap walk; the private objects; the tasks behind)``."""
         wait = entry.wait
         assert wait is not None
         waiters = checks.waiters_of(wait)
@@ -632,15 +751,66 @@ class DeadlockDetector:
         own = checks.own_refs(waiters)
         self.checks += 1
         verdict = direct([wait.obj], private, own)
-        if verdict is None:
-            if not walk_ok:
-                return None
-            began = time.perf_counter()
-            verdict = reach([wait.obj], {id(p) for p in private}, own_record)
+        if verdict is None:  # held through objects of the waiters' own, perhaps: no heap pass
+            self.closed_checks += 1
+            verdict = closed([wait.obj], private, own)
+        return (None if verdict is None else (verdict, behind)), private, behind
+
+    def _walk_steps(self, entry: Entry, private: list[Any], behind: list[Any]) -> Generator[
+        str, None, tuple[Verdict, list[Any]] | None
+    ]:
+        """Walk up from the entry's object one heap pass a slice (``_reach.Walk``); None when
+        the wait ended meanwhile. The walk's last step confirms an ``UNREACHABLE`` outcome at
+        one instant; in that same slice, every private task must still wait on the future
+        it waited on when the walk began (so the private ids still name the same objects)."""
+        wait = entry.wait
+        assert wait is not None
+        guard = [(t, t._fut_waiter) for t in private if is_task(t)]
+        walk = Walk([wait.obj], {id(p) for p in private}, own_record, max_s=WALK_MAX_S)
+        del private
+        try:
+            while True:
+                yield "walk"
+                if not still(entry.task, entry.rec):
+                    return None
+                blocks = sys.getallocatedblocks()
+                started = time.perf_counter()
+                passes = walk.passes
+                verdict = walk.step()
+                if walk.passes > passes:
+                    # The lowest cost seen: noise (a descheduled process) only adds to it, and
+                    # a slow moment must not keep walks away for good.
+                    cost = (time.perf_counter() - started) / max(blocks, 1)
+                    measured = self._pass_measured
+                    self._pass_cost = min(self._pass_cost, cost) if measured else cost
+                    self._pass_measured = True
+                if verdict is not None:
+                    break
+        finally:
             self.walks += 1
-            # Walks cost a pass over the heap per level: space them out to WALK_SHARE.
-            self._walk_after = self.clock() + (time.perf_counter() - began) / WALK_SHARE
+            # Walks cost a pass over the heap a step: space them out to WALK_SHARE.
+            self._walk_after = self.clock() + walk.spent / WALK_SHARE
+        if verdict.outcome == UNREACHABLE and not all(
+            getattr(t, "_fut_waiter", None) is f and f is not None and not f.done()
+            for t, f in guard
+        ):
+            return None
         return verdict, behind
+
+    def _dead_lock_holder(self, wait: Any) -> Any:
+        """For a Condition wait: the finished task still holding the Condition's lock."""
+        state = state_of(getattr(wait.obj, "_lock", None))
+        holder = state.holder if state is not None else None
+        return holder if holder is not None and holder.done() else None
+
+    def _idle_by_name(self, task: Any) -> bool:
+        if not self.idle_patterns:
+            return False
+        for coro in coro_chain(task):
+            key = coroutine_key(coro)
+            if any(fnmatch.fnmatchcase(key, p) for p in self.idle_patterns):
+                return True
+        return False
 
     # ------------------------------------------------------------------ findings
 

@@ -2,8 +2,9 @@
 
 A task waiting on an Event, a Condition, a Queue or a bare Future can only be woken by code
 that holds a reference to that object. ``reach(target, private)`` walks *up* the reference
-graph from ``target`` with ``gc.get_referrers`` (one heap pass per level, all the level's
-objects at once) and stops at:
+graph from ``target`` with ``gc.get_referrers`` (one heap pass per level, or per 16 objects
+of a level; ``Walk`` makes them one at a time so that the loop can run in between) and stops
+at:
 
 * a **root**, something that can still run or be reached by code that runs: a module, a
   class, an event loop, a thread, a pending task or a coroutine/generator/frame that is not
@@ -21,9 +22,11 @@ objects at once) and stops at:
   thread, ``gc.freeze()``): ``UNKNOWN``;
 * the budget (levels, objects): ``UNKNOWN``.
 
-Only ``UNREACHABLE`` (the walk ran out of referrers) makes a stuck task. Each level costs one
-pass over every object gc tracks, so the detector calls this rarely: once per waited-on object
-per threshold period, at most one object per scan.
+Only ``UNREACHABLE`` (the walk ran out of referrers, and a closing reference count over
+everything it met, made at one instant, confirms that nothing else refers to any of it)
+makes a stuck task. Each pass goes over every object gc tracks, so the detector walks rarely:
+once per waited-on object per threshold period, at most one object per scan, and in a timed
+scan only when one pass is expected to fit a slice.
 """
 
 from __future__ import annotations
@@ -69,15 +72,6 @@ class Verdict:
         return f"<Verdict {self.outcome} {self.root} held_by_user={self.held_by_user}>"
 
 
-def _is_call_args(obj: Any, frontier: list[Any]) -> bool:
-    """The argument tuple of our own ``gc.get_referrers(*frontier)`` call, which Python 3.13
-    returns among the referrers (earlier versions leave it out)."""
-    return (
-        type(obj) is tuple and len(obj) == len(frontier)
-        and all(a is b for a, b in zip(obj, frontier, strict=True))
-    )
-
-
 def _root(obj: Any) -> str | None:
     """Why ``obj`` (a non-private referrer) counts as live code or a live namespace."""
     if isinstance(obj, types.ModuleType):
@@ -105,32 +99,107 @@ def is_user_code(obj: Any) -> bool:
     return not filename.startswith(_ASYNCIO_DIR) and not filename.startswith(_PKG_DIR)
 
 
-def _walk(
-    frontier: list[Any],
-    private: set[int],
-    skip: Callable[[Any], bool],
-    *,
-    max_levels: int,
-    max_objects: int,
-    max_s: float,
-) -> Verdict:
-    seen = {id(o) for o in frontier}
-    held = False
-    began = time.perf_counter()
-    for _level in range(max_levels):
-        if not frontier:
-            return Verdict(UNREACHABLE, held_by_user=held)
-        if time.perf_counter() - began > max_s:
-            return Verdict(UNKNOWN, "time budget", held)
-        refs = gc.get_referrers(*frontier)
+class Walk:
+    """A walk up from ``target`` made in steps, each one ``gc.get_referrers`` pass over at most
+    ``per_pass`` objects of the current level (``step()``), so that a caller can let its loop
+    run between passes. Between steps the walk holds the objects it has visited (at most
+    ``max_objects``, dropped with the walk).
+
+    Other code may run between two steps and move references around, so an ``UNREACHABLE``
+    outcome is confirmed in the last step, at one instant and without a heap pass: every
+    reference to every visited object must come from a visited object, a private object, or
+    a dead end met on the way (a finished frame, asyncwatch's own records), as
+    ``sys.getrefcount`` counts them. A set so closed can only be reached through the private
+    objects. Otherwise the outcome is ``UNKNOWN``.
+    """
+
+    __slots__ = (
+        "_end_ids", "_ends", "_frontier", "_held", "_level", "_next", "_seen",
+        "_visited", "done", "max_levels", "max_objects", "max_s", "passes",
+        "per_pass", "private", "skip", "spent", "verdict",
+    )
+
+    def __init__(
+        self,
+        target: list[Any],
+        private: set[int],
+        skip: Callable[[Any], bool] = lambda obj: False,
+        *,
+        max_levels: int = 8,
+        max_objects: int = 2000,
+        max_s: float = 0.1,
+        per_pass: int = 16,
+    ) -> None:
+        self.private = private
+        self.skip = skip
+        self.max_levels = max_levels
+        self.max_objects = max_objects
+        self.max_s = max_s
+        self.per_pass = per_pass
+        self.passes = 0
+        self.done = False
+        self.verdict: Verdict | None = None
+        self._seen = {id(o) for o in target}
+        self._visited: list[Any] = list(target)  # every object met on the way up, once
+        # private referrers and dead ends (finished frames, asyncwatch's records) met
+        self._ends: list[Any] = []
+        self._end_ids: set[int] = set()
+        self._frontier: list[Any] = target  # this level's objects not yet passed over
+        self._next: list[Any] = []  # the next level's
+        self._level = 0
+        self._held = False
+        self.spent = 0.0  # time spent in passes so far
+
+    def _finish(self, verdict: Verdict) -> Verdict:
+        self.verdict = verdict
+        self.done = True
+        self._visited = self._ends = self._frontier = self._next = []
+        return verdict
+
+    def step(self) -> Verdict | None:
+        """One heap pass (or, at the end, the closing check): the verdict once decided."""
+        if self.done:
+            return self.verdict
+        if not self._frontier:
+            if not self._next:
+                return self._finish(self._confirm())
+            self._level += 1
+            self._frontier, self._next = self._next, []
+            if self._level >= self.max_levels:
+                return self._finish(Verdict(UNKNOWN, "level budget", self._held))
+        if self.spent > self.max_s:
+            return self._finish(Verdict(UNKNOWN, "time budget", self._held))
+        began = time.perf_counter()
+        chunk = self._frontier[: self.per_pass]
+        del self._frontier[: self.per_pass]
+        verdict = self._pass(chunk)
+        self.passes += 1
+        self.spent += time.perf_counter() - began
+        if verdict is not None:
+            return self._finish(verdict)
+        if len(self._seen) > self.max_objects:
+            return self._finish(Verdict(UNKNOWN, "object budget", self._held))
+        return None
+
+    def _pass(self, frontier: list[Any]) -> Verdict | None:
+        private, seen, skip = self.private, self._seen, self.skip
+        nxt, ends, end_ids = self._next, self._ends, self._end_ids
+        held = self._held
+        # Passed as is, this tuple is the call's argument tuple, which some versions return
+        # among the referrers: known by identity (a closure's one-cell tuple looks the same).
+        args = tuple(frontier)
+        refs = gc.get_referrers(*args)
         position = {id(o): i for i, o in enumerate(frontier)}
         found = [0] * len(frontier)
-        in_refs = [0] * len(frontier)  # our own list `refs` holding a frontier object
-        nxt: list[Any] = []
+        # our own lists holding a frontier object: `refs`, and the walk's `_visited`
+        in_refs = [0] * len(frontier)
+        mine_ids = (
+            id(frontier), id(nxt), id(self._visited), id(self._frontier), id(ends), id(args)
+        )
         root = ""
         for r in refs:
             rid = id(r)
-            if rid == id(frontier) or rid == id(nxt):
+            if rid in mine_ids:
                 continue
             mine = position.get(rid)
             if mine is not None:
@@ -142,10 +211,12 @@ def _walk(
                     found[i] += 1
                     if user and not _await_iter(x):
                         held = True
-            if (
-                rid in private or rid in seen or skip(r) or isinstance(r, types.FrameType)
-                or _is_call_args(r, frontier)
-            ):
+            if rid in seen:
+                continue
+            if rid in private or skip(r) or isinstance(r, types.FrameType):
+                if rid not in end_ids:
+                    end_ids.add(rid)
+                    ends.append(r)
                 continue
             seen.add(rid)
             why = _root(r)
@@ -153,20 +224,38 @@ def _walk(
                 root = why
                 break
             nxt.append(r)
+            self._visited.append(r)
         r = x = None  # drop loop references before counting
+        del args
+        self._held = held
         if root:
             return Verdict(REACHABLE, root, held)
         for i in range(len(frontier)):
-            hidden = sys.getrefcount(frontier[i]) - _BASE - found[i] - in_refs[i]
+            # held by: `frontier`, `_visited` (both counted in _BASE_WALK), `refs` (in_refs)
+            hidden = sys.getrefcount(frontier[i]) - _BASE_WALK - found[i] - in_refs[i]
             if hidden > 0:
                 return Verdict(UNKNOWN, f"{hidden} reference(s) gc cannot see", held)
         del refs
-        frontier = nxt
-        if len(seen) > max_objects:
-            return Verdict(UNKNOWN, "object budget", held)
-    if not frontier:
-        return Verdict(UNREACHABLE, held_by_user=held)
-    return Verdict(UNKNOWN, "level budget", held)
+        return None
+
+    def _confirm(self) -> Verdict:
+        """The closing check (see the class docstring), one pass over the visited objects'
+        and the holders' references: no heap pass."""
+        visited = self._visited
+        index = {id(o): i for i, o in enumerate(visited)}
+        counted = [0] * len(visited)
+        holders = [*visited, *self._ends]
+        for h in holders:
+            for x in gc.get_referents(h):
+                i = index.get(id(x))
+                if i is not None:
+                    counted[i] += 1
+        h = x = None  # drop loop references before counting
+        del holders
+        for i in range(len(visited)):
+            if sys.getrefcount(visited[i]) - _BASE - counted[i] != 0:
+                return Verdict(UNKNOWN, "changed during the walk", self._held)
+        return Verdict(UNREACHABLE, held_by_user=self._held)
 
 
 def direct(target: list[Any], private: list[Any], own: list[Any]) -> Verdict | None:
@@ -209,23 +298,126 @@ def direct(target: list[Any], private: list[Any], own: list[Any]) -> Verdict | N
     return None
 
 
+_OPAQUE = (types.ModuleType, types.CodeType, type, types.BuiltinFunctionType)
+
+
+def closed(target: list[Any], private: list[Any], own: list[Any], *, max_objects: int = 200,
+           max_depth: int = 4) -> Verdict | None:
+    """Decide ``UNREACHABLE`` without a heap pass, for an object the waiters hold through
+    objects of their own (``self.event`` on an object only their frames know, a queue in a
+    closure cell): follow references *down* from the ``private`` objects (up to
+    ``max_depth`` levels and ``max_objects`` objects, into functions' closures only, not into
+    modules, classes, code or anything that counts as a root; from the waiters' coroutines
+    and frames, not from the task objects themselves), keep the objects that lead to ``target``, and
+    check with ``sys.getrefcount`` that every reference to each of them comes from one of
+    them, a private object or asyncwatch's ``own`` records. Such a set can only be reached
+    through the private objects. None when that does not hold (a heap walk may still tell).
+    ``target``: a list holding the object, which the caller gives up (it is reused).
+    """
+    private_ids = {id(p) for p in private}
+    objs = target  # every object met, once; `index` gives its position
+    del target[1:]
+    index: dict[int, int] = {id(objs[0]): 0}
+    holders_of: list[list[int]] = [[]]  # positions of the met objects referencing each
+    todo: list[int] = []
+    for h in private:
+        if asyncio.isfuture(h):
+            continue  # a task: its coroutine is among the private objects too
+        for x in gc.get_referents(h):
+            xid = id(x)
+            if xid in private_ids or xid in index or not gc.is_tracked(x):
+                continue
+            if len(objs) >= max_objects:
+                break
+            if isinstance(x, _OPAQUE) or _root(x) is not None:
+                continue
+            index[xid] = len(objs)
+            objs.append(x)
+            holders_of.append([])
+            todo.append(len(objs) - 1)
+    depth = 1
+    while todo and depth < max_depth and len(objs) < max_objects:
+        depth += 1
+        nxt: list[int] = []
+        for i in todo:
+            if i == 0:
+                continue  # (the target's own references do not matter)
+            obj = objs[i]
+            refs: Any
+            # A function is followed into its closure only (not its globals, defaults...).
+            if isinstance(obj, types.FunctionType):
+                refs = [] if obj.__closure__ is None else [obj.__closure__]
+            else:
+                refs = gc.get_referents(obj)
+            obj = None
+            for x in refs:
+                xid = id(x)
+                j = index.get(xid)
+                if j is not None:
+                    holders_of[j].append(i)
+                    continue
+                if xid in private_ids or not gc.is_tracked(x) or len(objs) >= max_objects:
+                    continue
+                if isinstance(x, _OPAQUE) or _root(x) is not None:
+                    continue
+                index[xid] = len(objs)
+                objs.append(x)
+                holders_of.append([i])
+                nxt.append(len(objs) - 1)
+        todo = nxt
+    x = refs = None
+    # The objects that lead to the target (the target included).
+    path = {0}
+    stack = [0]
+    while stack:
+        for i in holders_of[stack.pop()]:
+            if i not in path:
+                path.add(i)
+                stack.append(i)
+    counted = dict.fromkeys(path, 0)
+    held = False
+    for h in [*private, *own]:
+        user = not held and id(h) in private_ids and is_user_code(h)
+        for x in gc.get_referents(h):
+            j = index.get(id(x))
+            if j is not None and j in counted:
+                counted[j] += 1
+                if user and not _await_iter(x):
+                    held = True
+    for i in path:
+        for x in gc.get_referents(objs[i]):
+            j = index.get(id(x))
+            if j is not None and j in counted:
+                counted[j] += 1
+    h = x = None  # drop loop references before counting
+    for j, n in counted.items():
+        if sys.getrefcount(objs[j]) - _BASE - n != 0:
+            return None
+    return Verdict(UNREACHABLE, "", held)
+
+
 def reach(
     target: list[Any],
     private: set[int],
     skip: Callable[[Any], bool] = lambda obj: False,
     *,
     max_levels: int = 8,
-    max_objects: int = 5000,
+    max_objects: int = 2000,
     max_s: float = 0.1,
 ) -> Verdict:
-    """Walk up from the objects in ``target`` (a list the caller gives up: it is reused).
+    """Walk up from the objects in ``target`` (a list the caller gives up: it is reused), all
+    the passes in one go (``Walk`` makes them one at a time).
 
     ``private``: ids of objects whose references do not count (not followed). ``skip``:
     asyncwatch's own bookkeeping objects (counted, not followed). The walk gives up
-    (``UNKNOWN``) past ``max_levels`` heap passes, ``max_objects`` objects or ``max_s``.
+    (``UNKNOWN``) past ``max_levels`` levels, ``max_objects`` objects or ``max_s`` of passes.
     """
-    return _walk(target, private, skip, max_levels=max_levels, max_objects=max_objects,
-                 max_s=max_s)
+    walk = Walk(target, private, skip, max_levels=max_levels, max_objects=max_objects,
+                max_s=max_s)
+    while True:
+        verdict = walk.step()
+        if verdict is not None:
+            return verdict
 
 
 def _measure(frontier: list[Any]) -> int:
@@ -235,3 +427,4 @@ def _measure(frontier: list[Any]) -> int:
 
 
 _BASE = _measure([object()])
+_BASE_WALK = _BASE + 1  # a walk's object is in its pass's frontier and in ``_visited``

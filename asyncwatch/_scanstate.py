@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import weakref
+from collections.abc import Generator
 from typing import Any
 
 from ._primitives import PrimitiveState
@@ -108,7 +109,8 @@ class LoopState:
     loop owns it (through the pending scan's handle) and the detector keeps it only weakly."""
 
     __slots__ = (
-        "__weakref__", "cycles", "deadlocked", "expedite", "handle", "reported", "seen", "stuck",
+        "__weakref__", "costs", "cycles", "deadlocked", "expedite", "handle", "reported", "seen",
+        "stuck",
     )
 
     def __init__(self) -> None:
@@ -119,6 +121,7 @@ class LoopState:
         self.stuck = 0
         self.handle: Any = None
         self.expedite = 0  # scans still to run right away (a lock wait closed a cycle)
+        self.costs: list[float] = []  # CPU seconds of the last timed scans (at most 3)
 
 
 class Checks:
@@ -165,20 +168,31 @@ class Checks:
                     out[id(e.wait.succ)] = e.wait.succ
         return list(out.values())
 
+    def rev_steps(self, per_slice: int) -> Generator[str, None, None]:
+        """Build the reverse edges ``dependents`` follows, yielding every ``per_slice``
+        waits (call before ``dependents``; it builds them at once otherwise)."""
+        rev: dict[int, list[Entry]] = {}
+        for k, e in enumerate(self.graph.waiting):
+            if e.wait is not None and not e.wait.escapable:
+                for t in e.wait.succ:
+                    rev.setdefault(id(t), []).append(e)
+            if k % per_slice == per_slice - 1:
+                yield "stuck"
+        self._rev = rev
+
     def dependents(self, private: set[int]) -> list[Any]:
-        """Tasks that can only wake through the tasks in ``private`` (added to it)."""
+        """Tasks that can only wake through the tasks in ``private`` (added to it). Only
+        waits that still hold count (code may have run since the graph was built)."""
         if self._rev is None:
-            self._rev = {}
-            for e in self.graph.waiting:
-                if e.wait is not None and not e.wait.escapable:
-                    for t in e.wait.succ:
-                        self._rev.setdefault(id(t), []).append(e)
+            for _ in self.rev_steps(1 << 30):
+                pass
+        assert self._rev is not None
         out: list[Any] = []
         todo = list(private)
         while todo:
             for e in self._rev.get(todo.pop(), ()):
                 tid = id(e.task)
-                if tid in private:
+                if tid in private or not still(e.task, e.rec):
                     continue
                 wait = e.wait
                 assert wait is not None
@@ -214,6 +228,25 @@ else:  # 3.11's all_tasks calls a Python helper per task; this is the same filte
         return [t for t in every if getattr(t, "_loop", None) is loop and not t.done()]
 
 
+def task_refs(loop: Any) -> tuple[list[Any], bool]:
+    """The loop's tasks for a scan made in slices: ``(items, weak)``. Where asyncio keeps its
+    tasks in a ``WeakSet`` (3.11 to 3.13), the items are weak references copied from it at
+    once (in C: no Python code per task), so that nothing is held between slices; a task
+    that is gone, done or of another loop is left out when its slice comes. Elsewhere,
+    ``asyncio.all_tasks(loop)`` as a list (``weak`` False)."""
+    registry = getattr(asyncio.tasks, "_all_tasks", None)  # 3.11
+    if registry is None and sys.version_info < (3, 14):
+        registry = getattr(asyncio.tasks, "_scheduled_tasks", None)  # 3.12, 3.13
+    data = getattr(registry, "data", None)
+    if isinstance(registry, weakref.WeakSet) and isinstance(data, set):
+        for _ in range(1000):
+            try:
+                return list(data), True
+            except RuntimeError:  # changed size during the copy (another thread)
+                continue
+    return list(asyncio.all_tasks(loop)), False
+
+
 OWN_TYPES = (Wait, Seen, Sweep, Entry, Graph, Checks, LoopState, PrimitiveState)
 
 
@@ -224,23 +257,48 @@ def own_record(obj: Any) -> bool:
 
 
 def trim(entries: list[Entry]) -> list[Entry]:
+    """``trim_steps`` in one go."""
+    steps = trim_steps(entries, 1 << 30)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            kept: list[Entry] = stop.value
+            return kept
+
+
+def trim_steps(entries: list[Entry], per_slice: int) -> Generator[str, None, list[Entry]]:
     """Leave out waits that cannot be on a cycle: those on nothing but tasks outside the set
     (running, runnable, or waiting on something that can wake them), repeatedly. What is left
-    out is live, exactly as if it were in the graph; a lock held by a finished task stays."""
-    while True:
-        ids = {id(e.task) for e in entries}
-        keep = []
-        for e in entries:
-            wait = e.wait
-            assert wait is not None
-            lock = wait.kind in LOCKLIKE
-            for s in wait.succ:
-                if id(s) in ids or (lock and s.done()):
-                    keep.append(e)
-                    break
-        if len(keep) == len(entries):
-            return keep
-        entries = keep
+    out is live, exactly as if it were in the graph; a lock held by a finished task stays.
+    Linear: each wait counts its successors in the set, and a wait left out takes one off
+    the count of each wait on it. Yields every ``per_slice`` waits counted."""
+    index = {id(e.task): i for i, e in enumerate(entries)}
+    support = [0] * len(entries)
+    preds: dict[int, list[int]] = {}
+    for i, e in enumerate(entries):
+        wait = e.wait
+        assert wait is not None
+        lock = wait.kind in LOCKLIKE
+        for s in wait.succ:
+            j = index.get(id(s))
+            if j is not None:
+                support[i] += 1
+                preds.setdefault(j, []).append(i)
+            elif lock and s.done():
+                support[i] += 1  # for good: a finished holder never releases
+        if i % per_slice == per_slice - 1:
+            yield "graph"
+    out = [n == 0 for n in support]
+    todo = [i for i, gone in enumerate(out) if gone]
+    while todo:
+        for i in preds.get(todo.pop(), ()):
+            if not out[i]:
+                support[i] -= 1
+                if support[i] == 0:
+                    out[i] = True
+                    todo.append(i)
+    return [e for i, e in enumerate(entries) if not out[i]]
 
 
 def still(task: Any, rec: Seen) -> bool:

@@ -5,21 +5,22 @@ on one of 100 queues (fed by a live producer), 2 wait on one of 50 events, 2 are
 awaiting a sleeping child (that is 4 tasks), 1 waits for one of 100 locks held by a sleeping
 task, 1 is a gather of sleeping children.
 
-Scans are timed with ``time.perf_counter`` (the loop is blocked for exactly that long):
+Scans run as the timer runs them, in slices with the loop running in between (each slice
+bounded by work units: tasks looked at, waits classified, checks made, heap passes), and
+each slice is timed with ``time.perf_counter`` (the loop is held for exactly that long). For
+each kind of scan the longest slice is reported, and the scan's total:
 
 * ``first`` - every wait is new (recorded, nothing judged yet);
 * ``settled`` - the second scan: waits seen twice are classified and the graph is built;
-* ``steady`` - median of later scans (what runs every ``deadlock_interval_s``), in total,
-  and its longest slice: timed scans run in slices of 2,000 tasks with the loop running in
-  between, so the longest slice is the longest the loop is held at once;
-* ``stuck checks`` - median (and max) of scans once every wait is past
-  ``stuck_task_after_s`` (waits on events and queues get reference checks, within the
-  per-scan budget), no heap walk, and the longest slice of those;
-* ``with a heap walk`` - one such scan that also walks the heap (walks are spaced out so
-  that they take at most 0.2% of the loop's time; this is the longest single pause).
+* ``steady`` - later scans (what runs every ``deadlock_interval_s``);
+* ``stuck checks`` - scans once every wait is past ``stuck_task_after_s`` (waits on events
+  and queues get reference checks, within the per-scan budget), no heap walk;
+* ``a heap walk`` - the longest slice of a walk (one ``gc.get_referrers`` pass each) in the
+  first scan that walks; a timed scan walks only when one pass is expected to fit
+  (``WALK_PASS_S``), else the column says the walk was refused.
 
-Also reported: one ``gc.get_referrers`` pass over the whole heap (a heap walk costs one such
-pass per level), with the number of objects gc tracks.
+Also reported: one ``gc.get_referrers`` pass over the whole heap, with the number of objects
+gc tracks.
 
 Run: ``python benchmarks/deadlock_scan.py`` (``--quick``: 1,000 and 10,000 tasks only).
 """
@@ -104,58 +105,104 @@ def start(n: int) -> tuple[list[asyncio.Task[Any]], list[asyncio.Event]]:
     return tasks, events
 
 
-def sliced_scan(watch: asyncwatch.Watch) -> list[float]:
-    """A scan as the timer runs it, slice by slice: the time of each slice."""
-    slices = []
+class Collections:
+    """Wall time of the interpreter's own garbage collections (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.total = self.cpu = 0.0
+        self.full = 0
+        self._began = self._began_cpu = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            self._began_cpu = time.thread_time()
+        else:
+            self.total += time.perf_counter() - self._began
+            self.cpu += time.thread_time() - self._began_cpu
+            self.full += info["generation"] == 2
+
+
+COLLECTIONS = Collections()
+_END = object()
+# phase, wall s, of which in collections, CPU s, of which in collections
+Slice = tuple[str, float, float, float, float]
+
+
+async def sliced_scan(watch: asyncwatch.Watch) -> list[Slice]:
+    """A scan as the timer runs it, slice by slice, the loop running in between: each
+    slice's phase, time, and time in collections the slice's allocations set off."""
+    slices: list[Slice] = []
     out: list[Any] = []
-    steps = watch.deadlocks._steps(asyncio.get_running_loop(), out)
+    loop = asyncio.get_running_loop()
+    try:
+        steps = watch.deadlocks._steps(loop, out, sliced=True)
+    except TypeError:  # an older asyncwatch (slices of 2,000 tasks, no phases): to compare
+        steps = watch.deadlocks._steps(loop, out)
     while True:
+        collected, collected_cpu = COLLECTIONS.total, COLLECTIONS.cpu
+        cpu = time.thread_time()
         began = time.perf_counter()
-        more = next(steps, None) is None and steps.gi_frame is not None
-        slices.append(time.perf_counter() - began)
-        if not more:
+        phase = next(steps, _END)
+        spent = time.perf_counter() - began
+        cpu = time.thread_time() - cpu
+        slices.append((
+            "last" if phase is _END else str(phase or "slice"), spent,
+            COLLECTIONS.total - collected, cpu, COLLECTIONS.cpu - collected_cpu,
+        ))
+        if phase is _END:
             break
+        await asyncio.sleep(0)
     assert not out, out
     return slices
 
 
-def timed_scan(watch: asyncwatch.Watch) -> float:
-    began = time.perf_counter()
-    made = watch.deadlocks.scan()
-    spent = time.perf_counter() - began
-    assert not made, made  # a healthy app: nothing to report
-    return spent
+def worst(slices: list[Slice], phase: str | None = None, *, gc: bool = True,
+          cpu: bool = False) -> float:
+    """The longest slice (of ``phase``); ``gc=False``: not counting collections; ``cpu``:
+    the slice's CPU time (not counting time the process was descheduled) instead."""
+    return max(
+        (
+            (u if cpu else t) - (0.0 if gc else (cu if cpu else c))
+            for p, t, c, u, cu in slices if phase is None or p == phase
+        ),
+        default=0.0,
+    )
+
+
+def total(slices: list[Slice]) -> float:
+    return sum(s[1] for s in slices)
 
 
 async def measure(n: int, rounds: int) -> dict[str, Any]:
     watch = asyncwatch.current()
     assert watch is not None
+    detector = watch.deadlocks
     clock = Clock()
-    watch.deadlocks.clock = clock
+    detector.clock = clock
     tasks, events = start(n)
     for _ in range(5):
         await asyncio.sleep(0)
-    total = len(asyncio.all_tasks())
-    first = timed_scan(watch)
-    settled = timed_scan(watch)
-    steady = statistics.median(timed_scan(watch) for _ in range(rounds))
-    pauses = [max(sliced_scan(watch)) for _ in range(rounds)]
-    stuck, stuck_pauses = [], []
-    walks = watch.deadlocks.walks
+    count = len(asyncio.all_tasks())
+    full_before = COLLECTIONS.full
+    first = await sliced_scan(watch)
+    settled = await sliced_scan(watch)
+    steady = [await sliced_scan(watch) for _ in range(rounds)]
+    stuck = []
+    walks = detector.walks
     for _ in range(rounds):
-        clock.now += 10 * watch.deadlocks.stuck_after_s
-        watch.deadlocks._walk_after = float("inf")  # no walk in these scans
-        slices = sliced_scan(watch)
-        stuck.append(sum(slices))
-        stuck_pauses.append(max(slices))
-    walked = 0.0
+        clock.now += 10 * detector.stuck_after_s
+        detector._walk_after = float("inf")  # no walk in these scans
+        stuck.append(await sliced_scan(watch))
+    walked: list[Slice] = []
     for _ in range(50):  # the first scan whose checks reach a wait that needs a walk
-        clock.now += 10 * watch.deadlocks.stuck_after_s
-        watch.deadlocks._walk_after = 0.0
-        spent = timed_scan(watch)
-        if watch.deadlocks.walks > walks:
-            walked = spent
+        clock.now += 10 * detector.stuck_after_s
+        detector._walk_after = 0.0
+        slices = await sliced_scan(watch)
+        if detector.walks > walks:
+            walked = slices
             break
+    blocks = sys.getallocatedblocks()
     heap = len(gc.get_objects())
     began = time.perf_counter()
     gc.get_referrers(events[0])
@@ -164,20 +211,31 @@ async def measure(n: int, rounds: int) -> dict[str, Any]:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     del events
-    return {
-        "tasks": total,
-        "first_ms": first * 1e3,
-        "settled_ms": settled * 1e3,
-        "steady_ms": steady * 1e3,
-        "longest_pause_ms": max(pauses) * 1e3,
-        "stuck_longest_pause_ms": max(stuck_pauses) * 1e3,
-        "stuck_checks_ms": statistics.median(stuck) * 1e3,
-        "stuck_checks_max_ms": max(stuck) * 1e3,
-        "with_walk_ms": walked * 1e3,
+    # (an older asyncwatch walks inside a slice of its own kind: its longest slice then)
+    walk_phase = "walk" if any(s[0] == "walk" for s in walked) else None
+    scans = {"first": [first], "settled": [settled], "steady": steady, "stuck": stuck}
+    out: dict[str, Any] = {"tasks": count}
+    for name, runs in scans.items():
+        out[f"{name}_ms"] = statistics.median(total(r) for r in runs) * 1e3
+        out[f"{name}_slice_ms"] = max(worst(r) for r in runs) * 1e3
+        out[f"{name}_slice_nogc_ms"] = max(worst(r, gc=False) for r in runs) * 1e3
+        out[f"{name}_slice_cpu_ms"] = max(worst(r, gc=False, cpu=True) for r in runs) * 1e3
+        out[f"{name}_slices"] = len(runs[0])
+    out.update({
+        "stuck_check_slice_ms": max(worst(s, "stuck") for s in stuck) * 1e3,
+        "walk_slice_ms": worst(walked, walk_phase) * 1e3 if walked else None,
+        "walk_slice_nogc_ms": worst(walked, walk_phase, gc=False) * 1e3 if walked else None,
+        "walk_slice_cpu_ms": (
+            worst(walked, walk_phase, gc=False, cpu=True) * 1e3 if walked else None
+        ),
+        "walk_passes": sum(1 for s in walked if s[0] == "walk"),
+        "full_collections": COLLECTIONS.full - full_before,
         "heap_objects": heap,
+        "allocated_blocks": blocks,
         "referrers_pass_ms": one_pass * 1e3,
-        "checks": watch.deadlocks.checks,
-    }
+        "checks": detector.checks,
+    })
+    return out
 
 
 def speed_us() -> float:
@@ -195,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.sizes, args.rounds = "1000,10000", 3
     results = []
+    gc.callbacks.append(COLLECTIONS)
     for size in (int(s) for s in args.sizes.split(",")):
         asyncwatch.install(metrics_exporters=("none",), deadlock_interval_s=3600)
         try:
@@ -203,26 +262,41 @@ def main(argv: list[str] | None = None) -> int:
             asyncwatch.uninstall()
         print(results[-1], flush=True)
     lines = [
-        "| tasks | first scan | settled scan | steady scan | its longest slice | with stuck "
-        "checks (median / max) | its longest slice | with a heap walk | heap objects "
-        "| one gc.get_referrers pass |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| tasks | first scan | settled scan | steady scan | with stuck checks | a heap walk "
+        "| heap objects | one gc.get_referrers pass |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def cell(r: dict[str, Any], name: str) -> str:
+        own, whole = r[f"{name}_slice_nogc_ms"], r[f"{name}_slice_ms"]
+        extra = f", {whole:.0f} with a collection" if whole > own + 1 else ""
+        return (
+            f"{own:.1f} / {r[f'{name}_slice_cpu_ms']:.1f} ms "
+            f"({r[f'{name}_ms']:.0f} in {r[f'{name}_slices']}{extra})"
+        )
+
     for r in results:
+        walk = (
+            "refused: a pass would not fit" if r["walk_slice_ms"] is None
+            else f"{r['walk_slice_nogc_ms']:.1f} / {r['walk_slice_cpu_ms']:.1f} ms "
+            f"({r['walk_passes']} passes)"
+        )
         lines.append(
-            f"| {r['tasks']:,} | {r['first_ms']:.1f} ms | {r['settled_ms']:.1f} ms "
-            f"| {r['steady_ms']:.1f} ms | {r['longest_pause_ms']:.1f} ms "
-            f"| {r['stuck_checks_ms']:.1f} / "
-            f"{r['stuck_checks_max_ms']:.1f} ms | {r['stuck_longest_pause_ms']:.1f} ms "
-            f"| {r['with_walk_ms']:.1f} ms "
-            f"| {r['heap_objects']:,} "
-            f"| {r['referrers_pass_ms']:.1f} ms |"
+            f"| {r['tasks']:,} | {cell(r, 'first')} | {cell(r, 'settled')} "
+            f"| {cell(r, 'steady')} | {cell(r, 'stuck')} | {walk} "
+            f"| {r['heap_objects']:,} | {r['referrers_pass_ms']:.1f} ms |"
         )
     lines += [
         "",
-        f"Wall time each scan blocked the loop; steady and stuck-check columns are over "
-        f"{args.rounds} scans. Python {sys.version.split()[0]}, asyncio loop. Machine speed "
-        f"reference: sum(range(1000)) takes {speed_us():.1f} us here.",
+        "The longest single slice of each kind of scan (the longest the loop was held at "
+        "once), wall time / CPU time (the latter leaves out the time the process was "
+        "descheduled), not counting the interpreter's own garbage collections that an "
+        "allocation in the slice happened to set off; in brackets the scan's total wall time "
+        "in ms, its number of slices, and the longest slice with a collection in it where "
+        "that was longer. "
+        f"Steady and stuck-check columns: worst slice over {args.rounds} scans, median total. "
+        f"Python {sys.version.split()[0]}, asyncio loop. Machine speed reference: "
+        f"sum(range(1000)) takes {speed_us():.1f} us here.",
     ]
     text = "\n".join(lines)
     save("deadlock_scan", [], text, {"results": results, "rounds": args.rounds})
