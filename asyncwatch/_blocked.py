@@ -394,7 +394,7 @@ class LoopMonitor:
         due = self.due
         if mark is None or due - mark[0] > self.look_s + 2 * self.sample_s:
             return None  # no look shortly before the beat was due to measure from
-        if now - self._asked < self.look_s:
+        if now - self._asked < self.threshold_s:
             return None  # the watchdog was not held back (by the GIL) for long
         return due if self._held_computing(mark, self._read_clocks(), due) else None
 
@@ -422,7 +422,7 @@ class LoopMonitor:
         of CPU (a loaded machine), or a thread held the GIL without a break: C code such as a
         catastrophic ``re.match`` or ``json.loads`` of a huge document, during which no other
         thread runs a line of Python. ``_held_in_one_call`` has checked that the watchdog
-        looked at least ``look_s`` later than it meant to. Two clocks tell the cases apart:
+        looked at least ``threshold_s`` later than it meant to. Two clocks tell the cases apart:
 
         * the loop's thread RAN a good part of the time. A thread waiting for the GIL (another
           thread holds it) sleeps; and a thread running Python hands the GIL over as soon as
