@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import sys
 import threading
 import time
 import weakref
@@ -98,9 +99,11 @@ class _LoopMeter:
                 self.cpu_clock = getter(self.thread_id)
             except OSError:
                 self.cpu_clock = None
-        path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
-        if _schedstat(path) is not None:
-            self.schedstat = path
+        # Only the path: reading it here would be file I/O on the loop's thread, which a
+        # blocking-call detector in the app (blockbuster, aiodebug) rightly flags. The
+        # sampler thread reads it, and drops it at the first failure.
+        if sys.platform.startswith("linux"):
+            self.schedstat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
         loop = self.loop_ref()
         if getattr(loop, "_selector", None) is None or not hasattr(loop, "_ready"):
             return  # uvloop or another loop without a Python selector: CPU only
@@ -137,7 +140,9 @@ class _LoopMeter:
         read = _schedstat(self.schedstat) if self.schedstat is not None else None
         if read is not None:
             cpu, runq = read
-        elif self.cpu_clock is not None:
+        else:
+            self.schedstat = None  # unreadable (not Linux, or the thread is gone): CPU clock
+        if read is None and self.cpu_clock is not None:
             try:
                 cpu = time.clock_gettime(self.cpu_clock)
             except OSError:  # the thread is gone

@@ -323,6 +323,9 @@ class LoopWatch:
         self.gc.install()
         if self.gil_watch:
             self.gil.start()
+        # Now, not with the first loop: the app's thread count then stays what it was after
+        # install() (test suites assert on it, e.g. that a worker thread went away).
+        self.start_thread()
 
     def add_loop(self, loop: Any) -> None:
         """Start a heartbeat on ``loop`` (the task watcher's ``on_loop``); idempotent."""
