@@ -244,7 +244,9 @@ def instructions(config: str, workload: str, tasks: int) -> int:
 
 def per_task(config: str, workload: str, small: int) -> float:
     """Instructions per task on the loop's thread: the difference between runs of ``small``
-    and ``6 * small`` tasks, divided by ``5 * small`` (start-up and set-up cancel out)."""
+    and ``6 * small`` tasks, divided by ``5 * small`` (start-up and set-up cancel out). The
+    workloads run whole batches of 1,000, so ``small`` is rounded up to one."""
+    small = -(-small // BATCH) * BATCH
     return (instructions(config, workload, 6 * small) - instructions(config, workload, small)) / (
         5 * small
     )
