@@ -209,9 +209,10 @@ def loop_waits(pid: int) -> int:
 
 def load(
     port: int, seconds: float, connections: int, script: str, pid: int | None = None
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, float, float, float, float]:
     """(requests/s, p99 latency in ms, server CPU µs per request, loop thread waits per
-    1,000 requests) from one wrk run."""
+    1,000 requests, p50 latency in ms, the server's CPU seconds per second: 1.0 is a saturated
+    server) from one wrk run."""
     before = cpu_seconds(pid) if pid else 0.0
     waits = loop_waits(pid) if pid else 0
     cmd = [
@@ -225,16 +226,25 @@ def load(
         script,
         f"http://127.0.0.1:{port}",
     ]
+    began = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     used = cpu_seconds(pid) - before if pid else 0.0
+    busy = used / (time.monotonic() - began)  # the server's CPU per second of the run
     waits = loop_waits(pid) - waits if pid else 0
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    p50, p99 = (percentile(out, q) for q in ("50", "99"))
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
     served = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    return rate, p99, used * 1e6 / max(served, 1), waits * 1000 / max(served, 1)
+    return rate, p99, used * 1e6 / max(served, 1), waits * 1000 / max(served, 1), p50, busy
+
+
+def percentile(wrk_output: str, q: str) -> float:
+    """A latency percentile from wrk's ``--latency`` distribution, in ms."""
+    found = re.search(rf"\s{q}%\s+([\d.]+)(us|ms|s)", wrk_output)
+    if found is None:
+        raise RuntimeError(f"no {q}% latency in wrk's output:\n{wrk_output}")
+    return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
 
 
 def compare(
@@ -242,9 +252,10 @@ def compare(
 ) -> dict[str, dict[str, list[float]]]:
     """Serve every configuration in ``chosen`` (bare first) side by side and load each with
     wrk in turn, the order rotated each round. Per figure (``rates``, ``ratios`` to bare's
-    requests/s, ``p99s`` in ms, ``cpus`` in µs per request, ``cpu_ratios``, ``waits`` per
-    1,000 requests), per configuration, one value per round."""
-    figures = ("rates", "ratios", "p99s", "cpus", "cpu_ratios", "waits")
+    requests/s, ``p99s`` and ``p50s`` in ms, ``cpus`` in µs per request, ``cpu_ratios``,
+    ``waits`` per 1,000 requests, ``busy``: server CPU seconds per second), per configuration,
+    one value per round."""
+    figures = ("rates", "ratios", "p99s", "p50s", "cpus", "cpu_ratios", "waits", "busy")
     out: dict[str, dict[str, list[float]]] = {f: {name: [] for name in chosen} for f in figures}
     servers = {name: start_server(name) for name in chosen}
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
@@ -259,7 +270,9 @@ def compare(
                 proc, port = servers[name]
                 seen[name] = load(port, seconds, connections, f.name, proc.pid)
             for name in chosen:
-                rate, p99, cpu, waits = seen[name]
+                rate, p99, cpu, waits, p50, busy = seen[name]
+                out["p50s"][name].append(p50)
+                out["busy"][name].append(busy)
                 out["rates"][name].append(rate)
                 out["ratios"][name].append(rate / seen["bare"][0])
                 out["p99s"][name].append(p99)
