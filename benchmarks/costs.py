@@ -24,9 +24,10 @@ callgrind (valgrind), which other load does not move:
   alone, to attribute the tail), and starlette-exporter's middleware as the anchor;
   instructions per request on the loop's thread (``asgi_inprocess.py``).
 
-Run: ``python benchmarks/costs.py`` (about 7 minutes; it then writes the table into the
-README through ``scripts/gen_reference.py``), ``--quick`` (tiny workloads, ~20 s, figures
-meaningless: checks that every row runs), ``--no-callgrind``, ``--only ROW[,ROW]``.
+Run: ``python benchmarks/costs.py`` (about 9 minutes on a shared 2-core machine; it then
+writes the table into the README through ``scripts/gen_reference.py``), ``--quick`` (tiny
+workloads, ~20 s, figures meaningless: checks that every row runs), ``--no-callgrind``,
+``--only ROW[,ROW]``.
 """
 
 from __future__ import annotations
@@ -315,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     note = (
         f"One run ({'--quick: figures meaningless, ' if args.quick else ''}"
         f"{time.monotonic() - began:,.0f} s), configurations side by side: timed ratios are "
-        "medians of per-round ratios (interleaved rounds: startup "
+        "medians of per-round ratios, added times medians of per-round differences, p50 and "
+        "p99 ratios of medians (interleaved rounds: startup "
         f"{sz.startup_rounds}, callbacks {sz.callback_rounds}, churn and spans "
         f"{sz.churn_rounds} of {sz.tasks:,} tasks, wrk {sz.asgi_rounds} of "
         f"{sz.asgi_seconds:g} s); instructions (callgrind, "
