@@ -5,7 +5,8 @@ configuration that no longer matches the code would go unnoticed until someone m
 runs each of them once on a tiny workload, into a temporary results file, and checks that
 every configuration produced a finite, positive figure. The figures themselves are not looked
 at. (``asgi.py`` needs wrk and takes seconds per configuration; ``tests/test_asgi*`` cover
-its app, and ``asgi_inprocess.py`` here runs the same configurations.)
+its app, and ``asgi_inprocess.py`` here runs the same configurations; ``costs.py --quick``
+runs it for one second per configuration, wrk installed by ``./scripts/test``.)
 """
 
 from __future__ import annotations
