@@ -144,6 +144,7 @@ def callbacks_row(sz: Sizes, callgrind: bool) -> list[Line]:
                for c in ("bare", "defaults")}
         data["instructions"] = per
         text += f" ({per['defaults'][0] / per['bare'][0]:.3f}x instructions, loop thread)"
+        kept = per["bare"][0] / per["defaults"][0]  # the steadier figure decides
     return [Line("callbacks", f"{sz.callbacks:,} `call_soon` callbacks, defaults (watchdog, "
                  "advisor, deadlock scans on)", "≥ 0.97 of bare", text, "-", kept >= 0.97, data)]
 
@@ -252,6 +253,7 @@ def asgi_row(sz: Sizes, callgrind: bool) -> list[Line]:
                for c in ("bare", "asyncwatch")}
         data["instructions"] = per
         rate += f"; {per['asyncwatch'] / per['bare']:.2f}x instructions per request"
+        kept = per["bare"] / per["asyncwatch"]  # the steadier figure decides
 
     def p50(config: str) -> float:
         return per_round("p50s", config)
@@ -332,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{sz.churn_rounds} of {sz.tasks:,} tasks, wrk {sz.asgi_rounds} of "
         f"{sz.asgi_seconds:g} s); instructions (callgrind, "
         f"{'on' if callgrind else 'off'}) are the loop thread's, the difference between a "
-        "run of N and of 6N so start-up cancels out. Python "
+        "run of N and of 6N so start-up cancels out; where there is an instruction count, it "
+        "decides 'at goal'. Python "
         f"{sys.version.split()[0]}, {os.cpu_count()} cores, load average {load_before:.1f} "
         f"before, {os.getloadavg()[0]:.1f} after."
     )
