@@ -490,6 +490,13 @@ def _described(field: dataclasses.Field[Any]) -> Setting:
 # Every setting by its argument name, in declaration order: derived from the fields.
 _SETTINGS: dict[str, Setting] = {f.name: _described(f) for f in dataclasses.fields(Config)}
 
+# help(Config) and API docs list the settings, from the same descriptions.
+Config.__doc__ = (Config.__doc__ or "") + "\n    Settings:\n\n" + "\n".join(
+    f"    - ``{f.name}`` (``{_SETTINGS[f.name].env[0]}``, default ``{f.default!r}``): "
+    f"{_SETTINGS[f.name].help}"
+    for f in dataclasses.fields(Config)
+)
+
 
 def settings() -> dict[str, Setting]:
     """Each setting's variables, accepted form and help, by argument name (a copy)."""

@@ -185,3 +185,12 @@ def test_reference_meaning_is_the_fields_help() -> None:
     for name, spec in settings().items():
         assert f"| `{name}` |" in text
         assert spec.help.replace("|", "\\|") in text, name
+
+
+def test_help_of_config_lists_every_setting() -> None:
+    """``help(Config)`` (and API docs read from the docstring) lists every setting with its
+    variable, default and help: the fields' own descriptions, not a second copy."""
+    doc = Config.__doc__ or ""
+    for name, spec in settings().items():
+        default = Config.__dataclass_fields__[name].default
+        assert f"- ``{name}`` (``{spec.env[0]}``, default ``{default!r}``): {spec.help}" in doc
