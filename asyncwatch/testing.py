@@ -36,7 +36,6 @@ import asyncio
 import math
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -93,9 +92,6 @@ class ManualClock:
 
 # ---------------------------------------------------------------- install for tests
 
-# The reader ``install()`` attached to each Watch it made, for ``snapshot()``.
-_readers: weakref.WeakKeyDictionary[Watch, MetricReader] = weakref.WeakKeyDictionary()
-
 TEST_SETTINGS: Mapping[str, Any] = {
     "metrics_exporters": ("none",),
     "raise_errors": True,
@@ -126,7 +122,6 @@ def install(
         metric_reader = InMemoryMetricReader()
     readers = [metric_reader, *metric_readers]
     watch = asyncwatch.install(metric_readers=readers, **{**TEST_SETTINGS, **settings})
-    _readers[watch] = metric_reader
     if clock is not None:
         watch.deadlocks.clock = clock
     return watch
@@ -266,11 +261,14 @@ class Snapshot:
 def snapshot(reader: MetricReader | None = None) -> Snapshot:
     """What the installed asyncwatch has recorded now (empty when it is not installed).
 
-    Metrics come from ``reader``, else from the reader ``install()`` attached."""
+    Metrics come from ``reader``, else from the first in-memory reader given to
+    ``install()`` (``asyncwatch.testing.install`` attaches one); none: no metrics."""
     watch = asyncwatch.current()
     if watch is None:
         return Snapshot()
-    reader = reader if reader is not None else _readers.get(watch)
+    if reader is None:  # the first reader attached that can be read on demand
+        attached = getattr(watch.telemetry, "extra_readers", ())
+        reader = next((r for r in attached if hasattr(r, "get_metrics_data")), None)
     collected = metrics(reader) if reader is not None else {}
     return Snapshot(
         tasks=dict(watch.stats().coroutines),

@@ -259,3 +259,4 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ok"]
+
