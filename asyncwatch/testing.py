@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from ._watch import Watch
 
 __all__ = [
+    "TEST_SETTINGS",
     "ManualClock",
     "MetricPoint",
     "Snapshot",
