@@ -1,16 +1,18 @@
-"""Regenerate the README's configuration, metric and alert reference tables from the code, and
-its benchmark tables from benchmarks/results/*.md (``<!-- BEGIN results:NAME -->`` markers).
+"""Regenerate the docs' configuration, metric, alert and command-line references from the code,
+and their benchmark tables from benchmarks/results/*.md (``<!-- BEGIN results:NAME -->``
+markers), in README.md and every page under docs/ (wherever a marker pair is).
 
 The metric table gives each metric's Prometheus name as ``MetricDef.prometheus``, which
 tests/test_names.py checks against a real /metrics page and the Collector's naming rules. The
 alert table comes from exporters/generate.py's ALERTS, the table the rule files are made from.
 
-python scripts/gen_reference.py          rewrite README.md in place
-python scripts/gen_reference.py --check  exit 1 if README.md is out of date (used by tests)
+python scripts/gen_reference.py          rewrite the pages in place
+python scripts/gen_reference.py --check  exit 1 if a page is out of date (used by tests)
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -65,6 +67,29 @@ def alerts_table() -> str:
     return "\n".join(lines)
 
 
+def cli_reference() -> str:
+    """``asyncwatch --help`` and each command's help, as argparse prints them at 100 columns."""
+    from asyncwatch import _cli
+
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal's width
+    try:
+        parser = _cli._parser()
+        blocks = [("asyncwatch", parser.format_help())]
+        for action in parser._subparsers._group_actions if parser._subparsers else ():
+            for name, sub in getattr(action, "choices", {}).items():
+                blocks.append((f"asyncwatch {name}", sub.format_help()))
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+    parts = []
+    for title, text in blocks:
+        parts.append(f"### `{title}`\n\n```text\n{text.rstrip()}\n```")
+    return "\n\n".join(parts)
+
+
 def _field_docs() -> dict[str, str]:
     """The docstring under each Config field, joined to one line."""
     import ast
@@ -88,6 +113,7 @@ SECTIONS = {
     "config-reference": config_table,
     "metrics-reference": metrics_table,
     "alerts-reference": alerts_table,
+    "cli-reference": cli_reference,
 }
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -111,16 +137,24 @@ def render(text: str) -> str:
     return pattern.sub(lambda m: m.group(1) + result(m.group(2)) + "\n" + m.group(4), text)
 
 
+def pages() -> list[Path]:
+    """Every page that may hold a generated block: the README and the docs site's pages."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
 def main() -> int:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    new = render(text)
-    if "--check" in sys.argv:
+    stale = []
+    for page in pages():
+        text = page.read_text()
+        new = render(text)
         if new != text:
-            print("README.md reference tables are out of date: run python scripts/gen_reference.py")
-            return 1
-        return 0
-    readme.write_text(new)
+            stale.append(page)
+            if "--check" not in sys.argv:
+                page.write_text(new)
+    if "--check" in sys.argv and stale:
+        names = ", ".join(str(p.relative_to(ROOT)) for p in stale)
+        print(f"reference tables out of date in {names}: run python scripts/gen_reference.py")
+        return 1
     return 0
 
 
