@@ -233,7 +233,7 @@ class _Setting:
     env: tuple[str, ...]  # first is asyncwatch's own; later ones are standard OTEL_* fallbacks
     parse: Callable[[str], Any]
     check: Callable[[Any], str | None]
-    form: str  # the accepted form, for messages and the README
+    form: str  # the accepted form, for messages and the docs
 
 
 _SETTINGS: dict[str, _Setting] = {
@@ -430,8 +430,8 @@ class Config:
     """Every asyncwatch setting. Build it with keywords, or from the environment.
 
     ``Config.from_env()`` reads ``ASYNCWATCH_*`` variables (and the standard ``OTEL_*`` ones
-    where a setting has one); keyword arguments to ``install()`` override them. The README's
-    configuration reference lists each setting with its variable and default.
+    where a setting has one); keyword arguments to ``install()`` override them. The docs'
+    settings reference lists each setting with its variable and default.
     """
 
     enabled: bool = True
@@ -466,7 +466,7 @@ class Config:
     export_timeout_s: float = 3.0
     """Longest any one export, flush or shutdown may take before it is abandoned and counted."""
     memory_attribution: bool = False
-    """Attribute live memory to coroutines with tracemalloc (costly; see the README)."""
+    """Attribute live memory to coroutines with tracemalloc (costly; see the docs' figures)."""
     memory_interval_s: float = 30.0
     """Seconds between tracemalloc snapshots when memory attribution is on."""
     http_excluded_paths: tuple[str, ...] = ()
@@ -487,9 +487,9 @@ class Config:
     while asyncwatch is installed (unless the app added it already)."""
     memory_frames: int = 4
     """Stack frames tracemalloc keeps per allocation: more finds allocations made deeper in
-    helpers a coroutine calls, and costs more (see the README's figures)."""
+    helpers a coroutine calls, and costs more (see the docs' figures)."""
     console: bool = False
-    """Serve the live aiomonitor console (telnet) with asyncwatch's commands; see the README."""
+    """Serve the live aiomonitor console (telnet) with asyncwatch's commands; see the docs."""
     console_host: str = "127.0.0.1"
     """Address the console listens on. Anything but loopback needs ``console_allow_remote``."""
     console_port: int = 20101
@@ -506,7 +506,7 @@ class Config:
     """Allow aiomonitor's Python REPL (arbitrary code execution in the app). Off by default."""
     console_webui: bool = False
     """Serve aiomonitor's web UI (task list, cancel) on ``console_webui_port``. Off by default:
-    it is a web page that can cancel tasks (see the README's security section)."""
+    it is a web page that can cancel tasks (see the docs' security notes)."""
     allowed_hosts: tuple[str, ...] = ()
     """Host names (``Host`` and ``Origin``) the ``/metrics`` endpoint and the console's web UI
     answer besides loopback names and the address they listen on: names, addresses,
@@ -526,7 +526,7 @@ class Config:
     one log line). The heartbeat runs every ``min(0.025, block_threshold_s / 4)`` seconds."""
     precise_callbacks: bool = False
     """Time every asyncio callback (patches ``asyncio.Handle._run``): every block is caught and
-    timed exactly, at a cost per callback (see the README). No effect on uvloop loops."""
+    timed exactly, at a cost per callback (see the docs). No effect on uvloop loops."""
     gil_watch: bool = False
     """Opt-in, experimental: name blocks inside C code that holds the GIL *while* they last,
     with ``faulthandler``'s later-timer, re-armed by the watchdog (by default, on Linux, they
