@@ -78,6 +78,15 @@ def test_the_strict_build_fails_on_a_broken_reference(
     assert complaint in result.stdout + result.stderr
 
 
+def test_the_readme_is_a_front_door() -> None:
+    """The README is at most 300 lines and keeps the two set-up commands and the one line."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= README_MAX_LINES
+    assert "./scripts/demo " in text
+    assert "./scripts/test " in text
+    assert "asyncwatch.install()" in text
+
+
 _FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
 _CODE = re.compile(r"`[^`\n]*`")
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
