@@ -71,8 +71,10 @@ def cli_reference() -> str:
     """``asyncwatch --help`` and each command's help, as argparse prints them at 100 columns."""
     from asyncwatch import _cli
 
-    columns = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal's width
+    # argparse wraps to the terminal's width, and from 3.14 colours help on a terminal
+    fixed = {"COLUMNS": "100", "NO_COLOR": "1"}
+    saved = {key: os.environ.get(key) for key in fixed}
+    os.environ.update(fixed)
     try:
         parser = _cli._parser()
         blocks = [("asyncwatch", parser.format_help())]
@@ -80,10 +82,11 @@ def cli_reference() -> str:
             for name, sub in getattr(action, "choices", {}).items():
                 blocks.append((f"asyncwatch {name}", sub.format_help()))
     finally:
-        if columns is None:
-            del os.environ["COLUMNS"]
-        else:
-            os.environ["COLUMNS"] = columns
+        for key, value in saved.items():
+            if value is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = value
     parts = []
     for title, text in blocks:
         parts.append(f"### `{title}`\n\n```text\n{text.rstrip()}\n```")
