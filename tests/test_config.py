@@ -124,7 +124,7 @@ def test_keyword_lists_are_accepted() -> None:
 
 
 def test_reference_lists_every_setting() -> None:
-    """settings_reference() covers every Config field (the README table is built from it)."""
+    """settings_reference() covers every Config field (the docs table is built from it)."""
     names = {row[0] for row in settings_reference()}
     fields = set(Config.__dataclass_fields__)
     assert names == fields
