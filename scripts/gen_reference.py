@@ -12,7 +12,6 @@ python scripts/gen_reference.py --check  exit 1 if a page is out of date (used b
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -68,29 +67,39 @@ def alerts_table() -> str:
 
 
 def cli_reference() -> str:
-    """``asyncwatch --help`` and each command's help, as argparse prints them at 100 columns."""
+    """Each command with its description and a table of its arguments, read from the parser
+    (not argparse's help text, whose layout changes between Python versions)."""
+    import argparse
+
     from asyncwatch import _cli
 
-    # argparse wraps to the terminal's width, and from 3.14 colours help on a terminal
-    fixed = {"COLUMNS": "100", "NO_COLOR": "1"}
-    saved = {key: os.environ.get(key) for key in fixed}
-    os.environ.update(fixed)
-    try:
-        parser = _cli._parser()
-        blocks = [("asyncwatch", parser.format_help())]
-        for action in parser._subparsers._group_actions if parser._subparsers else ():
-            for name, sub in getattr(action, "choices", {}).items():
-                blocks.append((f"asyncwatch {name}", sub.format_help()))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                del os.environ[key]
-            else:
-                os.environ[key] = value
-    parts = []
-    for title, text in blocks:
-        parts.append(f"### `{title}`\n\n```text\n{text.rstrip()}\n```")
+    def table(parser: argparse.ArgumentParser) -> str:
+        rows = ["| argument | meaning |", "|---|---|"]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    rows.append(f"| `{choice.dest}` | {_cell(choice.help)} |")
+                continue
+            name = ", ".join(action.option_strings) or str(action.metavar or action.dest)
+            if action.option_strings and action.nargs != 0:
+                name += " " + str(action.metavar or action.dest.upper())
+            rows.append(f"| `{name}` | {_cell(action.help)} |")
+        return "\n".join(rows)
+
+    parser = _cli._parser()
+    parts = [f"### `asyncwatch`\n\n{parser.description}\n\n{table(parser)}"]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                about = sub.description or next(
+                    (c.help for c in action._choices_actions if c.dest == name), ""
+                )
+                parts.append(f"### `asyncwatch {name}`\n\n{about}\n\n{table(sub)}")
     return "\n\n".join(parts)
+
+
+def _cell(text: str | None) -> str:
+    return (text or "").replace("|", "\\|")
 
 
 def _field_docs() -> dict[str, str]:
