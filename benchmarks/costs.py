@@ -25,9 +25,9 @@ callgrind (valgrind), which other load does not move:
   instructions per request on the loop's thread (``asgi_inprocess.py``).
 
 Run: ``python benchmarks/costs.py`` (about 9 minutes on a shared 2-core machine; it then
-writes the table into the README through ``scripts/gen_reference.py``), ``--quick`` (tiny
-workloads, ~20 s, figures meaningless: checks that every row runs), ``--no-callgrind``,
-``--only ROW[,ROW]``.
+writes the table into docs/costs/performance.md through ``scripts/gen_reference.py``),
+``--quick`` (tiny workloads, ~20 s, figures meaningless: checks that every row runs),
+``--no-callgrind``, ``--only ROW[,ROW]``.
 """
 
 from __future__ import annotations
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     stem.with_suffix(".md").write_text(
         f"<!-- costs: Python {meta['python']}, {meta['when']} -->\n{text}\n")
     print(text)
-    if not (args.quick or args.only or args.name):  # a full run: the README shows it
+    if not (args.quick or args.only or args.name):  # a full run: the docs show it
         subprocess.run([sys.executable, str(HERE.parent / "scripts" / "gen_reference.py")],
                        check=True)
     return 0
