@@ -8,6 +8,8 @@ counting (``_reach``) can tell asyncwatch's own references from the app's.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import operator
 import sys
 import weakref
 from collections.abc import Generator
@@ -15,7 +17,7 @@ from typing import Any
 
 from ._primitives import PrimitiveState
 from ._reach import Verdict
-from ._waitgraph import DEAD, LIVE, Wait, is_task
+from ._waitgraph import _GATHERING, DEAD, LIVE, TASK_TYPES, Wait, is_task
 
 LOCKLIKE = ("lock", "semaphore")
 
@@ -109,8 +111,8 @@ class LoopState:
     loop owns it (through the pending scan's handle) and the detector keeps it only weakly."""
 
     __slots__ = (
-        "__weakref__", "costs", "cycles", "deadlocked", "expedite", "handle", "reported", "seen",
-        "stuck",
+        "__weakref__", "costs", "cycles", "deadlocked", "expedite", "handle", "probe",
+        "probe_after", "probe_costs", "probed", "reported", "seen", "stuck",
     )
 
     def __init__(self) -> None:
@@ -122,6 +124,10 @@ class LoopState:
         self.handle: Any = None
         self.expedite = 0  # scans still to run right away (a lock wait closed a cycle)
         self.costs: list[float] = []  # CPU seconds of the last timed scans (at most 3)
+        self.probe: Any = None  # the cycle probe's pending handle
+        self.probed: dict[int, Any] = {}  # id(task) -> weak ref to the future it was probed on
+        self.probe_costs: list[float] = []  # CPU seconds of the last probes (at most 3)
+        self.probe_after = 0.0  # the probe brings a scan forward again no sooner than this
 
 
 class Checks:
@@ -245,6 +251,89 @@ def task_refs(loop: Any) -> tuple[list[Any], bool]:
             except RuntimeError:  # changed size during the copy (another thread)
                 continue
     return list(asyncio.all_tasks(loop)), False
+
+
+# ---------------------------------------------------------------------- the cycle probe
+
+MAX_CHAIN = 64  # tasks and gathers followed from a new wait looking for a way back to it
+PROBE_SLICE = 4096  # tasks a probe slice reads the wait of (in C: no Python code per task)
+PROBE_LOOKS = 100  # of which new waits on a task or gather followed (at most MAX_CHAIN each)
+# Futures a probed wait may be on: a task, or the future of a gather() (and their subclasses:
+# asyncwatch's own gather observer, _batches, is one).
+PROBED_TYPES: tuple[type, ...] = (*TASK_TYPES, _GATHERING) if _GATHERING is not None else TASK_TYPES
+
+
+def closes_cycle(task: Any, fut: Any) -> bool:
+    """Does ``task``, waiting on ``fut``, close a cycle of tasks awaiting tasks, directly or
+    through ``gather()``? Follows each pending task's ``_fut_waiter`` and each gather's
+    children, depth first, at most ``MAX_CHAIN`` tasks and gathers; a few attribute reads each.
+    A yes only brings the scans forward: they decide (``doomed``) whether it is a deadlock."""
+    probed, gathering = PROBED_TYPES, _GATHERING
+    todo = [fut]
+    seen: set[int] = set()
+    while todo:
+        node = todo.pop()
+        if node is task:
+            return True
+        if id(node) in seen or not isinstance(node, probed) or node.done():
+            continue
+        seen.add(id(node))
+        if len(seen) > MAX_CHAIN:
+            return False
+        if gathering is not None and isinstance(node, gathering):
+            todo.extend(getattr(node, "_children", None) or ())
+        else:
+            nxt = getattr(node, "_fut_waiter", None)
+            if nxt is not None:
+                todo.append(nxt)
+    return False
+
+
+def probe_steps(loop: Any, state: LoopState) -> Generator[str, None, bool]:
+    """The cycle probe: does a wait of a task of ``loop`` on a task or a gather that no probe
+    followed yet (``state.probed``) close a cycle (``closes_cycle``)? Cheaper than a scan by
+    far: the waits of all tasks are read in C (``PROBE_SLICE`` a slice), and only new waits
+    on a task or gather run Python code (``PROBE_LOOKS`` a slice). Yields between slices;
+    holds the tasks only within a slice, and keeps weak references to the futures only."""
+    items, weak = task_refs(loop)
+    old, new = state.probed, {}
+    get, deref = old.get, operator.call
+    found = False
+    start = 0
+    while start < len(items):
+        chunk = items[start : start + PROBE_SLICE]
+        tasks = list(map(deref, chunk)) if weak else chunk
+        del chunk
+        # None (a task gone) has no _fut_waiter: getattr's default, in C
+        futs = list(map(getattr, tasks, itertools.repeat("_fut_waiter"), itertools.repeat(None)))
+        kinds = list(map(type, futs))
+        probed = {k for k in set(kinds) if issubclass(k, PROBED_TYPES)}  # a few types
+        hits = list(itertools.compress(range(len(futs)), map(probed.__contains__, kinds)))
+        del kinds
+        looks = PROBE_LOOKS
+        end = len(tasks)
+        for i in hits:
+            task, fut = tasks[i], futs[i]
+            if getattr(task, "_loop", None) is not loop or fut.done():
+                continue
+            tid = id(task)
+            ref = get(tid)
+            if ref is not None and ref() is fut:
+                new[tid] = ref
+                continue
+            if looks <= 0:  # the rest of this chunk waits for the next slice
+                end = i
+                break
+            looks -= 1
+            new[tid] = _ref(fut)
+            if not found:
+                found = closes_cycle(task, fut)
+        del tasks, futs, hits
+        start += end
+        if start < len(items):
+            yield "probe"
+    state.probed = new
+    return found
 
 
 OWN_TYPES = (Wait, Seen, Sweep, Entry, Graph, Checks, LoopState, PrimitiveState)
