@@ -67,13 +67,13 @@ from ._reach import UNREACHABLE, Verdict, Walk, closed, direct
 from ._recorder import coroutine_key
 from ._scanstate import (
     LOCKLIKE,
+    PROBED_TYPES,
     Checks,
     Entry,
     Graph,
     LoopState,
     Seen,
     Sweep,
-    PROBED_TYPES,
     behind,
     closes_cycle,
     node_of,

@@ -275,7 +275,7 @@ def closes_cycle(task: Any, fut: Any) -> bool:
         node = todo.pop()
         if node is task:
             return True
-        if id(node) in seen or not isinstance(node, probed) or node.done():
+        if id(node) in seen or not issubclass(type(node), probed) or node.done():
             continue
         seen.add(id(node))
         if len(seen) > MAX_CHAIN:
@@ -297,7 +297,7 @@ def probe_steps(loop: Any, state: LoopState) -> Generator[str, None, bool]:
     holds the tasks only within a slice, and keeps weak references to the futures only."""
     items, weak = task_refs(loop)
     old, new = state.probed, {}
-    get, deref = old.get, operator.call
+    get, deref, repeat = old.get, operator.call, itertools.repeat
     found = False
     start = 0
     while start < len(items):
@@ -305,7 +305,7 @@ def probe_steps(loop: Any, state: LoopState) -> Generator[str, None, bool]:
         tasks = list(map(deref, chunk)) if weak else chunk
         del chunk
         # None (a task gone) has no _fut_waiter: getattr's default, in C
-        futs = list(map(getattr, tasks, itertools.repeat("_fut_waiter"), itertools.repeat(None)))
+        futs: list[Any] = list(map(getattr, tasks, repeat("_fut_waiter"), repeat(None)))
         kinds = list(map(type, futs))
         probed = {k for k in set(kinds) if issubclass(k, PROBED_TYPES)}  # a few types
         hits = list(itertools.compress(range(len(futs)), map(probed.__contains__, kinds)))

@@ -1,16 +1,23 @@
-"""A lock-order inversion is reported without waiting for the next timed scan: the lock
-tracker sees the wait that closes the cycle, and the loop is scanned right then."""
+"""Deadlocks are reported without waiting for the next timed scan: the lock tracker sees the
+lock wait that closes a cycle, the cycle probe (every ``deadlock_interval_s``, however far the
+timed scans' interval has stretched) a new wait on a task or a gather that closes one, and
+the loop is scanned right then."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import pytest
+
 import asyncwatch
+import asyncwatch._deadlock as deadlock
 from asyncwatch import DeadlockFinding
 from asyncwatch._config import Config
+from asyncwatch._scanstate import MAX_CHAIN, closes_cycle
 
-from .deadlock_helpers import is_rotation
+from .deadlock_helpers import is_rotation, settle, throwaway_loop
 
 
 def inversion(found: asyncio.Event, *, hold: int = 2) -> Any:
@@ -111,3 +118,115 @@ def test_await_cycle_found_without_the_timed_scan() -> None:
         import gc
 
         gc.collect()
+
+
+def _stretched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the 1% rule stretch the timed scans' interval to ages after the first scan: any
+    deadlock found after that was found through the cycle probe, whatever the timing."""
+    monkeypatch.setattr(deadlock, "MAX_SHARE", 1e-12)
+
+
+async def _first_timed_scan_done(watch: asyncwatch.Watch) -> None:
+    """Poll (with a deadline) until the first timed scan has run to its end."""
+    state = watch.deadlocks._state(asyncio.get_running_loop())
+    deadline = time.monotonic() + 60
+    while not state.costs:
+        assert time.monotonic() < deadline, "no timed scan ran"
+        await asyncio.sleep(0.01)
+
+
+def _await_cycle(shape: str, tasks: dict[str, asyncio.Task[Any]]) -> list[tuple[str, Any]]:
+    """The coroutines of a cycle of ``shape``, by task name (``tasks`` is filled in as they
+    are made)."""
+
+    async def await_task(other: str) -> None:
+        await asyncio.sleep(0)
+        await tasks[other]
+
+    async def gather_task(other: str) -> None:
+        await asyncio.sleep(0)
+        await asyncio.gather(tasks[other], asyncio.sleep(3600))
+
+    if shape == "await":
+        return [("first", await_task("second")), ("second", await_task("first"))]
+    if shape == "gather":
+        return [("first", gather_task("second")), ("second", await_task("first"))]
+    # three tasks, one link through a gather
+    return [("first", await_task("second")), ("second", gather_task("third")),
+            ("third", await_task("first"))]
+
+
+@pytest.mark.parametrize("shape", ["await", "gather", "three"])
+def test_await_cycle_among_many_waiting_tasks_found_by_the_probe(
+    monkeypatch: pytest.MonkeyPatch, shape: str
+) -> None:
+    """An await cycle (tasks awaiting each other directly, or through gather) formed among
+    2,000 waiting tasks while the timed scans are stretched out of reach (the 1% rule made
+    to stretch them for ages, as a large app stretches them by seconds): the cycle probe,
+    run every ``deadlock_interval_s`` whatever the scans' interval, sees a new wait close
+    the cycle and brings the scans forward; they report it, naming every task of the cycle."""
+    _stretched(monkeypatch)
+    watch = asyncwatch.install(
+        metrics_exporters=("none",), raise_errors=True, deadlock_interval_s=0.05
+    )
+    tasks: dict[str, asyncio.Task[Any]] = {}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        found = asyncio.Event()
+        watch.findings.listen(lambda finding: loop.call_soon_threadsafe(found.set))
+        sleepers = [asyncio.create_task(asyncio.sleep(3600)) for _ in range(2000)]
+        await _first_timed_scan_done(watch)
+        for name, coro in _await_cycle(shape, tasks):
+            tasks[name] = asyncio.create_task(coro, name=name)
+        await asyncio.wait_for(found.wait(), 30)
+        for s in sleepers:
+            s.cancel()
+        await asyncio.gather(*sleepers, return_exceptions=True)
+
+    try:
+        with throwaway_loop() as loop:
+            loop.run_until_complete(main())
+        [finding] = asyncwatch.findings("deadlock")
+        assert isinstance(finding, DeadlockFinding)
+        assert sorted(finding.tasks) == sorted(tasks)
+        assert watch.deadlocks.probe_hits == 1
+    finally:
+        asyncwatch.uninstall()
+
+
+def test_probe_follows_tasks_and_gathers_and_gives_up_after_64() -> None:
+    """``closes_cycle`` itself: a task that gathers itself closes a cycle; a chain of tasks
+    awaiting the next one that ends in a sleeper does not; a cycle longer than
+    ``MAX_CHAIN`` is not followed to its end (the timed scans still find it)."""
+
+    async def main() -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        loop = asyncio.get_running_loop()
+        assert closes_cycle(me, asyncio.gather(me, loop.create_future()))
+        tasks: list[asyncio.Task[Any]] = []
+        ready = asyncio.Event()
+
+        async def link(i: int, last: int) -> None:
+            await ready.wait()
+            await (tasks[i + 1] if i < last else (tasks[0] if last > 10 else sleeper))
+
+        sleeper = asyncio.create_task(asyncio.sleep(3600))
+        chain = [asyncio.create_task(link(i, 9)) for i in range(10)]
+        tasks.extend(chain)
+        ready.set()
+        await settle()
+        assert not closes_cycle(chain[0], chain[1])
+        tasks.clear()
+        long = [asyncio.create_task(link(i, MAX_CHAIN + 5)) for i in range(MAX_CHAIN + 6)]
+        tasks.extend(long)
+        await settle()
+        assert all(t._fut_waiter is not None for t in long)  # type: ignore[attr-defined]
+        assert not closes_cycle(long[0], long[1])  # a cycle, but too long to follow
+        sleeper.cancel()
+        for t in chain:
+            t.cancel()
+
+    with throwaway_loop() as loop:
+        loop.run_until_complete(main())
