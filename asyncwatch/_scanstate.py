@@ -328,6 +328,7 @@ def probe_steps(loop: Any, state: LoopState) -> Generator[str, None, bool]:
             new[tid] = _ref(fut)
             if not found:
                 found = closes_cycle(task, fut)
+        task = fut = None  # nothing of the app's kept between slices
         del tasks, futs, hits
         start += end
         if start < len(items):
