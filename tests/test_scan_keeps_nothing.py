@@ -1,5 +1,6 @@
-"""The deadlock scanner's records between scans (and the cycle probe's) keep none of the app's objects alive: a wait
-that ends between two scans frees what it waited on right away, not at the next scan."""
+"""The deadlock scanner's records between scans (and the cycle probe's) keep none of the
+app's objects alive: a wait that ends between two scans frees what it waited on right away,
+not at the next scan."""
 
 from __future__ import annotations
 
