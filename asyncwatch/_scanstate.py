@@ -298,14 +298,17 @@ def probe_steps(loop: Any, state: LoopState) -> Generator[str, None, bool]:
     items, weak = task_refs(loop)
     old, new = state.probed, {}
     get, deref, repeat = old.get, operator.call, itertools.repeat
+    wait_of = operator.attrgetter("_fut_waiter")
     found = False
     start = 0
     while start < len(items):
         chunk = items[start : start + PROBE_SLICE]
         tasks = list(map(deref, chunk)) if weak else chunk
         del chunk
-        # None (a task gone) has no _fut_waiter: getattr's default, in C
-        futs: list[Any] = list(map(getattr, tasks, repeat("_fut_waiter"), repeat(None)))
+        try:
+            futs: list[Any] = list(map(wait_of, tasks))
+        except AttributeError:  # a task gone (None), or a task class without _fut_waiter
+            futs = list(map(getattr, tasks, repeat("_fut_waiter"), repeat(None)))
         kinds = list(map(type, futs))
         probed = {k for k in set(kinds) if issubclass(k, PROBED_TYPES)}  # a few types
         hits = list(itertools.compress(range(len(futs)), map(probed.__contains__, kinds)))

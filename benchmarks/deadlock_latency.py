@@ -1,11 +1,17 @@
 """How soon a deadlock is reported with the default settings, by number of other tasks.
 
-Two cycles: a lock-order inversion (two tasks, two locks: found from the lock wait that closes
-the cycle) and two tasks awaiting each other (found by the timed scans, every
-``deadlock_interval_s``). The clock starts when the last wait of the cycle begins and stops
-when the finding is recorded. Other tasks: sleepers (waiting tasks cost the scans).
+Three cycles: a lock-order inversion (two tasks, two locks: found from the lock wait that
+closes the cycle), two tasks awaiting each other, and two tasks of which one awaits the other
+through ``gather()`` (both found by the cycle probe, every ``deadlock_interval_s`` whatever
+the timed scans' interval has stretched to). Either way the loop is then scanned at once and
+again 50 ms later, and that scan reports it. With ``--kinds taskgroup``: a cycle through a
+``TaskGroup`` (a task awaits the task whose group's child awaits it), a shape the probe does
+not follow, found by the timed scans alone. The clock starts when the last wait of the
+cycle begins and stops when the finding is recorded. Other tasks: sleepers (waiting tasks
+cost the scans).
 
-Run: ``python benchmarks/deadlock_latency.py`` (``--sizes 0,1000,10000 --rounds 5``).
+Run: ``python benchmarks/deadlock_latency.py`` (``--sizes 0,1000,10000 --rounds 5
+--kinds locks,await,gather``).
 """
 
 from __future__ import annotations
@@ -52,6 +58,15 @@ async def one(kind: str, others: int) -> float:
     else:
         async def first() -> None:
             await asyncio.sleep(0)
+            if kind == "gather":
+                await asyncio.gather(tasks["second"], asyncio.sleep(3600))
+            elif kind == "taskgroup":
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(await_second())
+            else:
+                await tasks["second"]
+
+        async def await_second() -> None:
             await tasks["second"]
 
         async def second() -> None:
@@ -87,15 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="0,1000,10000")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--kinds", default="locks,await,gather")
     args = parser.parse_args(argv)
+    names = {
+        "locks": "lock-order inversion",
+        "await": "tasks awaiting each other",
+        "gather": "awaiting each other through gather",
+        "taskgroup": "through a TaskGroup (timed scans only)",
+    }
     lines = ["| cycle | other waiting tasks | runs | median | max |", "|---|---:|---:|---:|---:|"]
-    for kind in ("locks", "await"):
+    for kind in args.kinds.split(","):
         for others in (int(s) for s in args.sizes.split(",")):
             times = [run(kind, others) for _ in range(args.rounds)]
             lines.append(
-                f"| {'lock-order inversion' if kind == 'locks' else 'tasks awaiting each other'}"
-                f" | {others:,} | {len(times)} | {statistics.median(times) * 1e3:.0f} ms"
-                f" | {max(times) * 1e3:.0f} ms |"
+                f"| {names[kind]} | {others:,} | {len(times)}"
+                f" | {statistics.median(times) * 1e3:.0f} ms | {max(times) * 1e3:.0f} ms |"
             )
             print(lines[-1], flush=True)
     print()
