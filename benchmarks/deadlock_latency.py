@@ -1,23 +1,24 @@
 """How soon a deadlock is reported with the default settings, by number of other tasks.
 
-Three cycles: a lock-order inversion (two tasks, two locks: found from the lock wait that
+Four cycles: a lock-order inversion (two tasks, two locks: found from the lock wait that
 closes the cycle), two tasks awaiting each other, and two tasks of which one awaits the other
 through ``gather()`` (both found by the cycle probe, every ``deadlock_interval_s`` whatever
 the timed scans' interval has stretched to). Either way the loop is then scanned at once and
-again 50 ms later, and that scan reports it. With ``--kinds taskgroup``: a cycle through a
-``TaskGroup`` (a task awaits the task whose group's child awaits it), a shape the probe does
-not follow, found by the timed scans alone. The clock starts when the last wait of the
-cycle begins and stops when the finding is recorded. Other tasks: sleepers (waiting tasks
-cost the scans).
+again 50 ms later, and that scan reports it. And a cycle through a ``TaskGroup`` (a task
+awaits the task whose group's child awaits it), a shape the probe does not follow, found by
+the timed scans alone. The clock starts when the last wait of the cycle begins (at a random
+point of the probes' period) and stops when the finding is recorded. Other tasks: sleepers
+(waiting tasks cost the scans).
 
 Run: ``python benchmarks/deadlock_latency.py`` (``--sizes 0,1000,10000 --rounds 5
---kinds locks,await,gather``).
+--kinds locks,await,gather,taskgroup``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import sys
 import time
@@ -40,7 +41,9 @@ async def one(kind: str, others: int) -> float:
         if f.kind == "deadlock" else None
     )
     sleepers = [asyncio.create_task(asyncio.sleep(3600)) for _ in range(others)]
-    await asyncio.sleep(1.2)  # the sleepers' waits settle, as in a running app
+    # The sleepers' waits settle, as in a running app; the cycle then forms at a random point
+    # of the probes' and scans' period (not always the same distance from the next one).
+    await asyncio.sleep(1.2 + random.random() * watch.config.deadlock_interval_s)
     formed: list[float] = []
     tasks: dict[str, asyncio.Task[Any]] = {}
     if kind == "locks":
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="0,1000,10000")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--kinds", default="locks,await,gather")
+    parser.add_argument("--kinds", default="locks,await,gather,taskgroup")
     args = parser.parse_args(argv)
     names = {
         "locks": "lock-order inversion",
