@@ -304,7 +304,17 @@ class DeadlockDetector:
         if loop is None or not self.active:
             return
         state.probe = None
-        self._probe_step(loop, state, probe_steps(loop, state), 0.0)
+        self._probe_step(loop, state, probe_steps(loop, state, self._probe_edges), 0.0)
+
+    def _probe_edges(self, task: Any, fut: Any) -> Iterable[Any]:
+        """For the cycle probe, what a task waiting on neither a task nor a gather waits on:
+        a TaskGroup's tasks, ``wait()``'s and ``shield()``'s futures, a lock's holders
+        (``_waitgraph.classify``, as the scans read it); nothing for a wait a timeout ends
+        or a kind of wait with no edges (sleep, I/O, an event...)."""
+        wait = classify(task, fut, self.tracker)
+        if wait.kind not in EDGE_KINDS or wait.mode is None or wait.escapable:
+            return ()
+        return wait.succ
 
     def _probe_step(self, loop: Any, state: LoopState, steps: Generator[str, None, bool],
                     cpu: float) -> None:

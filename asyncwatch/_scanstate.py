@@ -12,7 +12,7 @@ import itertools
 import operator
 import sys
 import weakref
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from ._primitives import PrimitiveState
@@ -255,6 +255,7 @@ def task_refs(loop: Any) -> tuple[list[Any], bool]:
 
 # ---------------------------------------------------------------------- the cycle probe
 
+Follow = Callable[[Any, Any], Iterable[Any]]  # (task, the future it waits on) -> what on
 MAX_CHAIN = 64  # tasks and gathers followed from a new wait looking for a way back to it
 PROBE_SLICE = 4096  # tasks a probe slice reads the wait of (in C: no Python code per task)
 PROBE_LOOKS = 100  # of which new waits on a task or gather followed (at most MAX_CHAIN each)
@@ -263,11 +264,13 @@ PROBE_LOOKS = 100  # of which new waits on a task or gather followed (at most MA
 PROBED_TYPES: tuple[type, ...] = (*TASK_TYPES, _GATHERING) if _GATHERING is not None else TASK_TYPES
 
 
-def closes_cycle(task: Any, fut: Any) -> bool:
+def closes_cycle(task: Any, fut: Any, follow: Follow | None = None) -> bool:
     """Does ``task``, waiting on ``fut``, close a cycle of tasks awaiting tasks, directly or
     through ``gather()``? Follows each pending task's ``_fut_waiter`` and each gather's
     children, depth first, at most ``MAX_CHAIN`` tasks and gathers; a few attribute reads each.
-    A yes only brings the scans forward: they decide (``doomed``) whether it is a deadlock."""
+    A task waiting on anything else is followed through ``follow(task, its future)`` (what
+    that wait waits on: a TaskGroup's tasks, a lock's holders...), when given. A yes only
+    brings the scans forward: they decide (``doomed``) whether it is a deadlock."""
     probed, gathering = PROBED_TYPES, _GATHERING
     todo = [fut]
     seen: set[int] = set()
@@ -282,24 +285,40 @@ def closes_cycle(task: Any, fut: Any) -> bool:
             return False
         if gathering is not None and isinstance(node, gathering):
             todo.extend(getattr(node, "_children", None) or ())
+            continue
+        nxt = getattr(node, "_fut_waiter", None)
+        if nxt is None or nxt.done():
+            continue
+        if issubclass(type(nxt), probed) or follow is None:
+            todo.append(nxt)
         else:
-            nxt = getattr(node, "_fut_waiter", None)
-            if nxt is not None:
-                todo.append(nxt)
+            todo.extend(follow(node, nxt))
     return False
 
 
-def probe_steps(loop: Any, state: LoopState) -> Generator[str, None, bool]:
+def probe_steps(loop: Any, state: LoopState, follow: Follow | None = None) -> Generator[
+    str, None, bool
+]:
     """The cycle probe: does a wait of a task of ``loop`` on a task or a gather that no probe
-    followed yet (``state.probed``) close a cycle (``closes_cycle``)? Cheaper than a scan by
-    far: the waits of all tasks are read in C (``PROBE_SLICE`` a slice), and only new waits
-    on a task or gather run Python code (``PROBE_LOOKS`` a slice). Yields between slices;
-    holds the tasks only within a slice, and keeps weak references to the futures only."""
+    followed yet (``state.probed``) close a cycle (``closes_cycle``, with ``follow``)?
+    Cheaper than a scan by far: the waits of all tasks are read in C (``PROBE_SLICE`` a
+    slice), and only new waits on a task or gather run Python code (``PROBE_LOOKS`` a slice,
+    counting each call of ``follow`` as one too). Yields between slices; holds the tasks only
+    within a slice, and keeps weak references to the futures only."""
     items, weak = task_refs(loop)
     old, new = state.probed, {}
     get, deref, repeat = old.get, operator.call, itertools.repeat
     wait_of = operator.attrgetter("_fut_waiter")
     found = False
+    looks = 0
+    counted: Follow | None = None
+    if follow is not None:
+        inner = follow
+
+        def counted(task: Any, fut: Any) -> Iterable[Any]:
+            nonlocal looks
+            looks -= 1
+            return inner(task, fut)
     start = 0
     while start < len(items):
         chunk = items[start : start + PROBE_SLICE]
@@ -330,7 +349,7 @@ def probe_steps(loop: Any, state: LoopState) -> Generator[str, None, bool]:
             looks -= 1
             new[tid] = _ref(fut)
             if not found:
-                found = closes_cycle(task, fut)
+                found = closes_cycle(task, fut, counted)
         task = fut = None  # nothing of the app's kept between slices
         del tasks, futs, hits
         start += end

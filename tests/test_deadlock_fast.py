@@ -137,7 +137,8 @@ async def _first_timed_scan_done(watch: asyncwatch.Watch) -> None:
 
 def _await_cycle(shape: str, tasks: dict[str, asyncio.Task[Any]]) -> list[tuple[str, Any]]:
     """The coroutines of a cycle of ``shape``, by task name (``tasks`` is filled in as they
-    are made)."""
+    are made; a TaskGroup's child is named ``child``)."""
+    lock = asyncio.Lock()
 
     async def await_task(other: str) -> None:
         await asyncio.sleep(0)
@@ -147,20 +148,58 @@ def _await_cycle(shape: str, tasks: dict[str, asyncio.Task[Any]]) -> list[tuple[
         await asyncio.sleep(0)
         await asyncio.gather(tasks[other], asyncio.sleep(3600))
 
+    async def in_group(other: str) -> None:
+        await asyncio.sleep(0)
+        async with asyncio.TaskGroup() as group:
+            tasks["child"] = group.create_task(await_task(other), name="child")
+
+    async def wait_task(other: str) -> None:
+        await asyncio.sleep(0)
+        await asyncio.wait([tasks[other]])
+
+    async def shield_task(other: str) -> None:
+        await asyncio.sleep(0)
+        await asyncio.shield(tasks[other])
+
+    async def hold_and_await(other: str) -> None:
+        async with lock:
+            await asyncio.sleep(0)
+            await tasks[other]
+
+    async def want_lock() -> None:
+        await asyncio.sleep(0)
+        async with lock:
+            pass
+
     if shape == "await":
         return [("first", await_task("second")), ("second", await_task("first"))]
     if shape == "gather":
         return [("first", gather_task("second")), ("second", await_task("first"))]
-    # three tasks, one link through a gather
-    return [("first", await_task("second")), ("second", gather_task("third")),
-            ("third", await_task("first"))]
+    if shape == "three":  # one link through a gather
+        return [
+            ("first", await_task("second")),
+            ("second", gather_task("third")),
+            ("third", await_task("first")),
+        ]
+    if shape == "taskgroup":  # first's group's child awaits second, which awaits first
+        return [("first", in_group("second")), ("second", await_task("first"))]
+    if shape == "wait":
+        return [("first", wait_task("second")), ("second", await_task("first"))]
+    if shape == "shield":
+        return [("first", shield_task("second")), ("second", await_task("first"))]
+    assert shape == "lock"  # first holds the lock and awaits second, which wants the lock
+    return [("first", hold_and_await("second")), ("second", want_lock())]
 
 
-@pytest.mark.parametrize("shape", ["await", "gather", "three"])
+SHAPES = ["await", "gather", "three", "taskgroup", "wait", "shield", "lock"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 def test_await_cycle_among_many_waiting_tasks_found_by_the_probe(
     monkeypatch: pytest.MonkeyPatch, shape: str
 ) -> None:
-    """An await cycle (tasks awaiting each other directly, or through gather) formed among
+    """A cycle of tasks awaiting tasks (directly, through gather, a TaskGroup, wait() or
+    shield(), or awaiting a task that waits for a lock the awaiting task holds) formed among
     2,000 waiting tasks while the timed scans are stretched out of reach (the 1% rule made
     to stretch them for ages, as a large app stretches them by seconds): the cycle probe,
     run every ``deadlock_interval_s`` whatever the scans' interval, sees a new wait close

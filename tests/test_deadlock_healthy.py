@@ -271,8 +271,10 @@ async def test_the_cycle_probe_raises_no_false_alarm() -> None:
     """A healthy app full of tasks awaiting tasks: a gather over workers each awaiting a
     child task, 50 tasks awaiting one shared task, nested gathers, a TaskGroup, a chain of
     100 tasks each awaiting the next, a task waiting for a gather that includes a finished
-    task. Cycle probes run every 10 ms over every one of those waits: none finds a cycle
-    (no scan is brought forward), and no deadlock is reported."""
+    task, a lock holder awaiting a task while others wait for the lock, wait() and shield().
+    Cycle probes run every 10 ms over every one of those waits (following what TaskGroups,
+    wait(), shield() and locks wait on): none finds a cycle (no scan is brought forward), and
+    no deadlock is reported."""
     watch, _ = install(deadlock_interval_s=0.01)
     loop = asyncio.get_running_loop()
     release = asyncio.Event()
@@ -299,6 +301,20 @@ async def test_the_cycle_probe_raises_no_false_alarm() -> None:
     async def with_done(done: asyncio.Task[None]) -> None:
         await asyncio.gather(done, leaf())
 
+    lock = asyncio.Lock()
+
+    async def holder() -> None:
+        async with lock:
+            await asyncio.create_task(leaf())  # holds the lock, awaits a task
+
+    async def wants_lock() -> None:
+        async with lock:
+            pass
+
+    async def waits_and_shields() -> None:
+        await asyncio.wait([asyncio.create_task(leaf())])
+        await asyncio.shield(asyncio.create_task(leaf()))
+
     shared = asyncio.create_task(leaf())
     finished = asyncio.create_task(asyncio.sleep(0))
     await finished
@@ -312,6 +328,9 @@ async def test_the_cycle_probe_raises_no_false_alarm() -> None:
         *(asyncio.create_task(nested()) for _ in range(10)),
         asyncio.create_task(grouped()),
         asyncio.create_task(with_done(finished)),
+        asyncio.create_task(holder()),
+        *(asyncio.create_task(wants_lock()) for _ in range(5)),
+        *(asyncio.create_task(waits_and_shields()) for _ in range(5)),
     ]
     chain.extend(asyncio.create_task(link(i)) for i in range(100))
     await settle()
