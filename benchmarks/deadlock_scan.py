@@ -166,7 +166,7 @@ async def sliced_probe(watch: asyncwatch.Watch) -> list[Slice]:
     from asyncwatch._scanstate import probe_steps
 
     loop = asyncio.get_running_loop()
-    steps = probe_steps(loop, watch.deadlocks._state(loop))
+    steps = probe_steps(loop, watch.deadlocks._state(loop), watch.deadlocks._probe_edges)
     slices: list[Slice] = []
     while True:
         collected, collected_cpu = COLLECTIONS.total, COLLECTIONS.cpu
