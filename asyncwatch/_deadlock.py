@@ -178,8 +178,9 @@ class DeadlockDetector:
 
     def _lock_wait(self, lock: Any, task: Any) -> None:
         """``task`` is about to wait for ``lock`` (the lock tracker's hook, on the loop's
-        thread). Follow holder -> the lock it waits for -> its holder...: back at ``task``, a
-        cycle of lock waits just closed, certain to be a deadlock unless a timeout ends it;
+        thread). Follow holder -> the lock it waits for -> its holder...: back at ``task``
+        (directly, or through a holder awaiting tasks or gathers: ``closes_cycle``), a
+        cycle just closed, certain to be a deadlock unless a timeout ends it;
         the loop is then scanned at once (and again ``EXPEDITE_S`` later, when the waits
         count as settled) instead of at the next interval. Costs a few dictionary lookups,
         on contended acquires only."""
@@ -193,13 +194,19 @@ class DeadlockDetector:
             if holder is None or holder.done():
                 return
             if holder is task:
-                loop = asyncio.events._get_running_loop()
-                if loop is not None:
-                    self.expedite(loop)
-                return
+                break
             current = waits.get(id(holder))
             if current is None:
+                # A holder awaiting a task or a gather: a cycle of awaits may lead back.
+                fut = getattr(holder, "_fut_waiter", None)
+                if isinstance(fut, PROBED_TYPES) and closes_cycle(task, fut):
+                    break
                 return
+        else:
+            return
+        loop = asyncio.events._get_running_loop()
+        if loop is not None:
+            self.expedite(loop)
 
     def expedite(self, loop: Any) -> None:
         """Scan ``loop`` now and once more ``EXPEDITE_S`` later (from the loop's thread)."""

@@ -234,6 +234,58 @@ def test_await_cycle_among_many_waiting_tasks_found_by_the_probe(
         asyncwatch.uninstall()
 
 
+def test_lock_wait_closing_a_cycle_through_an_await_is_found_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``first`` holds a lock and awaits ``second``; only once probes have followed that wait
+    (no cycle then: ``second`` waits for an event) does ``second`` ask for the lock. No probe
+    looks at ``first``'s wait again, and a lock wait is not one the probe starts from: the
+    lock tracker's hook follows the lock's holder through its await back to ``second``, and
+    the scans are brought forward (the timed ones are stretched out of reach)."""
+    _stretched(monkeypatch)
+    watch = asyncwatch.install(
+        metrics_exporters=("none",), raise_errors=True, deadlock_interval_s=0.05
+    )
+    tasks: dict[str, asyncio.Task[Any]] = {}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        found = asyncio.Event()
+        watch.findings.listen(lambda finding: loop.call_soon_threadsafe(found.set))
+        go = asyncio.Event()
+        lock = asyncio.Lock()
+
+        async def first() -> None:
+            async with lock:
+                await tasks["second"]
+
+        async def second() -> None:
+            await go.wait()
+            async with lock:
+                pass
+
+        await _first_timed_scan_done(watch)
+        tasks["first"] = asyncio.create_task(first(), name="first")
+        tasks["second"] = asyncio.create_task(second(), name="second")
+        state = watch.deadlocks._state(loop)
+        deadline = time.monotonic() + 60
+        while id(tasks["first"]) not in state.probed:  # first's await followed: no cycle
+            assert time.monotonic() < deadline, "no probe followed the await"
+            await asyncio.sleep(0.01)
+        go.set()
+        await asyncio.wait_for(found.wait(), 30)
+
+    try:
+        with throwaway_loop() as loop:
+            loop.run_until_complete(main())
+        [finding] = asyncwatch.findings("deadlock")
+        assert isinstance(finding, DeadlockFinding)
+        assert sorted(finding.tasks) == ["first", "second"]
+        assert watch.deadlocks.probe_hits == 0  # not the probe's doing
+    finally:
+        asyncwatch.uninstall()
+
+
 def test_probe_follows_tasks_and_gathers_and_gives_up_after_64() -> None:
     """``closes_cycle`` itself: a task that gathers itself closes a cycle; a chain of tasks
     awaiting the next one that ends in a sleeper does not; a cycle longer than
