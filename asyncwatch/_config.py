@@ -541,8 +541,9 @@ class Config:
     Lock/Semaphore (see "Deadlocks and stuck tasks")."""
     deadlock_interval_s: float = 0.5
     """Seconds between scans of each event loop (stretched if a scan would take more than 1%
-    of the loop's time). A wait is judged once two scans have seen it, so a cycle is found
-    within two intervals; one closed by a lock wait is scanned for at once."""
+    of the loop's time) and between cycle probes (stretched past 0.5%). A wait is judged
+    once two scans have seen it, so a cycle is found within two intervals; one that a lock
+    wait or a probe sees close is scanned for at once."""
     stuck_task_after_s: float = 60.0
     """A task waiting this long at the same await point, on something nothing can wake, is
     reported as stuck."""

@@ -1,14 +1,13 @@
 """How soon a deadlock is reported with the default settings, by number of other tasks.
 
 Four cycles: a lock-order inversion (two tasks, two locks: found from the lock wait that
-closes the cycle), two tasks awaiting each other, and two tasks of which one awaits the other
-through ``gather()`` (both found by the cycle probe, every ``deadlock_interval_s`` whatever
-the timed scans' interval has stretched to). Either way the loop is then scanned at once and
-again 50 ms later, and that scan reports it. And a cycle through a ``TaskGroup`` (a task
-awaits the task whose group's child awaits it), a shape the probe does not follow, found by
-the timed scans alone. The clock starts when the last wait of the cycle begins (at a random
-point of the probes' period) and stops when the finding is recorded. Other tasks: sleepers
-(waiting tasks cost the scans).
+closes the cycle), two tasks awaiting each other, two tasks of which one awaits the other
+through ``gather()``, and a cycle through a ``TaskGroup`` (a task awaits the task whose
+group's child awaits it); the last three are found by the cycle probe, every
+``deadlock_interval_s`` whatever the timed scans' interval has stretched to. Either way the
+loop is then scanned at once and again 50 ms later, and that scan reports it. The clock
+starts when the last wait of the cycle begins (at a random point of the probes' period) and
+stops when the finding is recorded. Other tasks: sleepers (waiting tasks cost the scans).
 
 Run: ``python benchmarks/deadlock_latency.py`` (``--sizes 0,1000,10000 --rounds 5
 --kinds locks,await,gather,taskgroup``).
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "locks": "lock-order inversion",
         "await": "tasks awaiting each other",
         "gather": "awaiting each other through gather",
-        "taskgroup": "through a TaskGroup (timed scans only)",
+        "taskgroup": "through a TaskGroup",
     }
     lines = ["| cycle | other waiting tasks | runs | median | max |", "|---|---:|---:|---:|---:|"]
     for kind in args.kinds.split(","):
