@@ -192,6 +192,8 @@ def _await_cycle(shape: str, tasks: dict[str, asyncio.Task[Any]]) -> list[tuple[
 
 
 SHAPES = ["await", "gather", "three", "taskgroup", "wait", "shield", "lock"]
+# Cycles that cancelling one task ends (the others cannot be cancelled: Task.cancel recurses)
+ENDABLE = {"wait": "first", "shield": "first", "lock": "second"}
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -219,6 +221,9 @@ def test_await_cycle_among_many_waiting_tasks_found_by_the_probe(
         for name, coro in _await_cycle(shape, tasks):
             tasks[name] = asyncio.create_task(coro, name=name)
         await asyncio.wait_for(found.wait(), 30)
+        if shape in ENDABLE:  # end the cycle, so that nothing of it runs after the loop closed
+            tasks[ENDABLE[shape]].cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
         for s in sleepers:
             s.cancel()
         await asyncio.gather(*sleepers, return_exceptions=True)
@@ -274,6 +279,8 @@ def test_lock_wait_closing_a_cycle_through_an_await_is_found_at_once(
             await asyncio.sleep(0.01)
         go.set()
         await asyncio.wait_for(found.wait(), 30)
+        tasks["second"].cancel()  # its lock wait: the cycle ends (and first releases the lock)
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
 
     try:
         with throwaway_loop() as loop:
