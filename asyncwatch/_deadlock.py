@@ -12,6 +12,13 @@ tasks looked at, waits classified, checks made, one heap pass), with the loop ru
 between, and whatever a later slice decides re-checks that the waits it uses still hold.
 The interval stretches so that scans take about 1% of the loop's CPU time at most.
 
+**Brought forward.** A cycle is certain, so the loop is scanned at once (and again
+``EXPEDITE_S`` later, when its waits count as settled) when one is seen closing: by the lock
+tracker's hook (``_lock_wait``, a task about to wait for a taken lock), or by the cycle probe
+(``_scanstate.probe_steps``), which runs every ``deadlock_interval_s`` however far the scans'
+interval has stretched, reads every task's wait in C and follows only the new waits on a task
+or a gather, at most ``PROBE_SHARE`` of the loop's time.
+
 **Deciding** (``scan()``, called by the timer or directly by tests):
 
 1. Every pending task suspended on a future is recorded with the time it was first seen on

@@ -1,5 +1,6 @@
 """The deadlock scanner's records: what it remembers per waiting task across scans, what
-one scan collects, the wait-for graph it builds, and the per-scan indexes of its stuck checks.
+one scan collects, the wait-for graph it builds, and the per-scan indexes of its stuck checks;
+and the cycle probe (``closes_cycle``, ``probe_steps``), which brings the scans forward.
 
 Every class here has ``__slots__`` and is recognised by ``own_record`` so that reference
 counting (``_reach``) can tell asyncwatch's own references from the app's.
