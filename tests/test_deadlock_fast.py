@@ -163,7 +163,8 @@ def _await_cycle(shape: str, tasks: dict[str, asyncio.Task[Any]]) -> list[tuple[
 
     async def hold_and_await(other: str) -> None:
         async with lock:
-            await asyncio.sleep(0)
+            for _ in range(3):  # the other's lock wait begins first: the await closes it
+                await asyncio.sleep(0)
             await tasks[other]
 
     async def want_lock() -> None:
