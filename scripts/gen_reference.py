@@ -19,18 +19,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from asyncwatch import _names  # noqa: E402
-from asyncwatch._config import Config, settings_reference  # noqa: E402
+from asyncwatch._config import settings, settings_reference  # noqa: E402
 
 
 def config_table() -> str:
-    docs = _field_docs()
+    """Built from the Config fields alone: each is declared with its variables, form and help."""
+    described = settings()
     lines = [
         "| argument | environment variable | default | accepted | meaning |",
         "|---|---|---|---|---|",
     ]
     for name, variables, default, form in settings_reference():
         envs = ", ".join(f"`{v}`" for v in variables.split(", "))
-        lines.append(f"| `{name}` | {envs} | `{default}` | {form} | {docs.get(name, '')} |")
+        meaning = described[name].help.replace("|", "\\|")
+        lines.append(f"| `{name}` | {envs} | `{default}` | {form} | {meaning} |")
     return "\n".join(lines)
 
 
@@ -63,25 +65,6 @@ def alerts_table() -> str:
             when = re.sub(r"\{\{ \$value[^}]*\}\}", "N", when)
             lines.append(f"| `{a.alert}` | {a.severity} | {a.for_} | {when} |")
     return "\n".join(lines)
-
-
-def _field_docs() -> dict[str, str]:
-    """The docstring under each Config field, joined to one line."""
-    import ast
-    import inspect
-
-    source = inspect.getsource(Config)
-    tree = ast.parse(source)
-    cls = tree.body[0]
-    assert isinstance(cls, ast.ClassDef)
-    docs: dict[str, str] = {}
-    body = cls.body
-    for i, node in enumerate(body):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            nxt = body[i + 1] if i + 1 < len(body) else None
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                docs[node.target.id] = " ".join(str(nxt.value.value).split()).replace("|", "\\|")
-    return docs
 
 
 SECTIONS = {

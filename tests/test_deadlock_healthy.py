@@ -13,19 +13,20 @@ import pytest
 
 import asyncwatch
 from asyncwatch._scanstate import PROBED_TYPES
+from asyncwatch.testing import scan, settle
 
-from .deadlock_helpers import install, settle
+from .deadlock_helpers import install
 
 CONNECTIONS = 1000
 
 
 def quiet_scans(watch: asyncwatch.Watch, clock: Any, rounds: int = 12) -> list[Any]:
     """Scan until every wait has been judged many thresholds long; return all findings."""
-    made = list(watch.deadlocks.scan())
-    made += watch.deadlocks.scan()
+    made = list(scan())
+    made += scan()
     for _ in range(rounds):
         clock.advance(watch.deadlocks.stuck_after_s * 20)
-        made += watch.deadlocks.scan()
+        made += scan()
     return made
 
 
