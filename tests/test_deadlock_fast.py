@@ -16,8 +16,9 @@ import asyncwatch._deadlock as deadlock
 from asyncwatch import DeadlockFinding
 from asyncwatch._config import Config
 from asyncwatch._scanstate import MAX_CHAIN, closes_cycle
+from asyncwatch.testing import settle
 
-from .deadlock_helpers import is_rotation, settle, throwaway_loop
+from .deadlock_helpers import is_rotation, throwaway_loop
 
 
 def inversion(found: asyncio.Event, *, hold: int = 2) -> Any:
