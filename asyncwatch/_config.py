@@ -5,7 +5,7 @@ default, its environment variables, its accepted form (parser and check) and its
 ``Config.from_env`` parses the variables (errors name the variable); ``Config(...)`` and
 ``install(**settings)`` check keyword arguments (errors name the argument). Either way a bad
 value fails at once with the accepted form in the message. ``asyncwatch config`` and the
-README's reference (scripts/gen_reference.py) are built from the same fields.
+docs' settings reference (scripts/gen_reference.py) are built from the same fields.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ class Config:
 
     ``Config.from_env()`` reads ``ASYNCWATCH_*`` variables (and the standard ``OTEL_*`` ones
     where a setting has one); keyword arguments to ``install()`` override them. Each field's
-    variables, accepted form and help are in its metadata (``settings()``); the README's
-    configuration reference and ``asyncwatch config`` list them.
+    variables, accepted form and help are in its metadata (``settings()``); the docs'
+    settings reference and ``asyncwatch config`` list them.
     """
 
     enabled: bool = setting(
@@ -139,7 +139,10 @@ class Config:
     )
     memory_attribution: bool = setting(
         False, "ASYNCWATCH_MEMORY_ATTRIBUTION", FLAG,
-        help="Attribute live memory to coroutines with tracemalloc (costly; see the README).",
+        help=(
+            "Attribute live memory to coroutines with tracemalloc (costly; see the docs' "
+            "figures)."
+        ),
     )
     memory_interval_s: float = setting(
         30.0, "ASYNCWATCH_MEMORY_INTERVAL_S", seconds(0.1, 86_400, example=30),
@@ -191,14 +194,14 @@ class Config:
         4, "ASYNCWATCH_MEMORY_FRAMES", whole(1, 65_535),
         help=(
             "Stack frames tracemalloc keeps per allocation: more finds allocations made deeper in "
-            "helpers a coroutine calls, and costs more (see the README's figures)."
+            "helpers a coroutine calls, and costs more (see the docs' figures)."
         ),
     )
     console: bool = setting(
         False, "ASYNCWATCH_CONSOLE", FLAG,
         help=(
             "Serve the live aiomonitor console (telnet) with asyncwatch's commands; see the "
-            "README."
+            "docs."
         ),
     )
     console_host: str = setting(
@@ -241,7 +244,7 @@ class Config:
         False, "ASYNCWATCH_CONSOLE_WEBUI", FLAG,
         help=(
             "Serve aiomonitor's web UI (task list, cancel) on ``console_webui_port``. Off by "
-            "default: it is a web page that can cancel tasks (see the README's security section)."
+            "default: it is a web page that can cancel tasks (see the docs' security notes)."
         ),
     )
     allowed_hosts: tuple[str, ...] = setting(
@@ -288,7 +291,7 @@ class Config:
         False, "ASYNCWATCH_PRECISE_CALLBACKS", FLAG,
         help=(
             "Time every asyncio callback (patches ``asyncio.Handle._run``): every block is caught "
-            "and timed exactly, at a cost per callback (see the README). No effect on uvloop "
+            "and timed exactly, at a cost per callback (see the docs). No effect on uvloop "
             "loops."
         ),
     )

@@ -129,7 +129,7 @@ def test_keyword_lists_are_accepted() -> None:
 
 
 def test_reference_lists_every_setting() -> None:
-    """settings_reference() covers every Config field (the README table is built from it)."""
+    """settings_reference() covers every Config field (the docs table is built from it)."""
     names = {row[0] for row in settings_reference()}
     fields = set(Config.__dataclass_fields__)
     assert names == fields
@@ -179,9 +179,9 @@ def test_setting_wants_asyncwatch_variable_first() -> None:
 
 
 def test_reference_meaning_is_the_fields_help() -> None:
-    """The README's configuration table takes each setting's meaning from its field's help
+    """The docs' settings table takes each setting's meaning from its field's help
     (tests/test_integrations.py checks the whole table is current)."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "reference" / "settings.md").read_text()
     for name, spec in settings().items():
         assert f"| `{name}` |" in text
         assert spec.help.replace("|", "\\|") in text, name

@@ -246,9 +246,9 @@ def test_testing_is_public_and_loaded_only_on_use() -> None:
 
 
 def test_readme_example_runs(tmp_path: Path) -> None:
-    """The README's example of testing an app with asyncwatch.testing runs as written."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Testing your app with asyncwatch.testing", 1)[1]
+    """The guide's example of testing an app with asyncwatch.testing runs as written."""
+    text = (ROOT / "docs" / "guide" / "testing.md").read_text()
+    section = text.split("# Testing your app: asyncwatch.testing", 1)[1]
     example = section.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "myapp.py").write_text("async def worker(jobs):\n    await jobs.wait()\n")
     [name] = re.findall(r"^async def (test_\w+)", example, re.MULTILINE)
