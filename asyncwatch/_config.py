@@ -324,8 +324,9 @@ class Config:
         0.5, "ASYNCWATCH_DEADLOCK_INTERVAL_S", seconds(0.01, 86_400, example=0.5),
         help=(
             "Seconds between scans of each event loop (stretched if a scan would take more than "
-            "1% of the loop's time). A wait is judged once two scans have seen it, so a cycle is "
-            "found within two intervals; one closed by a lock wait is scanned for at once."
+            "1% of the loop's time) and between cycle probes (stretched past 0.5%). A wait is "
+            "judged once two scans have seen it, so a cycle is found within two intervals; one "
+            "that a lock wait or a probe sees close is scanned for at once."
         ),
     )
     stuck_task_after_s: float = setting(
