@@ -83,6 +83,7 @@ def test_the_asgi_tail_attribution_runs(tmp_path: Path) -> None:
 COSTS_ROWS = ["startup", "callbacks", "churn", "memory", "spans", "asgi", "asgi"]
 
 
+@pytest.mark.timeout(600)  # about 20 s alone; many times that on a loaded machine
 def test_costs_quick_measures_every_row(tmp_path: Path) -> None:
     """``costs.py --quick`` measures every row of issue 17's table in one run (wrk included)
     and writes the table: each row has a verdict against its goal (the figures are not looked
