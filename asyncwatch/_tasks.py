@@ -42,13 +42,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
-
 from ._faults import Faults
-from ._names import CODE_FUNCTION, OUTCOME, TASK_NAME
-from ._recorder import Recorder, Shard, TaskStats, clock, exception_name
+from ._names import TASK_NAME
+from ._recorder import Recorder, Shard, TaskStats, clock
 
 _EAGER_POSSIBLE = sys.version_info >= (3, 12)
 _MISSING = object()
@@ -101,18 +97,7 @@ class _Timed:
         attributes: dict[str, Any] = {TASK_NAME: task.get_name()}
         if self.start is not None and self.sampled:
             attributes["asyncwatch.task.schedule_delay"] = self.start - self.t0
-        exc = None
-        if task.cancelled():
-            attributes[OUTCOME] = "cancelled"
-        else:
-            exc = getattr(task, "_exception", None)
-            attributes[OUTCOME] = "ok" if exc is None else "error"
-        if exc is not None:
-            attributes["error.type"] = exception_name(type(exc))
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-        span.set_attributes(attributes)  # one call: the SDK takes the span's lock per call
-        span.end()
+        self.hook.spans.end(span, task, attributes)
 
 
 def _takes_context(factory: TaskFactory | None) -> bool:
@@ -140,6 +125,7 @@ class LoopHook:
         "inner_takes_context",
         "requests",
         "shard",
+        "spans",
         "watcher",
     )
 
@@ -158,6 +144,7 @@ class LoopHook:
         # The ASGI middleware's request ContextVar once a middleware is active, else None:
         # tasks created while a request is handled are counted per request (its on_task).
         self.requests: contextvars.ContextVar[Any] | None = watcher.requests
+        self.spans: Any = None  # the TaskSpans that starts and ends this loop's task spans
 
     def switch_off(self) -> None:
         """Pass every task straight through from now on (uninstalled or failing)."""
@@ -279,17 +266,12 @@ class LoopHook:
         return task
 
     def _start_span(self, rec: _Timed, stats: TaskStats, kwargs: dict[str, Any]) -> dict[str, Any]:
-        tracer = self.watcher.tracer()
-        given = kwargs.get("context")
-        parent = given.run(otel_context.get_current) if given is not None else None
-        span = tracer.start_span(stats.key, context=parent, attributes={CODE_FUNCTION: stats.key})
-        rec.span = span
-        if given is None and self.inner_takes_context:
-            # The task's own fresh copy of the creator's context, with the span current in it,
-            # so work inside the task nests under it. A context the caller passed explicitly is
-            # theirs and is left exactly as it is.
-            ctx = contextvars.copy_context()
-            ctx.run(otel_context.attach, trace.set_span_in_context(span, parent))
+        spans = self.spans = self.watcher.spans()
+        # With no context given, the task gets its own fresh copy of the creator's context with
+        # the span current in it, so work inside the task nests under it. A context the
+        # caller passed explicitly is theirs and is left exactly as it is.
+        rec.span, ctx = spans.start(stats.key, kwargs.get("context"), self.inner_takes_context)
+        if ctx is not None:
             kwargs = {**kwargs, "context": ctx}
         return kwargs
 
@@ -388,6 +370,18 @@ class TaskWatcher:
         self._originals: dict[type, tuple[Any, Any]] = {}
         self._loop_count = 0
         self.requests: contextvars.ContextVar[Any] | None = None
+        self._spans: Any = None
+
+    def spans(self) -> Any:
+        """The ``TaskSpans`` for the tracer as it is now (imports OpenTelemetry's trace API
+        on the first task span: a process without task spans never loads it)."""
+        tracer = self.tracer()
+        spans = self._spans
+        if spans is None or spans.tracer is not tracer:
+            from ._taskspans import TaskSpans
+
+            spans = self._spans = TaskSpans(tracer)
+        return spans
 
     def track_requests(self, var: contextvars.ContextVar[Any] | None) -> None:
         """Count tasks per request from now on (``var`` holds the current request), or stop."""
