@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import random
 import time
 import traceback
 from collections.abc import Mapping
@@ -42,6 +43,7 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import (
     NonRecordingSpan,
     SpanContext,
@@ -51,7 +53,7 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 
-from ._names import CODE_FUNCTION, ERROR_TYPE, OUTCOME, TASK_NAME
+from ._names import CODE_FUNCTION, ERROR_TYPE, OUTCOME
 from ._recorder import exception_name
 
 logger = logging.getLogger("asyncwatch")
@@ -66,6 +68,44 @@ _get_current_span = trace_api.get_current_span
 _set_span_in_context = trace_api.set_span_in_context
 _get_current_context = otel_context.get_current
 _attach = otel_context.attach
+_OtelContext = otel_context.Context
+_Span = trace_api.Span
+
+
+def _runtime_var() -> tuple[contextvars.ContextVar[Any] | None, str | None]:
+    """The ContextVar that holds OpenTelemetry's current context, and the key of the current
+    span in it, where the runtime context is the API's default (ContextVars): reading and
+    setting them directly does in one call what the public functions do in five. None
+    (the public functions are used) for any other runtime context."""
+    try:
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+        from opentelemetry.trace.propagation import _SPAN_KEY
+
+        runtime = otel_context._RUNTIME_CONTEXT
+        if type(runtime) is ContextVarsRuntimeContext:
+            var = runtime._current_context
+            if isinstance(var, contextvars.ContextVar) and isinstance(_SPAN_KEY, str):
+                return var, _SPAN_KEY
+    except Exception:  # pragma: no cover - another API version: the public functions
+        pass
+    return None, None
+
+
+_CONTEXT_VAR, _SPAN_KEY = _runtime_var()
+_EMPTY = _OtelContext()
+_DEFAULT_TRACE_STATE = trace_api.DEFAULT_TRACE_STATE
+_new_tuple = tuple.__new__
+_new_span = object.__new__
+# SpanContext is a tuple (trace_id, span_id, is_remote, flags, state, is_valid): built with
+# tuple.__new__ when its layout is that one (ids made here are valid by construction).
+_RAW_CONTEXT = tuple(SpanContext(1, 1, False)) == (
+    1,
+    1,
+    False,
+    trace_api.DEFAULT_TRACE_OPTIONS,
+    _DEFAULT_TRACE_STATE,
+    True,
+)
 _copy_context = contextvars.copy_context
 _time_ns = time.time_ns
 
@@ -114,6 +154,18 @@ def _sampler_kind(sampler: Any) -> int:
     return _ASK
 
 
+class _Extra:
+    """What code inside a task set on its span: rare, so kept apart from ``TaskSpan``."""
+
+    __slots__ = ("events", "links", "status", "user")
+
+    def __init__(self) -> None:
+        self.user: dict[str, Any] | None = None  # attributes: cleaned when the span ends
+        self.events: list[Any] | None = None
+        self.links: list[Any] | None = None
+        self.status: Status | None = None
+
+
 class TaskSpan(trace_api.Span):
     """A task's span while the task runs (see the module docstring)."""
 
@@ -121,14 +173,11 @@ class TaskSpan(trace_api.Span):
         "_attributes",
         "_context",
         "_end",
-        "_events",
-        "_links",
+        "_extra",
         "_maker",
         "_name",
         "_parent",
         "_start",
-        "_status",
-        "_user",
     )
 
     def __init__(
@@ -147,10 +196,13 @@ class TaskSpan(trace_api.Span):
         self._start = start
         self._end: int | None = None
         self._attributes = attributes  # the sampler's, then asyncwatch's own at the end
-        self._user: dict[str, Any] | None = None  # set by code inside the task: cleaned
-        self._events: list[Any] | None = None
-        self._links: list[Any] | None = None
-        self._status: Status | None = None
+        self._extra: _Extra | None = None
+
+    def _more(self) -> _Extra:
+        extra = self._extra
+        if extra is None:
+            extra = self._extra = _Extra()
+        return extra
 
     # -------------------------------------------------------------- the Span API
 
@@ -172,10 +224,10 @@ class TaskSpan(trace_api.Span):
         """Set attributes (cleaned and bounded by the span limits when the span ends)."""
         if self._ended("Setting attribute"):
             return
-        user = self._user
-        if user is None:
-            user = self._user = {}
-        user.update(attributes)
+        extra = self._more()
+        if extra.user is None:
+            extra.user = {}
+        extra.user.update(attributes)
 
     def set_attribute(self, key: str, value: Any) -> None:
         """Set one attribute (see ``set_attributes``)."""
@@ -194,10 +246,11 @@ class TaskSpan(trace_api.Span):
             max_value_len=limits.max_attribute_length,
             immutable=True,
         )
-        if self._events is None:
-            self._events = []
-        if len(self._events) < limits.max_events:
-            self._events.append(sdk_trace.Event(name, bounded, timestamp))
+        extra = self._more()
+        if extra.events is None:
+            extra.events = []
+        if len(extra.events) < limits.max_events:
+            extra.events.append(sdk_trace.Event(name, bounded, timestamp))
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
         """Add a link to another span."""
@@ -212,10 +265,11 @@ class TaskSpan(trace_api.Span):
             max_value_len=limits.max_attribute_length,
             immutable=True,
         )
-        if self._links is None:
-            self._links = []
-        if len(self._links) < limits.max_links:
-            self._links.append(trace_api.Link(context, bounded))
+        extra = self._more()
+        if extra.links is None:
+            extra.links = []
+        if len(extra.links) < limits.max_links:
+            extra.links.append(trace_api.Link(context, bounded))
 
     def update_name(self, name: str) -> None:
         """Rename the span."""
@@ -226,15 +280,16 @@ class TaskSpan(trace_api.Span):
         """Set the status, with the SDK's rules (OK is final, UNSET is ignored)."""
         if self._ended("Setting status"):
             return
-        current = self._status
+        extra = self._more()
+        current = extra.status
         if current is not None and current.status_code is _OK:
             return
         if isinstance(status, Status):
             if status.status_code is StatusCode.UNSET:
                 return
-            self._status = status
+            extra.status = status
         elif status is not StatusCode.UNSET:
-            self._status = Status(status, description)
+            extra.status = Status(status, description)
 
     def record_exception(
         self,
@@ -269,32 +324,6 @@ class TaskSpan(trace_api.Span):
     def __repr__(self) -> str:
         return f"TaskSpan({self._name!r}, span_id={self._context.span_id:016x})"
 
-    # -------------------------------------------------------------- asyncwatch's end
-
-    def finish(self, task: Any, attributes: dict[str, Any]) -> None:
-        """The task ended: outcome attributes, status on error, then ``end``."""
-        if self._end is not None:
-            return  # ended by the task itself
-        exc = None
-        if task.cancelled():
-            attributes[OUTCOME] = "cancelled"
-        else:
-            exc = getattr(task, "_exception", None)
-            if exc is None:
-                attributes[OUTCOME] = "ok"
-            else:
-                attributes[OUTCOME] = "error"
-                attributes[ERROR_TYPE] = exception_name(type(exc))
-        own = self._attributes
-        if own is None:
-            self._attributes = attributes
-        else:
-            own.update(attributes)
-        if exc is not None:
-            self.record_exception(exc)
-            self.set_status(Status(_ERROR, type(exc).__name__))
-        self.end()
-
 
 class TaskSpans:
     """Starts and ends task spans for one tracer (the fast path where it applies)."""
@@ -321,9 +350,13 @@ class TaskSpans:
         ids = tracer.id_generator
         self._trace_id = ids.generate_trace_id
         self._span_id = ids.generate_span_id
+        self._raw = _RAW_CONTEXT and type(ids) is RandomIdGenerator
+        self._simple = self._raw and self._kind in (_ALWAYS, _PARENT)
+        self._has_config = hasattr(tracer, "_tracer_config")
         is_random = getattr(ids, "is_trace_id_random", None)
         self._root_random = _RANDOM_BIT if is_random is not None and is_random() else 0
         self._flags = {v: TraceFlags(v) for v in (0, _SAMPLED, _RANDOM_BIT, _SAMPLED | _RANDOM_BIT)}
+        self._root_flags = self._flags[_SAMPLED | self._root_random]
         self._check()
 
     def _check(self) -> bool:
@@ -333,37 +366,105 @@ class TaskSpans:
         self.fast = self._sdk and all(quiet_processor(p) for p in procs)
         return self.fast
 
+    def _enabled(self) -> bool:
+        return not self._has_config or bool(self.tracer._tracer_config.is_enabled)
+
     def _usable(self) -> bool:
         if not self._sdk:
             return False
-        config = getattr(self.tracer, "_tracer_config", None)
-        if config is not None and not config.is_enabled:
-            return False
         if self._multi._span_processors is not self._procs:
-            return self._check()  # a processor was added since
-        return self.fast
+            self._check()  # a processor was added since
+        return self.fast and self._enabled()
 
     # -------------------------------------------------------------- start
 
-    def start(self, name: str, given: contextvars.Context | None, takes_context: bool) -> Any:
-        """Start the span of a task being created; returns ``(span, context)``.
+    def start(self, name: str, kwargs: dict[str, Any], takes_context: bool) -> Any:
+        """Start the span of a task being created (``kwargs``: the factory's own).
 
-        ``context`` is the task's own fresh copy of the creator's context with the span
-        current in it (None when the caller passed a context, which is theirs and left
-        exactly as it is, or when the chained factory takes no ``context``)."""
+        With no ``context`` in ``kwargs``, one is put there: the task's own fresh copy of the
+        creator's context with the span current in it (unless the chained factory takes no
+        ``context``). A context the caller passed is theirs and is left exactly as it is."""
+        var, key = _CONTEXT_VAR, _SPAN_KEY
+        given = kwargs.get("context")
+        if var is None or key is None:
+            return self._start_public(name, given, kwargs, takes_context)
+        parent = (given.get(var) or _EMPTY) if given is not None else var.get()
+        found = parent.get(key)
+        if found is None:
+            context = None
+        elif type(found) is TaskSpan:
+            context = found._context
+        else:
+            context = found.get_span_context() if isinstance(found, _Span) else None
+        if (
+            not (
+                self.fast
+                and self._multi._span_processors is self._procs
+                and (not self._has_config or self.tracer._tracer_config.is_enabled)
+            )
+            and not self._usable()
+        ):
+            span: Any = self.tracer.start_span(
+                name, context=parent, attributes={CODE_FUNCTION: name}
+            )
+        elif self._simple:
+            # The common case, inline: the SDK's random ids and default (or always-on)
+            # sampler; span contexts read as the tuples they are.
+            if context is not None:
+                trace_id, _, _, flags, state, valid = context
+                if not valid:
+                    context = None
+            if context is None:
+                trace_id = self._trace_id()
+                flags = self._root_flags
+                state = _DEFAULT_TRACE_STATE
+            elif self._kind == _PARENT and not flags & _SAMPLED:
+                # A parent not sampled: not recorded (as the SDK's default sampler decides).
+                flags = self._flags[flags & _RANDOM_BIT]
+            else:
+                flags = self._flags[_SAMPLED | (flags & _RANDOM_BIT)]
+            new_context = _new_tuple(
+                SpanContext,
+                (trace_id, random.getrandbits(64) or self._span_id(), False, flags, state, True),
+            )
+            if flags & _SAMPLED:
+                span = _new_span(TaskSpan)
+                span._maker = self
+                span._name = name
+                span._context = new_context
+                span._parent = context
+                span._start = _time_ns()
+                span._end = span._attributes = span._extra = None
+            else:
+                span = NonRecordingSpan(new_context)
+        else:
+            span = self._start(name, parent, context)
+        if given is None and takes_context:
+            ctx = _copy_context()
+            ctx.run(var.set, _OtelContext({**parent, key: span}))
+            kwargs["context"] = ctx
+        return span
+
+    def _start_public(
+        self,
+        name: str,
+        given: contextvars.Context | None,
+        kwargs: dict[str, Any],
+        takes_context: bool,
+    ) -> Any:
+        """``start`` through the public context functions (another runtime context)."""
         parent = given.run(_get_current_context) if given is not None else None
         if self._usable():
-            span = self._start(name, parent)
+            span = self._start(name, parent, _get_current_span(parent).get_span_context())
         else:
             span = self.tracer.start_span(name, context=parent, attributes={CODE_FUNCTION: name})
-        if given is not None or not takes_context:
-            return span, None
-        ctx = _copy_context()
-        ctx.run(_attach, _set_span_in_context(span, parent))
-        return span, ctx
+        if given is None and takes_context:
+            ctx = _copy_context()
+            ctx.run(_attach, _set_span_in_context(span, parent))
+            kwargs["context"] = ctx
+        return span
 
-    def _start(self, name: str, parent_ctx: Any) -> trace_api.Span:
-        parent: SpanContext | None = _get_current_span(parent_ctx).get_span_context()
+    def _start(self, name: str, parent_ctx: Any, parent: SpanContext | None) -> trace_api.Span:
         if parent is None or not parent.is_valid:
             parent = None
             trace_id = self._trace_id()
@@ -388,7 +489,20 @@ class TaskSpans:
             trace_state = result.trace_state
             attributes = dict(result.attributes) if result.attributes else None
         flags = self._flags[(_SAMPLED if sampled else 0) | random_bit]
-        context = SpanContext(trace_id, self._span_id(), False, flags, trace_state)
+        if self._raw:  # the SDK's random ids: valid by construction
+            context = _new_tuple(
+                SpanContext,
+                (
+                    trace_id,
+                    random.getrandbits(64) or self._span_id(),
+                    False,
+                    flags,
+                    trace_state or _DEFAULT_TRACE_STATE,
+                    True,
+                ),
+            )
+        else:
+            context = SpanContext(trace_id, self._span_id(), False, flags, trace_state)
         if not recording:
             return NonRecordingSpan(context)
         return TaskSpan(self, name, context, parent, _time_ns(), attributes)
@@ -397,13 +511,16 @@ class TaskSpans:
 
     def emit(self, span: TaskSpan) -> None:
         """Hand an ended ``TaskSpan`` to the processors as the SDK's ``ReadableSpan``."""
+        if not self._multi._span_processors:
+            return  # nobody to hand it to (no exporter): the span was only a context
         attributes: Any = span._attributes
         if attributes is None:
             attributes = {CODE_FUNCTION: span._name}
         else:
             attributes.setdefault(CODE_FUNCTION, span._name)
         limits = self.limits
-        user = span._user
+        extra = span._extra
+        user = extra.user if extra is not None else None
         if user is not None:
             # Code inside the task set these: cleaned and bounded as the SDK would.
             merged = BoundedAttributes(
@@ -431,11 +548,11 @@ class TaskSpans:
             parent=span._parent,
             resource=self.resource,
             attributes=attributes,
-            events=span._events or (),
-            links=span._links or (),
+            events=(extra.events or ()) if extra is not None else (),
+            links=(extra.links or ()) if extra is not None else (),
             kind=_INTERNAL,
             instrumentation_info=self._info,
-            status=span._status or _UNSET,
+            status=(extra.status or _UNSET) if extra is not None else _UNSET,
             start_time=span._start,
             end_time=span._end,
             instrumentation_scope=self._scope,
@@ -445,7 +562,29 @@ class TaskSpans:
     def end(self, span: Any, task: Any, attributes: dict[str, Any]) -> None:
         """The task ended: end its span (a ``TaskSpan`` or the SDK's) with its outcome."""
         if type(span) is TaskSpan:
-            span.finish(task, attributes)
+            if span._end is not None:
+                return  # ended by the task itself
+            exc = None
+            if task.cancelled():
+                attributes[OUTCOME] = "cancelled"
+            else:
+                exc = getattr(task, "_exception", None)
+                if exc is None:
+                    attributes[OUTCOME] = "ok"
+                else:
+                    attributes[OUTCOME] = "error"
+                    attributes[ERROR_TYPE] = exception_name(type(exc))
+            own = span._attributes
+            if own is None:
+                span._attributes = attributes
+            else:
+                own.update(attributes)
+            if exc is not None:
+                span.record_exception(exc)
+                span.set_status(Status(_ERROR, type(exc).__name__))
+            span._end = _time_ns()
+            if self._multi._span_processors:
+                self.emit(span)
             return
         exc = None
         if task.cancelled():
@@ -465,4 +604,3 @@ def _internal_metrics(tracer: Any) -> bool:
     """Whether the SDK records its own span metrics (then spans take the SDK's path)."""
     metrics = getattr(tracer, "_tracer_metrics", None)
     return metrics is not None and type(metrics).__name__ != "NoOpTracerMetrics"
-
