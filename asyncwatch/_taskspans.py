@@ -272,8 +272,11 @@ class TaskSpan(trace_api.Span):
             extra.links.append(trace_api.Link(context, bounded))
 
     def update_name(self, name: str) -> None:
-        """Rename the span."""
+        """Rename the span (its ``code.function.name`` stays the coroutine's)."""
         if not self._ended("Updating name"):
+            if self._attributes is None:
+                self._attributes = {}
+            self._attributes.setdefault(CODE_FUNCTION, self._name)
             self._name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
