@@ -84,7 +84,9 @@ def _lag_counts_of(loops: Any) -> Any:
 class Advisor:
     """See the module docstring."""
 
-    def __init__(self, config: Config, faults: Faults, primitives: Any, loops: Any = None) -> None:
+    def __init__(
+        self, config: Config, faults: Faults, primitives: Any, loops: Any = None
+    ) -> None:
         from ._executors import ExecutorProbe
 
         self.config = config
@@ -308,28 +310,13 @@ class Advisor:
             else:
                 cpu = self._per_call(self._child_cpu.get(id(stats)), first, last, count)
             cpu_wait = self._per_call(self._rq_wait.get(id(stats)), first, last, count)
-            out.append(
-                PoolFigures(
-                    stats.label,
-                    stats.threads,
-                    stats.max_workers(),
-                    count,
-                    last - first,
-                    wait,
-                    run,
-                    latency,
-                    cpu,
-                    self.load.cores,
-                    cpu_wait,
-                )
-            )
+            out.append(PoolFigures(
+                stats.label, stats.threads, stats.max_workers(), count, last - first, wait,
+                run, latency, cpu, self.load.cores, cpu_wait))
         return out
 
     def _per_call(
-        self,
-        samples: Iterable[tuple[float, float]] | None,
-        first: float,
-        last: float,
+        self, samples: Iterable[tuple[float, float]] | None, first: float, last: float,
         count: int,
     ) -> float | None:
         """A cumulative figure sampled over time, per call between ``first`` and ``last``."""
@@ -376,14 +363,8 @@ class Advisor:
                 if size not in in_ring and count > 0
                 for _ in range(min(int(count), PER_SIZE_KEPT))
             )
-            out.append(
-                BatchFigures(
-                    site.label,
-                    site.explicit,
-                    older + recent,
-                    site.budget_s if site.budget_s is not None else default,
-                )
-            )
+            out.append(BatchFigures(site.label, site.explicit, older + recent,
+                                    site.budget_s if site.budget_s is not None else default))
         return out
 
     def loop_figures(self) -> list[LoopFigures]:
@@ -391,9 +372,8 @@ class Advisor:
         proc = self.load.process_window(self.window_s)
         cores_used, machine = proc if proc is not None else (None, None)
         return [
-            LoopFigures(
-                w.label, w.seconds, w.busy, w.cpu, w.lag_p99_s, self.load.cores, machine, cores_used
-            )
+            LoopFigures(w.label, w.seconds, w.busy, w.cpu, w.lag_p99_s, self.load.cores,
+                        machine, cores_used)
             for w in self.load.windows(self.window_s)
         ]
 
@@ -407,42 +387,14 @@ class Advisor:
         now = clock()
         recs: list[Recommendation] = []
         steps: list[tuple[str, Callable[[], Iterable[Recommendation]]]] = [
-            (
-                "pools",
-                lambda: (
-                    r
-                    for f in self.pool_figures(now)
-                    for r in pool_advice(
-                        f, min_calls=MIN_CALLS, max_threads=self.config.advisor_max_threads
-                    )
-                ),
-            ),
-            (
-                "limits",
-                lambda: (
-                    r
-                    for f in self.limit_figures(now)
-                    for r in limit_advice(
-                        f, min_done=MIN_DONE, max_limit=self.config.advisor_max_threads * 8
-                    )
-                ),
-            ),
-            (
-                "batches",
-                lambda: (
-                    r
-                    for f in self.batch_figures()
-                    for r in batch_advice(f, min_batches=MIN_BATCHES)
-                ),
-            ),
-            (
-                "loops",
-                lambda: (
-                    r
-                    for f in self.loop_figures()
-                    for r in loop_advice(f, min_seconds=min(10.0, self.window_s / 2))
-                ),
-            ),
+            ("pools", lambda: (r for f in self.pool_figures(now) for r in pool_advice(
+                f, min_calls=MIN_CALLS, max_threads=self.config.advisor_max_threads))),
+            ("limits", lambda: (r for f in self.limit_figures(now) for r in limit_advice(
+                f, min_done=MIN_DONE, max_limit=self.config.advisor_max_threads * 8))),
+            ("batches", lambda: (r for f in self.batch_figures() for r in batch_advice(
+                f, min_batches=MIN_BATCHES))),
+            ("loops", lambda: (r for f in self.loop_figures() for r in loop_advice(
+                f, min_seconds=min(10.0, self.window_s / 2)))),
         ]
         for name, step in steps:
             try:
@@ -533,9 +485,8 @@ def make_batch(name: str, size: int | Callable[..., int], budget_s: float | None
     """``asyncwatch.batch``: a context manager (``size`` a number) or a decorator (callable)."""
     if not isinstance(name, str) or not name:
         raise ValueError("asyncwatch.batch: name must be a non-empty string")
-    if budget_s is not None and (
-        isinstance(budget_s, bool) or not isinstance(budget_s, int | float) or not budget_s > 0
-    ):
+    if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(
+            budget_s, int | float) or not budget_s > 0):
         raise ValueError("asyncwatch.batch: budget_s must be a positive number of seconds")
     if callable(size):
 
@@ -558,14 +509,10 @@ def render(recs: list[Recommendation], *, evidence: bool = True) -> str:
         return "no recommendations: nothing watched has had traffic yet"
     lines = []
     for rec in recs:
-        head = (
-            f"{rec.knob}: no change"
-            if rec.kind == "no_change"
-            else f"{rec.knob}: not enough data yet"
-            if rec.kind == "need_data"
-            else f"{rec.knob}: {'?' if rec.current is None else rec.current} -> {rec.suggested}"
-            f"   [{rec.confidence} confidence]"
-        )
+        head = (f"{rec.knob}: no change" if rec.kind == "no_change" else
+                f"{rec.knob}: not enough data yet" if rec.kind == "need_data" else
+                f"{rec.knob}: {'?' if rec.current is None else rec.current} -> {rec.suggested}"
+                f"   [{rec.confidence} confidence]")
         lines.append(f"* {rec.target}\n    {head}\n    {rec.summary}")
         if evidence and rec.evidence:
             lines.append(f"    evidence: {rec.evidence}")
@@ -601,13 +548,6 @@ def _limit_window(label: str, latest: LimitStats, base: LimitStats | None) -> Li
     )
     failed = tuple((lvl, round(count * scale)) for lvl, count in sorted(latest.failed.items()))
     return LimitFigures(
-        label,
-        latest.current_limit(),
-        levels,
-        active,
-        holders,
-        delta("waiter_s") / active,
-        done,
-        latest.max_level,
-        failed,
+        label, latest.current_limit(), levels, active, holders, delta("waiter_s") / active,
+        done, latest.max_level, failed,
     )

@@ -113,9 +113,8 @@ class BatchProbe:
         self._sites = {}
         self.unmeasured = 0
 
-    def site(
-        self, key: Any, label: Callable[[], str], explicit: bool, budget_s: float | None = None
-    ) -> BatchSite | None:
+    def site(self, key: Any, label: Callable[[], str], explicit: bool,
+             budget_s: float | None = None) -> BatchSite | None:
         """The site under ``key``, created on first use (None past the cap)."""
         site = self._sites.get(key)
         if site is None:

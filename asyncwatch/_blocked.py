@@ -134,9 +134,8 @@ class BlockedLoop(Finding):
 class BlockSink(Protocol):
     """Where a monitor reports (``LoopWatch`` in production, a list in tests)."""
 
-    def detected(
-        self, monitor: LoopMonitor, episode: Episode, now: float, sample: Sample | None
-    ) -> None: ...
+    def detected(self, monitor: LoopMonitor, episode: Episode, now: float,
+                 sample: Sample | None) -> None: ...
 
     def still_blocked(self, monitor: LoopMonitor, episode: Episode, now: float) -> None: ...
 
@@ -147,25 +146,9 @@ class Episode:
     """One callback seen holding a busy loop, from its first sample to its end."""
 
     __slots__ = (
-        "beats",
-        "counts",
-        "end",
-        "exact",
-        "finding",
-        "first_seen",
-        "gil",
-        "handle",
-        "info",
-        "internal",
-        "key",
-        "last_seen",
-        "logged",
-        "modules",
-        "overflow",
-        "reported",
-        "samples",
-        "since",
-        "stacks",
+        "beats", "counts", "end", "exact", "finding", "first_seen", "gil", "handle", "info",
+        "internal", "key", "last_seen", "logged", "modules", "overflow", "reported", "samples",
+        "since", "stacks",
     )
 
     def __init__(self, key: tuple[Any, ...], since: float, beats: int, now: float) -> None:
@@ -431,12 +414,8 @@ class LoopMonitor:
             return None
         return self.clock(), ran, switches
 
-    def _held_computing(
-        self,
-        mark: tuple[float, float, int] | None,
-        reading: tuple[float, float, int] | None,
-        due: float,
-    ) -> bool:
+    def _held_computing(self, mark: tuple[float, float, int] | None,
+                        reading: tuple[float, float, int] | None, due: float) -> bool:
         """Whether one call held the GIL since the loop's beat was due.
 
         The watchdog looks late at a loop whose beat is overdue. Either the watchdog was short

@@ -23,18 +23,8 @@ import click
 
 from ._console_render import _rate_of, render_finding, render_http, render_memory, render_top
 
-_TOP_SORTS = (
-    "rate",
-    "created",
-    "in_flight",
-    "peak",
-    "errors",
-    "cancelled",
-    "p50",
-    "p95",
-    "p99",
-    "name",
-)
+_TOP_SORTS = ("rate", "created", "in_flight", "peak", "errors", "cancelled", "p50", "p95", "p99",
+              "name")
 _HTTP_SORTS = ("rate", "requests", "errors", "in_flight", "p50", "p95", "p99", "route")
 
 
@@ -126,11 +116,7 @@ def _help(cmd: Callable[..., Any]) -> Callable[..., Any]:
         ctx.exit()
 
     return click.option(
-        "--help",
-        is_flag=True,
-        expose_value=False,
-        is_eager=True,
-        callback=show,
+        "--help", is_flag=True, expose_value=False, is_eager=True, callback=show,
         help="Show this message.",
     )(cmd)
 
@@ -143,33 +129,14 @@ def _no_watch() -> None:
 
 
 @click.command(name="top")
-@click.option(
-    "-s",
-    "--sort",
-    type=click.Choice(_TOP_SORTS),
-    default="rate",
-    show_default=True,
-    help="column to sort by, highest first",
-)
-@click.option(
-    "-n", "--limit", type=click.IntRange(1, 500), default=20, show_default=True, help="rows to show"
-)
-@click.option(
-    "-i",
-    "--interval",
-    type=click.FloatRange(0, 60),
-    default=1.0,
-    show_default=True,
-    help="seconds over which created/s is measured (0: no rate, instant)",
-)
-@click.option(
-    "-r",
-    "--repeat",
-    type=click.IntRange(1, 600),
-    default=1,
-    show_default=True,
-    help="refresh this many times (live view)",
-)
+@click.option("-s", "--sort", type=click.Choice(_TOP_SORTS), default="rate", show_default=True,
+              help="column to sort by, highest first")
+@click.option("-n", "--limit", type=click.IntRange(1, 500), default=20, show_default=True,
+              help="rows to show")
+@click.option("-i", "--interval", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+              help="seconds over which created/s is measured (0: no rate, instant)")
+@click.option("-r", "--repeat", type=click.IntRange(1, 600), default=1, show_default=True,
+              help="refresh this many times (live view)")
 @_help
 @click.pass_context
 @_command
@@ -198,23 +165,11 @@ def do_top(ctx: click.Context, sort: str, limit: int, interval: float, repeat: i
 
 
 @click.command(name="http")
-@click.option(
-    "-s",
-    "--sort",
-    type=click.Choice(_HTTP_SORTS),
-    default="rate",
-    show_default=True,
-    help="column to sort by, highest first",
-)
+@click.option("-s", "--sort", type=click.Choice(_HTTP_SORTS), default="rate", show_default=True,
+              help="column to sort by, highest first")
 @click.option("-n", "--limit", type=click.IntRange(1, 500), default=20, show_default=True)
-@click.option(
-    "-i",
-    "--interval",
-    type=click.FloatRange(0, 60),
-    default=1.0,
-    show_default=True,
-    help="seconds over which req/s is measured (0: no rate)",
-)
+@click.option("-i", "--interval", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+              help="seconds over which req/s is measured (0: no rate)")
 @_help
 @click.pass_context
 @_command
@@ -239,7 +194,9 @@ def do_http(ctx: click.Context, sort: str, limit: int, interval: float) -> Any:
             old = before.get(k, {}).get("requests", 0) or 0
             rates[k] = (r.get("requests", 0) - old) / dt if interval > 0 else None
         if not now:
-            click.echo("no HTTP requests seen yet (is asyncwatch.AsyncWatchMiddleware in the app?)")
+            click.echo(
+                "no HTTP requests seen yet (is asyncwatch.AsyncWatchMiddleware in the app?)"
+            )
             return
         click.echo(render_http(now.values(), rates, sort=sort, limit=limit))
 
@@ -251,17 +208,10 @@ def do_http(ctx: click.Context, sort: str, limit: int, interval: float) -> Any:
 
 @click.command(name="findings")
 @click.option("-k", "--kind", default=None, help="only this kind (blocked_loop, deadlock, ...)")
-@click.option(
-    "-n",
-    "--limit",
-    type=click.IntRange(1, 200),
-    default=10,
-    show_default=True,
-    help="most recent findings to show",
-)
-@click.option(
-    "--stack/--no-stack", default=True, show_default=True, help="show stacks and await chains"
-)
+@click.option("-n", "--limit", type=click.IntRange(1, 200), default=10, show_default=True,
+              help="most recent findings to show")
+@click.option("--stack/--no-stack", default=True, show_default=True,
+              help="show stacks and await chains")
 @_help
 @click.pass_context
 @_command
@@ -329,14 +279,8 @@ def do_memory(ctx: click.Context, limit: int) -> None:
 
 @click.command(name="profile")
 @click.argument("seconds", type=click.FloatRange(0.01, 3600), default=5.0)
-@click.option(
-    "-n",
-    "--limit",
-    type=click.IntRange(1, 200),
-    default=15,
-    show_default=True,
-    help="rows per table",
-)
+@click.option("-n", "--limit", type=click.IntRange(1, 200), default=15, show_default=True,
+              help="rows per table")
 @_help
 @click.pass_context
 @_command

@@ -137,10 +137,8 @@ def _render_value(name: str, value: Any, out: list[str], indent: str = "  ") -> 
     elif isinstance(value, list | tuple) and value and all(_frame_text(v) for v in value):
         out.append(f"{indent}{name} (most recent call last):")
         out.extend(f"{indent}  {_frame_text(v)}" for v in value)
-    elif (
-        isinstance(value, list | tuple)
-        and value
-        and all(isinstance(v, list | tuple) for v in value)
+    elif isinstance(value, list | tuple) and value and all(
+        isinstance(v, list | tuple) for v in value
     ):
         out.append(f"{indent}{name}:")
         for i, item in enumerate(value):
@@ -206,11 +204,8 @@ def render_finding(finding: Any, *, stack: bool = True) -> str:
     for name in [k for k in data if k.endswith("_at") and isinstance(data[k], float)]:
         out.append(f"  {name}: {time.strftime('%H:%M:%S', time.localtime(data.pop(name)))}")
     for name, value in data.items():
-        if (
-            not stack
-            and isinstance(value, list | tuple)
-            and value
-            and all(_frame_text(v) or isinstance(v, list | tuple) for v in value)
+        if not stack and isinstance(value, list | tuple) and value and all(
+            _frame_text(v) or isinstance(v, list | tuple) for v in value
         ):
             out.append(f"  {name}: {len(value)} entries (--stack to show)")
             continue

@@ -235,7 +235,9 @@ class DeadlockDetector:
         try:
             # Through the class, as the heartbeat: an instance-level replacement (a test's mock)
             # neither sees nor breaks the scans.
-            state.handle = type(loop).call_later(loop, delay, self._tick, weakref.ref(loop), state)
+            state.handle = type(loop).call_later(
+                loop, delay, self._tick, weakref.ref(loop), state
+            )
         except RuntimeError:  # closed loop
             state.handle = None
 
@@ -246,9 +248,8 @@ class DeadlockDetector:
         state.handle = None
         self._step(loop, state, self._steps(loop, state=state, sliced=True), 0.0, 0.0)
 
-    def _step(
-        self, loop: Any, state: LoopState, steps: Iterator[str], spent: float, cpu: float
-    ) -> None:
+    def _step(self, loop: Any, state: LoopState, steps: Iterator[str], spent: float,
+              cpu: float) -> None:
         """Run one slice of a timed scan; the next slice runs after whatever the loop has
         ready, so no single pause is longer than one slice. ``spent``: the scan's wall time
         so far (the metric), ``cpu``: its CPU time (what the 1% rule spaces out)."""
@@ -266,7 +267,9 @@ class DeadlockDetector:
         spent += time.perf_counter() - began
         cpu += time.thread_time() - began_cpu
         if not done:
-            state.handle = type(loop).call_soon(loop, self._step, loop, state, steps, spent, cpu)
+            state.handle = type(loop).call_soon(
+                loop, self._step, loop, state, steps, spent, cpu
+            )
             return
         state.handle = None
         self.last_scan_s = spent
@@ -367,14 +370,8 @@ class DeadlockDetector:
             self.last_scan_s = spent
             self.scan_seconds += spent
 
-    def _steps(
-        self,
-        loop: Any,
-        out: list[DeadlockFinding | StuckTaskFinding] | None = None,
-        *,
-        state: LoopState | None = None,
-        sliced: bool = False,
-    ) -> Iterator[str]:
+    def _steps(self, loop: Any, out: list[DeadlockFinding | StuckTaskFinding] | None = None,
+               *, state: LoopState | None = None, sliced: bool = False) -> Iterator[str]:
         """One scan, as a generator that yields between slices, each slice bounded by work
         units (see ``SLICE`` and the constants after it); it yields the name of the phase
         the slice belonged to. Between slices other code runs: whatever is decided in a
@@ -416,9 +413,8 @@ class DeadlockDetector:
         in_deadlock = self._deadlocks(loop, state, graph, now, out)
         if sweep.due or sweep.followed:
             yield "graph"
-            yield from self._stuck_steps(
-                state, sweep, graph=graph, in_deadlock=in_deadlock, now=now, out=out, sliced=sliced
-            )
+            yield from self._stuck_steps(state, sweep, graph=graph, in_deadlock=in_deadlock,
+                                         now=now, out=out, sliced=sliced)
         state.reported = {tid for tid in state.reported if (r := new.get(tid)) and r.reported}
         state.stuck = len(state.reported)
         for finding in out:
@@ -536,14 +532,11 @@ class DeadlockDetector:
             else:
                 # A successor that is not a settled, followed task is live: running,
                 # runnable, done, or waiting on something that can wake it.
-                succ.append(
-                    [
-                        index.get(id(s), LIVE)
-                        if isinstance(s, task_types) and not s.done()
-                        else LIVE
-                        for s in wait.succ
-                    ]
-                )
+                succ.append([
+                    index.get(id(s), LIVE) if isinstance(s, task_types) and not s.done()
+                    else LIVE
+                    for s in wait.succ
+                ])
                 mode.append(wait.mode or "and")
             if k % ENTRIES == ENTRIES - 1:
                 yield "graph"
@@ -567,14 +560,8 @@ class DeadlockDetector:
             {id(x) for x in fresh.succ} == {id(x) for x in wait.succ}
         )
 
-    def _deadlocks(
-        self,
-        loop: Any,
-        state: LoopState,
-        graph: Graph,
-        now: float,
-        out: list[DeadlockFinding | StuckTaskFinding],
-    ) -> set[int]:
+    def _deadlocks(self, loop: Any, state: LoopState, graph: Graph, now: float,
+                   out: list[DeadlockFinding | StuckTaskFinding]) -> set[int]:
         """Report new cycles; return ids of tasks in (or waiting behind) any cycle. The
         graph may have been built over several slices: a cycle is reported only when every
         one of its waits still holds now (a real deadlock still does at the next scan)."""
@@ -609,11 +596,8 @@ class DeadlockDetector:
                 continue
             active.add(key)
             deadlocked += len(members)
-            waiting = [
-                v
-                for v in behind(group, succ, bad)
-                if v >= count or still(nodes[v].task, nodes[v].rec)
-            ]
+            waiting = [v for v in behind(group, succ, bad)
+                       if v >= count or still(nodes[v].task, nodes[v].rec)]
             involved.update(id(nodes[v].task) for v in (*group, *waiting) if v < count)
             if key not in state.cycles:
                 out.append(deadlock_finding(graph, group, waiting, self._wall_of(now), self.wall()))
@@ -621,17 +605,10 @@ class DeadlockDetector:
         state.deadlocked = deadlocked
         return involved
 
-    def _stuck_steps(
-        self,
-        state: LoopState,
-        sweep: Sweep,
-        *,
-        graph: Graph,
-        in_deadlock: set[int],
-        now: float,
-        out: list[DeadlockFinding | StuckTaskFinding],
-        sliced: bool,
-    ) -> Generator[str, None, None]:
+    def _stuck_steps(self, state: LoopState, sweep: Sweep, *, graph: Graph,
+                     in_deadlock: set[int], now: float,
+                     out: list[DeadlockFinding | StuckTaskFinding],
+                     sliced: bool) -> Generator[str, None, None]:
         """The stuck checks: pick up to ``CHECKS_PER_SCAN`` candidates (``ENTRIES`` waits a
         slice), then check them, ``CHECKS_PER_SLICE`` a slice, a heap walk one pass a slice."""
         pool = sweep.due
@@ -684,11 +661,8 @@ class DeadlockDetector:
                 rec.kind = e.wait.kind
             wait = e.wait
             if (
-                wait.kind in ("sleep", "io")
-                or wait.escapable
-                or is_idle(e.task)
-                or self._idle_by_name(e.task)
-                or has_deadline(e.task, coro_chain(e.task))
+                wait.kind in ("sleep", "io") or wait.escapable or is_idle(e.task)
+                or self._idle_by_name(e.task) or has_deadline(e.task, coro_chain(e.task))
             ):
                 rec.check_at = math.inf  # by design, or a timeout will end it
                 spent += time.perf_counter() - began
@@ -727,7 +701,7 @@ class DeadlockDetector:
                 verdict, blocked = got
                 if verdict.outcome != UNREACHABLE:
                     rec.checks += 1
-                    rec.check_at = now + self.stuck_after_s * min(2**rec.checks, 64)
+                    rec.check_at = now + self.stuck_after_s * min(2 ** rec.checks, 64)
                     spent += time.perf_counter() - began
                     continue
                 if not verdict.held_by_user:
@@ -754,9 +728,9 @@ class DeadlockDetector:
         allocated memory block of the last pass measured, times the blocks allocated now."""
         return sys.getallocatedblocks() * self._pass_cost <= WALK_PASS_S
 
-    def _direct(
-        self, entry: Entry, checks: Checks
-    ) -> tuple[tuple[Verdict, list[Any]] | None, list[Any], list[Any]]:
+    def _direct(self, entry: Entry, checks: Checks) -> tuple[
+        tuple[Verdict, list[Any]] | None, list[Any], list[Any]
+    ]:
         """Can anything but its waiters (and who waits on them) reach the entry's object,
         as far as the checks without a heap pass (``_reach.direct``, ``_reach.closed``)
         tell? Returns ``(verdict and the tasks
@@ -782,9 +756,9 @@ class DeadlockDetector:
             verdict = closed([wait.obj], private, own)
         return (None if verdict is None else (verdict, behind)), private, behind
 
-    def _walk_steps(
-        self, entry: Entry, private: list[Any], behind: list[Any]
-    ) -> Generator[str, None, tuple[Verdict, list[Any]] | None]:
+    def _walk_steps(self, entry: Entry, private: list[Any], behind: list[Any]) -> Generator[
+        str, None, tuple[Verdict, list[Any]] | None
+    ]:
         """Walk up from the entry's object one heap pass a slice (``_reach.Walk``); None when
         the wait ended meanwhile. The walk's last step confirms an ``UNREACHABLE`` outcome at
         one instant; in that same slice, every private task must still wait on the future
@@ -853,3 +827,5 @@ class DeadlockDetector:
         self.findings.add(finding)
         detail = "\n".join(chain.format() for chain in finding.chains)
         logger.warning("asyncwatch: %s\nAwait chains:\n%s", finding.explanation, detail)
+
+

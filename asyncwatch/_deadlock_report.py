@@ -223,9 +223,8 @@ def waits_for_words(wait: Wait | None, next_task: Any = None) -> str:
     return "something asyncwatch does not follow"
 
 
-def await_chain(
-    task: Any, wait: Wait | None, next_task: Any = None, chain: list[Any] | None = None
-) -> AwaitChain:
+def await_chain(task: Any, wait: Wait | None, next_task: Any = None,
+                chain: list[Any] | None = None) -> AwaitChain:
     chain = coro_chain(task) if chain is None else chain
     coro = chain[0] if chain else None
     return AwaitChain(
@@ -268,7 +267,7 @@ def fate_of(task: Any) -> str:
 
 
 def released_never(holders: list[Any], what: str = "it") -> str:
-    """ "'a' was cancelled while holding it and never released it" (grouped by fate)."""
+    """"'a' was cancelled while holding it and never released it" (grouped by fate)."""
     by_fate: dict[str, list[Any]] = {}
     for task in holders:
         by_fate.setdefault(fate_of(task), []).append(task)
@@ -318,13 +317,8 @@ def names_of(tasks: list[Any]) -> str:
     return shown + (f" and {len(tasks) - 5} more" if len(tasks) > 5 else "")
 
 
-def deadlock_finding(
-    graph: Graph,
-    group: list[int],
-    behind: list[int],
-    wall_of: Callable[[float], float],
-    detected_at: float,
-) -> DeadlockFinding:
+def deadlock_finding(graph: Graph, group: list[int], behind: list[int],
+                     wall_of: Callable[[float], float], detected_at: float) -> DeadlockFinding:
     """The finding for one strongly connected group of doomed nodes (``_waitgraph.cycles``);
     ``behind``: doomed nodes waiting on it; ``wall_of``: detector clock to epoch seconds."""
     nodes, res, succ = graph.nodes, graph.res, graph.succ
@@ -380,14 +374,8 @@ def deadlock_finding(
     )
 
 
-def stuck_finding(
-    entry: Entry,
-    reason: str,
-    blocked: list[Any],
-    now: float,
-    wall_of: Callable[[float], float],
-    detected_at: float,
-) -> StuckTaskFinding:
+def stuck_finding(entry: Entry, reason: str, blocked: list[Any], now: float,
+                  wall_of: Callable[[float], float], detected_at: float) -> StuckTaskFinding:
     """The finding for one stuck wait; ``reason``: why nothing can wake it."""
     wait = entry.wait
     assert wait is not None

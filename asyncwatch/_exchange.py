@@ -397,14 +397,8 @@ class HttpExchange(_Exchange):
                 status, error = self.failure(stats, template, status)
             # Scheme and version as the server gave them: a key with anything else (not a
             # known scheme or version) is not found and takes the bounded path below.
-            key: Any = (
-                self.method,
-                template,
-                status,
-                scope.get("scheme"),
-                scope.get("http_version"),
-                error,
-            )
+            key: Any = (self.method, template, status, scope.get("scheme"),
+                         scope.get("http_version"), error)
             try:
                 slot = shard.requests.get(key)
             except TypeError:  # an unhashable value in a hostile scope

@@ -249,9 +249,8 @@ class ExecutorProbe:
                     self.unmeasured += 1
                     return None
             label = _label(executor, default)
-            taken = sum(
-                1 for s in self._stats if s.label == label or s.label.startswith(label + " #")
-            )
+            taken = sum(1 for s in self._stats if s.label == label or
+                        s.label.startswith(label + " #"))
             if taken:
                 label = f"{label} #{taken + 1}"
             stats = ExecutorStats(self, executor, label, default)

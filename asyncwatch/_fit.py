@@ -57,10 +57,8 @@ def nnls3(
         idx = [i for i in range(k) if free[i]]
         if not idx:
             continue
-        ata = [
-            [sum(w * r[i] * r[j] for r, w in zip(rows, weights, strict=True)) for j in idx]
-            for i in idx
-        ]
+        ata = [[sum(w * r[i] * r[j] for r, w in zip(rows, weights, strict=True)) for j in idx]
+               for i in idx]
         aty = [sum(w * r[i] * y for r, y, w in zip(rows, ys, weights, strict=True)) for i in idx]
         sol = _solve(ata, aty)
         if sol is None or any(v < 0 or not math.isfinite(v) for v in sol):
@@ -119,23 +117,18 @@ class USLFit:
         return math.sqrt(max(0.0, 1 - self.sigma) / self.kappa)
 
 
-def fit_usl(
-    levels: Sequence[float], throughputs: Sequence[float], weights: Sequence[float]
-) -> USLFit | None:
+def fit_usl(levels: Sequence[float], throughputs: Sequence[float],
+            weights: Sequence[float]) -> USLFit | None:
     """Fit the USL to (concurrency, throughput) points; None if it cannot be fitted."""
-    pts = [
-        (n, x, w)
-        for n, x, w in zip(levels, throughputs, weights, strict=True)
-        if n > 0 and x > 0 and w > 0
-    ]
+    pts = [(n, x, w) for n, x, w in zip(levels, throughputs, weights, strict=True)
+           if n > 0 and x > 0 and w > 0]
     if len(pts) < 3:
         return None
     ns = [p[0] for p in pts]
     ys = [p[0] / p[1] for p in pts]  # N / X: time per completion per unit of concurrency
     ws = [p[2] / (y * y) for p, y in zip(pts, ys, strict=True)]  # relative errors
-    result = nnls3(
-        ns, ys, ws, (lambda n: 1.0, lambda n: n - 1.0, lambda n: n * (n - 1.0)), required=(True,)
-    )
+    result = nnls3(ns, ys, ws, (lambda n: 1.0, lambda n: n - 1.0, lambda n: n * (n - 1.0)),
+                   required=(True,))
     if result is None or result[0][0] <= 0:
         return None
     a, b, c = result[0]
@@ -192,9 +185,8 @@ class BatchFit:
         return math.inf
 
 
-def fit_batch(
-    sizes: Sequence[float], durations: Sequence[float], weights: Sequence[float] | None = None
-) -> BatchFit | None:
+def fit_batch(sizes: Sequence[float], durations: Sequence[float],
+              weights: Sequence[float] | None = None) -> BatchFit | None:
     """Fit batch durations against sizes; None with fewer than 3 distinct sizes."""
     if len(set(sizes)) < 3:
         return None

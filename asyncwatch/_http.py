@@ -350,13 +350,8 @@ class HttpStats:
             key = (method, route or "")
             found = rows.get(key)
             if found is None:
-                found = rows[key] = {
-                    "method": method,
-                    "route": route or "",
-                    "requests": 0,
-                    "errors": 0,
-                    "in_flight": 0,
-                }
+                found = rows[key] = {"method": method, "route": route or "", "requests": 0,
+                                     "errors": 0, "in_flight": 0}
             return found
 
         for shard in shards:

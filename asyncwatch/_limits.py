@@ -221,6 +221,7 @@ class SemaphoreTrack:
         every = SAMPLE_EVERY * max(1, level)
         self.countdown = every // 2 + random.randrange(every)  # no lockstep with the app
 
+
     def _exact_down(self, level: int, failed: bool) -> None:
         now = clock()
         area = self.area = self.area + level * (now - self.last)

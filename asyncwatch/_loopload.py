@@ -59,8 +59,7 @@ PEEK_DEPTH = 8
 """Frames looked at from the innermost one down to the loop's ``_run_once`` (a selector
 wrapped a few times over still fits; a callback's stack need not be walked to its end)."""
 _BASE_RUN_ONCE: CodeType | None = getattr(
-    getattr(asyncio.base_events.BaseEventLoop, "_run_once", None), "__code__", None
-)
+    getattr(asyncio.base_events.BaseEventLoop, "_run_once", None), "__code__", None)
 
 
 @dataclass(frozen=True)
@@ -126,9 +125,8 @@ class _LoopMeter:
             if frame is None:
                 break
             if frame.f_code in self.run_once:
-                idle = (
-                    callee is not None and callee.f_code.co_name == "select" and _nothing_due(loop)
-                )
+                idle = callee is not None and callee.f_code.co_name == "select" and _nothing_due(
+                    loop)
                 break
             callee, frame = frame, frame.f_back
         self.peeks += 1
@@ -195,9 +193,8 @@ class LoopWindow:
 class LoopLoad:
     """Every instrumented loop's meter, plus process CPU samples."""
 
-    def __init__(
-        self, faults: Faults, lag_counts_of: Callable[[Any], Any] | None = None, keep: int = SAMPLES
-    ):
+    def __init__(self, faults: Faults, lag_counts_of: Callable[[Any], Any] | None = None,
+                 keep: int = SAMPLES):
         self.faults = faults
         self.keep = keep  # samples kept per loop (and of the process)
         self.lag_counts_of = lag_counts_of

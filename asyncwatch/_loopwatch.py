@@ -154,18 +154,8 @@ def _none() -> None:
 class _Info:
     """What was looked up about a block when it was detected."""
 
-    __slots__ = (
-        "coroutine",
-        "freed",
-        "freed_site",
-        "label",
-        "route",
-        "span",
-        "span_id",
-        "started_at",
-        "task",
-        "trace_id",
-    )
+    __slots__ = ("coroutine", "freed", "freed_site", "label", "route", "span", "span_id",
+                 "started_at", "task", "trace_id")
 
     def __init__(self) -> None:
         self.task: str | None = None
@@ -206,9 +196,7 @@ class CulpritCounts:
             slots = [(w, c[0], h.copy()) for w, (c, h) in self._slots.items()]
         for (path, line, function), count, hist in slots:
             attrs: dict[str, str | int] = {
-                n.CODE_FILE: path,
-                n.CODE_LINE: line,
-                n.CODE_FUNCTION: function,
+                n.CODE_FILE: path, n.CODE_LINE: line, n.CODE_FUNCTION: function
             }
             yield n.LOOP_BLOCKED, attrs, count, self.started_ns
             yield n.LOOP_BLOCKED_DURATION, attrs, hist_value(hist), self.started_ns
@@ -518,13 +506,8 @@ class LoopWatch:
                 keep.append((fired_at, threads))
         self._gil_pending = keep
 
-    def _gil_block(
-        self,
-        monitor: LoopMonitor,
-        frames: list[tuple[str, int, str]],
-        since: float,
-        duration: float,
-    ) -> None:
+    def _gil_block(self, monitor: LoopMonitor, frames: list[tuple[str, int, str]],
+                   since: float, duration: float) -> None:
         best: list[tuple[str, int, str] | None] = [None, None, None, None]
         for entry in reversed(frames):
             kind = classify(entry[0])
@@ -616,13 +599,12 @@ class LoopWatch:
             }
             if where is not None:
                 attributes.update(
-                    {
-                        n.CODE_FILE: where.filename,
-                        n.CODE_LINE: where.lineno,
-                        n.CODE_FUNCTION: info.label or where.function,
-                    }
+                    {n.CODE_FILE: where.filename, n.CODE_LINE: where.lineno,
+                     n.CODE_FUNCTION: info.label or where.function}
                 )
-            span.add_event(n.BLOCKED_EVENT, attributes, timestamp=int(info.started_at * 1e9))
+            span.add_event(
+                n.BLOCKED_EVENT, attributes, timestamp=int(info.started_at * 1e9)
+            )
 
     def still_blocked(self, monitor: LoopMonitor, episode: Episode, now: float) -> None:
         """A block has held its loop for LONG_BLOCK_S: say so now rather than when it ends."""
@@ -660,9 +642,7 @@ class LoopWatch:
         logger.warning(
             "asyncwatch: event loop in thread %r was idle in its selector yet ran %.3f s "
             "late: the process is short of CPU (not a blocked loop%s)",
-            monitor.thread_name,
-            late_s,
-            more,
+            monitor.thread_name, late_s, more,
         )
 
     def _lookup(self, monitor: LoopMonitor, episode: Episode, sample: Sample | None) -> _Info:
@@ -682,7 +662,7 @@ class LoopWatch:
             ctx = task_context(task)
         else:
             ctx = getattr(handle, "_context", None)
-        chain = sample.chain[sample.depth :] if sample is not None else None
+        chain = sample.chain[sample.depth:] if sample is not None else None
         if handle is not None and finished(handle, chain):
             # The callback had returned: the loop was in its tail (see ``_finding``).
             site = info.freed_site = callback_site(handle)
@@ -789,7 +769,9 @@ class LoopWatch:
         if seen > 1:
             text = f"seen {seen} times here"
             if repeats[0]:
-                text += f", {repeats[0]} not logged since the last line (worst {repeats[1]:.3f} s)"
+                text += (
+                    f", {repeats[0]} not logged since the last line (worst {repeats[1]:.3f} s)"
+                )
             parts.append(text)
         if finding.task is not None:
             parts.append(f"task {finding.task!r} running {finding.coroutine}")

@@ -83,10 +83,8 @@ class Recommendation:
         elif self.kind == "need_data":
             todo = f"to know what to change, it needs {self.need}"
         else:
-            todo = (
-                f"set {self.knob} from {'?' if self.current is None else self.current} to "
-                f"{self.suggested}: {self.expected_gain} ({self.confidence} confidence)"
-            )
+            todo = (f"set {self.knob} from {'?' if self.current is None else self.current} to "
+                    f"{self.suggested}: {self.expected_gain} ({self.confidence} confidence)")
         seen = self.seen or self.evidence.split(";")[0]
         return f"{seen}; {todo}" if seen else todo[:1].upper() + todo[1:]
 
@@ -103,10 +101,8 @@ class Recommendation:
         if self.suggested is None:
             return f"{self.target}: {self.knob} - not enough data yet, need {self.need}"
         now = "?" if self.current is None else str(self.current)
-        return (
-            f"{self.target}: {self.knob} {now} -> {self.suggested} "
-            f"({self.expected_gain}; {self.confidence} confidence)"
-        )
+        return (f"{self.target}: {self.knob} {now} -> {self.suggested} "
+                f"({self.expected_gain}; {self.confidence} confidence)")
 
 
 # ---------------------------------------------------------------- formatting helpers
@@ -136,21 +132,11 @@ def nice(n: float, *, down: bool = False) -> int:
     return max(1, int(kept * step))
 
 
-def no_change(
-    target: str, knob: str, current: int | None, reason: str, evidence: str = "", model: str = ""
-) -> Recommendation:
+def no_change(target: str, knob: str, current: int | None, reason: str, evidence: str = "",
+              model: str = "") -> Recommendation:
     """A knob that is where it should be, and why (``kind`` ``no_change``)."""
-    return Recommendation(
-        target,
-        knob,
-        current,
-        None,
-        "no change",
-        evidence or reason,
-        "medium",
-        model=model,
-        reason=reason,
-    )
+    return Recommendation(target, knob, current, None, "no change", evidence or reason,
+                          "medium", model=model, reason=reason)
 
 
 # ---------------------------------------------------------------- pools
@@ -189,31 +175,16 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
         run, wait = f.latency_s, 0.0
     queue_share = wait / f.latency_s if f.latency_s > 0 else 0.0
     if queue_share < 0.3 or wait < 1e-3:  # the pool is not what holds the calls up
-        return [
-            no_change(
-                f.label,
-                "max_workers",
-                c,
-                f"calls barely wait for a worker (queue wait {secs(wait)},"
-                f" {queue_share:.0%} of each call's time)",
-                f"{f.calls} calls in {secs(f.span_s)}, run {secs(run)} each",
-                "Little's law",
-            )
-        ]
+        return [no_change(
+            f.label, "max_workers", c, f"calls barely wait for a worker (queue wait {secs(wait)},"
+            f" {queue_share:.0%} of each call's time)",
+            f"{f.calls} calls in {secs(f.span_s)}, run {secs(run)} each", "Little's law")]
     if f.calls < min_calls:
-        return [
-            Recommendation(
-                f.label,
-                "max_workers",
-                c,
-                None,
-                "unknown yet",
-                f"{f.calls} calls so far, queue wait {secs(wait)} vs run {secs(run)} per call",
-                "low",
-                model="Little's law",
-                need=f"at least {min_calls} calls through it (seen {f.calls})",
-            )
-        ]
+        return [Recommendation(
+            f.label, "max_workers", c, None, "unknown yet",
+            f"{f.calls} calls so far, queue wait {secs(wait)} vs run {secs(run)} per call",
+            "low", model="Little's law", need=f"at least {min_calls} calls through it "
+            f"(seen {f.calls})")]
     busy = x * run  # workers busy on average
     # CPU wanted per call: CPU time, plus the time the workers waited for a CPU (on a busy
     # machine CPU-bound calls stretch as if they waited on I/O; the scheduler knows better).
@@ -231,55 +202,32 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
     computing = cpu_share is not None and cpu_share >= (0.8 if f.threads else 0.3)
     # A thread pool whose CPU use already fills the GIL's core (85 %+; above ~1.15 cores C
     # code released the GIL) cannot go faster with more threads: processes can.
-    gil_bound = (
-        f.threads
-        and used_cores is not None
-        and used_cores <= 1.15
-        and (computing or used_cores >= 0.85)
-    )
+    gil_bound = (f.threads and used_cores is not None and used_cores <= 1.15
+                 and (computing or used_cores >= 0.85))
     cpu_bound = gil_bound or computing
-    base = (
-        f"{f.calls} calls in {secs(f.span_s)}: {rate(x)}/s, queue wait {secs(wait)} "
-        f"({queue_share:.0%} of each call's time) vs run {secs(run)}; "
-        f"{busy:.1f} of {c} workers busy, {in_system:.1f} calls in the pool on average"
-    )
+    base = (f"{f.calls} calls in {secs(f.span_s)}: {rate(x)}/s, queue wait {secs(wait)} "
+            f"({queue_share:.0%} of each call's time) vs run {secs(run)}; "
+            f"{busy:.1f} of {c} workers busy, {in_system:.1f} calls in the pool on average")
     if cpu_share is not None and cpu_cores is not None:
         base += f"; CPU {cpu_share:.0%} of run time ({cpu_cores:.2f} cores)"
         if f.cpu_wait_s is not None and f.cpu_wait_s >= 0.1 * run:
-            base += (
-                f", counting {secs(f.cpu_wait_s)} per call spent waiting for a CPU (a busy machine)"
-            )
+            base += (f", counting {secs(f.cpu_wait_s)} per call spent waiting for a CPU "
+                     "(a busy machine)")
     if not cpu_bound and cpu_s is None:
         # CPU use unknown (a process pool not sampled while busy): cap at the cores, as if
         # CPU-bound, and say why.
         suggested = min(f.cores, max(1, math.ceil(in_system)))
         gain = min(suggested, in_system) / max(busy, 1e-9)
         if suggested <= c or gain < 1.2:
-            return [
-                no_change(
-                    f.label,
-                    "max_workers",
-                    c,
-                    f"already about one worker per core "
-                    f"({c} for {f.cores} cores); more would add little",
-                    base,
-                    "Little's law",
-                )
-            ]
-        return [
-            Recommendation(
-                f.label,
-                "max_workers",
-                c,
-                suggested,
-                f"about {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s)",
-                f"{base}. Whether the work is CPU-bound is not known yet (its workers' CPU was not "
-                f"sampled), so no more than one worker per core ({f.cores}) is suggested.",
-                "low",
-                gain,
-                "Little's law",
-            )
-        ]
+            return [no_change(f.label, "max_workers", c, f"already about one worker per core "
+                              f"({c} for {f.cores} cores); more would add little", base,
+                              "Little's law")]
+        return [Recommendation(
+            f.label, "max_workers", c, suggested,
+            f"about {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s)",
+            f"{base}. Whether the work is CPU-bound is not known yet (its workers' CPU was not "
+            f"sampled), so no more than one worker per core ({f.cores}) is suggested.",
+            "low", gain, "Little's law")]
     if not cpu_bound:
         wanted = math.ceil(in_system * 1.1)
         caps = [wanted]
@@ -289,10 +237,8 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
             if used_cores is not None and used_cores > 0:
                 gil_cap = math.floor(c / used_cores + 1e-9)
                 if gil_cap < wanted:
-                    why = (
-                        f"beyond {gil_cap} threads their CPU use ({used_cores:.2f} cores "
-                        "now) would reach the GIL's one core"
-                    )
+                    why = (f"beyond {gil_cap} threads their CPU use ({used_cores:.2f} cores "
+                           "now) would reach the GIL's one core")
                 caps.append(gil_cap)
         suggested = max(min(caps), 1)
         gain = min(suggested, in_system) / max(busy, 1e-9)
@@ -301,37 +247,19 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
         if cpu_share is not None and cpu_share >= 0.2:
             gain = 1 + (gain - 1) * 0.75  # mixed work: gains fell short of Little's law
         if suggested <= c * 1.2 or gain < 1.2:
-            return [
-                no_change(
-                    f.label,
-                    "max_workers",
-                    c,
-                    f"{c} workers are about what the calls need ({why}); more would add little",
-                    base,
-                    "Little's law",
-                )
-            ]
+            return [no_change(f.label, "max_workers", c, f"{c} workers are about what the calls "
+                              f"need ({why}); more would add little", base, "Little's law")]
         confidence = "high" if f.calls >= 4 * min_calls and (cpu_share or 0) < 0.2 else "medium"
-        return [
-            Recommendation(
-                f.label,
-                "max_workers",
-                c,
-                suggested,
-                f"about {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s), "
-                f"queue wait per call from {secs(wait)} to near zero",
-                f"{base}. The work is "
-                + (
-                    f"I/O-bound (CPU {0 if cpu_share is None else cpu_share:.0%} of run time)"
-                    if cpu_share is None or cpu_share < 0.2
-                    else f"mixed ({cpu_share:.0%} of the run time on a CPU, the rest blocked)"
-                )
-                + f", so more workers run more calls at once; {why}.",
-                confidence,
-                gain,
-                "Little's law",
-            )
-        ]
+        return [Recommendation(
+            f.label, "max_workers", c, suggested,
+            f"about {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s), "
+            f"queue wait per call from {secs(wait)} to near zero",
+            f"{base}. The work is " + (
+                f"I/O-bound (CPU {0 if cpu_share is None else cpu_share:.0%} of run time)"
+                if cpu_share is None or cpu_share < 0.2 else
+                f"mixed ({cpu_share:.0%} of the run time on a CPU, the rest blocked)")
+            + f", so more workers run more calls at once; {why}.",
+            confidence, gain, "Little's law")]
     # CPU-bound: never more workers than cores
     if f.threads and gil_bound:
         procs = min(f.cores, max(1, math.ceil(in_system)))
@@ -341,61 +269,28 @@ def pool_advice(f: PoolFigures, *, min_calls: int, max_threads: int) -> list[Rec
         if cpu_share is not None and cpu_share < 0.8:
             gain = 1 + (gain - 1) * 0.75  # mixed work: gains fell short of the model
         if procs < 2 or gain < 1.3:
-            return [
-                no_change(
-                    f.label,
-                    "max_workers",
-                    c,
-                    "the threads' CPU use "
-                    f"({used_cores or 0:.2f} cores) fills the GIL's one core: more "
-                    "threads cannot add throughput, and a process pool would gain "
-                    f"little on {f.cores} cores",
-                    base,
-                    "Little's law + GIL",
-                )
-            ]
-        return [
-            Recommendation(
-                f.label,
-                "processes",
-                1,
-                procs,
-                f"up to {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s) "
-                f"with a ProcessPoolExecutor(max_workers={procs})",
-                f"{base}. The work is CPU-bound Python: the pool's threads share one GIL "
-                f"({cpu_cores:.2f} cores of CPU wanted), so more threads cannot add throughput; a "
-                f"process pool with one worker per core ({f.cores} cores) can.",
-                "medium",
-                gain,
-                "Little's law + GIL",
-            )
-        ]
+            return [no_change(f.label, "max_workers", c, "the threads' CPU use "
+                              f"({used_cores or 0:.2f} cores) fills the GIL's one core: more "
+                              "threads cannot add throughput, and a process pool would gain "
+                              f"little on {f.cores} cores", base, "Little's law + GIL")]
+        return [Recommendation(
+            f.label, "processes", 1, procs,
+            f"up to {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s) "
+            f"with a ProcessPoolExecutor(max_workers={procs})",
+            f"{base}. The work is CPU-bound Python: the pool's threads share one GIL "
+            f"({cpu_cores:.2f} cores of CPU wanted), so more threads cannot add throughput; a "
+            f"process pool with one worker per core ({f.cores} cores) can.",
+            "medium", gain, "Little's law + GIL")]
     suggested = min(f.cores, max(1, math.ceil(in_system)))
     gain = min(suggested, in_system) / max(busy, 1e-9)
     if suggested <= c or gain < 1.2:
-        return [
-            no_change(
-                f.label,
-                "max_workers",
-                c,
-                f"the work is CPU-bound and {c} workers already use the cores ({f.cores}) it can",
-                base,
-                "Little's law",
-            )
-        ]
-    return [
-        Recommendation(
-            f.label,
-            "max_workers",
-            c,
-            suggested,
-            f"about {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s)",
-            f"{base}. The work is CPU-bound, so at most one worker per core ({f.cores}) helps.",
-            "medium",
-            gain,
-            "Little's law",
-        )
-    ]
+        return [no_change(f.label, "max_workers", c, f"the work is CPU-bound and {c} workers "
+                          f"already use the cores ({f.cores}) it can", base, "Little's law")]
+    return [Recommendation(
+        f.label, "max_workers", c, suggested,
+        f"about {gain:.1f}x the calls per second ({rate(x)}/s -> ~{rate(x * gain)}/s)",
+        f"{base}. The work is CPU-bound, so at most one worker per core ({f.cores}) helps.",
+        "medium", gain, "Little's law")]
 
 
 # ---------------------------------------------------------------- concurrency limits
@@ -444,9 +339,8 @@ class Level:
         return self.n * ok / (self.holds * self.hold_s) if self.holds and self.hold_s > 0 else 0.0
 
 
-def merge_levels(
-    levels: tuple[tuple[int, float, int], ...], failed: tuple[tuple[int, int], ...] = ()
-) -> list[Level]:
+def merge_levels(levels: tuple[tuple[int, float, int], ...],
+                 failed: tuple[tuple[int, int], ...] = ()) -> list[Level]:
     """Levels in ascending order, those within ``MERGE_LEVELS`` of a group's first merged
     (named by the level with the most holds)."""
     fails = dict(failed)
@@ -490,15 +384,9 @@ def _nearest(levels: list[Level], n: float) -> Level | None:
 
 def _limit_rec(f: LimitFigures, limit: int, **kw: object) -> Recommendation:
     base: dict[str, object] = {
-        "target": f.label,
-        "knob": "concurrency_limit",
-        "current": limit,
-        "suggested": None,
-        "expected_gain": "",
-        "evidence": "",
-        "confidence": "low",
-        "model": "measured levels + Universal Scalability Law",
-    }
+        "target": f.label, "knob": "concurrency_limit", "current": limit, "suggested": None,
+        "expected_gain": "", "evidence": "", "confidence": "low",
+        "model": "measured levels + Universal Scalability Law"}
     base.update(kw)
     return Recommendation(**base)  # type: ignore[arg-type]
 
@@ -519,23 +407,16 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
     waiting = f.waiters >= max(0.5, 0.1 * f.holders)
     full = waiting or f.holders >= 0.9 * limit  # every permit in use: the limit sets the pace
     demand = f.holders + f.waiters
-    pressure = f"{f.holders:.1f} tasks hold it on average (limit {limit})" + (
-        f", {f.waiters:.1f} more waiting" if waiting else ", none waiting"
-    )
+    pressure = (f"{f.holders:.1f} tasks hold it on average (limit {limit})"
+                + (f", {f.waiters:.1f} more waiting" if waiting else ", none waiting"))
     seen = "measured: " + (_levels_text(levels) or "nothing yet")
     in_force = min(float(limit), demand) if not full else float(limit)
     cur = _nearest(usable, in_force) or _nearest(usable, limit)
     up, down = min(limit * 2, max_limit), max(1, limit // 2)
     if cur is None:
-        return [
-            _limit_rec(
-                f,
-                limit,
-                expected_gain="unknown yet",
-                evidence=f"{pressure}; {seen}",
-                need=f"{min_done}+ completions at the limit in force ({limit}); keep it running",
-            )
-        ]
+        return [_limit_rec(
+            f, limit, expected_gain="unknown yet", evidence=f"{pressure}; {seen}",
+            need=f"{min_done}+ completions at the limit in force ({limit}); keep it running")]
     overloaded = cur.fail_share >= OVERLOADED
     # Past the point where the backend refuses work, more at once only adds refusals: the
     # levels above are no target, however their throughput compares.
@@ -546,25 +427,17 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
     detail = ""
     fit = None
     if len(usable) >= 3:
-        fit = fit_usl(
-            [float(lv.n) for lv in usable],
-            [lv.goodput for lv in usable],
-            [float(lv.holds) for lv in usable],
-        )
+        fit = fit_usl([float(lv.n) for lv in usable], [lv.goodput for lv in usable],
+                      [float(lv.holds) for lv in usable])
         if fit is not None:
-            detail = (
-                f"USL fit: contention {fit.sigma:.1%}, crosstalk {fit.kappa:.2%}, "
-                + (f"peak at ~{fit.peak:.0f}" if math.isfinite(fit.peak) else "no peak")
-                + f", R^2 {fit.r2:.2f}"
-            )
+            detail = (f"USL fit: contention {fit.sigma:.1%}, crosstalk {fit.kappa:.2%}, "
+                      + (f"peak at ~{fit.peak:.0f}" if math.isfinite(fit.peak) else "no peak")
+                      + f", R^2 {fit.r2:.2f}")
     evidence = f"{pressure}; {seen}"
-    seen_words = (
-        f"{f.holders:.0f} tasks hold the limit at once"
-        + (f" and {f.waiters:.0f} wait for it" if waiting else "")
-        + f"; {cur.n} at once gave "
-        f"{rate(cur_x)}/s"
-        + (f", {knee.n} at once {rate(knee.goodput)}/s" if knee is not cur else "")
-    )
+    seen_words = (f"{f.holders:.0f} tasks hold the limit at once" + (
+        f" and {f.waiters:.0f} wait for it" if waiting else "") + f"; {cur.n} at once gave "
+        f"{rate(cur_x)}/s" + (f", {knee.n} at once {rate(knee.goodput)}/s" if knee is not cur
+                              else ""))
 
     def rec(**kw: object) -> Recommendation:
         return _limit_rec(f, limit, detail=detail, seen=seen_words, **kw)
@@ -574,96 +447,59 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
         target = knee.n
         ratio = knee.goodput / cur_x if cur_x > 0 else math.inf
         solid = min(knee.holds, cur.holds) >= 4 * min_done
-        confidence = "high" if solid and ratio >= 1.1 else "medium" if ratio >= 1.0 else "low"
+        confidence = ("high" if solid and ratio >= 1.1 else
+                      "medium" if ratio >= 1.0 else "low")
         if knee.n < cur.n:
-            words = (
-                f"about {ratio:.1f}x the throughput measured at {target} at once "
-                f"({rate(cur_x)}/s -> ~{rate(knee.goodput)}/s)"
-                if ratio >= 1.1
-                else f"about the same throughput (~{rate(knee.goodput)}/s) with {cur.n - target}"
-                f" fewer in flight: each holds it ~{secs(knee.hold_s)} instead of "
-                f"{secs(cur.hold_s)}"
-            )
+            words = (f"about {ratio:.1f}x the throughput measured at {target} at once "
+                     f"({rate(cur_x)}/s -> ~{rate(knee.goodput)}/s)" if ratio >= 1.1 else
+                     f"about the same throughput (~{rate(knee.goodput)}/s) with {cur.n - target}"
+                     f" fewer in flight: each holds it ~{secs(knee.hold_s)} instead of "
+                     f"{secs(cur.hold_s)}")
         else:
-            words = (
-                f"about {ratio:.1f}x the throughput measured at {target} at once "
-                f"({rate(cur_x)}/s -> ~{rate(knee.goodput)}/s)"
-            )
-        return [
-            rec(
-                suggested=target,
-                expected_gain=words,
-                confidence=confidence,
-                gain=ratio,
-                evidence=f"{evidence}. {target} at once did best of the levels measured",
-            )
-        ]
+            words = (f"about {ratio:.1f}x the throughput measured at {target} at once "
+                     f"({rate(cur_x)}/s -> ~{rate(knee.goodput)}/s)")
+        return [rec(
+            suggested=target, expected_gain=words, confidence=confidence,
+            gain=ratio, evidence=f"{evidence}. {target} at once did best of the levels measured")]
     top, bottom = usable[-1], usable[0]
     if overloaded and down < limit and _nearest(usable, down) is None:
-        return [
-            rec(
-                suggested=down,
-                confidence="low",
-                gain=1.0,
-                expected_gain="fewer refused requests, maybe more that succeed: apply it and ask "
-                "again",
-                evidence=f"{evidence}. {cur.fail_share:.0%} of the holds at {cur.n} at once failed "
-                "(errors, or responses marked rejected): the service behind the limit refuses work "
-                "at this load, so fewer at once",
-            )
-        ]
+        return [rec(
+            suggested=down, confidence="low", gain=1.0,
+            expected_gain="fewer refused requests, maybe more that succeed: apply it and ask "
+            "again",
+            evidence=f"{evidence}. {cur.fail_share:.0%} of the holds at {cur.n} at once failed "
+            "(errors, or responses marked rejected): the service behind the limit refuses work "
+            "at this load, so fewer at once")]
     if not full:
-        return [
-            rec(
-                expected_gain="no change",
-                evidence=evidence,
-                confidence="medium",
-                reason=f"the limit is not reached ({f.holders:.1f} of {limit} held on average)",
-            )
-        ]
+        return [rec(
+            expected_gain="no change", evidence=evidence, confidence="medium",
+            reason=f"the limit is not reached ({f.holders:.1f} of {limit} held on average)")]
     if cur is not top and cur is not bottom:
         lower = max(lv.n for lv in usable if lv.n < cur.n)
         higher = min(lv.n for lv in usable if lv.n > cur.n)
-        return [
-            rec(
-                expected_gain="no change",
-                evidence=evidence,
-                confidence="medium",
-                reason=f"{cur.n} at once did best of the levels measured ({lower} did worse, "
-                f"{higher} no better)",
-            )
-        ]
+        return [rec(
+            expected_gain="no change", evidence=evidence, confidence="medium",
+            reason=f"{cur.n} at once did best of the levels measured ({lower} did worse, "
+            f"{higher} no better)")]
     if fit is not None and fit.r2 < FIT_R2:
         measured = {lv.n for lv in usable}
         runs = ([up] if cur is top and waiting and up > limit else []) + (
-            [down] if down < limit and _nearest(usable, down) is None else []
-        )
+            [down] if down < limit and _nearest(usable, down) is None else [])
         runs = [r for r in runs if r not in measured]
         if runs:
-            return [
-                rec(
-                    expected_gain="unknown yet",
-                    evidence=evidence,
-                    need=(
-                        "a while at a limit of "
-                        + " and at ".join(map(str, runs))
-                        + ": the throughput measured so far does not follow a clear curve"
-                    ),
-                )
-            ]
+            return [rec(
+                expected_gain="unknown yet", evidence=evidence,
+                need=("a while at a limit of " + " and at ".join(map(str, runs))
+                      + ": the throughput measured so far does not follow a clear curve"))]
     # 2. The current level is the best measured. Beyond the levels measured: one step of at
     # most 2x in the direction the measurements point, low confidence (apply, ask again).
     if cur is top and waiting and up > limit:
         prev = usable[-2] if len(usable) >= 2 else None
         if prev is None:
-            return [
-                rec(
-                    expected_gain="unknown yet",
-                    evidence=evidence,
-                    need=f"a while at a limit of {up} (and {down}): measured at one level only, "
-                    "whether more at once helps is not known",
-                )
-            ]
+            return [rec(
+                expected_gain="unknown yet", evidence=evidence,
+                need=f"a while at a limit of {up} (and {down}): measured at one level only, "
+                "whether more at once helps is not known")]
         target = int(min(up, max(limit + 1, math.ceil(demand))))
         scaling = (cur_x / prev.goodput) / (cur.n / prev.n) if prev.goodput > 0 else 0.0
         if fit is not None and fit.r2 >= FIT_R2:
@@ -672,47 +508,32 @@ def limit_advice(f: LimitFigures, *, min_done: int, max_limit: int) -> list[Reco
             predicted = 1 + scaling * (target / cur.n - 1)
         gain = 1 + (predicted - 1) / 2  # conservative: half the predicted gain
         if scaling >= 0.5 and gain >= 1.1 and target > limit * 1.15:
-            return [
-                rec(
-                    suggested=target,
-                    confidence="low",
-                    gain=gain,
-                    expected_gain=f"maybe {gain:.1f}x the throughput ({rate(cur_x)}/s -> "
-                    f"~{rate(cur_x * gain)}/s), beyond the levels measured: apply it and ask again",
-                    evidence=f"{evidence}. Throughput grew {scaling:.0%} as fast as the level from "
-                    f"{prev.n} to {cur.n} at once",
-                )
-            ]
+            return [rec(
+                suggested=target, confidence="low", gain=gain,
+                expected_gain=f"maybe {gain:.1f}x the throughput ({rate(cur_x)}/s -> "
+                f"~{rate(cur_x * gain)}/s), beyond the levels measured: apply it and ask again",
+                evidence=f"{evidence}. Throughput grew {scaling:.0%} as fast as the level from "
+                f"{prev.n} to {cur.n} at once")]
     if cur is bottom and len(usable) >= 2 and down < limit:
         nxt = usable[1]
         if cur_x >= 1.05 * nxt.goodput:
             target = max(down, 1)
-            return [
-                rec(
-                    suggested=target,
-                    confidence="low",
-                    gain=1.0,
-                    expected_gain=f"maybe more throughput than {rate(cur_x)}/s with fewer at once "
-                    "(below the levels measured): apply it and ask again",
-                    evidence=f"{evidence}. Throughput fell from {rate(cur_x)}/s at {cur.n} at once "
-                    f"to {rate(nxt.goodput)}/s at {nxt.n}: fewer at once may do better still",
-                )
-            ]
+            return [rec(
+                suggested=target, confidence="low", gain=1.0,
+                expected_gain=f"maybe more throughput than {rate(cur_x)}/s with fewer at once "
+                "(below the levels measured): apply it and ask again",
+                evidence=f"{evidence}. Throughput fell from {rate(cur_x)}/s at {cur.n} at once "
+                f"to {rate(nxt.goodput)}/s at {nxt.n}: fewer at once may do better still")]
     if len(usable) == 1 and full:
         runs = [down] + ([up] if waiting and up > limit else [])
-        return [
-            rec(
-                expected_gain="unknown yet",
-                evidence=evidence,
-                need="a while at a limit of "
-                + " and at ".join(map(str, runs))
-                + ": measured at one level only, whether another does better is not known",
-            )
-        ]
-    reason = f"{limit} at once does as well as any level measured" + (
-        "" if waiting else "; no task waits for it"
-    )
-    return [rec(expected_gain="no change", evidence=evidence, reason=reason, confidence="medium")]
+        return [rec(
+            expected_gain="unknown yet", evidence=evidence,
+            need="a while at a limit of " + " and at ".join(map(str, runs))
+            + ": measured at one level only, whether another does better is not known")]
+    reason = (f"{limit} at once does as well as any level measured"
+              + ("" if waiting else "; no task waits for it"))
+    return [rec(expected_gain="no change", evidence=evidence,
+                       reason=reason, confidence="medium")]
 
 
 # ---------------------------------------------------------------- batches
@@ -740,7 +561,8 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
     # smaller remainder; batches capped at n give n whenever there is enough work).
     current = max(sizes[-8:])
     distinct = sorted(counts)
-    if len(f.batches) < min_batches or len(distinct) < 3 or distinct[-1] < 1.5 * distinct[0]:
+    if (len(f.batches) < min_batches or len(distinct) < 3
+            or distinct[-1] < 1.5 * distinct[0]):
         return _batch_runs(f, current, distinct, counts, min_batches)
     by_size: dict[int, list[float]] = {}
     for s, d in f.batches:
@@ -750,35 +572,19 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
     ws = [float(len(v)) for v in by_size.values()]
     fit = _batch_fit(ns, ts, ws)
     if fit is None:
-        return [
-            no_change(
-                f.label,
-                "batch_size",
-                current,
-                "batch times could not be fitted against their sizes",
-                f"{len(f.batches)} batches, sizes {_sizes_text(distinct)}",
-                "batch cost fit",
-            )
-        ]
+        return [no_change(f.label, "batch_size", current, "batch times could not be fitted "
+                          "against their sizes", f"{len(f.batches)} batches, sizes "
+                          f"{_sizes_text(distinct)}", "batch cost fit")]
     # A poor fit still tells the overhead (the intercept) well when it dominates; then a
     # bigger batch is a safe step (2x at most, low confidence), just not a precise one.
     if fit.r2 < FIT_R2 and fit.overhead < 0.5 * fit.duration(current):
         runs = sorted({max(1, current // 2), current * 2} - {current})
-        return [
-            Recommendation(
-                f.label,
-                "batch_size",
-                current,
-                None,
-                "unknown yet",
-                f"{len(f.batches)} batches, sizes {_sizes_text(distinct)}; their times do not "
-                "follow their sizes clearly",
-                "low",
-                model="batch cost fit",
-                detail=f"fit R^2 {fit.r2:.2f}",
-                need="a while with batches of " + " and of ".join(map(str, runs)) + " items",
-            )
-        ]
+        return [Recommendation(
+            f.label, "batch_size", current, None, "unknown yet",
+            f"{len(f.batches)} batches, sizes {_sizes_text(distinct)}; their times do not "
+            "follow their sizes clearly", "low", model="batch cost fit",
+            detail=f"fit R^2 {fit.r2:.2f}",
+            need="a while with batches of " + " and of ".join(map(str, runs)) + " items")]
     biggest = distinct[-1]
     budget = f.budget_s
     # One step beyond the sizes measured: 2x at most; 4x when the times follow overhead +
@@ -793,63 +599,32 @@ def batch_advice(f: BatchFigures, *, min_batches: int) -> list[Recommendation]:
     over_budget = budget is not None and now_t > budget
     gain = new_x / now_x if now_x > 0 else 1.0
     if abs(target - current) <= 0.15 * current or (not over_budget and abs(gain - 1) < 0.1):
-        return [
-            no_change(
-                f.label,
-                "batch_size",
-                current,
-                f"{current} items is near the best "
-                f"size ({target}: {gain:.2f}x the items per second)"
-                + (f", within the budget of {secs(budget)}" if budget else ""),
-                f"at {current} items: {secs(now_t)} per batch, {rate(now_x)} items/s",
-                "batch cost fit",
-            )
-        ]
-    model = (
-        f"each batch costs {secs(fit.overhead)} of overhead plus {secs(fit.per_item)} "
-        f"per item"
-        + (", and more per item in bigger batches" if fit.growth > 0 else "")
-        + f" ({len(f.batches)} batches, sizes {_sizes_text(distinct)})"
-    )
-    detail = (
-        f"fit T(n) = a + b*n + c*n^2: a {secs(fit.overhead)}, b {secs(fit.per_item)}, "
-        f"c {fit.growth * 1e6:.3g} us, R^2 {fit.r2:.2f}"
-    )
+        return [no_change(f.label, "batch_size", current, f"{current} items is near the best "
+                          f"size ({target}: {gain:.2f}x the items per second)"
+                          + (f", within the budget of {secs(budget)}" if budget else ""),
+                          f"at {current} items: {secs(now_t)} per batch, {rate(now_x)} items/s",
+                          "batch cost fit")]
+    model = (f"each batch costs {secs(fit.overhead)} of overhead plus {secs(fit.per_item)} "
+             f"per item" + (", and more per item in bigger batches" if fit.growth > 0 else "")
+             + f" ({len(f.batches)} batches, sizes {_sizes_text(distinct)})")
+    detail = (f"fit T(n) = a + b*n + c*n^2: a {secs(fit.overhead)}, b {secs(fit.per_item)}, "
+              f"c {fit.growth * 1e6:.3g} us, R^2 {fit.r2:.2f}")
     seen = f"batches of {current} items take {secs(now_t)} ({rate(now_x)} items/s)"
-    figures = (
-        f"at {current} items: {secs(now_t)} per batch, {rate(now_x)} items/s; at "
-        f"{target}: {secs(new_t)}, {rate(new_x)} items/s"
-    )
+    figures = (f"at {current} items: {secs(now_t)} per batch, {rate(now_x)} items/s; at "
+               f"{target}: {secs(new_t)}, {rate(new_x)} items/s")
     limit_note = f"; latency budget {secs(budget)} per batch" if budget is not None else ""
     if target > biggest * 1.05:
-        limit_note += (
-            f"; {target} is beyond the sizes measured (up to {biggest}): apply it, "
-            "and ask again once batches of that size have run"
-        )
+        limit_note += (f"; {target} is beyond the sizes measured (up to {biggest}): apply it, "
+                       "and ask again once batches of that size have run")
     inside = target <= biggest * 1.05
-    confidence = (
-        "high" if inside and fit.r2 >= 0.95 else "medium" if inside and fit.r2 >= FIT_R2 else "low"
-    )
-    words = (
-        f"about {gain:.1f}x the items per second"
-        if gain >= 1
-        else f"batches within the latency budget ({secs(new_t)} instead of {secs(now_t)})"
-    )
-    return [
-        Recommendation(
-            f.label,
-            "batch_size",
-            current,
-            target,
-            words,
-            f"{model}; {figures}{limit_note}",
-            confidence,
-            gain,
-            "batch cost fit",
-            seen=seen,
-            detail=detail,
-        )
-    ]
+    confidence = ("high" if inside and fit.r2 >= 0.95 else
+                  "medium" if inside and fit.r2 >= FIT_R2 else "low")
+    words = (f"about {gain:.1f}x the items per second" if gain >= 1
+             else f"batches within the latency budget ({secs(new_t)} instead of {secs(now_t)})")
+    return [Recommendation(
+        f.label, "batch_size", current, target, words,
+        f"{model}; {figures}{limit_note}", confidence, gain, "batch cost fit", seen=seen,
+        detail=detail)]
 
 
 MIN_FANOUT = 16  # a gather of one width, with no remainder seen, counts as a batch from here
@@ -868,36 +643,22 @@ def _batch_shaped(f: BatchFigures, current: int, counts: dict[int, int]) -> bool
     return current >= MIN_FANOUT or (remainders and current >= 8)
 
 
-def _batch_runs(
-    f: BatchFigures, current: int, distinct: list[int], counts: dict[int, int], min_batches: int
-) -> list[Recommendation]:
+def _batch_runs(f: BatchFigures, current: int, distinct: list[int], counts: dict[int, int],
+                min_batches: int) -> list[Recommendation]:
     """Too few sizes to fit (the commonest shape: one size, ``items[i:i+n]``): name the sizes
     to run, bigger ones unless batches break their budget."""
     if not _batch_shaped(f, current, counts):
         return []  # a fan-out of fixed width (gather(a(), b())): not a batch size knob
     recent_t = [d for s, d in f.batches[-30:] if s == current] or [d for _, d in f.batches]
     now_t = sum(recent_t) / len(recent_t)
-    seen = (
-        f"batches of {current} items take {secs(now_t)} ({rate(current / now_t)} items/s)"
-        if now_t > 0
-        else f"batches of {current} items"
-    )
+    seen = f"batches of {current} items take {secs(now_t)} ({rate(current / now_t)} items/s)" \
+        if now_t > 0 else f"batches of {current} items"
     evidence = f"{len(f.batches)} batches, sizes {_sizes_text(distinct)}"
     if len(f.batches) < min_batches:
-        return [
-            Recommendation(
-                f.label,
-                "batch_size",
-                current,
-                None,
-                "unknown yet",
-                evidence,
-                "low",
-                model="batch cost fit",
-                seen=seen,
-                need=f"{min_batches}+ batches (have {len(f.batches)})",
-            )
-        ]
+        return [Recommendation(
+            f.label, "batch_size", current, None, "unknown yet", evidence, "low",
+            model="batch cost fit", seen=seen,
+            need=f"{min_batches}+ batches (have {len(f.batches)})")]
     slow = f.budget_s is not None and now_t > f.budget_s
 
     def tried(n: int) -> bool:
@@ -908,26 +669,14 @@ def _batch_runs(
     if not runs:
         runs = [n for n in (current * 8, current // 8) if n >= 1 and not tried(n)][:1]
     if slow:
-        evidence += (
-            f"; at {current} items a batch takes {secs(now_t)}, over its budget of "
+        evidence += f"; at {current} items a batch takes {secs(now_t)}, over its budget of " \
             f"{secs(f.budget_s or 0)}"
-        )
-    return [
-        Recommendation(
-            f.label,
-            "batch_size",
-            current,
-            None,
-            "unknown yet",
-            evidence,
-            "low",
-            model="batch cost fit",
-            seen=seen,
-            need="a while with batches of " + " and of ".join(map(str, runs)) + " items: "
-            f"with {len(distinct)} size{'s' if len(distinct) > 1 else ''} measured, what a batch "
-            "costs per item and per batch is not known",
-        )
-    ]
+    return [Recommendation(
+        f.label, "batch_size", current, None, "unknown yet", evidence, "low",
+        model="batch cost fit", seen=seen,
+        need="a while with batches of " + " and of ".join(map(str, runs)) + " items: "
+        f"with {len(distinct)} size{'s' if len(distinct) > 1 else ''} measured, what a batch "
+        "costs per item and per batch is not known")]
 
 
 def _batch_fit(ns: list[float], ts: list[float], ws: list[float]) -> BatchFit | None:
@@ -975,15 +724,8 @@ def loop_advice(f: LoopFigures, *, min_seconds: float) -> list[Recommendation]:
     if busy is None:
         return []
     if busy < 0.9:
-        return [
-            no_change(
-                f.label,
-                "processes",
-                1,
-                f"the loop is busy {busy:.0%} of the time: one process keeps up",
-                model="loop saturation",
-            )
-        ]
+        return [no_change(f.label, "processes", 1, f"the loop is busy {busy:.0%} of the time: "
+                          "one process keeps up", model="loop saturation")]
     what = "busy" if f.busy is not None else "on CPU"
     base = f"the loop was {what} {busy:.0%} of the last {secs(f.seconds)}"
     if f.thread_cpu is not None and f.busy is not None:
@@ -993,55 +735,26 @@ def loop_advice(f: LoopFigures, *, min_seconds: float) -> list[Recommendation]:
     if f.process_cores is not None:
         base += f"; the process used {f.process_cores:.2f} cores"
     if f.seconds < min_seconds:
-        return [
-            Recommendation(
-                f.label,
-                "processes",
-                1,
-                None,
-                "unknown yet",
-                base,
-                "low",
-                model="loop saturation",
-                need=f"{secs(min_seconds)} of measurements (have {secs(f.seconds)})",
-            )
-        ]
+        return [Recommendation(
+            f.label, "processes", 1, None, "unknown yet", base, "low",
+            model="loop saturation", need=f"{secs(min_seconds)} of measurements (have "
+            f"{secs(f.seconds)})")]
     if f.cores < 2:
-        return [
-            no_change(
-                f.label,
-                "processes",
-                1,
-                f"{base}, but the machine has one core: more processes cannot run at once",
-                model="loop saturation",
-            )
-        ]
+        return [no_change(f.label, "processes", 1, f"{base}, but the machine has one core: "
+                          "more processes cannot run at once", model="loop saturation")]
     spare: float = f.cores
     if f.machine_busy is not None:
         spare = max(0.0, f.cores * (1 - f.machine_busy / 100))
     suggested = int(max(2, min(f.cores, 1 + round(spare))))
     computing = f.thread_cpu is None or f.busy is None or f.thread_cpu >= 0.7 * busy
     confidence = "medium" if computing and spare >= 0.5 else "low"
-    note = (
-        ""
-        if computing
-        else "; much of the busy time is blocking rather than computing: "
-        "moving blocking calls to an executor would help first"
-    )
+    note = ("" if computing else "; much of the busy time is blocking rather than computing: "
+            "moving blocking calls to an executor would help first")
     if spare < 0.5:
         note += f"; the machine has little spare CPU ({f.machine_busy:.0f}% busy)"
-    return [
-        Recommendation(
-            f.label,
-            "processes",
-            1,
-            suggested,
-            f"up to {suggested}x the capacity: one event loop per process, each on its own core "
-            "(e.g. more uvicorn/gunicorn workers)",
-            f"{base}: the loop itself is saturated, so waits grow whatever the pools and limits are"
-            f"{note}",
-            confidence,
-            float(suggested),
-            "loop saturation",
-        )
-    ]
+    return [Recommendation(
+        f.label, "processes", 1, suggested,
+        f"up to {suggested}x the capacity: one event loop per process, each on its own core "
+        "(e.g. more uvicorn/gunicorn workers)",
+        f"{base}: the loop itself is saturated, so waits grow whatever the pools and limits are"
+        f"{note}", confidence, float(suggested), "loop saturation")]

@@ -469,36 +469,11 @@ TIMING_BOUNDS: tuple[float, ...] = tuple(
 
 # http.server.request.duration: the bucket boundaries the OTel HTTP semantic conventions advise.
 HTTP_DURATION_BOUNDS: tuple[float, ...] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )
 # Body sizes (bytes): powers of four from 64 B to 64 MiB (the conventions advise none).
 BODY_SIZE_BOUNDS: tuple[float, ...] = (0.0, *(float(4**k) for k in range(3, 14)))
 TASKS_PER_REQUEST_BOUNDS: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 500.0)
 WEBSOCKET_DURATION_BOUNDS: tuple[float, ...] = (
-    0.01,
-    0.1,
-    1.0,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-    900.0,
-    1800.0,
-    3600.0,
-    14400.0,
-    86400.0,
+    0.01, 0.1, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 86400.0,
 )

@@ -90,7 +90,9 @@ class PreciseTimer:
         if self._ours is not None:
             return
         self._saved = Handle.__dict__["_run"]
-        self._ours = make_run(self._saved, self.monitors, self.clock, self.threshold_s, self.fault)
+        self._ours = make_run(
+            self._saved, self.monitors, self.clock, self.threshold_s, self.fault
+        )
         Handle._run = self._ours  # type: ignore[method-assign]
 
     def uninstall(self) -> None:

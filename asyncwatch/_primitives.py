@@ -207,21 +207,10 @@ def _stdlib_body(original: Any) -> str | None:
         # dont_inherit: this module's __future__ flags would change the code's flags
         exec(compile(source, "<ref>", "exec", dont_inherit=True), {}, namespace)
         ref = namespace["__init__"].__code__
-        if (
-            ref.co_consts,
-            ref.co_names,
-            ref.co_varnames,
-            ref.co_argcount,
-            ref.co_kwonlyargcount,
-            ref.co_flags,
-        ) == (
-            code.co_consts,
-            code.co_names,
-            code.co_varnames,
-            code.co_argcount,
-            code.co_kwonlyargcount,
-            code.co_flags,
-        ):
+        if (ref.co_consts, ref.co_names, ref.co_varnames, ref.co_argcount,
+                ref.co_kwonlyargcount, ref.co_flags) == (
+                code.co_consts, code.co_names, code.co_varnames, code.co_argcount,
+                code.co_kwonlyargcount, code.co_flags):
             return body
     return None
 
@@ -240,20 +229,14 @@ def _lazy_init(original: Any, tracker: PrimitiveTracker, kind: str | None) -> An
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace: dict[str, Any] = {}
     scope = {
-        "original": original,
-        "tracker": tracker,
-        "kind": kind,
-        "getframe": sys._getframe,
-        "app_files": _APP_FILES,
-        "caller": _caller,
-        "collections": collections,
+        "original": original, "tracker": tracker, "kind": kind, "getframe": sys._getframe,
+        "app_files": _APP_FILES, "caller": _caller, "collections": collections,
     }
     exec(compile(source, filename, "exec", dont_inherit=True), scope, namespace)
     init = namespace["__init__"]
     # Argument errors name the class's method, as the original's would.
-    init.__code__ = init.__code__.replace(
-        co_name=original.__code__.co_name, co_qualname=original.__code__.co_qualname
-    )
+    init.__code__ = init.__code__.replace(co_name=original.__code__.co_name,
+                                          co_qualname=original.__code__.co_qualname)
     return init
 
 
@@ -744,7 +727,6 @@ def _fast_paths_match() -> bool:
     return (
         set(vars(lock)) == {"_waiters", "_locked"} | ({STATE_ATTR} & set(vars(lock)))
         and {"_waiters", "_value"} <= set(vars(sem))
-        and vars(lock)["_locked"] is False
-        and not vars(lock)["_waiters"]
+        and vars(lock)["_locked"] is False and not vars(lock)["_waiters"]
         and vars(sem)["_value"] == 1
     )

@@ -77,7 +77,9 @@ class ProfileSession:
     planned) even if nobody calls ``stop()``; ``stop()`` then returns that report.
     """
 
-    def __init__(self, *, seconds: float | None = None, top: int = 30, save: bool = True) -> None:
+    def __init__(
+        self, *, seconds: float | None = None, top: int = 30, save: bool = True
+    ) -> None:
         config = _settings()
         if seconds is not None and not 0 < seconds <= config.profile_max_s:
             raise ValueError(

@@ -101,10 +101,8 @@ class QueueProbe:
             try:
                 frame = sys._getframe(2)  # the caller of get/put (here, then the wrapper)
                 code = frame.f_code
-                label = (
-                    f"Queue first used at {code.co_filename}:{frame.f_lineno} in "
-                    f"{getattr(code, 'co_qualname', code.co_name)}"
-                )
+                label = (f"Queue first used at {code.co_filename}:{frame.f_lineno} in "
+                         f"{getattr(code, 'co_qualname', code.co_name)}")
             except ValueError:  # called from the top of a thread's stack
                 label = "Queue (site unknown)"
         with self._lock:
@@ -171,10 +169,8 @@ class QueueProbe:
         for site in sites:
             attrs = {n.RESOURCE: site.label}
             yield n.QUEUE_DEPTH, attrs, site.depth(), start
-            for op, waited, waiting in (
-                ("get", site.get_wait_s, site.get_waiting),
-                ("put", site.put_wait_s, site.put_waiting),
-            ):
+            for op, waited, waiting in (("get", site.get_wait_s, site.get_waiting),
+                                        ("put", site.put_wait_s, site.put_waiting)):
                 op_attrs = {**attrs, n.QUEUE_OPERATION: op}
                 yield n.QUEUE_WAIT_TIME, op_attrs, waited, start
                 yield n.QUEUE_WAITING, op_attrs, waiting, start

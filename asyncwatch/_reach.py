@@ -114,24 +114,9 @@ class Walk:
     """
 
     __slots__ = (
-        "_end_ids",
-        "_ends",
-        "_frontier",
-        "_held",
-        "_level",
-        "_next",
-        "_seen",
-        "_visited",
-        "done",
-        "max_levels",
-        "max_objects",
-        "max_s",
-        "passes",
-        "per_pass",
-        "private",
-        "skip",
-        "spent",
-        "verdict",
+        "_end_ids", "_ends", "_frontier", "_held", "_level", "_next", "_seen",
+        "_visited", "done", "max_levels", "max_objects", "max_s", "passes",
+        "per_pass", "private", "skip", "spent", "verdict",
     )
 
     def __init__(
@@ -209,12 +194,7 @@ class Walk:
         # our own lists holding a frontier object: `refs`, and the walk's `_visited`
         in_refs = [0] * len(frontier)
         mine_ids = (
-            id(frontier),
-            id(nxt),
-            id(self._visited),
-            id(self._frontier),
-            id(ends),
-            id(args),
+            id(frontier), id(nxt), id(self._visited), id(self._frontier), id(ends), id(args)
         )
         root = ""
         for r in refs:
@@ -321,14 +301,8 @@ def direct(target: list[Any], private: list[Any], own: list[Any]) -> Verdict | N
 _OPAQUE = (types.ModuleType, types.CodeType, type, types.BuiltinFunctionType)
 
 
-def closed(
-    target: list[Any],
-    private: list[Any],
-    own: list[Any],
-    *,
-    max_objects: int = 200,
-    max_depth: int = 4,
-) -> Verdict | None:
+def closed(target: list[Any], private: list[Any], own: list[Any], *, max_objects: int = 200,
+           max_depth: int = 4) -> Verdict | None:
     """Decide ``UNREACHABLE`` without a heap pass, for an object the waiters hold through
     objects of their own (``self.event`` on an object only their frames know, a queue in a
     closure cell): follow references *down* from the ``private`` objects (up to
@@ -438,7 +412,8 @@ def reach(
     asyncwatch's own bookkeeping objects (counted, not followed). The walk gives up
     (``UNKNOWN``) past ``max_levels`` levels, ``max_objects`` objects or ``max_s`` of passes.
     """
-    walk = Walk(target, private, skip, max_levels=max_levels, max_objects=max_objects, max_s=max_s)
+    walk = Walk(target, private, skip, max_levels=max_levels, max_objects=max_objects,
+                max_s=max_s)
     while True:
         verdict = walk.step()
         if verdict is not None:

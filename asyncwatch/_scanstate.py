@@ -109,14 +109,7 @@ class LoopState:
     loop owns it (through the pending scan's handle) and the detector keeps it only weakly."""
 
     __slots__ = (
-        "__weakref__",
-        "costs",
-        "cycles",
-        "deadlocked",
-        "expedite",
-        "handle",
-        "reported",
-        "seen",
+        "__weakref__", "costs", "cycles", "deadlocked", "expedite", "handle", "reported", "seen",
         "stuck",
     )
 
@@ -259,6 +252,8 @@ OWN_TYPES = (Wait, Seen, Sweep, Entry, Graph, Checks, LoopState, PrimitiveState)
 
 def own_record(obj: Any) -> bool:
     return isinstance(obj, OWN_TYPES)
+
+
 
 
 def trim(entries: list[Entry]) -> list[Entry]:

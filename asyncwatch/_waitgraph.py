@@ -41,19 +41,10 @@ _TIMEOUT = asyncio.timeouts.Timeout
 ALL_COMPLETED = asyncio.ALL_COMPLETED
 
 # Kinds whose edges asyncwatch follows (the rest end a path: live as far as deadlocks go).
-EDGE_KINDS = frozenset(
-    {
-        "task",
-        "gather",
-        "shield",
-        "taskgroup",
-        "wait",
-        "wait_for",
-        "cancel_wait",
-        "lock",
-        "semaphore",
-    }
-)
+EDGE_KINDS = frozenset({
+    "task", "gather", "shield", "taskgroup", "wait", "wait_for", "cancel_wait", "lock",
+    "semaphore",
+})
 # Kinds that wait for someone to signal an object: stuck if nothing can reach the object.
 SIGNAL_KINDS = frozenset(
     {"event", "condition", "queue_get", "queue_put", "queue_join", "future", "semaphore_signal"}
@@ -96,17 +87,8 @@ def _known_codes() -> dict[int, str]:
 def _io_files() -> frozenset[str]:
     """Files of asyncio's event loops, transports and streams: waits there are I/O waits."""
     names = (
-        "base_events",
-        "selector_events",
-        "proactor_events",
-        "streams",
-        "base_subprocess",
-        "subprocess",
-        "unix_events",
-        "windows_events",
-        "sslproto",
-        "transports",
-        "staggered",
+        "base_events", "selector_events", "proactor_events", "streams", "base_subprocess",
+        "subprocess", "unix_events", "windows_events", "sslproto", "transports", "staggered",
     )
     files: set[str] = set()
     for name in names:
@@ -254,14 +236,8 @@ class Wait:
 
     __slots__ = ("escapable", "kind", "mode", "obj", "succ")
 
-    def __init__(
-        self,
-        kind: str,
-        mode: str | None = None,
-        succ: Iterable[Any] = (),
-        obj: Any = None,
-        escapable: bool = False,
-    ) -> None:
+    def __init__(self, kind: str, mode: str | None = None, succ: Iterable[Any] = (),
+                 obj: Any = None, escapable: bool = False) -> None:
         self.kind = kind
         self.mode = mode  # "and", "or", or None (asyncwatch cannot follow it)
         self.succ = list(succ)
@@ -295,9 +271,8 @@ def _shielded(fut: Any) -> Any:
     return None
 
 
-def classify(
-    task: Any, fut: Any, tracker: PrimitiveTracker | None, chain: list[Any] | None = None
-) -> Wait:
+def classify(task: Any, fut: Any, tracker: PrimitiveTracker | None,
+             chain: list[Any] | None = None) -> Wait:
     """The ``Wait`` of ``task``, suspended on ``fut``."""
     if chain is None:
         chain = coro_chain(task)
@@ -331,13 +306,8 @@ def classify(
     local = _locals(inner)
     if kind == "wait":
         mode = "and" if local.get("return_when") == ALL_COMPLETED else "or"
-        return Wait(
-            "wait",
-            mode,
-            _pending(local.get("fs", ())),
-            None,
-            escapable=local.get("timeout") is not None,
-        )
+        return Wait("wait", mode, _pending(local.get("fs", ())), None,
+                    escapable=local.get("timeout") is not None)
     if kind in ("wait_for", "cancel_wait"):
         inner_fut = local.get("fut")
         escapable = kind == "wait_for" and local.get("timeout") is not None
@@ -353,12 +323,8 @@ def _waits_in(prim: Any, fut: Any) -> bool:
 def _lock_wait(lock: Any, fut: Any, tracker: PrimitiveTracker | None) -> Wait:
     state = state_of(lock)
     if (
-        lock is None
-        or not lock._locked
-        or not _waits_in(lock, fut)
-        or state is None
-        or state.tracker is not tracker
-        or state.holder is None
+        lock is None or not lock._locked or not _waits_in(lock, fut)
+        or state is None or state.tracker is not tracker or state.holder is None
     ):
         return Wait("lock", None, (), lock)  # free (a wake-up is on its way) or holder unknown
     return Wait("lock", "or", [state.holder], lock)

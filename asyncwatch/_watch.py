@@ -91,10 +91,7 @@ class Watch:
             self.console = Console(self)
             skip_thread = is_console_thread  # the console's own loop is left alone
         self.tasks = TaskWatcher(
-            self.recorder,
-            self.faults,
-            tracer=self.telemetry.tracer,
-            on_loop=self._on_loop,
+            self.recorder, self.faults, tracer=self.telemetry.tracer, on_loop=self._on_loop,
             skip_thread=skip_thread,
         )
 
