@@ -52,6 +52,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from . import testing as testing
     from ._asgi import AsyncWatchMiddleware as AsyncWatchMiddleware
     from ._blocked import BlockedLoop as BlockedLoop
     from ._config import Config as Config
@@ -82,18 +83,20 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name == "testing":  # the public test helpers, a submodule loaded on first use
+        return importlib.import_module(".testing", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, "testing"})
 
 
 __all__ = [
@@ -134,6 +137,7 @@ __all__ = [
     "profiling",
     "rejected",
     "stats",
+    "testing",
     "uninstall",
 ]
 

@@ -17,25 +17,27 @@ one anyway (added twice by hand) passes the request through, so nothing is count
 
 from __future__ import annotations
 
+import enum
 import fnmatch
 import os
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeGuard
 
 from opentelemetry.propagators.textmap import Getter
 
 from . import _names as n
 from . import _watch
 from ._asgi_patch import wrapping_from_outside
+from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ._config import Config
-from ._exchange import REQUEST, HttpExchange, WsExchange, _Exchange
+from ._exchange import REQUEST, Exchange, HttpExchange, WsExchange
 from ._routes import fastapi_native, find_fastapi, find_router
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Any]]
-Send = Callable[[Any], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+if TYPE_CHECKING:
+    from ._watch import Watch
+
+__all__ = ["ASGIApp", "AsyncWatchMiddleware", "Message", "Receive", "Scope", "Send"]
 
 # Request methods of the HTTP semantic conventions; anything else is reported as _OTHER.
 KNOWN_METHODS = frozenset(
@@ -52,9 +54,17 @@ _SENSITIVE_QUERY_KEYS = frozenset(
         "X-Amz-Security-Token",
     }
 )
-_UNSET: Any = object()
-_OBSERVE: Any = object()
-_SERVE_METRICS: Any = object()
+
+
+class _Mark(enum.Enum):
+    UNSET = enum.auto()  # a middleware not yet bound to any Watch
+    OBSERVE = enum.auto()  # a request the filters let through
+    SERVE_METRICS = enum.auto()  # a request for the in-app /metrics page
+
+
+_UNSET: Final = _Mark.UNSET
+_OBSERVE: Final = _Mark.OBSERVE
+_SERVE_METRICS: Final = _Mark.SERVE_METRICS
 
 
 def known_methods(env: MutableMapping[str, str] | None = None) -> frozenset[str]:
@@ -64,11 +74,14 @@ def known_methods(env: MutableMapping[str, str] | None = None) -> frozenset[str]
     return chosen or KNOWN_METHODS
 
 
-class _HeadersGetter(Getter[Any]):
+HeaderIndex = dict[bytes, list[bytes]]
+
+
+class _HeadersGetter(Getter[HeaderIndex]):
     """Reads W3C propagation headers from a ``_header_index`` of the request's ASGI headers
     (the propagators ask for a few names each: one pass over the headers serves them all)."""
 
-    def get(self, carrier: Any, key: str) -> list[str] | None:
+    def get(self, carrier: HeaderIndex, key: str) -> list[str] | None:
         want = key.lower().encode("latin-1")
         raw = carrier.get(want)
         if not raw:
@@ -76,13 +89,13 @@ class _HeadersGetter(Getter[Any]):
         values = [value.decode("latin-1") for value in raw]
         return [",".join(values)] if want == b"baggage" else values
 
-    def keys(self, carrier: Any) -> list[str]:
+    def keys(self, carrier: HeaderIndex) -> list[str]:
         return [name.decode("latin-1") for name in carrier]
 
 
-def _header_index(headers: Any) -> dict[bytes, list[bytes]]:
+def _header_index(headers: Sequence[object]) -> HeaderIndex:
     """Lower-cased header name -> its values in order; malformed entries are skipped."""
-    index: dict[bytes, list[bytes]] = {}
+    index: HeaderIndex = {}
     for item in headers:
         if _is_header(item):
             name = item[0].lower()
@@ -94,7 +107,7 @@ def _header_index(headers: Any) -> dict[bytes, list[bytes]]:
     return index
 
 
-def _is_header(item: Any) -> bool:
+def _is_header(item: object) -> TypeGuard[Sequence[bytes]]:
     """A well-formed ASGI header: a pair of byte strings."""
     return (
         isinstance(item, list | tuple)
@@ -104,7 +117,8 @@ def _is_header(item: Any) -> bool:
     )
 
 
-def _headers(scope: Scope) -> Any:
+def _headers(scope: Scope) -> Sequence[object]:
+    """The scope's headers as sent (each checked by ``_is_header`` where it is read)."""
     headers = scope.get("headers")
     return headers if isinstance(headers, list | tuple) else ()
 
@@ -125,7 +139,7 @@ def _otel_api() -> Any:
 class Observer:
     """What a middleware needs from one running Watch, resolved once per Watch."""
 
-    def __init__(self, watch: Any, config: Config, router: Any = None) -> None:
+    def __init__(self, watch: Watch, config: Config, router: Any = None) -> None:
         self.watch = watch
         self.router = router  # the Starlette router under the middleware, if any
         self.stats = watch.http
@@ -141,7 +155,7 @@ class Observer:
         self.filtering = bool(self.metrics_path or self.excluded_path or self.excluded_url)
         # no filter to apply: __call__ may take its inline path (spans are checked there)
         self.plain = not self.filtering
-        self._metrics_app: Any = None
+        self._metrics_app: ASGIApp | None = None
         self.off = False
 
     def fault(self, hook: str, exc: BaseException) -> None:
@@ -151,7 +165,7 @@ class Observer:
 
     def begin(
         self, mw: AsyncWatchMiddleware, scope: Scope, receive: Receive, send: Send, kind: str
-    ) -> Any:
+    ) -> Exchange | Literal[_Mark.SERVE_METRICS] | None:
         """The exchange for this request, ``_SERVE_METRICS``, or None (pass it through)."""
         try:
             outer = REQUEST.get()
@@ -166,7 +180,7 @@ class Observer:
                 fastapi_spans, fastapi_meters = fastapi_native(
                     scope, mw.fastapi, kind == "websocket"
                 )
-            ex: _Exchange
+            ex: Exchange
             if kind == "http":
                 method = scope.get("method")
                 if method.__class__ is not str or method not in self.methods:
@@ -186,7 +200,9 @@ class Observer:
                 self.fault("asgi_span", exc)
         return ex
 
-    def filter(self, scope: Scope, kind: str) -> Any:
+    def filter(
+        self, scope: Scope, kind: str
+    ) -> Literal[_Mark.SERVE_METRICS, _Mark.OBSERVE] | None:
         """``_SERVE_METRICS`` (the page), None for an excluded request, else ``_OBSERVE``."""
         path = scope.get("path")
         if path.__class__ is not str:
@@ -204,7 +220,7 @@ class Observer:
             return None
         return _OBSERVE
 
-    def start_span(self, ex: _Exchange, scope: Scope) -> None:
+    def start_span(self, ex: Exchange, scope: Scope) -> None:
         """Start the SERVER span, child of the W3C context the request carries, and make it
         current for the app (and so for every task the request creates)."""
         context, propagate, trace, kind = _otel or _otel_api()
@@ -242,7 +258,7 @@ class Observer:
         ex.span = span
         ex.span_token = context.attach(trace.set_span_in_context(span, parent))
 
-    def metrics_app(self) -> Any:
+    def metrics_app(self) -> ASGIApp | None:
         """prometheus_client's ASGI app over asyncwatch's registry (None if there is none)."""
         if self._metrics_app is None:
             registry = getattr(self.telemetry, "prometheus_registry", None)
@@ -296,7 +312,7 @@ class AsyncWatchMiddleware:
             raise TypeError("AsyncWatchMiddleware(config=...) takes an asyncwatch.Config")
         self.app = app
         self.config = config
-        self._watch: Any = _UNSET
+        self._watch: Watch | Literal[_Mark.UNSET] | None = _UNSET
         self._observer: Observer | None = None
         self.fastapi: Any = None  # the FastAPI app this wraps from outside, if any
         self.router: Any = None  # the Starlette router under this middleware, if any
@@ -308,7 +324,7 @@ class AsyncWatchMiddleware:
         wrapping_from_outside(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ex: Any = None
+        ex: Exchange | None = None
         obs = self._fast
         if obs is not None and self._watch is _watch._current:
             # The common HTTP request (no path filters, no FastAPI telemetry to defer to,
@@ -329,13 +345,14 @@ class AsyncWatchMiddleware:
             except Exception:  # an odd scope (unhashable method, no type): the long way
                 ex = None
         if ex is None:  # anything else: set up by Observer.begin, or passed through
-            ex = self._begin(scope, receive, send)
-            if ex is None:
+            begun = self._begin(scope, receive, send)
+            if begun is None:
                 await self.app(scope, receive, send)
                 return
-            if ex is _SERVE_METRICS:
-                await self._observer.metrics_app()(scope, receive, send)  # type: ignore[union-attr]
+            if begun is _SERVE_METRICS:
+                await self._observer.metrics_app()(scope, receive, send)  # type: ignore[union-attr,misc]
                 return
+            ex = begun
         token = REQUEST.set(ex)
         try:
             await self.app(scope, ex.receive, ex.send)
@@ -346,7 +363,9 @@ class AsyncWatchMiddleware:
             REQUEST.reset(token)
             ex.finish()
 
-    def _begin(self, scope: Scope, receive: Receive, send: Send) -> Any:
+    def _begin(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> Exchange | Literal[_Mark.SERVE_METRICS] | None:
         """The long way: the request's exchange, ``_SERVE_METRICS``, or None (pass the
         request through)."""
         try:
@@ -362,7 +381,7 @@ class AsyncWatchMiddleware:
             return None
         return obs.begin(self, scope, receive, send, kind)
 
-    def _bind(self, watch: Any) -> None:
+    def _bind(self, watch: Watch | None) -> None:
         self._watch = watch
         self._observer = None
         self._fast = None

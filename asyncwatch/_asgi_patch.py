@@ -33,7 +33,7 @@ from ._faults import Faults
 from ._tasks import _Patch
 
 # Starlette apps wrapped from outside by an AsyncWatchMiddleware: no layer of our own inside.
-_OUTSIDE: weakref.WeakSet[Any] = weakref.WeakSet()
+_OUTSIDE: weakref.WeakSet[object] = weakref.WeakSet()
 _MAX_WRAPPERS = 64  # middleware ``.app`` links followed at most, looking for the Starlette app
 
 
@@ -64,7 +64,7 @@ def wrapping_from_outside(app: Any) -> None:
         return
 
 
-def _observed_already(app: Any) -> bool:
+def _observed_already(app: object) -> bool:
     """``app`` builds its stack while serving a request an outer layer observes (it is mounted
     in an observed app, or wrapped from outside): that layer sees all of its requests."""
     if app in _OUTSIDE:

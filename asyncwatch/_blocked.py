@@ -121,7 +121,8 @@ class BlockedLoop(Finding):
     """What held the loop: ``"code"`` (the culprit's line running), ``"deallocation"``
     (objects being freed after a callback or task returned, letting go of them; the culprit
     is then that callback's or coroutine's first line), ``"garbage_collection"`` (a
-    collection timed through ``gc.callbacks``), ``"unknown"`` (no line of the app ran)."""
+    collection, timed through ``gc.callbacks``, took at least half of the block; the culprit is
+    the app's line it started at, if any), ``"unknown"`` (no line of the app ran)."""
 
     def site(self) -> tuple[Any, ...]:
         """Blocks at the same culprit line (and route) are one problem, whatever they took."""

@@ -12,6 +12,13 @@ tasks looked at, waits classified, checks made, one heap pass), with the loop ru
 between, and whatever a later slice decides re-checks that the waits it uses still hold.
 The interval stretches so that scans take about 1% of the loop's CPU time at most.
 
+**Brought forward.** A cycle is certain, so the loop is scanned at once (and again
+``EXPEDITE_S`` later, when its waits count as settled) when one is seen closing: by the lock
+tracker's hook (``_lock_wait``, a task about to wait for a taken lock), or by the cycle probe
+(``_scanstate.probe_steps``), which runs every ``deadlock_interval_s`` however far the scans'
+interval has stretched, reads every task's wait in C and follows only the new waits on a task
+or a gather, at most ``PROBE_SHARE`` of the loop's time.
+
 **Deciding** (``scan()``, called by the timer or directly by tests):
 
 1. Every pending task suspended on a future is recorded with the time it was first seen on
@@ -67,6 +74,7 @@ from ._reach import UNREACHABLE, Verdict, Walk, closed, direct
 from ._recorder import coroutine_key
 from ._scanstate import (
     LOCKLIKE,
+    PROBED_TYPES,
     Checks,
     Entry,
     Graph,
@@ -74,8 +82,10 @@ from ._scanstate import (
     Seen,
     Sweep,
     behind,
+    closes_cycle,
     node_of,
     own_record,
+    probe_steps,
     still,
     task_refs,
     trim_steps,
@@ -117,18 +127,9 @@ WALK_MAX_S = 0.1  # a walk gives up (unknown) after this long in passes
 PASS_COST_GUESS = 25e-9  # seconds a heap pass takes per allocated block, until one is timed
 MAX_LOCK_CHAIN = 64  # holders followed from a lock wait looking for a cycle back to the waiter
 EXPEDITE_S = 0.05  # after a lock wait closed a cycle: the scan that settles it runs this soon
+PROBE_SHARE = 0.005  # most of a loop's (CPU) time the cycle probes may take
 
 
-def _closes_cycle(task: Any, fut: Any) -> bool:
-    """Does ``task``, now awaiting the task ``fut``, close a cycle of tasks awaiting tasks
-    directly (each one's ``_fut_waiter`` the next)? A few attribute reads per new wait."""
-    for _ in range(MAX_LOCK_CHAIN):
-        if fut is task:
-            return True
-        fut = getattr(fut, "_fut_waiter", None)
-        if fut is None or type(fut) not in TASK_TYPES:
-            return False
-    return False
 
 
 class DeadlockDetector:
@@ -162,6 +163,9 @@ class DeadlockDetector:
         self.deadlocks_found = 0
         self.stuck_found = 0
         self.scan_seconds = 0.0
+        self.probing = True  # cycle probes run (off after repeated internal errors)
+        self.probes = 0  # cycle probes made
+        self.probe_hits = 0  # of which found a new wait closing a cycle (scans brought forward)
         self.last_scan_s = 0.0
         self.checks = 0  # reachability checks made (most without a heap walk)
         self.walks = 0  # of which heap walks
@@ -181,8 +185,9 @@ class DeadlockDetector:
 
     def _lock_wait(self, lock: Any, task: Any) -> None:
         """``task`` is about to wait for ``lock`` (the lock tracker's hook, on the loop's
-        thread). Follow holder -> the lock it waits for -> its holder...: back at ``task``, a
-        cycle of lock waits just closed, certain to be a deadlock unless a timeout ends it;
+        thread). Follow holder -> the lock it waits for -> its holder...: back at ``task``
+        (directly, or through a holder awaiting tasks or gathers: ``closes_cycle``), a
+        cycle just closed, certain to be a deadlock unless a timeout ends it;
         the loop is then scanned at once (and again ``EXPEDITE_S`` later, when the waits
         count as settled) instead of at the next interval. Costs a few dictionary lookups,
         on contended acquires only."""
@@ -196,13 +201,19 @@ class DeadlockDetector:
             if holder is None or holder.done():
                 return
             if holder is task:
-                loop = asyncio.events._get_running_loop()
-                if loop is not None:
-                    self.expedite(loop)
-                return
+                break
             current = waits.get(id(holder))
             if current is None:
+                # A holder awaiting a task or a gather: a cycle of awaits may lead back.
+                fut = getattr(holder, "_fut_waiter", None)
+                if isinstance(fut, PROBED_TYPES) and closes_cycle(task, fut):
+                    break
                 return
+        else:
+            return
+        loop = asyncio.events._get_running_loop()
+        if loop is not None:
+            self.expedite(loop)
 
     def expedite(self, loop: Any) -> None:
         """Scan ``loop`` now and once more ``EXPEDITE_S`` later (from the loop's thread)."""
@@ -227,6 +238,8 @@ class DeadlockDetector:
         state = self._state(loop)
         if state.handle is None:
             self._schedule(loop, state, self.interval_s)
+        if state.probe is None:
+            self._schedule_probe(loop, state, self.interval_s)
 
     def _schedule(self, loop: Any, state: LoopState, delay: float) -> None:
         """The pending scan's handle holds the state, and the loop holds the handle: what the
@@ -288,6 +301,75 @@ class DeadlockDetector:
         typical = sorted(costs)[len(costs) // 2]
         self._schedule(loop, state, max(self.interval_s, typical / MAX_SHARE))
 
+    def _schedule_probe(self, loop: Any, state: LoopState, delay: float) -> None:
+        """The next cycle probe (the handle holds the state, as the scan's does)."""
+        if not self.probing:
+            state.probe = None
+            return
+        try:
+            state.probe = type(loop).call_later(
+                loop, delay, self._probe_tick, weakref.ref(loop), state
+            )
+        except RuntimeError:  # closed loop
+            state.probe = None
+
+    def _probe_tick(self, loop_ref: Any, state: LoopState) -> None:
+        loop = loop_ref()
+        if loop is None or not self.active:
+            return
+        state.probe = None
+        self._probe_step(loop, state, probe_steps(loop, state, self._probe_edges), 0.0)
+
+    def _probe_edges(self, task: Any, fut: Any) -> Iterable[Any]:
+        """For the cycle probe, what a task waiting on neither a task nor a gather waits on:
+        a TaskGroup's tasks, ``wait()``'s and ``shield()``'s futures, a lock's holders
+        (``_waitgraph.classify``, as the scans read it); nothing for a wait a timeout ends
+        or a kind of wait with no edges (sleep, I/O, an event...)."""
+        wait = classify(task, fut, self.tracker)
+        if wait.kind not in EDGE_KINDS or wait.mode is None or wait.escapable:
+            return ()
+        return wait.succ
+
+    def _probe_step(self, loop: Any, state: LoopState, steps: Generator[str, None, bool],
+                    cpu: float) -> None:
+        """Run one slice of a cycle probe (``_scanstate.probe_steps``). Probes run every
+        ``interval_s`` whatever the scans' interval has stretched to, spaced out so that
+        they take ``PROBE_SHARE`` of the loop's time at most. A probe that finds a new wait
+        closing a cycle of tasks brings the scans forward (``expedite``): they decide and
+        report, exactly as for a cycle of lock waits. It does so again no sooner than a
+        timed scan would have run (a cycle a timeout rescues, made over and over, costs no
+        more scans than the 1% rule allows)."""
+        if not self.active:
+            return
+        began = time.thread_time()
+        found: bool | None = None
+        try:
+            next(steps)
+        except StopIteration as stop:
+            found = bool(stop.value)
+        except Exception as exc:
+            found = False
+            if self.faults.report("deadlock_probe", exc):
+                self.probing = False
+        cpu += time.thread_time() - began
+        if found is None:
+            state.probe = type(loop).call_soon(loop, self._probe_step, loop, state, steps, cpu)
+            return
+        self.probes += 1
+        costs = state.probe_costs
+        costs.append(cpu)
+        del costs[:-3]
+        if found:
+            now = self.clock()
+            if now >= state.probe_after:
+                self.probe_hits += 1
+                scans = sorted(state.costs)
+                typical = scans[len(scans) // 2] if scans else 0.0
+                state.probe_after = now + max(self.interval_s, typical / MAX_SHARE)
+                self.expedite(loop)
+        typical = sorted(costs)[len(costs) // 2]
+        self._schedule_probe(loop, state, max(self.interval_s, typical / PROBE_SHARE))
+
     def stop(self) -> None:
         """Stop scanning; cancel pending scans. Idempotent."""
         self.active = False
@@ -298,17 +380,20 @@ class DeadlockDetector:
             if state is None:
                 continue
             state.seen = {}
-            handle, state.handle = state.handle, None
-            if handle is None or loop.is_closed():
-                continue
-            try:
-                running = asyncio.events._get_running_loop()
-                if running is loop or not loop.is_running():
-                    handle.cancel()
-                else:
-                    loop.call_soon_threadsafe(handle.cancel)
-            except RuntimeError:
-                pass
+            state.probed = {}
+            handles = (state.handle, state.probe)
+            state.handle = state.probe = None
+            for handle in handles:
+                if handle is None or loop.is_closed():
+                    continue
+                try:
+                    running = asyncio.events._get_running_loop()
+                    if running is loop or not loop.is_running():
+                        handle.cancel()
+                    else:
+                        loop.call_soon_threadsafe(handle.cancel)
+                except RuntimeError:
+                    pass
 
     def reset(self) -> None:
         """Forget every loop and what was seen (a freshly forked child)."""
@@ -360,6 +445,8 @@ class DeadlockDetector:
         state = self._state(loop)
         if state.handle is None and self.active:
             self._schedule(loop, state, self.interval_s)  # owned by the loop from now on
+        if state.probe is None and self.active:
+            self._schedule_probe(loop, state, self.interval_s)
         # (Otherwise nothing keeps the state: an inactive detector's scans start afresh.)
         try:
             for _ in self._steps(loop, out, state=state):
@@ -428,7 +515,7 @@ class DeadlockDetector:
         task on every scan, so a wait that is neither costs a dictionary lookup and three
         comparisons."""
         get, new, current, now = sweep.old.get, sweep.new, sweep.current, sweep.now
-        task_types: Any = TASK_TYPES
+        probed = PROBED_TYPES
         followed, due = sweep.followed, sweep.due
         end = min(start + SLICE, len(items))
         looks = LOOKS
@@ -461,8 +548,8 @@ class DeadlockDetector:
                         due.append((rec.check_at, rec.since, tid, task, rec))
             else:
                 rec = Seen(fut, now)
-                if not sweep.closed and type(fut) in task_types:
-                    sweep.closed = _closes_cycle(task, fut)
+                if not sweep.closed and isinstance(fut, probed):
+                    sweep.closed = closes_cycle(task, fut)
             new[tid] = rec
             if looks <= 0:
                 return k + 1

@@ -31,13 +31,25 @@ from typing import TYPE_CHECKING, Any
 
 from . import _names as n
 from . import _routes
-from ._http import FOLD_AT, BoundHist, HttpShard, RequestKey, RequestSlot
+from ._http import FOLD_AT, BoundHist, HttpShard, HttpStats, RequestKey, RequestSlot
 from ._recorder import clock
 
 if TYPE_CHECKING:
-    from ._asgi import Observer
+    import asyncio
+    from collections.abc import Callable
+    from contextvars import Token
 
-REQUEST: ContextVar[Any] = ContextVar("asyncwatch.request", default=None)
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
+
+    from ._asgi import Observer
+    from ._asgi_types import Message, Receive, Scope, Send
+    from ._recorder import TaskStats
+
+    TaskCallback = Callable[[asyncio.Task[Any]], None]
+
+# The exchange of the request being handled (HttpExchange or WsExchange), for the task hook.
+REQUEST: ContextVar[_Exchange | None] = ContextVar("asyncwatch.request", default=None)
 
 # What ``url.scheme`` and ``network.protocol.version`` may be (anything else from a server is
 # reported as "http" and left out, so a hostile scope cannot grow the metric's cardinality).
@@ -73,18 +85,22 @@ class _Exchange:
     exc: BaseException | None = None
     disconnected = False
     finished = False
-    span: Any = None
-    span_token: Any = None
+    span: Span | None = None
+    span_token: Token[Context] | None = None  # what made the span current
     # Tasks created while handling this request and how they ended (folded into the
     # route's counters when the request finishes; later endings go straight there).
     tasks = 0
     task_ok = 0
     task_cancelled = 0
     task_errors: dict[str, int] | None = None
-    task_cb: Any = None
-    callbacks: dict[Any, Any] | None = None
+    task_cb: TaskCallback | None = None
+    callbacks: dict[TaskStats, TaskCallback] | None = None
 
-    def __init__(self, obs: Observer, scope: Any, receive: Any, send: Any) -> None:
+    scope: Scope
+    _receive: Receive
+    _send: Send
+
+    def __init__(self, obs: Observer, scope: Scope, receive: Receive, send: Send) -> None:
         self.obs = obs
         self.scope = scope
         self._receive = receive
@@ -104,7 +120,7 @@ class _Exchange:
 
     # ---------------------------------------------------------------- tasks (hot path)
 
-    def done_callback(self, stats: Any) -> Any:
+    def done_callback(self, stats: TaskStats) -> TaskCallback:
         """For the task hook: the one done-callback of a task of this request, doing the
         task's own counting (``stats.on_done``) and the request's. One callback instead of two
         saves the loop scheduling a second one per task; it is made once per coroutine."""
@@ -116,7 +132,7 @@ class _Exchange:
         if callback is None:
             on_done, request_done = stats.on_done, self.task_done
 
-            def callback(task: Any) -> None:
+            def callback(task: asyncio.Task[Any]) -> None:
                 on_done(task)
                 request_done(task)
 
@@ -124,7 +140,7 @@ class _Exchange:
                 callbacks[stats] = callback
         return callback
 
-    def on_task(self, task: Any) -> None:
+    def on_task(self, task: asyncio.Task[Any]) -> None:
         """For the task hook's timed path: count a task that has its own done-callback."""
         self.tasks += 1
         cb = self.task_cb
@@ -132,7 +148,7 @@ class _Exchange:
             cb = self.task_cb = self.task_done
         task.add_done_callback(cb)
 
-    def task_done(self, task: Any) -> None:
+    def task_done(self, task: asyncio.Task[Any]) -> None:
         """A task created while handling the request ended."""
         try:
             if task.cancelled():
@@ -186,7 +202,8 @@ class _Exchange:
 
     def release(self) -> None:
         """Drop references to the request, so long-lived tasks do not keep it alive."""
-        self.scope = self._receive = self._send = None
+        # (typed as always there: nothing reads them once the exchange is released)
+        self.scope = self._receive = self._send = None  # type: ignore[assignment]
         self.exc = None
         self.span = None
         self.callbacks = None
@@ -220,17 +237,20 @@ class _Exchange:
         """Make the request's span no longer current (after ``REQUEST`` was reset)."""
         from opentelemetry import context
 
+        token, self.span_token = self.span_token, None
+        if token is None:
+            return
         try:
-            context.detach(self.span_token)
+            context.detach(token)
         except Exception as exc:  # pragma: no cover - the SDK logs and swallows its own
             self.obs.fault("asgi_span", exc)
-        self.span_token = None
 
 
 class HttpExchange(_Exchange):
     """One HTTP request; see the module docstring."""
 
     # Set by __init__ for every request (see there).
+    method: str
     status: int | None
     trailers: bool
     req_bytes: int
@@ -246,9 +266,9 @@ class HttpExchange(_Exchange):
     def __init__(
         self,
         obs: Observer,
-        scope: Any,
-        receive: Any,
-        send: Any,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
         method: str,
     ) -> None:
         # _Exchange.__init__ cut to what every request needs: this runs for every request.
@@ -283,7 +303,7 @@ class HttpExchange(_Exchange):
         scope = self.scope
         return bounded_version(None if scope is None else scope.get("http_version"))
 
-    async def receive(self) -> Any:
+    async def receive(self) -> Message:
         """The server's receive, observed."""
         message = await self._receive()
         try:
@@ -298,7 +318,7 @@ class HttpExchange(_Exchange):
             pass  # not a message this middleware understands; the app gets it unchanged
         return message
 
-    async def send(self, message: Any) -> None:
+    async def send(self, message: Message) -> None:
         """The server's send, observed; the request ends when its last part is sent."""
         last = False
         kind = None
@@ -435,11 +455,13 @@ class HttpExchange(_Exchange):
             return None
         return _routes.template(scope, self.root_path, self.router)
 
-    def failure(self, stats: Any, template: str | None, status: int | None) -> tuple[Any, Any]:
+    def failure(
+        self, stats: HttpStats, template: str | None, status: int | None
+    ) -> tuple[int | None, str]:
         """(status, error.type) of a request that did not simply succeed."""
         if self.disconnected:  # counted apart, never an error of the app
             shard = self.shard
-            key: Any = (self.method, template, self.scheme_now())
+            key = (self.method, template, self.scheme_now())
             shard.disconnects[key] = shard.disconnects.get(key, 0) + 1
             return (None if self.status_unsent else status), n.CLIENT_DISCONNECT
         if self.exc is not None:
@@ -471,12 +493,12 @@ class WsExchange(_Exchange):
     received = 0
     sent = 0
 
-    def __init__(self, obs: Observer, scope: Any, receive: Any, send: Any) -> None:
+    def __init__(self, obs: Observer, scope: Scope, receive: Receive, send: Send) -> None:
         _Exchange.__init__(self, obs, scope, receive, send)
         active = obs.stats.shard.ws_active
         active[self.scheme] = active.get(self.scheme, 0) + 1
 
-    async def receive(self) -> Any:
+    async def receive(self) -> Message:
         """The server's receive, observed."""
         message = await self._receive()
         try:
@@ -489,7 +511,7 @@ class WsExchange(_Exchange):
             pass
         return message
 
-    async def send(self, message: Any) -> None:
+    async def send(self, message: Message) -> None:
         """The server's send, observed."""
         try:
             if message["type"] == "websocket.send":
@@ -529,3 +551,6 @@ class WsExchange(_Exchange):
             self.release()
             if self.span_token is not None:
                 self.detach_span()
+
+
+Exchange = HttpExchange | WsExchange

@@ -260,6 +260,12 @@ class FindingsLog:
         with self._lock:
             self._listeners.append(listener)
 
+    def unlisten(self, listener: Callable[[Finding], None]) -> None:
+        """Stop calling ``listener`` (no error if it was not listening)."""
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
     def list(self, kind: str | None = None, *, grouped: bool = True) -> list[Finding]:
         """Findings of ``kind`` (all kinds if None), oldest first. Grouped (the default): one
         per site, its newest occurrence with the group's figures; else every occurrence

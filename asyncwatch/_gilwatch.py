@@ -14,7 +14,7 @@ Sharing: faulthandler has ONE later-timer per process. While installed, asyncwat
 ``faulthandler.dump_traceback_later`` and ``cancel_dump_traceback_later``: the first call
 from anyone else (the app, pytest's ``faulthandler_timeout``) makes asyncwatch give the timer
 up for good and forward the call unchanged. A timer armed *before* install cannot be seen:
-asyncwatch's first re-arm replaces it (see the README's limits).
+asyncwatch's first re-arm replaces it (see the docs' blocked-loop guide).
 """
 
 from __future__ import annotations

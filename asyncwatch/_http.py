@@ -21,11 +21,17 @@ import time
 from _thread import get_ident
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _names as n
 from ._export import HistValue, Point
 from ._recorder import exception_name
+
+if TYPE_CHECKING:
+    from ._exchange import HttpExchange
+
+# (method or None, route, protocol name, outcome, error.type) -> tasks
+TaskOutcomeKey = tuple[str | None, str | None, str, str, str | None]
 
 # (method, route, status, scheme, protocol version, error.type); None = attribute absent
 RequestKey = tuple[str, "str | None", "int | None", str, "str | None", "str | None"]
@@ -54,7 +60,7 @@ class BoundHist:
         if value > self.max:
             self.max = value
 
-    def take(self, pending: list[Any]) -> int:
+    def take(self, pending: list[float] | list[int]) -> int:
         """Add the observations listed in ``pending`` and remove them from it; how many.
         Entries appended meanwhile (by the loop's thread) stay: ``del`` of a slice is atomic.
         Sorted first (in C, and nearly free for the repeated sizes of a route), so each
@@ -203,15 +209,14 @@ class HttpShard:
         self.requests: dict[RequestKey, RequestSlot] = {}
         # Requests whose response is not complete yet: the active-requests gauge (counted
         # when read, so the request path only adds and discards) and the console's in-flight.
-        self.live: set[Any] = set()
+        self.live: set[HttpExchange] = set()
         # (method, scheme) pairs seen: the gauge reports 0 for them once nothing is in flight
         self.active_seen: set[tuple[str, str]] = set()
         self.disconnects: dict[tuple[str, str | None, str], int] = {}
         self.background: dict[tuple[str, str | None, str | None], BoundHist] = {}
         # (method or None, route, protocol name)
         self.request_tasks: dict[tuple[str | None, str | None, str], BoundHist] = {}
-        # (method or None, route, protocol name, outcome, error.type)
-        self.task_outcomes: dict[tuple[Any, ...], int] = {}
+        self.task_outcomes: dict[TaskOutcomeKey, int] = {}
         self.ws: dict[tuple[str | None, str, str | None], BoundHist] = {}
         self.ws_active: dict[str, int] = {}
         self.ws_messages: dict[tuple[str | None, str], int] = {}

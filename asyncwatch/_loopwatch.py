@@ -727,6 +727,14 @@ class LoopWatch:
                     "asyncio's own code, or C code run from it (objects being freed, a garbage "
                     "collection)"
                 )
+        elif collected is not None and collected[0] >= duration / 2:
+            # The line was running when the collector started: the heap, not the line,
+            # held the loop (any allocation there could have set it off).
+            cause = "garbage_collection"
+            summary = (
+                f"event loop blocked for {duration:.3f} s by a garbage collection "
+                f"(generation {collected[1]}, {collected[0]:.3f} s) that started at {where_text}"
+            )
         elif collected is not None and collected[0] >= duration / 4:
             summary += (
                 f" (a garbage collection, generation {collected[1]}, took {collected[0]:.3f} s "

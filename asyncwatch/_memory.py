@@ -6,7 +6,7 @@ has seen (matched by file and line range of the coroutine's code). The result is
 ``asyncwatch.task.memory`` gauge: bytes still alive that code running inside each coroutine
 allocated.
 
-Cost, stated plainly: tracemalloc hooks every allocation in the process (the README gives the
+Cost, stated plainly: tracemalloc hooks every allocation in the process (the docs give the
 measured slowdown), and each snapshot holds the GIL while it copies the traces, pausing the
 event loop for that long. Leave it off unless you are hunting memory.
 """

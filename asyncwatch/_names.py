@@ -1,6 +1,6 @@
 """The one source of every metric name, unit, kind and attribute key asyncwatch exports.
 
-The README's metric reference, the dashboards and the alert rules are checked against
+The docs' metric reference, the dashboards and the alert rules are checked against
 ``METRICS`` by tests, so nothing can query a metric that does not exist. Names follow the
 OpenTelemetry semantic conventions where one exists (process, CPython GC, HTTP server) and the
 ``asyncwatch.*`` namespace elsewhere. Units are UCUM.

@@ -203,10 +203,11 @@ def _stdlib_body(original: Any) -> str | None:
         if textwrap.dedent(found) != textwrap.dedent(body):
             continue
         namespace: dict[str, Any] = {}
-        source = f"def __init__(self):\n{body}\n"
-        # dont_inherit: this module's __future__ flags would change the code's flags
-        exec(compile(source, "<ref>", "exec", dont_inherit=True), {}, namespace)
-        ref = namespace["__init__"].__code__
+        # In a class body, as the original is (3.14 flags a method's code as such), and with
+        # dont_inherit: this module's __future__ flags would change the code's flags.
+        method = textwrap.indent(f"def __init__(self):\n{body}\n", "    ")
+        exec(compile(f"class Ref:\n{method}", "<ref>", "exec", dont_inherit=True), {}, namespace)
+        ref = namespace["Ref"].__dict__["__init__"].__code__
         if (ref.co_consts, ref.co_names, ref.co_varnames, ref.co_argcount,
                 ref.co_kwonlyargcount, ref.co_flags) == (
                 code.co_consts, code.co_names, code.co_varnames, code.co_argcount,

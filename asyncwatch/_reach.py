@@ -189,6 +189,10 @@ class Walk:
         # among the referrers: known by identity (a closure's one-cell tuple looks the same).
         args = tuple(frontier)
         refs = gc.get_referrers(*args)
+        if any(r is args for r in refs):
+            # 3.13+ copies the arguments into a tuple of its own, so ours is a referrer: left
+            # in ``refs`` it would outlive ``del args`` below and count as a hidden reference.
+            refs = [r for r in refs if r is not args]
         position = {id(o): i for i, o in enumerate(frontier)}
         found = [0] * len(frontier)
         # our own lists holding a frontier object: `refs`, and the walk's `_visited`

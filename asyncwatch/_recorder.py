@@ -255,6 +255,13 @@ def _no_sink(hook: str, exc: BaseException) -> None:
 fault_sink = _no_sink  # set by the running Watch to its Faults.report
 
 
+def clear_fault_sink(sink: Callable[[str, BaseException], None]) -> None:
+    """Forget ``sink`` if it is the one set (a stopped Watch's), so nothing holds its owner."""
+    global fault_sink
+    if fault_sink == sink:
+        fault_sink = _no_sink
+
+
 class _OverflowError(Exception):
     """Stands for exception types beyond ``max_error_types``; reported as ``_OTHER``."""
 

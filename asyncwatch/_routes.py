@@ -19,8 +19,10 @@ Nothing here imports Starlette: without it loaded there is no Starlette router t
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import Any
+
+from ._asgi_types import Scope
 
 _MAX_DEPTH = 16  # nested mounts followed at most; also bounds the walk down .app chains
 
@@ -47,7 +49,7 @@ def find_router(app: Any) -> Any:
     return None
 
 
-def template(scope: Mapping[str, Any], entry_root_path: Any, router: Any) -> str | None:
+def template(scope: Scope, entry_root_path: object, router: Any) -> str | None:
     """The route template of a finished request, or None if it matched no route.
 
     ``entry_root_path`` is the ``root_path`` the request arrived with; ``router`` is where to
@@ -69,7 +71,7 @@ def template(scope: Mapping[str, Any], entry_root_path: Any, router: Any) -> str
     return resolve(router, scope, entry_root_path)
 
 
-def _included_template(scope: Mapping[str, Any], route: Any) -> Any:
+def _included_template(scope: Scope, route: Any) -> Any:
     """The template of ``route`` as a FastAPI included router applies it (prefixes included);
     None: not routed through an included router (the route's own template is right), or
     ``_STALE`` when FastAPI's record names another route (match again to be sure)."""
@@ -93,7 +95,7 @@ def _included_template(scope: Mapping[str, Any], route: Any) -> Any:
 _STALE = object()  # not a str: template() matches the request again
 
 
-def resolve(router: Any, scope: Mapping[str, Any], root_path: Any) -> str | None:
+def resolve(router: Any, scope: Scope, root_path: object) -> str | None:
     """Match the request against ``router``'s routes as Starlette would; the full template.
 
     Routing changes only the keys dropped here and ``root_path`` (put back as it arrived);
@@ -114,7 +116,7 @@ _ROUTING_KEYS = frozenset(
 )
 
 
-def _match(routing: Any, routes: Any, scope: MutableMapping[str, Any], depth: int) -> str | None:
+def _match(routing: Any, routes: Any, scope: Scope, depth: int) -> str | None:
     if depth > _MAX_DEPTH:
         return None
     partial = None
@@ -133,7 +135,7 @@ def _match(routing: Any, routes: Any, scope: MutableMapping[str, Any], depth: in
 
 
 def _descend(
-    routing: Any, route: Any, scope: MutableMapping[str, Any], child: Mapping[str, Any], depth: int
+    routing: Any, route: Any, scope: Scope, child: Mapping[str, Any], depth: int
 ) -> str | None:
     candidates = getattr(route, "effective_candidates", None)
     if callable(candidates):  # a FastAPI included router: its routes with its prefixes applied
@@ -183,7 +185,7 @@ def find_fastapi(app: Any) -> Any:
 
 
 def fastapi_native(
-    scope: MutableMapping[str, Any], outer_app: Any, websocket: bool
+    scope: Scope, outer_app: Any, websocket: bool
 ) -> tuple[bool, bool]:
     """Whether FastAPI's native telemetry traces and meters this request: (spans, metrics).
 

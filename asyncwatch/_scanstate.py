@@ -1,5 +1,6 @@
 """The deadlock scanner's records: what it remembers per waiting task across scans, what
-one scan collects, the wait-for graph it builds, and the per-scan indexes of its stuck checks.
+one scan collects, the wait-for graph it builds, and the per-scan indexes of its stuck checks;
+and the cycle probe (``closes_cycle``, ``probe_steps``), which brings the scans forward.
 
 Every class here has ``__slots__`` and is recognised by ``own_record`` so that reference
 counting (``_reach``) can tell asyncwatch's own references from the app's.
@@ -8,14 +9,16 @@ counting (``_reach``) can tell asyncwatch's own references from the app's.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import operator
 import sys
 import weakref
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from ._primitives import PrimitiveState
 from ._reach import Verdict
-from ._waitgraph import DEAD, LIVE, Wait, is_task
+from ._waitgraph import _GATHERING, DEAD, LIVE, TASK_TYPES, Wait, is_task
 
 LOCKLIKE = ("lock", "semaphore")
 
@@ -109,8 +112,8 @@ class LoopState:
     loop owns it (through the pending scan's handle) and the detector keeps it only weakly."""
 
     __slots__ = (
-        "__weakref__", "costs", "cycles", "deadlocked", "expedite", "handle", "reported", "seen",
-        "stuck",
+        "__weakref__", "costs", "cycles", "deadlocked", "expedite", "handle", "probe",
+        "probe_after", "probe_costs", "probed", "reported", "seen", "stuck",
     )
 
     def __init__(self) -> None:
@@ -122,6 +125,10 @@ class LoopState:
         self.handle: Any = None
         self.expedite = 0  # scans still to run right away (a lock wait closed a cycle)
         self.costs: list[float] = []  # CPU seconds of the last timed scans (at most 3)
+        self.probe: Any = None  # the cycle probe's pending handle
+        self.probed: dict[int, Any] = {}  # id(task) -> weak ref to the future it was probed on
+        self.probe_costs: list[float] = []  # CPU seconds of the last probes (at most 3)
+        self.probe_after = 0.0  # the probe brings a scan forward again no sooner than this
 
 
 class Checks:
@@ -245,6 +252,112 @@ def task_refs(loop: Any) -> tuple[list[Any], bool]:
             except RuntimeError:  # changed size during the copy (another thread)
                 continue
     return list(asyncio.all_tasks(loop)), False
+
+
+# ---------------------------------------------------------------------- the cycle probe
+
+Follow = Callable[[Any, Any], Iterable[Any]]  # (task, the future it waits on) -> what on
+MAX_CHAIN = 64  # tasks and gathers followed from a new wait looking for a way back to it
+PROBE_SLICE = 4096  # tasks a probe slice reads the wait of (in C: no Python code per task)
+PROBE_LOOKS = 100  # of which new waits on a task or gather followed (at most MAX_CHAIN each)
+# Futures a probed wait may be on: a task, or the future of a gather() (and their subclasses:
+# asyncwatch's own gather observer, _batches, is one).
+PROBED_TYPES: tuple[type, ...] = (*TASK_TYPES, _GATHERING) if _GATHERING is not None else TASK_TYPES
+
+
+def closes_cycle(task: Any, fut: Any, follow: Follow | None = None) -> bool:
+    """Does ``task``, waiting on ``fut``, close a cycle of tasks awaiting tasks, directly or
+    through ``gather()``? Follows each pending task's ``_fut_waiter`` and each gather's
+    children, depth first, at most ``MAX_CHAIN`` tasks and gathers; a few attribute reads each.
+    A task waiting on anything else is followed through ``follow(task, its future)`` (what
+    that wait waits on: a TaskGroup's tasks, a lock's holders...), when given. A yes only
+    brings the scans forward: they decide (``doomed``) whether it is a deadlock."""
+    probed, gathering = PROBED_TYPES, _GATHERING
+    todo = [fut]
+    seen: set[int] = set()
+    while todo:
+        node = todo.pop()
+        if node is task:
+            return True
+        if id(node) in seen or not issubclass(type(node), probed) or node.done():
+            continue
+        seen.add(id(node))
+        if len(seen) > MAX_CHAIN:
+            return False
+        if gathering is not None and isinstance(node, gathering):
+            todo.extend(getattr(node, "_children", None) or ())
+            continue
+        nxt = getattr(node, "_fut_waiter", None)
+        if nxt is None or nxt.done():
+            continue
+        if issubclass(type(nxt), probed) or follow is None:
+            todo.append(nxt)
+        else:
+            todo.extend(follow(node, nxt))
+    return False
+
+
+def probe_steps(loop: Any, state: LoopState, follow: Follow | None = None) -> Generator[
+    str, None, bool
+]:
+    """The cycle probe: does a wait of a task of ``loop`` on a task or a gather that no probe
+    followed yet (``state.probed``) close a cycle (``closes_cycle``, with ``follow``)?
+    Cheaper than a scan by far: the waits of all tasks are read in C (``PROBE_SLICE`` a
+    slice), and only new waits on a task or gather run Python code (``PROBE_LOOKS`` a slice,
+    counting each call of ``follow`` as one too). Yields between slices; holds the tasks only
+    within a slice, and keeps weak references to the futures only."""
+    items, weak = task_refs(loop)
+    old, new = state.probed, {}
+    get, deref, repeat = old.get, operator.call, itertools.repeat
+    wait_of = operator.attrgetter("_fut_waiter")
+    found = False
+    looks = 0
+    counted: Follow | None = None
+    if follow is not None:
+        inner = follow
+
+        def counted(task: Any, fut: Any) -> Iterable[Any]:
+            nonlocal looks
+            looks -= 1
+            return inner(task, fut)
+    start = 0
+    while start < len(items):
+        chunk = items[start : start + PROBE_SLICE]
+        tasks = list(map(deref, chunk)) if weak else chunk
+        del chunk
+        try:
+            futs: list[Any] = list(map(wait_of, tasks))
+        except AttributeError:  # a task gone (None), or a task class without _fut_waiter
+            futs = list(map(getattr, tasks, repeat("_fut_waiter"), repeat(None)))
+        kinds = list(map(type, futs))
+        probed = {k for k in set(kinds) if issubclass(k, PROBED_TYPES)}  # a few types
+        hits = list(itertools.compress(range(len(futs)), map(probed.__contains__, kinds)))
+        del kinds
+        looks = PROBE_LOOKS
+        end = len(tasks)
+        for i in hits:
+            task, fut = tasks[i], futs[i]
+            if getattr(task, "_loop", None) is not loop or fut.done():
+                continue
+            tid = id(task)
+            ref = get(tid)
+            if ref is not None and ref() is fut:
+                new[tid] = ref
+                continue
+            if looks <= 0:  # the rest of this chunk waits for the next slice
+                end = i
+                break
+            looks -= 1
+            new[tid] = _ref(fut)
+            if not found:
+                found = closes_cycle(task, fut, counted)
+        task = fut = None  # nothing of the app's kept between slices
+        del tasks, futs, hits
+        start += end
+        if start < len(items):
+            yield "probe"
+    state.probed = new
+    return found
 
 
 OWN_TYPES = (Wait, Seen, Sweep, Entry, Graph, Checks, LoopState, PrimitiveState)

@@ -159,6 +159,8 @@ class Watch:
             self._memory.stop()
             self._memory = None
         self.telemetry.shutdown(timeout_s, at_exit=at_exit)
+        # The module-level sink would keep this Watch (and all it built) alive.
+        _recorder.clear_fault_sink(self._report)
 
     def _on_loop(self, loop: Any) -> None:
         if self.console is not None:

@@ -31,6 +31,9 @@ Configurations:
 * ``otel-asgi`` - opentelemetry-instrumentation-asgi's ``OpenTelemetryMiddleware`` with SDK
   Meter and Tracer providers (stable HTTP conventions, same span processing).
 * ``otel-asgi-metrics`` - the same with a no-op tracer provider (metrics only).
+* ``starlette-exporter`` (not run by default; ``--only``) - starlette-exporter's
+  ``PrometheusMiddleware`` (``group_paths=True``: the route template as label), the anchor of
+  ``benchmarks/costs.py``.
 
 Run: ``python benchmarks/asgi.py`` (``--quick`` for a short run: 3 rounds of 3 s).
 """
@@ -83,6 +86,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "asyncwatch-no-middleware": {},
 }
 ATTRIBUTION = tuple(v for v in VARIANTS if v not in CONFIGS)
+ANCHORS = ("starlette-exporter",)
 
 WRK_SCRIPT = """
 counter = 0
@@ -112,6 +116,10 @@ def build_app(config: str) -> Any:
     app: Any = Starlette(routes=[Route("/json", hello), Route("/items/{item_id:int}", item)])
     if config == "bare":
         return app
+    if config == "starlette-exporter":  # the Prometheus middleware most Starlette apps use
+        from starlette_exporter import PrometheusMiddleware
+
+        return PrometheusMiddleware(app, group_paths=True)
 
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -201,9 +209,10 @@ def loop_waits(pid: int) -> int:
 
 def load(
     port: int, seconds: float, connections: int, script: str, pid: int | None = None
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float, float, float]:
     """(requests/s, p99 latency in ms, server CPU µs per request, loop thread waits per
-    1,000 requests) from one wrk run."""
+    1,000 requests, p50 latency in ms, the server's CPU seconds per second: 1.0 is a saturated
+    server) from one wrk run."""
     before = cpu_seconds(pid) if pid else 0.0
     waits = loop_waits(pid) if pid else 0
     cmd = [
@@ -217,16 +226,70 @@ def load(
         script,
         f"http://127.0.0.1:{port}",
     ]
+    began = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     used = cpu_seconds(pid) - before if pid else 0.0
+    busy = used / (time.monotonic() - began)  # the server's CPU per second of the run
     waits = loop_waits(pid) - waits if pid else 0
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    p50, p99 = (percentile(out, q) for q in ("50", "99"))
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
     served = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    return rate, p99, used * 1e6 / max(served, 1), waits * 1000 / max(served, 1)
+    return rate, p99, used * 1e6 / max(served, 1), waits * 1000 / max(served, 1), p50, busy
+
+
+def percentile(wrk_output: str, q: str) -> float:
+    """A latency percentile from wrk's ``--latency`` distribution, in ms."""
+    found = re.search(rf"\s{q}%\s+([\d.]+)(us|ms|s)", wrk_output)
+    if found is None:
+        raise RuntimeError(f"no {q}% latency in wrk's output:\n{wrk_output}")
+    return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
+
+
+def compare(
+    chosen: list[str], rounds: int, seconds: float, connections: int, progress: bool = False
+) -> dict[str, dict[str, list[float]]]:
+    """Serve every configuration in ``chosen`` (bare first) side by side and load each with
+    wrk in turn, the order rotated each round. Per figure (``rates``, ``ratios`` to bare's
+    requests/s, ``p99s`` and ``p50s`` in ms, ``cpus`` in µs per request, ``cpu_ratios``,
+    ``waits`` per 1,000 requests, ``busy``: server CPU seconds per second), per configuration,
+    one value per round."""
+    figures = ("rates", "ratios", "p99s", "p50s", "cpus", "cpu_ratios", "waits", "busy")
+    out: dict[str, dict[str, list[float]]] = {f: {name: [] for name in chosen} for f in figures}
+    servers = {name: start_server(name) for name in chosen}
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT)
+    try:
+        for _, port in servers.values():
+            load(port, 1.0, connections, f.name)  # warm up
+        for r in range(rounds):
+            order = chosen[r % len(chosen) :] + chosen[: r % len(chosen)]
+            seen = {}
+            for name in order:
+                proc, port = servers[name]
+                seen[name] = load(port, seconds, connections, f.name, proc.pid)
+            for name in chosen:
+                rate, p99, cpu, waits, p50, busy = seen[name]
+                out["p50s"][name].append(p50)
+                out["busy"][name].append(busy)
+                out["rates"][name].append(rate)
+                out["ratios"][name].append(rate / seen["bare"][0])
+                out["p99s"][name].append(p99)
+                out["cpus"][name].append(cpu)
+                out["cpu_ratios"][name].append(cpu / seen["bare"][2])
+                out["waits"][name].append(waits)
+            if progress:
+                print(
+                    f"round {r + 1}: " + ", ".join(f"{n} {seen[n][0]:,.0f}/s" for n in chosen),
+                    flush=True,
+                )
+    finally:
+        os.unlink(f.name)
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(30)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,45 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     wanted = args.only.split(",") if args.only else CONFIGS
     if args.attribute:
         wanted = ["asyncwatch", *ATTRIBUTION]
-    unknown = sorted(set(wanted) - {*CONFIGS, *ATTRIBUTION})
+    unknown = sorted(set(wanted) - {*CONFIGS, *ATTRIBUTION, *ANCHORS})
     if unknown:
         parser.error(f"unknown configurations: {', '.join(unknown)}")
     chosen = ["bare", *[c for c in wanted if c != "bare"]]
-    servers = {name: start_server(name) for name in chosen}
-    rates: dict[str, list[float]] = {name: [] for name in chosen}
-    ratios: dict[str, list[float]] = {name: [] for name in chosen}
-    p99s: dict[str, list[float]] = {name: [] for name in chosen}
-    cpus: dict[str, list[float]] = {name: [] for name in chosen}
-    cpu_ratios: dict[str, list[float]] = {name: [] for name in chosen}
-    waits: dict[str, list[float]] = {name: [] for name in chosen}
     load_before = os.getloadavg()[0]
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_SCRIPT)
-    try:
-        for _, port in servers.values():
-            load(port, 1.0, args.connections, f.name)  # warm up
-        for r in range(args.rounds):
-            order = chosen[r % len(chosen) :] + chosen[: r % len(chosen)]
-            seen = {}
-            for name in order:
-                proc, port = servers[name]
-                seen[name] = load(port, args.seconds, args.connections, f.name, proc.pid)
-            for name in chosen:
-                rates[name].append(seen[name][0])
-                p99s[name].append(seen[name][1])
-                ratios[name].append(seen[name][0] / seen["bare"][0])
-                cpus[name].append(seen[name][2])
-                cpu_ratios[name].append(seen[name][2] / seen["bare"][2])
-                waits[name].append(seen[name][3])
-            print(
-                f"round {r + 1}: " + ", ".join(f"{n} {seen[n][0]:,.0f}/s" for n in chosen),
-                flush=True,
-            )
-    finally:
-        os.unlink(f.name)
-        for proc, _ in servers.values():
-            proc.terminate()
-            proc.wait(30)
+    seen = compare(chosen, args.rounds, args.seconds, args.connections, progress=True)
+    rates, ratios, p99s = seen["rates"], seen["ratios"], seen["p99s"]
+    cpus, cpu_ratios, waits = seen["cpus"], seen["cpu_ratios"], seen["waits"]
     load_after = os.getloadavg()[0]
     bare_p99 = statistics.median(p99s["bare"])
     lines = [

@@ -117,12 +117,29 @@ def instructions(config: str, count: int, chains: int) -> tuple[int, int]:
     return totals["cg.out-01"], sum(totals.values())
 
 
+def per_callback(config: str, small: int, chains: int) -> tuple[float, float]:
+    """(loop thread, all threads) instructions per callback: the difference between runs of
+    ``small`` and ``6 * small`` callbacks, divided by ``5 * small`` (start-up cancels out)."""
+    (loop_a, all_a), (loop_b, all_b) = (
+        instructions(config, small, chains), instructions(config, 6 * small, chains))
+    return (loop_b - loop_a) / (5 * small), (all_b - all_a) / (5 * small)
+
+
+def compare(n: int, rounds: int, chains: int = 1,
+            configs: tuple[str, ...] = ("bare", "defaults")) -> list[Row]:
+    """``configs`` side by side, interleaved: ``n`` callbacks per round (rows of ratios to
+    bare; warmed up first)."""
+    runs = {name: (lambda s=CONFIGS[name], x=name == THREAD_AND_TIMER: timed(s, n, chains, x))
+            for name in configs}
+    for run in runs.values():  # warm up imports and caches outside the measured rounds
+        run()
+    return interleave("callbacks", runs, rounds=rounds)
+
+
 def callgrind(configs: list[str], small: int, chains: int) -> str:
     per: dict[str, tuple[float, float]] = {}
     for config in configs:
-        (loop_a, all_a), (loop_b, all_b) = (
-            instructions(config, small, chains), instructions(config, 6 * small, chains))
-        per[config] = ((loop_b - loop_a) / (5 * small), (all_b - all_a) / (5 * small))
+        per[config] = per_callback(config, small, chains)
         print(f"{config}: {per[config][0]:,.0f} / {per[config][1]:,.0f} instructions per "
               "callback", flush=True)
     base_loop, base_all = per["bare"]

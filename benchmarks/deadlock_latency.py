@@ -1,17 +1,23 @@
 """How soon a deadlock is reported with the default settings, by number of other tasks.
 
-Two cycles: a lock-order inversion (two tasks, two locks: found from the lock wait that closes
-the cycle) and two tasks awaiting each other (found by the timed scans, every
-``deadlock_interval_s``). The clock starts when the last wait of the cycle begins and stops
-when the finding is recorded. Other tasks: sleepers (waiting tasks cost the scans).
+Four cycles: a lock-order inversion (two tasks, two locks: found from the lock wait that
+closes the cycle), two tasks awaiting each other, two tasks of which one awaits the other
+through ``gather()``, and a cycle through a ``TaskGroup`` (a task awaits the task whose
+group's child awaits it); the last three are found by the cycle probe, every
+``deadlock_interval_s`` whatever the timed scans' interval has stretched to. Either way the
+loop is then scanned at once and again 50 ms later, and that scan reports it. The clock
+starts when the last wait of the cycle begins (at a random point of the probes' period) and
+stops when the finding is recorded. Other tasks: sleepers (waiting tasks cost the scans).
 
-Run: ``python benchmarks/deadlock_latency.py`` (``--sizes 0,1000,10000 --rounds 5``).
+Run: ``python benchmarks/deadlock_latency.py`` (``--sizes 0,1000,10000 --rounds 5
+--kinds locks,await,gather,taskgroup``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import sys
 import time
@@ -34,7 +40,9 @@ async def one(kind: str, others: int) -> float:
         if f.kind == "deadlock" else None
     )
     sleepers = [asyncio.create_task(asyncio.sleep(3600)) for _ in range(others)]
-    await asyncio.sleep(1.2)  # the sleepers' waits settle, as in a running app
+    # The sleepers' waits settle, as in a running app; the cycle then forms at a random point
+    # of the probes' and scans' period (not always the same distance from the next one).
+    await asyncio.sleep(1.2 + random.random() * watch.config.deadlock_interval_s)
     formed: list[float] = []
     tasks: dict[str, asyncio.Task[Any]] = {}
     if kind == "locks":
@@ -52,6 +60,15 @@ async def one(kind: str, others: int) -> float:
     else:
         async def first() -> None:
             await asyncio.sleep(0)
+            if kind == "gather":
+                await asyncio.gather(tasks["second"], asyncio.sleep(3600))
+            elif kind == "taskgroup":
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(await_second())
+            else:
+                await tasks["second"]
+
+        async def await_second() -> None:
             await tasks["second"]
 
         async def second() -> None:
@@ -87,15 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="0,1000,10000")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--kinds", default="locks,await,gather,taskgroup")
     args = parser.parse_args(argv)
+    names = {
+        "locks": "lock-order inversion",
+        "await": "tasks awaiting each other",
+        "gather": "awaiting each other through gather",
+        "taskgroup": "through a TaskGroup",
+    }
     lines = ["| cycle | other waiting tasks | runs | median | max |", "|---|---:|---:|---:|---:|"]
-    for kind in ("locks", "await"):
+    for kind in args.kinds.split(","):
         for others in (int(s) for s in args.sizes.split(",")):
             times = [run(kind, others) for _ in range(args.rounds)]
             lines.append(
-                f"| {'lock-order inversion' if kind == 'locks' else 'tasks awaiting each other'}"
-                f" | {others:,} | {len(times)} | {statistics.median(times) * 1e3:.0f} ms"
-                f" | {max(times) * 1e3:.0f} ms |"
+                f"| {names[kind]} | {others:,} | {len(times)}"
+                f" | {statistics.median(times) * 1e3:.0f} ms | {max(times) * 1e3:.0f} ms |"
             )
             print(lines[-1], flush=True)
     print()

@@ -19,6 +19,10 @@ each kind of scan the longest slice is reported, and the scan's total:
   first scan that walks; a timed scan walks only when one pass is expected to fit
   (``WALK_PASS_S``), else the column says the walk was refused.
 
+And the cycle probe (``_scanstate.probe_steps``, every ``deadlock_interval_s`` whatever the
+scans' interval), slice by slice the same way: ``first probe`` - every wait on a task or a
+gather is new and followed; ``steady probe`` - later probes (the waits followed before).
+
 Also reported: one ``gc.get_referrers`` pass over the whole heap, with the number of objects
 gc tracks.
 
@@ -157,6 +161,35 @@ async def sliced_scan(watch: asyncwatch.Watch) -> list[Slice]:
     return slices
 
 
+async def sliced_probe(watch: asyncwatch.Watch) -> list[Slice]:
+    """A cycle probe as the timer runs it, slice by slice (see ``sliced_scan``)."""
+    from asyncwatch._scanstate import probe_steps
+
+    loop = asyncio.get_running_loop()
+    steps = probe_steps(loop, watch.deadlocks._state(loop), watch.deadlocks._probe_edges)
+    slices: list[Slice] = []
+    while True:
+        collected, collected_cpu = COLLECTIONS.total, COLLECTIONS.cpu
+        cpu = time.thread_time()
+        began = time.perf_counter()
+        try:
+            phase: Any = next(steps)
+        except StopIteration as stop:
+            if stop.value:
+                raise RuntimeError("a probe found a cycle in an app that has none") from None
+            phase = _END
+        spent = time.perf_counter() - began
+        cpu = time.thread_time() - cpu
+        slices.append((
+            "last" if phase is _END else str(phase), spent,
+            COLLECTIONS.total - collected, cpu, COLLECTIONS.cpu - collected_cpu,
+        ))
+        if phase is _END:
+            break
+        await asyncio.sleep(0)
+    return slices
+
+
 def worst(slices: list[Slice], phase: str | None = None, *, gc: bool = True,
           cpu: bool = False) -> float:
     """The longest slice (of ``phase``); ``gc=False``: not counting collections; ``cpu``:
@@ -185,6 +218,8 @@ async def measure(n: int, rounds: int) -> dict[str, Any]:
         await asyncio.sleep(0)
     count = len(asyncio.all_tasks())
     full_before = COLLECTIONS.full
+    first_probe = await sliced_probe(watch)
+    steady_probe = [await sliced_probe(watch) for _ in range(rounds)]
     first = await sliced_scan(watch)
     settled = await sliced_scan(watch)
     steady = [await sliced_scan(watch) for _ in range(rounds)]
@@ -213,7 +248,10 @@ async def measure(n: int, rounds: int) -> dict[str, Any]:
     del events
     # (an older asyncwatch walks inside a slice of its own kind: its longest slice then)
     walk_phase = "walk" if any(s[0] == "walk" for s in walked) else None
-    scans = {"first": [first], "settled": [settled], "steady": steady, "stuck": stuck}
+    scans = {
+        "first": [first], "settled": [settled], "steady": steady, "stuck": stuck,
+        "first_probe": [first_probe], "steady_probe": steady_probe,
+    }
     out: dict[str, Any] = {"tasks": count}
     for name, runs in scans.items():
         out[f"{name}_ms"] = statistics.median(total(r) for r in runs) * 1e3
@@ -263,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         print(results[-1], flush=True)
     lines = [
         "| tasks | first scan | settled scan | steady scan | with stuck checks | a heap walk "
-        "| heap objects | one gc.get_referrers pass |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| first probe | steady probe | heap objects | one gc.get_referrers pass |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def cell(r: dict[str, Any], name: str) -> str:
@@ -284,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {r['tasks']:,} | {cell(r, 'first')} | {cell(r, 'settled')} "
             f"| {cell(r, 'steady')} | {cell(r, 'stuck')} | {walk} "
+            f"| {cell(r, 'first_probe')} | {cell(r, 'steady_probe')} "
             f"| {r['heap_objects']:,} | {r['referrers_pass_ms']:.1f} ms |"
         )
     lines += [
@@ -294,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         "allocation in the slice happened to set off; in brackets the scan's total wall time "
         "in ms, its number of slices, and the longest slice with a collection in it where "
         "that was longer. "
-        f"Steady and stuck-check columns: worst slice over {args.rounds} scans, median total. "
+        f"Steady and stuck-check columns: worst slice over {args.rounds} scans, median total; "
+        f"steady probe: over {args.rounds} probes. "
         f"Python {sys.version.split()[0]}, asyncio loop. Machine speed reference: "
         f"sum(range(1000)) takes {speed_us():.1f} us here.",
     ]

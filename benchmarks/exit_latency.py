@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import RESULTS
 
@@ -53,12 +54,17 @@ print("done", flush=True)
 """
 
 
-def exit_time(code: str, port: int) -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "ASYNCWATCH_"))}
-    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+# A short asyncio program whose last line says so (for compare()).
+SHORT = (
+    "import asyncio\nasync def main():\n    await asyncio.sleep(0)\nasyncio.run(main())\n"
+    "print('done', flush=True)\n"
+)
+
+
+def exit_after_last_line(argv: list[str], env: dict[str, str]) -> float:
+    """Seconds from the program printing ``done`` (its last line) to its process gone."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True,
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -66,6 +72,27 @@ def exit_time(code: str, port: int) -> float:
     assert line.strip() == "done", line
     proc.wait(timeout=300)
     return time.monotonic() - began
+
+
+def exit_time(code: str, port: int) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "ASYNCWATCH_"))}
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    return exit_after_last_line([sys.executable, "-c", code], env)
+
+
+def compare(rounds: int) -> dict[str, float]:
+    """Exit alone, side by side: milliseconds from SHORT's last line to its process gone, bare,
+    under ``asyncwatch run`` (defaults: the /metrics endpoint running) and under
+    opentelemetry-instrument (startup.py's commands); the median over ``rounds``."""
+    from startup import commands
+
+    configs = commands(["-c", SHORT])
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    names = list(configs)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(exit_after_last_line(*configs[name]()) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> int:

@@ -27,6 +27,19 @@ mode, total = sys.argv[1], int(sys.argv[2])
 if mode == "asyncwatch":
     import asyncwatch
     asyncwatch.install(metrics_exporters=("none",))
+elif mode == "asyncwatch+spans":  # a span for every task
+    import asyncwatch
+    asyncwatch.install(metrics_exporters=("none",), task_span_ratio=1.0)
+elif mode.startswith("otel-asyncio"):  # +spans: every job coroutine traced by name
+    import os
+    from opentelemetry.instrumentation.asyncio import AsyncioInstrumentor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+    if mode == "otel-asyncio+spans":
+        os.environ["OTEL_PYTHON_ASYNCIO_COROUTINE_NAMES_TO_TRACE"] = ",".join(
+            f"job_{i}" for i in range(1000))
+    AsyncioInstrumentor().instrument(
+        meter_provider=MeterProvider(), tracer_provider=TracerProvider())
 
 async def template():
     await asyncio.sleep(0)
@@ -65,6 +78,14 @@ def run(mode: str, tasks: int) -> list[tuple[int, int]]:
         check=True,
     )
     return [tuple(p) for p in json.loads(result.stdout)]  # type: ignore[misc]
+
+
+def compare(tasks: int, modes: tuple[str, ...] = ("bare", "asyncwatch")) -> dict[str, float]:
+    """MiB of RSS after ``tasks`` tasks, each mode in a fresh process, one after another:
+    ``bare``, ``asyncwatch`` (defaults), ``asyncwatch+spans`` (a span for every task),
+    ``otel-asyncio`` and ``otel-asyncio+spans`` (opentelemetry-instrumentation-asyncio with SDK
+    providers; +spans: every coroutine of the workload traced)."""
+    return {mode: run(mode, tasks)[-1][1] / 2**20 for mode in modes}
 
 
 def main() -> int:

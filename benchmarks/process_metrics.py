@@ -6,7 +6,8 @@
 Prints, for each: the import time it adds (asyncwatch's sampler is imported with asyncwatch
 anyway, so 0), the median time of one collection, and the series one collection yields. The
 instrumentor is configured with its process.* and cpython.* metrics only (asyncwatch exports
-no system.* metrics). The README's metric reference gives the figures and the decision.
+no system.* metrics). The docs' metric reference (docs/reference/metrics.md) gives the
+figures and the decision.
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ Prometheus server would. The workload churns everything asyncwatch keeps state f
   asyncwatch process) and a client making a few requests a second on changing paths.
 
 Every 10 s the resident set size of both processes is printed side by side, and at the end a
-summary (the figures the README quotes). Not part of the test suite; it takes minutes:
+summary (the figures docs/costs/performance.md quotes). Not part of the test suite; it takes
+minutes:
 
-    python benchmarks/soak.py --minutes 10            # the README's run
+    python benchmarks/soak.py --minutes 10            # the docs' run
     python benchmarks/soak.py --minutes 1 --every 5   # a quick look
 """
 

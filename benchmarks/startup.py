@@ -147,6 +147,15 @@ def measure(
     return rows
 
 
+def compare(rounds: int, program: str = "asyncio, one await") -> list[dict[str, object]]:
+    """One of PROGRAMS run bare, under ``asyncwatch run`` and under opentelemetry-instrument,
+    side by side (``measure``'s rows: wall and CPU, added milliseconds and ratios to bare)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "prog.py"
+        path.write_text(PROGRAMS[program])
+        return measure(program, [str(path)], rounds)
+
+
 def table(rows: list[dict[str, object]], rounds: int, suite_rounds: int, skipped: str) -> str:
     lines = [
         "| program | configuration | wall (median ms) | added wall (ms) | wall vs bare "

@@ -42,7 +42,10 @@ import argparse
 import asyncio
 import logging
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -108,14 +111,22 @@ TRACED_NAMES = "empty,one_await,node"
 
 
 def configurations(
-    workload: Callable[[int], Awaitable[None]], n: int, use_uvloop: bool, anchors: bool
+    workload: Callable[[int], Awaitable[None]],
+    n: int,
+    use_uvloop: bool,
+    anchors: bool,
+    timed_per_s: float = Config.timed_per_s,
 ) -> dict[str, Callable[[], tuple[float, int]]]:
-    metrics = Watch(Config(metrics_exporters=("prometheus",), prometheus_port=0))
+    metrics = Watch(
+        Config(metrics_exporters=("prometheus",), prometheus_port=0, timed_per_s=timed_per_s)
+    )
     metrics.telemetry.start()
-    spans = Watch(Config(metrics_exporters=("none",), task_span_ratio=1.0))
+    spans = Watch(
+        Config(metrics_exporters=("none",), task_span_ratio=1.0, timed_per_s=timed_per_s)
+    )
     spans.telemetry.start()
 
-    requests = Watch(Config(metrics_exporters=("none",)))
+    requests = Watch(Config(metrics_exporters=("none",), timed_per_s=timed_per_s))
     requests.telemetry.start()
 
     def in_request(loop: asyncio.AbstractEventLoop) -> Any:
@@ -325,6 +336,59 @@ def anchor_configurations(
     }
 
 
+def compare(
+    workload: str, n: int, rounds: int, configs: tuple[str, ...], use_uvloop: bool = False
+) -> list[Row]:
+    """``configs`` (names from configurations()) side by side on one workload, interleaved."""
+    every = configurations(WORKLOADS[workload], n, use_uvloop, anchors=True)
+    chosen = {name: every[name] for name in configs}
+    for run in chosen.values():  # warm up imports and caches outside the measured rounds
+        run()
+    return interleave(workload, chosen, rounds=rounds)
+
+
+# Under valgrind everything runs about 50 times slower, so the adaptive sampling (200 timed
+# tasks a second by default) would time about 50 times its share of tasks: scaled down as much.
+CALLGRIND_TIMED_PER_S = Config.timed_per_s / 50
+
+
+def instructions(config: str, workload: str, tasks: int) -> int:
+    """Instructions the loop's (main) thread ran in a child process running ``tasks`` tasks of
+    ``workload`` in configuration ``config`` once, under callgrind."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+             f"--callgrind-out-file={out}", sys.executable, __file__,
+             "--child", config, "--only", workload, "--tasks", str(tasks)],
+            check=True, capture_output=True, env=dict(os.environ, PYTHONHASHSEED="0"),
+        )
+        text = Path(out + "-01").read_text(errors="replace")
+    found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+    if found is None:
+        raise RuntimeError("no instruction total in callgrind's output")
+    return int(found.group(1))
+
+
+def per_task(config: str, workload: str, small: int) -> float:
+    """Instructions per task on the loop's thread: the difference between runs of ``small``
+    and ``6 * small`` tasks, divided by ``5 * small`` (start-up and set-up cancel out). The
+    workloads run whole batches of 1,000, so ``small`` is rounded up to one."""
+    small = -(-small // BATCH) * BATCH
+    return (instructions(config, workload, 6 * small) - instructions(config, workload, small)) / (
+        5 * small
+    )
+
+
+def child(config: str, workload: str, tasks: int) -> None:
+    """One run of one configuration in this process (what callgrind counts)."""
+    configs = configurations(
+        WORKLOADS[workload], tasks, False, config.startswith(("otel", "aiomonitor")),
+        timed_per_s=CALLGRIND_TIMED_PER_S,
+    )
+    configs[config]()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=11)
@@ -337,7 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--span-memory", action="store_true", help="bytes per live span, not time"
     )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.only or "flat/await", args.tasks)
+        return 0
     if args.quick:
         args.rounds, args.tasks = 2, 2_000
     if args.span_memory:

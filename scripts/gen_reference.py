@@ -1,12 +1,13 @@
-"""Regenerate the README's configuration, metric and alert reference tables from the code, and
-its benchmark tables from benchmarks/results/*.md (``<!-- BEGIN results:NAME -->`` markers).
+"""Regenerate the docs' configuration, metric, alert and command-line references from the code,
+and their benchmark tables from benchmarks/results/*.md (``<!-- BEGIN results:NAME -->``
+markers), in README.md and every page under docs/ (wherever a marker pair is).
 
 The metric table gives each metric's Prometheus name as ``MetricDef.prometheus``, which
 tests/test_names.py checks against a real /metrics page and the Collector's naming rules. The
 alert table comes from exporters/generate.py's ALERTS, the table the rule files are made from.
 
-python scripts/gen_reference.py          rewrite README.md in place
-python scripts/gen_reference.py --check  exit 1 if README.md is out of date (used by tests)
+python scripts/gen_reference.py          rewrite the pages in place
+python scripts/gen_reference.py --check  exit 1 if a page is out of date (used by tests)
 """
 
 from __future__ import annotations
@@ -19,18 +20,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from asyncwatch import _names  # noqa: E402
-from asyncwatch._config import Config, settings_reference  # noqa: E402
+from asyncwatch._config import settings, settings_reference  # noqa: E402
 
 
 def config_table() -> str:
-    docs = _field_docs()
+    """Built from the Config fields alone: each is declared with its variables, form and help."""
+    described = settings()
     lines = [
         "| argument | environment variable | default | accepted | meaning |",
         "|---|---|---|---|---|",
     ]
     for name, variables, default, form in settings_reference():
         envs = ", ".join(f"`{v}`" for v in variables.split(", "))
-        lines.append(f"| `{name}` | {envs} | `{default}` | {form} | {docs.get(name, '')} |")
+        meaning = described[name].help.replace("|", "\\|")
+        lines.append(f"| `{name}` | {envs} | `{default}` | {form} | {meaning} |")
     return "\n".join(lines)
 
 
@@ -65,29 +68,47 @@ def alerts_table() -> str:
     return "\n".join(lines)
 
 
-def _field_docs() -> dict[str, str]:
-    """The docstring under each Config field, joined to one line."""
-    import ast
-    import inspect
+def cli_reference() -> str:
+    """Each command with its description and a table of its arguments, read from the parser
+    (not argparse's help text, whose layout changes between Python versions)."""
+    import argparse
 
-    source = inspect.getsource(Config)
-    tree = ast.parse(source)
-    cls = tree.body[0]
-    assert isinstance(cls, ast.ClassDef)
-    docs: dict[str, str] = {}
-    body = cls.body
-    for i, node in enumerate(body):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            nxt = body[i + 1] if i + 1 < len(body) else None
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                docs[node.target.id] = " ".join(str(nxt.value.value).split()).replace("|", "\\|")
-    return docs
+    from asyncwatch import _cli
+
+    def table(parser: argparse.ArgumentParser) -> str:
+        rows = ["| argument | meaning |", "|---|---|"]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    rows.append(f"| `{choice.dest}` | {_cell(choice.help)} |")
+                continue
+            name = ", ".join(action.option_strings) or str(action.metavar or action.dest)
+            if action.option_strings and action.nargs != 0:
+                name += " " + str(action.metavar or action.dest.upper())
+            rows.append(f"| `{name}` | {_cell(action.help)} |")
+        return "\n".join(rows)
+
+    parser = _cli._parser()
+    parts = [f"### `asyncwatch`\n\n{parser.description}\n\n{table(parser)}"]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                about = sub.description or next(
+                    (c.help for c in action._choices_actions if c.dest == name), ""
+                )
+                parts.append(f"### `asyncwatch {name}`\n\n{about}\n\n{table(sub)}")
+    return "\n\n".join(parts)
+
+
+def _cell(text: str | None) -> str:
+    return (text or "").replace("|", "\\|")
 
 
 SECTIONS = {
     "config-reference": config_table,
     "metrics-reference": metrics_table,
     "alerts-reference": alerts_table,
+    "cli-reference": cli_reference,
 }
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -111,16 +132,24 @@ def render(text: str) -> str:
     return pattern.sub(lambda m: m.group(1) + result(m.group(2)) + "\n" + m.group(4), text)
 
 
+def pages() -> list[Path]:
+    """Every page that may hold a generated block: the README and the docs site's pages."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
 def main() -> int:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    new = render(text)
-    if "--check" in sys.argv:
+    stale = []
+    for page in pages():
+        text = page.read_text()
+        new = render(text)
         if new != text:
-            print("README.md reference tables are out of date: run python scripts/gen_reference.py")
-            return 1
-        return 0
-    readme.write_text(new)
+            stale.append(page)
+            if "--check" not in sys.argv:
+                page.write_text(new)
+    if "--check" in sys.argv and stale:
+        names = ", ".join(str(p.relative_to(ROOT)) for p in stale)
+        print(f"reference tables out of date in {names}: run python scripts/gen_reference.py")
+        return 1
     return 0
 
 

@@ -7,8 +7,7 @@ import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
+from asyncwatch import testing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,17 +54,11 @@ def reader() -> InMemoryMetricReader:
 
 
 def strict_watch(reader: InMemoryMetricReader, **settings: Any) -> Iterator[asyncwatch.Watch]:
-    """asyncwatch installed in strict mode, no exporter, an in-memory reader attached (and any
-    further settings), uninstalled afterwards: the body of the ``watch`` fixtures."""
-    w = asyncwatch.install(
-        metrics_exporters=("none",),
-        raise_errors=True,
-        timed_per_s=float("inf"),
-        metric_readers=[reader],
-        **settings,
-    )
-    yield w
-    asyncwatch.uninstall(timeout_s=2)
+    """asyncwatch installed for a test (``asyncwatch.testing.installed``: strict mode, no
+    exporter, every task timed) with ``reader`` attached and any further settings: the body of
+    the ``watch`` fixtures."""
+    with testing.installed(metric_reader=reader, **settings) as w:
+        yield w
 
 
 @pytest.fixture
@@ -73,25 +67,9 @@ def watch(reader: InMemoryMetricReader) -> Iterator[asyncwatch.Watch]:
     yield from strict_watch(reader)
 
 
-def collect(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
-    """Metric name -> data points, from one collection."""
-    data = reader.get_metrics_data()
-    out: dict[str, list[Any]] = {}
-    if data is None:
-        return out
-    for rm in data.resource_metrics:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                out.setdefault(metric.name, []).extend(metric.data.data_points)
-    return out
-
-
-def point(points: list[Any], **attrs: Any) -> Any:
-    """The single data point whose attributes include ``attrs`` (keys with dots as __)."""
-    wanted = {k.replace("__", "."): v for k, v in attrs.items()}
-    found = [p for p in points if all(p.attributes.get(k) == v for k, v in wanted.items())]
-    assert len(found) == 1, (wanted, [dict(p.attributes) for p in points])
-    return found[0]
+# Metric name -> plain data points, from one collection (asyncwatch.testing.metrics).
+collect = testing.metrics
+point = testing.point
 
 
 def free_port() -> int:
@@ -108,18 +86,8 @@ def marked_line(path: str | Path, marker: str) -> int:
     raise AssertionError(f"no line marked {marker!r} in {path}")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(delay)  # polling with a deadline, not sleeping to wait
-        delay = min(delay * 2, 0.2)
+# Poll a condition with a deadline (asyncwatch.testing.wait_until).
+wait_for = testing.wait_until
 
 
 def python_env(**extra: str) -> dict[str, str]:

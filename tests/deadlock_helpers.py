@@ -1,5 +1,6 @@
-"""Helpers for the deadlock and stuck-task tests: a manual clock, a loop that can be thrown
-away with deadlocked tasks still in it, and scanning shortcuts."""
+"""Helpers for the deadlock and stuck-task tests: asyncwatch on a manual clock (through
+``asyncwatch.testing``), a loop that can be thrown away with
+deadlocked tasks still in it, and cycle checks."""
 
 from __future__ import annotations
 
@@ -10,29 +11,17 @@ from contextlib import contextmanager
 from typing import Any
 
 import asyncwatch
-
-
-class ManualClock:
-    """A clock that moves only when told to (STYLE.md section 6)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from asyncwatch import testing
+from asyncwatch.testing import ManualClock
 
 
 def install(**settings: Any) -> tuple[asyncwatch.Watch, ManualClock]:
-    """asyncwatch in strict mode, no exporter, no timed scans (tests scan by hand)."""
+    """asyncwatch in strict mode, no exporter, no timed scans (tests scan by hand), the
+    detector on a manual clock (``asyncwatch.testing``)."""
     settings.setdefault("deadlock_interval_s", 3600.0)
     settings.setdefault("stuck_task_after_s", 60.0)
-    watch = asyncwatch.install(metrics_exporters=("none",), raise_errors=True, **settings)
     clock = ManualClock()
-    watch.deadlocks.clock = clock
-    return watch, clock
+    return testing.install(clock=clock, **settings), clock
 
 
 @contextmanager
@@ -50,12 +39,6 @@ def throwaway_loop() -> Iterator[asyncio.AbstractEventLoop]:
     finally:
         loop.close()
         gc.collect()
-
-
-async def settle(rounds: int = 5) -> None:
-    """Let freshly created tasks run up to their first real wait."""
-    for _ in range(rounds):
-        await asyncio.sleep(0)
 
 
 def is_rotation(found: tuple[str, ...], cycle: tuple[str, ...]) -> bool:

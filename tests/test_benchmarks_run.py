@@ -5,7 +5,8 @@ configuration that no longer matches the code would go unnoticed until someone m
 runs each of them once on a tiny workload, into a temporary results file, and checks that
 every configuration produced a finite, positive figure. The figures themselves are not looked
 at. (``asgi.py`` needs wrk and takes seconds per configuration; ``tests/test_asgi*`` cover
-its app, and ``asgi_inprocess.py`` here runs the same configurations.)
+its app, and ``asgi_inprocess.py`` here runs the same configurations; ``costs.py --quick``
+runs it for one second per configuration, wrk installed by ``./scripts/test``.)
 """
 
 from __future__ import annotations
@@ -92,3 +93,25 @@ def test_the_asgi_tail_attribution_runs(tmp_path: Path) -> None:
         assert all(math.isfinite(run[k]) and run[k] > 0 for k in ("p50", "p99", "max")), run
     assert runs["asyncwatch"][0]["pauses"]["heartbeat"][0] > 0  # the loop watch was timed
     assert runs["asyncwatch-no-loopwatch"][0]["pauses"]["heartbeat"][0] == 0
+
+
+COSTS_ROWS = ["startup", "callbacks", "churn", "memory", "spans", "asgi", "asgi"]
+
+
+def test_costs_quick_measures_every_row(tmp_path: Path) -> None:
+    """``costs.py --quick`` measures every row of issue 17's table in one run (wrk included)
+    and writes the table: each row has a verdict against its goal (the figures are not looked
+    at)."""
+    out = tmp_path / "costs"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "costs.py"), "--quick", "--no-callgrind",
+         "--name", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = json.loads(out.with_suffix(".json").read_text())["lines"]
+    assert [line["row"] for line in lines] == COSTS_ROWS
+    for line in lines:
+        assert line["at_goal"] in (True, False), line  # measured, not skipped
+    table = out.with_suffix(".md").read_text()
+    assert "| measure | goal | asyncwatch | anchor | at goal | command |" in table

@@ -14,19 +14,9 @@ from asyncwatch import _names as n
 from asyncwatch._blocked import LONG_BLOCK_S, Episode, LoopMonitor
 from asyncwatch._loopwatch import CulpritCounts, LogLimiter
 from asyncwatch._stacks import Sample, sample_thread
+from asyncwatch.testing import ManualClock
 
 THRESHOLD = 0.1
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Sink:
@@ -62,7 +52,7 @@ def never(monitor: LoopMonitor) -> Sample | None:
 
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock()
+    return ManualClock(100.0)
 
 
 @pytest.fixture

@@ -163,6 +163,7 @@ def test_a_long_garbage_collection_is_named(reader: InMemoryMetricReader) -> Non
             what="a block naming the garbage collection",
         )
         assert "generation 2" in found[0].summary, found[0].summary
+        assert found[0].cause == "garbage_collection"
         assert found[0].task == "parse-job"
         assert found[0].coroutine == "tests.dealloc_app.collect_job"
         for block in blocks():

@@ -118,8 +118,9 @@ PAGE_BOUND = (
 
 def test_a_default_install_serves_a_bounded_page_whatever_the_app_does() -> None:
     """Thousands of coroutine names, exception types and HTTP routes, default settings: the
-    real /metrics page stays within max_series plus one series per metric (the README's
-    arithmetic), with the excess under _OTHER. (The old defaults allowed about 34,000.)"""
+    real /metrics page stays within max_series plus one series per metric (the metric
+    reference's arithmetic), with the excess under _OTHER. (The old defaults allowed about
+    34,000.)"""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
     from starlette.applications import Starlette
@@ -129,7 +130,7 @@ def test_a_default_install_serves_a_bounded_page_whatever_the_app_does() -> None
     from .asgi_servers import Uvicorn
     from .conftest import free_port
 
-    assert PAGE_BOUND < 3500  # "under a few thousand", as the README says
+    assert PAGE_BOUND < 3500  # "under a few thousand", as the metric reference says
     errors = [type(f"Error{i}", (Exception,), {}) for i in range(300)]
     functions = make_coroutine_functions(3000, module="shop.generated")
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 
 import asyncwatch
 from asyncwatch import Config, ConfigError
-from asyncwatch._config import settings_reference
+from asyncwatch._config import _described, settings, settings_reference
+from asyncwatch._config_parse import FLAG, whole
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_are_safe() -> None:
@@ -124,7 +129,68 @@ def test_keyword_lists_are_accepted() -> None:
 
 
 def test_reference_lists_every_setting() -> None:
-    """settings_reference() covers every Config field (the README table is built from it)."""
+    """settings_reference() covers every Config field (the docs table is built from it)."""
     names = {row[0] for row in settings_reference()}
     fields = set(Config.__dataclass_fields__)
     assert names == fields
+
+
+def test_each_field_carries_its_variables_form_and_help() -> None:
+    """Every setting is described once, on its Config field: the field's metadata holds its
+    variables (asyncwatch's own first), its accepted form and its help, and the environment
+    table, the messages and the reference are all read from there."""
+    described = settings()
+    assert list(described) == [f.name for f in dataclasses.fields(Config)]
+    for name, spec in described.items():
+        assert spec.env[0].startswith("ASYNCWATCH_"), name
+        assert spec.form and spec.help and "  " not in spec.help, name
+        field = Config.__dataclass_fields__[name]
+        assert _described(field) is spec
+    assert described["metrics_exporters"].env == (
+        "ASYNCWATCH_METRICS_EXPORTER", "OTEL_METRICS_EXPORTER")
+    # the message of a bad variable comes from the same description
+    with pytest.raises(ConfigError, match=r"ASYNCWATCH_MAX_KEYS='0'.*whole number 1-1000000"):
+        Config.from_env({"ASYNCWATCH_MAX_KEYS": "0"})
+
+
+def test_a_field_without_a_description_is_refused() -> None:
+    """A field declared without ``setting(...)`` cannot slip in undescribed: deriving the
+    table from it fails, naming the field."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Undescribed:
+        plain: int = 1
+        described: int = dataclasses.field(default=1)
+
+    for field in dataclasses.fields(Undescribed):
+        with pytest.raises(TypeError, match=f"{field.name} is not declared with setting"):
+            _described(field)
+
+
+def test_setting_wants_asyncwatch_variable_first() -> None:
+    """``setting()`` puts asyncwatch's own variable first (standard ``OTEL_*`` ones are only
+    fallbacks), so a setting always has an ``ASYNCWATCH_*`` name to be set and named by."""
+    from asyncwatch._config_parse import setting
+
+    with pytest.raises(TypeError, match="ASYNCWATCH_"):
+        setting(1, "OTEL_SOMETHING", whole(1, 2), help="x")
+    with pytest.raises(TypeError, match="ASYNCWATCH_"):
+        setting(True, (), FLAG, help="x")
+
+
+def test_reference_meaning_is_the_fields_help() -> None:
+    """The docs' settings table takes each setting's meaning from its field's help
+    (tests/test_integrations.py checks the whole table is current)."""
+    text = (ROOT / "docs" / "reference" / "settings.md").read_text()
+    for name, spec in settings().items():
+        assert f"| `{name}` |" in text
+        assert spec.help.replace("|", "\\|") in text, name
+
+
+def test_help_of_config_lists_every_setting() -> None:
+    """``help(Config)`` (and API docs read from the docstring) lists every setting with its
+    variable, default and help: the fields' own descriptions, not a second copy."""
+    doc = Config.__doc__ or ""
+    for name, spec in settings().items():
+        default = Config.__dataclass_fields__[name].default
+        assert f"- ``{name}`` (``{spec.env[0]}``, default ``{default!r}``): {spec.help}" in doc

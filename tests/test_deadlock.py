@@ -11,9 +11,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
 from asyncwatch import DeadlockFinding, StuckTaskFinding
+from asyncwatch.testing import settle
 
 from .conftest import collect, point
-from .deadlock_helpers import install, is_rotation, line_of, settle, throwaway_loop
+from .deadlock_helpers import install, is_rotation, line_of, throwaway_loop
 
 HERE = __file__
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import asyncwatch
 from asyncwatch import DeadlockFinding, StuckTaskFinding
+from asyncwatch.testing import scan, settle
 
-from .deadlock_helpers import install, settle
+from .deadlock_helpers import install
 
 
 async def inversion(locks: list[asyncio.Lock]) -> list[asyncio.Task[None]]:
@@ -27,7 +28,7 @@ async def inversion(locks: list[asyncio.Lock]) -> list[asyncio.Task[None]]:
 
 async def scan_for_deadlock(watch: asyncwatch.Watch) -> DeadlockFinding:
     for _ in range(3):
-        watch.deadlocks.scan()
+        scan()
         if asyncwatch.findings("deadlock"):
             break
     [found] = asyncwatch.findings("deadlock")
@@ -68,7 +69,7 @@ async def test_unnamed_locks_from_one_line_are_numbered() -> None:
 
 def stuck_after_threshold(watch: Any, clock: Any) -> list[StuckTaskFinding]:
     for _ in range(4):
-        watch.deadlocks.scan()
+        scan()
         clock.advance(61)
     found = asyncwatch.findings("stuck_task")
     assert all(isinstance(f, StuckTaskFinding) for f in found)

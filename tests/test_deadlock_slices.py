@@ -16,8 +16,9 @@ import asyncwatch
 import asyncwatch._deadlock as deadlock
 import asyncwatch._scanstate as scanstate
 from asyncwatch._reach import UNREACHABLE, Walk
+from asyncwatch.testing import settle
 
-from .deadlock_helpers import install, settle
+from .deadlock_helpers import install
 
 Work = Counter[str]
 

@@ -1,4 +1,5 @@
-"""opentelemetry-instrument picks asyncwatch up; memory attribution; README stays true."""
+"""opentelemetry-instrument picks asyncwatch up; memory attribution; the docs' references stay
+true."""
 
 from __future__ import annotations
 
@@ -82,9 +83,10 @@ def test_memory_attribution_charges_the_allocating_coroutine(reader: object) -> 
     assert len(kept[0]) == 2000  # still alive while sampled
 
 
-def test_readme_reference_tables_are_current() -> None:
-    """The README's settings, metrics and alerts tables match the code (regenerate if not);
-    the metric names they list are the ones tests/test_names.py checks on a served page."""
+def test_docs_reference_tables_are_current() -> None:
+    """The docs' settings, metrics, alerts and command-line references match the code
+    (regenerate if not); the metric names they list are the ones tests/test_names.py checks on
+    a served page."""
     result = subprocess.run(
         [sys.executable, "scripts/gen_reference.py", "--check"],
         cwd=ROOT,
@@ -95,11 +97,14 @@ def test_readme_reference_tables_are_current() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_readme_names_every_metric_and_variable() -> None:
-    """Every metric and ASYNCWATCH_ variable appears in the README."""
-    text = (ROOT / "README.md").read_text()
+def test_docs_name_every_metric_and_variable() -> None:
+    """Every metric appears in the metric reference, every ASYNCWATCH_ variable in the
+    settings reference."""
+    reference = ROOT / "docs" / "reference"
+    metrics = (reference / "metrics.md").read_text()
     for metric in n.METRICS:
-        assert f"`{metric.name}`" in text
+        assert f"`{metric.name}`" in metrics
+    text = (reference / "settings.md").read_text()
     from asyncwatch._config import settings_reference
 
     for _, variables, _, _ in settings_reference():

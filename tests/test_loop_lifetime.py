@@ -339,3 +339,32 @@ def test_attached_when_the_loop_first_runs() -> None:
         assert watch.loops.monitor_of(loop) is not None
     finally:
         loop.close()
+
+
+def test_a_stopped_watch_is_freed() -> None:
+    """After ``uninstall()`` nothing asyncwatch keeps at module level holds the stopped Watch
+    (and through it the recorder, the exporters and every figure it gathered): it is freed
+    with its own reference cycles. In a fresh interpreter, so no test harness holds it."""
+    code = """if True:
+        import asyncio, gc, weakref
+        import asyncwatch
+        from asyncwatch import _watch
+
+        async def work():
+            await asyncio.gather(*(asyncio.sleep(0) for _ in range(50)))
+
+        asyncwatch.install(prometheus_port=0)
+        asyncio.run(work())
+        ref = weakref.ref(_watch._current)
+        asyncwatch.uninstall(timeout_s=2)
+        gc.collect()
+        watch = ref()
+        if watch is None:
+            print("freed")
+        else:
+            holders = [type(r).__name__ for r in gc.get_referrers(*gc.get_referrers(watch))]
+            print("kept", sorted(set(holders)))
+    """
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "freed", result.stdout

@@ -343,7 +343,7 @@ def test_route_falls_back_to_the_span_http_route(watch: asyncwatch.Watch) -> Non
 def test_busy_healthy_loop_has_no_block(watch: asyncwatch.Watch) -> None:
     """Loop iterations of 15,000 short callbacks (queued by 15 producer tasks) and batches of
     short tasks make the heartbeat late, past the threshold, so the watchdog samples the loop;
-    but no callback holds it: no finding."""
+    but no callback holds it: no finding that blames code."""
     looks: list[int] = []
 
     async def busy() -> None:
@@ -383,7 +383,9 @@ def test_busy_healthy_loop_has_no_block(watch: asyncwatch.Watch) -> None:
     thread = start_loop(busy)
     thread.join(120)
     assert looks[0] >= 2, "the loop was never late enough to be sampled"
-    assert blocks() == []
+    # A full collection of the test session's heap can itself hold the loop past the
+    # threshold on a loaded machine: a real block, named as such, not a callback's.
+    assert [b for b in blocks() if b.cause != "garbage_collection"] == []
 
 
 def test_two_loops_in_two_threads_blocked_at_once(watch: asyncwatch.Watch) -> None:

@@ -1,10 +1,10 @@
-"""Every metric has one Prometheus name, whichever way it reaches Prometheus, and the README
-says that name.
+"""Every metric has one Prometheus name, whichever way it reaches Prometheus, and the docs'
+metric reference says that name.
 
 Two paths: asyncwatch's embedded /metrics endpoint (opentelemetry-exporter-prometheus), and
 OTLP to an OpenTelemetry Collector or to Prometheus's OTLP receiver, which name metrics with
-Prometheus's otlptranslator rules. ``MetricDef.prometheus`` is what the README and the
-dashboards use; it must equal both.
+Prometheus's otlptranslator rules. ``MetricDef.prometheus`` is what the metric reference
+(docs/reference/metrics.md) and the dashboards use; it must equal both.
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ def otlptranslator_name(name: str, unit: str, kind: str) -> str:
 @pytest.mark.parametrize("metric", n.METRICS, ids=lambda m: m.name)
 def test_a_collector_gives_the_same_name(metric: n.MetricDef) -> None:
     assert otlptranslator_name(metric.name, metric.unit, metric.kind) == metric.prometheus
-    readme = (ROOT / "README.md").read_text()
+    reference = (ROOT / "docs" / "reference" / "metrics.md").read_text()
     for m in n.METRICS:
-        assert f"| `{m.name}` | `{m.prometheus}` |" in readme
+        assert f"| `{m.name}` | `{m.prometheus}` |" in reference
 
 
 def test_attribute_keys_follow_current_semantic_conventions() -> None:

@@ -89,10 +89,12 @@ def test_asyncwatch_assets_from_the_wheel_in_a_fresh_venv(dist: Path, tmp_path: 
     """pip install the wheel into a new virtual environment, then ``asyncwatch assets DIR``:
     the files written equal the repository's, and a second run over them is fine."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    # Without pip of its own (Debian's Pythons ship ensurepip apart), filled by ours.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=300)  # fmt: skip
     pip = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-         "--disable-pip-version-check", str(_wheel(dist))],
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+         "-q", "--disable-pip-version-check", str(_wheel(dist))],
         capture_output=True, text=True, check=False, timeout=600,
     )  # fmt: skip
     assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]

@@ -15,8 +15,9 @@ from asyncwatch._primitives import (
     _stdlib_body,
     state_of,
 )
+from asyncwatch.testing import settle
 
-from .deadlock_helpers import install, line_of, settle
+from .deadlock_helpers import install, line_of
 
 HERE = __file__
 CLASSES = (

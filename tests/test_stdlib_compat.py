@@ -69,7 +69,11 @@ def test_gather_is_the_original_and_its_future_looks_bare(strict: asyncwatch.Wat
 
     async def main() -> None:
         outer = asyncio.gather(child(1), child(2))
-        seen["callbacks"] = list(outer._callbacks or ())  # type: ignore[attr-defined]
+        # asyncio's own (3.14's gather adds one for its call graph) are not ours to judge
+        seen["callbacks"] = [
+            cb for cb, _ in outer._callbacks or ()  # type: ignore[attr-defined]
+            if "asyncwatch" in f"{getattr(getattr(cb, 'func', cb), '__module__', '')} {cb!r}"
+        ]
         seen["repr"] = repr(outer)
         seen["isinstance"] = isinstance(outer, ORIGINAL_GATHERING)
         seen["name"] = type(outer).__qualname__
@@ -78,7 +82,7 @@ def test_gather_is_the_original_and_its_future_looks_bare(strict: asyncwatch.Wat
     assert asyncio.gather is ORIGINAL_GATHER and asyncio.tasks.gather is ORIGINAL_GATHER
     asyncio.run(main())
     assert seen["callbacks"] == []
-    assert seen["repr"] == "<_GatheringFuture pending>"
+    assert seen["repr"].startswith("<_GatheringFuture pending") and "asyncwatch" not in seen["repr"]
     assert seen["isinstance"] and seen["name"] == "_GatheringFuture"
     sites = strict.advisor.batches.sites()
     assert [size for site in sites for size, _, _ in site.recent()] == [2]
