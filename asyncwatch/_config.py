@@ -11,7 +11,6 @@ docs' settings reference (scripts/gen_reference.py) are built from the same fiel
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import socket
@@ -440,7 +439,7 @@ class Config:
         known |= _OTHER_KNOWN_VARIABLES
         for var in env:
             if var.startswith("ASYNCWATCH_") and var not in known:
-                hint = difflib.get_close_matches(var, sorted(known), n=1)
+                hint = _close_match(var, known)
                 also = f"; did you mean {hint[0]}?" if hint else ""
                 raise ConfigError(f"{var}: unknown asyncwatch setting{also}")
         values: dict[str, Any] = {}
@@ -472,7 +471,7 @@ class Config:
         fields = {f.name for f in dataclasses.fields(self)}
         for name in changes:
             if name not in fields:
-                hint = difflib.get_close_matches(name, sorted(fields), n=1)
+                hint = _close_match(name, fields)
                 also = f"; did you mean {hint[0]}?" if hint else ""
                 raise ConfigError(f"{name}: unknown asyncwatch setting{also}")
         normalised = {k: _normalise(k, v) for k, v in changes.items()}
@@ -583,3 +582,10 @@ def settings_reference() -> list[tuple[str, str, str, str]]:
     for name, spec in _SETTINGS.items():
         rows.append((name, ", ".join(spec.env), repr(getattr(defaults, name)), spec.form))
     return rows
+
+
+def _close_match(name: str, known: set[str]) -> list[str]:
+    """The known name closest to a misspelt one (difflib is imported only for a typo)."""
+    import difflib
+
+    return difflib.get_close_matches(name, sorted(known), n=1)

@@ -13,7 +13,6 @@ occurrences themselves stay readable with ``list(kind, grouped=False)``.
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import threading
 import time
 from collections import OrderedDict, deque
@@ -180,7 +179,7 @@ class _Group:
             first_seen=self.first_seen,
             last_seen=self.latest.started_at,
             worst_s=worst,
-            typical_s=statistics.median(durations) if durations else None,
+            typical_s=_median(durations) if durations else None,
             exemplars=tuple(self.exemplars),
         )
 
@@ -305,3 +304,10 @@ def _site(finding: Finding) -> tuple[Any, ...]:
         return finding.site()
     except Exception:  # a finding that cannot say: its own group
         return (finding.kind, id(finding))
+
+
+def _median(values: list[float]) -> float:
+    """``statistics.median``, imported at the first finding summed up, not at start."""
+    import statistics
+
+    return statistics.median(values)

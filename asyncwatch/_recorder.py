@@ -437,10 +437,9 @@ class Recorder:
         """A fresh slot for ``key`` with this recorder's limits."""
         target = self.timed_per_s
         span = self._span_for(key)
-        stats = TaskStats(key, target, self.max_error_types, span, self._strides)
-        if span > 0:
-            stats.target = math.inf  # tasks with spans always take the timed path
-        return stats
+        # Tasks with spans take the hook's slow path (``next_at``) but are timed at the same
+        # rate as any other: a span needs no schedule-delay callback of its own.
+        return TaskStats(key, target, self.max_error_types, span, self._strides)
 
     # ---------------------------------------------------------------- readers
 

@@ -42,13 +42,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
-
 from ._faults import Faults
-from ._names import CODE_FUNCTION, OUTCOME, TASK_NAME
-from ._recorder import Recorder, Shard, TaskStats, clock, exception_name
+from ._names import TASK_NAME
+from ._recorder import Recorder, Shard, TaskStats, clock
 
 _EAGER_POSSIBLE = sys.version_info >= (3, 12)
 _MISSING = object()
@@ -82,37 +78,26 @@ class _Timed:
             self.hook.fault("task_mark", exc)
 
     def done(self, task: Any) -> None:
-        """Done-callback of a timed task."""
+        """Done-callback of a timed or spanned task."""
         try:
-            now = clock()
             stats = self.stats
             stats.on_done(task)
-            start = self.t0 if self.start is None else self.start
+            span = self.span
             if self.sampled:
+                now = clock()
+                start = self.t0 if self.start is None else self.start
                 stats.duration.add(now - start, self.weight)
-            if self.span is not None:
-                self._end_span(task)
+                if span is not None:
+                    self.span = None
+                    attributes: dict[str, Any] = {TASK_NAME: task.get_name()}
+                    if self.start is not None:
+                        attributes["asyncwatch.task.schedule_delay"] = self.start - self.t0
+                    self.hook.spans.end(span, task, attributes)
+            elif span is not None:
+                self.span = None
+                self.hook.spans.end(span, task, {TASK_NAME: task.get_name()})
         except Exception as exc:
             self.hook.fault("task_done", exc)
-
-    def _end_span(self, task: Any) -> None:
-        span = self.span
-        self.span = None
-        attributes: dict[str, Any] = {TASK_NAME: task.get_name()}
-        if self.start is not None and self.sampled:
-            attributes["asyncwatch.task.schedule_delay"] = self.start - self.t0
-        exc = None
-        if task.cancelled():
-            attributes[OUTCOME] = "cancelled"
-        else:
-            exc = getattr(task, "_exception", None)
-            attributes[OUTCOME] = "ok" if exc is None else "error"
-        if exc is not None:
-            attributes["error.type"] = exception_name(type(exc))
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-        span.set_attributes(attributes)  # one call: the SDK takes the span's lock per call
-        span.end()
 
 
 def _takes_context(factory: TaskFactory | None) -> bool:
@@ -140,6 +125,7 @@ class LoopHook:
         "inner_takes_context",
         "requests",
         "shard",
+        "spans",
         "watcher",
     )
 
@@ -158,6 +144,9 @@ class LoopHook:
         # The ASGI middleware's request ContextVar once a middleware is active, else None:
         # tasks created while a request is handled are counted per request (its on_task).
         self.requests: contextvars.ContextVar[Any] | None = watcher.requests
+        # The TaskSpans that starts and ends this loop's task spans, for asyncwatch's tracer
+        # (one per Watch, kept until uninstalled: then this hook passes every task through).
+        self.spans: Any = None
 
     def switch_off(self) -> None:
         """Pass every task straight through from now on (uninstalled or failing)."""
@@ -236,20 +225,24 @@ class LoopHook:
             want_span = share >= 1.0 or (share > 0.0 and random.random() < share)
             sampled = created >= stats.sample_at
             if sampled or want_span:
-                t0 = clock()
+                t0 = clock() if sampled else 0.0  # an untimed span needs no clock read
                 rec = _Timed(self, stats, t0, stats.weight, sampled)
                 if sampled:
                     stats.schedule_sample(t0, created)
                     # Queued before the Task exists, so it runs just ahead of its first step.
                     loop.call_soon(rec.mark, context=self._ctx)
                 if want_span:
-                    kwargs = self._start_span(rec, stats, kwargs)
+                    self._start_span(rec, stats, kwargs)
         except RuntimeError:
             rec = None  # a closed loop: Task() below raises the app's own error
         except Exception as exc:
             self.fault("task_factory", exc)
             rec = None
-        task = self._create(loop, coro, kwargs)
+        inner = self.inner
+        if inner is not None:
+            task = inner(loop, coro, **kwargs)
+        else:
+            task = _asyncio_tasks.Task(coro, loop=loop, **kwargs)
         try:
             created = stats.created + 1  # re-read: eager steps re-enter the hook (see _factory)
             stats.created = created
@@ -278,20 +271,12 @@ class LoopHook:
             self.fault("task_factory", exc)
         return task
 
-    def _start_span(self, rec: _Timed, stats: TaskStats, kwargs: dict[str, Any]) -> dict[str, Any]:
-        tracer = self.watcher.tracer()
-        given = kwargs.get("context")
-        parent = given.run(otel_context.get_current) if given is not None else None
-        span = tracer.start_span(stats.key, context=parent, attributes={CODE_FUNCTION: stats.key})
-        rec.span = span
-        if given is None and self.inner_takes_context:
-            # The task's own fresh copy of the creator's context, with the span current in it,
-            # so work inside the task nests under it. A context the caller passed explicitly is
-            # theirs and is left exactly as it is.
-            ctx = contextvars.copy_context()
-            ctx.run(otel_context.attach, trace.set_span_in_context(span, parent))
-            kwargs = {**kwargs, "context": ctx}
-        return kwargs
+    def _start_span(self, rec: _Timed, stats: TaskStats, kwargs: dict[str, Any]) -> None:
+        # kwargs is this factory call's own dict: the span's context is put in it.
+        spans = self.spans
+        if spans is None:  # the first span on this loop: the tracer is made now if deferred
+            spans = self.spans = self.watcher.spans()
+        rec.span = spans.start(stats.key, kwargs, self.inner_takes_context)
 
     def fault(self, hook: str, exc: BaseException) -> None:
         """Report an internal error; switch the whole task hook off if it keeps failing."""
@@ -388,6 +373,18 @@ class TaskWatcher:
         self._originals: dict[type, tuple[Any, Any]] = {}
         self._loop_count = 0
         self.requests: contextvars.ContextVar[Any] | None = None
+        self._spans: Any = None
+
+    def spans(self) -> Any:
+        """The ``TaskSpans`` for the tracer as it is now (imports OpenTelemetry's trace API
+        on the first task span: a process without task spans never loads it)."""
+        tracer = self.tracer()
+        spans = self._spans
+        if spans is None or spans.tracer is not tracer:
+            from ._taskspans import TaskSpans
+
+            spans = self._spans = TaskSpans(tracer)
+        return spans
 
     def track_requests(self, var: contextvars.ContextVar[Any] | None) -> None:
         """Count tasks per request from now on (``var`` holds the current request), or stop."""

@@ -336,12 +336,16 @@ class Telemetry:
         if self.started:
             return
         self.started = True
-        from opentelemetry import metrics, trace
-
         self.resource = None
-        existing = metrics.get_meter_provider()
-        # the app's provider can only be an SDK one if the app imported the SDK
+        # The app's provider can only be an SDK one if the app imported the SDK (or names one
+        # in the environment): otherwise the API's modules are not even imported here.
         sdk_metrics = sys.modules.get("opentelemetry.sdk.metrics")
+        existing: Any = None
+        if sdk_metrics is not None or "OTEL_PYTHON_METER_PROVIDER" in os.environ:
+            from opentelemetry import metrics
+
+            existing = metrics.get_meter_provider()
+            sdk_metrics = sys.modules.get("opentelemetry.sdk.metrics")
         if (
             sdk_metrics is not None
             and isinstance(existing, sdk_metrics.MeterProvider)
@@ -360,8 +364,13 @@ class Telemetry:
             else:
                 self._meter_deferred = True
         given = self.given_tracer_provider
-        existing_tp = given or trace.get_tracer_provider()
+        existing_tp = given
         sdk_trace = sys.modules.get("opentelemetry.sdk.trace")
+        if given is None and (sdk_trace is not None or "OTEL_PYTHON_TRACER_PROVIDER" in os.environ):
+            from opentelemetry import trace
+
+            existing_tp = trace.get_tracer_provider()
+            sdk_trace = sys.modules.get("opentelemetry.sdk.trace")
         if given is not None or (
             sdk_trace is not None and isinstance(existing_tp, sdk_trace.TracerProvider)
         ):

@@ -4,7 +4,10 @@ Configurations, interleaved round by round in one process:
 
 * ``bare`` - stock asyncio, no task factory.
 * ``asyncwatch`` - metrics only (the default: every task counted, a sample timed).
-* ``asyncwatch+spans`` - a span for every task as well (``task_span_ratio=1``).
+* ``asyncwatch+spans`` - a span for every task as well (``task_span_ratio=1``; no traces
+  exporter, the default: the spans are contexts for what the tasks start).
+* ``asyncwatch+spans+batch`` - the same, each span handed at its end to the SDK's
+  ``BatchSpanProcessor`` (an exporter that discards: the export thread's CPU time counts).
 * ``asyncwatch+asgi`` - metrics, with an ``AsyncWatchMiddleware`` active in the process but
   the tasks created outside any request (background work of a served app).
 * ``asyncwatch+request`` - metrics, with the tasks created inside an HTTP request handled by
@@ -25,6 +28,12 @@ Workloads (each round runs ``--tasks`` tasks):
 
 Run: ``python benchmarks/task_churn.py`` (``--quick`` for a smoke run, ``--uvloop`` to use
 uvloop's loop for every configuration).
+
+``--span-memory``: bytes per live span instead of time. ``--tasks`` tasks (default 20,000) are
+started and left waiting on an event; tracemalloc counts what the process holds with them
+alive, for bare asyncio, asyncwatch with a span for every task, and
+opentelemetry-instrumentation-asyncio tracing the same coroutine; per live span = (holding -
+bare's) / tasks. Each configuration runs ``--rounds`` times (median).
 """
 
 from __future__ import annotations
@@ -149,10 +158,19 @@ def configurations(
         del state
         tracemalloc.stop()
 
+    batched = Watch(
+        Config(metrics_exporters=("none",), task_span_ratio=1.0),
+        tracer_provider=discarding_provider(),
+    )
+    batched.telemetry.start()
+
     configs: dict[str, Callable[[], tuple[float, int]]] = {
         "bare": lambda: timed(workload, n, use_uvloop),
         "asyncwatch": lambda: timed(workload, n, use_uvloop, metrics.tasks.instrument),
         "asyncwatch+spans": lambda: timed(workload, n, use_uvloop, spans.tasks.instrument),
+        "asyncwatch+spans+batch": lambda: timed(
+            workload, n, use_uvloop, batched.tasks.instrument
+        ),
         "asyncwatch+asgi": lambda: timed(workload, n, use_uvloop, asgi_idle),
         "asyncwatch+request": lambda: timed(workload, n, use_uvloop, in_request, end_request),
         "asyncwatch+memory": lambda: timed(
@@ -162,6 +180,116 @@ def configurations(
     if anchors:
         configs.update(anchor_configurations(workload, n, use_uvloop))
     return configs
+
+
+def discarding_provider() -> Any:
+    """An SDK TracerProvider whose BatchSpanProcessor exports to an exporter that discards."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    # a queue that holds a whole round: spans are exported, not dropped
+    provider.add_span_processor(BatchSpanProcessor(Discard(), max_queue_size=100_000))
+    return provider
+
+
+async def waiter(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+def held_per_task(n: int, setup: Callable[[asyncio.AbstractEventLoop], Any] | None) -> float:
+    """Bytes tracemalloc counts per task with ``n`` tasks started and waiting."""
+    import gc
+
+    loop = asyncio.new_event_loop()
+    state = setup(loop) if setup else None
+
+    async def main() -> float:
+        event = asyncio.Event()
+        await asyncio.sleep(0)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        tasks = [asyncio.create_task(waiter(event)) for _ in range(n)]
+        await asyncio.sleep(0)  # every task has taken its first step (a span is started)
+        await asyncio.sleep(0)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+        event.set()
+        await asyncio.gather(*tasks)
+        return held / n
+
+    tracemalloc.start(1)
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        tracemalloc.stop()
+        if state is not None and hasattr(state, "uninstrument"):
+            state.uninstrument()
+        loop.close()
+
+
+def span_memory(n: int, rounds: int, anchors: bool) -> list[Row]:
+    """Bytes per live span: asyncwatch's and (``anchors``) OTel-asyncio's, over bare."""
+    spans = Watch(
+        Config(metrics_exporters=("none",), task_span_ratio=1.0),
+        tracer_provider=discarding_provider(),
+    )
+    spans.telemetry.start()
+    setups: dict[str, Callable[[asyncio.AbstractEventLoop], Any] | None] = {
+        "bare": None,
+        "asyncwatch+spans": spans.tasks.instrument,
+    }
+    if anchors:
+        from opentelemetry.instrumentation.asyncio import AsyncioInstrumentor
+
+        provider = discarding_provider()
+
+        def otel(loop: asyncio.AbstractEventLoop) -> Any:
+            del loop
+            os.environ["OTEL_PYTHON_ASYNCIO_COROUTINE_NAMES_TO_TRACE"] = "waiter"
+            instrumentor = AsyncioInstrumentor()
+            instrumentor.instrument(tracer_provider=provider)
+            return instrumentor
+
+        setups["otel-asyncio+spans"] = otel
+    held: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(rounds):
+        for name, setup in setups.items():
+            held[name].append(held_per_task(n, setup))
+    rows = []
+    import statistics
+
+    bare = statistics.median(held["bare"])
+    for name, values in held.items():
+        per_task = statistics.median(values)
+        # rate: bytes per task held; ratio: against bare's
+        rows.append(Row("span-memory", name, [per_task / bare], [per_task]))
+    return rows
+
+
+def span_memory_table(rows: list[Row], n: int, rounds: int) -> str:
+    bare = next(r.rate for r in rows if r.config == "bare")
+    lines = [
+        "| configuration | bytes per live task | bytes per live span (over bare) |",
+        "|---|---:|---:|",
+    ]
+    for row in rows:
+        extra = "" if row.config == "bare" else f"{row.rate - bare:,.0f}"
+        lines.append(f"| {row.config} | {row.rate:,.0f} | {extra} |")
+    lines.append("")
+    lines.append(
+        f"{n:,} tasks started and waiting, tracemalloc's count of what is held, median of "
+        f"{rounds} rounds; the same coroutine for every configuration."
+    )
+    return "\n".join(lines)
 
 
 def anchor_configurations(
@@ -270,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-anchors", action="store_true", help="skip OTel and aiomonitor")
     parser.add_argument("--only", help="comma-separated workloads")
     parser.add_argument("--name", default=None, help="results file name")
+    parser.add_argument(
+        "--span-memory", action="store_true", help="bytes per live span, not time"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -277,6 +408,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.rounds, args.tasks = 2, 2_000
+    if args.span_memory:
+        rounds = 3 if args.rounds == 11 else args.rounds
+        rows = span_memory(args.tasks, rounds, not args.no_anchors)
+        text = span_memory_table(rows, args.tasks, rounds)
+        save(args.name or "span_memory", rows, text, {"rounds": rounds, "tasks": args.tasks})
+        print(text)
+        return 0
     chosen = args.only.split(",") if args.only else list(WORKLOADS)
     rows: list[Row] = []
     for name in chosen:

@@ -25,8 +25,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 CASES: dict[str, tuple[list[str], set[str]]] = {
     "task_churn": (
         ["--rounds", "1", "--tasks", "40"],
-        {"bare", "asyncwatch", "asyncwatch+spans", "asyncwatch+asgi", "asyncwatch+request",
-         "asyncwatch+memory", "otel-asyncio", "aiomonitor"},
+        {"bare", "asyncwatch", "asyncwatch+spans", "asyncwatch+spans+batch", "asyncwatch+asgi",
+         "asyncwatch+request", "asyncwatch+memory", "otel-asyncio", "aiomonitor"},
     ),
     "locks": (["--rounds", "1", "--ops", "200"], {"bare", "asyncwatch"}),
     "advisor": (["--rounds", "1", "--ops", "200"], {"bare"}),
@@ -58,6 +58,21 @@ def test_every_configuration_runs(name: str, tmp_path: Path) -> None:
             value = row.get(key)
             if value is not None:
                 assert math.isfinite(value) and value > 0, row
+
+
+def test_the_span_memory_mode_runs(tmp_path: Path) -> None:
+    """``task_churn.py --span-memory``: bare, asyncwatch's spans and OTel-asyncio's each held
+    live tasks and reported a positive size per task (the figures are not looked at)."""
+    out = tmp_path / "span_memory"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "task_churn.py"), "--span-memory", "--rounds", "1",
+         "--tasks", "200", "--name", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert {row["config"] for row in rows} == {"bare", "asyncwatch+spans", "otel-asyncio+spans"}
+    assert all(math.isfinite(row["rate"]) and row["rate"] > 0 for row in rows), rows
 
 
 def test_the_asgi_tail_attribution_runs(tmp_path: Path) -> None:
