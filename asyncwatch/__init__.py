@@ -53,33 +53,27 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from . import testing as testing
-    from ._asgi import AsyncWatchMiddleware as AsyncWatchMiddleware
-    from ._blocked import BlockedLoop as BlockedLoop
-    from ._config import Config as Config
-    from ._config import ConfigError as ConfigError
-    from ._deadlock_report import AwaitChain as AwaitChain
-    from ._deadlock_report import DeadlockFinding as DeadlockFinding
-    from ._deadlock_report import PrimitiveInfo as PrimitiveInfo
-    from ._deadlock_report import StuckTaskFinding as StuckTaskFinding
-    from ._findings import Finding as Finding
-    from ._findings import Frame as Frame
-    from ._gates import Gate as Gate
-    from ._idle import idle as idle
-    from ._limits import Concurrency as Concurrency
-    from ._models import Recommendation as Recommendation
-    from ._profiling import CoroutineProfile as CoroutineProfile
-    from ._profiling import FunctionProfile as FunctionProfile
-    from ._profiling import ProfilerBusy as ProfilerBusy
-    from ._profiling import ProfileReport as ProfileReport
-    from ._profiling import ProfileSession as ProfileSession
-    from ._profiling import profile as profile
-    from ._profiling import profile_sync as profile_sync
-    from ._profiling import profiling as profiling
-    from ._stats import CoroutineStats as CoroutineStats
-    from ._stats import Percentiles as Percentiles
-    from ._stats import ProcessStats as ProcessStats
-    from ._stats import Stats as Stats
+    from ._core.config import Config, ConfigError
+    from ._core.findings import Finding, Frame
     from ._watch import Watch as Watch
+    from .advisor._gates import Gate
+    from .advisor._limits import Concurrency
+    from .advisor._models import Recommendation
+    from .asgi._middleware import AsyncWatchMiddleware
+    from .deadlock._idle import idle
+    from .deadlock._report import AwaitChain, DeadlockFinding, PrimitiveInfo, StuckTaskFinding
+    from .loopwatch._blocked import BlockedLoop
+    from .profiling._profiling import (
+        CoroutineProfile,
+        FunctionProfile,
+        ProfilerBusy,
+        ProfileReport,
+        ProfileSession,
+        profile,
+        profile_sync,
+        profiling,
+    )
+    from .tasks._stats import CoroutineStats, Percentiles, ProcessStats, Stats
 
 
 def __getattr__(name: str) -> Any:
@@ -205,7 +199,7 @@ def stats() -> Stats:
     """
     watch = _current_watch()
     if watch is None:
-        from ._stats import Stats
+        from .tasks._stats import Stats
 
         return Stats(installed=False)
     return watch.stats()
@@ -266,7 +260,7 @@ def batch(name: str, size: int | Callable[..., int], *, budget_s: float | None =
     that raise are not recorded. Costs two clock reads per batch; a no-op when asyncwatch is not
     installed.
     """
-    from ._advisor import make_batch
+    from .advisor._advisor import make_batch
 
     return make_batch(name, size, budget_s)
 
@@ -286,7 +280,7 @@ def concurrency(name: str, limit: int | None = None, *, backlog: Any = None) -> 
     """
     watch = _current_watch()
     advisor = getattr(watch, "advisor", None)
-    from ._limits import make_concurrency
+    from .advisor._limits import make_concurrency
 
     return make_concurrency(getattr(advisor, "limits", None), name, limit, backlog)
 
@@ -306,7 +300,7 @@ def rejected() -> None:
     a task or when asyncwatch is not installed (one weak reference to the task until it
     releases or ends).
     """
-    from ._limits import mark_rejected
+    from .advisor._limits import mark_rejected
 
     mark_rejected()
 
@@ -327,6 +321,6 @@ def gate(name: str, *, rpm: float | None = None, tpm: float | None = None, token
     """
     watch = _current_watch()
     advisor = getattr(watch, "advisor", None)
-    from ._gates import make_gate
+    from .advisor._gates import make_gate
 
     return make_gate(getattr(advisor, "gates", None), name, rpm, tpm, tokens)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._config import Config, ConfigError, check_environment, raw_problem, settings_reference
+from ._core.config import Config, ConfigError, check_environment, raw_problem, settings_reference
 
 BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "_bootstrap")
 

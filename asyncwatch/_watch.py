@@ -12,23 +12,26 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, _recorder
-from . import _names as n
-from ._advisor import Advisor
-from ._config import Config, check_environment
-from ._deadlock import DeadlockDetector
-from ._export import MetricsBridge, Point, ProcessSampler, task_points
-from ._faults import Faults
-from ._findings import FindingsLog
-from ._http import HttpStats
-from ._loopwatch import LoopWatch
-from ._primitives import PrimitiveTracker
-from ._recorder import Recorder
-from ._tasks import TaskWatcher
-from ._telemetry import DropCounter, Telemetry
+from . import __version__
+from ._core import names as n
+from ._core.config import Config, check_environment
+from ._core.faults import Faults
+from ._core.findings import FindingsLog
+from ._core.points import Point
+from .advisor._advisor import Advisor
+from .asgi._http import HttpStats
+from .deadlock._detector import DeadlockDetector
+from .loopwatch._watchdog import LoopWatch
+from .otel._bridge import MetricsBridge, ProcessSampler
+from .otel._telemetry import DropCounter, Telemetry
+from .sync._tracker import PrimitiveTracker
+from .tasks import _recorder
+from .tasks._hook import TaskWatcher
+from .tasks._points import task_points
+from .tasks._recorder import Recorder
 
 if TYPE_CHECKING:  # imported where used: stats() is not needed to start
-    from ._stats import ProcessStats, Stats
+    from .tasks._stats import ProcessStats, Stats
 
 logger = logging.getLogger("asyncwatch")
 
@@ -86,7 +89,7 @@ class Watch:
         self.console: Any = None
         skip_thread = None
         if config.console and config.enabled:
-            from ._console import Console, is_console_thread
+            from .console._server import Console, is_console_thread
 
             self.console = Console(self)
             skip_thread = is_console_thread  # the console's own loop is left alone
@@ -120,7 +123,7 @@ class Watch:
         if not self.config.lazy_start:
             self.telemetry.start()
         if self.config.memory_attribution:
-            from ._memory import MemoryAttribution
+            from .tasks._memory import MemoryAttribution
 
             self._memory = MemoryAttribution(
                 self.recorder, self.config.memory_interval_s, self.config.memory_frames
@@ -137,7 +140,7 @@ class Watch:
         if self.config.advisor:
             self.advisor.start()
         self.tasks.install()
-        from ._asgi_patch import StarlettePatches
+        from .asgi._starlette import StarlettePatches
 
         self._asgi_patches = StarlettePatches(self.faults, auto_add=self.config.asgi_auto)
         self._asgi_patches.install()
@@ -221,7 +224,7 @@ class Watch:
 
     def stats(self) -> Stats:
         """A snapshot of every coroutine seen, with process figures."""
-        from ._stats import CoroutineStats, Stats
+        from .tasks._stats import CoroutineStats, Stats
 
         memory = self._memory.bytes_by_key if self._memory is not None else {}
         coroutines = {
@@ -237,7 +240,7 @@ class Watch:
         return self.http.route_table()
 
     def _process_stats(self) -> ProcessStats:
-        from ._stats import ProcessStats
+        from .tasks._stats import ProcessStats
 
         values: dict[str, Any] = {}
         try:

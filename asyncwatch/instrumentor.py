@@ -15,7 +15,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
     BaseInstrumentor,
 )
 
-from ._config import Config
+from ._core.config import Config
 from ._watch import install, uninstall
 
 

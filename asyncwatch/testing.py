@@ -46,9 +46,9 @@ import asyncwatch
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
 
-    from ._findings import Finding
-    from ._stats import CoroutineStats
+    from ._core.findings import Finding
     from ._watch import Watch
+    from .tasks._stats import CoroutineStats
 
 __all__ = [
     "TEST_SETTINGS",

@@ -219,7 +219,8 @@ def tail_child(config: str, seconds: float, warm: int, inflight: int) -> None:
 
     pauses = Pauses()
     if config.startswith("asyncwatch"):
-        from asyncwatch import _deadlock, _loopwatch
+        from asyncwatch.deadlock import _detector as _deadlock
+        from asyncwatch.loopwatch import _watchdog as _loopwatch
 
         pauses.wrap(_loopwatch._Heartbeat, "run", "heartbeat")
         pauses.wrap(_deadlock.DeadlockDetector, "_step", "deadlock scan slice")

@@ -163,7 +163,7 @@ async def sliced_scan(watch: asyncwatch.Watch) -> list[Slice]:
 
 async def sliced_probe(watch: asyncwatch.Watch) -> list[Slice]:
     """A cycle probe as the timer runs it, slice by slice (see ``sliced_scan``)."""
-    from asyncwatch._scanstate import probe_steps
+    from asyncwatch.deadlock._scanstate import probe_steps
 
     loop = asyncio.get_running_loop()
     steps = probe_steps(loop, watch.deadlocks._state(loop), watch.deadlocks._probe_edges)

@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import RESULTS, Row, interleave, new_loop, save, table, timed
 
 from asyncwatch import Config
-from asyncwatch._faults import Faults
-from asyncwatch._findings import Finding, FindingsLog
-from asyncwatch._loopwatch import LoopWatch
+from asyncwatch._core.faults import Faults
+from asyncwatch._core.findings import Finding, FindingsLog
+from asyncwatch.loopwatch._watchdog import LoopWatch
 
 CHAINS = 100
 BATCH = 1000

@@ -22,7 +22,7 @@ CHILD = r"""
 import statistics, sys, time
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-import asyncwatch._export
+import asyncwatch.otel._bridge
 mode, rounds = sys.argv[1], int(sys.argv[2])
 start = time.perf_counter()
 if mode == "system-metrics":
@@ -38,7 +38,7 @@ if mode == "system-metrics":
                 for m in sm_.metrics for p in m.data.data_points]
 else:
     imported = 0.0
-    sampler = asyncwatch._export.ProcessSampler()
+    sampler = asyncwatch.otel._bridge.ProcessSampler()
     def collect():
         return [(d.name, a) for d, a, _, _ in sampler.points()]
 series = collect()

@@ -130,8 +130,8 @@ def configurations(
     requests.telemetry.start()
 
     def in_request(loop: asyncio.AbstractEventLoop) -> Any:
-        from asyncwatch._asgi import Observer
-        from asyncwatch._exchange import REQUEST, HttpExchange
+        from asyncwatch.asgi._middleware import Observer
+        from asyncwatch.asgi._exchange import REQUEST, HttpExchange
 
         requests.tasks.track_requests(REQUEST)
         requests.tasks.instrument(loop)
@@ -140,13 +140,13 @@ def configurations(
         return REQUEST.set(request)  # the workload's task inherits it, as a handler's would
 
     def asgi_idle(loop: asyncio.AbstractEventLoop) -> Any:
-        from asyncwatch._exchange import REQUEST
+        from asyncwatch.asgi._exchange import REQUEST
 
         requests.tasks.track_requests(REQUEST)
         return requests.tasks.instrument(loop)
 
     def end_request(token: Any) -> None:
-        from asyncwatch._exchange import REQUEST
+        from asyncwatch.asgi._exchange import REQUEST
 
         REQUEST.reset(token)
 

@@ -12,7 +12,7 @@ def install() -> asyncwatch.Watch:
 
 def show(title: str, recs: list[asyncwatch.Recommendation]) -> None:
     """Print the advice like the console does."""
-    from asyncwatch._advisor import render
+    from asyncwatch.advisor._advisor import render
 
     print(f"--- {title}")
     print(render(recs))

@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from asyncwatch import _names  # noqa: E402
-from asyncwatch._config import settings, settings_reference  # noqa: E402
+from asyncwatch._core import names as _names  # noqa: E402
+from asyncwatch._core.config import settings, settings_reference  # noqa: E402
 
 
 def config_table() -> str:

@@ -62,7 +62,9 @@ class VirtualLoop(asyncio.SelectorEventLoop):
 @contextmanager
 def virtual_watch(window_s: float) -> Iterator[tuple[asyncwatch.Watch, VirtualClock]]:
     """asyncwatch installed with every advisor clock on one virtual clock."""
-    from asyncwatch import _advisor, _batches, _limits, _primitives, _watch
+    from asyncwatch.advisor import _advisor, _batches, _limits
+    from asyncwatch.sync import _tracker as _primitives
+    from asyncwatch import _watch
 
     clock = VirtualClock()
     saved = (_advisor.clock, _batches.clock, _limits.clock, _watch.PrimitiveTracker)
@@ -364,7 +366,7 @@ class PoolModel:
         return min(workers / run, cpu_cap, self.callers / run)
 
     def figures(self, workers: int, processes: bool) -> Any:
-        from asyncwatch._models import PoolFigures
+        from asyncwatch.advisor._models import PoolFigures
 
         x = self.throughput(workers, processes)
         latency = self.callers / x  # Little's law: every caller is in the pool
@@ -381,7 +383,7 @@ class PoolModel:
 def pool_closed_loop(model: PoolModel, *, workers: int = 1,
                      max_steps: int = 8) -> list[Step]:
     """Apply the pool advice (threads, or a process pool) until "no change"."""
-    from asyncwatch._models import pool_advice
+    from asyncwatch.advisor._models import pool_advice
 
     steps: list[Step] = []
     processes = False

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from asyncwatch._fit import BatchFit, fit_batch, fit_usl, nnls3
-from asyncwatch._models import (
+from asyncwatch.advisor._fit import BatchFit, fit_batch, fit_usl, nnls3
+from asyncwatch.advisor._models import (
     BatchFigures,
     LimitFigures,
     LoopFigures,

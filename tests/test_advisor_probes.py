@@ -16,10 +16,10 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
-from asyncwatch import _names as n
-from asyncwatch._advisor import _limit_window
-from asyncwatch._limits import EXACT_HOLDS
-from asyncwatch._models import Recommendation
+from asyncwatch._core import names as n
+from asyncwatch.advisor._advisor import _limit_window
+from asyncwatch.advisor._limits import EXACT_HOLDS
+from asyncwatch.advisor._models import Recommendation
 from tests.advisor_workloads import cpu_call, executor_workload, io_call
 from tests.conftest import collect, point, wait_for
 
@@ -268,7 +268,7 @@ def test_semaphore_limit_in_force_new_level_measured_and_failures_not_throughput
 def test_limit_levels_a_percent_apart_merge_and_every_level_is_listed() -> None:
     """A saturated limit's ramp and drain (255, 256) are one level; the evidence lists all
     the levels measured (the old one only the 6 highest)."""
-    from asyncwatch._models import LimitFigures, limit_advice, merge_levels
+    from asyncwatch.advisor._models import LimitFigures, limit_advice, merge_levels
 
     levels = ((255, 2.55, 300), (256, 25.6, 3000),
               *((lvl, lvl / 100, 100) for lvl in (1, 2, 4, 8, 16, 32, 64)))
@@ -287,7 +287,7 @@ def test_fixed_size_gather_batches_get_the_sizes_to_run_and_history_is_kept(
     """Issue 16.2 on real calls: ``items[i:i+32]`` fanned out with ``gather`` is seen as a
     batch size of 32 and gets the runs to make by size; an ``asyncwatch.batch`` site that
     moved to another size keeps the batches of the size before past its ring."""
-    from asyncwatch._batches import RING
+    from asyncwatch.advisor._batches import RING
 
     async def store(item: int) -> int:
         await asyncio.sleep(0)
@@ -437,7 +437,7 @@ def test_console_advice_command_renders_real_advice(advised: asyncwatch.Watch) -
     """The console's `advice` shows each change with its evidence (`-b`: without)."""
     from click.testing import CliRunner
 
-    from asyncwatch._console_commands import do_advice
+    from asyncwatch.console._commands import do_advice
     from tests.advisor_workloads import executor_workload
 
     async def main() -> None:
@@ -531,7 +531,7 @@ def test_semaphores_pools_and_gates_are_metrics_per_site(
 
 def test_gate_names_are_capped_with_an_overflow(advised: asyncwatch.Watch) -> None:
     """150 gate names: 100 series and _OTHER, never more; bad arguments fail fast."""
-    from asyncwatch._gates import MAX_GATES
+    from asyncwatch.advisor._gates import MAX_GATES
 
     async def main() -> None:
         for i in range(150):

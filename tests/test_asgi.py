@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect
 
 import asyncwatch
-from asyncwatch import _names as n
+from asyncwatch._core import names as n
 
 from .asgi_apps import Controls, Observed, make_app, observed_fixture, observing
 from .asgi_servers import Uvicorn, read_responses

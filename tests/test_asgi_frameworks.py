@@ -30,7 +30,7 @@ from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 
 import asyncwatch
-from asyncwatch import _names as n
+from asyncwatch._core import names as n
 
 from .asgi_apps import Controls, child_ok, make_app, observing
 from .asgi_servers import Uvicorn

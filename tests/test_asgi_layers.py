@@ -24,7 +24,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 import asyncwatch
-from asyncwatch import _names as n
+from asyncwatch._core import names as n
 
 from .asgi_apps import Observed, observing
 from .asgi_servers import Uvicorn

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from asyncwatch import _names as n
-from asyncwatch._blocked import LONG_BLOCK_S, Episode, LoopMonitor
-from asyncwatch._loopwatch import CulpritCounts, LogLimiter
-from asyncwatch._stacks import Sample, sample_thread
+from asyncwatch._core import names as n
+from asyncwatch.loopwatch._blocked import LONG_BLOCK_S, Episode, LoopMonitor
+from asyncwatch.loopwatch._watchdog import CulpritCounts, LogLimiter
+from asyncwatch._core.stacks import Sample, sample_thread
 from asyncwatch.testing import ManualClock
 
 THRESHOLD = 0.1

@@ -20,8 +20,8 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
-from asyncwatch._blocked import BlockedLoop, LoopMonitor
-from asyncwatch._stacks import APP, classify
+from asyncwatch.loopwatch._blocked import BlockedLoop, LoopMonitor
+from asyncwatch._core.stacks import APP, classify
 
 from . import dealloc_app
 from .conftest import collect, marked_line, strict_watch, wait_for
@@ -174,7 +174,7 @@ def test_a_long_garbage_collection_is_named(reader: InMemoryMetricReader) -> Non
 
 def test_gc_times_leaves_other_callbacks_alone() -> None:
     """install() appends one callback; uninstall() removes it and nothing else."""
-    from asyncwatch._gctimes import GcTimes
+    from asyncwatch.loopwatch._gctimes import GcTimes
 
     def theirs(phase: str, info: dict[str, Any]) -> None:
         pass
@@ -216,7 +216,7 @@ async def finishes() -> None:
 def test_a_finished_coroutine_keeps_its_module() -> None:
     """A coroutine that returned has no frame to read its module from: its name comes from
     its code's file (it used to be the bare ``finishes``, the name precise mode printed)."""
-    from asyncwatch._recorder import coroutine_key
+    from asyncwatch._core.measure import coroutine_key
 
     coro = finishes()
     live = coroutine_key(coro)
@@ -233,7 +233,7 @@ def test_callback_site_is_never_asyncio_code() -> None:
     """A block timed after the fact is placed at the app's line: a task suspended inside
     asyncio.sleep is at the line that awaits it (not in asyncio/tasks.py), and a callback of
     asyncio's own has no site at all."""
-    from asyncwatch._stacks import callback_site
+    from asyncwatch._core.stacks import callback_site
 
     loop = asyncio.new_event_loop()
     try:

@@ -9,7 +9,7 @@ import types
 from typing import Any
 
 import asyncwatch
-from asyncwatch import _names as n
+from asyncwatch._core import names as n
 
 from .conftest import collect
 
@@ -182,7 +182,7 @@ def test_a_default_install_serves_a_bounded_page_whatever_the_app_does() -> None
 def test_the_series_budget_is_sticky_and_folds_into_one_other_series() -> None:
     """Series admitted under the budget stay on their own; later ones always fold into the
     metric's _OTHER series, whose value is their sum (so counters never jump between them)."""
-    from asyncwatch._export import MetricsBridge
+    from asyncwatch.otel._bridge import MetricsBridge
 
     bridge = MetricsBridge("test", max_series=3)
     names = ["a", "b"]

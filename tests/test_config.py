@@ -10,8 +10,8 @@ import pytest
 
 import asyncwatch
 from asyncwatch import Config, ConfigError
-from asyncwatch._config import _described, settings, settings_reference
-from asyncwatch._config_parse import FLAG, whole
+from asyncwatch._core.config import _described, settings, settings_reference
+from asyncwatch._core.config_parse import FLAG, whole
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,7 +170,7 @@ def test_a_field_without_a_description_is_refused() -> None:
 def test_setting_wants_asyncwatch_variable_first() -> None:
     """``setting()`` puts asyncwatch's own variable first (standard ``OTEL_*`` ones are only
     fallbacks), so a setting always has an ``ASYNCWATCH_*`` name to be set and named by."""
-    from asyncwatch._config_parse import setting
+    from asyncwatch._core.config_parse import setting
 
     with pytest.raises(TypeError, match="ASYNCWATCH_"):
         setting(1, "OTEL_SOMETHING", whole(1, 2), help="x")

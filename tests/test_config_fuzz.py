@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import asyncwatch
 from asyncwatch import ConfigError
-from asyncwatch._config import _SETTINGS, Config, check_environment
+from asyncwatch._core.config import _SETTINGS, Config, check_environment
 
 from .conftest import free_port, wait_for
 
@@ -201,7 +201,7 @@ def test_values_that_failed_later_are_refused_at_install(name: str, value: Any) 
 def test_a_failure_inside_start_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
     """If a part fails after the /metrics server started, start() undoes what it did: no
     thread, the port free, no patch, and a second install() serves /metrics again."""
-    from asyncwatch import _memory
+    from asyncwatch.tasks import _memory
 
     def broken(self: Any) -> None:
         raise RuntimeError("tracemalloc refused")

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 
 import asyncwatch
 from asyncwatch import Config, ConfigError, Finding
-from asyncwatch._console_commands import do_http
-from asyncwatch._console_render import render_top
+from asyncwatch.console._commands import do_http
+from asyncwatch.console._render import render_top
 from tests.conftest import free_port, marked_line, python_env, wait_for
 from tests.console_client import AppThread, run_commands
 
@@ -306,7 +306,7 @@ def test_http_command_shows_a_served_apps_routes(console: dict[str, int]) -> Non
 
 def test_route_percentiles_interpolate_inside_the_exported_buckets() -> None:
     """p50/p99 of the route table: linear inside a bucket, clamped to the observed min/max."""
-    from asyncwatch._http import BoundHist
+    from asyncwatch.asgi._http import BoundHist
 
     hist = BoundHist((0.005, 0.01, 0.025))
     for value in (0.006, 0.007, 0.008, 0.009, 0.02):

@@ -6,7 +6,7 @@ import asyncio
 import os
 import threading
 
-from asyncwatch._stacks import culprit_of, current_frames
+from asyncwatch._core.stacks import culprit_of, current_frames
 
 from .conftest import wait_for
 

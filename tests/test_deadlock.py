@@ -427,7 +427,7 @@ def test_the_scanner_runs_by_itself_and_stops_with_uninstall(
 ) -> None:
     """With a short interval the loop finds a lock-order inversion on its own timer, scanning
     its tasks in slices with the loop running in between."""
-    import asyncwatch._deadlock as deadlock
+    import asyncwatch.deadlock._detector as deadlock
 
     monkeypatch.setattr(deadlock, "SLICE", 10)
     steps: list[int] = []

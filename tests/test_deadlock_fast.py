@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 import asyncwatch
-import asyncwatch._deadlock as deadlock
+import asyncwatch.deadlock._detector as deadlock
 from asyncwatch import DeadlockFinding
-from asyncwatch._config import Config
-from asyncwatch._scanstate import MAX_CHAIN, closes_cycle
+from asyncwatch._core.config import Config
+from asyncwatch.deadlock._scanstate import MAX_CHAIN, closes_cycle
 from asyncwatch.testing import settle
 
 from .deadlock_helpers import is_rotation, throwaway_loop

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import asyncwatch
-from asyncwatch._scanstate import PROBED_TYPES
+from asyncwatch.deadlock._scanstate import PROBED_TYPES
 from asyncwatch.testing import scan, settle
 
 from .deadlock_helpers import install

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 import asyncwatch
-import asyncwatch._deadlock as deadlock
-import asyncwatch._scanstate as scanstate
-from asyncwatch._reach import UNREACHABLE, Walk
+import asyncwatch.deadlock._detector as deadlock
+import asyncwatch.deadlock._scanstate as scanstate
+from asyncwatch.deadlock._reach import UNREACHABLE, Walk
 from asyncwatch.testing import settle
 
 from .deadlock_helpers import install

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 import asyncwatch
-from asyncwatch import _names as n
+from asyncwatch._core import names as n
 
 from .conftest import collect, free_port, point, python_env, run_python
 
@@ -181,7 +181,7 @@ def test_internal_errors_are_a_metric(
     monkeypatch: pytest.MonkeyPatch, reader: InMemoryMetricReader
 ) -> None:
     """An internal error shows up in asyncwatch.internal.errors by hook."""
-    from asyncwatch._recorder import Shard
+    from asyncwatch.tasks._recorder import Shard
 
     def broken(self: Shard, coro: Any) -> Any:
         raise RuntimeError("bug")

@@ -26,7 +26,7 @@ import promql_parser
 import pytest
 import yaml
 
-from asyncwatch import _names
+from asyncwatch._core import names as _names
 
 from .conftest import ROOT, free_port, python_env, wait_for
 

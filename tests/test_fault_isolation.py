@@ -16,8 +16,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client.parser import text_string_to_metric_families
 
 import asyncwatch
-from asyncwatch import _names as n
-from asyncwatch._exchange import HttpExchange
+from asyncwatch._core import names as n
+from asyncwatch.asgi._exchange import HttpExchange
 
 from .asgi_servers import Uvicorn
 from .conftest import collect, free_port, point

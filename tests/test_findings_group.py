@@ -11,10 +11,10 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
-from asyncwatch._blocked import BlockedLoop
-from asyncwatch._console_render import render_finding
-from asyncwatch._findings import Finding, FindingsLog, Frame
-from asyncwatch._loopwatch import RepeatLimiter
+from asyncwatch.loopwatch._blocked import BlockedLoop
+from asyncwatch.console._render import render_finding
+from asyncwatch._core.findings import Finding, FindingsLog, Frame
+from asyncwatch.loopwatch._watchdog import RepeatLimiter
 
 from .conftest import collect, point, wait_for
 from .test_loopwatch import SOURCE, Sleep, line_of, start_loop

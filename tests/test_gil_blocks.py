@@ -1,7 +1,7 @@
 """Blocks inside C code that holds the GIL: the watchdog thread cannot sample them while they
 last. By default the watchdog names them the moment the call returns, its late look proven a
 block by the loop thread's CPU clock (``LoopMonitor._held_computing``); with ``gil_watch`` on,
-a faulthandler dump names them while they last (asyncwatch._gilwatch)."""
+a faulthandler dump names them while they last (asyncwatch.loopwatch._gilwatch)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
-from asyncwatch._blocked import BlockedLoop, LoopMonitor, ThreadClock, thread_clock
-from asyncwatch._gilwatch import parse_dump
+from asyncwatch.loopwatch._blocked import BlockedLoop, LoopMonitor, ThreadClock, thread_clock
+from asyncwatch.loopwatch._gilwatch import parse_dump
 
 from .conftest import marked_line, strict_watch, wait_for
 from .test_loopwatch import start_loop

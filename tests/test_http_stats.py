@@ -17,8 +17,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 import asyncwatch
-from asyncwatch import _names as n
-from asyncwatch._http import FOLD_AT, BoundHist
+from asyncwatch._core import names as n
+from asyncwatch.asgi._http import FOLD_AT, BoundHist
 
 from .asgi_apps import observing
 

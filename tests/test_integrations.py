@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import asyncwatch
-from asyncwatch import _names as n
+from asyncwatch._core import names as n
 
 from .conftest import ROOT, collect, point, python_env
 
@@ -105,7 +105,7 @@ def test_docs_name_every_metric_and_variable() -> None:
     for metric in n.METRICS:
         assert f"`{metric.name}`" in metrics
     text = (reference / "settings.md").read_text()
-    from asyncwatch._config import settings_reference
+    from asyncwatch._core.config import settings_reference
 
     for _, variables, _, _ in settings_reference():
         for variable in variables.split(", "):

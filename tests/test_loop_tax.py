@@ -15,9 +15,9 @@ from types import FrameType
 from typing import Any
 
 import asyncwatch
-from asyncwatch._faults import Faults
-from asyncwatch._loopload import LoopLoad
-from asyncwatch._stacks import current_frames
+from asyncwatch._core.faults import Faults
+from asyncwatch.advisor._loopload import LoopLoad
+from asyncwatch._core.stacks import current_frames
 from tests.advisor_workloads import io_call
 from tests.conftest import wait_for
 

@@ -21,7 +21,7 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
-from asyncwatch._blocked import BlockedLoop
+from asyncwatch.loopwatch._blocked import BlockedLoop
 
 from .conftest import collect, marked_line, point, run_python, wait_for
 
@@ -275,7 +275,7 @@ def test_span_and_route_of_the_blocking_request(watch: asyncwatch.Watch) -> None
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from asyncwatch._context import current_route
+    from asyncwatch._core.context import current_route
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

@@ -17,8 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import asyncwatch
-from asyncwatch import _names as n
-from asyncwatch._export import HistValue
+from asyncwatch._core import names as n
+from asyncwatch._core.points import HistValue
 
 from .conftest import ROOT, free_port
 

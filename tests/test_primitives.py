@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import asyncwatch
-from asyncwatch._primitives import (
+from asyncwatch.sync._tracker import (
     STATE_ATTR,
     PrimitiveObserver,
     PrimitiveState,

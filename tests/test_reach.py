@@ -6,7 +6,7 @@ import asyncio
 import threading
 from typing import Any
 
-from asyncwatch._reach import REACHABLE, UNKNOWN, UNREACHABLE, direct, reach
+from asyncwatch.deadlock._reach import REACHABLE, UNKNOWN, UNREACHABLE, direct, reach
 
 
 class Thing:

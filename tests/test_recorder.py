@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from asyncwatch._names import OVERFLOW, TIMING_BOUNDS
-from asyncwatch._recorder import FINE_BOUNDS, Histogram, Recorder, TaskStats
+from asyncwatch._core.names import OVERFLOW, TIMING_BOUNDS
+from asyncwatch._core.measure import FINE_BOUNDS, Histogram
+from asyncwatch.tasks._recorder import Recorder, TaskStats
 
 
 def test_every_exported_bound_is_on_the_fine_grid() -> None:

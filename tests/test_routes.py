@@ -20,7 +20,7 @@ from starlette.routing import Host, Mount, Route, Router
 from websockets.sync.client import connect
 
 import asyncwatch
-from asyncwatch import _names as n
+from asyncwatch._core import names as n
 
 from .asgi_apps import observing
 from .asgi_servers import Uvicorn

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import asyncwatch
-import asyncwatch._scanstate as scanstate
+import asyncwatch.deadlock._scanstate as scanstate
 
 
 class Payload:

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 import asyncwatch
-import asyncwatch._tasks
-from asyncwatch._recorder import clock
-from asyncwatch._tasks import LoopHook
+import asyncwatch.tasks._hook
+from asyncwatch._core.measure import clock
+from asyncwatch.tasks._hook import LoopHook
 
 HERE = __name__  # the module part of every coroutine key defined in this file
 PACKAGE_DIR = str(Path(asyncwatch.__file__).parent)
@@ -469,7 +469,7 @@ def test_eager_task_that_finishes_at_once_is_timed_to_its_end(
     """A task that finishes inside its eager first step ended then: its duration does not
     include the rest of its creator's step (the hook's clock is driven by hand here)."""
     now = [clock()]
-    monkeypatch.setattr(asyncwatch._tasks, "clock", lambda: now[0])
+    monkeypatch.setattr(asyncwatch.tasks._hook, "clock", lambda: now[0])
 
     async def quick() -> None:
         pass
@@ -673,7 +673,7 @@ def test_internal_error_is_counted_not_raised(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A failure inside the hook never reaches the app: the task is made, the error counted."""
-    from asyncwatch._recorder import Shard
+    from asyncwatch.tasks._recorder import Shard
 
     def broken(self: Shard, coro: Any) -> Any:
         raise RuntimeError("asyncwatch bug")
@@ -693,7 +693,7 @@ def test_internal_error_is_counted_not_raised(
 
 def test_hook_switches_off_after_repeated_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     """A hook that keeps failing stops trying; the app keeps working."""
-    from asyncwatch._recorder import Shard
+    from asyncwatch.tasks._recorder import Shard
 
     def broken(self: Shard, coro: Any) -> Any:
         raise RuntimeError("asyncwatch bug")
@@ -711,7 +711,7 @@ def test_hook_switches_off_after_repeated_errors(monkeypatch: pytest.MonkeyPatch
 
 def test_strict_mode_raises_internal_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     """With raise_errors (ASYNCWATCH_RAISE=1) internal errors surface, for our own tests."""
-    from asyncwatch._recorder import Shard
+    from asyncwatch.tasks._recorder import Shard
 
     def broken(self: Shard, coro: Any) -> Any:
         raise RuntimeError("asyncwatch bug")

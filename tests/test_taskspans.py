@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags
 
 import asyncwatch
-from asyncwatch import _names as n
+from asyncwatch._core import names as n
 from asyncwatch._watch import current as asyncwatch_current
 
 from .conftest import wait_for
@@ -352,7 +352,7 @@ def test_a_processor_added_later_switches_to_the_sdk_path(
 def test_the_batch_processor_and_subclasses_that_keep_on_start_take_the_fast_path() -> None:
     """The SDK's batch processor (and asyncwatch's counting subclass) do nothing at start:
     task spans stay compact records with them."""
-    from asyncwatch._taskspans import quiet_processor
+    from asyncwatch.tasks._spans import quiet_processor
 
     exporter = InMemorySpanExporter()
     batch = BatchSpanProcessor(exporter)

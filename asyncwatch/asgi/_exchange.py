@@ -1,0 +1,556 @@
+"""Per-request state of the ASGI middleware: one ``HttpExchange`` or ``WsExchange`` each.
+
+An exchange wraps the server's ``receive``/``send`` (passing every message through as the
+same object), notes what it needs with a few attribute writes, and records into the
+``HttpStats`` shard when the response is complete. It is also the value of ``REQUEST``
+while the request is handled, so the task hook can count tasks per request (``on_task``).
+
+Timing semantics:
+
+* The request ends at its last body chunk (or trailers, or ``pathsend``): duration, active
+  requests and the span stop there. Work the app does afterwards (Starlette/FastAPI
+  background tasks) is timed separately (``asyncwatch.http.server.background.duration``).
+* A response with status >= 500 is recorded when the app returns, so that an exception
+  re-raised after the error page was sent (Starlette's ``ServerErrorMiddleware`` does this)
+  names the ``error.type`` of the request it broke.
+* A client that goes away first (``http.disconnect`` before the response was complete, or
+  the server's ``send`` raising ``OSError``) is counted in ``asyncwatch.http.server.disconnects``;
+  it is not an error of the app, whatever the app raises because of it. Following the HTTP
+  conventions its request has ``error.type`` ``client_disconnect`` and no
+  ``http.response.status_code`` unless the status line went out before the client left (a
+  500 the app answers to a vanished client is never sent, so never counted as a 5xx); the
+  span's status stays unset.
+"""
+
+from __future__ import annotations
+
+import time
+from _thread import get_ident
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from .._core import names as n
+from .._core.measure import clock
+from . import _routes
+from ._http import FOLD_AT, BoundHist, HttpShard, HttpStats, RequestKey, RequestSlot
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable
+    from contextvars import Token
+
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
+
+    from ..tasks._recorder import TaskStats
+    from ._middleware import Observer
+    from ._types import Message, Receive, Scope, Send
+
+    TaskCallback = Callable[[asyncio.Task[Any]], None]
+
+# The exchange of the request being handled (HttpExchange or WsExchange), for the task hook.
+REQUEST: ContextVar[_Exchange | None] = ContextVar("asyncwatch.request", default=None)
+
+# What ``url.scheme`` and ``network.protocol.version`` may be (anything else from a server is
+# reported as "http" and left out, so a hostile scope cannot grow the metric's cardinality).
+HTTP_SCHEMES = frozenset({"http", "https"})
+HTTP_VERSIONS = frozenset({"1.0", "1.1", "2", "2.0", "3", "3.0"})
+
+
+def bounded_scheme(value: Any) -> str:
+    """``value`` if it is a known ``url.scheme``, else "http"."""
+    try:
+        return value if value in HTTP_SCHEMES else "http"
+    except TypeError:  # unhashable
+        return "http"
+
+
+def bounded_version(value: Any) -> str | None:
+    """``value`` if it is a known ``network.protocol.version``, else None (left out)."""
+    try:
+        return value if value in HTTP_VERSIONS else None
+    except TypeError:  # unhashable
+        return None
+
+
+class _Exchange:
+    """What HTTP requests and WebSocket connections share: task counting, route, span."""
+
+    # Defaults live on the class, so an exchange only writes what differs. Only immutable
+    # values here. (HttpExchange sets the fields every request reads in its __init__.)
+    proto = "http"
+    default_scheme = "http"
+    method: str | None = None
+    route: str | None = None
+    exc: BaseException | None = None
+    disconnected = False
+    finished = False
+    span: Span | None = None
+    span_token: Token[Context] | None = None  # what made the span current
+    # Tasks created while handling this request and how they ended (folded into the
+    # route's counters when the request finishes; later endings go straight there).
+    tasks = 0
+    task_ok = 0
+    task_cancelled = 0
+    task_errors: dict[str, int] | None = None
+    task_cb: TaskCallback | None = None
+    callbacks: dict[TaskStats, TaskCallback] | None = None
+
+    scope: Scope
+    _receive: Receive
+    _send: Send
+
+    def __init__(self, obs: Observer, scope: Scope, receive: Receive, send: Send) -> None:
+        self.obs = obs
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.root_path = scope.get("root_path", "")
+        scheme = scope.get("scheme")
+        if scheme.__class__ is str and len(scheme) < 16:
+            self.scheme = scheme
+        else:
+            self.scheme = self.default_scheme
+        self.started = clock()
+
+    @property
+    def router(self) -> Any:
+        """The router hint for route resolution (None: the scope's own); the middleware's."""
+        return self.obs.router
+
+    # ---------------------------------------------------------------- tasks (hot path)
+
+    def done_callback(self, stats: TaskStats) -> TaskCallback:
+        """For the task hook: the one done-callback of a task of this request, doing the
+        task's own counting (``stats.on_done``) and the request's. One callback instead of two
+        saves the loop scheduling a second one per task; it is made once per coroutine."""
+        self.tasks += 1
+        callbacks = self.callbacks
+        if callbacks is None:
+            callbacks = self.callbacks = {}
+        callback = callbacks.get(stats)
+        if callback is None:
+            on_done, request_done = stats.on_done, self.task_done
+
+            def callback(task: asyncio.Task[Any]) -> None:
+                on_done(task)
+                request_done(task)
+
+            if len(callbacks) < 64:
+                callbacks[stats] = callback
+        return callback
+
+    def on_task(self, task: asyncio.Task[Any]) -> None:
+        """For the task hook's timed path: count a task that has its own done-callback."""
+        self.tasks += 1
+        cb = self.task_cb
+        if cb is None:
+            cb = self.task_cb = self.task_done
+        task.add_done_callback(cb)
+
+    def task_done(self, task: asyncio.Task[Any]) -> None:
+        """A task created while handling the request ended."""
+        try:
+            if task.cancelled():
+                self.task_cancelled += 1
+            else:
+                exc = getattr(task, "_exception", None)  # .exception() would mark it retrieved
+                if exc is None:
+                    self.task_ok += 1
+                else:
+                    errors = self.task_errors
+                    if errors is None:
+                        errors = self.task_errors = {}
+                    error = self.obs.stats.exception_type(exc)
+                    errors[error] = errors.get(error, 0) + 1
+            if self.finished:  # outlived its request: straight to the route's counters
+                self.flush_tasks(self.obs.stats.shard)
+        except Exception as exc:
+            self.obs.fault("asgi_task_done", exc)
+
+    def flush_tasks(self, shard: HttpShard) -> None:
+        """Move the task outcomes counted so far into ``shard`` under this request's route."""
+        base = (self.method, self.route, self.proto)
+        outcomes = shard.task_outcomes
+        for outcome, count in (("ok", self.task_ok), ("cancelled", self.task_cancelled)):
+            if count:
+                key = (*base, outcome, None)
+                outcomes[key] = outcomes.get(key, 0) + count
+        self.task_ok = self.task_cancelled = 0
+        if self.task_errors:
+            for error, count in self.task_errors.items():
+                error_key = (*base, "error", error)
+                outcomes[error_key] = outcomes.get(error_key, 0) + count
+            self.task_errors = None
+
+    # ---------------------------------------------------------------- shared end
+
+    def resolve_route(self) -> str | None:
+        """The bounded route template (None: the request matched no route)."""
+        found = _routes.template(self.scope, self.root_path, self.router)
+        return None if found is None else self.obs.stats.route(found)
+
+    def close_tasks(self, shard: HttpShard) -> None:
+        """Record tasks-per-request and the outcomes seen so far; later ones go direct."""
+        key = (self.method, self.route, self.proto)
+        hist = shard.request_tasks.get(key)
+        if hist is None:
+            hist = shard.request_tasks[key] = BoundHist(n.TASKS_PER_REQUEST_BOUNDS)
+        hist.add(self.tasks)
+        self.finished = True
+        self.flush_tasks(shard)
+
+    def release(self) -> None:
+        """Drop references to the request, so long-lived tasks do not keep it alive."""
+        # (typed as always there: nothing reads them once the exchange is released)
+        self.scope = self._receive = self._send = None  # type: ignore[assignment]
+        self.exc = None
+        self.span = None
+        self.callbacks = None
+
+    def end_span(self, error: str | None, status: int | None, failed: bool, end_ns: int) -> None:
+        span = self.span
+        if span is None:
+            return
+        from opentelemetry.trace import Status, StatusCode
+
+        base = self.method if self.method != n.OVERFLOW else "HTTP"
+        if self.proto == "websocket":
+            base = "WS"
+        if self.route is not None:
+            span.update_name(f"{base} {self.route}")
+            span.set_attribute(n.HTTP_ROUTE, self.route)
+        if status is not None:
+            span.set_attribute(n.HTTP_STATUS, status)
+        if error is not None:
+            span.set_attribute(n.ERROR_TYPE, error)
+        if self.disconnected:
+            span.set_attribute("asyncwatch.http.client_disconnected", True)
+        exc = self.exc
+        if exc is not None and not self.disconnected:
+            span.record_exception(exc)
+        if failed:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end(end_time=end_ns)
+
+    def detach_span(self) -> None:
+        """Make the request's span no longer current (after ``REQUEST`` was reset)."""
+        from opentelemetry import context
+
+        token, self.span_token = self.span_token, None
+        if token is None:
+            return
+        try:
+            context.detach(token)
+        except Exception as exc:  # pragma: no cover - the SDK logs and swallows its own
+            self.obs.fault("asgi_span", exc)
+
+
+class HttpExchange(_Exchange):
+    """One HTTP request; see the module docstring."""
+
+    # Set by __init__ for every request (see there).
+    method: str
+    status: int | None
+    trailers: bool
+    req_bytes: int
+    resp_bytes: int
+    end: float | None
+    recorded: bool
+    background: bool
+    meters: bool  # False when FastAPI's own telemetry records the HTTP metrics
+    slot: RequestSlot | None = None
+    # The client left before the status line was sent (set and read only on that rare path).
+    status_unsent = False
+
+    def __init__(
+        self,
+        obs: Observer,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        method: str,
+    ) -> None:
+        # _Exchange.__init__ cut to what every request needs: this runs for every request.
+        # The scheme and protocol version are read when the request is recorded.
+        self.obs = obs
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.method = method
+        stats = obs.stats
+        shard = stats._by_thread.get(get_ident())  # HttpStats.shard inlined (hot path)
+        if shard is None:
+            shard = stats.shard
+        self.shard = shard
+        self.root_path = scope.get("root_path", "")
+        # Read by every request: set here, where the store is cheap and makes later reads
+        # cheap too (a read that falls through to the class default is a slow lookup).
+        self.status = self.end = self.exc = self.span = self.span_token = None
+        self.trailers = self.recorded = self.background = self.disconnected = False
+        self.meters = True
+        self.tasks = self.req_bytes = self.resp_bytes = 0
+        shard.live.add(self)
+        self.started = clock()
+
+    def scheme_now(self) -> str:
+        """The bounded ``url.scheme`` of this request."""
+        scope = self.scope
+        return bounded_scheme(None if scope is None else scope.get("scheme"))
+
+    def protocol_version(self) -> str | None:
+        """The bounded ``network.protocol.version`` (None: not one the conventions know)."""
+        scope = self.scope
+        return bounded_version(None if scope is None else scope.get("http_version"))
+
+    async def receive(self) -> Message:
+        """The server's receive, observed."""
+        message = await self._receive()
+        try:
+            kind = message["type"]
+            if kind == "http.request":
+                self.req_bytes += len(message.get("body", b""))
+            elif kind == "http.disconnect" and self.end is None:
+                self.disconnected = True
+                if self.status is None:
+                    self.status_unsent = True
+        except (KeyError, TypeError, AttributeError):
+            pass  # not a message this middleware understands; the app gets it unchanged
+        return message
+
+    async def send(self, message: Message) -> None:
+        """The server's send, observed; the request ends when its last part is sent."""
+        last = False
+        kind = None
+        try:
+            kind = message["type"]
+            if kind == "http.response.body":
+                body = message.get("body")
+                if body:
+                    self.resp_bytes += len(body)
+                last = not message.get("more_body") and not self.trailers
+            elif kind == "http.response.start":
+                status = message["status"]
+                self.status = status if status.__class__ is int else None
+                if message.get("trailers"):
+                    self.trailers = True
+            elif kind == "http.response.trailers":
+                last = not message.get("more_trailers")
+            elif kind == "http.response.pathsend":
+                last = True
+        except (KeyError, TypeError, AttributeError):
+            pass
+        try:
+            await self._send(message)
+        except OSError:
+            if self.end is None:
+                self.disconnected = True
+                if self.status is None or kind == "http.response.start":
+                    self.status_unsent = True
+            raise
+        if last and self.end is None:
+            # Guarded here too (record guards its own body): nothing asyncwatch does after the
+            # app's send may reach the app. A try costs nothing in 3.11 unless it catches.
+            try:
+                self.end = end = clock()
+                status = self.status
+                if status is None or status < 500:
+                    self.record(end)
+            except Exception as exc:
+                self.obs.fault("asgi_request", exc)
+
+    def finish(self) -> None:
+        """The app returned or raised: record whatever is still open."""
+        try:
+            if not self.recorded:
+                end = self.end
+                if end is None:
+                    self.end = end = clock()
+                self.record(end)
+            elif self.background or self.exc is not None:
+                self.record_background()
+            slot = self.slot
+            tasks = self.tasks
+            self.finished = True
+            if tasks:
+                if slot is not None:
+                    slot.tasks.add(tasks)
+                self.flush_tasks(self.obs.stats.shard)
+                self.release()  # its tasks may outlive it: keep nothing of the request alive
+            elif slot is not None:
+                slot.zero_tasks += 1
+        except Exception as exc:
+            self.obs.fault("asgi_request", exc)
+        if self.span_token is not None:
+            self.detach_span()
+
+    def record(self, end: float) -> None:
+        """Record the request (once), ended at ``end``: metrics, disconnect count, span."""
+        try:
+            self.recorded = True
+            shard = self.shard
+            shard.live.discard(self)
+            scope = self.scope
+            # The route: Starlette's matched route when no mount was crossed and no FastAPI
+            # included router (0.137+) holds the prefixes (the common case, inline here),
+            # else found by _routes.
+            template = None
+            route = scope.get("route")
+            if (
+                route is not None
+                and scope.get("root_path", "") == self.root_path
+                and "fastapi" not in scope
+            ):
+                template = getattr(route, "path_format", None)
+            stats = self.obs.stats
+            if template.__class__ is not str:
+                template = _routes.template(scope, self.root_path, self.router)
+                if template is not None:
+                    template = stats.route(template)
+            elif template not in stats.routes:
+                template = stats.route(template)
+            self.route = template
+            status = self.status
+            if status is not None and status < 500 and self.exc is None and not self.disconnected:
+                error = None  # the common case
+            else:
+                status, error = self.failure(stats, template, status)
+            # Scheme and version as the server gave them: a key with anything else (not a
+            # known scheme or version) is not found and takes the bounded path below.
+            key: Any = (self.method, template, status, scope.get("scheme"),
+                         scope.get("http_version"), error)
+            try:
+                slot = shard.requests.get(key)
+            except TypeError:  # an unhashable value in a hostile scope
+                slot = None
+            if slot is None:
+                slot = shard.request(self.bounded_key(key))
+            self.slot = slot
+            if self.meters:
+                slot.durations.append(end - self.started)
+            slot.request_sizes.append(self.req_bytes)
+            sizes = slot.response_sizes
+            sizes.append(self.resp_bytes)
+            if len(sizes) >= FOLD_AT:
+                shard.fold(slot)
+            if self.span is not None:
+                end_ns = time.time_ns() - int((clock() - end) * 1e9)
+                self.end_span(error, status, error is not None and not self.disconnected, end_ns)
+        except Exception as exc:
+            self.obs.fault("asgi_request", exc)
+
+    @staticmethod
+    def bounded_key(key: tuple[Any, ...]) -> RequestKey:
+        """``key`` with its scheme and protocol version bounded to known values."""
+        method, template, status, scheme, version, error = key
+        return (method, template, status, bounded_scheme(scheme), bounded_version(version), error)
+
+    def live_route(self) -> str | None:
+        """The route template of this request while it is in flight (None: not routed yet, or
+        no route); read by the console from another thread, so it only reads."""
+        if self.route is not None:
+            return self.route
+        scope = self.scope
+        if scope is None or scope.get("route") is None:
+            return None
+        return _routes.template(scope, self.root_path, self.router)
+
+    def failure(
+        self, stats: HttpStats, template: str | None, status: int | None
+    ) -> tuple[int | None, str]:
+        """(status, error.type) of a request that did not simply succeed."""
+        if self.disconnected:  # counted apart, never an error of the app
+            shard = self.shard
+            key = (self.method, template, self.scheme_now())
+            shard.disconnects[key] = shard.disconnects.get(key, 0) + 1
+            return (None if self.status_unsent else status), n.CLIENT_DISCONNECT
+        if self.exc is not None:
+            # status None: what the server (or Starlette's error middleware) answers
+            return (500 if status is None else status), stats.exception_type(self.exc)
+        if status is None:
+            return None, stats.error_type("incomplete_response")
+        return status, stats.error_type(str(status))
+
+    def record_background(self) -> None:
+        """Work after the response (background tasks), or a failure after it was sent."""
+        error = None
+        if self.exc is not None and not self.disconnected:
+            error = self.obs.stats.exception_type(self.exc)
+        shard = self.obs.stats.shard
+        key = (self.method, self.route, error)
+        hist = shard.background.get(key)
+        if hist is None:
+            hist = shard.background[key] = BoundHist(n.HTTP_DURATION_BOUNDS)
+        assert self.end is not None
+        hist.add(clock() - self.end)
+
+
+class WsExchange(_Exchange):
+    """One WebSocket connection: duration, messages each way, never changed."""
+
+    proto = "websocket"
+    default_scheme = "ws"
+    received = 0
+    sent = 0
+
+    def __init__(self, obs: Observer, scope: Scope, receive: Receive, send: Send) -> None:
+        _Exchange.__init__(self, obs, scope, receive, send)
+        active = obs.stats.shard.ws_active
+        active[self.scheme] = active.get(self.scheme, 0) + 1
+
+    async def receive(self) -> Message:
+        """The server's receive, observed."""
+        message = await self._receive()
+        try:
+            kind = message["type"]
+            if kind == "websocket.receive":
+                self.received += 1
+            elif kind == "websocket.disconnect":
+                self.disconnected = True
+        except (KeyError, TypeError, AttributeError):
+            pass
+        return message
+
+    async def send(self, message: Message) -> None:
+        """The server's send, observed."""
+        try:
+            if message["type"] == "websocket.send":
+                self.sent += 1
+        except (KeyError, TypeError, AttributeError):
+            pass
+        try:
+            await self._send(message)
+        except OSError:
+            self.disconnected = True
+            raise
+
+    def finish(self) -> None:
+        """The app returned or raised."""
+        try:
+            stats = self.obs.stats
+            shard = stats.shard
+            self.route = route = self.resolve_route()
+            error = None
+            if self.exc is not None and not self.disconnected:
+                error = stats.exception_type(self.exc)
+            key = (route, self.scheme, error)
+            hist = shard.ws.get(key)
+            if hist is None:
+                hist = shard.ws[key] = BoundHist(n.WEBSOCKET_DURATION_BOUNDS)
+            hist.add(clock() - self.started)
+            shard.ws_active[self.scheme] = shard.ws_active.get(self.scheme, 0) - 1
+            messages = shard.ws_messages
+            for direction, count in (("received", self.received), ("sent", self.sent)):
+                if count:
+                    messages[(route, direction)] = messages.get((route, direction), 0) + count
+            self.end_span(error, None, error is not None, time.time_ns())
+            self.close_tasks(shard)
+        except Exception as exc:
+            self.obs.fault("asgi_websocket", exc)
+        finally:
+            self.release()
+            if self.span_token is not None:
+                self.detach_span()
+
+
+Exchange = HttpExchange | WsExchange

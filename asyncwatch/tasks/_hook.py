@@ -1,0 +1,553 @@
+"""The task-factory hook: sees every task on every instrumented loop, changes none of them.
+
+How a loop gets instrumented:
+
+* ``install()`` patches the constructors of ``asyncio.BaseEventLoop`` (every stdlib loop) and
+  ``uvloop.Loop`` so each loop made afterwards gets a ``LoopHook`` as its task factory, and
+  instruments the running loop (or the thread's current loop) at once. The constructor only
+  sets the factory: everything that schedules on the loop (heartbeat, deadlock scans, load
+  meter: ``on_loop``) starts when the loop first runs (``run_forever``, which every way of
+  running a loop goes through), never while a subclass's ``__init__`` is still unfinished.
+* ``close`` is patched too: a closed loop's figures are folded at once, and when a loop is
+  collected unclosed its shard is retired by a finalizer. Nothing here holds a
+  loop: the hooks are kept by weak key and reference the loop only weakly.
+* ``set_task_factory``/``get_task_factory`` are patched on the same classes: a factory the app
+  sets later becomes the hook's ``inner`` (chained, still observed), and ``get_task_factory``
+  reports the app's own factory, never ours, so code that chains to "the previous factory"
+  cannot loop back into us.
+* ``uninstall()`` puts back every class attribute and every loop's factory, but only where ours
+  is still in place (a later patch by someone else is left alone).
+
+The hot path (``LoopHook._factory`` and ``TaskStats.on_done``) does no allocation, string
+work, locking or clock reads for untimed tasks: a dict lookup by code object, a few integer
+bumps and one bound done-callback. Timed tasks (a sample, see ``_recorder``) also read the
+clock and schedule one ``mark`` callback just ahead of the task's first step.
+
+Nothing the app can see changes: the Task object is the one the chained factory or
+``asyncio.Task`` made; the coroutine is not wrapped (``get_coro()``, ``get_stack()``, frames
+and cancellation semantics are untouched); names are never set here; contextvars are only
+touched for tasks that get a span, and only in the task's own fresh copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.tasks as _asyncio_tasks
+import contextvars
+import inspect
+import random
+import sys
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from .._core.aio import Patch, loop_classes
+from .._core.faults import Faults
+from .._core.measure import clock
+from .._core.names import TASK_NAME
+from ._recorder import Recorder, Shard, TaskStats
+
+_EAGER_POSSIBLE = sys.version_info >= (3, 12)
+_MISSING = object()
+
+TaskFactory = Callable[..., Any]
+
+
+class _Timed:
+    """Per-task record of a timed (sampled) or spanned task; alive only while the task is."""
+
+    __slots__ = ("hook", "sampled", "span", "start", "stats", "t0", "weight")
+
+    def __init__(self, hook: LoopHook, stats: TaskStats, t0: float, weight: int, sampled: bool):
+        self.hook = hook
+        self.stats = stats
+        self.t0 = t0
+        self.weight = weight
+        self.sampled = sampled
+        self.start: float | None = None
+        self.span: Any = None
+
+    def mark(self) -> None:
+        """Runs just before the task's first step (queued ahead of it)."""
+        try:
+            if self.start is None:
+                now = clock()
+                self.start = now
+                if self.sampled:
+                    self.stats.delay.add(now - self.t0, self.weight)
+        except Exception as exc:  # pragma: no cover - defensive
+            self.hook.fault("task_mark", exc)
+
+    def done(self, task: Any) -> None:
+        """Done-callback of a timed or spanned task."""
+        try:
+            stats = self.stats
+            stats.on_done(task)
+            span = self.span
+            if self.sampled:
+                now = clock()
+                start = self.t0 if self.start is None else self.start
+                stats.duration.add(now - start, self.weight)
+                if span is not None:
+                    self.span = None
+                    attributes: dict[str, Any] = {TASK_NAME: task.get_name()}
+                    if self.start is not None:
+                        attributes["asyncwatch.task.schedule_delay"] = self.start - self.t0
+                    self.hook.spans.end(span, task, attributes)
+            elif span is not None:
+                self.span = None
+                self.hook.spans.end(span, task, {TASK_NAME: task.get_name()})
+        except Exception as exc:
+            self.hook.fault("task_done", exc)
+
+
+def _takes_context(factory: TaskFactory | None) -> bool:
+    """Whether a chained factory accepts ``context=`` (so a span can be made current)."""
+    if factory is None:
+        return True
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD or p.name == "context" for p in params)
+
+
+class LoopHook:
+    """The task factory installed on one loop; chains to ``inner``."""
+
+    __slots__ = (
+        "__weakref__",
+        "_ctx",
+        "active",
+        "attached",
+        "by_code",
+        "factory",
+        "inner",
+        "inner_takes_context",
+        "requests",
+        "shard",
+        "spans",
+        "watcher",
+    )
+
+    def __init__(self, watcher: TaskWatcher, shard: Shard, inner: TaskFactory | None) -> None:
+        self.watcher = watcher
+        self.shard = shard
+        self.by_code = shard.by_code  # the same dict, one attribute hop closer
+        self.active = True  # False once uninstalled or switched off after repeated faults
+        self.attached = False  # on_loop ran (the loop has run since it was instrumented)
+        self.inner = inner
+        self.inner_takes_context = _takes_context(inner)
+        # Empty context the mark callbacks run in: one per loop (a Context may be entered by
+        # one thread at a time, and each loop runs on one thread).
+        self._ctx = contextvars.Context()
+        self.factory = self._factory  # bound once: this exact object is what the loop holds
+        # The ASGI middleware's request ContextVar once a middleware is active, else None:
+        # tasks created while a request is handled are counted per request (its on_task).
+        self.requests: contextvars.ContextVar[Any] | None = watcher.requests
+        # The TaskSpans that starts and ends this loop's task spans, for asyncwatch's tracer
+        # (one per Watch, kept until uninstalled: then this hook passes every task through).
+        self.spans: Any = None
+
+    def switch_off(self) -> None:
+        """Pass every task straight through from now on (uninstalled or failing)."""
+        self.active = False
+        self.by_code = {}
+        self.requests = None
+
+    def set_inner(self, factory: TaskFactory | None) -> None:
+        """The app set its own factory on this loop: keep observing and chain to it."""
+        self.inner = factory
+        self.inner_takes_context = _takes_context(factory)
+
+    def _create(self, loop: Any, coro: Any, kwargs: dict[str, Any]) -> Any:
+        inner = self.inner
+        if inner is not None:
+            return inner(loop, coro, **kwargs)
+        return _asyncio_tasks.Task(coro, loop=loop, **kwargs)
+
+    def _factory(self, loop: Any, coro: Any, **kwargs: Any) -> Any:
+        # The hot path: every line here runs for every task in the app (see benchmarks/).
+        try:
+            stats = self.by_code[id(coro.cr_code)]
+        except (AttributeError, KeyError):
+            found = self._lookup(coro)
+            if found is None:
+                return self._create(loop, coro, kwargs)
+            stats = found
+        created = stats.created + 1
+        if created < stats.next_at:
+            # Untimed task, the common case: two counter writes and a bound done-callback.
+            inner = self.inner
+            if inner is not None:
+                task = inner(loop, coro, **kwargs)
+            elif kwargs:
+                task = _asyncio_tasks.Task(coro, loop=loop, **kwargs)
+            else:
+                task = _asyncio_tasks.Task(coro, loop=loop)
+            try:
+                # Re-read, not the count taken above: an eager task (3.12+) runs its first step
+                # inside the call above, and tasks it creates there re-enter this hook and
+                # count themselves first; writing the old figure back would lose them.
+                created = stats.created + 1
+                stats.created = created
+                in_flight = created - stats.done
+                if in_flight > stats.peak:  # noqa: PLR1730 - a compare is cheaper than max()
+                    stats.peak = in_flight
+                requests = self.requests
+                if requests is None:
+                    task.add_done_callback(stats.done_cb)
+                else:  # one ContextVar read, only while an ASGI middleware is active
+                    request = requests.get()
+                    if request is None:
+                        task.add_done_callback(stats.done_cb)
+                    else:  # created while handling a request: counted for it too
+                        task.add_done_callback(request.done_callback(stats))
+            except Exception as exc:
+                self.fault("task_factory", exc)
+            return task
+        return self._slow(stats, created, loop, coro, kwargs)
+
+    def _lookup(self, coro: Any) -> TaskStats | None:
+        if not self.active:
+            return None  # switched off: by_code was emptied, so every task comes here
+        try:
+            return self.shard.stats_for(coro)
+        except Exception as exc:
+            self.fault("task_factory", exc)
+            return None
+
+    def _slow(
+        self, stats: TaskStats, created: int, loop: Any, coro: Any, kwargs: dict[str, Any]
+    ) -> Any:
+        rec: _Timed | None = None
+        try:
+            share = stats.span
+            want_span = share >= 1.0 or (share > 0.0 and random.random() < share)
+            sampled = created >= stats.sample_at
+            if sampled or want_span:
+                t0 = clock() if sampled else 0.0  # an untimed span needs no clock read
+                rec = _Timed(self, stats, t0, stats.weight, sampled)
+                if sampled:
+                    stats.schedule_sample(t0, created)
+                    # Queued before the Task exists, so it runs just ahead of its first step.
+                    loop.call_soon(rec.mark, context=self._ctx)
+                if want_span:
+                    self._start_span(rec, stats, kwargs)
+        except RuntimeError:
+            rec = None  # a closed loop: Task() below raises the app's own error
+        except Exception as exc:
+            self.fault("task_factory", exc)
+            rec = None
+        inner = self.inner
+        if inner is not None:
+            task = inner(loop, coro, **kwargs)
+        else:
+            task = _asyncio_tasks.Task(coro, loop=loop, **kwargs)
+        try:
+            created = stats.created + 1  # re-read: eager steps re-enter the hook (see _factory)
+            stats.created = created
+            in_flight = created - stats.done
+            if in_flight > stats.peak:  # noqa: PLR1730 - a compare is cheaper than max()
+                stats.peak = in_flight
+            requests = self.requests
+            if requests is not None:
+                request = requests.get()
+                if request is not None:
+                    request.on_task(task)
+            if rec is None:
+                task.add_done_callback(stats.done_cb)
+                return task
+            if _EAGER_POSSIBLE and rec.start is None and _started(task, coro):
+                rec.start = rec.t0  # ran eagerly inside the factory: no schedule delay
+                if rec.sampled:
+                    stats.delay.add(0.0, rec.weight)
+                if task.done():
+                    # Finished inside the factory: it ended now, not when a done-callback
+                    # would get its turn after the creator's step (which may be long).
+                    rec.done(task)
+                    return task
+            task.add_done_callback(rec.done)
+        except Exception as exc:
+            self.fault("task_factory", exc)
+        return task
+
+    def _start_span(self, rec: _Timed, stats: TaskStats, kwargs: dict[str, Any]) -> None:
+        # kwargs is this factory call's own dict: the span's context is put in it.
+        spans = self.spans
+        if spans is None:  # the first span on this loop: the tracer is made now if deferred
+            spans = self.spans = self.watcher.spans()
+        rec.span = spans.start(stats.key, kwargs, self.inner_takes_context)
+
+    def fault(self, hook: str, exc: BaseException) -> None:
+        """Report an internal error; switch the whole task hook off if it keeps failing."""
+        if self.watcher.faults.report(hook, exc):
+            self.watcher.switch_off()
+
+
+def _renames_after_factory() -> bool:
+    """Whether ``BaseEventLoop.create_task`` calls ``set_name(None)`` on a task its factory
+    made when no name was given, naming it "None" (3.13.0-3.13.2, CPython gh-130033). Asked
+    of the method itself, with a stand-in loop and task: no loop is made."""
+    names: list[Any] = []
+
+    class Stub:
+        def set_name(self, name: Any) -> None:
+            names.append(name)
+
+    stub = Stub()
+    stand_in = type("StandIn", (), {})()
+    stand_in._check_closed = lambda: None
+    stand_in._task_factory = lambda loop, coro, **kwargs: stub
+    try:
+        asyncio.BaseEventLoop.create_task(stand_in, None)  # type: ignore[arg-type]
+    except Exception:
+        return False
+    return None in names
+
+
+def _started(task: Any, coro: Any) -> bool:
+    """After the factory returned: did the task already take its first step (eager start)?"""
+    if task.done():
+        return True
+    return bool(getattr(coro, "cr_suspended", False) or getattr(coro, "cr_running", False))
+
+
+class TaskWatcher:
+    """Installs ``LoopHook``s on loops; see the module docstring."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        faults: Faults,
+        *,
+        tracer: Callable[[], Any],
+        on_loop: Callable[[Any], None] | None = None,
+        skip_thread: Callable[[], bool] | None = None,
+    ) -> None:
+        self.recorder = recorder
+        self.faults = faults
+        self.tracer = tracer
+        self.active = False
+        self._on_loop = on_loop
+        # True on a thread whose new loops are asyncwatch's own (the console's): not hooked.
+        self._skip_thread = skip_thread
+        self._hooks: weakref.WeakKeyDictionary[Any, tuple[LoopHook, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._patches: list[Patch] = []
+        # The original get/set_task_factory of each patched class, to restore loops with.
+        self._originals: dict[type, tuple[Any, Any]] = {}
+        self._loop_count = 0
+        self.requests: contextvars.ContextVar[Any] | None = None
+        self._spans: Any = None
+
+    def spans(self) -> Any:
+        """The ``TaskSpans`` for the tracer as it is now (imports OpenTelemetry's trace API
+        on the first task span: a process without task spans never loads it)."""
+        tracer = self.tracer()
+        spans = self._spans
+        if spans is None or spans.tracer is not tracer:
+            from ._spans import TaskSpans
+
+            spans = self._spans = TaskSpans(tracer)
+        return spans
+
+    def track_requests(self, var: contextvars.ContextVar[Any] | None) -> None:
+        """Count tasks per request from now on (``var`` holds the current request), or stop."""
+        self.requests = var
+        for hook, _ in list(self._hooks.values()):
+            if hook.active:
+                hook.requests = var
+
+    # ------------------------------------------------------------------ install / uninstall
+
+    def install(self) -> None:
+        """Patch loop classes and instrument the current thread's loop. Idempotent."""
+        if not self._patches:
+            self.active = True
+            for cls in loop_classes():
+                self._patch_class(cls)
+        self.instrument_current()
+
+    def instrument_current(self) -> None:
+        """Instrument the running loop, or this thread's set-but-not-running loop."""
+        loop = asyncio.events._get_running_loop()
+        running = loop is not None
+        if loop is None:
+            # The policy as it stands: get_event_loop_policy() would create one, a change the
+            # app (and CPython's asyncio tests, which check it) can see.
+            policy = getattr(asyncio.events, "_event_loop_policy", None)
+            local = getattr(policy, "_local", None)
+            loop = getattr(local, "_loop", None)
+        if loop is not None and not loop.is_closed():
+            self.instrument(loop)
+            if running:
+                self.attach(loop)
+
+    def switch_off(self) -> None:
+        """Let every hook pass tasks straight through (after repeated internal errors)."""
+        self.active = False
+        for hook, _ in list(self._hooks.values()):
+            hook.switch_off()
+
+    def uninstall(self) -> None:
+        """Restore every class attribute and loop factory that is still ours. Idempotent."""
+        self.switch_off()
+        patches, self._patches = self._patches, []
+        for patch in reversed(patches):
+            patch.undo()
+        hooks, self._hooks = self._hooks, weakref.WeakKeyDictionary()
+        for loop, (hook, finalizer) in list(hooks.items()):
+            finalizer.detach()
+            get, set_ = self._accessors(type(loop)) or (
+                type(loop).get_task_factory,
+                type(loop).set_task_factory,
+            )
+            if get(loop) is hook.factory:
+                set_(loop, hook.inner)
+
+    @property
+    def loop_count(self) -> int:
+        """How many loops have been instrumented since install."""
+        return self._loop_count
+
+    def hook_of(self, loop: Any) -> LoopHook | None:
+        """The hook on ``loop``, if asyncwatch instrumented it."""
+        entry = self._hooks.get(loop)
+        return entry[0] if entry is not None else None
+
+    def instrument(self, loop: Any) -> LoopHook:
+        """Put a hook on ``loop`` (once), chaining whatever factory it has."""
+        entry = self._hooks.get(loop)
+        if entry is not None:
+            return entry[0]
+        # Not yet in _hooks, so the patched accessors behave exactly as the originals.
+        self._loop_count += 1
+        shard = self.recorder.new_shard(f"loop-{self._loop_count}")
+        hook = LoopHook(self, shard, loop.get_task_factory())
+        loop.set_task_factory(hook.factory)
+        loop_ref = weakref.ref(loop)
+
+        def is_live() -> bool:
+            alive = loop_ref()
+            return alive is not None and not alive.is_closed()
+
+        shard.is_live = is_live
+        finalizer = weakref.finalize(loop, self.recorder.retire, shard)
+        finalizer.atexit = False
+        self._hooks[loop] = (hook, finalizer)
+        return hook
+
+    def attach(self, loop: Any) -> None:
+        """The loop runs: start what schedules on it (``on_loop``), once per loop. Nothing
+        does before this, so a loop subclass is never touched while it is being built."""
+        entry = self._hooks.get(loop)
+        if entry is None or entry[0].attached or not self.active:
+            return
+        entry[0].attached = True
+        if self._on_loop is not None:
+            self._on_loop(loop)
+
+    def closed(self, loop: Any) -> None:
+        """The loop was closed: fold its figures now (its finalizer has nothing left to do).
+        May run inside the garbage collector (an unclosed loop's ``__del__`` closes it)."""
+        entry = self._hooks.get(loop)
+        if entry is None:
+            return
+        hook, finalizer = entry
+        if finalizer.detach() is not None:
+            self.recorder.retire(hook.shard)
+
+    # ------------------------------------------------------------------ class patches
+
+    def _accessors(self, cls: type) -> tuple[Any, Any] | None:
+        for klass in cls.__mro__:
+            if klass in self._originals:
+                return self._originals[klass]
+        return None
+
+    def _patch_class(self, cls: type) -> None:
+        watcher = self
+        original_init = cls.__dict__.get("__init__") or getattr(cls, "__init__")  # noqa: B009
+        original_get = cls.get_task_factory  # type: ignore[attr-defined]
+        original_set = cls.set_task_factory  # type: ignore[attr-defined]
+        original_run = cls.run_forever  # type: ignore[attr-defined]
+        original_close = cls.close  # type: ignore[attr-defined]
+        self._originals[cls] = (original_get, original_set)
+
+        def __init__(loop: Any, *args: Any, **kwargs: Any) -> None:
+            original_init(loop, *args, **kwargs)
+            if watcher.active:
+                try:
+                    skip = watcher._skip_thread
+                    if skip is None or not skip():
+                        watcher.instrument(loop)  # sets the factory only: see attach()
+                except Exception as exc:
+                    watcher.faults.report("loop_init", exc)
+
+        def run_forever(loop: Any) -> Any:
+            if watcher.active:
+                try:
+                    watcher.attach(loop)
+                except Exception as exc:
+                    watcher.faults.report("loop_run", exc)
+            return original_run(loop)
+
+        def close(loop: Any) -> Any:
+            result = original_close(loop)
+            if watcher.active and loop.is_closed():
+                try:
+                    watcher.closed(loop)
+                except Exception as exc:
+                    watcher.faults.report("loop_close", exc)
+            return result
+
+        def get_task_factory(loop: Any) -> Any:
+            factory = original_get(loop)
+            entry = watcher._hooks.get(loop)
+            if entry is not None and factory is entry[0].factory:
+                return entry[0].inner
+            return factory
+
+        def set_task_factory(loop: Any, factory: Any) -> None:
+            entry = watcher._hooks.get(loop)
+            if entry is not None and original_get(loop) is entry[0].factory:
+                if factory is not None and not callable(factory):
+                    raise TypeError("task factory must be a callable or None")
+                entry[0].set_inner(factory)
+                return
+            original_set(loop, factory)
+
+        for name, fn in (
+            ("__init__", __init__),
+            ("get_task_factory", get_task_factory),
+            ("set_task_factory", set_task_factory),
+            ("run_forever", run_forever),
+            ("close", close),
+        ):
+            fn.__qualname__ = f"{cls.__qualname__}.{name}"
+            fn.__doc__ = getattr(cls, name).__doc__
+            fn.__wrapped__ = getattr(cls, name)  # type: ignore[union-attr]
+            self._patches.append(Patch(cls, name, fn))
+
+        if cls is asyncio.BaseEventLoop and _renames_after_factory():
+            # 3.13.0-3.13.2 rename every task a factory made to "None" when no name was given.
+            # Where the factory is only ours (the app set none), the loop would have made the
+            # Task itself and kept asyncio's "Task-N": create it through the hook without that
+            # rename. With an app factory chained, the interpreter's behaviour is left as is.
+            original_create = cls.create_task
+
+            def create_task(loop: Any, coro: Any, *, name: Any = None, **kwargs: Any) -> Any:
+                entry = watcher._hooks.get(loop) if name is None else None
+                if entry is not None and entry[0].inner is None:
+                    factory = entry[0].factory
+                    if original_get(loop) is factory:
+                        loop._check_closed()
+                        return factory(loop, coro, **kwargs)
+                return original_create(loop, coro, name=name, **kwargs)
+
+            create_task.__qualname__ = f"{cls.__qualname__}.create_task"
+            create_task.__doc__ = original_create.__doc__
+            create_task.__wrapped__ = original_create  # type: ignore[attr-defined]
+            self._patches.append(Patch(cls, "create_task", create_task))
