@@ -22,33 +22,33 @@ __version__ = "0.1.0"
 # costs next to nothing and install() loads only what its configuration uses: no
 # OpenTelemetry SDK, starlette, aiomonitor or yappi until something needs them.
 _LAZY = {
-    "AsyncWatchMiddleware": "._asgi",
-    "AwaitChain": "._deadlock_report",
-    "BlockedLoop": "._blocked",
-    "Concurrency": "._limits",
-    "Config": "._config",
-    "ConfigError": "._config",
-    "CoroutineProfile": "._profiling",
-    "CoroutineStats": "._stats",
-    "DeadlockFinding": "._deadlock_report",
-    "Finding": "._findings",
-    "Frame": "._findings",
-    "FunctionProfile": "._profiling",
-    "Gate": "._gates",
-    "Percentiles": "._stats",
-    "PrimitiveInfo": "._deadlock_report",
-    "ProcessStats": "._stats",
-    "ProfileReport": "._profiling",
-    "ProfileSession": "._profiling",
-    "ProfilerBusy": "._profiling",
-    "Recommendation": "._models",
-    "Stats": "._stats",
-    "StuckTaskFinding": "._deadlock_report",
+    "AsyncWatchMiddleware": ".asgi._middleware",
+    "AwaitChain": ".deadlock._report",
+    "BlockedLoop": ".loopwatch._blocked",
+    "Concurrency": ".advisor._limits",
+    "Config": "._core.config",
+    "ConfigError": "._core.config",
+    "CoroutineProfile": ".profiler._profiling",
+    "CoroutineStats": ".tasks._stats",
+    "DeadlockFinding": ".deadlock._report",
+    "Finding": "._core.findings",
+    "Frame": "._core.findings",
+    "FunctionProfile": ".profiler._profiling",
+    "Gate": ".advisor._gates",
+    "Percentiles": ".tasks._stats",
+    "PrimitiveInfo": ".deadlock._report",
+    "ProcessStats": ".tasks._stats",
+    "ProfileReport": ".profiler._profiling",
+    "ProfileSession": ".profiler._profiling",
+    "ProfilerBusy": ".profiler._profiling",
+    "Recommendation": ".advisor._models",
+    "Stats": ".tasks._stats",
+    "StuckTaskFinding": ".deadlock._report",
     "Watch": "._watch",
-    "idle": "._idle",
-    "profile": "._profiling",
-    "profile_sync": "._profiling",
-    "profiling": "._profiling",
+    "idle": ".deadlock._idle",
+    "profile": ".profiler._profiling",
+    "profile_sync": ".profiler._profiling",
+    "profiling": ".profiler._profiling",
 }
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from .deadlock._idle import idle
     from .deadlock._report import AwaitChain, DeadlockFinding, PrimitiveInfo, StuckTaskFinding
     from .loopwatch._blocked import BlockedLoop
-    from .profiling._profiling import (
+    from .profiler._profiling import (
         CoroutineProfile,
         FunctionProfile,
         ProfilerBusy,

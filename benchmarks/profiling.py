@@ -34,8 +34,8 @@ from _harness import interleave, save, table
 from _harness import timed as harness_timed
 from task_churn import WORKLOADS
 
-from asyncwatch.profiling._profiling import ProfileSession
-from asyncwatch.profiling._yappi_leak import GUARD
+from asyncwatch.profiler._profiling import ProfileSession
+from asyncwatch.profiler._yappi_leak import GUARD
 
 
 def timed(

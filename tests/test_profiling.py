@@ -13,7 +13,7 @@ import pytest
 
 import asyncwatch
 from asyncwatch import ProfilerBusy
-from asyncwatch.profiling._yappi_leak import GUARD
+from asyncwatch.profiler._yappi_leak import GUARD
 from tests.conftest import ROOT, python_env, run_python, wait_for
 
 HERE = __name__

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextvars
 import gc
 import sys
+from collections.abc import Callable
 from typing import Any
 
 current_route: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -39,27 +40,18 @@ current_route: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _HTTP_ROUTE = "http.route"
 
 
-def _asgi_route(ctx: contextvars.Context) -> str | None:
-    """The route template of the request asyncwatch's middleware handles in ``ctx``.
+RouteReader = Callable[[contextvars.Context], "str | None"]
+_route_readers: list[RouteReader] = []
 
-    The middleware keeps its request in a ContextVar (``_exchange.REQUEST``) and does not work
-    out the template until the request ends, so that costs nothing per request; here it is
-    read from the request's scope as routed so far. The reader is the watchdog, while the
-    loop thread is held by a blocking call, so the scope is not changing under it.
+
+def add_route_reader(reader: RouteReader) -> None:
+    """Let ``route_in`` ask ``reader`` for the route of the request current in a context.
+
+    asyncwatch's ASGI middleware adds its reader when it is first imported; it must not
+    raise, and it runs on the watchdog's thread while the loop's thread is held.
     """
-    exchange_module = sys.modules.get("asyncwatch.asgi._exchange")
-    if exchange_module is None:  # the ASGI middleware was never imported
-        return None
-    request = ctx.get(exchange_module.REQUEST)
-    if request is None:
-        return None
-    try:
-        from ..asgi import _routes
-
-        found = _routes.template(request.scope, request.root_path, request.router)
-    except Exception:  # a scope changing under us after all: no route, never an error
-        return None
-    return found if isinstance(found, str) else None
+    if reader not in _route_readers:
+        _route_readers.append(reader)
 
 
 def task_context(task: Any) -> contextvars.Context | None:
@@ -108,9 +100,10 @@ def route_in(ctx: contextvars.Context | None, span: Any = None) -> str | None:
         route = ctx.get(current_route)
         if route:
             return str(route)
-        route = _asgi_route(ctx)
-        if route:
-            return route
+        for reader in _route_readers:
+            route = reader(ctx)
+            if route:
+                return route
     attributes = getattr(span, "attributes", None)
     if attributes:
         route = attributes.get(_HTTP_ROUTE)

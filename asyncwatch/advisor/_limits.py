@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..sync._tracker import PrimitiveState
+from ..sync import PrimitiveState
 
 clock = time.perf_counter
 MAX_LEVEL = 4096

@@ -25,7 +25,7 @@ from typing import Any
 from .._core import names as n
 from .._core.aio import Patch
 from .._core.faults import Faults
-from ..sync._tracker import state_of
+from ..sync import state_of
 
 clock = time.perf_counter
 ATTR = "_asyncwatch_queue_site"

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.trace import Span
 
-    from ..tasks._recorder import TaskStats
+    from ..tasks import TaskStats
     from ._middleware import Observer
     from ._types import Message, Receive, Scope, Send
 

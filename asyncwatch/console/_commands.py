@@ -286,7 +286,7 @@ def do_memory(ctx: click.Context, limit: int) -> None:
 @_command
 def do_profile(ctx: click.Context, seconds: float, limit: int) -> Any:
     """Profile the app for SECONDS (yappi, wall clock, coroutine-aware) and show the top."""
-    from ..profiling._profiling import ProfilerBusy, ProfileSession
+    from ..profiler._profiling import ProfilerBusy, ProfileSession
 
     try:
         session = ProfileSession(seconds=seconds, top=limit).start()

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..tasks._stats import CoroutineStats, Stats, _ms
+from ..tasks import CoroutineStats, Stats, format_ms
 
 
 def _short(text: str, width: int) -> str:
@@ -77,7 +77,7 @@ def render_top(
         lines.append(
             f"{_short(c.name, 44):<44} {c.in_flight:>7} "
             f"{'-' if rate is None else f'{rate:.1f}':>10} {c.created:>9} "
-            f"{_ms(c.duration.p50):>8} {_ms(c.duration.p95):>8} {_ms(c.duration.p99):>8} "
+            f"{format_ms(c.duration.p50):>8} {format_ms(c.duration.p95):>8} {format_ms(c.duration.p99):>8} "
             f"{c.errors:>7} {c.cancelled:>7}"
         )
     return "\n".join(lines)
@@ -112,8 +112,8 @@ def render_http(
         lines.append(
             f"{method:<7} {_short(route, 40):<40} "
             f"{'-' if rate is None else f'{rate:.1f}':>8} {r.get('requests', 0):>9} "
-            f"{r.get('errors', 0):>7} {r.get('in_flight', 0):>7} {_ms(r.get('p50')):>8} "
-            f"{_ms(r.get('p95')):>8} {_ms(r.get('p99')):>8}"
+            f"{r.get('errors', 0):>7} {r.get('in_flight', 0):>7} {format_ms(r.get('p50')):>8} "
+            f"{format_ms(r.get('p95')):>8} {format_ms(r.get('p99')):>8}"
         )
     return "\n".join(lines)
 

@@ -57,7 +57,7 @@ from .._core import names as n
 from .._core.faults import Faults
 from .._core.findings import FindingsLog
 from .._core.measure import coroutine_key
-from ..sync._tracker import PrimitiveTracker, state_of
+from ..sync import PrimitiveTracker, state_of
 from ._idle import is_idle
 from ._reach import UNREACHABLE, Verdict, Walk, closed, direct
 from ._report import (

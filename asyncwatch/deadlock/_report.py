@@ -15,7 +15,7 @@ from typing import Any
 from .._core.findings import Finding, Frame
 from .._core.measure import coroutine_key
 from .._core.stacks import PACKAGE_DIR
-from ..sync._tracker import PrimitiveState, state_of
+from ..sync import PrimitiveState, state_of
 from ._scanstate import LOCKLIKE, Entry, Graph
 from ._waitgraph import Wait, coro_chain, cycle_order, frame_of
 

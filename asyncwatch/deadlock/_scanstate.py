@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
-from ..sync._tracker import PrimitiveState
+from ..sync import PrimitiveState
 from ._reach import Verdict
 from ._waitgraph import _GATHERING, DEAD, LIVE, TASK_TYPES, Wait, is_task
 

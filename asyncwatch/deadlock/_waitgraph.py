@@ -31,7 +31,7 @@ import types
 from collections.abc import Iterable
 from typing import Any
 
-from ..sync._tracker import PrimitiveTracker, state_of
+from ..sync import PrimitiveTracker, state_of
 
 MAX_DEPTH = 64  # await-chain links followed; deeper chains are cut (never seen in practice)
 

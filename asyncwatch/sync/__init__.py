@@ -1,1 +1,7 @@
-"""."""
+"""asyncio's locks, semaphores, events, conditions and queues, observed: who holds, who
+waits and where each was made. The deadlock detector and the advisor read the same state.
+"""
+
+from ._tracker import STATE_ATTR, PrimitiveState, PrimitiveTracker, state_of
+
+__all__ = ["STATE_ATTR", "PrimitiveState", "PrimitiveTracker", "state_of"]

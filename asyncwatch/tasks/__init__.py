@@ -1,1 +1,16 @@
-"""."""
+"""The task path: the task-factory hook, the Recorder it writes to, task spans, the snapshot
+``asyncwatch.stats()`` returns, and the task metrics' points.
+"""
+
+from ._recorder import Recorder, TaskStats
+from ._stats import CoroutineStats, Percentiles, ProcessStats, Stats, format_ms
+
+__all__ = [
+    "CoroutineStats",
+    "Percentiles",
+    "ProcessStats",
+    "Recorder",
+    "Stats",
+    "TaskStats",
+    "format_ms",
+]

@@ -135,9 +135,9 @@ class Stats:
         for c in self.top(n, by):
             lines.append(
                 f"{_short(c.name, 48):<48} {c.created:>9} {c.in_flight:>7} {c.peak:>6} "
-                f"{c.errors:>7} {c.cancelled:>7} {_ms(c.duration.p50):>9} "
-                f"{_ms(c.duration.p95):>9} {_ms(c.duration.p99):>9} "
-                f"{_ms(c.schedule_delay.p99):>10}"
+                f"{c.errors:>7} {c.cancelled:>7} {format_ms(c.duration.p50):>9} "
+                f"{format_ms(c.duration.p95):>9} {format_ms(c.duration.p99):>9} "
+                f"{format_ms(c.schedule_delay.p99):>10}"
             )
         return "\n".join(lines)
 
@@ -145,7 +145,7 @@ class Stats:
         return self.format()
 
 
-def _ms(seconds: float | None) -> str:
+def format_ms(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds < 1e-3:

@@ -1,0 +1,1 @@
+"""On-demand profiling with yappi (wall clock, coroutine-aware) and its report."""
