@@ -130,8 +130,8 @@ def configurations(
     requests.telemetry.start()
 
     def in_request(loop: asyncio.AbstractEventLoop) -> Any:
-        from asyncwatch.asgi._middleware import Observer
         from asyncwatch.asgi._exchange import REQUEST, HttpExchange
+        from asyncwatch.asgi._middleware import Observer
 
         requests.tasks.track_requests(REQUEST)
         requests.tasks.instrument(loop)

@@ -62,9 +62,9 @@ class VirtualLoop(asyncio.SelectorEventLoop):
 @contextmanager
 def virtual_watch(window_s: float) -> Iterator[tuple[asyncwatch.Watch, VirtualClock]]:
     """asyncwatch installed with every advisor clock on one virtual clock."""
+    from asyncwatch import _watch
     from asyncwatch.advisor import _advisor, _batches, _limits
     from asyncwatch.sync import _tracker as _primitives
-    from asyncwatch import _watch
 
     clock = VirtualClock()
     saved = (_advisor.clock, _batches.clock, _limits.clock, _watch.PrimitiveTracker)

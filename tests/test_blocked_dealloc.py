@@ -20,8 +20,8 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
-from asyncwatch.loopwatch._blocked import BlockedLoop, LoopMonitor
 from asyncwatch._core.stacks import APP, classify
+from asyncwatch.loopwatch._blocked import BlockedLoop, LoopMonitor
 
 from . import dealloc_app
 from .conftest import collect, marked_line, strict_watch, wait_for

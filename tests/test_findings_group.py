@@ -11,9 +11,9 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
-from asyncwatch.loopwatch._blocked import BlockedLoop
-from asyncwatch.console._render import render_finding
 from asyncwatch._core.findings import Finding, FindingsLog, Frame
+from asyncwatch.console._render import render_finding
+from asyncwatch.loopwatch._blocked import BlockedLoop
 from asyncwatch.loopwatch._watchdog import RepeatLimiter
 
 from .conftest import collect, point, wait_for

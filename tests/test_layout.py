@@ -97,7 +97,7 @@ def _problem(module: list[str], target: list[str]) -> str | None:
     if top == home:
         return None
     if top not in SUBSYSTEMS:
-        return f"imports {'.'.join(target)} (the Watch and the root modules wire, they are not imported)"
+        return f"imports {'.'.join(target)} (the root modules wire; nothing imports them)"
     if len(target) > 1:
         return f"imports {'.'.join(target)}, another subsystem's internals"
     if top not in USES.get(home, ()):

@@ -16,8 +16,8 @@ from typing import Any
 
 import asyncwatch
 from asyncwatch._core.faults import Faults
-from asyncwatch.advisor._loopload import LoopLoad
 from asyncwatch._core.stacks import current_frames
+from asyncwatch.advisor._loopload import LoopLoad
 from tests.advisor_workloads import io_call
 from tests.conftest import wait_for
 

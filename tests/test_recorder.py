@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from asyncwatch._core.names import OVERFLOW, TIMING_BOUNDS
 from asyncwatch._core.measure import FINE_BOUNDS, Histogram
+from asyncwatch._core.names import OVERFLOW, TIMING_BOUNDS
 from asyncwatch.tasks._recorder import Recorder, TaskStats
 
 

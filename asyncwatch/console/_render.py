@@ -77,7 +77,8 @@ def render_top(
         lines.append(
             f"{_short(c.name, 44):<44} {c.in_flight:>7} "
             f"{'-' if rate is None else f'{rate:.1f}':>10} {c.created:>9} "
-            f"{format_ms(c.duration.p50):>8} {format_ms(c.duration.p95):>8} {format_ms(c.duration.p99):>8} "
+            f"{format_ms(c.duration.p50):>8} {format_ms(c.duration.p95):>8} "
+            f"{format_ms(c.duration.p99):>8} "
             f"{c.errors:>7} {c.cancelled:>7}"
         )
     return "\n".join(lines)
