@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from ._core.config import Config, ConfigError
     from ._core.findings import Finding, Frame
     from ._watch import Watch as Watch
+    from .advisor._advisor import Advisor
     from .advisor._gates import Gate
     from .advisor._limits import Concurrency
     from .advisor._models import Recommendation
@@ -84,6 +85,10 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name == "AsyncWatchMiddleware":
+        # the Watch module tells the middleware how to install asyncwatch when the app adds
+        # the middleware first (it never imports the Watch itself)
+        importlib.import_module("._watch", __name__)
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value
@@ -262,7 +267,12 @@ def batch(name: str, size: int | Callable[..., int], *, budget_s: float | None =
     """
     from .advisor._advisor import make_batch
 
-    return make_batch(name, size, budget_s)
+    return make_batch(_running_advisor, name, size, budget_s)
+
+
+def _running_advisor() -> Advisor | None:
+    advisor: Advisor | None = getattr(_current_watch(), "advisor", None)
+    return advisor
 
 
 def concurrency(name: str, limit: int | None = None, *, backlog: Any = None) -> Concurrency:

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from ._core import names as n
-from ._core.config import Config, check_environment
+from ._core.config import Config, check_environment, put_in_force
 from ._core.faults import Faults
 from ._core.findings import FindingsLog
 from ._core.points import Point
 from .advisor._advisor import Advisor
+from .asgi import _middleware as asgi_middleware
 from .asgi._http import HttpStats
 from .deadlock._detector import DeadlockDetector
 from .loopwatch._watchdog import LoopWatch
@@ -31,6 +32,7 @@ from .tasks._points import task_points
 from .tasks._recorder import Recorder
 
 if TYPE_CHECKING:  # imported where used: stats() is not needed to start
+    from .profiler._profiling import ProfileSession
     from .tasks._stats import ProcessStats, Stats
 
 logger = logging.getLogger("asyncwatch")
@@ -89,9 +91,11 @@ class Watch:
         self.console: Any = None
         skip_thread = None
         if config.console and config.enabled:
+            import asyncwatch
+
             from .console._server import Console, is_console_thread
 
-            self.console = Console(self)
+            self.console = Console(self, {"asyncwatch": asyncwatch})
             skip_thread = is_console_thread  # the console's own loop is left alone
         self.tasks = TaskWatcher(
             self.recorder, self.faults, tracer=self.telemetry.tracer, on_loop=self._on_loop,
@@ -233,6 +237,23 @@ class Watch:
         }
         return Stats(coroutines=coroutines, process=self._process_stats())
 
+    def advice_text(self, *, evidence: bool = True) -> str | None:
+        """The advisor's recommendations as text (the console's ``advice``); None when the
+        advisor is off. ``evidence=False``: without the figures behind them."""
+        if not self.advisor.active:
+            return None
+        from .advisor._advisor import render
+
+        return render(self.advisor.advise(), evidence=evidence)
+
+    def start_profile(self, seconds: float, *, top: int = 15) -> ProfileSession:
+        """Start a profile of ``seconds`` with this Watch's settings (the console's
+        ``profile``); raises ``ProfilerBusy`` if one is running, ``ValueError`` if
+        ``seconds`` is over ``profile_max_s``."""
+        from .profiler._profiling import ProfileSession
+
+        return ProfileSession(seconds=seconds, top=top).start()
+
     def http_routes(self) -> list[dict[str, Any]]:
         """Per (method, route) figures of the ASGI middleware: ``route``, ``method``,
         ``requests``, ``errors``, ``in_flight``, ``p50``/``p95``/``p99`` (seconds or None).
@@ -329,7 +350,18 @@ def install(
         watch = Watch(resolved, metric_readers=metric_readers, tracer_provider=tracer_provider)
         watch.start()
         _current = watch
+        _publish(watch)
         return watch
+
+
+def _publish(watch: Watch | None, *, stopping: Watch | None = None) -> None:
+    """Tell what the app constructs or calls directly (the ASGI middleware, profiles) which
+    Watch runs: the dependencies it cannot be handed when the Watch builds it."""
+    asgi_middleware.attach(watch)
+    put_in_force(
+        None if watch is None else watch.config,
+        replacing=None if stopping is None else stopping.config,
+    )
 
 
 def uninstall(timeout_s: float | None = None) -> None:
@@ -338,6 +370,7 @@ def uninstall(timeout_s: float | None = None) -> None:
     with _lock:
         watch, _current = _current, None
     if watch is not None:
+        _publish(None, stopping=watch)
         watch.stop(timeout_s)
 
 
@@ -346,6 +379,7 @@ def _at_exit() -> None:
     with _lock:
         watch, _current = _current, None
     if watch is not None:
+        _publish(None, stopping=watch)
         watch.stop(watch.config.export_timeout_s, at_exit=True)
 
 
@@ -358,5 +392,6 @@ def _after_fork_in_child() -> None:
 
 
 atexit.register(_at_exit)
+asgi_middleware.use_installer(install)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

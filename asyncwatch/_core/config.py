@@ -46,7 +46,7 @@ from .config_parse import (
     whole,
 )
 
-__all__ = ["Config", "ConfigError", "check_environment", "is_loopback"]
+__all__ = ["Config", "ConfigError", "check_environment", "in_force", "is_loopback", "put_in_force"]
 
 
 class ConfigError(ValueError):
@@ -499,6 +499,26 @@ Config.__doc__ = (Config.__doc__ or "") + "\n    Settings:\n\n" + "\n".join(
     f"{_SETTINGS[f.name].help}"
     for f in dataclasses.fields(Config)
 )
+
+
+_in_force: Config | None = None
+
+
+def in_force() -> Config:
+    """The running asyncwatch's settings; the defaults when none is running.
+
+    For what the app calls directly rather than through the Watch (``ProfileSession``):
+    the Watch hands its settings in here when it starts (``put_in_force``).
+    """
+    return _in_force if _in_force is not None else Config()
+
+
+def put_in_force(config: Config | None, *, replacing: Config | None = None) -> None:
+    """Set the settings in force (``None``: none), only if ``replacing`` is what is set
+    (when given), so a stopping Watch never clears a newer one's."""
+    global _in_force
+    if replacing is None or _in_force is replacing:
+        _in_force = config
 
 
 def settings() -> dict[str, Setting]:

@@ -474,15 +474,17 @@ class Advisor:
 # ---------------------------------------------------------------- public helpers
 
 
-def _advisor() -> Advisor | None:
-    from .._watch import current
+def make_batch(
+    running: Callable[[], Advisor | None],
+    name: str,
+    size: int | Callable[..., int],
+    budget_s: float | None,
+) -> Any:
+    """``asyncwatch.batch``: a context manager (``size`` a number) or a decorator (callable).
 
-    watch = current()
-    return getattr(watch, "advisor", None) if watch is not None else None
-
-
-def make_batch(name: str, size: int | Callable[..., int], budget_s: float | None) -> Any:
-    """``asyncwatch.batch``: a context manager (``size`` a number) or a decorator (callable)."""
+    ``running`` finds the running advisor (None when asyncwatch or its advisor is off); a
+    decorator asks it at each call, as the app may install asyncwatch after decorating.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError("asyncwatch.batch: name must be a non-empty string")
     if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(
@@ -491,13 +493,13 @@ def make_batch(name: str, size: int | Callable[..., int], budget_s: float | None
     if callable(size):
 
         def site_of() -> BatchSite | None:
-            advisor = _advisor()
+            advisor = running()
             return advisor.batch_site(name, budget_s) if advisor is not None else None
 
         return batch_decorator(site_of, size)
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ValueError("asyncwatch.batch: size must be a whole number >= 0, or a callable")
-    advisor = _advisor()
+    advisor = running()
     site = advisor.batch_site(name, budget_s) if advisor is not None and size > 0 else None
     return Batch(site, size)
 

@@ -21,12 +21,11 @@ import enum
 import fnmatch
 import os
 import re
-from collections.abc import MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeGuard
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeGuard
 
 from opentelemetry.propagators.textmap import Getter
 
-from .. import _watch
 from .._core import names as n
 from .._core.config import Config
 from ._exchange import REQUEST, Exchange, HttpExchange, WsExchange
@@ -35,7 +34,61 @@ from ._starlette import wrapping_from_outside
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from .._watch import Watch
+    from contextvars import ContextVar
+
+    from opentelemetry.trace import Tracer
+
+    from .._core.faults import Faults
+    from ._http import HttpStats
+
+
+class Telemetry(Protocol):
+    """What a middleware uses of the Watch's telemetry (``asyncwatch.otel``)."""
+
+    @property
+    def exports_spans(self) -> bool: ...
+
+    def tracer(self) -> Tracer: ...
+
+
+class RequestTracking(Protocol):
+    """What a middleware uses of the Watch's task hook (``asyncwatch.tasks``)."""
+
+    def track_requests(self, var: ContextVar[Any] | None) -> None: ...
+
+
+class Host(Protocol):
+    """What a middleware needs from the running Watch."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def http(self) -> HttpStats: ...
+    @property
+    def faults(self) -> Faults: ...
+    @property
+    def telemetry(self) -> Telemetry: ...
+    @property
+    def tasks(self) -> RequestTracking: ...
+
+
+# The middleware is made by the app, not by the Watch, so this is where the two meet: the Watch
+# module says which Watch runs (``attach``) and how to start one (``use_installer``). Nothing
+# here imports it.
+_running: Host | None = None
+_installer: Callable[[Config | None], object] | None = None
+
+
+def attach(host: Host | None) -> None:
+    """The running Watch, or None once it stopped (middlewares rebind at their next request)."""
+    global _running
+    _running = host
+
+
+def use_installer(installer: Callable[[Config | None], object]) -> None:
+    """How a middleware made before ``install()`` installs asyncwatch (``asyncwatch.install``)."""
+    global _installer
+    _installer = installer
 
 __all__ = ["ASGIApp", "AsyncWatchMiddleware", "Message", "Receive", "Scope", "Send"]
 
@@ -139,7 +192,7 @@ def _otel_api() -> Any:
 class Observer:
     """What a middleware needs from one running Watch, resolved once per Watch."""
 
-    def __init__(self, watch: Watch, config: Config, router: Any = None) -> None:
+    def __init__(self, watch: Host, config: Config, router: Any = None) -> None:
         self.watch = watch
         self.router = router  # the Starlette router under the middleware, if any
         self.stats = watch.http
@@ -312,21 +365,21 @@ class AsyncWatchMiddleware:
             raise TypeError("AsyncWatchMiddleware(config=...) takes an asyncwatch.Config")
         self.app = app
         self.config = config
-        self._watch: Watch | Literal[_Mark.UNSET] | None = _UNSET
+        self._watch: Host | Literal[_Mark.UNSET] | None = _UNSET
         self._observer: Observer | None = None
         self.fastapi: Any = None  # the FastAPI app this wraps from outside, if any
         self.router: Any = None  # the Starlette router under this middleware, if any
         # The Observer while requests may take __call__'s inline set-up (see _bind), else None
         self._fast: Observer | None = None
         self.auto = False  # added by asyncwatch itself (``_asgi_patch``), not by the app
-        if _watch.current() is None and (config is None or config.enabled):
-            _watch.install(config)
+        if _running is None and _installer is not None and (config is None or config.enabled):
+            _installer(config)
         wrapping_from_outside(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex: Exchange | None = None
         obs = self._fast
-        if obs is not None and self._watch is _watch._current:
+        if obs is not None and self._watch is _running:
             # The common HTTP request (no path filters, no FastAPI telemetry to defer to,
             # not nested, no span to start) is set up inline: this runs for every request
             # and each step saved is measurable (see benchmarks/asgi_inprocess.py).
@@ -374,14 +427,14 @@ class AsyncWatchMiddleware:
             return None
         if kind not in ("http", "websocket"):
             return None
-        if self._watch is not _watch._current:
-            self._bind(_watch._current)
+        if self._watch is not _running:
+            self._bind(_running)
         obs = self._observer
         if obs is None or obs.off:
             return None
         return obs.begin(self, scope, receive, send, kind)
 
-    def _bind(self, watch: Watch | None) -> None:
+    def _bind(self, watch: Host | None) -> None:
         self._watch = watch
         self._observer = None
         self._fast = None

@@ -32,12 +32,8 @@ _HTTP_SORTS = ("rate", "requests", "errors", "in_flight", "p50", "p95", "p99", "
 
 
 def _watch(ctx: click.Context) -> Any:
-    watch = getattr(ctx.obj, "watch", None)
-    if watch is None:
-        from .._watch import current
-
-        watch = current()
-    return watch
+    """The Watch the console was started by (the monitor's ``watch``), or None."""
+    return getattr(ctx.obj, "watch", None)
 
 
 def _done_event() -> asyncio.Event | None:
@@ -242,16 +238,11 @@ def do_findings(ctx: click.Context, kind: str | None, limit: int, stack: bool) -
 @_command
 def do_advice(ctx: click.Context, brief: bool) -> None:
     """The advisor's recommendations (workers, concurrency limits, batch sizes, processes)."""
-    from ..advisor._advisor import render
-
     watch = _watch(ctx)
     if watch is None:
         return _no_watch()
-    advisor = getattr(watch, "advisor", None)
-    if advisor is None or not advisor.active:
-        click.echo("advisor off (ASYNCWATCH_ADVISOR=0)")
-        return None
-    click.echo(render(advisor.advise(), evidence=not brief))
+    text = watch.advice_text(evidence=not brief)
+    click.echo("advisor off (ASYNCWATCH_ADVISOR=0)" if text is None else text)
     return None
 
 
@@ -286,11 +277,12 @@ def do_memory(ctx: click.Context, limit: int) -> None:
 @_command
 def do_profile(ctx: click.Context, seconds: float, limit: int) -> Any:
     """Profile the app for SECONDS (yappi, wall clock, coroutine-aware) and show the top."""
-    from ..profiler._profiling import ProfilerBusy, ProfileSession
-
+    watch = _watch(ctx)
+    if watch is None:
+        return _no_watch()
     try:
-        session = ProfileSession(seconds=seconds, top=limit).start()
-    except (ProfilerBusy, ValueError, ImportError) as exc:
+        session = watch.start_profile(seconds, top=limit)
+    except (RuntimeError, ValueError, ImportError) as exc:  # ProfilerBusy is a RuntimeError
         click.echo(f"profile refused: {exc}")
         return None
     click.echo(f"profiling for {seconds:g}s ...")

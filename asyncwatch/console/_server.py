@@ -179,8 +179,9 @@ def _monitor_class() -> type:
 class Console:
     """Owns the aiomonitor instance: attach to a loop, move on when it closes, stop."""
 
-    def __init__(self, watch: Any) -> None:
+    def __init__(self, watch: Any, namespace: dict[str, Any]) -> None:
         self.watch = watch
+        self.namespace = namespace  # what the console's Python REPL starts with
         self.config = watch.config
         self.monitor: Any = None
         self._lock = threading.Lock()
@@ -245,8 +246,6 @@ class Console:
                     "task factory, which aiomonitor's would replace instead of chaining"
                 )
                 tracing = False
-            import asyncwatch
-
             assert self._cls is not None
             monitor = self._cls(
                 loop,
@@ -259,7 +258,7 @@ class Console:
                 hook_task_factory=tracing,
                 webui=cfg.console_webui,
                 allowed_hosts=cfg.allowed_hosts,
-                locals={"__name__": "__console__", "asyncwatch": asyncwatch, "loop": loop},
+                locals={"__name__": "__console__", **self.namespace, "loop": loop},
             )
             monitor.start()
             _raise_start_error(monitor)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._core.config import Config
+from .._core.config import in_force
 from ._loopbusy import StepTimer
 from ._report import CoroutineProfile, FunctionProfile, ProfileReport
 
@@ -50,13 +50,6 @@ class ProfilerBusy(RuntimeError):
 
 _lock = threading.Lock()
 _running: ProfileSession | None = None
-
-
-def _settings() -> Config:
-    from .._watch import current
-
-    watch = current()
-    return watch.config if watch is not None else Config()
 
 
 def _import_yappi() -> Any:
@@ -80,7 +73,7 @@ class ProfileSession:
     def __init__(
         self, *, seconds: float | None = None, top: int = 30, save: bool = True
     ) -> None:
-        config = _settings()
+        config = in_force()
         if seconds is not None and not 0 < seconds <= config.profile_max_s:
             raise ValueError(
                 f"profile of {seconds!r}s: must be above 0 and at most profile_max_s="
