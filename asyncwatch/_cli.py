@@ -17,7 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._core.config import Config, ConfigError, check_environment, raw_problem, settings_reference
+from ._core.config import Config, ConfigError, raw_problem, settings_reference
+from ._core.environment import check_environment
 
 BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "_bootstrap")
 

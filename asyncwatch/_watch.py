@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from ._core import names as n
-from ._core.config import Config, check_environment, put_in_force
+from ._core.config import Config, put_in_force
+from ._core.environment import check_environment
 from ._core.faults import Faults
 from ._core.findings import FindingsLog
 from ._core.points import Point

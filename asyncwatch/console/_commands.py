@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from ._render import _rate_of, render_finding, render_http, render_memory, render_top
+from ._render import rate_of, render_finding, render_http, render_memory, render_top
 
 _TOP_SORTS = ("rate", "created", "in_flight", "peak", "errors", "cancelled", "p50", "p95", "p99",
               "name")
@@ -148,7 +148,7 @@ def do_top(ctx: click.Context, sort: str, limit: int, interval: float, repeat: i
             if interval > 0:
                 await asyncio.sleep(interval)
             now, t1 = watch.stats(), time.monotonic()
-            rates = _rate_of(before if interval > 0 else None, now, t1 - t0)
+            rates = rate_of(before if interval > 0 else None, now, t1 - t0)
             if repeat > 1:
                 click.echo("\x1b[2J\x1b[H" + f"refresh {i + 1}/{repeat}")
             click.echo(render_top(now, rates, sort=sort, limit=limit))

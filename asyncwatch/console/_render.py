@@ -32,7 +32,7 @@ def _is_library(name: str) -> bool:
     return path.startswith(_LIBRARY_DIRS) or "site-packages" in path
 
 
-def _rate_of(before: Stats | None, now: Stats, dt: float) -> dict[str, float | None]:
+def rate_of(before: Stats | None, now: Stats, dt: float) -> dict[str, float | None]:
     if before is None or dt <= 0:
         return dict.fromkeys(now.coroutines)
     rates: dict[str, float | None] = {}
