@@ -76,7 +76,7 @@ _CHILD = """
 import asyncio, gc, json, sys
 import psutil
 import asyncwatch
-from asyncwatch import _yappi_leak
+from asyncwatch.profiler import _yappi_leak
 tasks, guard = int(sys.argv[1]), sys.argv[2] == "on"
 if not guard:
     _yappi_leak.GUARD.apply = lambda yappi: "off"

@@ -71,7 +71,7 @@ def test_memory_is_flat_over_many_tasks() -> None:
         snapshot = tracemalloc.take_snapshot().filter_traces(
             [
                 tracemalloc.Filter(True, f"{asyncwatch.__path__[0]}/*"),
-                tracemalloc.Filter(False, f"{asyncwatch.__path__[0]}/_loopload.py"),
+                tracemalloc.Filter(False, f"{asyncwatch.__path__[0]}/advisor/_loopload.py"),
             ]
         )
         return sum(stat.size for stat in snapshot.statistics("filename"))

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 import asyncwatch
 from asyncwatch import ConfigError
-from asyncwatch._core.config import _SETTINGS, Config, check_environment
+from asyncwatch._core.config import _SETTINGS, Config
+from asyncwatch._core.environment import check_environment
 
 from .conftest import free_port, wait_for
 

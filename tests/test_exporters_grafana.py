@@ -178,7 +178,7 @@ def test_every_metric_a_dashboard_or_rule_queries_is_exported() -> None:
         used[f"rule {name}"] = metric_names(expr)
     assert len(used) > 40
     unknown = {where: sorted(names - allowed) for where, names in used.items() if names - allowed}
-    assert not unknown, f"not exported by asyncwatch (asyncwatch/_names.py): {unknown}"
+    assert not unknown, f"not exported by asyncwatch (asyncwatch/_core/names.py): {unknown}"
 
 
 def _pending_items() -> list[tuple[str, str, str]]:
@@ -209,7 +209,7 @@ def test_pending_panels_and_rules_still_wait_for_missing_metrics() -> None:
         for what, waits, expr in items
         if metric_names(expr) <= exported
     ]
-    assert not ready, "metrics have landed in asyncwatch/_names.py:\n" + "\n".join(ready)
+    assert not ready, "metrics have landed in asyncwatch/_core/names.py:\n" + "\n".join(ready)
 
 
 def test_metric_name_extraction_sees_through_promql() -> None:

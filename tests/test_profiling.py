@@ -153,7 +153,7 @@ print(("yappi" in sys.modules, sys.getprofile() is None, asyncio.events.Handle._
 _MEMORY_CHILD = """
 import asyncio, gc, json, sys
 import asyncwatch
-from asyncwatch import _yappi_leak
+from asyncwatch.profiler import _yappi_leak
 tasks, guard = int(sys.argv[1]), sys.argv[2] == "on"
 if not guard:
     _yappi_leak.GUARD.apply = lambda yappi: "off (disabled by the test)"

@@ -24,12 +24,14 @@ Timing semantics:
 
 from __future__ import annotations
 
+import contextvars
 import time
 from _thread import get_ident
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from .._core import names as n
+from .._core.context import add_route_reader
 from .._core.measure import clock
 from . import _routes
 from ._http import FOLD_AT, BoundHist, HttpShard, HttpStats, RequestKey, RequestSlot
@@ -50,6 +52,27 @@ if TYPE_CHECKING:
 
 # The exchange of the request being handled (HttpExchange or WsExchange), for the task hook.
 REQUEST: ContextVar[_Exchange | None] = ContextVar("asyncwatch.request", default=None)
+
+
+def _route_in(ctx: contextvars.Context) -> str | None:
+    """The route template of the request this middleware handles in ``ctx`` (for
+    ``_core.context.route_in``, which the watchdog calls to name a blocked request).
+
+    The template is not worked out until the request ends, so that costs nothing per request;
+    here it is read from the request's scope as routed so far. The reader is the watchdog,
+    while the loop's thread is held by a blocking call, so the scope is not changing under it.
+    """
+    request = ctx.get(REQUEST)
+    if request is None:
+        return None
+    try:
+        found = _routes.template(request.scope, request.root_path, request.router)
+    except Exception:  # a scope changing under us after all: no route, never an error
+        return None
+    return found if isinstance(found, str) else None
+
+
+add_route_reader(_route_in)
 
 # What ``url.scheme`` and ``network.protocol.version`` may be (anything else from a server is
 # reported as "http" and left out, so a hostile scope cannot grow the metric's cardinality).
