@@ -24,9 +24,8 @@ from .asgi import _middleware as asgi_middleware
 from .asgi._http import HttpStats
 from .deadlock._detector import DeadlockDetector
 from .loopwatch._watchdog import LoopWatch
-from .otel._bridge import MetricsBridge, ProcessSampler
-from .otel._telemetry import DropCounter, Telemetry
-from .sync._tracker import PrimitiveTracker
+from .otel import DropCounter, MetricsBridge, ProcessSampler, Telemetry
+from .sync import PrimitiveTracker
 from .tasks import _recorder
 from .tasks._hook import TaskWatcher
 from .tasks._points import task_points

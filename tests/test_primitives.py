@@ -8,13 +8,8 @@ from typing import Any
 import pytest
 
 import asyncwatch
-from asyncwatch.sync._tracker import (
-    STATE_ATTR,
-    PrimitiveObserver,
-    PrimitiveState,
-    _stdlib_body,
-    state_of,
-)
+from asyncwatch.sync._inline import _stdlib_body
+from asyncwatch.sync._state import STATE_ATTR, PrimitiveObserver, PrimitiveState, state_of
 from asyncwatch.testing import settle
 
 from .deadlock_helpers import install, line_of

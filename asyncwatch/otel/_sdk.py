@@ -1,6 +1,6 @@
 """The parts of asyncwatch's telemetry that subclass or build OpenTelemetry SDK objects.
 
-Imported only when an exporter or provider of asyncwatch's own is built (see ``_telemetry``),
+Imported only when an exporter or provider of asyncwatch's own is built (see ``_exporters``),
 so a process that never exports does not load the SDK.
 """
 
@@ -17,7 +17,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from ._telemetry import DropCounter, ExportGuard
+from ._guard import DropCounter, ExportGuard
 
 
 class GuardedMetricExporter(MetricExporter):

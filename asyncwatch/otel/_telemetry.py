@@ -1,4 +1,5 @@
-"""OpenTelemetry set-up: providers, readers, exporters, and exports that can never hurt the app.
+"""OpenTelemetry set-up: the providers asyncwatch adopts or builds, their readers, and the
+embedded ``/metrics`` endpoint (``Telemetry``).
 
 * If the app already set SDK Meter/Tracer providers (itself, or through
   ``opentelemetry-instrument``), asyncwatch uses them: its metrics are merged into each of the
@@ -11,10 +12,12 @@
   page) or that export nothing are built at their first use (first scrape, first span), so a
   short program never loads the SDK; push exporters are built at start. The endpoint stops
   at once (no poll interval), and a push exporter's final export is bounded like any other.
-* Every push export runs through an ``ExportGuard``: one export in flight at a time, on a
-  worker thread, abandoned after ``export_timeout_s``; what could not be sent is counted in
-  ``asyncwatch.export.dropped``. Shutdown is bounded the same way, so a dead, black-holed or
-  resetting collector can neither block the app nor hold up its exit.
+* Every push export runs through an ``ExportGuard`` (``_guard``): one export in flight at a
+  time, on a worker thread, abandoned after ``export_timeout_s``; what could not be sent is
+  counted in ``asyncwatch.export.dropped``. Shutdown is bounded the same way, so a dead,
+  black-holed or resetting collector can neither block the app nor hold up its exit.
+
+The exporters and readers the configuration names are built in ``_exporters``.
 """
 
 from __future__ import annotations
@@ -25,234 +28,22 @@ import math
 import os
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._core import names as n
-from .._core.config import Config, ConfigError
-from .._core.points import Point
+from .._core.config import Config
 from ._bridge import MetricsBridge
+from ._exporters import check_exporters, push_readers, registry_reader, span_processors
+from ._guard import DropCounter, exporter_log_filter, note_exit, run_with_deadline
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace.export import SpanExporter
 
 logger = logging.getLogger("asyncwatch")
 
-
-class DropCounter:
-    """Counts what exporters could not deliver, by signal and reason."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.counts: dict[tuple[str, str], int] = {}
-        self.started_ns = time.time_ns()
-
-    def add(self, signal: str, reason: str, items: int = 1) -> None:
-        """Count ``items`` dropped."""
-        with self._lock:
-            key = (signal, reason)
-            self.counts[key] = self.counts.get(key, 0) + items
-
-    def points(self) -> Iterable[Point]:
-        """Metric points for ``asyncwatch.export.dropped``."""
-        with self._lock:
-            counts = dict(self.counts)
-        for (signal, reason), count in counts.items():
-            yield n.EXPORT_DROPPED, {n.SIGNAL: signal, n.REASON: reason}, count, self.started_ns
-
-
-class _ExporterLogFilter(logging.Filter):
-    """Keeps the SDK exporters' per-attempt warnings out of the log when they come from
-    asyncwatch's export threads (a dead endpoint made hundreds of lines), remembering the last
-    one per thread so the ExportGuard's single "failing" line can say why. Records from any
-    other thread (the app's own exporters) pass untouched."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.last: dict[str, str] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        name = record.threadName or ""
-        if not name.startswith(_EXPORT_THREAD):
-            return True
-        with contextlib.suppress(Exception):
-            self.last[name] = record.getMessage()
-        return False
-
-    def attach(self) -> None:
-        """Filter every exporter logger that exists now (call after importing exporters)."""
-        for name, item in list(logging.Logger.manager.loggerDict.items()):
-            if (
-                isinstance(item, logging.Logger)
-                and name.startswith("opentelemetry.exporter.otlp")
-                and self not in item.filters
-            ):
-                item.addFilter(self)
-
-    # No detach on uninstall: an export abandoned after its deadline can still be retrying on
-    # its thread and log after shutdown. Left on a logger, the filter passes every record but
-    # those of asyncwatch's own export threads.
-
-
-_EXPORT_THREAD = "asyncwatch-export-"
-exporter_log_filter = _ExporterLogFilter()
-
-
-class ExportGuard:
-    """Runs one export at a time on a worker thread and gives up on it after a deadline.
-
-    It also keeps the log quiet about a dead or failing endpoint: one warning when exports
-    start failing (with the reason), one when they recover; every drop is counted in between.
-    """
-
-    def __init__(self, signal: str, timeout_s: float, drops: DropCounter) -> None:
-        self.signal = signal
-        self.timeout_s = timeout_s
-        self.drops = drops
-        self._lock = threading.Lock()
-        self._busy = False
-        self.failing = False
-        self.failed_exports = 0
-        self.thread_name = f"{_EXPORT_THREAD}{signal}"
-
-    def call(self, fn: Callable[[], Any], items: int, *, reason_prefix: str = "") -> Any:
-        """``fn()``'s result, or None if it was skipped, failed or overran (then counted)."""
-        with self._lock:
-            if self._busy:
-                self.drops.add(self.signal, reason_prefix + "busy", items)
-                self.last_problem = "the previous export is still running"
-                return None
-            self._busy = True
-        outcome: list[Any] = [None]
-        error: list[BaseException | None] = [None]
-        finished = threading.Event()
-
-        def work() -> None:
-            try:
-                outcome[0] = fn()
-            except Exception as exc:
-                logger.debug("asyncwatch: %s export failed", self.signal, exc_info=True)
-                outcome[0] = None
-                error[0] = exc
-            finally:
-                with self._lock:
-                    self._busy = False
-                finished.set()
-
-        if not _start(threading.Thread(target=work, name=self.thread_name, daemon=True)):
-            work()  # the final export at exit on 3.12, bounded by the exporter's own timeout
-        if not finished.wait(self.timeout_s):
-            self.drops.add(self.signal, reason_prefix + "timeout", items)
-            self.last_problem = f"no answer within {self.timeout_s:g} s"
-            return None
-        if outcome[0] is None:
-            self.drops.add(self.signal, reason_prefix + "error", items)
-            self.last_problem = repr(error[0]) if error[0] is not None else "no result"
-        return outcome[0]
-
-    last_problem = ""
-
-    def note(self, ok: bool) -> None:
-        """Record how an export went; log only when that changes (failing <-> recovered)."""
-        if ok:
-            if self.failing:
-                self.failing = False
-                logger.warning(
-                    "asyncwatch: %s exports recovered after %d failed export(s)",
-                    self.signal,
-                    self.failed_exports,
-                )
-            self.failed_exports = 0
-            return
-        self.failed_exports += 1
-        if not self.failing:
-            self.failing = True
-            why = exporter_log_filter.last.pop(self.thread_name, None) or self.last_problem
-            logger.warning(
-                "asyncwatch: %s exports are failing (%s); what cannot be sent is counted in "
-                "asyncwatch.export.dropped, and one line follows when they recover",
-                self.signal,
-                why or "the exporter reported a failure",
-            )
-
-
 # uninstall(timeout_s=...) is kept within these (inf: "as long as it takes", up to an hour)
 _MIN_SHUTDOWN_S, _MAX_SHUTDOWN_S = 0.01, 3600.0
-
-
-_exiting = False  # set by Telemetry.shutdown(at_exit=True); see _start
-
-
-def _start(worker: threading.Thread) -> bool:
-    """Start ``worker``; False if this is interpreter exit and Python refuses new threads.
-
-    Python 3.12 raises RuntimeError for a thread started in an atexit handler (gh-113964,
-    allowed again in 3.13), which lost the final export and printed a traceback at exit: the
-    caller then runs the work itself. Any other refusal is raised as before."""
-    try:
-        worker.start()
-    except RuntimeError:
-        if not _exiting:
-            raise
-        return False
-    return True
-
-
-def _run_with_deadline(fn: Callable[[], Any], seconds: float, what: str) -> bool:
-    """Run ``fn`` on a daemon thread; True if it finished within ``seconds``."""
-    worker = threading.Thread(target=fn, name=f"asyncwatch-{what}", daemon=True)
-    if not _start(worker):
-        fn()  # at exit on 3.12: here, bounded by the SDK's own shutdown timeouts
-        return True
-    worker.join(seconds)
-    if worker.is_alive():
-        logger.warning("asyncwatch: %s did not finish within %.1f s; abandoned", what, seconds)
-        return False
-    return True
-
-
-def _need(module: str, extra: str, setting: str, *, load: bool = True) -> Any:
-    """``module``, imported (``load``) or only found, or ConfigError naming ``setting``."""
-    import importlib
-    import importlib.util
-
-    try:
-        if load:
-            return importlib.import_module(module)
-        found = importlib.util.find_spec(module) is not None
-    except ImportError:
-        found = False
-    if not found:
-        if extra == "otlp-grpc":
-            setting += " with otlp_protocol=grpc"
-        raise ConfigError(f"{setting} needs `pip install asyncwatch[{extra}]` ({module})") from None
-    return None
-
-
-def _check_batch_settings() -> None:
-    """The SDK's batch span processor rejects some OTEL_BSP_* combinations with a ValueError
-    that names no variable; check them up front so install() fails with a clear message."""
-    values = {}
-    for name, default in (
-        ("OTEL_BSP_MAX_QUEUE_SIZE", 2048),
-        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512),
-    ):
-        raw = os.environ.get(name)
-        try:
-            values[name] = int(raw) if raw else default
-        except ValueError:
-            raise ConfigError(f"{name}={raw!r}: expected a whole number") from None
-        if values[name] <= 0:
-            raise ConfigError(f"{name}={raw!r}: must be a positive whole number")
-    if values["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] > values["OTEL_BSP_MAX_QUEUE_SIZE"]:
-        raise ConfigError(
-            f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE={values['OTEL_BSP_MAX_EXPORT_BATCH_SIZE']} must not "
-            f"exceed OTEL_BSP_MAX_QUEUE_SIZE={values['OTEL_BSP_MAX_QUEUE_SIZE']}"
-        )
 
 
 class Telemetry:
@@ -310,22 +101,7 @@ class Telemetry:
 
     def check(self) -> None:
         """Fail fast (ConfigError) if a configured exporter's package is missing."""
-        protocol = self.config.otlp_protocol.replace("/", "_")
-        for exporter in self.config.metrics_exporters:
-            if exporter == "otlp":
-                _need(_OTLP_MODULES[protocol][0], _OTLP_EXTRA[protocol], "metrics exporter otlp")
-            if exporter == "prometheus":
-                # found, not loaded: it is loaded at the first scrape
-                _need(
-                    "opentelemetry.exporter.prometheus",
-                    "all",
-                    "metrics exporter prometheus",
-                    load=False,
-                )
-        if "otlp" in self.config.traces_exporters:
-            _need(_OTLP_MODULES[protocol][1], _OTLP_EXTRA[protocol], "traces exporter otlp")
-        if "none" not in self.config.traces_exporters:
-            _check_batch_settings()
+        check_exporters(self.config)
 
     def start(self) -> None:
         """Build or adopt providers and start exporters. Idempotent.
@@ -397,7 +173,14 @@ class Telemetry:
         from opentelemetry.sdk.metrics import MeterProvider
 
         resource = self._resource()
-        readers = self._readers() + self.extra_readers
+        readers: list[Any] = []
+        chosen = self.config.metrics_exporters
+        if ("none" not in chosen and "prometheus" in chosen) or self.config.http_metrics_path:
+            # the embedded endpoint's, or (with no endpoint of ours) the app's own /metrics
+            # page's Prometheus text
+            reader, self._prometheus_registry = registry_reader()
+            readers.append(reader)
+        readers += push_readers(self.config, self.drops) + self.extra_readers
         self.meter_provider = MeterProvider(
             resource=resource, metric_readers=readers, shutdown_on_exit=False
         )
@@ -408,7 +191,7 @@ class Telemetry:
         from opentelemetry.sdk.trace import TracerProvider
 
         self.tracer_provider = TracerProvider(resource=self._resource(), shutdown_on_exit=False)
-        for processor in self._span_processors():
+        for processor in span_processors(self.config, self.drops):
             self.tracer_provider.add_span_processor(processor)
 
     def _ensure_meter_provider(self) -> None:
@@ -442,90 +225,6 @@ class Telemetry:
                 return trace.get_tracer("asyncwatch", self.version)
             self._tracer = self.tracer_provider.get_tracer("asyncwatch", self.version)
         return self._tracer
-
-    def _readers(self) -> list[Any]:
-        readers: list[Any] = []
-        chosen = self.config.metrics_exporters
-        if ("none" not in chosen and "prometheus" in chosen) or self.config.http_metrics_path:
-            # the embedded endpoint's, or (with no endpoint of ours) the app's own /metrics
-            # page's Prometheus text
-            reader, self._prometheus_registry = self._registry_reader()
-            readers.append(reader)
-        if "none" in chosen:
-            return readers
-        for exporter in ("otlp", "console"):
-            if exporter in chosen:
-                guard = ExportGuard("metrics", self.config.export_timeout_s, self.drops)
-                inner = self._metric_exporter(exporter)
-                exporter_log_filter.attach()
-                from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
-                from ._sdk import GuardedMetricExporter
-
-                readers.append(
-                    PeriodicExportingMetricReader(
-                        GuardedMetricExporter(inner, guard),
-                        export_timeout_millis=self.config.export_timeout_s * 1000,
-                    )
-                )
-        return readers
-
-    def _metric_exporter(self, kind: str) -> MetricExporter:
-        if kind == "console":
-            from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
-
-            return ConsoleMetricExporter()
-        protocol = self.config.otlp_protocol.replace("/", "_")
-        module = _need(_OTLP_MODULES[protocol][0], _OTLP_EXTRA[protocol], "metrics exporter otlp")
-        exporter: MetricExporter = module.OTLPMetricExporter()
-        return exporter
-
-    def _span_processors(self) -> list[Any]:
-        processors: list[Any] = []
-        chosen = self.config.traces_exporters
-        if "none" in chosen:
-            return processors
-        for kind in chosen:
-            inner: SpanExporter
-            if kind == "console":
-                from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-                inner = ConsoleSpanExporter()
-            else:
-                protocol = self.config.otlp_protocol.replace("/", "_")
-                module = _need(
-                    _OTLP_MODULES[protocol][1], _OTLP_EXTRA[protocol], "traces exporter otlp"
-                )
-                inner = module.OTLPSpanExporter()
-                exporter_log_filter.attach()
-            guard = ExportGuard("traces", self.config.export_timeout_s, self.drops)
-            from ._sdk import CountingBatchSpanProcessor, GuardedSpanExporter
-
-            processors.append(
-                CountingBatchSpanProcessor(
-                    GuardedSpanExporter(inner, guard),
-                    self.drops,
-                    export_timeout_millis=self.config.export_timeout_s * 1000,
-                )
-            )
-        return processors
-
-    @staticmethod
-    def _registry_reader() -> tuple[Any, Any]:
-        """A PrometheusMetricReader and the registry it fills."""
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import CollectorRegistry
-
-        registry = CollectorRegistry(auto_describe=True)
-        try:
-            # otel_scope_* labels on every series add nothing here: one scope, ours
-            reader = PrometheusMetricReader(registry=registry, scope_info_enabled=False)
-        except TypeError:  # older exporter: no registry argument, uses the global one
-            from prometheus_client import REGISTRY
-
-            registry = REGISTRY
-            reader = PrometheusMetricReader()
-        return reader, registry
 
     def _serve_prometheus(self) -> None:
         """Open the embedded /metrics endpoint; what it serves is made at its first request."""
@@ -569,7 +268,7 @@ class Telemetry:
         for reader in readers:
             self._wrap_collect(reader, resource)
         if self.config.http_metrics_path and hasattr(provider, "add_metric_reader"):
-            reader, registry = self._registry_reader()
+            reader, registry = registry_reader()
             provider.add_metric_reader(reader)
             self._wrap_collect(reader, resource)
             self._app_provider_reader = (provider, reader)
@@ -615,11 +314,11 @@ class Telemetry:
         after us (atexit runs last-registered first) and its final export should still carry
         asyncwatch's figures.
         """
-        global _exiting
         if not self.started:
             return
         self.started = False
-        _exiting = _exiting or at_exit
+        if at_exit:
+            note_exit()
         with self._lock:  # nothing deferred is built from here on
             self._meter_deferred = self._tracer_deferred = False
         deadline = timeout_s if timeout_s is not None else self.config.export_timeout_s
@@ -663,7 +362,7 @@ class Telemetry:
                     except Exception:  # e.g. the SDK's "deadline already exceeded"
                         logger.debug("asyncwatch: telemetry shutdown step failed", exc_info=True)
 
-            _run_with_deadline(stop_all, deadline, "telemetry shutdown")
+            run_with_deadline(stop_all, deadline, "telemetry shutdown")
         exporter_log_filter.last.clear()
 
     def _unwrap_readers(self) -> None:
@@ -689,18 +388,3 @@ class Telemetry:
         self.exports_spans = False
         self._own_meter_provider = self._own_tracer_provider = False
         self.started = False
-
-
-# the extra that brings each protocol's exporter (asyncwatch[all] has both)
-_OTLP_EXTRA = {"http_protobuf": "otlp", "grpc": "otlp-grpc"}
-
-_OTLP_MODULES = {
-    "http_protobuf": (
-        "opentelemetry.exporter.otlp.proto.http.metric_exporter",
-        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-    ),
-    "grpc": (
-        "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
-        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
-    ),
-}

@@ -2,6 +2,7 @@
 waits and where each was made. The deadlock detector and the advisor read the same state.
 """
 
-from ._tracker import STATE_ATTR, PrimitiveState, PrimitiveTracker, state_of
+from ._state import STATE_ATTR, PrimitiveState, state_of
+from ._tracker import PrimitiveTracker
 
 __all__ = ["STATE_ATTR", "PrimitiveState", "PrimitiveTracker", "state_of"]
