@@ -10,10 +10,10 @@ wait-for graph they make, the cycles in it, then the stuck checks (``_stuck``).
    reported once per cycle (the same tasks on the same futures).
 3. The stuck checks (``_stuck.StuckChecker``).
 
-Each slice is bounded by units of work (``SLICE``, ``LOOKS``, ``_stuck.ENTRIES`` and the
-constants after it); whatever a later slice decides re-checks that the waits it uses still
-hold. ``DeadlockScanner`` is the middle layer of ``DeadlockDetector``, which runs the
-generator (timed, a slice at a time, or in one go) and keeps the timers.
+Each slice is bounded by units of work (``SLICE`` and ``LOOKS`` here, ``ENTRIES`` and the
+constants after it in ``_stuck``); whatever a later slice decides re-checks that the waits it
+uses still hold. ``DeadlockScanner`` is the middle layer of ``DeadlockDetector``, which runs
+the generator (timed, a slice at a time, or in one go) and keeps the timers.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ logger = logging.getLogger("asyncwatch")
 # What one slice of a scan may do at most (the loop runs between slices):
 SLICE = 1000  # tasks looked at (for a wait seen before: a dictionary lookup)
 LOOKS = 400  # of which first looks at a settled wait (its kind read from the await chain)
+
 EXPEDITE_S = 0.05  # after a lock wait closed a cycle: the scan that settles it runs this soon
 
 
@@ -83,7 +84,8 @@ class DeadlockScanner(StuckChecker):
         super().__init__(tracker, stuck_after_s=stuck_after_s, idle_patterns=idle_patterns,
                          clock=clock, wall=wall)
         self.findings = findings
-        # loop -> its state, both weakly: the state is owned by the loop (see _schedule).
+        # loop -> its state, both weakly: the state is owned by the loop (see
+        # DeadlockDetector._schedule).
         self._states: weakref.WeakKeyDictionary[Any, weakref.ref[LoopState]] = (
             weakref.WeakKeyDictionary()
         )
@@ -91,6 +93,7 @@ class DeadlockScanner(StuckChecker):
         self.stuck_found = 0
 
     def _state(self, loop: Any) -> LoopState:
+        """What is kept for ``loop`` across scans (made on first use)."""
         ref = self._states.get(loop)
         state = ref() if ref is not None else None
         if state is None:
