@@ -22,7 +22,7 @@ from ._core.points import Point
 from .advisor._advisor import Advisor
 from .asgi import _middleware as asgi_middleware
 from .asgi._http import HttpStats
-from .deadlock._detector import DeadlockDetector
+from .deadlock import DeadlockDetector
 from .loopwatch._watchdog import LoopWatch
 from .otel import DropCounter, MetricsBridge, ProcessSampler, Telemetry
 from .sync import PrimitiveTracker

@@ -219,11 +219,11 @@ def tail_child(config: str, seconds: float, warm: int, inflight: int) -> None:
 
     pauses = Pauses()
     if config.startswith("asyncwatch"):
-        from asyncwatch.deadlock import _detector as _deadlock
+        from asyncwatch.deadlock import DeadlockDetector
         from asyncwatch.loopwatch import _watchdog as _loopwatch
 
         pauses.wrap(_loopwatch._Heartbeat, "run", "heartbeat")
-        pauses.wrap(_deadlock.DeadlockDetector, "_step", "deadlock scan slice")
+        pauses.wrap(DeadlockDetector, "_step", "deadlock scan slice")
     app = build_app(config)
     collections = [0, 0, 0]
     gc_time = [0.0, 0.0, 0.0]

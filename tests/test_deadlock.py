@@ -427,17 +427,18 @@ def test_the_scanner_runs_by_itself_and_stops_with_uninstall(
 ) -> None:
     """With a short interval the loop finds a lock-order inversion on its own timer, scanning
     its tasks in slices with the loop running in between."""
-    import asyncwatch.deadlock._detector as deadlock
+    import asyncwatch.deadlock._scan as scan
+    from asyncwatch.deadlock import DeadlockDetector
 
-    monkeypatch.setattr(deadlock, "SLICE", 10)
+    monkeypatch.setattr(scan, "SLICE", 10)
     steps: list[int] = []
-    original_step = deadlock.DeadlockDetector._step
+    original_step = DeadlockDetector._step
 
     def counted(self: Any, *args: Any) -> None:
         steps.append(1)
         original_step(self, *args)
 
-    monkeypatch.setattr(deadlock.DeadlockDetector, "_step", counted)
+    monkeypatch.setattr(DeadlockDetector, "_step", counted)
     watch = asyncwatch.install(
         metrics_exporters=("none",), raise_errors=True, deadlock_interval_s=0.05
     )

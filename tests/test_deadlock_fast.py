@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import asyncwatch
-import asyncwatch.deadlock._detector as deadlock
+import asyncwatch.deadlock._detector as detector
 from asyncwatch import DeadlockFinding
 from asyncwatch._core.config import Config
 from asyncwatch.deadlock._scanstate import MAX_CHAIN, closes_cycle
@@ -124,7 +124,7 @@ def test_await_cycle_found_without_the_timed_scan() -> None:
 def _stretched(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the 1% rule stretch the timed scans' interval to ages after the first scan: any
     deadlock found after that was found through the cycle probe, whatever the timing."""
-    monkeypatch.setattr(deadlock, "MAX_SHARE", 1e-12)
+    monkeypatch.setattr(detector, "MAX_SHARE", 1e-12)
 
 
 async def _first_timed_scan_done(watch: asyncwatch.Watch) -> None:

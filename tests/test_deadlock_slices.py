@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 import asyncwatch
-import asyncwatch.deadlock._detector as deadlock
+import asyncwatch.deadlock._detector as detector
+import asyncwatch.deadlock._scan as scan
 import asyncwatch.deadlock._scanstate as scanstate
+import asyncwatch.deadlock._stuck as stuck
 from asyncwatch.deadlock._reach import UNREACHABLE, Walk
 from asyncwatch.testing import settle
 
@@ -35,10 +37,11 @@ def counting(monkeypatch: pytest.MonkeyPatch, work: Work) -> None:
 
         monkeypatch.setattr(owner, name, counted)
 
-    count(deadlock, "wait_kind", "first looks")
-    count(deadlock, "classify", "classified")
-    count(deadlock, "direct", "reference checks")
-    count(deadlock, "closed", "checks following references down")
+    count(scan, "wait_kind", "first looks")
+    for module in (scan, stuck, detector):  # the scan's graph, its checks, the probe
+        count(module, "classify", "classified")
+    count(stuck, "direct", "reference checks")
+    count(stuck, "closed", "checks following references down")
     # (gc.get_referrers itself is left alone: a wrapper's argument tuple would be a
     # reference the walk cannot see)
     count(Walk, "_pass", "heap passes")
@@ -104,15 +107,15 @@ async def test_settling_and_classifying_thousands_of_waits_is_sliced(
     try:
         first = await slices(watch, work)
         assert sum(w["new waits"] for _, w in first) >= 3000
-        assert most(first, "new waits") <= deadlock.SLICE
+        assert most(first, "new waits") <= scan.SLICE
         settled = await slices(watch, work)
         assert sum(w["first looks"] for _, w in settled) >= 3000
-        assert most(settled, "first looks") <= deadlock.LOOKS
+        assert most(settled, "first looks") <= scan.LOOKS
         assert sum(w["classified"] for _, w in settled) >= 600  # the lock waits
-        assert most(settled, "classified") <= deadlock.ENTRIES
-        assert len(settled) >= 3000 // deadlock.LOOKS
+        assert most(settled, "classified") <= stuck.ENTRIES
+        assert len(settled) >= 3000 // scan.LOOKS
         steady = await slices(watch, work)
-        assert most(steady, "classified") <= deadlock.ENTRIES
+        assert most(steady, "classified") <= stuck.ENTRIES
         assert not asyncwatch.findings()
     finally:
         for t in tasks:
@@ -135,7 +138,7 @@ async def test_stuck_checks_are_made_a_few_a_slice(monkeypatch: pytest.MonkeyPat
     a slice, at most one that follows references down, and no heap pass while walks are
     not due."""
     watch, clock = install()
-    monkeypatch.setattr(deadlock, "CHECK_BUDGET_S", 3600.0)  # all forty in this scan
+    monkeypatch.setattr(stuck, "CHECK_BUDGET_S", 3600.0)  # all forty in this scan
     work: Work = Counter()
     events = [asyncio.Event() for _ in range(40)]
     KEPT.extend(events)
@@ -149,7 +152,7 @@ async def test_stuck_checks_are_made_a_few_a_slice(monkeypatch: pytest.MonkeyPat
         counting(monkeypatch, work)
         found = await slices(watch, work)
         assert sum(w["reference checks"] for _, w in found) == 40
-        assert most(found, "reference checks") <= deadlock.CHECKS_PER_SLICE
+        assert most(found, "reference checks") <= stuck.CHECKS_PER_SLICE
         # (each of these also follows references down from the waiters: one such a slice)
         assert sum(w["checks following references down"] for _, w in found) == 40
         assert most(found, "checks following references down") == 1
@@ -212,8 +215,8 @@ async def test_a_heap_walk_makes_one_pass_a_slice_and_finds_the_forgotten_event(
     """The walk up from the Event takes a gc.get_referrers pass per slice, and the task is
     reported stuck."""
     watch, clock = install()
-    monkeypatch.setattr(deadlock, "WALK_MAX_S", 3600.0)  # however slow the machine is now
-    monkeypatch.setattr(deadlock, "CHECK_BUDGET_S", 3600.0)
+    monkeypatch.setattr(stuck, "WALK_MAX_S", 3600.0)  # however slow the machine is now
+    monkeypatch.setattr(stuck, "CHECK_BUDGET_S", 3600.0)
     work: Work = Counter()
     task, box = forgotten()
     del box
