@@ -25,7 +25,7 @@ _LAZY = {
     "AsyncWatchMiddleware": ".asgi._middleware",
     "AwaitChain": ".deadlock._report",
     "BlockedLoop": ".loopwatch._blocked",
-    "Concurrency": ".advisor._limits",
+    "Concurrency": ".advisor",
     "Config": "._core.config",
     "ConfigError": "._core.config",
     "CoroutineProfile": ".profiler._profiling",
@@ -34,14 +34,14 @@ _LAZY = {
     "Finding": "._core.findings",
     "Frame": "._core.findings",
     "FunctionProfile": ".profiler._profiling",
-    "Gate": ".advisor._gates",
+    "Gate": ".advisor",
     "Percentiles": ".tasks._stats",
     "PrimitiveInfo": ".deadlock._report",
     "ProcessStats": ".tasks._stats",
     "ProfileReport": ".profiler._profiling",
     "ProfileSession": ".profiler._profiling",
     "ProfilerBusy": ".profiler._profiling",
-    "Recommendation": ".advisor._models",
+    "Recommendation": ".advisor",
     "Stats": ".tasks._stats",
     "StuckTaskFinding": ".deadlock._report",
     "Watch": "._watch",
@@ -56,10 +56,7 @@ if TYPE_CHECKING:
     from ._core.config import Config, ConfigError
     from ._core.findings import Finding, Frame
     from ._watch import Watch as Watch
-    from .advisor._advisor import Advisor
-    from .advisor._gates import Gate
-    from .advisor._limits import Concurrency
-    from .advisor._models import Recommendation
+    from .advisor import Advisor, Concurrency, Gate, Recommendation
     from .asgi._middleware import AsyncWatchMiddleware
     from .deadlock._idle import idle
     from .deadlock._report import AwaitChain, DeadlockFinding, PrimitiveInfo, StuckTaskFinding

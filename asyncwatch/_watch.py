@@ -19,7 +19,7 @@ from ._core.environment import check_environment
 from ._core.faults import Faults
 from ._core.findings import FindingsLog
 from ._core.points import Point
-from .advisor._advisor import Advisor
+from .advisor import Advisor
 from .asgi import _middleware as asgi_middleware
 from .asgi._http import HttpStats
 from .deadlock import DeadlockDetector

@@ -366,7 +366,7 @@ class PoolModel:
         return min(workers / run, cpu_cap, self.callers / run)
 
     def figures(self, workers: int, processes: bool) -> Any:
-        from asyncwatch.advisor._models import PoolFigures
+        from asyncwatch.advisor._pool_model import PoolFigures
 
         x = self.throughput(workers, processes)
         latency = self.callers / x  # Little's law: every caller is in the pool
@@ -383,7 +383,7 @@ class PoolModel:
 def pool_closed_loop(model: PoolModel, *, workers: int = 1,
                      max_steps: int = 8) -> list[Step]:
     """Apply the pool advice (threads, or a process pool) until "no change"."""
-    from asyncwatch.advisor._models import pool_advice
+    from asyncwatch.advisor._pool_model import pool_advice
 
     steps: list[Step] = []
     processes = False

@@ -6,18 +6,12 @@ import math
 
 import pytest
 
+from asyncwatch.advisor._batch_model import BatchFigures, batch_advice
 from asyncwatch.advisor._fit import BatchFit, fit_batch, fit_usl, nnls3
-from asyncwatch.advisor._models import (
-    BatchFigures,
-    LimitFigures,
-    LoopFigures,
-    PoolFigures,
-    batch_advice,
-    limit_advice,
-    loop_advice,
-    nice,
-    pool_advice,
-)
+from asyncwatch.advisor._limit_model import LimitFigures, limit_advice
+from asyncwatch.advisor._loop_model import LoopFigures, loop_advice
+from asyncwatch.advisor._pool_model import PoolFigures, pool_advice
+from asyncwatch.advisor._recommendation import nice
 
 
 def test_nnls_recovers_known_parameters_and_keeps_them_non_negative() -> None:

@@ -17,9 +17,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
 from asyncwatch._core import names as n
+from asyncwatch.advisor import Recommendation
 from asyncwatch.advisor._advisor import _limit_window
 from asyncwatch.advisor._limits import EXACT_HOLDS
-from asyncwatch.advisor._models import Recommendation
 from tests.advisor_workloads import cpu_call, executor_workload, io_call
 from tests.conftest import collect, point, wait_for
 
@@ -268,7 +268,7 @@ def test_semaphore_limit_in_force_new_level_measured_and_failures_not_throughput
 def test_limit_levels_a_percent_apart_merge_and_every_level_is_listed() -> None:
     """A saturated limit's ramp and drain (255, 256) are one level; the evidence lists all
     the levels measured (the old one only the 6 highest)."""
-    from asyncwatch.advisor._models import LimitFigures, limit_advice, merge_levels
+    from asyncwatch.advisor._limit_model import LimitFigures, limit_advice, merge_levels
 
     levels = ((255, 2.55, 300), (256, 25.6, 3000),
               *((lvl, lvl / 100, 100) for lvl in (1, 2, 4, 8, 16, 32, 64)))

@@ -31,22 +31,16 @@ from .._core import names as n
 from .._core.config import Config
 from .._core.faults import Faults
 from .._core.points import Point
+from ._batch_model import BatchFigures, batch_advice
 from ._batches import Batch, BatchProbe, BatchSite, batch_decorator
 from ._gates import GateProbe
+from ._limit_model import LimitFigures, limit_advice
 from ._limits import LimitProbe, LimitStats
+from ._loop_model import LoopFigures, loop_advice
 from ._loopload import PEEK_S, SAMPLES, LoopLoad
-from ._models import (
-    BatchFigures,
-    LimitFigures,
-    LoopFigures,
-    PoolFigures,
-    Recommendation,
-    batch_advice,
-    limit_advice,
-    loop_advice,
-    pool_advice,
-)
+from ._pool_model import PoolFigures, pool_advice
 from ._queues import QueueProbe
+from ._recommendation import Recommendation
 
 logger = logging.getLogger("asyncwatch")
 
