@@ -13,7 +13,8 @@ Wiring (``Watch`` owns one ``Advisor``):
   changed and keeps it for the ``asyncwatch.advisor.*`` gauges;
 * ``advise()`` samples and evaluates on demand.
 
-The deciding is in ``_models`` (pure functions); this module only gathers the figures.
+The deciding is in the models, pure functions (``_pool_model``, ``_limit_model``,
+``_batch_model``, ``_loop_model``); this module only gathers the figures.
 """
 
 from __future__ import annotations
