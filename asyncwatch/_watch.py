@@ -23,7 +23,7 @@ from .advisor import Advisor
 from .asgi import _middleware as asgi_middleware
 from .asgi._http import HttpStats
 from .deadlock import DeadlockDetector
-from .loopwatch._watchdog import LoopWatch
+from .loopwatch import LoopWatch
 from .otel import DropCounter, MetricsBridge, ProcessSampler, Telemetry
 from .sync import PrimitiveTracker
 from .tasks import _recorder

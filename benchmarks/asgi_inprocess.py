@@ -220,9 +220,9 @@ def tail_child(config: str, seconds: float, warm: int, inflight: int) -> None:
     pauses = Pauses()
     if config.startswith("asyncwatch"):
         from asyncwatch.deadlock import DeadlockDetector
-        from asyncwatch.loopwatch import _watchdog as _loopwatch
+        from asyncwatch.loopwatch import _heartbeat
 
-        pauses.wrap(_loopwatch._Heartbeat, "run", "heartbeat")
+        pauses.wrap(_heartbeat.Heartbeat, "run", "heartbeat")
         pauses.wrap(DeadlockDetector, "_step", "deadlock scan slice")
     app = build_app(config)
     collections = [0, 0, 0]

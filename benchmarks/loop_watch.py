@@ -41,7 +41,7 @@ from _harness import RESULTS, Row, interleave, new_loop, save, table, timed
 from asyncwatch import Config
 from asyncwatch._core.faults import Faults
 from asyncwatch._core.findings import Finding, FindingsLog
-from asyncwatch.loopwatch._watchdog import LoopWatch
+from asyncwatch.loopwatch import LoopWatch
 
 CHAINS = 100
 BATCH = 1000

@@ -13,7 +13,8 @@ import pytest
 from asyncwatch._core import names as n
 from asyncwatch._core.stacks import Sample, sample_thread
 from asyncwatch.loopwatch._blocked import LONG_BLOCK_S, Episode, LoopMonitor
-from asyncwatch.loopwatch._watchdog import CulpritCounts, LogLimiter
+from asyncwatch.loopwatch._limits import LogLimiter
+from asyncwatch.loopwatch._points import CulpritCounts
 from asyncwatch.testing import ManualClock
 
 THRESHOLD = 0.1

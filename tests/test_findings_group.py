@@ -14,7 +14,7 @@ import asyncwatch
 from asyncwatch._core.findings import Finding, FindingsLog, Frame
 from asyncwatch.console._render import render_finding
 from asyncwatch.loopwatch._blocked import BlockedLoop
-from asyncwatch.loopwatch._watchdog import RepeatLimiter
+from asyncwatch.loopwatch._limits import RepeatLimiter
 
 from .conftest import collect, point, wait_for
 from .test_loopwatch import SOURCE, Sleep, line_of, start_loop

@@ -199,7 +199,7 @@ def test_uninstall_cancels_what_it_scheduled_without_holding_the_loop() -> None:
         loop.run_until_complete(churn())
         ours = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
         assert {type(getattr(h._callback, "__self__", h)).__name__ for h in ours} >= {
-            "_Heartbeat", "DeadlockDetector"
+            "Heartbeat", "DeadlockDetector"
         }
         asyncwatch.uninstall(timeout_s=2)
         assert all(h.cancelled() for h in ours)

@@ -563,7 +563,7 @@ def test_internal_error_in_precise_report_never_reaches_the_loop(
     def broken(*args: Any) -> None:
         raise RuntimeError("asyncwatch bug")
 
-    monkeypatch.setattr(w.loops, "detected", broken)
+    monkeypatch.setattr(w.loops.report, "detected", broken)
 
     async def main() -> str:
         loop = asyncio.get_running_loop()

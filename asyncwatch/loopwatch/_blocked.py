@@ -133,7 +133,7 @@ class BlockedLoop(Finding):
 
 
 class BlockSink(Protocol):
-    """Where a monitor reports (``LoopWatch`` in production, a list in tests)."""
+    """Where a monitor reports (``BlockReporter`` in production, a list in tests)."""
 
     def detected(self, monitor: LoopMonitor, episode: Episode, now: float,
                  sample: Sample | None) -> None: ...
