@@ -8,7 +8,8 @@ import pytest
 
 from asyncwatch._core.measure import FINE_BOUNDS, Histogram
 from asyncwatch._core.names import OVERFLOW, TIMING_BOUNDS
-from asyncwatch.tasks._recorder import Recorder, TaskStats
+from asyncwatch.tasks._path import TaskStats
+from asyncwatch.tasks._recorder import Recorder
 
 
 def test_every_exported_bound_is_on_the_fine_grid() -> None:
