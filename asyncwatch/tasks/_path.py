@@ -284,11 +284,16 @@ class _Timed:
 
 
 class TaskStats:
-    """Counters for one coroutine name on one event loop. Written only by that loop's thread.
+    """Counters and sampling state for one coroutine name on one event loop. Written only by
+    that loop's thread (``retune`` excepted, see there).
 
     Only what must be counted per task is: ``created`` (factory), ``done``, ``cancelled`` and
     ``failed`` (done-callback). In flight (created - done) and ok (done - cancelled - failed)
     are derived when read, which keeps the hot path to a couple of writes.
+
+    Sampling state (see the module docstring): the next timed task (``sample_at``), the next
+    task to take the hook's slow path (``next_at``), how many tasks it stands for
+    (``weight``), and the adaptive ``stride`` with its rate window (``win_t``, ``win_n``).
     """
 
     __slots__ = (
