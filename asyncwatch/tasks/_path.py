@@ -18,7 +18,7 @@ loop, ``_recorder`` aggregates what is counted here):
 4. A task that took its first step inside the factory (an eager task, 3.12+) has no schedule
    delay; one that also finished there is completed at once.
 5. At the end, ``_Timed.done`` counts the outcome (``TaskStats.on_done``), adds the run
-   duration and ends the span; an untimed task's ``on_done`` only counts.
+   duration of a timed task and ends the span; an untimed task's ``on_done`` only counts.
 
 Sampling: every task is counted (created, in flight, outcome), but only about ``timed_per_s``
 tasks per second per coroutine are timed (schedule delay and run duration), each sample
