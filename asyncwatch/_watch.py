@@ -26,7 +26,6 @@ from .deadlock import DeadlockDetector
 from .loopwatch import LoopWatch
 from .otel import DropCounter, MetricsBridge, ProcessSampler, Telemetry
 from .sync import PrimitiveTracker
-from .tasks import _recorder
 from .tasks._hook import TaskWatcher
 from .tasks._points import task_points
 from .tasks._recorder import Recorder
@@ -54,10 +53,10 @@ class Watch:
             max_error_types=config.max_error_types,
             timed_per_s=config.timed_per_s,
             span_for=self._span_share,
+            fault_sink=self.faults.report,
         )
         self.drops = DropCounter()
         self.findings = FindingsLog()
-        _recorder.fault_sink = self._report
         self.bridge = MetricsBridge(VERSION, config.max_series)
         self.bridge.on_error = self._report
         self.process = ProcessSampler()
@@ -166,8 +165,6 @@ class Watch:
             self._memory.stop()
             self._memory = None
         self.telemetry.shutdown(timeout_s, at_exit=at_exit)
-        # The module-level sink would keep this Watch (and all it built) alive.
-        _recorder.clear_fault_sink(self._report)
 
     def _on_loop(self, loop: Any) -> None:
         if self.console is not None:
@@ -201,17 +198,16 @@ class Watch:
             self._report("loop_watch", exc)
 
     def _after_fork_in_child(self) -> None:
-        # A lock another thread held at fork time stays locked forever in the child.
-        for obj in (self.recorder, self.drops, self.faults, self.bridge, self.http):
-            reentrant = "RLock" in type(obj._lock).__name__
-            obj._lock = threading.RLock() if reentrant else threading.Lock()
-        self.recorder.reset()
-        self.http.reset()
+        # Each part renews its own locks (one another thread held at fork time would stay
+        # locked forever in the child) and starts from zero.
+        self.faults.after_fork()
+        self.drops.after_fork()
+        self.bridge.after_fork()
+        self.recorder.after_fork()
+        self.http.after_fork()
         self.deadlocks.reset()
         self.advisor.after_fork()
         self.findings.clear()
-        self.faults.counts.clear()
-        self.drops.counts.clear()
         # Exporters restart with the child's first new event loop (see _on_loop), not here:
         # starting threads inside an at-fork handler can deadlock the child.
         self.telemetry.forget_after_fork()

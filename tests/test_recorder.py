@@ -8,7 +8,8 @@ import pytest
 
 from asyncwatch._core.measure import FINE_BOUNDS, Histogram
 from asyncwatch._core.names import OVERFLOW, TIMING_BOUNDS
-from asyncwatch.tasks._recorder import Recorder, TaskStats
+from asyncwatch.tasks._path import TaskStats
+from asyncwatch.tasks._recorder import Recorder
 
 
 def test_every_exported_bound_is_on_the_fine_grid() -> None:
@@ -94,3 +95,31 @@ def test_retired_loop_keeps_counters_monotonic() -> None:
     after = rec.snapshot()["k"]
     assert (after.created, after.in_flight, after.ok, after.peak) == (10, 0, 7, 4)
     assert sum(after.errors.values()) == 0  # errors are counted by type in on_done only
+
+
+def test_done_callback_errors_go_to_the_recorders_fault_sink() -> None:
+    """An error of asyncwatch's own in a done-callback is reported to the sink the Recorder
+    was built with (the Watch's), and never raised into the app's loop."""
+    reported: list[tuple[str, BaseException]] = []
+    rec = Recorder(fault_sink=lambda hook, exc: reported.append((hook, exc)))
+    stats = rec.make_stats("k")
+
+    class Broken:
+        def cancelled(self) -> bool:
+            raise RuntimeError("broken")
+
+    stats.on_done(Broken())
+    assert [(hook, str(exc)) for hook, exc in reported] == [("task_done", "broken")]
+
+
+def test_after_fork_renews_a_lock_held_at_fork_time() -> None:
+    """In a forked child the Recorder takes a new lock of its own and starts from zero, even
+    when the old lock was held (by a thread that does not exist in the child)."""
+    rec = Recorder()
+    shard = rec.new_shard("l1")
+    shard.stats["k"] = rec.make_stats("k")
+    rec.admit("k")
+    rec._lock.acquire()  # as if another thread held it when the process forked
+    rec.after_fork()
+    assert rec.snapshot() == {}
+    assert rec.key_count() == 0

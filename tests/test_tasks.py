@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 import asyncwatch
-import asyncwatch.tasks._hook
+import asyncwatch.tasks._path
 from asyncwatch._core.measure import clock
-from asyncwatch.tasks._hook import LoopHook
+from asyncwatch.tasks._path import LoopHook
 
 HERE = __name__  # the module part of every coroutine key defined in this file
 PACKAGE_DIR = str(Path(asyncwatch.__file__).parent)
@@ -469,7 +469,7 @@ def test_eager_task_that_finishes_at_once_is_timed_to_its_end(
     """A task that finishes inside its eager first step ended then: its duration does not
     include the rest of its creator's step (the hook's clock is driven by hand here)."""
     now = [clock()]
-    monkeypatch.setattr(asyncwatch.tasks._hook, "clock", lambda: now[0])
+    monkeypatch.setattr(asyncwatch.tasks._path, "clock", lambda: now[0])
 
     async def quick() -> None:
         pass

@@ -41,3 +41,9 @@ class Faults:
         if n == self.limit:
             logger.error("asyncwatch: the %s hook failed %d times and is now off", hook, n)
         return n >= self.limit
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (another thread may have held this one at fork
+        time) and no counts (the child is a new instance with its own series)."""
+        self._lock = threading.Lock()
+        self.counts.clear()

@@ -322,6 +322,12 @@ class HttpStats:
                 self._error_names[kind] = name
         return name
 
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (another thread may have held this one at fork
+        time), then start from zero (``reset``)."""
+        self._lock = threading.Lock()
+        self.reset()
+
     def reset(self) -> None:
         """Start from zero (after fork)."""
         with self._lock:

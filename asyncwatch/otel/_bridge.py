@@ -243,6 +243,11 @@ class MetricsBridge:
         with self._lock:
             self._previous.pop(id(reader), None)
 
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (another thread may have held this one at fork
+        time, and would hold it forever). The sources and figures stay."""
+        self._lock = threading.Lock()
+
 
 def _fold(a: Point, b: Point) -> Point:
     """Two points of one metric as one: counts added, gauges by their maximum."""

@@ -45,6 +45,12 @@ class DropCounter:
         for (signal, reason), count in counts.items():
             yield n.EXPORT_DROPPED, {n.SIGNAL: signal, n.REASON: reason}, count, self.started_ns
 
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (another thread may have held this one at fork
+        time) and no counts."""
+        self._lock = threading.Lock()
+        self.counts.clear()
+
 
 class _ExporterLogFilter(logging.Filter):
     """Keeps the SDK exporters' per-attempt warnings out of the log when they come from

@@ -2,7 +2,8 @@
 ``asyncwatch.stats()`` returns, and the task metrics' points.
 """
 
-from ._recorder import Recorder, TaskStats
+from ._path import TaskStats
+from ._recorder import Recorder
 from ._stats import CoroutineStats, Percentiles, ProcessStats, Stats, format_ms
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""The task-factory hook: sees every task on every instrumented loop, changes none of them.
+"""The task-factory hook's installation: puts a ``LoopHook`` (``_path``) on every instrumented
+loop and takes it off again.
 
 How a loop gets instrumented:
 
@@ -18,271 +19,21 @@ How a loop gets instrumented:
 * ``uninstall()`` puts back every class attribute and every loop's factory, but only where ours
   is still in place (a later patch by someone else is left alone).
 
-The hot path (``LoopHook._factory`` and ``TaskStats.on_done``) does no allocation, string
-work, locking or clock reads for untimed tasks: a dict lookup by code object, a few integer
-bumps and one bound done-callback. Timed tasks (a sample, see ``_recorder``) also read the
-clock and schedule one ``mark`` callback just ahead of the task's first step.
-
-Nothing the app can see changes: the Task object is the one the chained factory or
-``asyncio.Task`` made; the coroutine is not wrapped (``get_coro()``, ``get_stack()``, frames
-and cancellation semantics are untouched); names are never set here; contextvars are only
-touched for tasks that get a span, and only in the task's own fresh copy.
+What the hook does with each task, and which tasks are timed, is in ``_path``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import asyncio.tasks as _asyncio_tasks
 import contextvars
-import inspect
-import random
-import sys
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 from .._core.aio import Patch, loop_classes
 from .._core.faults import Faults
-from .._core.measure import clock
-from .._core.names import TASK_NAME
-from ._recorder import Recorder, Shard, TaskStats
-
-_EAGER_POSSIBLE = sys.version_info >= (3, 12)
-_MISSING = object()
-
-TaskFactory = Callable[..., Any]
-
-
-class _Timed:
-    """Per-task record of a timed (sampled) or spanned task; alive only while the task is."""
-
-    __slots__ = ("hook", "sampled", "span", "start", "stats", "t0", "weight")
-
-    def __init__(self, hook: LoopHook, stats: TaskStats, t0: float, weight: int, sampled: bool):
-        self.hook = hook
-        self.stats = stats
-        self.t0 = t0
-        self.weight = weight
-        self.sampled = sampled
-        self.start: float | None = None
-        self.span: Any = None
-
-    def mark(self) -> None:
-        """Runs just before the task's first step (queued ahead of it)."""
-        try:
-            if self.start is None:
-                now = clock()
-                self.start = now
-                if self.sampled:
-                    self.stats.delay.add(now - self.t0, self.weight)
-        except Exception as exc:  # pragma: no cover - defensive
-            self.hook.fault("task_mark", exc)
-
-    def done(self, task: Any) -> None:
-        """Done-callback of a timed or spanned task."""
-        try:
-            stats = self.stats
-            stats.on_done(task)
-            span = self.span
-            if self.sampled:
-                now = clock()
-                start = self.t0 if self.start is None else self.start
-                stats.duration.add(now - start, self.weight)
-                if span is not None:
-                    self.span = None
-                    attributes: dict[str, Any] = {TASK_NAME: task.get_name()}
-                    if self.start is not None:
-                        attributes["asyncwatch.task.schedule_delay"] = self.start - self.t0
-                    self.hook.spans.end(span, task, attributes)
-            elif span is not None:
-                self.span = None
-                self.hook.spans.end(span, task, {TASK_NAME: task.get_name()})
-        except Exception as exc:
-            self.hook.fault("task_done", exc)
-
-
-def _takes_context(factory: TaskFactory | None) -> bool:
-    """Whether a chained factory accepts ``context=`` (so a span can be made current)."""
-    if factory is None:
-        return True
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.kind is p.VAR_KEYWORD or p.name == "context" for p in params)
-
-
-class LoopHook:
-    """The task factory installed on one loop; chains to ``inner``."""
-
-    __slots__ = (
-        "__weakref__",
-        "_ctx",
-        "active",
-        "attached",
-        "by_code",
-        "factory",
-        "inner",
-        "inner_takes_context",
-        "requests",
-        "shard",
-        "spans",
-        "watcher",
-    )
-
-    def __init__(self, watcher: TaskWatcher, shard: Shard, inner: TaskFactory | None) -> None:
-        self.watcher = watcher
-        self.shard = shard
-        self.by_code = shard.by_code  # the same dict, one attribute hop closer
-        self.active = True  # False once uninstalled or switched off after repeated faults
-        self.attached = False  # on_loop ran (the loop has run since it was instrumented)
-        self.inner = inner
-        self.inner_takes_context = _takes_context(inner)
-        # Empty context the mark callbacks run in: one per loop (a Context may be entered by
-        # one thread at a time, and each loop runs on one thread).
-        self._ctx = contextvars.Context()
-        self.factory = self._factory  # bound once: this exact object is what the loop holds
-        # The ASGI middleware's request ContextVar once a middleware is active, else None:
-        # tasks created while a request is handled are counted per request (its on_task).
-        self.requests: contextvars.ContextVar[Any] | None = watcher.requests
-        # The TaskSpans that starts and ends this loop's task spans, for asyncwatch's tracer
-        # (one per Watch, kept until uninstalled: then this hook passes every task through).
-        self.spans: Any = None
-
-    def switch_off(self) -> None:
-        """Pass every task straight through from now on (uninstalled or failing)."""
-        self.active = False
-        self.by_code = {}
-        self.requests = None
-
-    def set_inner(self, factory: TaskFactory | None) -> None:
-        """The app set its own factory on this loop: keep observing and chain to it."""
-        self.inner = factory
-        self.inner_takes_context = _takes_context(factory)
-
-    def _create(self, loop: Any, coro: Any, kwargs: dict[str, Any]) -> Any:
-        inner = self.inner
-        if inner is not None:
-            return inner(loop, coro, **kwargs)
-        return _asyncio_tasks.Task(coro, loop=loop, **kwargs)
-
-    def _factory(self, loop: Any, coro: Any, **kwargs: Any) -> Any:
-        # The hot path: every line here runs for every task in the app (see benchmarks/).
-        try:
-            stats = self.by_code[id(coro.cr_code)]
-        except (AttributeError, KeyError):
-            found = self._lookup(coro)
-            if found is None:
-                return self._create(loop, coro, kwargs)
-            stats = found
-        created = stats.created + 1
-        if created < stats.next_at:
-            # Untimed task, the common case: two counter writes and a bound done-callback.
-            inner = self.inner
-            if inner is not None:
-                task = inner(loop, coro, **kwargs)
-            elif kwargs:
-                task = _asyncio_tasks.Task(coro, loop=loop, **kwargs)
-            else:
-                task = _asyncio_tasks.Task(coro, loop=loop)
-            try:
-                # Re-read, not the count taken above: an eager task (3.12+) runs its first step
-                # inside the call above, and tasks it creates there re-enter this hook and
-                # count themselves first; writing the old figure back would lose them.
-                created = stats.created + 1
-                stats.created = created
-                in_flight = created - stats.done
-                if in_flight > stats.peak:  # noqa: PLR1730 - a compare is cheaper than max()
-                    stats.peak = in_flight
-                requests = self.requests
-                if requests is None:
-                    task.add_done_callback(stats.done_cb)
-                else:  # one ContextVar read, only while an ASGI middleware is active
-                    request = requests.get()
-                    if request is None:
-                        task.add_done_callback(stats.done_cb)
-                    else:  # created while handling a request: counted for it too
-                        task.add_done_callback(request.done_callback(stats))
-            except Exception as exc:
-                self.fault("task_factory", exc)
-            return task
-        return self._slow(stats, created, loop, coro, kwargs)
-
-    def _lookup(self, coro: Any) -> TaskStats | None:
-        if not self.active:
-            return None  # switched off: by_code was emptied, so every task comes here
-        try:
-            return self.shard.stats_for(coro)
-        except Exception as exc:
-            self.fault("task_factory", exc)
-            return None
-
-    def _slow(
-        self, stats: TaskStats, created: int, loop: Any, coro: Any, kwargs: dict[str, Any]
-    ) -> Any:
-        rec: _Timed | None = None
-        try:
-            share = stats.span
-            want_span = share >= 1.0 or (share > 0.0 and random.random() < share)
-            sampled = created >= stats.sample_at
-            if sampled or want_span:
-                t0 = clock() if sampled else 0.0  # an untimed span needs no clock read
-                rec = _Timed(self, stats, t0, stats.weight, sampled)
-                if sampled:
-                    stats.schedule_sample(t0, created)
-                    # Queued before the Task exists, so it runs just ahead of its first step.
-                    loop.call_soon(rec.mark, context=self._ctx)
-                if want_span:
-                    self._start_span(rec, stats, kwargs)
-        except RuntimeError:
-            rec = None  # a closed loop: Task() below raises the app's own error
-        except Exception as exc:
-            self.fault("task_factory", exc)
-            rec = None
-        inner = self.inner
-        if inner is not None:
-            task = inner(loop, coro, **kwargs)
-        else:
-            task = _asyncio_tasks.Task(coro, loop=loop, **kwargs)
-        try:
-            created = stats.created + 1  # re-read: eager steps re-enter the hook (see _factory)
-            stats.created = created
-            in_flight = created - stats.done
-            if in_flight > stats.peak:  # noqa: PLR1730 - a compare is cheaper than max()
-                stats.peak = in_flight
-            requests = self.requests
-            if requests is not None:
-                request = requests.get()
-                if request is not None:
-                    request.on_task(task)
-            if rec is None:
-                task.add_done_callback(stats.done_cb)
-                return task
-            if _EAGER_POSSIBLE and rec.start is None and _started(task, coro):
-                rec.start = rec.t0  # ran eagerly inside the factory: no schedule delay
-                if rec.sampled:
-                    stats.delay.add(0.0, rec.weight)
-                if task.done():
-                    # Finished inside the factory: it ended now, not when a done-callback
-                    # would get its turn after the creator's step (which may be long).
-                    rec.done(task)
-                    return task
-            task.add_done_callback(rec.done)
-        except Exception as exc:
-            self.fault("task_factory", exc)
-        return task
-
-    def _start_span(self, rec: _Timed, stats: TaskStats, kwargs: dict[str, Any]) -> None:
-        # kwargs is this factory call's own dict: the span's context is put in it.
-        spans = self.spans
-        if spans is None:  # the first span on this loop: the tracer is made now if deferred
-            spans = self.spans = self.watcher.spans()
-        rec.span = spans.start(stats.key, kwargs, self.inner_takes_context)
-
-    def fault(self, hook: str, exc: BaseException) -> None:
-        """Report an internal error; switch the whole task hook off if it keeps failing."""
-        if self.watcher.faults.report(hook, exc):
-            self.watcher.switch_off()
+from ._path import LoopHook
+from ._recorder import Recorder
 
 
 def _renames_after_factory() -> bool:
@@ -305,12 +56,6 @@ def _renames_after_factory() -> bool:
         return False
     return None in names
 
-
-def _started(task: Any, coro: Any) -> bool:
-    """After the factory returned: did the task already take its first step (eager start)?"""
-    if task.done():
-        return True
-    return bool(getattr(coro, "cr_suspended", False) or getattr(coro, "cr_running", False))
 
 
 class TaskWatcher:

@@ -7,15 +7,11 @@ A shard whose loop is closed or gone is folded into ``retired`` right then (``re
 the loop's ``close`` or its finalizer), so counters stay monotonic and memory stays flat
 however many loops an app creates, whether or not anything reads the metrics.
 
-Timing is sampled: every task is counted (created, in flight, outcome), but only about
-``timed_per_s`` tasks per second per coroutine are timed (schedule delay and run duration), each
-sample weighted by the number of tasks it stands for. The stride adapts to the rate and is
-jittered so periodic workloads cannot alias with it.
+Which tasks are timed, and the counters a task bumps on its way, are in ``_path``.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -24,161 +20,7 @@ from typing import Any
 
 from .._core.measure import ErrorOverflow, Histogram, clock, coroutine_key, exception_name
 from .._core.names import OVERFLOW
-
-
-class TaskStats:
-    """Counters for one coroutine name on one event loop. Written only by that loop's thread.
-
-    Only what must be counted per task is: ``created`` (factory), ``done``, ``cancelled`` and
-    ``failed`` (done-callback). In flight (created - done) and ok (done - cancelled - failed)
-    are derived when read, which keeps the hot path to a couple of writes.
-    """
-
-    __slots__ = (
-        "cancelled",
-        "created",
-        "delay",
-        "done",
-        "done_cb",
-        "duration",
-        "errors",
-        "failed",
-        "key",
-        "max_errors",
-        "memo",
-        "next_at",
-        "peak",
-        "sample_at",
-        "span",
-        "stride",
-        "target",
-        "weight",
-        "win_n",
-        "win_t",
-    )
-
-    def __init__(
-        self,
-        key: str,
-        target_per_s: float,
-        max_errors: int,
-        span: float,
-        memo: dict[str, float] | None = None,
-    ) -> None:
-        self.key = key
-        self.created = 0
-        self.done = 0
-        self.peak = 0
-        self.cancelled = 0
-        self.failed = 0
-        self.errors: dict[type[BaseException], int] = {}
-        self.max_errors = max_errors
-        self.duration = Histogram()
-        self.delay = Histogram()
-        # The task hook takes its slow path when ``created`` reaches ``next_at``: for the next
-        # timed sample (``sample_at``), or for every task of a coroutine that gets spans.
-        self.sample_at = 1
-        self.next_at = 0 if span > 0 else 1
-        self.weight = 1  # how many tasks the next timed one stands for
-        # Strides last seen for each key, shared by the recorder's shards: a new loop starts
-        # at the rate the previous one ended with instead of timing every task for a while.
-        self.memo = memo if memo is not None else {}
-        self.stride = self.memo.get(key, 1.0)
-        self.target = target_per_s
-        self.win_t = clock()
-        self.win_n = 0
-        # span: 0 = no task spans; 1 = every task; in between = that fraction of tasks
-        self.span = span
-        # Bound once: the hot path must not allocate a bound method per task.
-        self.done_cb = self.on_done
-
-    @property
-    def in_flight(self) -> int:
-        """Tasks created and not finished."""
-        return self.created - self.done
-
-    @property
-    def ok(self) -> int:
-        """Tasks that returned normally."""
-        return self.done - self.cancelled - self.failed
-
-    def on_done(self, task: Any) -> None:
-        """Done-callback: count the task's outcome without retrieving its exception."""
-        try:
-            self.done += 1
-            if task.cancelled():
-                self.cancelled += 1
-                return
-            # Read the private slot, not .exception(): calling that marks the exception as
-            # retrieved and would silence asyncio's "exception was never retrieved" warning.
-            try:
-                exc = task._exception
-            except AttributeError:  # a Future-like from a custom factory without the slot
-                return
-            if exc is not None:
-                self.error(exc)
-        except Exception as exc:  # never let asyncio report our error as the app's
-            fault_sink("task_done", exc)
-
-    def error(self, exc: BaseException) -> None:
-        """Count one failed task under its exception type (bounded)."""
-        self.failed += 1
-        kind: type[BaseException] = type(exc)
-        errors = self.errors
-        if kind in errors:
-            errors[kind] += 1
-        elif len(errors) < self.max_errors:
-            errors[kind] = 1
-        else:
-            errors[ErrorOverflow] = errors.get(ErrorOverflow, 0) + 1
-
-    def schedule_sample(self, now: float, created: int) -> None:
-        """After a timed task: pick when the next one is (adaptive stride, jittered)."""
-        elapsed = now - self.win_t
-        if elapsed >= _WINDOW_S:
-            rate = (created - self.win_n) / elapsed
-            self.stride = max(1.0, rate / self.target)
-            self.win_t, self.win_n = now, created
-            self.memo[self.key] = self.stride
-        stride = self.stride
-        skip = 1 if stride <= 1.0 else 1 + int(random.random() * (2.0 * stride - 1.0))
-        self.weight = skip
-        self.sample_at = created + skip
-        if self.span <= 0:
-            self.next_at = self.sample_at
-
-    def retune(self, now: float) -> None:
-        """From a reader's thread: shorten a stride left long by a burst that has passed."""
-        elapsed = now - self.win_t
-        if self.stride > 1.0 and elapsed >= 2.0:
-            created = self.created
-            stride = max(1.0, (created - self.win_n) / elapsed / self.target)
-            if stride < self.stride:
-                self.stride = stride
-                self.win_t, self.win_n = now, created
-                if self.sample_at - created > 2 * stride:
-                    skip = max(1, int(stride))
-                    self.weight = skip
-                    self.sample_at = created + skip
-                    if self.span <= 0:
-                        self.next_at = self.sample_at
-
-
-_WINDOW_S = 0.25  # how often the sampling stride adapts to a coroutine's task rate
-
-
-def _no_sink(hook: str, exc: BaseException) -> None:
-    pass
-
-
-fault_sink = _no_sink  # set by the running Watch to its Faults.report
-
-
-def clear_fault_sink(sink: Callable[[str, BaseException], None]) -> None:
-    """Forget ``sink`` if it is the one set (a stopped Watch's), so nothing holds its owner."""
-    global fault_sink
-    if fault_sink == sink:
-        fault_sink = _no_sink
+from ._path import FaultSink, TaskStats
 
 
 class Shard:
@@ -267,16 +109,18 @@ class Recorder:
         max_error_types: int = 20,
         timed_per_s: float = 200.0,
         span_for: Any = None,
+        fault_sink: FaultSink | None = None,
     ) -> None:
         self.max_keys = max_keys
         self.max_error_types = max_error_types
         self.timed_per_s = timed_per_s
         # span_for(key) -> 0..1, the fraction of that coroutine's tasks that get a span
         self._span_for = span_for or (lambda key: 0.0)
+        # Where the done-callbacks report an error of their own (the Watch's Faults.report)
+        self._fault_sink = fault_sink
         # Not reentrant: ``retire`` may run inside the garbage collector on a thread that is
         # in the middle of a read, and must then leave the fold to the next taker of the lock.
-        # (Typed wider only for Watch's after-fork renewal, which keeps the kind it finds.)
-        self._lock: threading.Lock | threading.RLock = threading.Lock()
+        self._lock = threading.Lock()
         self._keys: dict[str, int] = {}  # key -> first-seen time (ns since epoch)
         self._strides: dict[str, float] = {}
         self._shards: list[Shard] = []
@@ -324,7 +168,7 @@ class Recorder:
         span = self._span_for(key)
         # Tasks with spans take the hook's slow path (``next_at``) but are timed at the same
         # rate as any other: a span needs no schedule-delay callback of its own.
-        return TaskStats(key, target, self.max_error_types, span, self._strides)
+        return TaskStats(key, target, self.max_error_types, span, self._strides, self._fault_sink)
 
     # ---------------------------------------------------------------- readers
 
@@ -414,3 +258,9 @@ class Recorder:
             self._keys.clear()
             self.started_ns = time.time_ns()
             self.overflowed = 0
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (another thread may have held this one at fork
+        time, and would hold it forever), then start from zero (``reset``)."""
+        self._lock = threading.Lock()
+        self.reset()

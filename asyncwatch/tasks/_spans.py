@@ -15,10 +15,10 @@ nothing when a span starts or is ending (the SDK's ``BatchSpanProcessor`` and
 neither ``on_start`` nor ``_on_ending``). Otherwise, and for any tracer that is not the SDK's,
 every task span is started with ``tracer.start_span`` as before (``TaskSpans.fast`` is False).
 
-A ``TaskSpan`` is a full ``opentelemetry.trace.Span``: code inside the task that sets
-attributes, events, links or a status on the current span gets them onto the exported span
-(cleaned and bounded by the provider's span limits, as the SDK would). It holds no task, no
-frame and no loop: only strings, numbers and span contexts.
+A ``TaskSpan`` (``_taskspan``) is a full ``opentelemetry.trace.Span``: code inside the task
+that sets attributes, events, links or a status on the current span gets them onto the
+exported span (cleaned and bounded by the provider's span limits, as the SDK would). It holds
+no task, no frame and no loop: only strings, numbers and span contexts.
 
 Sampling: the SDK's default sampler (parent-based, always on) and ``ALWAYS_ON`` are decided
 inline; any other sampler is asked with ``should_sample``, as the SDK's tracer would.
@@ -30,11 +30,8 @@ is wanted (``TaskWatcher.spans``).
 from __future__ import annotations
 
 import contextvars
-import logging
 import random
 import time
-import traceback
-from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -55,13 +52,11 @@ from opentelemetry.trace import (
 
 from .._core.measure import exception_name
 from .._core.names import CODE_FUNCTION, ERROR_TYPE, OUTCOME
-
-logger = logging.getLogger("asyncwatch")
+from ._taskspan import TaskSpan
 
 _INTERNAL = SpanKind.INTERNAL
 _UNSET = Status(StatusCode.UNSET)
 _ERROR = StatusCode.ERROR
-_OK = StatusCode.OK
 _SAMPLED = int(TraceFlags.SAMPLED)
 _RANDOM_BIT = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))  # newer SDKs only
 _get_current_span = trace_api.get_current_span
@@ -152,180 +147,6 @@ def _sampler_kind(sampler: Any) -> int:
         if delegates == (on, on, off, on, off):
             return _PARENT
     return _ASK
-
-
-class _Extra:
-    """What code inside a task set on its span: rare, so kept apart from ``TaskSpan``."""
-
-    __slots__ = ("events", "links", "status", "user")
-
-    def __init__(self) -> None:
-        self.user: dict[str, Any] | None = None  # attributes: cleaned when the span ends
-        self.events: list[Any] | None = None
-        self.links: list[Any] | None = None
-        self.status: Status | None = None
-
-
-class TaskSpan(trace_api.Span):
-    """A task's span while the task runs (see the module docstring)."""
-
-    __slots__ = (
-        "_attributes",
-        "_context",
-        "_end",
-        "_extra",
-        "_maker",
-        "_name",
-        "_parent",
-        "_start",
-    )
-
-    def __init__(
-        self,
-        maker: TaskSpans,
-        name: str,
-        context: SpanContext,
-        parent: SpanContext | None,
-        start: int,
-        attributes: dict[str, Any] | None,
-    ) -> None:
-        self._maker = maker
-        self._name = name
-        self._context = context
-        self._parent = parent
-        self._start = start
-        self._end: int | None = None
-        self._attributes = attributes  # the sampler's, then asyncwatch's own at the end
-        self._extra: _Extra | None = None
-
-    def _more(self) -> _Extra:
-        extra = self._extra
-        if extra is None:
-            extra = self._extra = _Extra()
-        return extra
-
-    # -------------------------------------------------------------- the Span API
-
-    def get_span_context(self) -> SpanContext:
-        """This span's context (what children are parented to)."""
-        return self._context
-
-    def is_recording(self) -> bool:
-        """True until the span has ended."""
-        return self._end is None
-
-    def _ended(self, what: str) -> bool:
-        if self._end is None:
-            return False
-        logger.warning("%s on ended span.", what)
-        return True
-
-    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        """Set attributes (cleaned and bounded by the span limits when the span ends)."""
-        if self._ended("Setting attribute"):
-            return
-        extra = self._more()
-        if extra.user is None:
-            extra.user = {}
-        extra.user.update(attributes)
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        """Set one attribute (see ``set_attributes``)."""
-        self.set_attributes({key: value})
-
-    def add_event(
-        self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None
-    ) -> None:
-        """Add an event, bounded by the span limits as the SDK does."""
-        if self._ended("Adding event"):
-            return
-        limits = self._maker.limits
-        bounded = BoundedAttributes(
-            limits.max_event_attributes,
-            attributes,
-            max_value_len=limits.max_attribute_length,
-            immutable=True,
-        )
-        extra = self._more()
-        if extra.events is None:
-            extra.events = []
-        if len(extra.events) < limits.max_events:
-            extra.events.append(sdk_trace.Event(name, bounded, timestamp))
-
-    def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
-        """Add a link to another span."""
-        if self._ended("Adding link"):
-            return
-        if not context.is_valid and not attributes and not context.trace_state:
-            return
-        limits = self._maker.limits
-        bounded = BoundedAttributes(
-            limits.max_link_attributes,
-            attributes,
-            max_value_len=limits.max_attribute_length,
-            immutable=True,
-        )
-        extra = self._more()
-        if extra.links is None:
-            extra.links = []
-        if len(extra.links) < limits.max_links:
-            extra.links.append(trace_api.Link(context, bounded))
-
-    def update_name(self, name: str) -> None:
-        """Rename the span (its ``code.function.name`` stays the coroutine's)."""
-        if not self._ended("Updating name"):
-            if self._attributes is None:
-                self._attributes = {}
-            self._attributes.setdefault(CODE_FUNCTION, self._name)
-            self._name = name
-
-    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        """Set the status, with the SDK's rules (OK is final, UNSET is ignored)."""
-        if self._ended("Setting status"):
-            return
-        extra = self._more()
-        current = extra.status
-        if current is not None and current.status_code is _OK:
-            return
-        if isinstance(status, Status):
-            if status.status_code is StatusCode.UNSET:
-                return
-            extra.status = status
-        elif status is not StatusCode.UNSET:
-            extra.status = Status(status, description)
-
-    def record_exception(
-        self,
-        exception: BaseException,
-        attributes: Mapping[str, Any] | None = None,
-        timestamp: int | None = None,
-        escaped: bool = False,
-    ) -> None:
-        """Record an exception as an ``exception`` event, as the SDK does."""
-        kind = type(exception)
-        module = kind.__module__
-        qualname = kind.__qualname__
-        event: dict[str, Any] = {
-            "exception.type": f"{module}.{qualname}"
-            if module and module != "builtins"
-            else qualname,
-            "exception.message": str(exception),
-            "exception.stacktrace": "".join(traceback.format_exception(exception)),
-            "exception.escaped": str(escaped),
-        }
-        if attributes:
-            event.update(attributes)
-        self.add_event("exception", event, timestamp)
-
-    def end(self, end_time: int | None = None) -> None:
-        """End the span now (or at ``end_time``) and hand it to the span processors."""
-        if self._ended("Calling end()"):
-            return
-        self._end = end_time if end_time is not None else _time_ns()
-        self._maker.emit(self)
-
-    def __repr__(self) -> str:
-        return f"TaskSpan({self._name!r}, span_id={self._context.span_id:016x})"
 
 
 class TaskSpans:
