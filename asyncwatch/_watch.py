@@ -166,7 +166,7 @@ class Watch:
             self._memory = None
         self.telemetry.shutdown(timeout_s, at_exit=at_exit)
 
-    def _on_loop(self, loop: Any) -> None:
+    def _on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.console is not None:
             try:
                 if self.console.on_loop(loop):
@@ -296,7 +296,7 @@ class Watch:
         return f"<asyncwatch.Watch loops={self.tasks.loop_count} metrics={where}>"
 
 
-def virtual_clock(loop: Any) -> bool:
+def virtual_clock(loop: asyncio.AbstractEventLoop) -> bool:
     """Does ``loop`` keep time on a clock of its own (``time()`` replaced on a stdlib loop)?"""
     if not isinstance(loop, asyncio.BaseEventLoop):
         return False  # uvloop and other loops in C: their own monotonic clock

@@ -19,6 +19,7 @@ The deciding is in the models, pure functions (``_pool_model``, ``_limit_model``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -69,7 +70,7 @@ def _lag_counts_of(loops: Any) -> Any:
     if loops is None:
         return None
 
-    def counts(loop: Any) -> list[int] | None:
+    def counts(loop: asyncio.AbstractEventLoop) -> list[int] | None:
         monitor = loops.monitor_of(loop)
         return None if monitor is None else monitor.lag.counts
 
@@ -145,7 +146,7 @@ class Advisor:
         self.primitives.track_semaphore = None
         self.load.stop()
 
-    def attach(self, loop: Any) -> None:
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """A loop was instrumented: measure its load."""
         self.load.attach(loop)
         if self.active and self._thread is None:

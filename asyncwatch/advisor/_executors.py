@@ -188,7 +188,8 @@ class ExecutorProbe:
     def _wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
         probe = self
 
-        def run_in_executor(loop: Any, executor: Any, func: Any, *args: Any) -> Any:
+        def run_in_executor(
+            loop: asyncio.AbstractEventLoop, executor: Any, func: Any, *args: Any) -> Any:
             if not probe.active:
                 return original(loop, executor, func, *args)
             try:
@@ -227,7 +228,7 @@ class ExecutorProbe:
         run_in_executor.__wrapped__ = original  # type: ignore[attr-defined]
         return run_in_executor
 
-    def _register(self, loop: Any, executor: Any) -> ExecutorStats | None:
+    def _register(self, loop: asyncio.AbstractEventLoop, executor: Any) -> ExecutorStats | None:
         """First call through ``executor`` (None: the loop's default, not created yet)."""
         default = executor is None or executor is getattr(loop, "_default_executor", None)
         if executor is None:

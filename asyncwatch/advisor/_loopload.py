@@ -78,7 +78,7 @@ class LoadSample:
 class _LoopMeter:
     """Counters of one loop, read from the sampler thread."""
 
-    def __init__(self, loop: Any, keep: int = SAMPLES) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, keep: int = SAMPLES) -> None:
         self.loop_ref = weakref.ref(loop)
         self.thread_id: int | None = None
         self.cpu_clock: int | None = None
@@ -154,7 +154,7 @@ class _LoopMeter:
         self.samples.append(LoadSample(now, running, self.peeks, self.idle_peeks, cpu, runq, lag))
 
 
-def _nothing_due(loop: Any) -> bool:
+def _nothing_due(loop: Any) -> bool:  # a stdlib loop's private queues, or anything
     """The loop has no callback ready and no timer due: its ``select`` waits (a ``select``
     with work ready only polls, with a timeout of 0, and counts as busy)."""
     try:
@@ -229,7 +229,7 @@ class LoopLoad:
         self._meters = weakref.WeakKeyDictionary()
         self.process.clear()
 
-    def attach(self, loop: Any) -> None:
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Measure ``loop`` (armed from its own thread at its first iteration)."""
         if not self.active:
             return

@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -60,7 +61,7 @@ def _monitor_class() -> type:
 
         def __init__(
             self,
-            loop: Any,
+            loop: asyncio.AbstractEventLoop,
             *,
             watch: Any,
             webui: bool = False,
@@ -144,7 +145,7 @@ def _monitor_class() -> type:
             finally:
                 self._ui_started.set()
 
-        def _create_task(self, loop: Any, coro: Any, **kwargs: Any) -> Any:
+        def _create_task(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
             task = super()._create_task(loop, coro, **kwargs)
             stack = self._created_tracebacks.get(task)
             if stack:
@@ -212,7 +213,7 @@ class Console:
                 " and run code (console_repl is on)" if self.config.console_repl else "",
             )
 
-    def on_loop(self, loop: Any) -> bool:
+    def on_loop(self, loop: asyncio.AbstractEventLoop) -> bool:
         """A loop was instrumented. True if it is the console's own loop (leave it alone)."""
         if is_console_thread():
             hook = self.watch.tasks.hook_of(loop)
@@ -235,7 +236,7 @@ class Console:
                 self._failures += 1
         return False
 
-    def _attach(self, loop: Any) -> Any:
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> Any:
         cfg = self.config
         try:
             _check_free(cfg.console_host, cfg.console_port)

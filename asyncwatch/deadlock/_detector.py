@@ -120,7 +120,7 @@ class DeadlockDetector(DeadlockScanner):
         if loop is not None:
             self.expedite(loop)
 
-    def expedite(self, loop: Any) -> None:
+    def expedite(self, loop: asyncio.AbstractEventLoop) -> None:
         """Scan ``loop`` now and once more ``EXPEDITE_S`` later (from the loop's thread)."""
         ref = self._states.get(loop) if self.active else None
         state = ref() if ref is not None else None
@@ -136,7 +136,7 @@ class DeadlockDetector(DeadlockScanner):
         else:  # a scan in progress (it may have passed these tasks): two more after it
             state.expedite = 3
 
-    def attach(self, loop: Any) -> None:
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Scan ``loop`` every ``interval_s`` (call from its thread, or before it runs)."""
         if not self.active:
             return
@@ -146,7 +146,7 @@ class DeadlockDetector(DeadlockScanner):
         if state.probe is None:
             self._schedule_probe(loop, state, self.interval_s)
 
-    def _schedule(self, loop: Any, state: LoopState, delay: float) -> None:
+    def _schedule(self, loop: asyncio.AbstractEventLoop, state: LoopState, delay: float) -> None:
         """The pending scan's handle holds the state, and the loop holds the handle: what the
         scanner remembers (futures, which reference their loop) is owned by the loop and is
         freed with it, closed or just dropped. A closed loop takes no timer: its state goes."""
@@ -166,7 +166,8 @@ class DeadlockDetector(DeadlockScanner):
         state.handle = None
         self._step(loop, state, self._steps(loop, state=state, sliced=True), 0.0, 0.0)
 
-    def _step(self, loop: Any, state: LoopState, steps: Iterator[str], spent: float,
+    def _step(
+        self, loop: asyncio.AbstractEventLoop, state: LoopState, steps: Iterator[str], spent: float,
               cpu: float) -> None:
         """Run one slice of a timed scan; the next slice runs after whatever the loop has
         ready, so no single pause is longer than one slice. ``spent``: the scan's wall time
@@ -206,7 +207,8 @@ class DeadlockDetector(DeadlockScanner):
         typical = sorted(costs)[len(costs) // 2]
         self._schedule(loop, state, max(self.interval_s, typical / MAX_SHARE))
 
-    def _schedule_probe(self, loop: Any, state: LoopState, delay: float) -> None:
+    def _schedule_probe(
+        self, loop: asyncio.AbstractEventLoop, state: LoopState, delay: float) -> None:
         """The next cycle probe (the handle holds the state, as the scan's does)."""
         if not self.probing:
             state.probe = None
@@ -235,7 +237,8 @@ class DeadlockDetector(DeadlockScanner):
             return ()
         return wait.succ
 
-    def _probe_step(self, loop: Any, state: LoopState, steps: Generator[str, None, bool],
+    def _probe_step(
+        self, loop: asyncio.AbstractEventLoop, state: LoopState, steps: Generator[str, None, bool],
                     cpu: float) -> None:
         """Run one slice of a cycle probe (``_scanstate.probe_steps``). Probes run every
         ``interval_s`` whatever the scans' interval has stretched to, spaced out so that
@@ -332,7 +335,9 @@ class DeadlockDetector(DeadlockScanner):
 
     # ------------------------------------------------------------------ a scan in one go
 
-    def scan(self, loop: Any = None) -> list[DeadlockFinding | StuckTaskFinding]:
+    def scan(
+        self, loop: asyncio.AbstractEventLoop | None = None
+    ) -> list[DeadlockFinding | StuckTaskFinding]:
         """Scan ``loop`` (default: the running one) once, from its own thread, in one go;
         returns the findings made by this scan (also recorded, counted and logged)."""
         if loop is None:

@@ -92,7 +92,7 @@ class DeadlockScanner(StuckChecker):
         self.deadlocks_found = 0
         self.stuck_found = 0
 
-    def _state(self, loop: Any) -> LoopState:
+    def _state(self, loop: asyncio.AbstractEventLoop) -> LoopState:
         """What is kept for ``loop`` across scans (made on first use)."""
         ref = self._states.get(loop)
         state = ref() if ref is not None else None
@@ -101,11 +101,13 @@ class DeadlockScanner(StuckChecker):
             self._states[loop] = weakref.ref(state)
         return state
 
-    def _schedule(self, loop: Any, state: LoopState, delay: float) -> None:
+    def _schedule(self, loop: asyncio.AbstractEventLoop, state: LoopState, delay: float) -> None:
         """Run a timed scan of ``loop`` in ``delay`` seconds (the detector's timers)."""
         raise NotImplementedError
 
-    def _steps(self, loop: Any, out: list[DeadlockFinding | StuckTaskFinding] | None = None,
+    def _steps(
+        self, loop: asyncio.AbstractEventLoop,
+        out: list[DeadlockFinding | StuckTaskFinding] | None = None,
                *, state: LoopState | None = None, sliced: bool = False) -> Iterator[str]:
         """One scan, as a generator that yields between slices, each slice bounded by work
         units (see ``SLICE`` and the constants after it); it yields the name of the phase
@@ -155,7 +157,9 @@ class DeadlockScanner(StuckChecker):
         for finding in out:
             self._emit(finding)
 
-    def _settle(self, sweep: Sweep, loop: Any, items: list[Any], weak: bool, start: int) -> int:
+    def _settle(
+        self, sweep: Sweep, loop: asyncio.AbstractEventLoop, items: list[Any], weak: bool,
+        start: int) -> int:
         """Record the wait of every suspended task of ``items[start:]`` in ``sweep.new``, up to
         ``SLICE`` tasks or ``LOOKS`` first looks; returns where to go on. Of the waits the
         previous scan saw too, collect those whose edges are followed, and the other ones
@@ -281,7 +285,8 @@ class DeadlockScanner(StuckChecker):
             live0.append(False)
         return graph
 
-    def _deadlocks(self, loop: Any, state: LoopState, graph: Graph, now: float,
+    def _deadlocks(
+        self, loop: asyncio.AbstractEventLoop, state: LoopState, graph: Graph, now: float,
                    out: list[DeadlockFinding | StuckTaskFinding]) -> set[int]:
         """Report new cycles; return ids of tasks in (or waiting behind) any cycle. The
         graph may have been built over several slices: a cycle is reported only when every

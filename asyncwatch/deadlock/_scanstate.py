@@ -217,12 +217,12 @@ class Checks:
 
 if sys.version_info >= (3, 12):
 
-    def tasks_of(loop: Any) -> list[Any]:
+    def tasks_of(loop: asyncio.AbstractEventLoop) -> list[Any]:
         return list(asyncio.all_tasks(loop))
 
 else:  # 3.11's all_tasks calls a Python helper per task; this is the same filter inline
 
-    def tasks_of(loop: Any) -> list[Any]:
+    def tasks_of(loop: asyncio.AbstractEventLoop) -> list[Any]:
         registry = asyncio.tasks._all_tasks  # type: ignore[attr-defined]
         for _ in range(1000):
             try:
@@ -235,7 +235,7 @@ else:  # 3.11's all_tasks calls a Python helper per task; this is the same filte
         return [t for t in every if getattr(t, "_loop", None) is loop and not t.done()]
 
 
-def task_refs(loop: Any) -> tuple[list[Any], bool]:
+def task_refs(loop: asyncio.AbstractEventLoop) -> tuple[list[Any], bool]:
     """The loop's tasks for a scan made in slices: ``(items, weak)``. Where asyncio keeps its
     tasks in a ``WeakSet`` (3.11 to 3.13), the items are weak references copied from it at
     once (in C: no Python code per task), so that nothing is held between slices; a task
@@ -297,7 +297,8 @@ def closes_cycle(task: Any, fut: Any, follow: Follow | None = None) -> bool:
     return False
 
 
-def probe_steps(loop: Any, state: LoopState, follow: Follow | None = None) -> Generator[
+def probe_steps(
+    loop: asyncio.AbstractEventLoop, state: LoopState, follow: Follow | None = None) -> Generator[
     str, None, bool
 ]:
     """The cycle probe: does a wait of a task of ``loop`` on a task or a gather that no probe

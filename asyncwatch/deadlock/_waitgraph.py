@@ -359,7 +359,7 @@ def has_deadline(task: Any, chain: list[Any]) -> bool:
     return False
 
 
-def timer_targets(loop: Any) -> set[int] | None:
+def timer_targets(loop: asyncio.AbstractEventLoop) -> set[int] | None:
     """Ids of tasks and futures a pending timer of ``loop`` will touch (None: cannot tell,
     e.g. uvloop keeps its timers out of reach)."""
     scheduled = getattr(loop, "_scheduled", None)

@@ -10,6 +10,7 @@ It runs on the loop itself: keep it lean (no added calls or lookups);
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import sys
 import threading
@@ -32,7 +33,8 @@ class Heartbeat:
 
     __slots__ = ("ctx", "finalizer", "handle", "loop_ref", "monitor", "owner", "stopped")
 
-    def __init__(self, owner: LoopWatch, monitor: LoopMonitor, loop: Any) -> None:
+    def __init__(
+        self, owner: LoopWatch, monitor: LoopMonitor, loop: asyncio.AbstractEventLoop) -> None:
         self.owner = owner
         self.monitor = monitor
         self.loop_ref = weakref.ref(loop)
@@ -41,7 +43,7 @@ class Heartbeat:
         self.stopped = False
         self.finalizer: Any = None
 
-    def start(self, loop: Any) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
         # First beat as soon as the loop runs; it records no lag (the monitor starts paused).
         # Through the class, not the instance: a replacement of the instance's method (a
         # test's mock with another signature) neither sees nor breaks the heartbeat.

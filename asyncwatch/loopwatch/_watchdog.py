@@ -24,7 +24,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from .._core import names as n
 from .._core.config import Config
@@ -104,7 +103,7 @@ class LoopWatch:
         # install() (test suites assert on it, e.g. that a worker thread went away).
         self.start_thread()
 
-    def add_loop(self, loop: Any) -> None:
+    def add_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start a heartbeat on ``loop`` (the task watcher's ``on_loop``); idempotent."""
         if not self.active:
             return
@@ -185,7 +184,7 @@ class LoopWatch:
         """The watchdog thread, if running."""
         return self._thread
 
-    def monitor_of(self, loop: Any) -> LoopMonitor | None:
+    def monitor_of(self, loop: asyncio.AbstractEventLoop) -> LoopMonitor | None:
         """The monitor of ``loop``, if it is watched."""
         return self._monitors.get(id(loop))
 

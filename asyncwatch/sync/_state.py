@@ -5,6 +5,7 @@ subclass to hear about primitives (``PrimitiveObserver``).
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from ._sites import line_of, name_at
@@ -27,7 +28,8 @@ class PrimitiveState:
     initial: int | None = None  # Semaphore: permits at creation (None: unknown)
     uncertain = False  # Semaphore: released by a task that did not hold it
     part_of: PrimitiveState | None = None  # a Condition's lock: the Condition
-    loop: Any = None  # the loop it was last acquired on (finds the current task cheaply)
+    # the loop it was last acquired on (finds the current task cheaply)
+    loop: asyncio.AbstractEventLoop | None = None
     waits = 0  # acquires that found it taken
     wait_s = 0.0  # total time those acquires waited
     track: Any = None  # Semaphore: the advisor's level track (see ``track_semaphore``)

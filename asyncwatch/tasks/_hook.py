@@ -157,12 +157,12 @@ class TaskWatcher:
         """How many loops have been instrumented since install."""
         return self._loop_count
 
-    def hook_of(self, loop: Any) -> LoopHook | None:
+    def hook_of(self, loop: asyncio.AbstractEventLoop) -> LoopHook | None:
         """The hook on ``loop``, if asyncwatch instrumented it."""
         entry = self._hooks.get(loop)
         return entry[0] if entry is not None else None
 
-    def instrument(self, loop: Any) -> LoopHook:
+    def instrument(self, loop: asyncio.AbstractEventLoop) -> LoopHook:
         """Put a hook on ``loop`` (once), chaining whatever factory it has."""
         entry = self._hooks.get(loop)
         if entry is not None:
@@ -184,7 +184,7 @@ class TaskWatcher:
         self._hooks[loop] = (hook, finalizer)
         return hook
 
-    def attach(self, loop: Any) -> None:
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop runs: start what schedules on it (``on_loop``), once per loop. Nothing
         does before this, so a loop subclass is never touched while it is being built."""
         entry = self._hooks.get(loop)
@@ -194,7 +194,7 @@ class TaskWatcher:
         if self._on_loop is not None:
             self._on_loop(loop)
 
-    def closed(self, loop: Any) -> None:
+    def closed(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop was closed: fold its figures now (its finalizer has nothing left to do).
         May run inside the garbage collector (an unclosed loop's ``__del__`` closes it)."""
         entry = self._hooks.get(loop)
@@ -221,7 +221,7 @@ class TaskWatcher:
         original_close = cls.close  # type: ignore[attr-defined]
         self._originals[cls] = (original_get, original_set)
 
-        def __init__(loop: Any, *args: Any, **kwargs: Any) -> None:
+        def __init__(loop: asyncio.AbstractEventLoop, *args: Any, **kwargs: Any) -> None:
             original_init(loop, *args, **kwargs)
             if watcher.active:
                 try:
@@ -231,7 +231,7 @@ class TaskWatcher:
                 except Exception as exc:
                     watcher.faults.report("loop_init", exc)
 
-        def run_forever(loop: Any) -> Any:
+        def run_forever(loop: asyncio.AbstractEventLoop) -> Any:
             if watcher.active:
                 try:
                     watcher.attach(loop)
@@ -239,7 +239,7 @@ class TaskWatcher:
                     watcher.faults.report("loop_run", exc)
             return original_run(loop)
 
-        def close(loop: Any) -> Any:
+        def close(loop: asyncio.AbstractEventLoop) -> Any:
             result = original_close(loop)
             if watcher.active and loop.is_closed():
                 try:
@@ -248,14 +248,14 @@ class TaskWatcher:
                     watcher.faults.report("loop_close", exc)
             return result
 
-        def get_task_factory(loop: Any) -> Any:
+        def get_task_factory(loop: asyncio.AbstractEventLoop) -> Any:
             factory = original_get(loop)
             entry = watcher._hooks.get(loop)
             if entry is not None and factory is entry[0].factory:
                 return entry[0].inner
             return factory
 
-        def set_task_factory(loop: Any, factory: Any) -> None:
+        def set_task_factory(loop: asyncio.AbstractEventLoop, factory: Any) -> None:
             entry = watcher._hooks.get(loop)
             if entry is not None and original_get(loop) is entry[0].factory:
                 if factory is not None and not callable(factory):
@@ -283,6 +283,7 @@ class TaskWatcher:
             # rename. With an app factory chained, the interpreter's behaviour is left as is.
             original_create = cls.create_task
 
+            # ``loop``: an instance of the patched class (its private ``_check_closed`` is used)
             def create_task(loop: Any, coro: Any, *, name: Any = None, **kwargs: Any) -> Any:
                 entry = watcher._hooks.get(loop) if name is None else None
                 if entry is not None and entry[0].inner is None:

@@ -41,6 +41,7 @@ touched for tasks that get a span, and only in the task's own fresh copy.
 
 from __future__ import annotations
 
+import asyncio
 import asyncio.tasks as _asyncio_tasks
 import contextvars
 import inspect
@@ -110,13 +111,13 @@ class LoopHook:
         self.inner = factory
         self.inner_takes_context = _takes_context(factory)
 
-    def _create(self, loop: Any, coro: Any, kwargs: dict[str, Any]) -> Any:
+    def _create(self, loop: asyncio.AbstractEventLoop, coro: Any, kwargs: dict[str, Any]) -> Any:
         inner = self.inner
         if inner is not None:
             return inner(loop, coro, **kwargs)
         return _asyncio_tasks.Task(coro, loop=loop, **kwargs)
 
-    def _factory(self, loop: Any, coro: Any, **kwargs: Any) -> Any:
+    def _factory(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
         # The hot path: every line here runs for every task in the app (see benchmarks/).
         try:
             stats = self.by_code[id(coro.cr_code)]
@@ -168,7 +169,12 @@ class LoopHook:
             return None
 
     def _slow(
-        self, stats: TaskStats, created: int, loop: Any, coro: Any, kwargs: dict[str, Any]
+        self,
+        stats: TaskStats,
+        created: int,
+        loop: asyncio.AbstractEventLoop,
+        coro: Any,
+        kwargs: dict[str, Any],
     ) -> Any:
         rec: _Timed | None = None
         try:
