@@ -26,6 +26,7 @@ Reading is side-effect free: ``Context.get`` on another thread's context, never
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import gc
 import sys
@@ -54,7 +55,7 @@ def add_route_reader(reader: RouteReader) -> None:
         _route_readers.append(reader)
 
 
-def task_context(task: Any) -> contextvars.Context | None:
+def task_context(task: asyncio.Task[Any]) -> contextvars.Context | None:
     """The context a task runs in, read from any thread."""
     get = getattr(task, "get_context", None)  # Python 3.12+
     if get is not None:

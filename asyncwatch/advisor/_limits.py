@@ -33,6 +33,7 @@ thread.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sys
 import threading
@@ -66,7 +67,7 @@ def mark_rejected() -> None:
         REJECTED.add(task)
 
 
-def _failed(task: Any) -> bool:
+def _failed(task: asyncio.Task[Any]) -> bool:
     """Did the hold that ``task`` is releasing fail (an exception on its way, or marked)?"""
     if sys.exc_info()[1] is not None:
         if task is not None and REJECTED:
@@ -157,13 +158,13 @@ class SemaphoreTrack:
         self.stats = stats
         self.level = 0
         self.countdown = 0  # the first hold is sampled
-        self.task: Any = None  # the task whose hold is being timed
+        self.task: asyncio.Task[Any] | None = None  # the task whose hold is being timed
         self.began = self.last = self.area = 0.0
         self.exact: deque[tuple[float, float]] | None = (
             deque(maxlen=MAX_LEVEL) if stats.exact_left > 0 else None
         )  # holds in progress while every hold is timed: (start, area then)
 
-    def up(self, task: Any, waited_s: float | None) -> None:
+    def up(self, task: asyncio.Task[Any], waited_s: float | None) -> None:
         """A permit was taken by ``task`` (``waited_s``: None if it was free)."""
         stats = self.stats
         level = self.level = self.level + 1
@@ -190,7 +191,7 @@ class SemaphoreTrack:
             self.began = self.last = clock()
             self.area = 0.0
 
-    def down(self, task: Any) -> None:
+    def down(self, task: asyncio.Task[Any]) -> None:
         """A permit was released by ``task``."""
         level = self.level
         if level <= 0:

@@ -22,6 +22,7 @@ requests straight through once asyncwatch is uninstalled.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.abc
 import sys
 import weakref
@@ -198,7 +199,7 @@ class StarlettePatches:
             return
         from ._exchange import REQUEST, HttpExchange
 
-        async def __call__(task: Any, *args: Any, **kwargs: Any) -> Any:
+        async def __call__(task: asyncio.Task[Any], *args: Any, **kwargs: Any) -> Any:
             request = REQUEST.get()
             if request is not None and request.__class__ is HttpExchange:
                 request.background = True

@@ -88,7 +88,7 @@ class DeadlockDetector(DeadlockScanner):
         if self.tracker is not None:
             self.tracker.on_lock_wait = self._lock_wait
 
-    def _lock_wait(self, lock: Any, task: Any) -> None:
+    def _lock_wait(self, lock: Any, task: asyncio.Task[Any]) -> None:
         """``task`` is about to wait for ``lock`` (the lock tracker's hook, on the loop's
         thread). Follow holder -> the lock it waits for -> its holder...: back at ``task``
         (directly, or through a holder awaiting tasks or gathers: ``closes_cycle``), a
@@ -227,7 +227,7 @@ class DeadlockDetector(DeadlockScanner):
         state.probe = None
         self._probe_step(loop, state, probe_steps(loop, state, self._probe_edges), 0.0)
 
-    def _probe_edges(self, task: Any, fut: Any) -> Iterable[Any]:
+    def _probe_edges(self, task: asyncio.Task[Any], fut: asyncio.Future[Any]) -> Iterable[Any]:
         """For the cycle probe, what a task waiting on neither a task nor a gather waits on:
         a TaskGroup's tasks, ``wait()``'s and ``shield()``'s futures, a lock's holders
         (``_waitgraph.classify``, as the scans read it); nothing for a wait a timeout ends

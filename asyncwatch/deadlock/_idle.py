@@ -14,6 +14,7 @@ Marks are kept per task (weakly: a finished task is forgotten) and cost nothing 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import weakref
@@ -27,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _MARKED: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
-def is_idle(task: Any) -> bool:
+def is_idle(task: asyncio.Task[Any]) -> bool:
     """Whether ``task`` is inside an ``idle()`` block right now."""
     try:
         return task in _MARKED

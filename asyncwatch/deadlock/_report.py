@@ -6,6 +6,7 @@ source lines.
 
 from __future__ import annotations
 
+import asyncio
 import linecache
 import os
 from collections.abc import Callable
@@ -103,7 +104,7 @@ class StuckTaskFinding(Finding):
 # ---------------------------------------------------------------------- building blocks
 
 
-def task_name(task: Any) -> str:
+def task_name(task: asyncio.Task[Any]) -> str:
     try:
         return str(task.get_name())
     except Exception:
@@ -223,7 +224,7 @@ def waits_for_words(wait: Wait | None, next_task: Any = None) -> str:
     return "something asyncwatch does not follow"
 
 
-def await_chain(task: Any, wait: Wait | None, next_task: Any = None,
+def await_chain(task: asyncio.Task[Any], wait: Wait | None, next_task: Any = None,
                 chain: list[Any] | None = None) -> AwaitChain:
     chain = coro_chain(task) if chain is None else chain
     coro = chain[0] if chain else None
@@ -255,7 +256,7 @@ UNREACHABLE_WHY = {
 }
 
 
-def fate_of(task: Any) -> str:
+def fate_of(task: asyncio.Task[Any]) -> str:
     """How a finished task ended: 'was cancelled', 'raised ValueError', 'returned'."""
     try:
         if task.cancelled():
@@ -307,7 +308,7 @@ def get_reason(queue: Any, waiters: list[Any]) -> str | None:
     )
 
 
-def _waits_in(task: Any, futures: Any) -> bool:
+def _waits_in(task: asyncio.Task[Any], futures: Any) -> bool:
     waiter = getattr(task, "_fut_waiter", None)
     return waiter is not None and any(f is waiter for f in futures or ())
 

@@ -207,7 +207,7 @@ class DeadlockScanner(StuckChecker):
                 return k + 1
         return end
 
-    def _first_look(self, task: Any, fut: Any, rec: Seen) -> None:
+    def _first_look(self, task: asyncio.Task[Any], fut: Any, rec: Seen) -> None:
         """The wait was seen by two scans: remember its kind."""
         kind = rec.kind = wait_kind(task, fut)
         rec.follow = kind in EDGE_KINDS
@@ -223,7 +223,7 @@ class DeadlockScanner(StuckChecker):
         if kind == "task":
             wait = Wait("task", "and", [fut], fut)
         elif kind == "gather":
-            wait = Wait("gather", "and", fut._children, fut)
+            wait = Wait("gather", "and", fut._children, fut)  # type: ignore[attr-defined]  # a _GatheringFuture
         elif kind == "shield":
             inner = _shielded(fut)
             wait = Wait("shield", "and", [] if inner is None else [inner], fut)

@@ -35,7 +35,7 @@ class _Strong:
         return self.obj
 
 
-def _ref(fut: Any) -> Any:
+def _ref(fut: asyncio.Future[Any]) -> Any:
     try:
         return weakref.ref(fut)
     except TypeError:
@@ -49,7 +49,7 @@ class Seen:
 
     __slots__ = ("_fut", "check_at", "checks", "follow", "kind", "reported", "since")
 
-    def __init__(self, fut: Any, since: float) -> None:
+    def __init__(self, fut: asyncio.Future[Any], since: float) -> None:
         self._fut = _ref(fut)
         self.since = since
         self.kind: str | None = None  # set when a second scan finds the same wait
@@ -85,7 +85,7 @@ class Entry:
 
     __slots__ = ("fut", "rec", "task", "wait")
 
-    def __init__(self, task: Any, fut: Any, rec: Seen) -> None:
+    def __init__(self, task: asyncio.Task[Any], fut: asyncio.Future[Any], rec: Seen) -> None:
         self.task = task
         self.fut = fut
         self.rec = rec
@@ -265,7 +265,8 @@ PROBE_LOOKS = 100  # of which new waits on a task or gather followed (at most MA
 PROBED_TYPES: tuple[type, ...] = (*TASK_TYPES, _GATHERING) if _GATHERING is not None else TASK_TYPES
 
 
-def closes_cycle(task: Any, fut: Any, follow: Follow | None = None) -> bool:
+def closes_cycle(task: asyncio.Task[Any], fut: Any, follow: Follow | None = None) -> bool:
+    # ``fut``: what the task waits on (a future, a gather, a task: read through private fields)
     """Does ``task``, waiting on ``fut``, close a cycle of tasks awaiting tasks, directly or
     through ``gather()``? Follows each pending task's ``_fut_waiter`` and each gather's
     children, depth first, at most ``MAX_CHAIN`` tasks and gathers; a few attribute reads each.
@@ -317,7 +318,7 @@ def probe_steps(
     if follow is not None:
         inner = follow
 
-        def counted(task: Any, fut: Any) -> Iterable[Any]:
+        def counted(task: asyncio.Task[Any], fut: asyncio.Future[Any]) -> Iterable[Any]:
             nonlocal looks
             looks -= 1
             return inner(task, fut)
@@ -415,7 +416,7 @@ def trim_steps(entries: list[Entry], per_slice: int) -> Generator[str, None, lis
     return [e for i, e in enumerate(entries) if not out[i]]
 
 
-def still(task: Any, rec: Seen) -> bool:
+def still(task: asyncio.Task[Any], rec: Seen) -> bool:
     """Whether ``task`` still waits on the future ``rec`` recorded."""
     fut = getattr(task, "_fut_waiter", None)
     return fut is rec.fut and fut is not None and not fut.done()

@@ -15,6 +15,7 @@ of findings (``_wall_of``).
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import heapq
 import math
@@ -297,7 +298,7 @@ class StuckChecker:
         holder = state.holder if state is not None else None
         return holder if holder is not None and holder.done() else None
 
-    def _idle_by_name(self, task: Any) -> bool:
+    def _idle_by_name(self, task: asyncio.Task[Any]) -> bool:
         if not self.idle_patterns:
             return False
         for coro in coro_chain(task):

@@ -112,14 +112,14 @@ IO_FILES = _io_files()
 _CORO, _GEN, _AGEN = types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType
 
 
-def coro_chain(task: Any) -> list[Any]:
+def coro_chain(task: asyncio.Task[Any]) -> list[Any]:
     """The suspended coroutines (and generators) of ``task``, outermost first.
 
     Follows ``cr_await``/``gi_yieldfrom``/``ag_await`` only: no frame object is created.
     """
     out: list[Any] = []
     try:
-        coro = task.get_coro()
+        coro: Any = task.get_coro()  # walked through the private await fields
     except Exception:
         return out
     for _ in range(MAX_DEPTH):
@@ -208,7 +208,7 @@ def kind_of_code(code: Any) -> str | None:
     return kind
 
 
-def wait_kind(task: Any, fut: Any) -> str:
+def wait_kind(task: asyncio.Task[Any], fut: asyncio.Future[Any]) -> str:
     """Just the kind of ``classify(task, fut)``, without building the ``Wait``."""
     chain = coro_chain(task)
     code = code_of(chain[-1]) if chain else None
@@ -256,7 +256,7 @@ def _pending(futures: Iterable[Any]) -> list[Any]:
     return [f for f in futures if asyncio.isfuture(f) and not f.done()]
 
 
-def _shielded(fut: Any) -> Any:
+def _shielded(fut: asyncio.Future[Any]) -> Any:
     """The inner future of a ``shield()`` outer future, else None."""
     try:
         callbacks = fut._callbacks or ()
@@ -271,7 +271,7 @@ def _shielded(fut: Any) -> Any:
     return None
 
 
-def classify(task: Any, fut: Any, tracker: PrimitiveTracker | None,
+def classify(task: asyncio.Task[Any], fut: asyncio.Future[Any], tracker: PrimitiveTracker | None,
              chain: list[Any] | None = None) -> Wait:
     """The ``Wait`` of ``task``, suspended on ``fut``."""
     if chain is None:
@@ -315,12 +315,12 @@ def classify(task: Any, fut: Any, tracker: PrimitiveTracker | None,
     return Wait("other", None, (), fut)
 
 
-def _waits_in(prim: Any, fut: Any) -> bool:
+def _waits_in(prim: Any, fut: asyncio.Future[Any]) -> bool:
     # Futures compare by identity, so `in` is the identity search, done in C.
     return fut in (getattr(prim, "_waiters", None) or ())
 
 
-def _lock_wait(lock: Any, fut: Any, tracker: PrimitiveTracker | None) -> Wait:
+def _lock_wait(lock: Any, fut: asyncio.Future[Any], tracker: PrimitiveTracker | None) -> Wait:
     state = state_of(lock)
     if (
         lock is None or not lock._locked or not _waits_in(lock, fut)
@@ -330,7 +330,7 @@ def _lock_wait(lock: Any, fut: Any, tracker: PrimitiveTracker | None) -> Wait:
     return Wait("lock", "or", [state.holder], lock)
 
 
-def _semaphore_wait(sem: Any, fut: Any, tracker: PrimitiveTracker | None) -> Wait:
+def _semaphore_wait(sem: Any, fut: asyncio.Future[Any], tracker: PrimitiveTracker | None) -> Wait:
     state = state_of(sem)
     if sem is None or sem._value > 0 or not _waits_in(sem, fut):
         return Wait("semaphore", None, (), sem)
@@ -345,7 +345,7 @@ def _semaphore_wait(sem: Any, fut: Any, tracker: PrimitiveTracker | None) -> Wai
     return Wait("semaphore", "or", list(holders), sem)
 
 
-def has_deadline(task: Any, chain: list[Any]) -> bool:
+def has_deadline(task: asyncio.Task[Any], chain: list[Any]) -> bool:
     """Whether an ``asyncio.timeout()`` block with a deadline encloses the task's wait."""
     for coro in chain:
         for ref in gc.get_referents(coro):

@@ -207,7 +207,7 @@ class BlockReporter:
         handle = episode.handle
         if handle is None and sample is not None:
             handle = handle_in(sample.chain)
-        task: Any = None
+        task: asyncio.Task[Any] | None = None
         loop = monitor.loop()
         if loop is not None and sample is not None:
             task = asyncio.current_task(loop)

@@ -109,10 +109,12 @@ class PrimitiveObserver:
     def created(self, obj: Any, state: PrimitiveState) -> None:
         """A Lock/Semaphore/Condition/Event/Queue was created while installed."""
 
-    def acquired(self, state: PrimitiveState, task: Any, waited_s: float | None) -> None:
+    def acquired(
+        self, state: PrimitiveState, task: asyncio.Task[Any], waited_s: float | None
+    ) -> None:
         """A Lock or Semaphore was acquired by ``task``; ``waited_s`` is None if it was free."""
 
-    def released(self, state: PrimitiveState, task: Any) -> None:
+    def released(self, state: PrimitiveState, task: asyncio.Task[Any]) -> None:
         """A Lock or Semaphore was released (``task`` is the releasing task, or None)."""
 
 

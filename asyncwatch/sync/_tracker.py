@@ -392,10 +392,10 @@ class _Untracked:
 
     __slots__ = ()
 
-    def up(self, task: Any, waited_s: float | None) -> None:
+    def up(self, task: asyncio.Task[Any], waited_s: float | None) -> None:
         """Nothing to record."""
 
-    def down(self, task: Any) -> None:
+    def down(self, task: asyncio.Task[Any]) -> None:
         """Nothing to record."""
 
 

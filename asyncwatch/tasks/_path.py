@@ -266,7 +266,7 @@ class _Timed:
         except Exception as exc:  # pragma: no cover - defensive
             self.hook.fault("task_mark", exc)
 
-    def done(self, task: Any) -> None:
+    def done(self, task: asyncio.Task[Any]) -> None:
         """Done-callback of a timed or spanned task."""
         try:
             stats = self.stats
@@ -374,7 +374,7 @@ class TaskStats:
         """Tasks that returned normally."""
         return self.done - self.cancelled - self.failed
 
-    def on_done(self, task: Any) -> None:
+    def on_done(self, task: asyncio.Task[Any]) -> None:
         """Done-callback: count the task's outcome without retrieving its exception."""
         try:
             self.done += 1
@@ -454,7 +454,7 @@ def _takes_context(factory: TaskFactory | None) -> bool:
     return any(p.kind is p.VAR_KEYWORD or p.name == "context" for p in params)
 
 
-def _started(task: Any, coro: Any) -> bool:
+def _started(task: asyncio.Task[Any], coro: Any) -> bool:
     """After the factory returned: did the task already take its first step (eager start)?"""
     if task.done():
         return True

@@ -29,6 +29,7 @@ is wanted (``TaskWatcher.spans``).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import random
 import time
@@ -383,7 +384,7 @@ class TaskSpans:
         )
         self._multi.on_end(readable)
 
-    def end(self, span: Any, task: Any, attributes: dict[str, Any]) -> None:
+    def end(self, span: Any, task: asyncio.Task[Any], attributes: dict[str, Any]) -> None:
         """The task ended: end its span (a ``TaskSpan`` or the SDK's) with its outcome."""
         if type(span) is TaskSpan:
             if span._end is not None:
