@@ -8,19 +8,21 @@ import fnmatch
 import gc
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from ._core import names as n
+from ._core.aio import UVLOOP
 from ._core.config import Config, put_in_force
 from ._core.environment import check_environment
 from ._core.faults import Faults
 from ._core.findings import FindingsLog
+from ._core.imports import PostImportHook, when_imported
 from ._core.points import Point
 from .advisor import Advisor
-from .asgi import _middleware as asgi_middleware
 from .asgi._http import HttpStats
 from .deadlock import DeadlockDetector
 from .loopwatch import LoopWatch
@@ -31,6 +33,8 @@ from .tasks._points import task_points
 from .tasks._recorder import Recorder
 
 if TYPE_CHECKING:  # imported where used: stats() is not needed to start
+    from types import ModuleType
+
     from .profiler._profiling import ProfileSession
     from .tasks._stats import ProcessStats, Stats
 
@@ -68,6 +72,7 @@ class Watch:
         )
         self.bridge.add_source("http", self.http.points)
         self._asgi_patches: Any = None
+        self._import_hook: PostImportHook | None = None
         self.loops = LoopWatch(config, self.findings, self.faults)
         self.bridge.add_source("loops", self.loops.points)
         self.telemetry = Telemetry(
@@ -143,6 +148,21 @@ class Watch:
         if self.config.advisor:
             self.advisor.start()
         self.tasks.install()
+        # Patched when the app imports them (now, if it has): importing uvloop or the
+        # Starlette patches (importlib.abc and what it pulls in) only to patch them would cost
+        # every program that never uses them.
+        self._import_hook = when_imported(
+            {UVLOOP: self._patch_uvloop, "starlette": self._patch_starlette},
+            lambda name, exc: self._report(f"patch_{name}", exc),
+        )
+
+    def _patch_uvloop(self, module: ModuleType) -> None:
+        cls = module.Loop
+        if self.tasks.active and cls not in self.tasks._originals:
+            self.tasks._patch_class(cls)  # what TaskWatcher.install does for each loop class
+        self.advisor.executors.patch_loop_class(cls)
+
+    def _patch_starlette(self, module: ModuleType) -> None:
         from .asgi._starlette import StarlettePatches
 
         self._asgi_patches = StarlettePatches(self.faults, auto_add=self.config.asgi_auto)
@@ -150,6 +170,9 @@ class Watch:
 
     def stop(self, timeout_s: float | None = None, *, at_exit: bool = False) -> None:
         """Undo everything ``start`` did, within ``timeout_s`` for the exporters."""
+        if self._import_hook is not None:
+            self._import_hook.remove()
+            self._import_hook = None
         if self._asgi_patches is not None:
             self._asgi_patches.uninstall()
             self._asgi_patches = None
@@ -352,8 +375,11 @@ def install(
 
 def _publish(watch: Watch | None, *, stopping: Watch | None = None) -> None:
     """Tell what the app constructs or calls directly (the ASGI middleware, profiles) which
-    Watch runs: the dependencies it cannot be handed when the Watch builds it."""
-    asgi_middleware.attach(watch)
+    Watch runs: the dependencies it cannot be handed when the Watch builds it (the
+    middleware's module only if it is loaded: it learns the Watch when it is, see below)."""
+    middleware = sys.modules.get(_MIDDLEWARE)
+    if middleware is not None:
+        middleware.attach(watch)
     put_in_force(
         None if watch is None else watch.config,
         replacing=None if stopping is None else stopping.config,
@@ -387,7 +413,19 @@ def _after_fork_in_child() -> None:
         watch._after_fork_in_child()
 
 
+def _wire_middleware(module: ModuleType) -> None:
+    """The ASGI middleware's module is loaded: tell it how to install and what is running."""
+    module.use_installer(install)
+    module.attach(_current)
+
+
+_MIDDLEWARE = "asyncwatch.asgi._middleware"
+# The middleware (and the OpenTelemetry propagators it imports) loads only if the app uses it.
+_middleware_hook = when_imported(
+    {_MIDDLEWARE: _wire_middleware}, lambda name, exc: logger.warning(
+        "asyncwatch: cannot wire %s (%r)", name, exc
+    )
+)
 atexit.register(_at_exit)
-asgi_middleware.use_installer(install)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

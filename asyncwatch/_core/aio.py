@@ -9,7 +9,6 @@ paths (on 3.11 ``asyncio.current_task`` is pure Python) read on hot paths.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -53,13 +52,16 @@ class Patch:
 
 
 def loop_classes() -> list[type]:
-    """The loop classes whose constructors and factory accessors are patched."""
+    """The loop classes whose constructors and factory accessors are patched: asyncio's, and
+    uvloop's if the app imported it (uvloop is never imported just to patch it: the Watch
+    patches ``uvloop.Loop`` when the app imports it, see ``UVLOOP``)."""
     classes: list[type] = [asyncio.BaseEventLoop]
-    if "uvloop" in sys.modules or importlib.util.find_spec("uvloop") is not None:
-        try:
-            import uvloop
-
-            classes.append(uvloop.Loop)
-        except ImportError:  # pragma: no cover - broken uvloop install
-            pass
+    uvloop = sys.modules.get(UVLOOP)
+    loop = getattr(uvloop, "Loop", None)
+    if isinstance(loop, type):
+        classes.append(loop)
     return classes
+
+
+UVLOOP = "uvloop"
+"""The module whose ``Loop`` class ``loop_classes`` adds once it is imported."""

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from .config import Config, ConfigError, settings
 from .config_parse import sdk_problem
+from .hostguard import address_arg
 
 
 def check_environment(config: Config, env: Mapping[str, str] | None = None) -> None:
@@ -27,7 +28,9 @@ def check_environment(config: Config, env: Mapping[str, str] | None = None) -> N
     if config.uses("prometheus") and config.enabled:
         host = config.prometheus_host
         try:
-            socket.getaddrinfo(host, config.prometheus_port, type=socket.SOCK_STREAM)
+            socket.getaddrinfo(
+                address_arg(host), config.prometheus_port, type=socket.SOCK_STREAM
+            )
         except (OSError, UnicodeError) as exc:
             raise ConfigError(
                 f"prometheus_host={host!r} ({_source('prometheus_host', env)}): does not "

@@ -244,6 +244,17 @@ def _metrics_app(registry: Any) -> Callable[..., Any]:
     return app
 
 
+def address_arg(host: str) -> str | bytes:
+    """``host`` as ``socket.getaddrinfo`` takes it: an address literal as bytes (a str would
+    load the ``idna`` codec, with ``stringprep`` and ``unicodedata``, to encode it unchanged),
+    a name as it is."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return host.encode("ascii")
+
+
 def start_metrics_server(
     host: str, port: int, registry: Any, allowed_hosts: Iterable[str]
 ) -> tuple[WSGIServer, threading.Thread]:
@@ -251,9 +262,10 @@ def start_metrics_server(
     the first request) on (host, port), behind the host guard, served from a daemon thread
     (what ``prometheus_client.start_http_server`` does, with the guard in place before the
     first request can arrive). ``shutdown()`` returns at once, with no poll interval."""
-    family, _, _, _, sockaddr = next(
-        iter(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE))
+    found = socket.getaddrinfo(
+        address_arg(host), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
+    family, _, _, _, sockaddr = next(iter(found))
 
     from wsgiref.simple_server import make_server
 

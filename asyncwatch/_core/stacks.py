@@ -19,7 +19,6 @@ import linecache
 import os
 import selectors
 import sys
-import sysconfig
 from dataclasses import dataclass
 from types import FrameType, ModuleType
 from typing import Any
@@ -40,13 +39,23 @@ _MACHINERY_DIRS = (
 )
 _MACHINERY_FILES = frozenset({os.path.abspath(selectors.__file__)})
 _LIBRARY_MARKERS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
-_STDLIB_DIRS = tuple(
-    {
-        os.path.abspath(sysconfig.get_paths()[k]) + os.sep
-        for k in ("stdlib", "platstdlib")
-        if sysconfig.get_paths().get(k)
-    }
-)
+_stdlib_dirs: tuple[str, ...] | None = None
+
+
+def _stdlib() -> tuple[str, ...]:
+    """The standard library's directories (read at the first classify: ``sysconfig`` is not
+    loaded at start)."""
+    global _stdlib_dirs
+    if _stdlib_dirs is None:
+        import sysconfig
+
+        paths = sysconfig.get_paths()
+        _stdlib_dirs = tuple(
+            {os.path.abspath(paths[k]) + os.sep for k in ("stdlib", "platstdlib") if paths.get(k)}
+        )
+    return _stdlib_dirs
+
+
 _classes: dict[str, int] = {}
 _RUN_CODE = asyncio.events.Handle._run.__code__  # read before precise mode wraps it
 _RUN_ONCE_CODE = asyncio.base_events.BaseEventLoop._run_once.__code__  # type: ignore[attr-defined]
@@ -64,7 +73,7 @@ def classify(filename: str) -> int:
         kind = MACHINERY
     elif any(marker in path for marker in _LIBRARY_MARKERS):
         kind = LIBRARY
-    elif path.startswith(_STDLIB_DIRS) or path.startswith("<frozen "):
+    elif path.startswith((*_stdlib(), "<frozen ")):
         kind = STDLIB
     else:
         kind = APP

@@ -3,8 +3,9 @@ loop's load, and turns them into worker-count, limit and batch-size changes.
 
 Its public face: the ``Advisor`` the Watch builds, the ``Recommendation`` it returns, and
 the ``Concurrency`` and ``Gate`` objects behind ``asyncwatch.concurrency()`` and
-``asyncwatch.gate()``. These are the modules the Watch loads anyway when it starts; the
-executor probe (``_executors``) and psutil stay loaded on first use.
+``asyncwatch.gate()``. The probes load when the Watch starts; the models (``_*_model``, ``_fit``,
+``_recommendation``) when the advice is first evaluated (``advise()``, or the sampler thread
+every ``advisor_interval_s``), psutil at the sampler's first sample.
 
 Inside: ``_advisor`` gathers the figures (probes, sampler thread, ``advise()``); the models
 decide, as pure functions: ``_pool_model`` (executors' ``max_workers``), ``_limit_model``
@@ -12,9 +13,23 @@ decide, as pure functions: ``_pool_model`` (executors' ``max_workers``), ``_limi
 shared ``_recommendation`` and the fits in ``_fit``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._advisor import Advisor
 from ._gates import Gate
 from ._limits import Concurrency
-from ._recommendation import Recommendation
+
+if TYPE_CHECKING:
+    from ._recommendation import Recommendation
+
+
+def __getattr__(name: str) -> Any:
+    # the models (and Recommendation, their result) load when the advice is first evaluated
+    if name == "Recommendation":
+        from ._recommendation import Recommendation
+
+        return Recommendation
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["Advisor", "Concurrency", "Gate", "Recommendation"]

@@ -27,22 +27,24 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core import names as n
 from .._core.config import Config
 from .._core.faults import Faults
 from .._core.points import Point
-from ._batch_model import BatchFigures, batch_advice
 from ._batches import Batch, BatchProbe, BatchSite, batch_decorator
 from ._gates import GateProbe
-from ._limit_model import LimitFigures, limit_advice
 from ._limits import LimitProbe, LimitStats
-from ._loop_model import LoopFigures, loop_advice
 from ._loopload import PEEK_S, SAMPLES, LoopLoad
-from ._pool_model import PoolFigures, pool_advice
 from ._queues import QueueProbe
-from ._recommendation import Recommendation
+
+if TYPE_CHECKING:  # the models load when the advice is first evaluated, not at start
+    from ._batch_model import BatchFigures
+    from ._limit_model import LimitFigures
+    from ._loop_model import LoopFigures
+    from ._pool_model import PoolFigures
+    from ._recommendation import Recommendation
 
 logger = logging.getLogger("asyncwatch")
 
@@ -287,6 +289,8 @@ class Advisor:
 
     def pool_figures(self, now: float) -> list[PoolFigures]:
         """Each live executor over the window."""
+        from ._pool_model import PoolFigures
+
         out = []
         since = now - self.window_s
         for stats in self.executors.executors():
@@ -327,7 +331,7 @@ class Advisor:
 
     def limit_figures(self, now: float) -> list[LimitFigures]:
         """Each concurrency limit: cumulative levels, window pressure."""
-        out = []
+        out: list[LimitFigures] = []
         since = now - self.window_s
         with self._lock:
             snaps = {k: list(v) for k, v in self._limit_snaps.items()}
@@ -348,6 +352,8 @@ class Advisor:
     def batch_figures(self) -> list[BatchFigures]:
         """Each batch site's recent batches, and (as their mean) batches of the sizes it ran
         before them: a run at each size a "need" names adds a point to the fit."""
+        from ._batch_model import BatchFigures
+
         default = self.config.advisor_batch_budget_s
         out = []
         for site in self.batches.sites():
@@ -365,6 +371,8 @@ class Advisor:
 
     def loop_figures(self) -> list[LoopFigures]:
         """Each loop's load over the window."""
+        from ._loop_model import LoopFigures
+
         proc = self.load.process_window(self.window_s)
         cores_used, machine = proc if proc is not None else (None, None)
         return [
@@ -378,6 +386,11 @@ class Advisor:
     def advise(self, *, sample: bool = True) -> list[Recommendation]:
         """For each knob watched: changes first (largest expected gain first), then the data
         still needed, then the knobs to leave as they are (with the reason)."""
+        from ._batch_model import batch_advice
+        from ._limit_model import limit_advice
+        from ._loop_model import loop_advice
+        from ._pool_model import pool_advice
+
         if sample:
             self.sample()
         now = clock()
@@ -525,6 +538,7 @@ def _limit_window(label: str, latest: LimitStats, base: LimitStats | None) -> Li
     Semaphore holds are timed on a sample: mean hold time and the concurrency a hold sees
     come from the sampled holds, completions and waits from every hold.
     """
+    from ._limit_model import LimitFigures
 
     def delta(field: str) -> float:
         value: float = getattr(latest, field)

@@ -173,9 +173,14 @@ class ExecutorProbe:
             return
         self.active = True
         for cls in loop_classes():
-            original = getattr(cls, "run_in_executor", None)
-            if original is None:
-                continue
+            self.patch_loop_class(cls)
+
+    def patch_loop_class(self, cls: type) -> None:
+        """Patch ``run_in_executor`` on one more loop class (uvloop's, once it is imported)."""
+        if not self.active or any(patch.cls is cls for patch in self._patches):
+            return
+        original = getattr(cls, "run_in_executor", None)
+        if original is not None:
             self._patches.append(Patch(cls, "run_in_executor", self._wrapper(original)))
 
     def uninstall(self) -> None:

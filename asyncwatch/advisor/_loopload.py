@@ -208,6 +208,9 @@ class LoopLoad:
     def start(self) -> None:
         """Start measuring (loops are added with ``attach``)."""
         self.active = True
+        self._psutil = None  # psutil loads at the first sample: a short program never needs it
+
+    def _load_psutil(self) -> None:
         try:
             import psutil
 
@@ -215,6 +218,7 @@ class LoopLoad:
             psutil.cpu_percent(interval=None)  # prime the system-wide figure
             self.cores = psutil.cpu_count() or self.cores
         except Exception as exc:
+            self._psutil = False  # not again
             self.faults.report("loopload", exc)
 
     def stop(self) -> None:
@@ -281,13 +285,17 @@ class LoopLoad:
                 meter.sample(now, self.lag_counts_of)
             except Exception as exc:
                 self.faults.report("loopload", exc)
+        primed = self._psutil is not None
+        if not primed:
+            self._load_psutil()
         proc = self._psutil
-        if proc is not None:
+        if proc:
             try:
                 times = proc.cpu_times()
                 import psutil
 
-                system = psutil.cpu_percent(interval=None)
+                # the machine's busy share needs a previous reading: none at the first sample
+                system = psutil.cpu_percent(interval=None) if primed else None
                 self.process.append((now, times.user + times.system, system))
             except Exception as exc:
                 self.faults.report("loopload", exc)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import faulthandler
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -68,7 +67,7 @@ class GilWatch:
         if self.active:
             return
         try:
-            self._file = tempfile.TemporaryFile()  # noqa: SIM115 (open while installed)
+            self._file = _scratch_file()
         except OSError:
             return
         dump, cancel = faulthandler.dump_traceback_later, faulthandler.cancel_dump_traceback_later
@@ -138,3 +137,17 @@ class GilWatch:
         if not parsed:
             return None
         return self.armed_at + self.timeout_s, parsed
+
+
+def _scratch_file() -> Any:
+    """An anonymous file for faulthandler's dumps: in memory where the OS offers it (Linux),
+    else a temporary file (``tempfile`` and what it imports load only there)."""
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None:
+        try:
+            return os.fdopen(memfd("asyncwatch-gil", os.MFD_CLOEXEC), "w+b")
+        except OSError:
+            pass
+    import tempfile
+
+    return tempfile.TemporaryFile()
