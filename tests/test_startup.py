@@ -14,6 +14,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from .conftest import python_env, run_python
 
 ASYNCWATCH = shutil.which("asyncwatch", path=os.path.dirname(sys.executable)) or "asyncwatch"
@@ -195,3 +197,92 @@ def test_concurrent_first_scrapes_all_get_the_figures() -> None:
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["8", "8"]
+
+
+# what a default install() and a short program leave unloaded until something uses them
+LAZY = (
+    "uvloop",  # patched when the app imports it, never imported to be patched
+    "asyncwatch.advisor._batch_model",
+    "asyncwatch.advisor._limit_model",
+    "asyncwatch.advisor._loop_model",
+    "asyncwatch.advisor._pool_model",
+    "asyncwatch.advisor._fit",
+    "asyncwatch.advisor._recommendation",
+    "asyncwatch.asgi._middleware",
+    "asyncwatch.asgi._starlette",
+    "opentelemetry.propagators",
+    "importlib.abc",
+    "wsgiref",  # the endpoint's HTTP server: built at the first connection
+    "http.server",
+    "email",
+    "statistics",
+    "decimal",
+    "difflib",
+    "tempfile",
+    "sysconfig",
+)
+
+
+def test_default_install_leaves_the_lazy_parts_unloaded() -> None:
+    """install() with the defaults (endpoint, watchdog, deadlock detector, advisor) inside a
+    running loop, and a short program, load none of the parts that wait for first use."""
+    code = textwrap.dedent(
+        """
+        import asyncio, json, sys
+        import asyncwatch
+        async def work(i):
+            await asyncio.sleep(0)
+        async def main():
+            asyncwatch.install(prometheus_port=0)
+            await asyncio.gather(*(work(i) for i in range(5)))
+        asyncio.run(main())
+        print(json.dumps(sorted(sys.modules)))
+        asyncwatch.uninstall()
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    assert [m for m in loaded if m.startswith(LAZY)] == []
+    assert "asyncwatch.advisor._advisor" in loaded  # the advisor is on, only its models wait
+
+
+def test_lazy_parts_work_on_first_use() -> None:
+    """After a default install(): uvloop imported later has its loops observed and its
+    run_in_executor measured (restored by uninstall), the advisor's models load for advise(),
+    and the ASGI middleware imported later knows the running Watch."""
+    pytest.importorskip("uvloop")
+    code = textwrap.dedent(
+        """
+        import asyncio, sys
+        import asyncwatch
+        watch = asyncwatch.install(metrics_exporters="none")
+        import types, uvloop
+        def ours(name):  # asyncwatch's patches are Python functions; uvloop's methods are not
+            return isinstance(uvloop.Loop.__dict__.get(name), types.FunctionType)
+        assert ours("run_in_executor") and ours("__init__")
+        async def work():
+            await asyncio.sleep(0)
+        async def main():
+            assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+            await asyncio.gather(*(asyncio.create_task(work()) for _ in range(3)))
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(1) as pool:
+                await asyncio.get_running_loop().run_in_executor(pool, int)
+        uvloop.run(main())
+        created = watch.stats().coroutines["__main__.work"].created
+        executors = watch.advisor.executors.executors()
+        recs = asyncwatch.advise()
+        assert all(isinstance(r, asyncwatch.Recommendation) for r in recs), recs
+        from asyncwatch import AsyncWatchMiddleware
+        from asyncwatch.asgi import _middleware
+        assert _middleware._running is watch
+        asyncwatch.uninstall()
+        restored = not ours("run_in_executor") and not ours("__init__")
+        hooks = [type(f).__name__ for f in sys.meta_path if type(f).__name__ == "PostImportHook"]
+        print(created, len(executors), restored, hooks)
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3", "1", "True", "[]"]
