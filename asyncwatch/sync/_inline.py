@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio.locks
 import collections
-import inspect
 import linecache
 import sys
 import textwrap
@@ -67,9 +66,8 @@ def _stdlib_body(original: Any) -> str | None:
         return None
     if original.__globals__.get("collections", collections) is not collections:
         return None
-    try:
-        lines = inspect.getsource(original).splitlines()
-    except (OSError, TypeError):
+    lines = _source_lines(code)
+    if not lines:
         return None
     found = "\n".join(line.rstrip() for line in lines[1:] if line.strip())
     for body in _STDLIB_BODIES:
@@ -87,6 +85,17 @@ def _stdlib_body(original: Any) -> str | None:
                 code.co_kwonlyargcount, code.co_flags):
             return body
     return None
+
+
+def _source_lines(code: Any) -> list[str]:
+    """The source lines of ``code``'s function, from its first line (the ``def``) to the last
+    line with bytecode: what ``inspect.getsource`` gives for a function ending in a statement,
+    without tokenizing the file (which compiles tokenize's patterns: ~10 ms at install)."""
+    numbers = [line for _, _, line in code.co_lines() if line is not None]
+    lines = linecache.getlines(code.co_filename)
+    if not numbers or not lines:
+        return []
+    return [line.rstrip("\n") for line in lines[code.co_firstlineno - 1 : max(numbers)]]
 
 
 def lazy_init(original: Any, tracker: PrimitiveTracker, kind: str | None) -> Any:

@@ -2,9 +2,24 @@
 ``asyncwatch.stats()`` returns, and the task metrics' points.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._path import TaskStats
 from ._recorder import Recorder
-from ._stats import CoroutineStats, Percentiles, ProcessStats, Stats, format_ms
+
+if TYPE_CHECKING:
+    from ._stats import CoroutineStats, Percentiles, ProcessStats, Stats, format_ms
+
+_STATS = frozenset({"CoroutineStats", "Percentiles", "ProcessStats", "Stats", "format_ms"})
+
+
+def __getattr__(name: str) -> Any:
+    # what stats() returns loads with the first stats() (or console), not at install
+    if name in _STATS:
+        from . import _stats
+
+        return getattr(_stats, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "CoroutineStats",
