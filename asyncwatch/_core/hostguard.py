@@ -23,14 +23,15 @@ A request with no ``Host`` (HTTP/1.0 tools) is answered: browsers always send on
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import re
 import selectors
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # ipaddress and urllib.parse load with the first check or server
+    import ipaddress
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PROOF_HEADER = "HX-Request"  # sent by htmx, which aiomonitor's web UI uses for every request
@@ -45,6 +46,8 @@ def check_allowed_hosts(value: Any) -> str | None:
     for entry in value:
         if entry == "*" or _HOSTNAME.match(entry.lower()):
             continue
+        import ipaddress
+
         try:
             ipaddress.ip_address(entry.strip("[]"))
         except ValueError:
@@ -56,6 +59,8 @@ def check_allowed_hosts(value: Any) -> str | None:
 
 
 def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    import ipaddress
+
     try:
         return ipaddress.ip_address(name)
     except ValueError:
@@ -98,6 +103,8 @@ class HostPolicy:
         """Whether an ``Origin`` header value is acceptable (None: no header)."""
         if origin is None:
             return True
+        from urllib.parse import urlsplit
+
         host = urlsplit(origin.strip()).hostname
         return host is not None and self.host_ok(host)
 
@@ -121,6 +128,8 @@ class HostPolicy:
         if fetch_site is not None and fetch_site.lower() not in ("same-origin", "none"):
             return 403, "cross-site requests are refused"
         if origin is not None and host is not None:
+            from urllib.parse import urlsplit
+
             own = urlsplit(origin.strip())
             if own.netloc.lower() != host.strip().lower():
                 return 403, "cross-origin requests are refused"
@@ -288,11 +297,13 @@ def address_arg(host: str) -> str | bytes:
     """``host`` as ``socket.getaddrinfo`` takes it: an address literal as bytes (a str would
     load the ``idna`` codec, with ``stringprep`` and ``unicodedata``, to encode it unchanged),
     a name as it is."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    return host.encode("ascii")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return host.encode("ascii")
+    return host
 
 
 def start_metrics_server(
