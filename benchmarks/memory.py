@@ -1,8 +1,9 @@
 """Memory: 1,000,000 tasks across 1,000 coroutine names; asyncwatch's own memory stays flat.
 
 Runs the same workload twice, each in a fresh subprocess: bare asyncio, then asyncwatch
-installed (metrics only, default settings). Resident set size is read after install (before
-the loop exists: what importing asyncwatch and install() took) and at checkpoints; the
+installed with the default settings (the /metrics endpoint on a free port, not scraped;
+watchdog, deadlock detector, advisor). Resident set size is read after install (before the
+loop exists: what importing asyncwatch and install() took) and at checkpoints; the
 difference between the two runs is what asyncwatch holds, and it must not grow with the
 number of tasks. Run: ``python benchmarks/memory.py`` (``--tasks 100000`` for a quicker run).
 """
@@ -24,9 +25,9 @@ import asyncio, gc, json, sys, types
 import psutil
 
 mode, total = sys.argv[1], int(sys.argv[2])
-if mode == "asyncwatch":
-    import asyncwatch
-    asyncwatch.install(metrics_exporters=("none",))
+if mode == "asyncwatch":  # the defaults: the /metrics endpoint (on a free port), watchdog,
+    import asyncwatch  # deadlock detector, advisor
+    asyncwatch.install(prometheus_port=0)
 elif mode == "asyncwatch+spans":  # a span for every task
     import asyncwatch
     asyncwatch.install(metrics_exporters=("none",), task_span_ratio=1.0)
