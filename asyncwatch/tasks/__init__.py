@@ -2,11 +2,12 @@
 ``asyncwatch.stats()`` returns, and the task metrics' points.
 """
 
-from ._path import TaskStats
+from ._path import ACCELERATOR, TaskStats
 from ._recorder import Recorder
 from ._stats import CoroutineStats, Percentiles, ProcessStats, Stats, format_ms
 
 __all__ = [
+    "ACCELERATOR",
     "CoroutineStats",
     "Percentiles",
     "ProcessStats",
