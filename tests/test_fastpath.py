@@ -12,6 +12,7 @@ is not built (no compiler), the compiled half is skipped, and ``./scripts/test``
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -22,11 +23,9 @@ import pytest
 
 from asyncwatch.tasks import _path
 
-from .conftest import ROOT, python_env
+from .conftest import python_env
 
-BUILT = any((ROOT / "asyncwatch" / "tasks").glob("_fastpath.*.so")) or any(
-    (ROOT / "asyncwatch" / "tasks").glob("_fastpath.*.pyd")
-)
+BUILT = importlib.util.find_spec("asyncwatch.tasks._fastpath") is not None
 
 TWINS = [
     pytest.param("compiled", marks=pytest.mark.skipif(not BUILT, reason="not built here")),
