@@ -1,18 +1,28 @@
-"""Build step: copy exporters/ and grafana/ into the wheel as asyncwatch/_assets_data/.
+"""Build steps; everything else is in pyproject.toml.
 
-Everything else is in pyproject.toml. The repository keeps one copy of the rules and
-dashboards; this puts them in the package so ``asyncwatch assets DIR`` can write them out
-(asyncwatch/_assets.py decides which files).
+1. Copy exporters/ and grafana/ into the wheel as asyncwatch/_assets_data/. The repository
+   keeps one copy of the rules and dashboards; this puts them in the package so ``asyncwatch
+   assets DIR`` can write them out (asyncwatch/_assets.py decides which files).
+2. Build the optional compiled accelerator, ``asyncwatch/tasks/_fastpath.c`` (the task path's
+   hot functions in C, the twin of ``_purepath.py``), where a C compiler and the Python headers
+   are present. Where they are not, the build warns and the pure-Python twin is used
+   (``optional=True``). Skipped on interpreters it is not written for (PyPy, free-threaded
+   CPython). ``ASYNCWATCH_BUILD_EXTENSIONS=required`` makes a failed build an error
+   (``./scripts/test`` and the wheel builds set it, so a broken accelerator cannot pass
+   unnoticed); ``ASYNCWATCH_BUILD_EXTENSIONS=no`` skips it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import platform
 import shutil
+import sysconfig
 from pathlib import Path
 from types import ModuleType
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
@@ -39,4 +49,24 @@ class BuildWithAssets(build_py):
             shutil.copyfile(HERE / relative, target / relative)
 
 
-setup(cmdclass={"build_py": BuildWithAssets})
+def _extensions() -> list[Extension]:
+    mode = os.environ.get("ASYNCWATCH_BUILD_EXTENSIONS", "auto").lower()
+    if mode not in ("auto", "required", "no"):
+        raise SystemExit(
+            f"ASYNCWATCH_BUILD_EXTENSIONS must be auto, required or no, not {mode!r}"
+        )
+    supported = platform.python_implementation() == "CPython" and not sysconfig.get_config_var(
+        "Py_GIL_DISABLED"
+    )
+    if mode == "required" and not supported:
+        raise SystemExit(
+            "ASYNCWATCH_BUILD_EXTENSIONS=required, but the accelerator is written for CPython "
+            "with a GIL"
+        )
+    if mode == "no" or not supported:
+        return []
+    source = "asyncwatch/tasks/_fastpath.c"
+    return [Extension("asyncwatch.tasks._fastpath", [source], optional=mode != "required")]
+
+
+setup(cmdclass={"build_py": BuildWithAssets}, ext_modules=_extensions())

@@ -186,6 +186,9 @@ def _config() -> int:
         mark = " " if repr(value) == default else "*"
         print(f"{mark} {name:<{width}} = {value!r:<24} {variables}  ({form})")
     print("\n* differs from the default")
+    from .tasks import ACCELERATOR
+
+    print(f"\ntask path: {ACCELERATOR}")
     return 0
 
 

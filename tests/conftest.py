@@ -91,8 +91,13 @@ wait_for = testing.wait_until
 
 
 def python_env(**extra: str) -> dict[str, str]:
-    """An environment for a child Python with no stray ASYNCWATCH_/OTEL_ settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASYNCWATCH_", "OTEL_"))}
+    """An environment for a child Python with no stray ASYNCWATCH_/OTEL_ settings (but the
+    choice of task path: a run on the pure-Python twin runs its children on it too)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ASYNCWATCH_", "OTEL_")) or k == "ASYNCWATCH_NO_EXTENSIONS"
+    }
     env.update(extra)
     return env
 

@@ -4,6 +4,11 @@ The wheel carries the licence and the rules, configs and dashboards (copied in f
 exporters/ and grafana/ at build time: the repository keeps one copy), and ``asyncwatch
 assets DIR`` writes them out. The sdist builds that wheel; it leaves the tests out (they need
 Debian's prometheus, npm packages and the whole checkout: run them from a clone).
+
+The compiled accelerator (``setup.py``): the sdist carries its C source and builds it where
+there is a compiler; where there is none, the sdist still builds a wheel that installs and
+runs on the pure-Python twin. cibuildwheel's configuration selects Linux and macOS wheels for
+CPython 3.11 to 3.13.
 """
 
 from __future__ import annotations
@@ -79,7 +84,10 @@ def test_the_sdist_builds_the_wheel_and_leaves_the_tests_out(dist: Path) -> None
     (sdist,) = dist.glob("asyncwatch-*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
-    for required in ("LICENSE", "setup.py", "pyproject.toml", "README.md", "examples/demo.py"):
+    for required in (
+        "LICENSE", "setup.py", "pyproject.toml", "README.md", "examples/demo.py",
+        "asyncwatch/tasks/_fastpath.c", "asyncwatch/tasks/_purepath.py",
+    ):  # fmt: skip
         assert required in names
     assert {str(p) for p in ASSETS} <= names  # the wheel above was built from this sdist
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
@@ -131,3 +139,76 @@ def test_asyncwatch_assets_from_a_checkout(tmp_path: Path) -> None:
     assert main(["assets", str(tmp_path)]) == 0
     for relative in ASSETS:
         assert (tmp_path / relative).read_bytes() == (ROOT / relative).read_bytes()
+
+
+def test_the_wheel_built_with_a_compiler_carries_the_accelerator(dist: Path) -> None:
+    with zipfile.ZipFile(_wheel(dist)) as wheel:
+        names = wheel.namelist()
+    assert [n for n in names if n.startswith("asyncwatch/tasks/_fastpath.")] == [
+        n for n in names if n.startswith("asyncwatch/tasks/_fastpath.") and n.endswith(".so")
+    ]
+    assert any(n.startswith("asyncwatch/tasks/_fastpath.") for n in names)
+    assert not any(n.endswith(".c") for n in names)  # the source stays in the sdist
+
+
+def test_the_sdist_installs_without_a_compiler(dist: Path, tmp_path: Path) -> None:
+    """No C compiler (``CC=false``): the sdist still builds a wheel, which installs, has no
+    compiled module, and runs on the pure-Python task path."""
+    (sdist,) = dist.glob("asyncwatch-*.tar.gz")
+    out = tmp_path / "wheel"
+    env = python_env(CC="false")
+    env.pop("ASYNCWATCH_BUILD_EXTENSIONS", None)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check",
+         "-w", str(out), str(sdist)],
+        capture_output=True, text=True, env=env, check=False, timeout=600,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    (wheel,) = out.glob("asyncwatch-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert not any("_fastpath" in name for name in archive.namelist())
+    target = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check",
+         "--target", str(target), str(wheel)],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    check = (
+        "import asyncwatch, sys; from asyncwatch.tasks import ACCELERATOR;"
+        "print(asyncwatch.__file__); print(ACCELERATOR)"
+    )
+    env = python_env(PYTHONPATH=str(target))
+    env.pop("ASYNCWATCH_NO_EXTENSIONS", None)
+    ran = subprocess.run(
+        [sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,
+        check=False, timeout=120,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    where, path = ran.stdout.splitlines()
+    assert where.startswith(str(target))  # the wheel just installed, not the checkout
+    assert path == "pure Python (no compiled accelerator)"
+    wheel_check = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "wheel-check")], cwd=tmp_path, env=env,
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert wheel_check.returncode == 1  # what cibuildwheel would refuse
+    assert "not the compiled one" in wheel_check.stderr
+
+
+def test_cibuildwheel_builds_linux_and_macos_wheels_for_311_to_313() -> None:
+    """What ``[tool.cibuildwheel]`` selects (no Docker needed to list it)."""
+    cibw = Path(sys.executable).parent / "cibuildwheel"
+    for platform, tags in (
+        ("linux", {"manylinux_x86_64", "manylinux_aarch64", "musllinux_x86_64",
+                   "musllinux_aarch64"}),
+        ("macos", {"macosx_x86_64", "macosx_arm64"}),
+    ):  # fmt: skip
+        listed = subprocess.run(
+            [str(cibw), "--print-build-identifiers", "--platform", platform, str(ROOT)],
+            cwd=ROOT, capture_output=True, text=True, check=False, timeout=120,
+            env=python_env(),
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        ids = set(listed.stdout.split())
+        assert ids == {f"{py}-{tag}" for py in ("cp311", "cp312", "cp313") for tag in tags}

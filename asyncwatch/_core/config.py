@@ -524,8 +524,15 @@ def settings() -> dict[str, Setting]:
     return dict(_SETTINGS)
 
 
-# Variables read by other modules (the CLI, extensions) that are still asyncwatch's own.
-_OTHER_KNOWN_VARIABLES: set[str] = {"ASYNCWATCH_BOOTSTRAP", "ASYNCWATCH_BOOTSTRAP_WARNED"}
+# Variables read by other modules (the CLI, extensions, the build) that are still asyncwatch's
+# own: ASYNCWATCH_NO_EXTENSIONS=1 makes the task path use its pure-Python twin (tasks/_path.py),
+# ASYNCWATCH_BUILD_EXTENSIONS is setup.py's.
+_OTHER_KNOWN_VARIABLES: set[str] = {
+    "ASYNCWATCH_BOOTSTRAP",
+    "ASYNCWATCH_BOOTSTRAP_WARNED",
+    "ASYNCWATCH_NO_EXTENSIONS",
+    "ASYNCWATCH_BUILD_EXTENSIONS",
+}
 
 
 def _normalise(name: str, value: Any) -> Any:

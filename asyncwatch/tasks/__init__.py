@@ -4,7 +4,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-from ._path import TaskStats
+from ._path import ACCELERATOR, TaskStats
 from ._recorder import Recorder
 
 if TYPE_CHECKING:
@@ -21,7 +21,9 @@ def __getattr__(name: str) -> Any:
         return getattr(_stats, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
+    "ACCELERATOR",
     "CoroutineStats",
     "Percentiles",
     "ProcessStats",

@@ -4,7 +4,12 @@ sampling state that decides which tasks are timed.
 Every task created on an instrumented loop goes this way (``_hook`` installs the factory on the
 loop, ``_recorder`` aggregates what is counted here):
 
-1. ``LoopHook._factory`` finds the coroutine's ``TaskStats`` by its code object (``by_code``);
+The hot path (steps 1, 2 and 5 for an untimed task) is ``HookCore._factory`` and
+``StatsCore.on_done``, which ``LoopHook`` and ``TaskStats`` inherit from one of two twins: the
+compiled ``_fastpath`` (C, built by ``setup.py`` where a compiler is present) or
+``_purepath`` (Python, the fallback, or forced with ``ASYNCWATCH_NO_EXTENSIONS=1``).
+
+1. ``HookCore._factory`` finds the coroutine's ``TaskStats`` by its code object (``by_code``);
    a coroutine seen for the first time is named and given its slot by ``Shard.stats_for``.
 2. An untimed task (``created < next_at``, the common case) is made by the chained factory or
    ``asyncio.Task``; ``created`` and ``peak`` are bumped and ``TaskStats.on_done`` (bound once,
@@ -28,7 +33,7 @@ remembered per coroutine name (``memo``, shared by the recorder's shards), and a
 shortens a stride left long by a burst that has passed (``retune``). Tasks of a coroutine
 that gets spans all take the slow path (``next_at`` stays 0) but are timed at the same rate.
 
-The hot path (``LoopHook._factory`` and ``TaskStats.on_done``) does no allocation, string
+The hot path (``HookCore._factory`` and ``StatsCore.on_done``) does no allocation, string
 work, locking or clock reads for untimed tasks: a dict lookup by code object, a few integer
 bumps and one bound done-callback. Timed tasks also read the clock and schedule one ``mark``
 callback just ahead of the task's first step.
@@ -45,6 +50,7 @@ import asyncio
 import asyncio.tasks as _asyncio_tasks
 import contextvars
 import inspect
+import os
 import random
 import sys
 from collections.abc import Callable
@@ -55,7 +61,29 @@ from .._core.names import TASK_NAME
 
 if TYPE_CHECKING:
     from ._hook import TaskWatcher
+    from ._purepath import HookCore, StatsCore
     from ._recorder import Shard
+
+
+def _cores() -> tuple[type, type, str]:
+    """The compiled twin of the hot path if it is built and not refused, else the Python one."""
+    from . import _purepath
+
+    if os.environ.get("ASYNCWATCH_NO_EXTENSIONS", "") not in ("", "0"):
+        return _purepath.HookCore, _purepath.StatsCore, "pure Python (ASYNCWATCH_NO_EXTENSIONS)"
+    try:
+        from . import _fastpath  # type: ignore[attr-defined]  # built by setup.py when it can
+    except ImportError:
+        return _purepath.HookCore, _purepath.StatsCore, "pure Python (no compiled accelerator)"
+    where = os.path.basename(_fastpath.__file__)
+    return _fastpath.HookCore, _fastpath.StatsCore, f"compiled ({where})"
+
+
+#: Which hot path is in use, "compiled (file)" or "pure Python (why)": ``asyncwatch config``
+#: prints it.
+ACCELERATOR: str
+if not TYPE_CHECKING:
+    HookCore, StatsCore, ACCELERATOR = _cores()
 
 _EAGER_POSSIBLE = sys.version_info >= (3, 12)
 
@@ -63,19 +91,18 @@ TaskFactory = Callable[..., Any]
 FaultSink = Callable[[str, BaseException], object]
 
 
-class LoopHook:
-    """The task factory installed on one loop; chains to ``inner``."""
+class LoopHook(HookCore):
+    """The task factory installed on one loop; chains to ``inner``. The factory itself
+    (``_factory``) and the fields it reads (``by_code``, ``inner``, ``requests``) are
+    ``HookCore``'s, compiled or pure Python."""
 
     __slots__ = (
         "__weakref__",
         "_ctx",
         "active",
         "attached",
-        "by_code",
         "factory",
-        "inner",
         "inner_takes_context",
-        "requests",
         "shard",
         "spans",
         "watcher",
@@ -116,48 +143,6 @@ class LoopHook:
         if inner is not None:
             return inner(loop, coro, **kwargs)
         return _asyncio_tasks.Task(coro, loop=loop, **kwargs)
-
-    def _factory(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        # The hot path: every line here runs for every task in the app (see benchmarks/).
-        try:
-            stats = self.by_code[id(coro.cr_code)]
-        except (AttributeError, KeyError):
-            found = self._lookup(coro)
-            if found is None:
-                return self._create(loop, coro, kwargs)
-            stats = found
-        created = stats.created + 1
-        if created < stats.next_at:
-            # Untimed task, the common case: two counter writes and a bound done-callback.
-            inner = self.inner
-            if inner is not None:
-                task = inner(loop, coro, **kwargs)
-            elif kwargs:
-                task = _asyncio_tasks.Task(coro, loop=loop, **kwargs)
-            else:
-                task = _asyncio_tasks.Task(coro, loop=loop)
-            try:
-                # Re-read, not the count taken above: an eager task (3.12+) runs its first step
-                # inside the call above, and tasks it creates there re-enter this hook and
-                # count themselves first; writing the old figure back would lose them.
-                created = stats.created + 1
-                stats.created = created
-                in_flight = created - stats.done
-                if in_flight > stats.peak:  # noqa: PLR1730 - a compare is cheaper than max()
-                    stats.peak = in_flight
-                requests = self.requests
-                if requests is None:
-                    task.add_done_callback(stats.done_cb)
-                else:  # one ContextVar read, only while an ASGI middleware is active
-                    request = requests.get()
-                    if request is None:
-                        task.add_done_callback(stats.done_cb)
-                    else:  # created while handling a request: counted for it too
-                        task.add_done_callback(request.done_callback(stats))
-            except Exception as exc:
-                self.fault("task_factory", exc)
-            return task
-        return self._slow(stats, created, loop, coro, kwargs)
 
     def _lookup(self, coro: Any) -> TaskStats | None:
         if not self.active:
@@ -289,9 +274,10 @@ class _Timed:
             self.hook.fault("task_done", exc)
 
 
-class TaskStats:
+class TaskStats(StatsCore):
     """Counters and sampling state for one coroutine name on one event loop. Written only by
-    that loop's thread (``retune`` excepted, see there).
+    that loop's thread (``retune`` excepted, see there). The counters the hot path writes and
+    the done-callback (``on_done``) are ``StatsCore``'s, compiled or pure Python.
 
     Only what must be counted per task is: ``created`` (factory), ``done``, ``cancelled`` and
     ``failed`` (done-callback). In flight (created - done) and ok (done - cancelled - failed)
@@ -303,20 +289,13 @@ class TaskStats:
     """
 
     __slots__ = (
-        "cancelled",
-        "created",
         "delay",
-        "done",
-        "done_cb",
         "duration",
         "errors",
-        "failed",
         "fault",
         "key",
         "max_errors",
         "memo",
-        "next_at",
-        "peak",
         "sample_at",
         "span",
         "stride",
@@ -373,24 +352,6 @@ class TaskStats:
     def ok(self) -> int:
         """Tasks that returned normally."""
         return self.done - self.cancelled - self.failed
-
-    def on_done(self, task: asyncio.Task[Any]) -> None:
-        """Done-callback: count the task's outcome without retrieving its exception."""
-        try:
-            self.done += 1
-            if task.cancelled():
-                self.cancelled += 1
-                return
-            # Read the private slot, not .exception(): calling that marks the exception as
-            # retrieved and would silence asyncio's "exception was never retrieved" warning.
-            try:
-                exc = task._exception
-            except AttributeError:  # a Future-like from a custom factory without the slot
-                return
-            if exc is not None:
-                self.error(exc)
-        except Exception as exc:  # never let asyncio report our error as the app's
-            self.fault("task_done", exc)
 
     def error(self, exc: BaseException) -> None:
         """Count one failed task under its exception type (bounded)."""
