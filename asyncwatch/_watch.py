@@ -158,8 +158,7 @@ class Watch:
 
     def _patch_uvloop(self, module: ModuleType) -> None:
         cls = module.Loop
-        if self.tasks.active and cls not in self.tasks._originals:
-            self.tasks._patch_class(cls)  # what TaskWatcher.install does for each loop class
+        self.tasks.patch_loop_class(cls)
         self.advisor.executors.patch_loop_class(cls)
 
     def _patch_starlette(self, module: ModuleType) -> None:

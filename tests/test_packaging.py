@@ -144,10 +144,10 @@ def test_asyncwatch_assets_from_a_checkout(tmp_path: Path) -> None:
 def test_the_wheel_built_with_a_compiler_carries_the_accelerator(dist: Path) -> None:
     with zipfile.ZipFile(_wheel(dist)) as wheel:
         names = wheel.namelist()
-    assert [n for n in names if n.startswith("asyncwatch/tasks/_fastpath.")] == [
-        n for n in names if n.startswith("asyncwatch/tasks/_fastpath.") and n.endswith(".so")
-    ]
-    assert any(n.startswith("asyncwatch/tasks/_fastpath.") for n in names)
+    fastpath = {n for n in names if n.startswith("asyncwatch/tasks/_fastpath.")}
+    assert "asyncwatch/tasks/_fastpath.pyi" in fastpath  # its types
+    (compiled,) = fastpath - {"asyncwatch/tasks/_fastpath.pyi"}
+    assert compiled.endswith(".so")
     assert not any(n.endswith(".c") for n in names)  # the source stays in the sdist
 
 
@@ -166,7 +166,7 @@ def test_the_sdist_installs_without_a_compiler(dist: Path, tmp_path: Path) -> No
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     (wheel,) = out.glob("asyncwatch-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        assert not any("_fastpath" in name for name in archive.namelist())
+        assert not any("_fastpath" in n and not n.endswith(".pyi") for n in archive.namelist())
     target = tmp_path / "site"
     installed = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check",

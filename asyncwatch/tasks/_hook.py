@@ -212,6 +212,12 @@ class TaskWatcher:
                 return self._originals[klass]
         return None
 
+    def patch_loop_class(self, cls: type) -> None:
+        """Patch a loop class imported after ``install`` (uvloop's ``Loop``), as ``install``
+        patches the ones present then; a class already patched, or an inactive hook, is left."""
+        if self.active and cls not in self._originals:
+            self._patch_class(cls)
+
     def _patch_class(self, cls: type) -> None:
         watcher = self
         original_init = cls.__dict__.get("__init__") or getattr(cls, "__init__")  # noqa: B009

@@ -72,7 +72,7 @@ def _cores() -> tuple[type, type, str]:
     if os.environ.get("ASYNCWATCH_NO_EXTENSIONS", "") not in ("", "0"):
         return _purepath.HookCore, _purepath.StatsCore, "pure Python (ASYNCWATCH_NO_EXTENSIONS)"
     try:
-        from . import _fastpath  # type: ignore[attr-defined]  # built by setup.py when it can
+        from . import _fastpath  # built by setup.py when it can (stub: _fastpath.pyi)
     except ImportError:
         return _purepath.HookCore, _purepath.StatsCore, "pure Python (no compiled accelerator)"
     where = os.path.basename(_fastpath.__file__)
