@@ -28,10 +28,11 @@ from opentelemetry.propagators.textmap import Getter
 
 from .._core import names as n
 from .._core.config import Config
-from ._exchange import REQUEST, Exchange, HttpExchange, WsExchange
+from ._exchange import REQUEST, HttpExchange, open_http
 from ._routes import fastapi_native, find_fastapi, find_router
 from ._starlette import wrapping_from_outside
 from ._types import ASGIApp, Message, Receive, Scope, Send
+from ._websocket import WsExchange
 
 if TYPE_CHECKING:
     from contextvars import ContextVar
@@ -89,6 +90,8 @@ def use_installer(installer: Callable[[Config | None], object]) -> None:
     """How a middleware made before ``install()`` installs asyncwatch (``asyncwatch.install``)."""
     global _installer
     _installer = installer
+
+Exchange = HttpExchange | WsExchange
 
 __all__ = ["ASGIApp", "AsyncWatchMiddleware", "Message", "Receive", "Scope", "Send"]
 
@@ -238,9 +241,9 @@ class Observer:
                 method = scope.get("method")
                 if method.__class__ is not str or method not in self.methods:
                     method = n.OVERFLOW
-                ex = HttpExchange(self, scope, receive, send, method)
+                ex = open_http(self, scope, receive, send, method)
                 if fastapi_meters:
-                    ex.meters = False
+                    ex.meters = ex.plain = False
             else:
                 ex = WsExchange(self, scope, receive, send)
         except Exception as exc:
@@ -310,6 +313,8 @@ class Observer:
         )
         ex.span = span
         ex.span_token = context.attach(trace.set_span_in_context(span, parent))
+        if isinstance(ex, HttpExchange):
+            ex.plain = False
 
     def metrics_app(self) -> ASGIApp | None:
         """prometheus_client's ASGI app over asyncwatch's registry (None if there is none)."""
@@ -394,7 +399,7 @@ class AsyncWatchMiddleware:
                     method = scope["method"]
                     if method not in obs.methods:
                         method = n.OVERFLOW
-                    ex = HttpExchange(obs, scope, receive, send, method)
+                    ex = open_http(obs, scope, receive, send, method)
             except Exception:  # an odd scope (unhashable method, no type): the long way
                 ex = None
         if ex is None:  # anything else: set up by Observer.begin, or passed through
@@ -411,6 +416,8 @@ class AsyncWatchMiddleware:
             await self.app(scope, ex.receive, ex.send)
         except BaseException as exc:
             ex.exc = exc
+            if ex.__class__ is HttpExchange:
+                ex.plain = False
             raise
         finally:
             REQUEST.reset(token)
