@@ -97,6 +97,14 @@ def bounded_version(value: Any) -> str | None:
         return None
 
 
+def _kind(message: Message) -> object:
+    """``message["type"]``, or None if it has none."""
+    try:
+        return message["type"]
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
 class BaseExchange:
     """What HTTP requests and WebSocket connections share: task counting, route, span."""
 
@@ -312,7 +320,6 @@ class HttpExchange(BaseExchange):
     async def send(self, message: Message) -> None:
         """The server's send, observed; the request ends when its last part is sent."""
         last = False
-        kind = None
         try:
             kind = message["type"]
             if kind == "http.response.body":
@@ -338,7 +345,7 @@ class HttpExchange(BaseExchange):
             if self.end is None:
                 self.disconnected = True
                 self.plain = False
-                if self.status is None or kind == "http.response.start":
+                if self.status is None or _kind(message) == "http.response.start":
                     self.status_unsent = True
             raise
         if last and self.end is None:
@@ -396,13 +403,14 @@ class HttpExchange(BaseExchange):
                 and "fastapi" not in scope
             ):
                 route = scope.get("route")
-                if route is not None and scope.get("root_path", "") == self.root_path:
+                if route is not None:
                     try:
-                        key = (route.path_format, self.method, status, scope.get("scheme"),
-                               scope.get("http_version"))
-                        slot = shard.by_route.get(key)
-                    except (AttributeError, TypeError):  # not a route object; unhashable
-                        key = None
+                        if scope["root_path"] == self.root_path:
+                            key = (route.path_format, self.method, status, scope["scheme"],
+                                   scope["http_version"])
+                            slot = shard.by_route.get(key)
+                    except (AttributeError, KeyError, TypeError):  # no route object, a key
+                        key = None  # missing or unhashable: the long way
             if slot is None:
                 slot = self.find_slot(shard, scope, status)
                 # (a template that is no str was resolved from the scope: not cached)

@@ -21,6 +21,7 @@ import enum
 import fnmatch
 import os
 import re
+from _thread import get_ident
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeGuard
 
@@ -28,6 +29,7 @@ from opentelemetry.propagators.textmap import Getter
 
 from .._core import names as n
 from .._core.config import Config
+from .._core.measure import clock
 from ._exchange import REQUEST, HttpExchange, open_http
 from ._routes import fastapi_native, find_fastapi, find_router
 from ._starlette import wrapping_from_outside
@@ -399,7 +401,27 @@ class AsyncWatchMiddleware:
                     method = scope["method"]
                     if method not in obs.methods:
                         method = n.OVERFLOW
-                    ex = open_http(obs, scope, receive, send, method)
+                    # open_http inlined (a call is some 500 instructions here): the same
+                    # fields (tests/test_asgi_layers.py compares them), and a KeyError for a
+                    # scope without root_path takes the long way
+                    ex = HttpExchange()
+                    ex.obs = obs
+                    ex.scope = scope
+                    ex._receive = receive
+                    ex._send = send
+                    ex.method = method
+                    stats = obs.stats
+                    shard = stats._by_thread.get(get_ident())
+                    if shard is None:
+                        shard = stats.shard
+                    ex.shard = shard
+                    ex.root_path = scope["root_path"]
+                    ex.status = ex.end = None
+                    ex.recorded = False
+                    ex.plain = True
+                    ex.tasks = ex.req_bytes = ex.resp_bytes = 0
+                    shard.live.add(ex)
+                    ex.started = clock()
             except Exception:  # an odd scope (unhashable method, no type): the long way
                 ex = None
         if ex is None:  # anything else: set up by Observer.begin, or passed through
