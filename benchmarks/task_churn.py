@@ -130,13 +130,13 @@ def configurations(
     requests.telemetry.start()
 
     def in_request(loop: asyncio.AbstractEventLoop) -> Any:
-        from asyncwatch.asgi._exchange import REQUEST, HttpExchange
+        from asyncwatch.asgi._exchange import REQUEST, open_http
         from asyncwatch.asgi._middleware import Observer
 
         requests.tasks.track_requests(REQUEST)
         requests.tasks.instrument(loop)
         observer = Observer(requests, requests.config)
-        request = HttpExchange(observer, {"type": "http"}, None, None, "GET")
+        request = open_http(observer, {"type": "http"}, None, None, "GET")
         return REQUEST.set(request)  # the workload's task inherits it, as a handler's would
 
     def asgi_idle(loop: asyncio.AbstractEventLoop) -> Any:

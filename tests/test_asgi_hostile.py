@@ -299,3 +299,30 @@ def test_fuzzed_scopes_through_starlette_routing_end_as_without_asyncwatch() -> 
         finally:
             runner.close()
         assert obs.watch.faults.counts == {}
+
+
+def test_the_inline_set_up_makes_the_same_exchange_as_the_long_way() -> None:
+    """The middleware's inline set-up of a plain request (open_http copied into __call__
+    for speed) sets the same fields as ``open_http``, which the other requests take."""
+    from asyncwatch.asgi._exchange import REQUEST, HttpExchange, open_http
+
+    with observing(http_spans=False):
+        fields: list[set[str]] = []
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            request = REQUEST.get()
+            assert request.__class__ is HttpExchange
+            fields.append(set(vars(request)))
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        middleware = asyncwatch.AsyncWatchMiddleware(app)
+        scope = {"type": "http", "method": "GET", "path": "/", "root_path": "",
+                 "scheme": "http", "http_version": "1.1", "headers": []}
+        for _ in range(2):  # the first binds the middleware to the Watch (the long way)
+            error, sent = asyncio.run(drive(middleware, dict(scope), [], False))
+            assert error is None and len(sent) == 2
+        assert middleware._fast is not None  # so the second took the inline path
+        made = open_http(middleware._fast, dict(scope), None, None, "GET")  # type: ignore[arg-type]
+        made.shard.live.discard(made)
+        assert fields == [set(vars(made))] * 2

@@ -1,4 +1,5 @@
-"""Per-request state of the ASGI middleware: one ``HttpExchange`` or ``WsExchange`` each.
+"""Per-request state of the ASGI middleware: one ``HttpExchange`` each (a WebSocket
+connection's ``WsExchange`` is in ``_websocket``; ``BaseExchange`` is what they share).
 
 An exchange wraps the server's ``receive``/``send`` (passing every message through as the
 same object), notes what it needs with a few attribute writes, and records into the
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     TaskCallback = Callable[[asyncio.Task[Any]], None]
 
 # The exchange of the request being handled (HttpExchange or WsExchange), for the task hook.
-REQUEST: ContextVar[_Exchange | None] = ContextVar("asyncwatch.request", default=None)
+REQUEST: ContextVar[BaseExchange | None] = ContextVar("asyncwatch.request", default=None)
 
 
 def _route_in(ctx: contextvars.Context) -> str | None:
@@ -96,11 +97,19 @@ def bounded_version(value: Any) -> str | None:
         return None
 
 
-class _Exchange:
+def _kind(message: Message) -> object:
+    """``message["type"]``, or None if it has none."""
+    try:
+        return message["type"]
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+class BaseExchange:
     """What HTTP requests and WebSocket connections share: task counting, route, span."""
 
     # Defaults live on the class, so an exchange only writes what differs. Only immutable
-    # values here. (HttpExchange sets the fields every request reads in its __init__.)
+    # values here. (``open_http`` sets the fields every request reads.)
     proto = "http"
     default_scheme = "http"
     method: str | None = None
@@ -123,18 +132,9 @@ class _Exchange:
     _receive: Receive
     _send: Send
 
-    def __init__(self, obs: Observer, scope: Scope, receive: Receive, send: Send) -> None:
-        self.obs = obs
-        self.scope = scope
-        self._receive = receive
-        self._send = send
-        self.root_path = scope.get("root_path", "")
-        scheme = scope.get("scheme")
-        if scheme.__class__ is str and len(scheme) < 16:
-            self.scheme = scheme
-        else:
-            self.scheme = self.default_scheme
-        self.started = clock()
+    obs: Observer
+    root_path: Any
+    started: float
 
     @property
     def router(self) -> Any:
@@ -269,52 +269,27 @@ class _Exchange:
             self.obs.fault("asgi_span", exc)
 
 
-class HttpExchange(_Exchange):
+class HttpExchange(BaseExchange):
     """One HTTP request; see the module docstring."""
 
-    # Set by __init__ for every request (see there).
+    # Set by open_http for every request (see there).
+    shard: HttpShard
     method: str
     status: int | None
-    trailers: bool
     req_bytes: int
     resp_bytes: int
     end: float | None
     recorded: bool
-    background: bool
-    meters: bool  # False when FastAPI's own telemetry records the HTTP metrics
+    # False once anything unusual happened to the request (one of the fields below set, or
+    # ``exc``, ``disconnected``, ``span``, ``span_token``): the common request reads this one
+    # field instead of each of them, and none of them is written for it.
+    plain: bool
+    trailers = False
+    background = False
+    meters = True  # False when FastAPI's own telemetry records the HTTP metrics
     slot: RequestSlot | None = None
     # The client left before the status line was sent (set and read only on that rare path).
     status_unsent = False
-
-    def __init__(
-        self,
-        obs: Observer,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        method: str,
-    ) -> None:
-        # _Exchange.__init__ cut to what every request needs: this runs for every request.
-        # The scheme and protocol version are read when the request is recorded.
-        self.obs = obs
-        self.scope = scope
-        self._receive = receive
-        self._send = send
-        self.method = method
-        stats = obs.stats
-        shard = stats._by_thread.get(get_ident())  # HttpStats.shard inlined (hot path)
-        if shard is None:
-            shard = stats.shard
-        self.shard = shard
-        self.root_path = scope.get("root_path", "")
-        # Read by every request: set here, where the store is cheap and makes later reads
-        # cheap too (a read that falls through to the class default is a slow lookup).
-        self.status = self.end = self.exc = self.span = self.span_token = None
-        self.trailers = self.recorded = self.background = self.disconnected = False
-        self.meters = True
-        self.tasks = self.req_bytes = self.resp_bytes = 0
-        shard.live.add(self)
-        self.started = clock()
 
     def scheme_now(self) -> str:
         """The bounded ``url.scheme`` of this request."""
@@ -335,6 +310,7 @@ class HttpExchange(_Exchange):
                 self.req_bytes += len(message.get("body", b""))
             elif kind == "http.disconnect" and self.end is None:
                 self.disconnected = True
+                self.plain = False
                 if self.status is None:
                     self.status_unsent = True
         except (KeyError, TypeError, AttributeError):
@@ -344,19 +320,19 @@ class HttpExchange(_Exchange):
     async def send(self, message: Message) -> None:
         """The server's send, observed; the request ends when its last part is sent."""
         last = False
-        kind = None
         try:
             kind = message["type"]
             if kind == "http.response.body":
                 body = message.get("body")
                 if body:
                     self.resp_bytes += len(body)
-                last = not message.get("more_body") and not self.trailers
+                last = not message.get("more_body") and (self.plain or not self.trailers)
             elif kind == "http.response.start":
                 status = message["status"]
                 self.status = status if status.__class__ is int else None
                 if message.get("trailers"):
                     self.trailers = True
+                    self.plain = False
             elif kind == "http.response.trailers":
                 last = not message.get("more_trailers")
             elif kind == "http.response.pathsend":
@@ -368,7 +344,8 @@ class HttpExchange(_Exchange):
         except OSError:
             if self.end is None:
                 self.disconnected = True
-                if self.status is None or kind == "http.response.start":
+                self.plain = False
+                if self.status is None or _kind(message) == "http.response.start":
                     self.status_unsent = True
             raise
         if last and self.end is None:
@@ -390,7 +367,7 @@ class HttpExchange(_Exchange):
                 if end is None:
                     self.end = end = clock()
                 self.record(end)
-            elif self.background or self.exc is not None:
+            elif not self.plain and (self.background or self.exc is not None):
                 self.record_background()
             slot = self.slot
             tasks = self.tasks
@@ -404,7 +381,7 @@ class HttpExchange(_Exchange):
                 slot.zero_tasks += 1
         except Exception as exc:
             self.obs.fault("asgi_request", exc)
-        if self.span_token is not None:
+        if not self.plain and self.span_token is not None:
             self.detach_span()
 
     def record(self, end: float) -> None:
@@ -414,53 +391,81 @@ class HttpExchange(_Exchange):
             shard = self.shard
             shard.live.discard(self)
             scope = self.scope
-            # The route: Starlette's matched route when no mount was crossed and no FastAPI
-            # included router (0.137+) holds the prefixes (the common case, inline here),
-            # else found by _routes.
-            template = None
-            route = scope.get("route")
+            status = self.status
+            slot = key = None
+            # The common request (it succeeded, and Starlette's matched route names it: no
+            # mount crossed, no FastAPI included router holding prefixes) finds its figures
+            # by the route's template, scheme and version as the server gave them.
             if (
-                route is not None
-                and scope.get("root_path", "") == self.root_path
+                status is not None
+                and status < 500
+                and (self.plain or (self.exc is None and not self.disconnected))
                 and "fastapi" not in scope
             ):
-                template = getattr(route, "path_format", None)
-            stats = self.obs.stats
-            if template.__class__ is not str:
-                template = _routes.template(scope, self.root_path, self.router)
-                if template is not None:
-                    template = stats.route(template)
-            elif template not in stats.routes:
-                template = stats.route(template)
-            self.route = template
-            status = self.status
-            if status is not None and status < 500 and self.exc is None and not self.disconnected:
-                error = None  # the common case
-            else:
-                status, error = self.failure(stats, template, status)
-            # Scheme and version as the server gave them: a key with anything else (not a
-            # known scheme or version) is not found and takes the bounded path below.
-            key: Any = (self.method, template, status, scope.get("scheme"),
-                         scope.get("http_version"), error)
-            try:
-                slot = shard.requests.get(key)
-            except TypeError:  # an unhashable value in a hostile scope
-                slot = None
+                route = scope.get("route")
+                if route is not None:
+                    try:
+                        if scope["root_path"] == self.root_path:
+                            key = (route.path_format, self.method, status, scope["scheme"],
+                                   scope["http_version"])
+                            slot = shard.by_route.get(key)
+                    except (AttributeError, KeyError, TypeError):  # no route object, a key
+                        key = None  # missing or unhashable: the long way
             if slot is None:
-                slot = shard.request(self.bounded_key(key))
+                slot = self.find_slot(shard, scope, status)
+                # (a template that is no str was resolved from the scope: not cached)
+                if key is not None and key[0].__class__ is str and slot.error is None:
+                    shard.remember(key, slot)
             self.slot = slot
-            if self.meters:
+            self.route = slot.route
+            if self.plain or self.meters:
                 slot.durations.append(end - self.started)
             slot.request_sizes.append(self.req_bytes)
             sizes = slot.response_sizes
             sizes.append(self.resp_bytes)
             if len(sizes) >= FOLD_AT:
                 shard.fold(slot)
-            if self.span is not None:
+            if not self.plain and self.span is not None:
                 end_ns = time.time_ns() - int((clock() - end) * 1e9)
-                self.end_span(error, status, error is not None and not self.disconnected, end_ns)
+                error = slot.error
+                self.end_span(error, slot.status, error is not None and not self.disconnected,
+                              end_ns)
         except Exception as exc:
             self.obs.fault("asgi_request", exc)
+
+    def find_slot(self, shard: HttpShard, scope: Scope, status: int | None) -> RequestSlot:
+        """The figures this request goes to, the long way: its route template (Starlette's
+        matched route, else found by ``_routes``) and its error, if any."""
+        template = None
+        route = scope.get("route")
+        if (
+            route is not None
+            and scope.get("root_path", "") == self.root_path
+            and "fastapi" not in scope
+        ):
+            template = getattr(route, "path_format", None)
+        stats = self.obs.stats
+        if template.__class__ is not str:
+            template = _routes.template(scope, self.root_path, self.router)
+            if template is not None:
+                template = stats.route(template)
+        elif template not in stats.routes:
+            template = stats.route(template)
+        if status is not None and status < 500 and self.exc is None and not self.disconnected:
+            error = None
+        else:
+            status, error = self.failure(stats, template, status)
+        # Scheme and version as the server gave them: a key with anything else (not a
+        # known scheme or version) is not found and takes the bounded path below.
+        key: Any = (self.method, template, status, scope.get("scheme"),
+                    scope.get("http_version"), error)
+        try:
+            slot = shard.requests.get(key)
+        except TypeError:  # an unhashable value in a hostile scope
+            slot = None
+        if slot is None:
+            slot = shard.request(self.bounded_key(key))
+        return slot
 
     @staticmethod
     def bounded_key(key: tuple[Any, ...]) -> RequestKey:
@@ -508,72 +513,34 @@ class HttpExchange(_Exchange):
         hist.add(clock() - self.end)
 
 
-class WsExchange(_Exchange):
-    """One WebSocket connection: duration, messages each way, never changed."""
+def open_http(
+    obs: Observer, scope: Scope, receive: Receive, send: Send, method: str
+) -> HttpExchange:
+    """The exchange of one HTTP request (``method`` already bounded), counted in flight.
 
-    proto = "websocket"
-    default_scheme = "ws"
-    received = 0
-    sent = 0
-
-    def __init__(self, obs: Observer, scope: Scope, receive: Receive, send: Send) -> None:
-        _Exchange.__init__(self, obs, scope, receive, send)
-        active = obs.stats.shard.ws_active
-        active[self.scheme] = active.get(self.scheme, 0) + 1
-
-    async def receive(self) -> Message:
-        """The server's receive, observed."""
-        message = await self._receive()
-        try:
-            kind = message["type"]
-            if kind == "websocket.receive":
-                self.received += 1
-            elif kind == "websocket.disconnect":
-                self.disconnected = True
-        except (KeyError, TypeError, AttributeError):
-            pass
-        return message
-
-    async def send(self, message: Message) -> None:
-        """The server's send, observed."""
-        try:
-            if message["type"] == "websocket.send":
-                self.sent += 1
-        except (KeyError, TypeError, AttributeError):
-            pass
-        try:
-            await self._send(message)
-        except OSError:
-            self.disconnected = True
-            raise
-
-    def finish(self) -> None:
-        """The app returned or raised."""
-        try:
-            stats = self.obs.stats
-            shard = stats.shard
-            self.route = route = self.resolve_route()
-            error = None
-            if self.exc is not None and not self.disconnected:
-                error = stats.exception_type(self.exc)
-            key = (route, self.scheme, error)
-            hist = shard.ws.get(key)
-            if hist is None:
-                hist = shard.ws[key] = BoundHist(n.WEBSOCKET_DURATION_BOUNDS)
-            hist.add(clock() - self.started)
-            shard.ws_active[self.scheme] = shard.ws_active.get(self.scheme, 0) - 1
-            messages = shard.ws_messages
-            for direction, count in (("received", self.received), ("sent", self.sent)):
-                if count:
-                    messages[(route, direction)] = messages.get((route, direction), 0) + count
-            self.end_span(error, None, error is not None, time.time_ns())
-            self.close_tasks(shard)
-        except Exception as exc:
-            self.obs.fault("asgi_websocket", exc)
-        finally:
-            self.release()
-            if self.span_token is not None:
-                self.detach_span()
-
-
-Exchange = HttpExchange | WsExchange
+    A function rather than ``HttpExchange.__init__``: a class whose ``__init__`` is Python
+    code is called through C (some 800 instructions more per request on 3.11), a function
+    called from the middleware's coroutine is not. Every field a request reads is set here,
+    where the store is cheap and makes later reads cheap too (a read that falls through to
+    a class default is a slow lookup). The scheme and protocol version are read when the
+    request is recorded.
+    """
+    self = HttpExchange()
+    self.obs = obs
+    self.scope = scope
+    self._receive = receive
+    self._send = send
+    self.method = method
+    stats = obs.stats
+    shard = stats._by_thread.get(get_ident())  # HttpStats.shard inlined (hot path)
+    if shard is None:
+        shard = stats.shard
+    self.shard = shard
+    self.root_path = scope.get("root_path", "")
+    self.status = self.end = None
+    self.recorded = False
+    self.plain = True
+    self.tasks = self.req_bytes = self.resp_bytes = 0
+    shard.live.add(self)
+    self.started = clock()
+    return self

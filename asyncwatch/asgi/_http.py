@@ -142,15 +142,21 @@ class RequestSlot:
     __slots__ = (
         "duration",
         "durations",
+        "error",
         "request_size",
         "request_sizes",
         "response_size",
         "response_sizes",
+        "route",
+        "status",
         "tasks",
         "zero_tasks",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, key: RequestKey | None = None) -> None:
+        # what the request path needs of the key: http.route, the status and error.type
+        self.route, self.status, self.error = (None, None, None) if key is None else (
+            key[1], key[2], key[5])
         self.duration = BoundHist(n.HTTP_DURATION_BOUNDS)
         self.request_size = BoundHist(n.BODY_SIZE_BOUNDS)
         self.response_size = BoundHist(n.BODY_SIZE_BOUNDS)
@@ -182,6 +188,7 @@ class RequestSlot:
 
 
 FOLD_AT = 256  # observations listed per slot before the request path folds them itself
+MAX_SHORTCUTS = 512  # HttpShard.by_route entries (past that, requests take the long way)
 
 
 class HttpShard:
@@ -190,6 +197,7 @@ class HttpShard:
     __slots__ = (
         "active_seen",
         "background",
+        "by_route",
         "disconnects",
         "live",
         "lock",
@@ -203,6 +211,9 @@ class HttpShard:
 
     def __init__(self) -> None:
         self.requests: dict[RequestKey, RequestSlot] = {}
+        # (template, method, status, scheme, version) of requests that succeeded, as the server
+        # and Starlette's route gave them -> their slot (see HttpExchange.record)
+        self.by_route: dict[tuple[Any, ...], RequestSlot] = {}
         # Requests whose response is not complete yet: the active-requests gauge (counted
         # when read, so the request path only adds and discards) and the console's in-flight.
         self.live: set[HttpExchange] = set()
@@ -222,9 +233,15 @@ class HttpShard:
         """The slot for ``key`` (made on first use)."""
         slot = self.requests.get(key)
         if slot is None:
-            slot = self.requests[key] = RequestSlot()
+            slot = self.requests[key] = RequestSlot(key)
             self.active_seen.add((key[0], key[3]))
         return slot
+
+    def remember(self, key: tuple[Any, ...], slot: RequestSlot) -> None:
+        """Find ``slot`` by ``key`` (route template, method, status, scheme and version as the
+        server gave them) from now on: the request path's shortcut, bounded."""
+        if len(self.by_route) < MAX_SHORTCUTS:
+            self.by_route[key] = slot
 
     def fold(self, slot: RequestSlot | None = None) -> None:
         """Fold ``slot``'s listed observations (every slot's if None) into its histograms."""

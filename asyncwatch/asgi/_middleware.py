@@ -21,6 +21,7 @@ import enum
 import fnmatch
 import os
 import re
+from _thread import get_ident
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeGuard
 
@@ -28,10 +29,12 @@ from opentelemetry.propagators.textmap import Getter
 
 from .._core import names as n
 from .._core.config import Config
-from ._exchange import REQUEST, Exchange, HttpExchange, WsExchange
+from .._core.measure import clock
+from ._exchange import REQUEST, HttpExchange, open_http
 from ._routes import fastapi_native, find_fastapi, find_router
 from ._starlette import wrapping_from_outside
 from ._types import ASGIApp, Message, Receive, Scope, Send
+from ._websocket import WsExchange
 
 if TYPE_CHECKING:
     from contextvars import ContextVar
@@ -89,6 +92,8 @@ def use_installer(installer: Callable[[Config | None], object]) -> None:
     """How a middleware made before ``install()`` installs asyncwatch (``asyncwatch.install``)."""
     global _installer
     _installer = installer
+
+Exchange = HttpExchange | WsExchange
 
 __all__ = ["ASGIApp", "AsyncWatchMiddleware", "Message", "Receive", "Scope", "Send"]
 
@@ -238,9 +243,9 @@ class Observer:
                 method = scope.get("method")
                 if method.__class__ is not str or method not in self.methods:
                     method = n.OVERFLOW
-                ex = HttpExchange(self, scope, receive, send, method)
+                ex = open_http(self, scope, receive, send, method)
                 if fastapi_meters:
-                    ex.meters = False
+                    ex.meters = ex.plain = False
             else:
                 ex = WsExchange(self, scope, receive, send)
         except Exception as exc:
@@ -310,6 +315,8 @@ class Observer:
         )
         ex.span = span
         ex.span_token = context.attach(trace.set_span_in_context(span, parent))
+        if isinstance(ex, HttpExchange):
+            ex.plain = False
 
     def metrics_app(self) -> ASGIApp | None:
         """prometheus_client's ASGI app over asyncwatch's registry (None if there is none)."""
@@ -394,7 +401,27 @@ class AsyncWatchMiddleware:
                     method = scope["method"]
                     if method not in obs.methods:
                         method = n.OVERFLOW
-                    ex = HttpExchange(obs, scope, receive, send, method)
+                    # open_http inlined (a call is some 500 instructions here): the same
+                    # fields (tests/test_asgi_layers.py compares them), and a KeyError for a
+                    # scope without root_path takes the long way
+                    ex = HttpExchange()
+                    ex.obs = obs
+                    ex.scope = scope
+                    ex._receive = receive
+                    ex._send = send
+                    ex.method = method
+                    stats = obs.stats
+                    shard = stats._by_thread.get(get_ident())
+                    if shard is None:
+                        shard = stats.shard
+                    ex.shard = shard
+                    ex.root_path = scope["root_path"]
+                    ex.status = ex.end = None
+                    ex.recorded = False
+                    ex.plain = True
+                    ex.tasks = ex.req_bytes = ex.resp_bytes = 0
+                    shard.live.add(ex)
+                    ex.started = clock()
             except Exception:  # an odd scope (unhashable method, no type): the long way
                 ex = None
         if ex is None:  # anything else: set up by Observer.begin, or passed through
@@ -411,6 +438,8 @@ class AsyncWatchMiddleware:
             await self.app(scope, ex.receive, ex.send)
         except BaseException as exc:
             ex.exc = exc
+            if ex.__class__ is HttpExchange:
+                ex.plain = False
             raise
         finally:
             REQUEST.reset(token)

@@ -203,6 +203,7 @@ class StarlettePatches:
             request = REQUEST.get()
             if request is not None and request.__class__ is HttpExchange:
                 request.background = True
+                request.plain = False
             return await original(task, *args, **kwargs)
 
         __call__._asyncwatch = True  # type: ignore[attr-defined]

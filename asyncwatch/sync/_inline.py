@@ -33,14 +33,17 @@ def __init__(self{params}):
         try:
             frame = getframe(1)
             code = frame.f_code
-            if code.co_filename in app_files:
-                where = (code, frame.f_lasti)
+            if code.co_filename in app_files and not tracker.on_created:
+                self._asyncwatch_state = (tracker, {name}, code, frame.f_lasti)
             else:
-                where = caller(frame)
-            if tracker.on_created:
-                tracker.made(self, {name}, where)
-            else:
-                self._asyncwatch_state = (tracker, {name}, where)
+                if code.co_filename in app_files:
+                    where = (code, frame.f_lasti)
+                else:
+                    where = caller(frame)
+                if tracker.on_created:
+                    tracker.made(self, {name}, where)
+                else:
+                    self._asyncwatch_state = (tracker, {name}, where)
         except Exception as exc:
             tracker.fault(exc)
 """

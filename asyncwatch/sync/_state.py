@@ -121,8 +121,9 @@ class PrimitiveObserver:
 def state_of(obj: Any) -> PrimitiveState | None:
     """The state asyncwatch keeps for ``obj``, if any (any tracker, current or not).
 
-    Creation stores only ``(tracker, kind, site)``; it becomes a ``PrimitiveState`` here, or
-    on the first acquire.
+    Creation stores only ``(tracker, kind, site)`` (``(tracker, kind, code, offset)`` when
+    the app's own code made it: one tuple fewer per object); it becomes a ``PrimitiveState``
+    here, or on the first acquire.
     """
     try:
         state = vars(obj).get(STATE_ATTR)
@@ -130,9 +131,15 @@ def state_of(obj: Any) -> PrimitiveState | None:
         return None
     if state is None or type(state) is PrimitiveState:
         return state
-    if type(state) is tuple and len(state) == 3:
-        tracker, kind, where = state
-        state = PrimitiveState(tracker, kind, where)
+    if type(state) is tuple:
+        if len(state) == 4:  # made by the app's own code: (tracker, kind, code, offset)
+            tracker, kind, code, offset = state
+            state = PrimitiveState(tracker, kind, (code, offset))
+        elif len(state) == 3:  # (tracker, kind, where)
+            tracker, kind, where = state
+            state = PrimitiveState(tracker, kind, where)
+        else:
+            return None
         setattr(obj, STATE_ATTR, state)
         return state
     return None
