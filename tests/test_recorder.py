@@ -8,6 +8,7 @@ import pytest
 
 from asyncwatch._core.measure import FINE_BOUNDS, Histogram
 from asyncwatch._core.names import OVERFLOW, TIMING_BOUNDS
+from asyncwatch.tasks import _path
 from asyncwatch.tasks._path import TaskStats
 from asyncwatch.tasks._recorder import Recorder
 
@@ -70,6 +71,22 @@ def test_stride_adapts_to_the_rate() -> None:
     assert 400 <= stats.stride <= 600
     assert 100 <= timed_in_second_two <= 400
     assert stats.weight >= 1
+
+
+def test_a_first_burst_is_not_timed_task_by_task() -> None:
+    """A fresh coroutine's burst (10,000 tasks in 0.1 s: a new loop, a short program) adapts
+    the stride after _WINDOW_N tasks instead of timing every task for a whole window."""
+    stats = TaskStats("burst", 200.0, 5, 0.0)
+    now = stats.win_t
+    timed = 0
+    for created in range(1, 10_001):
+        now += 1e-5
+        if created >= stats.sample_at:
+            timed += 1
+            stats.schedule_sample(now, created)
+    assert timed < 2 * _path._WINDOW_N  # the old rule timed all 10,000 (0.1 s < _WINDOW_S)
+    assert stats.stride > 100  # 100,000 tasks/s against 200/s
+    assert stats.memo["burst"] == stats.stride  # the next loop starts from it
 
 
 def test_key_cap_folds_extra_names_into_other() -> None:

@@ -28,9 +28,10 @@ compiled ``_fastpath`` (C, built by ``setup.py`` where a compiler is present) or
 Sampling: every task is counted (created, in flight, outcome), but only about ``timed_per_s``
 tasks per second per coroutine are timed (schedule delay and run duration), each sample
 weighted by the number of tasks it stands for (``weight``). The stride adapts to the rate
-every ``_WINDOW_S`` and is jittered so periodic workloads cannot alias with it; strides are
-remembered per coroutine name (``memo``, shared by the recorder's shards), and a reader
-shortens a stride left long by a burst that has passed (``retune``). Tasks of a coroutine
+every ``_WINDOW_S`` or ``_WINDOW_N`` tasks, whichever comes first, and is jittered so periodic
+workloads cannot alias with it; strides are remembered per coroutine name (``memo``, shared
+by the recorder's shards), and a reader shortens a stride left long by a burst that has
+passed (``retune``). Tasks of a coroutine
 that gets spans all take the slow path (``next_at`` stays 0) but are timed at the same rate.
 
 The hot path (``HookCore._factory`` and ``StatsCore.on_done``) does no allocation, string
@@ -368,7 +369,10 @@ class TaskStats(StatsCore):
     def schedule_sample(self, now: float, created: int) -> None:
         """After a timed task: pick when the next one is (adaptive stride, jittered)."""
         elapsed = now - self.win_t
-        if elapsed >= _WINDOW_S:
+        # A window ends after _WINDOW_S, or early once a burst has made _WINDOW_N tasks:
+        # otherwise a coroutine's first burst (a fresh loop, a short program) would be timed
+        # task by task for a quarter of a second.
+        if elapsed >= _WINDOW_S or (created - self.win_n >= _WINDOW_N and elapsed > 0.0):
             rate = (created - self.win_n) / elapsed
             self.stride = max(1.0, rate / self.target)
             self.win_t, self.win_n = now, created
@@ -398,6 +402,7 @@ class TaskStats(StatsCore):
 
 
 _WINDOW_S = 0.25  # how often the sampling stride adapts to a coroutine's task rate
+_WINDOW_N = 256  # ... or sooner, after this many tasks (a burst: over 1,000 tasks a second)
 
 
 def _no_sink(hook: str, exc: BaseException) -> None:
