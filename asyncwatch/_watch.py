@@ -23,7 +23,6 @@ from ._core.findings import FindingsLog
 from ._core.imports import PostImportHook, when_imported
 from ._core.points import Point
 from .advisor import Advisor
-from .asgi._http import HttpStats
 from .deadlock import DeadlockDetector
 from .loopwatch import LoopWatch
 from .otel import DropCounter, MetricsBridge, ProcessSampler, Telemetry
@@ -35,6 +34,7 @@ from .tasks._recorder import Recorder
 if TYPE_CHECKING:  # imported where used: stats() is not needed to start
     from types import ModuleType
 
+    from .asgi._http import HttpStats
     from .profiler._profiling import ProfileSession
     from .tasks._stats import ProcessStats, Stats
 
@@ -67,10 +67,11 @@ class Watch:
         self.bridge.add_source("tasks", task_points(self.recorder))
         self.bridge.add_source("process", self.process.points)
         self.bridge.add_source("internal", self._internal_points, last=True)
-        self.http = HttpStats(
-            max_routes=config.http_max_routes, max_error_types=config.max_error_types
-        )
-        self.bridge.add_source("http", self.http.points)
+        # The ASGI middleware's figures: made (and the module imported) when a middleware
+        # first binds to this Watch, so an app that serves no HTTP never loads them.
+        self._http: HttpStats | None = None
+        self._http_lock = threading.Lock()
+        self.bridge.add_source("http", self._http_points)
         self._asgi_patches: Any = None
         self._import_hook: PostImportHook | None = None
         self.loops = LoopWatch(config, self.findings, self.faults)
@@ -226,7 +227,8 @@ class Watch:
         self.drops.after_fork()
         self.bridge.after_fork()
         self.recorder.after_fork()
-        self.http.after_fork()
+        if self._http is not None:
+            self._http.after_fork()
         self.deadlocks.reset()
         self.advisor.after_fork()
         self.findings.clear()
@@ -272,11 +274,32 @@ class Watch:
 
         return ProfileSession(seconds=seconds, top=top).start()
 
+    @property
+    def http(self) -> HttpStats:
+        """The ASGI middleware's figures (made at first use)."""
+        http = self._http
+        if http is None:
+            from .asgi._http import HttpStats
+
+            with self._http_lock:
+                http = self._http
+                if http is None:
+                    http = self._http = HttpStats(
+                        max_routes=self.config.http_max_routes,
+                        max_error_types=self.config.max_error_types,
+                    )
+        return http
+
+    def _http_points(self) -> Iterable[Point]:
+        http = self._http
+        return () if http is None else http.points()
+
     def http_routes(self) -> list[dict[str, Any]]:
         """Per (method, route) figures of the ASGI middleware: ``route``, ``method``,
         ``requests``, ``errors``, ``in_flight``, ``p50``/``p95``/``p99`` (seconds or None).
         Empty until a request went through ``AsyncWatchMiddleware``."""
-        return self.http.route_table()
+        http = self._http
+        return [] if http is None else http.route_table()
 
     def _process_stats(self) -> ProcessStats:
         from .tasks._stats import ProcessStats

@@ -98,6 +98,40 @@ def test_default_install_loads_the_sdk_only_at_the_first_scrape() -> None:
     assert 'asyncwatch_task_created_total{code_function_name="__main__.work"} 5.0' in out["page"]
 
 
+def test_default_install_loads_only_the_parts_it_runs() -> None:
+    """An install() in a program that serves no HTTP loads no HTTP figures (made when a
+    middleware first binds), no asyncio module the app did not load (the deadlock detector
+    knows asyncio's I/O files by path) and one twin of the task path, the one in use."""
+    code = textwrap.dedent(
+        """
+        import asyncio, json, sys
+        import asyncwatch
+        from asyncwatch.tasks import ACCELERATOR
+        watch = asyncwatch.install(prometheus_port=0)
+        async def work(i):
+            await asyncio.sleep(0)
+        async def main():
+            await asyncio.gather(*(work(i) for i in range(5)))
+        asyncio.run(main())
+        loaded = sorted(m for m in sys.modules if m.startswith(("asyncwatch", "asyncio")))
+        routes = watch.http_routes()
+        asyncwatch.uninstall()
+        print(json.dumps({"loaded": loaded, "path": ACCELERATOR, "routes": routes}))
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    loaded = set(out["loaded"])
+    assert "asyncwatch.asgi._http" not in loaded
+    assert "asyncio.proactor_events" not in loaded and "asyncio.windows_events" not in loaded
+    twins = {"asyncwatch.tasks._fastpath", "asyncwatch.tasks._purepath"} & loaded
+    expected = "asyncwatch.tasks._fastpath" if out["path"].startswith("compiled") else (
+        "asyncwatch.tasks._purepath")
+    assert twins == {expected}, (twins, out["path"])
+    assert out["routes"] == []
+
+
 def test_metrics_server_stops_without_waiting_for_a_poll_interval() -> None:
     """uninstall() with the endpoint serving returns at once: the server's loop sleeps on its
     socket and a wake-up pipe, not on a poll interval (here made an hour for socketserver's

@@ -26,7 +26,8 @@ import asyncio.taskgroups
 import asyncio.tasks
 import asyncio.timeouts
 import gc
-import importlib
+import os
+import sys
 import types
 from collections.abc import Iterable
 from typing import Any
@@ -90,13 +91,15 @@ def _io_files() -> frozenset[str]:
         "base_events", "selector_events", "proactor_events", "streams", "base_subprocess",
         "subprocess", "unix_events", "windows_events", "sslproto", "transports", "staggered",
     )
+    # By path, not by importing them: a module the app never loads (the Windows ones on
+    # Linux, the proactor) costs no memory here, and a wait in it cannot happen anyway.
+    package = os.path.dirname(getattr(asyncio, "__file__", None) or "")
     files: set[str] = set()
     for name in names:
-        try:
-            module = importlib.import_module(f"asyncio.{name}")
-        except ImportError:
-            continue
-        filename = getattr(module, "__file__", None)
+        module = sys.modules.get(f"asyncio.{name}")
+        filename = getattr(module, "__file__", None) if module is not None else None
+        if not filename and package:
+            filename = os.path.join(package, f"{name}.py")
         if filename:
             files.add(filename)
     return frozenset(files)

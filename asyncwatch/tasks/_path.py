@@ -68,16 +68,18 @@ if TYPE_CHECKING:
 
 def _cores() -> tuple[type, type, str]:
     """The compiled twin of the hot path if it is built and not refused, else the Python one."""
-    from . import _purepath
+    why = "ASYNCWATCH_NO_EXTENSIONS"
+    if os.environ.get("ASYNCWATCH_NO_EXTENSIONS", "") in ("", "0"):
+        try:
+            from . import _fastpath  # built by setup.py when it can (stub: _fastpath.pyi)
+        except ImportError:
+            why = "no compiled accelerator"
+        else:
+            where = os.path.basename(_fastpath.__file__)
+            return _fastpath.HookCore, _fastpath.StatsCore, f"compiled ({where})"
+    from . import _purepath  # only when it is the one in use: a module less to hold
 
-    if os.environ.get("ASYNCWATCH_NO_EXTENSIONS", "") not in ("", "0"):
-        return _purepath.HookCore, _purepath.StatsCore, "pure Python (ASYNCWATCH_NO_EXTENSIONS)"
-    try:
-        from . import _fastpath  # built by setup.py when it can (stub: _fastpath.pyi)
-    except ImportError:
-        return _purepath.HookCore, _purepath.StatsCore, "pure Python (no compiled accelerator)"
-    where = os.path.basename(_fastpath.__file__)
-    return _fastpath.HookCore, _fastpath.StatsCore, f"compiled ({where})"
+    return _purepath.HookCore, _purepath.StatsCore, f"pure Python ({why})"
 
 
 #: Which hot path is in use, "compiled (file)" or "pure Python (why)": ``asyncwatch config``
