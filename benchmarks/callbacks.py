@@ -8,7 +8,8 @@ Configurations, interleaved round by round in one process:
 * ``bare`` asyncio, twice (``bare (control)``: its distance from 1.00 is the noise);
 * ``bare + a thread + a timer``: bare asyncio with what asyncwatch cannot help adding, and
   nearly every real app has anyway: another thread in the process (one that only waits) and a
-  timer pending on the loop (asyncio then checks the timer heap at every iteration);
+  timer pending on the loop (asyncio then checks the timer heap at every iteration); with
+  ``--floor``, also each of the two alone (``bare + a timer``, ``bare + a thread``);
 * ``defaults``: ``asyncwatch.install()`` with every default (task hook, watchdog and
   heartbeat, advisor and its sampler thread, deadlock scans), metrics exporter ``none`` so
   that no port is opened (the exporter is a thread that waits for scrapes; it adds nothing
@@ -27,7 +28,7 @@ and all threads (the watchdog and the advisor's sampler too; valgrind runs the p
 50x slower, so their per-second work is overstated that much against the callbacks).
 
 Run: ``python benchmarks/callbacks.py`` (``--quick``: 100,000 callbacks, 5 rounds;
-``--callgrind``).
+``--callgrind``; ``--floor`` adds the timer and the thread alone).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,27 +56,35 @@ from loop_watch import callback_churn
 import asyncwatch
 
 THREAD_AND_TIMER = "bare + a thread + a timer"
+# bare configurations with a waiting thread and/or a pending timer: (thread, timer)
+EXTRAS = {THREAD_AND_TIMER: (True, True), "bare + a timer": (False, True),
+          "bare + a thread": (True, False)}
+FLOOR_PARTS = ("bare + a timer", "bare + a thread")  # measured with --floor only
 CONFIGS: dict[str, dict[str, Any] | None] = {
     "bare": None,
     "bare (control)": None,
     # What asyncwatch cannot help adding, and nearly every real app has anyway: another
     # thread in the process (here one that only waits) and a timer pending on the loop.
     THREAD_AND_TIMER: None,
+    "bare + a timer": None,
+    "bare + a thread": None,
     "defaults": {},
     "defaults, advisor off": {"advisor": False},
 }
 
 
 def timed(settings: dict[str, Any] | None, n: int, chains: int,
-          thread_and_timer: bool = False) -> tuple[float, int]:
+          extras: tuple[bool, bool] = (False, False)) -> tuple[float, int]:
     """CPU seconds of ``n`` callbacks on a fresh loop, asyncwatch installed with ``settings``
-    (defaults plus these) unless None."""
+    (defaults plus these) unless None; ``extras``: (a waiting thread, a pending timer)."""
     if settings is not None:
         asyncwatch.install(metrics_exporters=("none",), **settings)
     loop = asyncio.new_event_loop()
     stop = threading.Event()
-    if thread_and_timer:
+    thread, timer = extras
+    if thread:
         threading.Thread(target=stop.wait, daemon=True).start()
+    if timer:
         loop.call_later(3600, lambda: None)
 
     async def main() -> float:
@@ -125,12 +135,17 @@ def per_callback(config: str, small: int, chains: int) -> tuple[float, float]:
     return (loop_b - loop_a) / (5 * small), (all_b - all_a) / (5 * small)
 
 
+def _run(config: str, n: int, chains: int) -> Callable[[], tuple[float, int]]:
+    """One timed round of ``config``."""
+    settings, extras = CONFIGS[config], EXTRAS.get(config, (False, False))
+    return lambda: timed(settings, n, chains, extras)
+
+
 def compare(n: int, rounds: int, chains: int = 1,
             configs: tuple[str, ...] = ("bare", "defaults")) -> list[Row]:
     """``configs`` side by side, interleaved: ``n`` callbacks per round (rows of ratios to
     bare; warmed up first)."""
-    runs = {name: (lambda s=CONFIGS[name], x=name == THREAD_AND_TIMER: timed(s, n, chains, x))
-            for name in configs}
+    runs = {name: _run(name, n, chains) for name in configs}
     for run in runs.values():  # warm up imports and caches outside the measured rounds
         run()
     return interleave("callbacks", runs, rounds=rounds)
@@ -172,13 +187,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="count instructions per callback with valgrind instead of timing")
     parser.add_argument("--chains", type=int, default=1,
                         help="callbacks run per loop iteration (1: the worst case)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also a pending timer alone and a waiting thread alone")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--name", default="callbacks", help="results file name")
     args = parser.parse_args(argv)
     if args.child:
-        timed(CONFIGS[args.child], args.callbacks, args.chains, args.child == THREAD_AND_TIMER)
+        timed(CONFIGS[args.child], args.callbacks, args.chains,
+              EXTRAS.get(args.child, (False, False)))
         return 0
-    configs = [c for c in CONFIGS if c != "bare (control)"]
+    shown = [c for c in CONFIGS if args.floor or c not in FLOOR_PARTS]
+    configs = [c for c in shown if c != "bare (control)"]
     if args.callgrind:
         if shutil.which("valgrind") is None:
             sys.exit("--callgrind needs valgrind (Debian package valgrind)")
@@ -189,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.rounds, args.callbacks = 5, 100_000
-    runs = {name: (lambda s=settings, x=name == THREAD_AND_TIMER: timed(
-        s, args.callbacks, args.chains, x)) for name, settings in CONFIGS.items()}
+    runs = {name: _run(name, args.callbacks, args.chains) for name in shown}
     runs["bare"]()  # warm up imports and caches outside the measured rounds
     runs["defaults"]()
     rows: list[Row] = interleave("callbacks", runs, rounds=args.rounds)
