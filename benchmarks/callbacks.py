@@ -193,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="callbacks", help="results file name")
     args = parser.parse_args(argv)
     if args.child:
-        timed(CONFIGS[args.child], args.callbacks, args.chains,
-              EXTRAS.get(args.child, (False, False)))
+        _run(args.child, args.callbacks, args.chains)()
         return 0
     shown = [c for c in CONFIGS if args.floor or c not in FLOOR_PARTS]
     configs = [c for c in shown if c != "bare (control)"]

@@ -42,6 +42,23 @@ LOADED = textwrap.dedent(
 )
 
 
+def short_program(tasks: int) -> str:
+    """Program text: a default install() (the endpoint on a free port) and ``tasks`` tasks of
+    ``__main__.work`` run to completion; ``watch`` is the Watch."""
+    return textwrap.dedent(
+        f"""
+        import asyncio
+        import asyncwatch
+        watch = asyncwatch.install(prometheus_port=0)
+        async def work(i):
+            await asyncio.sleep(0)
+        async def main():
+            await asyncio.gather(*(work(i) for i in range({tasks})))
+        asyncio.run(main())
+        """
+    )
+
+
 def _heavy(names: list[str]) -> list[str]:
     return [m for m in names if m.startswith(HEAVY)]
 
@@ -72,16 +89,9 @@ def test_default_install_loads_the_sdk_only_at_the_first_scrape() -> None:
     """A default install() and a whole asyncio program load no OpenTelemetry SDK, exporter,
     prometheus_client, starlette, aiomonitor or yappi; the first scrape of /metrics builds the
     pipeline and serves asyncwatch's figures of what ran before it."""
-    code = LOADED + textwrap.dedent(
+    code = LOADED + short_program(5) + textwrap.dedent(
         """
-        import asyncio, urllib.request
-        import asyncwatch
-        watch = asyncwatch.install(prometheus_port=0)
-        async def work(i):
-            await asyncio.sleep(0)
-        async def main():
-            await asyncio.gather(*(work(i) for i in range(5)))
-        asyncio.run(main())
+        import urllib.request
         before = loaded(("opentelemetry", "prometheus_client", "starlette", "fastapi",
                          "aiomonitor", "yappi"))
         page = urllib.request.urlopen(watch.prometheus_url, timeout=30).read().decode()
@@ -102,17 +112,10 @@ def test_default_install_loads_only_the_parts_it_runs() -> None:
     """An install() in a program that serves no HTTP loads no HTTP figures (made when a
     middleware first binds), no asyncio module the app did not load (the deadlock detector
     knows asyncio's I/O files by path) and one twin of the task path, the one in use."""
-    code = textwrap.dedent(
+    code = short_program(5) + textwrap.dedent(
         """
-        import asyncio, json, sys
-        import asyncwatch
+        import json, sys
         from asyncwatch.tasks import ACCELERATOR
-        watch = asyncwatch.install(prometheus_port=0)
-        async def work(i):
-            await asyncio.sleep(0)
-        async def main():
-            await asyncio.gather(*(work(i) for i in range(5)))
-        asyncio.run(main())
         loaded = sorted(m for m in sys.modules if m.startswith(("asyncwatch", "asyncio")))
         routes = watch.http_routes()
         asyncwatch.uninstall()
@@ -203,16 +206,9 @@ def test_exit_does_not_wait_for_the_export_interval_and_keeps_the_final_export()
 def test_concurrent_first_scrapes_all_get_the_figures() -> None:
     """Eight scrapes arriving together at a deferred endpoint: one builds the pipeline, the
     others wait for it; every page carries asyncwatch's figures (none is served empty)."""
-    code = textwrap.dedent(
+    code = short_program(3) + textwrap.dedent(
         """
-        import asyncio, threading, urllib.request
-        import asyncwatch
-        watch = asyncwatch.install(prometheus_port=0)
-        async def work(i):
-            await asyncio.sleep(0)
-        async def main():
-            await asyncio.gather(*(work(i) for i in range(3)))
-        asyncio.run(main())
+        import threading, urllib.request
         start = threading.Barrier(8)
         pages = []
         def scrape():

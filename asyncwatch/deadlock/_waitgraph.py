@@ -96,8 +96,7 @@ def _io_files() -> frozenset[str]:
     package = os.path.dirname(getattr(asyncio, "__file__", None) or "")
     files: set[str] = set()
     for name in names:
-        module = sys.modules.get(f"asyncio.{name}")
-        filename = getattr(module, "__file__", None) if module is not None else None
+        filename = getattr(sys.modules.get(f"asyncio.{name}"), "__file__", None)
         if not filename and package:
             filename = os.path.join(package, f"{name}.py")
         if filename:
