@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import random
+import sys
+import threading
 
 import pytest
 
@@ -55,6 +58,63 @@ def test_cumulative_rebins_bucket_by_bucket() -> None:
     i = TIMING_BOUNDS.index(0.001)
     assert counts[i] == 1
     assert counts[i + 1] == 1
+
+
+def test_histogram_keeps_only_the_buckets_it_hit() -> None:
+    """Sparse counts (two per coroutine name, up to max_keys names): a handful of buckets, not
+    the grid's 112, and the same re-binned counts as a dense count of the same values."""
+    rng = random.Random(3)
+    values = [rng.choice((0.0004, 0.0011, 0.002, 0.05, 9000.0)) * rng.uniform(0.9, 1.1)
+              for _ in range(500)]
+    h = Histogram()
+    for v in values:
+        h.add(v)
+    assert 0 < len(h.bins) <= 10
+    dense = [0] * (len(FINE_BOUNDS) + 1)
+    for v in values:
+        dense[bisect.bisect_left(FINE_BOUNDS, v)] += 1
+    assert h.counts == dense
+    exported, _, total = h.cumulative(TIMING_BOUNDS)
+    assert total == 500 and sum(exported) == 500
+    assert exported[-1] == sum(1 for v in values if v > TIMING_BOUNDS[-1]) > 0
+    again = Histogram.from_counts(dense)
+    assert again.bins == h.bins and again.total == h.total
+
+
+def test_histogram_readers_on_another_thread_never_break() -> None:
+    """The console, advisor and exporter read a coroutine's histogram from their threads
+    while the loop's thread adds buckets: copies, merges, quantiles and re-binning see a
+    consistent set of buckets and never raise (a dict changing size while iterated would)."""
+    h = Histogram()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                other = Histogram()
+                other.merge(h)
+                h.copy().quantile(0.99)
+                h.cumulative(TIMING_BOUNDS)
+                assert sum(h.counts) >= 0
+            except BaseException as exc:  # collected for the assertion
+                errors.append(exc)
+                return
+
+    reader = threading.Thread(target=read)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    reader.start()
+    try:
+        for round_ in range(1000):
+            h.bins.clear()
+            for v in FINE_BOUNDS:
+                h.add(v * (1 + round_ % 3) / 3)
+    finally:
+        stop.set()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert not errors, errors
 
 
 def test_stride_adapts_to_the_rate() -> None:

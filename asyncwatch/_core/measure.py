@@ -29,20 +29,46 @@ FINE_BOUNDS: tuple[float, ...] = tuple(float(f"{m}e{e}") for e in range(-7, 4) f
 
 
 class Histogram:
-    """Weighted counts on ``FINE_BOUNDS`` (bucket i holds values in (bound[i-1], bound[i]])."""
+    """Weighted counts on ``FINE_BOUNDS`` (bucket i holds values in (bound[i-1], bound[i]]).
 
-    __slots__ = ("counts", "max", "min", "sum", "total")
+    Sparse: ``bins`` maps a bucket's index to its count and holds only the buckets that were
+    hit. One histogram of a coroutine's task durations touches a handful of the grid's 111
+    buckets, and there are two per coroutine name (duration and scheduling delay) for up to
+    ``max_keys`` names: a dense list costs 952 bytes each, a dict of up to five buckets 224.
+    Readers on other threads copy ``bins`` before walking it (``dict.copy`` runs under the GIL
+    in one step), so a bucket added meanwhile never breaks their iteration.
+    """
+
+    __slots__ = ("bins", "max", "min", "sum", "total")
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(FINE_BOUNDS) + 1)
+        self.bins: dict[int, int] = {}
         self.total = 0
         self.sum = 0.0
         self.max = 0.0
         self.min = math.inf
 
+    @classmethod
+    def from_counts(cls, counts: Iterable[int]) -> Histogram:
+        """A histogram holding dense per-bucket ``counts`` (index = bucket); max unknown."""
+        h = cls()
+        h.bins = {i: c for i, c in enumerate(counts) if c}
+        h.total = sum(h.bins.values())
+        return h
+
+    @property
+    def counts(self) -> list[int]:
+        """Every bucket's count, dense (``len(FINE_BOUNDS) + 1`` of them): a copy."""
+        dense = [0] * (len(FINE_BOUNDS) + 1)
+        for i, c in self.bins.copy().items():
+            dense[i] = c
+        return dense
+
     def add(self, value: float, weight: int = 1) -> None:
         """Record ``value`` standing for ``weight`` observations."""
-        self.counts[bisect_left(FINE_BOUNDS, value)] += weight
+        bins = self.bins
+        i = bisect_left(FINE_BOUNDS, value)
+        bins[i] = bins.get(i, 0) + weight
         self.total += weight
         self.sum += value * weight
         # compares, not max()/min(): this runs for every timed task
@@ -53,10 +79,9 @@ class Histogram:
 
     def merge(self, other: Histogram) -> None:
         """Add ``other``'s counts into this one."""
-        counts = self.counts
-        for i, n in enumerate(other.counts):
-            if n:
-                counts[i] += n
+        bins = self.bins
+        for i, c in other.bins.copy().items():
+            bins[i] = bins.get(i, 0) + c
         self.total += other.total
         self.sum += other.sum
         self.max = max(self.max, other.max)
@@ -65,7 +90,7 @@ class Histogram:
     def copy(self) -> Histogram:
         """An independent copy (safe to read while the original keeps changing)."""
         h = Histogram()
-        h.counts = list(self.counts)
+        h.bins = self.bins.copy()
         h.total, h.sum, h.max, h.min = self.total, self.sum, self.max, self.min
         return h
 
@@ -75,27 +100,24 @@ class Histogram:
             return None
         rank = q * self.total
         seen = 0
-        for i, n in enumerate(self.counts):
-            if not n:
+        for i, c in sorted(self.bins.copy().items()):
+            if not c:
                 continue
-            if seen + n >= rank:
+            if seen + c >= rank:
                 low = FINE_BOUNDS[i - 1] if i > 0 else 0.0
                 high = FINE_BOUNDS[i] if i < len(FINE_BOUNDS) else self.max
                 high = min(high, self.max) if self.max > low else high
-                return low + (high - low) * max(0.0, rank - seen) / n
-            seen += n
+                return low + (high - low) * max(0.0, rank - seen) / c
+            seen += c
         return self.max
 
     def cumulative(self, bounds: Iterable[float]) -> tuple[list[int], float, int]:
         """Bucket counts re-binned onto ``bounds`` (each must be on the fine grid)."""
-        out = []
-        index = 0
-        counts = self.counts
-        for bound in bounds:
-            stop = bisect_left(FINE_BOUNDS, bound) + 1
-            out.append(sum(counts[index:stop]))
-            index = stop
-        out.append(sum(counts[index:]))
+        # the fine bucket each exported bound closes; fine bucket i goes to the first >= i
+        stops = [bisect_left(FINE_BOUNDS, bound) for bound in bounds]
+        out = [0] * (len(stops) + 1)
+        for i, c in self.bins.copy().items():
+            out[bisect_left(stops, i)] += c
         return out, self.sum, self.total
 
 

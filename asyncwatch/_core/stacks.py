@@ -19,6 +19,7 @@ import linecache
 import os
 import selectors
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import FrameType, ModuleType
 from typing import Any
@@ -43,16 +44,21 @@ _stdlib_dirs: tuple[str, ...] | None = None
 
 
 def _stdlib() -> tuple[str, ...]:
-    """The standard library's directories (read at the first classify: ``sysconfig`` is not
-    loaded at start)."""
+    """The standard library's directories: the one ``os`` was loaded from, and the one
+    holding the directory of the extension modules (``lib-dynload``) where it differs.
+
+    Not ``sysconfig.get_paths()``: that loads the build's configuration (some 170 kB kept
+    for the process's life) and, in a virtual environment, names the environment's own
+    ``lib/pythonX.Y`` as "platstdlib"."""
     global _stdlib_dirs
     if _stdlib_dirs is None:
-        import sysconfig
+        import _json  # an extension module of the standard library (built in on some builds)
 
-        paths = sysconfig.get_paths()
-        _stdlib_dirs = tuple(
-            {os.path.abspath(paths[k]) + os.sep for k in ("stdlib", "platstdlib") if paths.get(k)}
-        )
+        dirs = {os.path.dirname(os.path.abspath(os.__file__)) + os.sep}
+        extension = getattr(_json, "__file__", None)
+        if extension:
+            dirs.add(os.path.dirname(os.path.dirname(os.path.abspath(extension))) + os.sep)
+        _stdlib_dirs = tuple(dirs)
     return _stdlib_dirs
 
 
@@ -193,11 +199,47 @@ def raw_stack(chain: list[FrameType]) -> list[RawFrame]:
     return [raw(frame) for frame in chain[-MAX_STACK:]]
 
 
-def to_frame(entry: RawFrame) -> Frame:
-    """A finding's ``Frame``, with the source line when it can be read."""
+def source_lines(filename: str) -> list[str]:
+    """Every line of ``filename`` (through ``linecache``, so sources it knows of, a zip
+    import's or one registered under ``<...>``, are found too), without leaving the file in
+    ``linecache``'s cache. A report quotes a few lines of a file now and then; kept, each
+    file a report passed through (asyncio's, the app's) would stay in memory for the rest
+    of the process, some 400 kB for one blocked-loop report's stack."""
+    kept = filename in linecache.cache
+    try:
+        return linecache.getlines(filename)
+    finally:
+        if not kept:
+            linecache.cache.pop(filename, None)
+
+
+def source_line(
+    filename: str, lineno: int, lines: dict[str, list[str]] | None = None
+) -> str | None:
+    """Line ``lineno`` of ``filename``, stripped (None: unreadable or blank). ``lines`` holds
+    the files read so far, for a caller quoting many lines at once (a stack)."""
+    if lines is None:
+        text = source_lines(filename)
+    elif filename in lines:
+        text = lines[filename]
+    else:
+        text = lines[filename] = source_lines(filename)
+    if 0 < lineno <= len(text):
+        return text[lineno - 1].strip() or None
+    return None
+
+
+def to_frame(entry: RawFrame, lines: dict[str, list[str]] | None = None) -> Frame:
+    """A finding's ``Frame``, with the source line when it can be read (``lines``: see
+    ``source_line``)."""
     filename, lineno, function = entry
-    line = linecache.getline(filename, lineno).strip() or None
-    return Frame(filename, lineno, function, line)
+    return Frame(filename, lineno, function, source_line(filename, lineno, lines))
+
+
+def to_frames(entries: Iterable[RawFrame]) -> tuple[Frame, ...]:
+    """``to_frame`` of each entry, reading each file once."""
+    lines: dict[str, list[str]] = {}
+    return tuple(to_frame(entry, lines) for entry in entries)
 
 
 def function_name(module: str, qualname: str) -> str:

@@ -367,8 +367,6 @@ def _lag_p99(first: tuple[int, ...] | None, last: tuple[int, ...] | None) -> flo
     """p99 loop lag between two cumulative snapshots of the lag histogram (None: no beats)."""
     if first is None or last is None or len(first) != len(last):
         return None
-    window = Histogram()
-    window.counts = [b - a for a, b in zip(first, last, strict=True)]
-    window.total = sum(window.counts)
+    window = Histogram.from_counts(b - a for a, b in zip(first, last, strict=True))
     window.max = FINE_BOUNDS[-1]  # not known within the window: read the top bucket as its bound
     return window.quantile(0.99)

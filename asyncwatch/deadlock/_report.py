@@ -7,7 +7,6 @@ source lines.
 from __future__ import annotations
 
 import asyncio
-import linecache
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 
 from .._core.findings import Finding, Frame
 from .._core.measure import coroutine_key
-from .._core.stacks import PACKAGE_DIR
+from .._core.stacks import PACKAGE_DIR, source_line
 from ..sync import PrimitiveState, state_of
 from ._scanstate import LOCKLIKE, Entry, Graph
 from ._waitgraph import Wait, coro_chain, cycle_order, frame_of
@@ -114,6 +113,7 @@ def task_name(task: asyncio.Task[Any]) -> str:
 def user_frames(chain: list[Any]) -> tuple[Frame, ...]:
     """Frames of the chain, without asyncwatch's own wrappers."""
     out = []
+    lines: dict[str, list[str]] = {}
     for coro in chain:
         frame = frame_of(coro)
         if frame is None:
@@ -122,7 +122,7 @@ def user_frames(chain: list[Any]) -> tuple[Frame, ...]:
         if code.co_filename.startswith(PACKAGE_DIR):
             continue
         lineno = frame.f_lineno or code.co_firstlineno
-        line = linecache.getline(code.co_filename, lineno).strip() or None
+        line = source_line(code.co_filename, lineno, lines)
         function = getattr(code, "co_qualname", code.co_name)
         out.append(Frame(code.co_filename, lineno, function, line))
     return tuple(out)
@@ -132,7 +132,7 @@ def site_frame(state: PrimitiveState | None) -> Frame | None:
     if state is None or state.site is None:
         return None
     filename, line, function = state.site
-    return Frame(filename, line, function, linecache.getline(filename, line).strip() or None)
+    return Frame(filename, line, function, source_line(filename, line))
 
 
 def number(obj: Any) -> None:

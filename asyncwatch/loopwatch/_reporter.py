@@ -37,6 +37,7 @@ from .._core.stacks import (
     module_of_file,
     task_of,
     to_frame,
+    to_frames,
 )
 from ._blocked import BlockedLoop, Episode, LoopMonitor
 from ._gctimes import GcTimes
@@ -191,7 +192,7 @@ class BlockReporter:
             summary=summary,
             duration_s=duration,
             culprit=culprit,
-            stack=tuple(to_frame(f) for f in frames[-MAX_STACK:]),
+            stack=to_frames(frames[-MAX_STACK:]),
             thread=monitor.thread_name,
             cause=cause,
         )
@@ -245,7 +246,7 @@ class BlockReporter:
         if culprit is not None:
             where, module, raw_stack = culprit
             site = (where, module)
-            stack = tuple(to_frame(entry) for entry in raw_stack)
+            stack = to_frames(raw_stack)
         elif info.freed is not None and episode.internal:
             site = info.freed_site
         elif episode.handle is not None:

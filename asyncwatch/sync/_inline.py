@@ -13,6 +13,7 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING, Any
 
+from .._core.stacks import source_lines
 from ._sites import APP_FILES, caller
 from ._state import STATE_ATTR
 
@@ -95,7 +96,7 @@ def _source_lines(code: Any) -> list[str]:
     line with bytecode: what ``inspect.getsource`` gives for a function ending in a statement,
     without tokenizing the file (which compiles tokenize's patterns: ~10 ms at install)."""
     numbers = [line for _, _, line in code.co_lines() if line is not None]
-    lines = linecache.getlines(code.co_filename)
+    lines = source_lines(code.co_filename)
     if not numbers or not lines:
         return []
     return [line.rstrip("\n") for line in lines[code.co_firstlineno - 1 : max(numbers)]]

@@ -7,12 +7,11 @@ assigned to (``name_at``).
 from __future__ import annotations
 
 import asyncio
-import linecache
 import os
 import sys
 from typing import Any
 
-from .._core.stacks import PACKAGE_DIR
+from .._core.stacks import PACKAGE_DIR, source_lines
 
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
 
@@ -63,7 +62,8 @@ def name_at(code: Any, offset: int) -> str | None:
         return None
     if line is None or line != end_line or col is None or end_col is None:
         return None
-    text = linecache.getline(code.co_filename, line)
+    lines = source_lines(code.co_filename)
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
     stripped = text.lstrip()
     indent = len(text) - len(stripped)
     try:
