@@ -26,8 +26,11 @@ Configurations:
   periodic piece off each - ``asyncwatch-no-loopwatch`` (heartbeat and watchdog thread),
   ``asyncwatch-no-deadlock`` (scans), ``asyncwatch-no-advisor``, ``asyncwatch-no-exporter``
   (``metrics_exporters=none``: no /metrics server thread), ``asyncwatch-quiet`` (all four
-  off: the middleware and the task hook alone), and ``asyncwatch-no-middleware`` (defaults,
-  the app not wrapped: everything but the middleware).
+  off: the middleware and the task hook alone), ``asyncwatch-no-middleware`` (defaults,
+  the app not wrapped: everything but the middleware) and ``asyncwatch-floor`` (the same,
+  wrapped in ``FloorMiddleware``: the least any middleware does to time requests by route,
+  method and status, so the distance between it and ``asyncwatch`` is what asyncwatch's
+  middleware costs beyond that floor).
 * ``otel-asgi`` - opentelemetry-instrumentation-asgi's ``OpenTelemetryMiddleware`` with SDK
   Meter and Tracer providers (stable HTTP conventions, same span processing).
 * ``otel-asgi-metrics`` - the same with a no-op tracer provider (metrics only).
@@ -84,6 +87,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "metrics_exporters": ("none",),
     },
     "asyncwatch-no-middleware": {},
+    "asyncwatch-floor": {},
 }
 ATTRIBUTION = tuple(v for v in VARIANTS if v not in CONFIGS)
 ANCHORS = ("starlette-exporter",)
@@ -98,6 +102,41 @@ request = function()
   return wrk.format("GET", "/items/" .. (counter % 1000))
 end
 """
+
+
+class FloorMiddleware:
+    """The floor of an HTTP metrics middleware: ``http.server.request.duration`` by route
+    template, method and status and nothing else (no sizes, no active requests, no errors,
+    no task counts, no guards against odd messages). It wraps ``send`` to see the status and
+    the last body part, as every pure ASGI middleware must, and appends the duration to a
+    list per key. Not a product: the yardstick for ``asyncwatch``'s own middleware."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.durations: dict[tuple[Any, ...], list[float]] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 0
+
+        async def observed(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, observed)
+        route = scope.get("route")
+        key = (getattr(route, "path_format", None), scope["method"], status)
+        durations = self.durations.get(key)
+        if durations is None:
+            durations = self.durations[key] = []
+        durations.append(time.perf_counter() - start)
+        if len(durations) > 1000:
+            durations.clear()
 
 
 def build_app(config: str) -> Any:
@@ -140,6 +179,8 @@ def build_app(config: str) -> Any:
         asyncwatch.install(**settings)
         if config == "asyncwatch-no-middleware":
             return app
+        if config == "asyncwatch-floor":
+            return FloorMiddleware(app)
         return asyncwatch.AsyncWatchMiddleware(app)
     from opentelemetry import trace
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware

@@ -23,7 +23,8 @@ callgrind (valgrind), which other load does not move:
 * ``asgi`` - requests/s and p99 of a Starlette app on uvicorn under wrk (``asgi.py``):
   defaults, everything periodic off (``asyncwatch-quiet``: the middleware and the task hook
   alone, to attribute the tail), and starlette-exporter's middleware as the anchor;
-  instructions per request on the loop's thread (``asgi_inprocess.py``).
+  instructions per request on the loop's thread (``asgi_inprocess.py``) for bare, defaults,
+  everything periodic off, and the floor (``asgi.FloorMiddleware`` on the same defaults).
 
 Run: ``python benchmarks/costs.py`` (about 9 minutes on a shared 2-core machine; it then
 writes the table into docs/costs/performance.md through ``scripts/gen_reference.py``),
@@ -264,11 +265,19 @@ def asgi_row(sz: Sizes, callgrind: bool) -> list[Line]:
         from asgi_inprocess import instructions
 
         n = sz.callgrind_requests
-        # the anchor is timed only: under valgrind each server process takes half a minute
+        # the anchor is timed only: under valgrind each server process takes half a minute.
+        # Beside the defaults: everything periodic off (what is left is per request: the
+        # periodic pieces run per second, about 50 times too often per request at valgrind's
+        # pace), and the floor (asgi.FloorMiddleware, the least a middleware does to time
+        # requests by route, method and status, on the same task hook and periodic pieces)
         per = {c: (instructions(c, 6 * n) - instructions(c, n)) / (5 * n)
-               for c in ("bare", "asyncwatch")}
+               for c in ("bare", "asyncwatch", "asyncwatch-quiet", "asyncwatch-floor")}
         data["instructions"] = per
-        rate += f"; {per['asyncwatch'] / per['bare']:.2f}x instructions per request"
+        rate += (f"; {per['asyncwatch'] / per['bare']:.3f}x instructions per request (every "
+                 f"periodic piece off {per['asyncwatch-quiet'] / per['bare']:.3f}x)")
+        anchor += (f"; floor, a middleware timing requests by route, method and status alone "
+                   f"on the same defaults: {per['asyncwatch-floor'] / per['bare']:.3f}x "
+                   "instructions")
         kept = per["bare"] / per["asyncwatch"]  # the steadier figure decides
 
     def p50(config: str) -> float:
