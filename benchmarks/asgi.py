@@ -30,7 +30,9 @@ Configurations:
   the app not wrapped: everything but the middleware) and ``asyncwatch-floor`` (the same,
   wrapped in ``FloorMiddleware``: the least any middleware does to time requests by route,
   method and status, so the distance between it and ``asyncwatch`` is what asyncwatch's
-  middleware costs beyond that floor).
+  middleware costs beyond that floor) and ``asyncwatch-floor-figures`` (the same with
+  ``FiguresFloorMiddleware``: the figures asyncwatch's middleware records, done the plainest
+  way).
 * ``otel-asgi`` - opentelemetry-instrumentation-asgi's ``OpenTelemetryMiddleware`` with SDK
   Meter and Tracer providers (stable HTTP conventions, same span processing).
 * ``otel-asgi-metrics`` - the same with a no-op tracer provider (metrics only).
@@ -88,6 +90,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "asyncwatch-no-middleware": {},
     "asyncwatch-floor": {},
+    "asyncwatch-floor-figures": {},
 }
 ATTRIBUTION = tuple(v for v in VARIANTS if v not in CONFIGS)
 ANCHORS = ("starlette-exporter",)
@@ -139,6 +142,78 @@ class FloorMiddleware:
             durations.clear()
 
 
+# The request being handled, for the tasks it creates (FiguresFloorMiddleware)
+REQUEST_TASKS: Any = None
+
+
+class FiguresFloorMiddleware:
+    """The floor of the figures asyncwatch's middleware records, done the plainest way, with
+    none of its guards: duration, request and response body sizes and tasks created per
+    request, by route template, method, status, scheme and protocol version, and requests in
+    flight by method and scheme. Tasks are counted the cheapest way a middleware can make its
+    request known to them, a context variable set around the app (the counting itself would be
+    the task hook's). The yardstick for ``asyncwatch``'s middleware with its features."""
+
+    def __init__(self, app: Any) -> None:
+        global REQUEST_TASKS
+        import contextvars
+
+        if REQUEST_TASKS is None:
+            REQUEST_TASKS = contextvars.ContextVar("floor_request_tasks")
+        self.app = app
+        self.slots: dict[tuple[Any, ...], tuple[list[float], list[int], list[int], list[int]]]
+        self.slots = {}
+        self.active: dict[tuple[Any, Any], int] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method, scheme = scope["method"], scope["scheme"]
+        active, busy = self.active, (method, scheme)
+        active[busy] = active.get(busy, 0) + 1
+        start = time.perf_counter()
+        status = request_bytes = response_bytes = 0
+        tasks = [0]
+
+        async def observed_receive() -> Any:
+            nonlocal request_bytes
+            message = await receive()
+            if message["type"] == "http.request":
+                request_bytes += len(message.get("body", b""))
+            return message
+
+        async def observed_send(message: Any) -> None:
+            nonlocal status, response_bytes
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+            elif kind == "http.response.body":
+                response_bytes += len(message.get("body", b""))
+            await send(message)
+
+        token = REQUEST_TASKS.set(tasks)
+        try:
+            await self.app(scope, observed_receive, observed_send)
+        finally:
+            REQUEST_TASKS.reset(token)
+            active[busy] -= 1
+            route = scope.get("route")
+            key = (getattr(route, "path_format", None), method, status, scheme,
+                   scope["http_version"])
+            slot = self.slots.get(key)
+            if slot is None:
+                slot = self.slots[key] = ([], [], [], [])
+            durations, request_sizes, response_sizes, task_counts = slot
+            durations.append(time.perf_counter() - start)
+            request_sizes.append(request_bytes)
+            response_sizes.append(response_bytes)
+            task_counts.append(tasks[0])
+            if len(durations) > 1000:
+                for values in slot:
+                    values.clear()
+
+
 def build_app(config: str) -> Any:
     """The app for one configuration (runs in the server process)."""
     from starlette.applications import Starlette
@@ -181,6 +256,8 @@ def build_app(config: str) -> Any:
             return app
         if config == "asyncwatch-floor":
             return FloorMiddleware(app)
+        if config == "asyncwatch-floor-figures":
+            return FiguresFloorMiddleware(app)
         return asyncwatch.AsyncWatchMiddleware(app)
     from opentelemetry import trace
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware

@@ -103,6 +103,24 @@ def test_parse_dump_reads_every_thread() -> None:
     assert threads[0x7F0000000001] == [("/usr/lib/python3.11/threading.py", 320, "wait")]
 
 
+def test_parse_dump_reads_thread_names_of_3_14() -> None:
+    """Python 3.14's faulthandler names each thread in brackets after its id (a name that
+    may itself hold brackets or spaces): the frames are read all the same."""
+    text = (
+        "Timeout (0:00:00.150001)!\n"
+        "Thread 0x00007f965651c6c0 [app-loop] (most recent call first):\n"
+        '  File "/srv/app.py", line 32 in catastrophic\n'
+        '  File "/srv/app.py", line 84 in block_in_c\n'
+        "\n"
+        "Current thread 0x00007f96593ae400 [worker [2] x] (most recent call first):\n"
+        '  File "/usr/lib/python3.14/threading.py", line 1133 in join\n'
+    )
+    threads = parse_dump(text)
+    assert threads[0x7F965651C6C0] == [("/srv/app.py", 84, "block_in_c"),
+                                       ("/srv/app.py", 32, "catastrophic")]
+    assert threads[0x7F96593AE400] == [("/usr/lib/python3.14/threading.py", 1133, "join")]
+
+
 def test_regex_holding_the_gil_is_named(watch: asyncwatch.Watch) -> None:
     """A catastrophic re.match holds the GIL (no sample can be taken) for several times the
     threshold: the finding names its line from faulthandler's dump."""

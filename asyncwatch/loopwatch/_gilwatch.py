@@ -26,7 +26,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-_THREAD = re.compile(r"^(Current thread|Thread) (0x[0-9a-fA-F]+) \(most recent call first\):")
+# "Thread 0x00007f... (most recent call first):"; Python 3.14 adds the thread's name in
+# brackets after the id ("Thread 0x00007f... [app-loop] (most recent call first):").
+_THREAD = re.compile(
+    r"^(Current thread|Thread) (0x[0-9a-fA-F]+)(?: \[.*\])? \(most recent call first\):"
+)
 _FRAME = re.compile(r'^  File "(.*)", line (\d+) in (.*)$')
 
 
