@@ -44,8 +44,9 @@ _stdlib_dirs: tuple[str, ...] | None = None
 
 
 def _stdlib() -> tuple[str, ...]:
-    """The standard library's directories: the one ``os`` was loaded from, and the one
-    holding the directory of the extension modules (``lib-dynload``) where it differs.
+    """The standard library's directories: the one ``os`` was loaded from (or
+    ``sys._stdlib_dir``), and the one holding the directory of the extension modules
+    (``lib-dynload``) where it differs.
 
     Not ``sysconfig.get_paths()``: that loads the build's configuration (some 170 kB kept
     for the process's life) and, in a virtual environment, names the environment's own
@@ -54,7 +55,12 @@ def _stdlib() -> tuple[str, ...]:
     if _stdlib_dirs is None:
         import _json  # an extension module of the standard library (built in on some builds)
 
-        dirs = {os.path.dirname(os.path.abspath(os.__file__)) + os.sep}
+        # (an embedded interpreter may run a frozen os with no __file__: sys._stdlib_dir)
+        where = getattr(os, "__file__", None) or getattr(sys, "_stdlib_dir", None)
+        dirs = set()
+        if where:
+            base = where if os.path.isdir(where) else os.path.dirname(where)
+            dirs.add(os.path.abspath(base) + os.sep)
         extension = getattr(_json, "__file__", None)
         if extension:
             dirs.add(os.path.dirname(os.path.dirname(os.path.abspath(extension))) + os.sep)
