@@ -79,6 +79,7 @@ class Sizes:
     asgi_rounds: int = 5
     asgi_seconds: float = 4.0
     callgrind_requests: int = 300
+    asgi_floors: bool = True  # count the two floor middlewares' instructions beside
 
 
 FULL = Sizes()
@@ -86,7 +87,7 @@ QUICK = Sizes(
     startup_rounds=1, exit_rounds=1, callbacks=20_000, callback_rounds=2,
     callgrind_callbacks=2_000, tasks=1_000, churn_rounds=2, callgrind_tasks=1_000,
     memory_tasks=5_000, span_memory_tasks=2_000, span_live_tasks=500, asgi_rounds=1,
-    asgi_seconds=1.0, callgrind_requests=30,
+    asgi_seconds=1.0, callgrind_requests=30, asgi_floors=False,
 )
 
 
@@ -273,16 +274,17 @@ def asgi_row(sz: Sizes, callgrind: bool) -> list[Line]:
         # periodic pieces run per second, about 50 times too often per request at valgrind's
         # pace), and the floor (asgi.FloorMiddleware, the least a middleware does to time
         # requests by route, method and status, on the same task hook and periodic pieces)
+        floors = ("asyncwatch-floor", "asyncwatch-floor-figures") if sz.asgi_floors else ()
         per = {c: (instructions(c, 6 * n) - instructions(c, n)) / (5 * n)
-               for c in ("bare", "asyncwatch", "asyncwatch-quiet", "asyncwatch-floor",
-                         "asyncwatch-floor-figures")}
+               for c in ("bare", "asyncwatch", "asyncwatch-quiet", *floors)}
         data["instructions"] = per
         rate += (f"; {per['asyncwatch'] / per['bare']:.3f}x instructions per request (every "
                  f"periodic piece off {per['asyncwatch-quiet'] / per['bare']:.3f}x)")
-        anchor += ("; floors on the same defaults, in instructions: a middleware timing "
-                   f"requests alone {per['asyncwatch-floor'] / per['bare']:.3f}x, one recording "
-                   "asyncwatch's figures the plainest way "
-                   f"{per['asyncwatch-floor-figures'] / per['bare']:.3f}x")
+        if floors:  # (--quick leaves them out: tests/test_benchmarks_run.py drives them)
+            anchor += ("; floors on the same defaults, in instructions: a middleware timing "
+                       f"requests alone {per['asyncwatch-floor'] / per['bare']:.3f}x, one "
+                       "recording asyncwatch's figures the plainest way "
+                       f"{per['asyncwatch-floor-figures'] / per['bare']:.3f}x")
         kept = per["bare"] / per["asyncwatch"]  # the steadier figure decides
 
     def p50(config: str) -> float:

@@ -116,3 +116,39 @@ def test_costs_quick_measures_every_row(tmp_path: Path) -> None:
         assert line["at_goal"] in (True, False), line  # measured, not skipped
     table = out.with_suffix(".md").read_text()
     assert "| measure | goal | asyncwatch | anchor | at goal | command |" in table
+
+
+def test_the_asgi_floor_middlewares_record_what_they_claim() -> None:
+    """The two yardsticks of the ASGI row (``asgi.FloorMiddleware``, duration by route,
+    method and status; ``asgi.FiguresFloorMiddleware``, asyncwatch's figures the plainest
+    way) serve the app unchanged and record each request under its route template."""
+    import asyncio
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import asgi
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    import httpx
+
+    async def serve(wrapped: object) -> None:
+        transport = httpx.ASGITransport(app=wrapped)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for i in range(3):
+                response = await client.get(f"/items/{i}")
+                assert response.json() == {"id": i, "name": "thing"}
+            assert (await client.get("/json")).status_code == 200
+
+    for kind in (asgi.FloorMiddleware, asgi.FiguresFloorMiddleware):
+        wrapped = kind(asgi.build_app("bare"))
+        asyncio.run(serve(wrapped))
+        keys = {key[:3]: values for key, values in wrapped.durations.items()} if isinstance(
+            wrapped, asgi.FloorMiddleware) else {
+            key[:3]: slot[0] for key, slot in wrapped.slots.items()}
+        assert len(keys[("/items/{item_id}", "GET", 200)]) == 3
+        assert len(keys[("/json", "GET", 200)]) == 1
+        if isinstance(wrapped, asgi.FiguresFloorMiddleware):
+            slot = wrapped.slots[("/json", "GET", 200, "http", "1.1")]
+            assert slot[2] == [len(b'{"hello":"world","items":[1,2,3]}')]  # response bytes
+            assert slot[1] == [0] and slot[3] == [0]  # no request body, no task
+            assert set(wrapped.active.values()) == {0}
