@@ -27,12 +27,12 @@ Configurations:
   ``asyncwatch-no-deadlock`` (scans), ``asyncwatch-no-advisor``, ``asyncwatch-no-exporter``
   (``metrics_exporters=none``: no /metrics server thread), ``asyncwatch-quiet`` (all four
   off: the middleware and the task hook alone), ``asyncwatch-no-middleware`` (defaults,
-  the app not wrapped: everything but the middleware) and ``asyncwatch-floor`` (the same,
-  wrapped in ``FloorMiddleware``: the least any middleware does to time requests by route,
-  method and status, so the distance between it and ``asyncwatch`` is what asyncwatch's
-  middleware costs beyond that floor) and ``asyncwatch-floor-figures`` (the same with
-  ``FiguresFloorMiddleware``: the figures asyncwatch's middleware records, done the plainest
-  way).
+  the app not wrapped: everything but the middleware), and two floors, the same defaults with
+  a yardstick in place of asyncwatch's middleware: ``asyncwatch-floor``
+  (``FloorMiddleware``, the least any middleware does to time requests by route, method and
+  status) and ``asyncwatch-floor-figures`` (``FiguresFloorMiddleware``, the figures
+  asyncwatch's middleware records, done the plainest way). The distance from a floor to
+  ``asyncwatch`` is what asyncwatch's middleware costs beyond it.
 * ``otel-asgi`` - opentelemetry-instrumentation-asgi's ``OpenTelemetryMiddleware`` with SDK
   Meter and Tracer providers (stable HTTP conventions, same span processing).
 * ``otel-asgi-metrics`` - the same with a no-op tracer provider (metrics only).
@@ -46,6 +46,7 @@ Run: ``python benchmarks/asgi.py`` (``--quick`` for a short run: 3 rounds of 3 s
 from __future__ import annotations
 
 import argparse
+import contextvars
 import os
 import re
 import shutil
@@ -143,7 +144,7 @@ class FloorMiddleware:
 
 
 # The request being handled, for the tasks it creates (FiguresFloorMiddleware)
-REQUEST_TASKS: Any = None
+REQUEST_TASKS: contextvars.ContextVar[list[int]] = contextvars.ContextVar("floor_request_tasks")
 
 
 class FiguresFloorMiddleware:
@@ -155,14 +156,9 @@ class FiguresFloorMiddleware:
     the task hook's). The yardstick for ``asyncwatch``'s middleware with its features."""
 
     def __init__(self, app: Any) -> None:
-        global REQUEST_TASKS
-        import contextvars
-
-        if REQUEST_TASKS is None:
-            REQUEST_TASKS = contextvars.ContextVar("floor_request_tasks")
         self.app = app
-        self.slots: dict[tuple[Any, ...], tuple[list[float], list[int], list[int], list[int]]]
-        self.slots = {}
+        # key -> (durations, request sizes, response sizes, tasks per request)
+        self.slots: dict[tuple[Any, ...], tuple[list[Any], ...]] = {}
         self.active: dict[tuple[Any, Any], int] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

@@ -272,8 +272,8 @@ def asgi_row(sz: Sizes, callgrind: bool) -> list[Line]:
         # the anchor is timed only: under valgrind each server process takes half a minute.
         # Beside the defaults: everything periodic off (what is left is per request: the
         # periodic pieces run per second, about 50 times too often per request at valgrind's
-        # pace), and the floor (asgi.FloorMiddleware, the least a middleware does to time
-        # requests by route, method and status, on the same task hook and periodic pieces)
+        # pace), and the two floors (asgi.FloorMiddleware and asgi.FiguresFloorMiddleware
+        # in place of asyncwatch's middleware, on the same task hook and periodic pieces)
         floors = ("asyncwatch-floor", "asyncwatch-floor-figures") if sz.asgi_floors else ()
         per = {c: (instructions(c, 6 * n) - instructions(c, n)) / (5 * n)
                for c in ("bare", "asyncwatch", "asyncwatch-quiet", *floors)}

@@ -139,16 +139,19 @@ def test_the_asgi_floor_middlewares_record_what_they_claim() -> None:
                 assert response.json() == {"id": i, "name": "thing"}
             assert (await client.get("/json")).status_code == 200
 
-    for kind in (asgi.FloorMiddleware, asgi.FiguresFloorMiddleware):
-        wrapped = kind(asgi.build_app("bare"))
-        asyncio.run(serve(wrapped))
-        keys = {key[:3]: values for key, values in wrapped.durations.items()} if isinstance(
-            wrapped, asgi.FloorMiddleware) else {
-            key[:3]: slot[0] for key, slot in wrapped.slots.items()}
-        assert len(keys[("/items/{item_id}", "GET", 200)]) == 3
-        assert len(keys[("/json", "GET", 200)]) == 1
-        if isinstance(wrapped, asgi.FiguresFloorMiddleware):
-            slot = wrapped.slots[("/json", "GET", 200, "http", "1.1")]
-            assert slot[2] == [len(b'{"hello":"world","items":[1,2,3]}')]  # response bytes
-            assert slot[1] == [0] and slot[3] == [0]  # no request body, no task
-            assert set(wrapped.active.values()) == {0}
+    floor = asgi.FloorMiddleware(asgi.build_app("bare"))
+    asyncio.run(serve(floor))
+    assert {key: len(times) for key, times in floor.durations.items()} == {
+        ("/items/{item_id}", "GET", 200): 3, ("/json", "GET", 200): 1}
+
+    figures = asgi.FiguresFloorMiddleware(asgi.build_app("bare"))
+    asyncio.run(serve(figures))
+    assert {key: len(slot[0]) for key, slot in figures.slots.items()} == {
+        ("/items/{item_id}", "GET", 200, "http", "1.1"): 3,
+        ("/json", "GET", 200, "http", "1.1"): 1}
+    durations, request_sizes, response_sizes, tasks = figures.slots[
+        ("/json", "GET", 200, "http", "1.1")]
+    assert response_sizes == [len(b'{"hello":"world","items":[1,2,3]}')]
+    assert request_sizes == [0] and tasks == [0]  # no request body, no task
+    assert durations[0] > 0
+    assert figures.active == {("GET", "http"): 0}  # every request left
