@@ -13,13 +13,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
+from asyncwatch._core.stacks import Sample
 from asyncwatch.loopwatch._blocked import BlockedLoop, LoopMonitor, ThreadClock, thread_clock
 from asyncwatch.loopwatch._gilwatch import parse_dump
+from asyncwatch.testing import ManualClock
 
 from .conftest import marked_line, strict_watch, wait_for
 from .test_loopwatch import start_loop
@@ -195,18 +198,19 @@ def test_gil_watch_is_off_by_default_and_leaves_the_timer_alone() -> None:
 
 
 def blocks_until_named(block: Callable[[], object]) -> list[BlockedLoop]:
-    """Run ``block`` on a watched loop, again (up to three times) while nothing is reported.
-    The watchdog names such a block when it gets the GIL back; on a very loaded machine the
-    OS can deschedule it at that moment and the loop's thread takes the GIL back first (seen
-    once in 15 runs at a load of 9 on 2 cores): the block then goes unnamed."""
+    """Run ``block`` on a watched loop: it is always reported. Named when a thread of
+    asyncwatch got the GIL before the loop's thread took it back; should another thread
+    get it first (none does here, but the OS picks which waiting thread wakes), the block is
+    reported unnamed, and tried again (up to three times)."""
     for _ in range(3):
         thread = start_loop(lambda: watched(block))
         thread.join(60)
-        try:
-            return wait_for(reported, timeout=5, what="the GIL-holding block reported")
-        except AssertionError:
-            continue
-    raise AssertionError("three GIL-holding blocks, none reported")
+        found = wait_for(reported, timeout=30, what="the GIL-holding block reported")
+        named = [f for f in found if f.culprit is not None]
+        if named:
+            return named
+        asyncwatch.current().findings.clear()  # type: ignore[union-attr]
+    raise AssertionError("three GIL-holding blocks, none named")
 
 
 def test_regex_holding_the_gil_is_named_by_default(reader: InMemoryMetricReader) -> None:
@@ -295,7 +299,7 @@ def _proof(ran: float, watchdog_switches: int = 100, *, late: float = 0.5,
     monitor.due = then + 0.025
     mark = (then, 5.0, 70)
     reading = (monitor.due + late, 5.0 + ran_before_due + ran, 70 + watchdog_switches)
-    return monitor._held_computing(mark, reading, monitor.due)
+    return monitor._held_computing(mark, reading, monitor.due, 70)
 
 
 @pytest.mark.parametrize(
@@ -324,18 +328,15 @@ def test_a_late_look_shorter_than_the_threshold_proves_nothing() -> None:
 def test_a_watchdog_not_held_back_proves_nothing() -> None:
     """A first look at a busy stretch, late after the beat was due but on time for the
     watchdog's own plan (it meant to sleep that long): not a GIL-holding call, whatever the
-    clocks would say (they are not even read)."""
+    clocks would say."""
     monitor = LoopMonitor("loop", threshold_s=0.1, clock=time.monotonic, sink=None)  # type: ignore[arg-type]
     monitor.due = 100.025
-    monitor._clock_mark = (100.0, 5.0, 70)
+    monitor._clock_mark = (100.0, 5.0, 0)
     monitor._asked = 100.2
-    read: list[int] = []
-    monitor._read_clocks = lambda: read.append(1)  # type: ignore[assignment,method-assign,return-value]
-    assert monitor._held_in_one_call(100.23) is None
-    assert read == []
-    monitor._asked = 100.1  # held back 130 ms: now the clocks are read
-    monitor._held_in_one_call(100.23)
-    assert read == [1]
+    reading = (100.23, 5.2, 100)  # the loop's thread computed all along, the watchdog waited
+    assert monitor._held_in_one_call(100.23, monitor.due, reading, 0) is None
+    monitor._asked = 100.1  # held back 130 ms: now it is proven
+    assert monitor._held_in_one_call(100.23, monitor.due, reading, 0) == monitor.due
 
 
 def test_the_clock_reads_the_thread_it_was_made_on() -> None:
@@ -374,3 +375,157 @@ def test_the_clock_reads_the_thread_it_was_made_on() -> None:
             gone = exc
         stop.wait(0.001)
     assert gone is not None, "the clock still reads a thread that has exited"
+
+
+# ------------------------------------------- the race after a call that held the GIL returns
+#
+# When such a call returns, whichever thread waiting for the GIL gets it first is the only
+# one that can still see the loop's thread in that call. The loop's thread may take the GIL
+# back before the watchdog gets it (measured on Python 3.13: the watchdog lost 3 blocks in 15
+# that way, 5 in 12 with the advisor's sampler also waiting). Two answers, driven here by a
+# manual clock with the threads' clocks scripted: another asyncwatch thread that gets the GIL
+# first looks on the watchdog's behalf; a block nobody could look at is still reported, from
+# the late beat and the clocks, without a name.
+
+
+class HeldSink:
+    """Records what a monitor reports."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, float, float]] = []  # (what, since, duration)
+
+    def detected(self, monitor: LoopMonitor, ep: Any, now: float, sample: Any) -> None:
+        self.events.append(("detected", ep.since, now - ep.since))
+
+    def still_blocked(self, monitor: LoopMonitor, ep: Any, now: float) -> None:
+        ep.logged = True
+
+    def ended(self, monitor: LoopMonitor, ep: Any) -> None:
+        self.events.append(("ended", ep.since, ep.duration))
+
+    def unseen(self, monitor: LoopMonitor, since: float, duration: float) -> None:
+        self.events.append(("unseen", since, duration))
+
+
+def held_monitor(
+    readings: list[tuple[float, float, int]],
+) -> tuple[LoopMonitor, HeldSink, ManualClock]:
+    """A monitor on a manual clock, looked at by the watchdog at 100.0 (its thread's switch
+    count then: 70), its next beat due at 100.025; ``readings`` are what the clocks say at
+    each later look: (time, loop thread's CPU seconds, looking thread's switches)."""
+    clock = ManualClock(100.0)
+    sink = HeldSink()
+    monitor = LoopMonitor("loop", threshold_s=0.1, clock=clock, sink=sink)  # type: ignore[arg-type]
+    marks = [(100.0, 5.0, 70)]
+    monitor._read_clocks = lambda: (marks or readings).pop(0)  # type: ignore[method-assign]
+    monitor.beat()  # first beat: due at 100.025
+    assert monitor.check(clock.now, True, no_sample, 70) == pytest.approx(100.05)
+    return monitor, sink, clock
+
+
+def no_sample(monitor: LoopMonitor) -> Sample | None:
+    raise AssertionError("sampled")
+
+
+def in_the_call(monitor: LoopMonitor) -> Sample:
+    return Sample(("the call",), [], 0)
+
+
+def test_a_block_back_before_any_look_is_reported_without_a_name() -> None:
+    """The beat came back 0.975 s late before the watchdog could look; the watchdog was held
+    back all along (it asked to look at 100.05), switched out 200 times meanwhile, and the
+    loop's thread computed 0.95 s of it: one call held the GIL. Reported once."""
+    monitor, sink, clock = held_monitor([(101.001, 5.95, 270)] * 3)
+    clock.now = 101.0
+    monitor.beat()  # the loop's thread got the GIL first
+    clock.now = 101.001
+    monitor.check(clock.now, True, no_sample, 70)
+    assert sink.events == [("unseen", 100.025, pytest.approx(0.975))]
+    clock.now = 101.01
+    monitor.check(clock.now, True, no_sample, 70)
+    assert len(sink.events) == 1
+
+
+@pytest.mark.parametrize(
+    ("reading", "asked", "unseen"),
+    [
+        ((101.001, 5.01, 270), None, True),  # the loop's thread hardly ran: it waited too
+        ((101.001, 5.95, 72), None, True),  # the watchdog did not keep asking for the GIL
+        ((101.001, 5.95, 270), 100.95, True),  # the watchdog meant to sleep that long
+        ((101.001, 5.95, 270), None, False),  # the GIL watch names such blocks instead
+    ],
+)
+def test_a_late_beat_alone_proves_nothing(reading: tuple[float, float, int],
+                                          asked: float | None, unseen: bool) -> None:
+    monitor, sink, clock = held_monitor([reading] * 3)
+    monitor.unseen = unseen
+    if asked is not None:
+        monitor._asked = asked
+    clock.now = 101.0
+    monitor.beat()
+    clock.now = 101.001
+    monitor.check(clock.now, True, no_sample, 70)
+    assert sink.events == []
+
+
+def test_another_thread_looks_for_the_held_back_watchdog() -> None:
+    """The advisor's sampler gets the GIL first: it takes the watchdog's look, with its own
+    switch count, and the block is named from its sample, dated from the beat's due time. The
+    watchdog's plan is left as it was; its next look closes the block."""
+    monitor, sink, clock = held_monitor([(101.0, 5.95, 40)] * 3)
+    clock.now = 101.0
+    monitor.look_for_watchdog(clock.now, True, in_the_call, 35)  # its own count before waiting
+    assert monitor._asked == pytest.approx(100.05)
+    assert sink.events == [("detected", 100.025, pytest.approx(0.975))]
+    clock.now = 101.001
+    monitor.beat()
+    clock.now = 101.002
+    monitor.check(clock.now, True, no_sample, 70)
+    assert sink.events[1:] == [("ended", 100.025, pytest.approx(0.976))]
+
+
+def test_no_look_for_a_watchdog_that_is_not_held_back() -> None:
+    monitor, sink, clock = held_monitor([])
+    clock.now = 100.13  # overdue by a threshold, but the watchdog meant to look at 100.05
+    monitor._asked = 100.1
+    monitor.look_for_watchdog(clock.now, True, no_sample, 35)
+    clock.now = 100.3
+    monitor.beat()
+    monitor.look_for_watchdog(clock.now, True, no_sample, 35)  # on time again
+    assert sink.events == []
+
+
+def test_a_look_that_proved_nothing_names_the_block_proven_later() -> None:
+    """The other thread's look caught the call but could not prove it (that thread had not
+    waited long enough: 2 switches); once the beat is back, the watchdog's clocks prove it,
+    and the block is named from that look."""
+    monitor, sink, clock = held_monitor([(101.0, 5.95, 37)] + [(101.002, 5.95, 270)] * 2)
+    clock.now = 101.0
+    monitor.look_for_watchdog(clock.now, True, in_the_call, 35)
+    assert sink.events == []
+    assert monitor.episode is not None and not monitor.episode.reported
+    monitor.episode.counts[("app.py", 12, "parse")] = 1  # what a real sample would count
+    clock.now = 101.001
+    monitor.beat()
+    clock.now = 101.002
+    monitor.check(clock.now, True, no_sample, 70)
+    assert sink.events == [("detected", 100.025, pytest.approx(0.977)),
+                           ("ended", 100.025, pytest.approx(0.976))]
+
+
+def test_the_loop_running_on_during_the_look_changes_nothing() -> None:
+    """The watchdog got the GIL first, but lets go of it during its look (anything touching
+    the file system does): the loop's thread runs its beat meanwhile. The look still judges
+    the block by what it read before it sampled (when the beat was due)."""
+    monitor, sink, clock = held_monitor([(101.0, 5.95, 270)] * 3)
+    clock.now = 101.0
+
+    def sampled_then_let_go(m: LoopMonitor) -> Sample:
+        sample = in_the_call(m)
+        clock.now = 101.0005
+        m.beat()  # the loop's thread, while the watchdog waited for the GIL again
+        clock.now = 101.0
+        return sample
+
+    monitor.check(clock.now, True, sampled_then_let_go, 70)
+    assert sink.events == [("detected", 100.025, pytest.approx(0.975))]

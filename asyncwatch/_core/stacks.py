@@ -40,32 +40,32 @@ _MACHINERY_DIRS = (
 )
 _MACHINERY_FILES = frozenset({os.path.abspath(selectors.__file__)})
 _LIBRARY_MARKERS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
-_stdlib_dirs: tuple[str, ...] | None = None
 
 
-def _stdlib() -> tuple[str, ...]:
+def _stdlib_dirs() -> tuple[str, ...]:
     """The standard library's directories: the one ``os`` was loaded from (or
     ``sys._stdlib_dir``), and the one holding the directory of the extension modules
-    (``lib-dynload``) where it differs.
+    (``lib-dynload``) where it differs. Worked out from paths alone, once, at import: no
+    file system call (one would let go of the GIL in the middle of a watchdog's look).
 
     Not ``sysconfig.get_paths()``: that loads the build's configuration (some 170 kB kept
     for the process's life) and, in a virtual environment, names the environment's own
     ``lib/pythonX.Y`` as "platstdlib"."""
-    global _stdlib_dirs
-    if _stdlib_dirs is None:
-        import _json  # an extension module of the standard library (built in on some builds)
+    import _json  # an extension module of the standard library (built in on some builds)
 
-        # (an embedded interpreter may run a frozen os with no __file__: sys._stdlib_dir)
-        where = getattr(os, "__file__", None) or getattr(sys, "_stdlib_dir", None)
-        dirs = set()
-        if where:
-            base = where if os.path.isdir(where) else os.path.dirname(where)
-            dirs.add(os.path.abspath(base) + os.sep)
-        extension = getattr(_json, "__file__", None)
-        if extension:
-            dirs.add(os.path.dirname(os.path.dirname(os.path.abspath(extension))) + os.sep)
-        _stdlib_dirs = tuple(dirs)
-    return _stdlib_dirs
+    dirs = set()
+    # (an embedded interpreter may run a frozen os with no __file__: sys._stdlib_dir)
+    module = getattr(os, "__file__", None)
+    base = os.path.dirname(module) if module else getattr(sys, "_stdlib_dir", None)
+    if base:
+        dirs.add(os.path.abspath(base) + os.sep)
+    extension = getattr(_json, "__file__", None)
+    if extension:
+        dirs.add(os.path.dirname(os.path.dirname(os.path.abspath(extension))) + os.sep)
+    return tuple(dirs)
+
+
+_STDLIB = (*_stdlib_dirs(), "<frozen ")  # prefixes of the standard library's files
 
 
 _classes: dict[str, int] = {}
@@ -85,7 +85,7 @@ def classify(filename: str) -> int:
         kind = MACHINERY
     elif any(marker in path for marker in _LIBRARY_MARKERS):
         kind = LIBRARY
-    elif path.startswith((*_stdlib(), "<frozen ")):
+    elif path.startswith(_STDLIB):
         kind = STDLIB
     else:
         kind = APP
@@ -169,6 +169,19 @@ def sample_thread(thread_id: int, depth: int) -> Sample | None:
     if depth <= 0 or len(chain) <= depth:
         return Sample(None, chain, depth)
     return Sample((chain[depth - 1], chain[depth]), chain, depth)
+
+
+def own_switches() -> int | None:
+    """Times the calling thread was switched out (waited for something, or was preempted).
+    Read by a looking thread before it waits, so a look can tell how often it was switched
+    out while it waited (``LoopMonitor._held_computing``)."""
+    try:
+        import resource  # (not on Windows)
+
+        usage = resource.getrusage(resource.RUSAGE_THREAD)
+    except (ImportError, AttributeError, OSError, ValueError):
+        return None  # no per-thread figures here
+    return int(usage.ru_nvcsw + usage.ru_nivcsw)
 
 
 def raw(frame: FrameType) -> RawFrame:

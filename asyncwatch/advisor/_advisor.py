@@ -33,6 +33,7 @@ from .._core import names as n
 from .._core.config import Config
 from .._core.faults import Faults
 from .._core.points import Point
+from .._core.stacks import own_switches
 from ._batches import Batch, BatchProbe, BatchSite, batch_decorator
 from ._gates import GateProbe
 from ._limits import LimitProbe, LimitStats
@@ -102,6 +103,9 @@ class Advisor:
         per_window = self.window_s / self.sample_s
         keep = int(per_window) + 4 if per_window < SAMPLES else SAMPLES
         self.load = LoopLoad(faults, _lag_counts_of(loops), keep=keep)
+        # The loop watch's look on the watchdog's behalf (``LoopWatch.look_for_watchdog``),
+        # taken each time this thread has the GIL back.
+        self._look = getattr(loops, "look_for_watchdog", None)
         self.active = False
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -191,13 +195,20 @@ class Advisor:
         jitter = random.Random()
         next_sample = time.monotonic() + self.sample_s
         peeking = True
+        look = self._look
         while True:
             wait = next_sample - time.monotonic()
             if peeking:
                 wait = min(wait, self.peek_s * jitter.uniform(0.5, 1.5))
+            switched = own_switches() if look is not None else None
             if stop.wait(max(0.0, wait)):
                 return
             try:
+                if look is not None:
+                    # First, before anything here can let go of the GIL: after a call that
+                    # held it, this thread may be the one to get it first (see
+                    # ``LoopMonitor.look_for_watchdog``).
+                    look(switched)
                 peeking = self.load.peek()
                 if time.monotonic() < next_sample:
                     continue

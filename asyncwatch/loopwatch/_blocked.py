@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from .._core.findings import Finding, Frame
 from .._core.measure import Histogram
-from .._core.stacks import RawFrame, Sample, culprit_of, raw_stack
+from .._core.stacks import RawFrame, Sample, culprit_of, own_switches, raw_stack
 
 LONG_BLOCK_S = 1.0  # a block still holding the loop after this long is logged without waiting
 IDLE_POLL_S = 0.5  # how often a stopped or not yet started loop is looked at
@@ -74,17 +74,6 @@ def thread_clock() -> ThreadClock | None:
     except (AttributeError, OSError):
         return None
     return clock
-
-
-def _own_switches() -> int | None:
-    """Times the calling thread was switched out (waited for something, or was preempted)."""
-    try:
-        import resource  # (not on Windows)
-
-        usage = resource.getrusage(resource.RUSAGE_THREAD)
-    except (ImportError, AttributeError, OSError, ValueError):
-        return None  # no per-thread figures here
-    return int(usage.ru_nvcsw + usage.ru_nivcsw)
 
 
 @dataclass(frozen=True)
@@ -141,6 +130,8 @@ class BlockSink(Protocol):
     def still_blocked(self, monitor: LoopMonitor, episode: Episode, now: float) -> None: ...
 
     def ended(self, monitor: LoopMonitor, episode: Episode) -> None: ...
+
+    def unseen(self, monitor: LoopMonitor, since: float, duration: float) -> None: ...
 
 
 class Episode:
@@ -258,8 +249,12 @@ class LoopMonitor:
         # Late stretches the loop spent idle in its selector (its thread starved of CPU).
         self.starved = 0
         self._starved_stretch = -1
-        # At the last look: clock, the loop thread's CPU seconds, the watchdog's switches.
+        # At the last look: clock, the loop thread's CPU seconds (and the looking thread's
+        # switches, not used: see ``own_switches``).
         self._clock_mark: tuple[float, float, int] | None = None
+        # Report a block proven only after the loop came back (``_came_back_unseen``); off
+        # where the GIL watch names such blocks from faulthandler's dump instead.
+        self.unseen = True
         self._asked = math.inf  # when the last look asked to be looked at next
 
     # ---------------------------------------------------------------- loop thread
@@ -300,33 +295,74 @@ class LoopMonitor:
     # ---------------------------------------------------------------- watchdog thread
 
     def check(
-        self, now: float, running: bool, sampler: Callable[[LoopMonitor], Sample | None]
+        self, now: float, running: bool, sampler: Callable[[LoopMonitor], Sample | None],
+        switched_since: int | None = None,
     ) -> float:
-        """Look at the loop now; returns when it wants to be looked at next."""
+        """Look at the loop now (the watchdog); returns when it wants to be looked at next.
+        ``switched_since``: the watchdog thread's ``own_switches()`` from before it last
+        waited (None: unknown; a call holding the GIL is then never proven)."""
         with self.lock:
-            wake = self._check(now, running, sampler)
+            wake = self._check(now, running, sampler, switched_since)
             self._asked = wake
             self._clock_mark = self._read_clocks()
             return wake
 
+    def look_for_watchdog(
+        self, now: float, running: bool, sampler: Callable[[LoopMonitor], Sample | None],
+        switched_since: int | None,
+    ) -> None:
+        """Another asyncwatch thread (the advisor's sampler) has the GIL back after a wait,
+        while the loop is overdue by ``threshold_s`` and the watchdog has been held back as
+        long: it takes the look the watchdog is waiting to take. After a call that held the
+        GIL returns, whichever waiting thread gets the GIL first is the one that can still
+        see the loop's thread in that call; if it is not the watchdog, the loop's thread may
+        take the GIL back (and move on) before the watchdog gets it. The watchdog's own plan
+        (when it asked to look next) is left alone."""
+        if (self.precise or self.episode is not None or now - self.due < self.threshold_s
+                or now - self._asked < self.threshold_s):
+            return
+        if not self.lock.acquire(False):
+            return  # the watchdog is looking
+        try:
+            if self.episode is None:
+                self._check(now, running, sampler, switched_since)
+        finally:
+            self.lock.release()
+
     def _check(
-        self, now: float, running: bool, sampler: Callable[[LoopMonitor], Sample | None]
+        self, now: float, running: bool, sampler: Callable[[LoopMonitor], Sample | None],
+        switched_since: int | None,
     ) -> float:
         s = self.sample_s
         episode = self.episode
         if episode is not None and not self.precise and self.beats != episode.beats:
             self._end(episode, self.beat_at)  # the heartbeat ran: the loop came back
+            prior = None if episode.reported else episode
             episode = None
+            if self.unseen:
+                self._came_back_unseen(now, switched_since, prior)
+        elif episode is None and self.unseen and not self.precise:
+            self._came_back_unseen(now, switched_since, None)
         if not running:
             if episode is not None:
                 self._end(episode, episode.last_seen)
             self.paused = True
             return now + IDLE_POLL_S
+        # Read before the sample: the moment this thread lets go of the GIL, the loop's
+        # thread may run its beat (and move due and beats on).
+        due = self.due
+        beats = self.beats
         if episode is None and not self._busy(now):
             if self.precise and not self.cb_start:
                 self._idle_but_late(now)  # no callback runs: late only if starved
             return self._next(now)
+        # A first look at this busy stretch, late, by a looker held back (by the GIL?).
+        late_look = (episode is None and self._stretch != beats
+                     and now - due > self.look_s + 2 * s
+                     and now - self._asked >= self.threshold_s)
         sample = sampler(self)
+        # At once, before anything that may let go of the GIL (see ``_held_in_one_call``).
+        reading = self._read_clocks() if late_look else None
         self.looks += 1
         if sample is None or sample.key is None:
             # Thread gone, or the loop is in its own machinery: nothing holds it.
@@ -345,21 +381,21 @@ class LoopMonitor:
             late = False
             if sample.since is not None:
                 since = sample.since
-            elif self._stretch != self.beats and now - self.due <= self.look_s + 2 * s:
-                since = self.due  # first look at this busy stretch, on time: busy since due
+            elif self._stretch != beats and now - due <= self.look_s + 2 * s:
+                since = due  # first look at this busy stretch, on time: busy since due
             else:
                 # Not the first callback of the stretch, or the watchdog itself looks late:
                 # what ran before is unknown, so count from now (unless proven below).
                 since = now
-                late = self._stretch != self.beats
-            self._stretch = self.beats
-            episode = self.episode = Episode(sample.key, since, self.beats, now)
-            episode.add(sample, now)
+                late = self._stretch != beats
+            self._stretch = beats
+            episode = self.episode = Episode(sample.key, since, beats, now)
             if late:
-                began = self._held_in_one_call(now)
+                began = self._held_in_one_call(now, due, reading, switched_since)
                 if began is not None:
                     episode.since = began  # the loop's thread held the GIL all along
                     episode.gil = True
+            episode.add(sample, now)
         else:
             episode.add(sample, now)
         held = now - episode.since
@@ -388,16 +424,48 @@ class LoopMonitor:
         if report is not None:
             report(self, late)
 
-    def _held_in_one_call(self, now: float) -> float | None:
+    def _held_in_one_call(
+        self, now: float, due: float, reading: tuple[float, float, int] | None,
+        switched_since: int | None,
+    ) -> float | None:
         """A late first look at a busy stretch: was it one call holding the GIL? If so, when
-        it began (the beat's due time)."""
+        it began (``due``, when the beat was due, read before the sample). ``reading``: the
+        clocks read right after the sample (None when the looker was not held back)."""
         mark = self._clock_mark
-        due = self.due
         if mark is None or due - mark[0] > self.look_s + 2 * self.sample_s:
             return None  # no look shortly before the beat was due to measure from
         if now - self._asked < self.threshold_s:
             return None  # the watchdog was not held back (by the GIL) for long
-        return due if self._held_computing(mark, self._read_clocks(), due) else None
+        return due if self._held_computing(mark, reading, due, switched_since) else None
+
+    def _came_back_unseen(
+        self, now: float, switched_since: int | None, prior: Episode | None
+    ) -> None:
+        """The loop's beat came back late by ``threshold_s`` or more since the last look,
+        and no look saw the block: the loop's thread took the GIL back before any looker got
+        it (see ``look_for_watchdog``). If the clocks prove that the loop's own thread held
+        the GIL meanwhile (``_held_computing``), it was blocked in one call: reported, named
+        only if a look (``prior``, the episode just ended unproven) caught it in the call."""
+        when, lag = self.late
+        mark = self._clock_mark
+        if not lag or mark is None or when <= mark[0] or self.reported_until >= when:
+            return
+        due = when - lag
+        if due - mark[0] > self.look_s + 2 * self.sample_s:
+            return  # no look shortly before the beat was due to measure from
+        if now - self._asked < self.threshold_s:
+            return  # the watchdog was not held back: it would have seen the block
+        if not self._held_computing(mark, self._read_clocks(), due, switched_since):
+            return
+        if prior is not None and prior.counts and due <= prior.first_seen <= when:
+            prior.since = due
+            prior.gil = True
+            prior.reported = True
+            self.sink.detected(self, prior, now, None)
+            self._end(prior, when)
+            return
+        self.reported_until = when
+        self.sink.unseen(self, due, lag)
 
     def _read_clocks(self) -> tuple[float, float, int] | None:
         """(clock, loop thread CPU seconds, watchdog switches): nothing here lets go of the
@@ -405,7 +473,7 @@ class LoopMonitor:
         loop_clock = self.thread_clock
         if loop_clock is None:
             return None
-        switches = _own_switches()
+        switches = own_switches()
         if switches is None:
             return None
         try:
@@ -416,7 +484,8 @@ class LoopMonitor:
         return self.clock(), ran, switches
 
     def _held_computing(self, mark: tuple[float, float, int] | None,
-                        reading: tuple[float, float, int] | None, due: float) -> bool:
+                        reading: tuple[float, float, int] | None, due: float,
+                        switched_since: int | None) -> bool:
         """Whether one call held the GIL since the loop's beat was due.
 
         The watchdog looks late at a loop whose beat is overdue. Either the watchdog was short
@@ -433,20 +502,21 @@ class LoopMonitor:
           0.7-2.2 s ran 25-72% of the time; a busy loop of short callbacks seen late, and a
           loop while a regex ran in another thread, ran less than they had been allowed
           before the beat was due;
-        * the watchdog's thread was switched out again and again: a thread waiting for the
-          GIL wakes at every switch interval (5 ms) to ask for it.
+        * the looking thread was switched out again and again while it waited
+          (``switched_since``: its ``own_switches()`` from before its wait): a thread waiting
+          for the GIL wakes at every switch interval (5 ms) to ask for it.
 
         CPU the loop's thread may have spent between the previous look and the beat's due
         time counts against the proof."""
-        if mark is None or reading is None:
+        if mark is None or reading is None or switched_since is None:
             return False
-        then, ran_then, switches_then = mark
+        then, ran_then, _ = mark
         now, ran, switches = reading
         span = now - max(due, then)
         if span < self.threshold_s:
             return False
         loop_ran = ran - ran_then - max(0.0, due - then)
-        return loop_ran >= LOOP_RAN_SHARE * span and switches - switches_then >= WATCHDOG_RUNS
+        return loop_ran >= LOOP_RAN_SHARE * span and switches - switched_since >= WATCHDOG_RUNS
 
     def _busy(self, now: float) -> bool:
         if self.precise:

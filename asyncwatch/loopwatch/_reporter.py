@@ -23,7 +23,7 @@ from typing import Any
 
 from .._core import names as n
 from .._core.context import route_in, span_in, task_context
-from .._core.findings import FindingsLog
+from .._core.findings import FindingsLog, Frame
 from .._core.measure import coroutine_key
 from .._core.stacks import (
     MAX_STACK,
@@ -166,26 +166,44 @@ class BlockReporter:
                 best[kind] = entry
         chosen = best[0] or best[1] or best[2]  # never asyncio's own frames
         culprit = to_frame(chosen) if chosen is not None else None
-        collected = self.gc.during(since, since + duration)
-        cause = "code"
         if culprit is not None:
             summary = (
                 f"event loop blocked for {duration:.3f} s at {culprit} (in a call holding "
                 "the GIL; named from a faulthandler dump)"
             )
-        elif collected is not None and collected[0] >= duration / 2:
+            self._held(monitor, since, duration, summary, "code", culprit, frames)
+            return
+        self._held(
+            monitor, since, duration,
+            f"event loop blocked for {duration:.3f} s between callbacks, in no line of the "
+            "app: objects being freed (deallocation of what a finished callback or task let "
+            "go) or garbage collection (from a faulthandler dump)",
+            "unknown", None, frames, source="from a faulthandler dump",
+        )
+
+    def unseen(self, monitor: LoopMonitor, since: float, duration: float) -> None:
+        """A block proven by the clocks only once the loop had come back: one call held the
+        GIL, and the loop's thread took it back before any other thread could look
+        (``LoopMonitor._came_back_unseen``). Nothing saw where; a collection timed meanwhile
+        is named if it took most of it."""
+        self._held(
+            monitor, since, duration,
+            f"event loop blocked for {duration:.3f} s in a call that held the GIL and "
+            "returned before any other thread could look, so it is not named (gil_watch=True "
+            "names such calls while they run)",
+            "unknown", None, [], source="timed through gc.callbacks",
+        )
+
+    def _held(self, monitor: LoopMonitor, since: float, duration: float, summary: str,
+              cause: str, culprit: Frame | None, frames: list[tuple[str, int, str]],
+              source: str = "") -> None:
+        """Record and log a block known only after the fact (``gil_block``, ``unseen``)."""
+        collected = self.gc.during(since, since + duration)
+        if culprit is None and collected is not None and collected[0] >= duration / 2:
             cause = "garbage_collection"
             summary = (
                 f"event loop blocked for {duration:.3f} s by a garbage collection (generation "
-                f"{collected[1]}, {collected[0]:.3f} s), in no line of the app (from a "
-                "faulthandler dump)"
-            )
-        else:
-            cause = "unknown"
-            summary = (
-                f"event loop blocked for {duration:.3f} s between callbacks, in no line of "
-                "the app: objects being freed (deallocation of what a finished callback or "
-                "task let go) or garbage collection (from a faulthandler dump)"
+                f"{collected[1]}, {collected[0]:.3f} s), in no line of the app ({source})"
             )
         finding = BlockedLoop(
             started_at=time.time() - (self.clock() - since),
@@ -196,7 +214,7 @@ class BlockReporter:
             thread=monitor.thread_name,
             cause=cause,
         )
-        monitor.reported_until = since + duration
+        monitor.reported_until = max(monitor.reported_until, since + duration)
         self.findings.add(finding)
         if culprit is not None:
             label = function_name(module_of_file(culprit.filename), culprit.function)

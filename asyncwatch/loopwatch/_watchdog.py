@@ -31,7 +31,7 @@ from .._core.faults import Faults
 from .._core.findings import FindingsLog
 from .._core.measure import Histogram
 from .._core.points import Point
-from .._core.stacks import MACHINERY, Sample, classify, sample_thread
+from .._core.stacks import MACHINERY, Sample, classify, own_switches, sample_thread
 from ._blocked import IDLE_POLL_S, LoopMonitor
 from ._gctimes import GcTimes
 from ._gilwatch import GilWatch
@@ -123,6 +123,8 @@ class LoopWatch:
                 loop=weakref.ref(loop),
                 precise=precise,
             )
+            # With the GIL watch on, faulthandler's dump names such blocks (``_gil_blocks``).
+            monitor.unseen = not self.gil_watch
             beat = Heartbeat(self, monitor, loop)
             self._monitors[key] = monitor
             self._beats[key] = beat
@@ -220,9 +222,10 @@ class LoopWatch:
             self.fault("watchdog_start", exc)
 
     def _run(self) -> None:
+        switched = own_switches()
         while not self._stopping:
             try:
-                wake = self.tick()
+                wake = self.tick(switched)
             except Exception as exc:
                 try:
                     if self.faults.report("watchdog", exc):
@@ -232,10 +235,12 @@ class LoopWatch:
                     return
                 wake = self.clock() + IDLE_POLL_S
             delay = max(0.001, wake - self.clock())
+            switched = own_switches()
             self._wake.acquire(True, delay)  # returns early when kicked
 
-    def tick(self) -> float:
-        """Look at every loop once; returns when the next look is due."""
+    def tick(self, switched_since: int | None = None) -> float:
+        """Look at every loop once; returns when the next look is due. ``switched_since``:
+        this thread's ``own_switches()`` from before it waited (see ``LoopMonitor.check``)."""
         now = self.clock()
         wake = now + IDLE_POLL_S
         for key, monitor in list(self._monitors.items()):
@@ -243,13 +248,29 @@ class LoopWatch:
             if loop is None or loop.is_closed():
                 self._dead.append((key, monitor))
                 continue
-            wake = min(wake, monitor.check(now, loop.is_running(), self._sample))
+            wake = min(wake, monitor.check(now, loop.is_running(), self._sample, switched_since))
         self._fold_dead()
         if self.gil.active:
             self._gil_blocks(now)
             # Fires only if this thread cannot look again in time: a call holding the GIL.
             self.gil.arm(max(0.0, wake - now) + self.threshold_s)
         return wake
+
+    def look_for_watchdog(self, switched_since: int | None) -> None:
+        """From another asyncwatch thread the moment it has the GIL back after a wait (the
+        advisor's sampler): look at any loop overdue by a threshold while the watchdog is
+        held back, as the watchdog would (``LoopMonitor.look_for_watchdog``). A few
+        comparisons per watched loop when nothing is overdue."""
+        if not self.active:
+            return
+        now = self.clock()
+        for monitor in list(self._monitors.values()):
+            if now - monitor.due < self.threshold_s:
+                continue
+            loop = monitor.loop()
+            if loop is None or loop.is_closed():
+                continue
+            monitor.look_for_watchdog(now, loop.is_running(), self._sample, switched_since)
 
     def _gil_blocks(self, now: float) -> None:
         """Report blocks seen only by faulthandler's dump (see ``_gilwatch``), once the
