@@ -17,9 +17,11 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import asyncwatch
 from asyncwatch._core import names as n
+from asyncwatch._core.measure import FINE_BOUNDS, Histogram
 from asyncwatch.advisor import Recommendation
 from asyncwatch.advisor._advisor import _limit_window
 from asyncwatch.advisor._limits import EXACT_HOLDS
+from asyncwatch.advisor._loopload import _lag_p99
 from tests.advisor_workloads import cpu_call, executor_workload, io_call
 from tests.conftest import collect, point, wait_for
 
@@ -415,6 +417,28 @@ def test_saturated_loop_is_advised_more_processes() -> None:
         assert rec.current == 1 and rec.suggested is not None and rec.suggested >= 2
         assert "saturated" in rec.evidence
         assert "loop lag p99 " in rec.evidence
+
+
+def test_the_lag_p99_of_a_window_is_read_from_two_sparse_snapshots() -> None:
+    """Each load sample keeps a copy of the lag histogram's buckets hit (not all 112 counts):
+    a window's p99 comes from what grew between its first and last snapshot, so beats
+    recorded before the window (one 0.5 s lag here) do not count."""
+    lag = Histogram()
+    lag.add(0.5)
+    for _ in range(98):
+        lag.add(0.0001)
+    first = lag.bins.copy()
+    for _ in range(990):
+        lag.add(0.0001)
+    for _ in range(20):
+        lag.add(0.03)
+    last = lag.bins.copy()
+    assert len(last) == 3  # sparse
+    p99 = _lag_p99(first, last)
+    assert p99 is not None
+    assert 0.02 < p99 <= 0.04  # the 0.03 s beats' bucket, not the 0.5 s one before
+    assert _lag_p99(None, last) is None
+    assert FINE_BOUNDS[-1] >= 0.5
 
 
 def test_advisor_tracks_semaphores_without_deadlock_detection() -> None:

@@ -73,9 +73,10 @@ def _lag_counts_of(loops: Any) -> Any:
     if loops is None:
         return None
 
-    def counts(loop: asyncio.AbstractEventLoop) -> list[int] | None:
+    def counts(loop: asyncio.AbstractEventLoop) -> dict[int, int] | None:
         monitor = loops.monitor_of(loop)
-        return None if monitor is None else monitor.lag.counts
+        # (sparse: only the buckets hit, a copy taken under the GIL)
+        return None if monitor is None else monitor.lag.bins.copy()
 
     return counts
 

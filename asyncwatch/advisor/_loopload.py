@@ -21,12 +21,13 @@ cost 15 % of a loop that runs one callback per iteration.)
   to the CPU figure.
 * Process CPU (psutil) and spare cores on the machine: whether another process would get a
   core of its own.
-* Loop lag: ``lag_counts_of(loop)`` returns the blocked-loop detector's cumulative lag
-  histogram counts for the loop (its heartbeat, ``asyncwatch.loop.lag``); each sample keeps a
-  copy, so a window's p99 is read from the difference of two copies. No second heartbeat.
+* Loop lag: ``lag_counts_of(loop)`` returns a copy of the blocked-loop detector's
+  cumulative lag histogram for the loop (its heartbeat, ``asyncwatch.loop.lag``), sparse:
+  only the buckets hit; each sample keeps its copy, so a window's p99 is read from the
+  difference of two copies. No second heartbeat.
 
 ``sample()`` is called by the advisor's sampler thread about once a second; each loop keeps a
-ring of its last ``keep`` samples (wall, peeks, thread CPU, lag counts: about 1 KiB each), as
+ring of its last ``keep`` samples (wall, peeks, thread CPU, the lag buckets hit), as
 many as the advisor's window needs (at most ``SAMPLES``), so windows cost nothing extra.
 The loop's thread runs one callback per loop, once, to say which thread it is.
 """
@@ -72,7 +73,8 @@ class LoadSample:
     idle_peeks: int  # of which found the loop waiting in its selector
     thread_cpu_s: float  # loop thread CPU (cumulative); -1 when unknown
     runq_s: float = -1.0  # loop thread runnable but not running (cumulative); -1 when unknown
-    lag_counts: tuple[int, ...] | None = None  # loop-lag histogram counts (cumulative)
+    # loop-lag histogram (cumulative): bucket index -> count, only the buckets hit
+    lag_counts: dict[int, int] | None = None
 
 
 class _LoopMeter:
@@ -149,8 +151,7 @@ class _LoopMeter:
                 self.cpu_clock = None
         lag = None
         if lag_counts_of is not None and loop is not None:
-            counts = lag_counts_of(loop)
-            lag = tuple(counts) if counts is not None else None
+            lag = lag_counts_of(loop)  # a copy, kept as is
         self.samples.append(LoadSample(now, running, self.peeks, self.idle_peeks, cpu, runq, lag))
 
 
@@ -363,10 +364,15 @@ class LoopLoad:
         return cores_used, (sum(system) / len(system) if system else None)
 
 
-def _lag_p99(first: tuple[int, ...] | None, last: tuple[int, ...] | None) -> float | None:
+def _lag_p99(first: dict[int, int] | None, last: dict[int, int] | None) -> float | None:
     """p99 loop lag between two cumulative snapshots of the lag histogram (None: no beats)."""
-    if first is None or last is None or len(first) != len(last):
+    if first is None or last is None:
         return None
-    window = Histogram.from_counts(b - a for a, b in zip(first, last, strict=True))
+    window = Histogram()
+    for i, count in last.items():
+        grew = count - first.get(i, 0)
+        if grew > 0:
+            window.bins[i] = grew
+            window.total += grew
     window.max = FINE_BOUNDS[-1]  # not known within the window: read the top bucket as its bound
     return window.quantile(0.99)
