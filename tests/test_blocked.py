@@ -36,6 +36,9 @@ class Sink:
     def ended(self, monitor: LoopMonitor, ep: Episode) -> None:
         self.events.append(("ended", ep.since, ep.duration))
 
+    def unseen(self, monitor: LoopMonitor, since: float, duration: float) -> None:
+        self.events.append(("unseen", since, duration))
+
 
 def sampler_of(keys: list[Any]) -> Callable[[LoopMonitor], Sample | None]:
     """A sampler returning the given callback keys in turn (None: no callback holds it)."""

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -25,6 +24,7 @@ from asyncwatch.loopwatch._gilwatch import parse_dump
 from asyncwatch.testing import ManualClock
 
 from .conftest import marked_line, strict_watch, wait_for
+from .test_blocked import Sink
 from .test_loopwatch import start_loop
 
 SOURCE = Path(__file__).resolve()
@@ -388,33 +388,14 @@ def test_the_clock_reads_the_thread_it_was_made_on() -> None:
 # the late beat and the clocks, without a name.
 
 
-class HeldSink:
-    """Records what a monitor reports."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, float, float]] = []  # (what, since, duration)
-
-    def detected(self, monitor: LoopMonitor, ep: Any, now: float, sample: Any) -> None:
-        self.events.append(("detected", ep.since, now - ep.since))
-
-    def still_blocked(self, monitor: LoopMonitor, ep: Any, now: float) -> None:
-        ep.logged = True
-
-    def ended(self, monitor: LoopMonitor, ep: Any) -> None:
-        self.events.append(("ended", ep.since, ep.duration))
-
-    def unseen(self, monitor: LoopMonitor, since: float, duration: float) -> None:
-        self.events.append(("unseen", since, duration))
-
-
 def held_monitor(
     readings: list[tuple[float, float, int]],
-) -> tuple[LoopMonitor, HeldSink, ManualClock]:
+) -> tuple[LoopMonitor, Sink, ManualClock]:
     """A monitor on a manual clock, looked at by the watchdog at 100.0 (its thread's switch
     count then: 70), its next beat due at 100.025; ``readings`` are what the clocks say at
     each later look: (time, loop thread's CPU seconds, looking thread's switches)."""
     clock = ManualClock(100.0)
-    sink = HeldSink()
+    sink = Sink()
     monitor = LoopMonitor("loop", threshold_s=0.1, clock=clock, sink=sink)  # type: ignore[arg-type]
     marks = [(100.0, 5.0, 70)]
     monitor._read_clocks = lambda: (marks or readings).pop(0)  # type: ignore[method-assign]

@@ -335,14 +335,13 @@ class LoopMonitor:
     ) -> float:
         s = self.sample_s
         episode = self.episode
+        prior = None
         if episode is not None and not self.precise and self.beats != episode.beats:
             self._end(episode, self.beat_at)  # the heartbeat ran: the loop came back
             prior = None if episode.reported else episode
             episode = None
-            if self.unseen:
-                self._came_back_unseen(now, switched_since, prior)
-        elif episode is None and self.unseen and not self.precise:
-            self._came_back_unseen(now, switched_since, None)
+        if episode is None and self.unseen and not self.precise:
+            self._came_back_unseen(now, switched_since, prior)
         if not running:
             if episode is not None:
                 self._end(episode, episode.last_seen)
@@ -451,11 +450,7 @@ class LoopMonitor:
         if not lag or mark is None or when <= mark[0] or self.reported_until >= when:
             return
         due = when - lag
-        if due - mark[0] > self.look_s + 2 * self.sample_s:
-            return  # no look shortly before the beat was due to measure from
-        if now - self._asked < self.threshold_s:
-            return  # the watchdog was not held back: it would have seen the block
-        if not self._held_computing(mark, self._read_clocks(), due, switched_since):
+        if self._held_in_one_call(now, due, self._read_clocks(), switched_since) is None:
             return
         if prior is not None and prior.counts and due <= prior.first_seen <= when:
             prior.since = due

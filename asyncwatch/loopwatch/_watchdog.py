@@ -259,14 +259,12 @@ class LoopWatch:
     def look_for_watchdog(self, switched_since: int | None) -> None:
         """From another asyncwatch thread the moment it has the GIL back after a wait (the
         advisor's sampler): look at any loop overdue by a threshold while the watchdog is
-        held back, as the watchdog would (``LoopMonitor.look_for_watchdog``). A few
-        comparisons per watched loop when nothing is overdue."""
+        held back, as the watchdog would (``LoopMonitor.look_for_watchdog``, which decides;
+        a few comparisons per watched loop when nothing is overdue)."""
         if not self.active:
             return
         now = self.clock()
         for monitor in list(self._monitors.values()):
-            if now - monitor.due < self.threshold_s:
-                continue
             loop = monitor.loop()
             if loop is None or loop.is_closed():
                 continue
