@@ -155,6 +155,28 @@ def test_one_layer_per_request(case: str, obs: Observed, calls: Counter[str]) ->
     assert {p.attributes["http.route"]: p.count for p in points} == dict(expected)
 
 
+def test_two_instances_nested_by_hand_count_each_request_once(
+    calls: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance inside another one (both added by hand, another middleware between them,
+    nothing added by asyncwatch itself) passes the request through. Counted from a process
+    where no instance has bound yet: the inline path skips the nesting check only while a
+    single instance is bound."""
+    from asyncwatch.asgi import _middleware
+
+    monkeypatch.setattr(_middleware, "_bound", 0)
+    with observing(asgi_auto=False, http_spans=False) as obs:  # no span: the inline path
+        inner = asyncwatch.AsyncWatchMiddleware(starlette_app())
+        app = asyncwatch.AsyncWatchMiddleware(Passthrough(inner))
+        with Uvicorn(app) as server, httpx.Client(base_url=server.url) as client:
+            for _ in range(3):
+                assert client.get("/items/1").status_code == 200
+        assert _middleware._bound == 2
+        assert calls == {"/items/1": 6}  # both layers are called...
+        points = obs.points(DURATION)  # ...and the request is counted once
+        assert {p.attributes["http.route"]: p.count for p in points} == {"/items/{item_id}": 3}
+
+
 def test_an_app_first_served_by_a_task_a_request_left_behind(
     obs: Observed, calls: Counter[str]
 ) -> None:

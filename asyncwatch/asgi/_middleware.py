@@ -80,6 +80,10 @@ class Host(Protocol):
 # here imports it.
 _running: Host | None = None
 _installer: Callable[[Config | None], object] | None = None
+# How many middleware instances have bound to a Watch in this process (never lowered). With
+# one, no request can pass through two of them, so the inline path skips the nesting check
+# (``REQUEST.get()``: some 600 instructions per request); from the second on it makes it.
+_bound = 0
 
 
 def attach(host: Host | None) -> None:
@@ -394,7 +398,7 @@ class AsyncWatchMiddleware:
                 if (
                     scope["type"] == "http"
                     and "fastapi.telemetry" not in scope
-                    and REQUEST.get() is None
+                    and (_bound < 2 or REQUEST.get() is None)
                     and not obs.off
                     and not (obs.spans_wanted and obs.telemetry.exports_spans)
                 ):
@@ -464,6 +468,7 @@ class AsyncWatchMiddleware:
         return obs.begin(self, scope, receive, send, kind)
 
     def _bind(self, watch: Host | None) -> None:
+        global _bound
         self._watch = watch
         self._observer = None
         self._fast = None
@@ -480,5 +485,6 @@ class AsyncWatchMiddleware:
             if obs.plain and native is None:
                 self._fast = obs
             watch.tasks.track_requests(REQUEST)
+            _bound += 1
         except Exception as exc:
             watch.faults.report("asgi_bind", exc)
