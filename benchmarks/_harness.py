@@ -139,3 +139,61 @@ def timed(
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
     return seconds, n
+
+
+# ---------------------------------------------------------------- callgrind at the program's pace
+
+# valgrind options that make callgrind simulate the caches and branch predictor: the same
+# instructions counted, some 4-5 times slower (the second pace ``paced`` needs)
+SLOW_PACE = ("--cache-sim=yes", "--branch-sim=yes")
+
+
+@dataclass(frozen=True)
+class Paced:
+    """Instructions per operation of one configuration, counted by callgrind, and the same
+    with its per-second work counted at the program's own pace.
+
+    Valgrind runs a program some 50-90 times slower than it runs alone, but what asyncwatch
+    does per second of wall time (the heartbeat, deadlock scans) keeps its rate, so under
+    callgrind it lands that many times too often on each operation. The count is made at two
+    paces (plain callgrind, and callgrind simulating caches: the same instructions, slower), so
+    that per operation
+
+        counted = own + per_second * wall time per operation
+
+    gives both unknowns: ``per_second``, the instructions the per-second work runs per second
+    of wall time while the program is busy, and ``own``, what each operation costs itself.
+    ``paced`` is ``own`` plus the per-second work at the rate of the program run alone."""
+
+    raw: float  # per operation, plain callgrind
+    paced: float
+    own: float
+    per_second: float
+    valgrind_wall: float  # seconds per operation under plain callgrind
+    native_wall: float  # seconds per operation run alone
+
+    @property
+    def slowdown(self) -> float:
+        return self.valgrind_wall / self.native_wall if self.native_wall > 0 else 0.0
+
+
+def paced(
+    count: Callable[[int, bool], tuple[int, float]],
+    run: Callable[[int], float],
+    small: int,
+    slow_small: int,
+) -> Paced:
+    """``count(n, slow)``: (instructions, wall seconds) of a child doing ``n`` operations under
+    callgrind (``slow``: with ``SLOW_PACE``); ``run(n)``: wall seconds of ``n`` operations run
+    alone. Each figure is the difference between ``n`` and ``6 * n`` operations (``small`` at
+    the plain pace, ``slow_small`` at the slow one), so start-up cancels out."""
+
+    def per_op(n: int, slow: bool) -> tuple[float, float]:
+        (ins_a, wall_a), (ins_b, wall_b) = count(n, slow), count(6 * n, slow)
+        return (ins_b - ins_a) / (5 * n), (wall_b - wall_a) / (5 * n)
+
+    (fast, fast_wall), (slow, slow_wall) = per_op(small, False), per_op(slow_small, True)
+    per_second = max(0.0, (slow - fast) / (slow_wall - fast_wall))
+    own = fast - per_second * fast_wall
+    native_wall = max(0.0, (run(6 * small) - run(small)) / (5 * small))
+    return Paced(fast, own + per_second * native_wall, own, per_second, fast_wall, native_wall)

@@ -38,13 +38,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Row, interleave, save
+from _harness import SLOW_PACE, Paced, Row, interleave, paced, save
 from asgi import ATTRIBUTION, build_app
 
 CONFIGS = ("bare", "asyncwatch", "asyncwatch-http-only", "otel-asgi-metrics", "otel-asgi")
@@ -80,8 +81,9 @@ class MemoryTransport(asyncio.Transport):
         pass
 
 
-async def serve(app: Any, count: int, warm: int) -> float:
-    """Serve ``warm`` then ``count`` requests on one connection; CPU seconds for ``count``."""
+async def serve(app: Any, count: int, warm: int) -> tuple[float, float]:
+    """Serve ``warm`` then ``count`` requests on one connection: (CPU, wall) seconds for
+    ``count``."""
     from uvicorn.config import Config
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     from uvicorn.server import ServerState
@@ -102,12 +104,11 @@ async def serve(app: Any, count: int, warm: int) -> float:
                 await task
 
     await run(warm)
-    started = time.process_time()
+    started, wall = time.process_time(), time.perf_counter()
     await run(count)
-    spent = time.process_time() - started
     if transport.written == 0:
         raise RuntimeError("uvicorn wrote no response")
-    return spent
+    return time.process_time() - started, time.perf_counter() - wall
 
 
 async def serve_for(app: Any, seconds: float, warm: int, inflight: int) -> list[float]:
@@ -355,12 +356,13 @@ def tail(
 
 
 def child(config: str, count: int, warm: int) -> None:
-    """One measurement in this process: prints CPU seconds per request."""
+    """One measurement in this process: prints CPU seconds per request and the wall seconds
+    of the whole measured work."""
     import uvloop
 
     app = build_app(config)
-    spent = uvloop.run(serve(app, count, warm))
-    print(f"{spent / count!r}")
+    spent, wall = uvloop.run(serve(app, count, warm))
+    print(f"{spent / max(count, 1)!r} {wall!r}")
     if config.startswith("asyncwatch"):
         import asyncwatch
 
@@ -372,7 +374,23 @@ def measure(config: str, count: int, warm: int) -> float:
         [sys.executable, __file__, "--child", config, "--count", str(count), "--warm", str(warm)],
         check=True, capture_output=True, text=True,
     ).stdout
-    return float(out.strip().splitlines()[-1])
+    return float(out.strip().splitlines()[-1].split()[0])
+
+
+def native_wall(config: str, count: int) -> float:
+    """Wall seconds of ``count`` requests served in a child process run alone."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", config, "--count", str(count), "--warm", "0"],
+        check=True, capture_output=True, text=True,
+        env=dict(os.environ, PYTHONHASHSEED="0", ASYNCWATCH_TIMED_PER_S="1"),
+    ).stdout
+    return float(out.strip().splitlines()[-1].split()[1])
+
+
+def paced_per_request(config: str, small: int) -> Paced:
+    """Loop-thread instructions per request, raw and at the program's pace (``Paced``)."""
+    return paced(lambda n, slow: counted(config, n, slow),
+                 lambda n: native_wall(config, n), small, max(1, small // 3))
 
 
 def instructions(config: str, count: int) -> int:
@@ -381,22 +399,28 @@ def instructions(config: str, count: int) -> int:
     Only the main thread (the event loop's): under valgrind everything runs 20-50 times
     slower, so threads that wake on a timer (the watchdog, exporters) would do many times
     their real share of work per request. Their cost shows in the timed mode."""
+    return counted(config, count)[0]
+
+
+def counted(config: str, count: int, slow: bool = False) -> tuple[int, float]:
+    """(main thread's instructions, wall seconds of the requests) of a child serving
+    ``count`` requests under callgrind (``slow``: at ``SLOW_PACE``), no warm-up."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         # One timed task a second: at valgrind's pace the adaptive sampling would time
         # nearly every task, which it does not at full speed.
         env = dict(os.environ, PYTHONHASHSEED="0", ASYNCWATCH_TIMED_PER_S="1")
-        subprocess.run(
+        done = subprocess.run(
             ["valgrind", "--tool=callgrind", "--separate-threads=yes",
-             f"--callgrind-out-file={out}", sys.executable, __file__,
-             "--child", config, "--count", str(count), "--warm", "0"],
-            check=True, capture_output=True, env=env,
+             *(SLOW_PACE if slow else ()), f"--callgrind-out-file={out}", sys.executable,
+             __file__, "--child", config, "--count", str(count), "--warm", "0"],
+            check=True, capture_output=True, env=env, text=True,
         )
         text = Path(out + "-01").read_text(errors="replace")
     found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
     if found is None:
         raise RuntimeError("no instruction total in callgrind's output")
-    return int(found.group(1))
+    return int(found.group(1)), float(done.stdout.strip().splitlines()[-1].split()[1])
 
 
 def main() -> None:
@@ -435,24 +459,35 @@ def main() -> None:
         if shutil.which("valgrind") is None:
             sys.exit("--callgrind needs valgrind (Debian package valgrind)")
         small = 500 if args.quick else 1000
-        per = {c: (instructions(c, 6 * small) - instructions(c, small)) / (5 * small)
-               for c in configs}
+        pace = {c: paced_per_request(c, small) for c in configs}
+        per = {c: pace[c].raw for c in configs}
+        base = pace["bare"]
         lines = [
-            "| configuration | instructions per request (loop thread) | vs bare |",
-            "|---|---:|---:|",
+            "| configuration | instructions per request (loop thread) | vs bare "
+            "| at the program's pace | vs bare | per-second work (loop thread) |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
-        lines += [f"| {c} | {per[c]:,.0f} | {per[c] / per['bare']:.2f}x |" for c in configs]
+        lines += [f"| {c} | {p.raw:,.0f} | {p.raw / base.raw:.3f}x | {p.paced:,.0f} "
+                  f"| {p.paced / base.paced:.3f}x | {p.per_second:,.0f} instructions/s |"
+                  for c, p in pace.items()]
+        slowdowns = [p.slowdown for p in pace.values() if p.slowdown]
         lines += [
             "",
             f"callgrind, difference between runs of {small:,} and {6 * small:,} requests; "
             "default settings but one timed task a second (at valgrind's pace the adaptive "
-            "sampling would time nearly every task); the heartbeat still beats 40 times per "
-            "(slow) second, so its share is overstated; Python "
+            "sampling would time nearly every task). The heartbeat and deadlock scans keep "
+            "their rate per second of wall time, so at valgrind's pace (here "
+            f"{min(slowdowns, default=0):.0f} to {max(slowdowns, default=0):.0f} times slower "
+            "than the program alone) they land on many more requests; 'at the program's pace' "
+            "counts the loop thread's per-second work (measured busy, from counts at two "
+            "valgrind paces) at the rate of the program run alone (benchmarks/_harness.py, "
+            "``Paced``); Python "
             f"{sys.version.split()[0]}.",
         ]
         text = "\n".join(lines)
         rows = [Row("http in process", c, [per[c] / per["bare"]], [per[c]]) for c in configs]
-        save(args.name + "_callgrind", rows, text, {"small": small})
+        save(args.name + "_callgrind", rows, text,
+             {"small": small, "paced": {c: asdict(p) for c, p in pace.items()}})
         print(text)
         return
     if args.quick:

@@ -50,7 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import RESULTS, Row, interleave, save, table
+from _harness import RESULTS, SLOW_PACE, Paced, Row, interleave, paced, save, table
 from loop_watch import callback_churn
 
 import asyncwatch
@@ -77,6 +77,12 @@ def timed(settings: dict[str, Any] | None, n: int, chains: int,
           extras: tuple[bool, bool] = (False, False)) -> tuple[float, int]:
     """CPU seconds of ``n`` callbacks on a fresh loop, asyncwatch installed with ``settings``
     (defaults plus these) unless None; ``extras``: (a waiting thread, a pending timer)."""
+    return measured(settings, n, chains, extras)[0], n
+
+
+def measured(settings: dict[str, Any] | None, n: int, chains: int,
+             extras: tuple[bool, bool] = (False, False)) -> tuple[float, float]:
+    """(CPU, wall) seconds of ``n`` callbacks as ``timed`` runs them."""
     if settings is not None:
         asyncwatch.install(metrics_exporters=("none",), **settings)
     loop = asyncio.new_event_loop()
@@ -87,12 +93,12 @@ def timed(settings: dict[str, Any] | None, n: int, chains: int,
     if timer:
         loop.call_later(3600, lambda: None)
 
-    async def main() -> float:
+    async def main() -> tuple[float, float]:
         for _ in range(3):  # the loop has run: heartbeat, advisor, deadlock scans attached
             await asyncio.sleep(0)
-        start = time.process_time()
+        start, wall = time.process_time(), time.perf_counter()
         await callback_churn(n, chains)
-        return time.process_time() - start
+        return time.process_time() - start, time.perf_counter() - wall
 
     try:
         seconds = loop.run_until_complete(main())
@@ -102,20 +108,27 @@ def timed(settings: dict[str, Any] | None, n: int, chains: int,
         loop.close()
         if settings is not None:
             asyncwatch.uninstall(timeout_s=2)
-    return seconds, n
+    return seconds
 
 
 def instructions(config: str, count: int, chains: int) -> tuple[int, int]:
     """(loop thread, all threads) instructions of a child process running ``count``
     callbacks under callgrind."""
+    loop, every, _ = counted(config, count, chains)
+    return loop, every
+
+
+def counted(config: str, count: int, chains: int, slow: bool = False) -> tuple[int, int, float]:
+    """(loop thread, all threads) instructions of a child process running ``count`` callbacks
+    under callgrind (``slow``: at ``SLOW_PACE``), and the wall seconds of the callbacks."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         env = dict(os.environ, PYTHONHASHSEED="0")
-        subprocess.run(
+        done = subprocess.run(
             ["valgrind", "--tool=callgrind", "--separate-threads=yes",
-             f"--callgrind-out-file={out}", sys.executable, __file__,
-             "--child", config, "--callbacks", str(count), "--chains", str(chains)],
-            check=True, capture_output=True, env=env,
+             *(SLOW_PACE if slow else ()), f"--callgrind-out-file={out}", sys.executable,
+             __file__, "--child", config, "--callbacks", str(count), "--chains", str(chains)],
+            check=True, capture_output=True, env=env, text=True,
         )
         totals = {}
         for path in Path(tmp).glob("cg.out-*"):
@@ -124,7 +137,26 @@ def instructions(config: str, count: int, chains: int) -> tuple[int, int]:
             if found is None:
                 raise RuntimeError(f"no instruction total in {path.name}")
             totals[path.name] = int(found.group(1))
-    return totals["cg.out-01"], sum(totals.values())
+    return totals["cg.out-01"], sum(totals.values()), float(done.stdout.split()[-1])
+
+
+def native_wall(config: str, count: int, chains: int) -> float:
+    """Wall seconds of ``count`` callbacks in a child process run alone (no valgrind)."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", config, "--callbacks", str(count),
+         "--chains", str(chains)],
+        check=True, capture_output=True, env=dict(os.environ, PYTHONHASHSEED="0"), text=True,
+    )
+    return float(done.stdout.split()[-1])
+
+
+def paced_per_callback(config: str, small: int, chains: int) -> Paced:
+    """Loop-thread instructions per callback, raw and at the program's pace (``Paced``)."""
+    def count(n: int, slow: bool) -> tuple[int, float]:
+        loop, _, wall = counted(config, n, chains, slow)
+        return loop, wall
+
+    return paced(count, lambda n: native_wall(config, n, chains), small, max(1, small // 4))
 
 
 def per_callback(config: str, small: int, chains: int) -> tuple[float, float]:
@@ -153,27 +185,39 @@ def compare(n: int, rounds: int, chains: int = 1,
 
 def callgrind(configs: list[str], small: int, chains: int) -> str:
     per: dict[str, tuple[float, float]] = {}
+    pace: dict[str, Paced] = {}
     for config in configs:
         per[config] = per_callback(config, small, chains)
+        pace[config] = paced_per_callback(config, small, chains)
         print(f"{config}: {per[config][0]:,.0f} / {per[config][1]:,.0f} instructions per "
-              "callback", flush=True)
+              f"callback ({pace[config].paced:,.0f} on the loop thread at the program's pace)",
+              flush=True)
     base_loop, base_all = per["bare"]
+    base_paced = pace["bare"].paced
     lines = [
         "| configuration | instructions per callback, loop thread | vs bare "
+        "| loop thread at the program's pace | vs bare | per-second work (loop thread) "
         "| all threads | vs bare |",
-        "|---|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {c} | {lp:,.1f} | {lp / base_loop:.3f}x | {al:,.1f} | {al / base_all:.3f}x |"
+        f"| {c} | {lp:,.1f} | {lp / base_loop:.3f}x | {pace[c].paced:,.1f} "
+        f"| {pace[c].paced / base_paced:.3f}x | {pace[c].per_second:,.0f} instructions/s "
+        f"| {al:,.1f} | {al / base_all:.3f}x |"
         for c, (lp, al) in per.items()
     ]
+    slowdowns = [p.slowdown for p in pace.values() if p.slowdown]
     lines += [
         "",
         f"callgrind, difference between runs of {small:,} and {6 * small:,} callbacks, each "
         "configuration in its own process. What asyncwatch does per second (the heartbeat and "
         "deadlock scans on the loop's thread; the watchdog's looks and the advisor's peeks in "
-        "'all threads') is overstated about 50x against the callbacks at valgrind's pace; "
-        f"Python {sys.version.split()[0]}.",
+        "'all threads') lands on many more callbacks at valgrind's pace (here "
+        f"{min(slowdowns, default=0):.0f} to {max(slowdowns, default=0):.0f} times slower than "
+        "the program alone) than at the program's own; 'at the program's pace' counts the "
+        "loop thread's per-second work (measured busy, from counts at two valgrind paces) at "
+        "the rate of the program run alone "
+        f"(benchmarks/_harness.py, ``Paced``); Python {sys.version.split()[0]}.",
     ]
     return "\n".join(lines)
 
@@ -192,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--name", default="callbacks", help="results file name")
     args = parser.parse_args(argv)
-    if args.child:
-        _run(args.child, args.callbacks, args.chains)()
+    if args.child:  # prints the wall seconds of its work
+        settings, extras = CONFIGS[args.child], EXTRAS.get(args.child, (False, False))
+        print(repr(measured(settings, args.callbacks, args.chains, extras)[1]))
         return 0
     shown = [c for c in CONFIGS if args.floor or c not in FLOOR_PARTS]
     configs = [c for c in shown if c != "bare (control)"]

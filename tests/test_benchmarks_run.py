@@ -155,3 +155,28 @@ def test_the_asgi_floor_middlewares_record_what_they_claim() -> None:
     assert request_sizes == [0] and tasks == [0]  # no request body, no task
     assert durations[0] > 0
     assert figures.active == {("GET", "http"): 0}  # every request left
+
+
+def test_paced_separates_per_second_work_from_each_operation() -> None:
+    """``_harness.paced`` recovers what each operation costs and what runs per second from
+    counts at two paces, and counts the latter at the native pace. Fed a made-up program:
+    900 instructions per operation, 2,000,000 per second of wall time, 3 ms and 5,000,000
+    instructions of start-up; 80 µs per operation under plain callgrind, 400 µs at the slow
+    pace, 1 µs natively."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from _harness import paced
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    own, per_second = 900.0, 2_000_000.0
+
+    def count(n: int, slow: bool) -> tuple[int, float]:
+        wall = 0.003 + n * (400e-6 if slow else 80e-6)
+        return round(5_000_000 + n * own + per_second * wall), wall
+
+    result = paced(count, lambda n: 0.01 + n * 1e-6, small=1_000, slow_small=250)
+    assert math.isclose(result.raw, own + per_second * 80e-6, rel_tol=1e-6)  # 1,060
+    assert math.isclose(result.per_second, per_second, rel_tol=1e-4)
+    assert math.isclose(result.own, own, rel_tol=1e-4)
+    assert math.isclose(result.paced, own + per_second * 1e-6, rel_tol=1e-4)  # 902
+    assert math.isclose(result.slowdown, 80, rel_tol=1e-6)
