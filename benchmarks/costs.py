@@ -29,7 +29,7 @@ callgrind (valgrind), which other load does not move:
   ``asgi.FiguresFloorMiddleware`` (the figures asyncwatch's middleware records, done the
   plainest way, without its guards).
 
-Run: ``python benchmarks/costs.py`` (about 9 minutes on a shared 2-core machine; it then
+Run: ``python benchmarks/costs.py`` (about 16 minutes on a shared 2-core machine; it then
 writes the table into docs/costs/performance.md through ``scripts/gen_reference.py``),
 ``--quick`` (tiny workloads, ~20 s, figures meaningless: checks that every row runs),
 ``--no-callgrind``, ``--only ROW[,ROW]``.

@@ -34,6 +34,12 @@ CASES: dict[str, tuple[list[str], set[str]]] = {
         ["--rounds", "1", "--callbacks", "200"],
         {"bare", "bare + a thread + a timer", "defaults", "defaults, advisor off"},
     ),
+    "asgi_driven": (
+        ["--rounds", "1", "--count", "40"],
+        {"bare", "floor", "figures", "figures without in-flight", "figures without tasks",
+         "figures without sizes", "figures without receive", "figures without all",
+         "asyncwatch"},
+    ),
     "asgi_inprocess": (
         ["--rounds", "1", "--count", "40", "--warm", "10"],
         {"bare", "asyncwatch", "asyncwatch-http-only", "otel-asgi-metrics", "otel-asgi"},
