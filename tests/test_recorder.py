@@ -77,8 +77,7 @@ def test_histogram_keeps_only_the_buckets_it_hit() -> None:
     exported, _, total = h.cumulative(TIMING_BOUNDS)
     assert total == 500 and sum(exported) == 500
     assert exported[-1] == sum(1 for v in values if v > TIMING_BOUNDS[-1]) > 0
-    again = Histogram.from_counts(dense)
-    assert again.bins == h.bins and again.total == h.total
+    assert h.bins == {i: c for i, c in enumerate(dense) if c} and h.total == 500
 
 
 def test_histogram_readers_on_another_thread_never_break() -> None:

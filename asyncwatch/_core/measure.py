@@ -48,14 +48,6 @@ class Histogram:
         self.max = 0.0
         self.min = math.inf
 
-    @classmethod
-    def from_counts(cls, counts: Iterable[int]) -> Histogram:
-        """A histogram holding dense per-bucket ``counts`` (index = bucket); max unknown."""
-        h = cls()
-        h.bins = {i: c for i, c in enumerate(counts) if c}
-        h.total = sum(h.bins.values())
-        return h
-
     @property
     def counts(self) -> list[int]:
         """Every bucket's count, dense (``len(FINE_BOUNDS) + 1`` of them): a copy."""
