@@ -147,67 +147,94 @@ class FloorMiddleware:
 REQUEST_TASKS: contextvars.ContextVar[list[int]] = contextvars.ContextVar("floor_request_tasks")
 
 
-class FiguresFloorMiddleware:
-    """The floor of the figures asyncwatch's middleware records, done the plainest way, with
-    none of its guards: duration, request and response body sizes and tasks created per
-    request, by route template, method, status, scheme and protocol version, and requests in
-    flight by method and scheme. Tasks are counted the cheapest way a middleware can make its
-    request known to them, a context variable set around the app (the counting itself would be
-    the task hook's). The yardstick for ``asyncwatch``'s middleware with its features."""
+# The figures FiguresFloorMiddleware records that ``figures_floor`` can leave out, to see what
+# each costs (``asgi_driven.py``): requests in flight, the context variable for tasks per
+# request, body sizes, and the ``receive`` wrapper the request body sizes need.
+FIGURES = ("in-flight", "tasks", "sizes", "receive")
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        # key -> (durations, request sizes, response sizes, tasks per request)
-        self.slots: dict[tuple[Any, ...], tuple[list[Any], ...]] = {}
-        self.active: dict[tuple[Any, Any], int] = {}
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        method, scheme = scope["method"], scope["scheme"]
-        active, busy = self.active, (method, scheme)
-        active[busy] = active.get(busy, 0) + 1
-        start = time.perf_counter()
-        status = request_bytes = response_bytes = 0
-        tasks = [0]
+def figures_floor(left_out: frozenset[str] = frozenset()) -> type:
+    """``FiguresFloorMiddleware``, or the same with the figures in ``left_out`` (of
+    ``FIGURES``) taken out."""
+    unknown = left_out - set(FIGURES)
+    if unknown:
+        raise ValueError(f"unknown figures: {sorted(unknown)}")
+    in_flight, tasks_var = "in-flight" not in left_out, "tasks" not in left_out
+    sizes, wrap_receive = "sizes" not in left_out, "receive" not in left_out
 
-        async def observed_receive() -> Any:
-            nonlocal request_bytes
-            message = await receive()
-            if message["type"] == "http.request":
-                request_bytes += len(message.get("body", b""))
-            return message
+    class FiguresFloorMiddleware:
+        """The floor of the figures asyncwatch's middleware records, done the plainest way,
+        with none of its guards: duration, request and response body sizes and tasks created
+        per request, by route template, method, status, scheme and protocol version, and
+        requests in flight by method and scheme. Tasks are counted the cheapest way a
+        middleware can make its request known to them, a context variable set around the app
+        (the counting itself would be the task hook's). The yardstick for ``asyncwatch``'s
+        middleware with its features."""
 
-        async def observed_send(message: Any) -> None:
-            nonlocal status, response_bytes
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-            elif kind == "http.response.body":
-                response_bytes += len(message.get("body", b""))
-            await send(message)
+        def __init__(self, app: Any) -> None:
+            self.app = app
+            # key -> (durations, request sizes, response sizes, tasks per request)
+            self.slots: dict[tuple[Any, ...], tuple[list[Any], ...]] = {}
+            self.active: dict[tuple[Any, Any], int] = {}
 
-        token = REQUEST_TASKS.set(tasks)
-        try:
-            await self.app(scope, observed_receive, observed_send)
-        finally:
-            REQUEST_TASKS.reset(token)
-            active[busy] -= 1
-            route = scope.get("route")
-            key = (getattr(route, "path_format", None), method, status, scheme,
-                   scope["http_version"])
-            slot = self.slots.get(key)
-            if slot is None:
-                slot = self.slots[key] = ([], [], [], [])
-            durations, request_sizes, response_sizes, task_counts = slot
-            durations.append(time.perf_counter() - start)
-            request_sizes.append(request_bytes)
-            response_sizes.append(response_bytes)
-            task_counts.append(tasks[0])
-            if len(durations) > 1000:
-                for values in slot:
-                    values.clear()
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                await self.app(scope, receive, send)
+                return
+            method, scheme = scope["method"], scope["scheme"]
+            active, busy = self.active, (method, scheme)
+            if in_flight:
+                active[busy] = active.get(busy, 0) + 1
+            start = time.perf_counter()
+            status = request_bytes = response_bytes = 0
+            tasks = [0]
+
+            async def observed_receive() -> Any:
+                nonlocal request_bytes
+                message = await receive()
+                if sizes and message["type"] == "http.request":
+                    request_bytes += len(message.get("body", b""))
+                return message
+
+            async def observed_send(message: Any) -> None:
+                nonlocal status, response_bytes
+                kind = message["type"]
+                if kind == "http.response.start":
+                    status = message["status"]
+                elif sizes and kind == "http.response.body":
+                    response_bytes += len(message.get("body", b""))
+                await send(message)
+
+            token = REQUEST_TASKS.set(tasks) if tasks_var else None
+            try:
+                await self.app(scope, observed_receive if wrap_receive else receive,
+                               observed_send)
+            finally:
+                if token is not None:
+                    REQUEST_TASKS.reset(token)
+                if in_flight:
+                    active[busy] -= 1
+                route = scope.get("route")
+                key = (getattr(route, "path_format", None), method, status, scheme,
+                       scope["http_version"])
+                slot = self.slots.get(key)
+                if slot is None:
+                    slot = self.slots[key] = ([], [], [], [])
+                durations, request_sizes, response_sizes, task_counts = slot
+                durations.append(time.perf_counter() - start)
+                if sizes:
+                    request_sizes.append(request_bytes)
+                    response_sizes.append(response_bytes)
+                if tasks_var:
+                    task_counts.append(tasks[0])
+                if len(durations) > 1000:
+                    for values in slot:
+                        values.clear()
+
+    return FiguresFloorMiddleware
+
+
+FiguresFloorMiddleware = figures_floor()
 
 
 def build_app(config: str) -> Any:

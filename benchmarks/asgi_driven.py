@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextvars
 import os
 import re
 import shutil
@@ -46,111 +45,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Row, interleave, save
+from asgi import FIGURES, FloorMiddleware, build_app, figures_floor
 
-LEFT_OUT = ("in-flight", "tasks", "sizes", "receive")
-CONFIGS = ("bare", "floor", "figures", *(f"figures without {x}" for x in LEFT_OUT),
+CONFIGS = ("bare", "floor", "figures", *(f"figures without {x}" for x in FIGURES),
            "figures without all", "asyncwatch")
-
-_TASKS: contextvars.ContextVar[list[int]] = contextvars.ContextVar("driven_request_tasks")
-
-
-def figures_without(left_out: set[str]) -> type:
-    """``FiguresFloorMiddleware``'s code with the figures in ``left_out`` taken out."""
-    in_flight, tasks_var = "in-flight" not in left_out, "tasks" not in left_out
-    sizes, wrap_receive = "sizes" not in left_out, "receive" not in left_out
-
-    class Middleware:
-        def __init__(self, app: Any) -> None:
-            self.app = app
-            self.slots: dict[tuple[Any, ...], tuple[list[Any], ...]] = {}
-            self.active: dict[tuple[Any, Any], int] = {}
-
-        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] != "http":
-                await self.app(scope, receive, send)
-                return
-            method, scheme = scope["method"], scope["scheme"]
-            active, busy = self.active, (method, scheme)
-            if in_flight:
-                active[busy] = active.get(busy, 0) + 1
-            start = time.perf_counter()
-            status = request_bytes = response_bytes = 0
-            tasks = [0]
-
-            async def observed_receive() -> Any:
-                nonlocal request_bytes
-                message = await receive()
-                if sizes and message["type"] == "http.request":
-                    request_bytes += len(message.get("body", b""))
-                return message
-
-            async def observed_send(message: Any) -> None:
-                nonlocal status, response_bytes
-                kind = message["type"]
-                if kind == "http.response.start":
-                    status = message["status"]
-                elif sizes and kind == "http.response.body":
-                    response_bytes += len(message.get("body", b""))
-                await send(message)
-
-            token = _TASKS.set(tasks) if tasks_var else None
-            try:
-                await self.app(scope, observed_receive if wrap_receive else receive,
-                               observed_send)
-            finally:
-                if token is not None:
-                    _TASKS.reset(token)
-                if in_flight:
-                    active[busy] -= 1
-                route = scope.get("route")
-                key = (getattr(route, "path_format", None), method, status, scheme,
-                       scope["http_version"])
-                slot = self.slots.get(key)
-                if slot is None:
-                    slot = self.slots[key] = ([], [], [], [])
-                durations, request_sizes, response_sizes, task_counts = slot
-                durations.append(time.perf_counter() - start)
-                if sizes:
-                    request_sizes.append(request_bytes)
-                    response_sizes.append(response_bytes)
-                if tasks_var:
-                    task_counts.append(tasks[0])
-                if len(durations) > 1000:
-                    for values in slot:
-                        values.clear()
-
-    return Middleware
 
 
 def build(config: str) -> Any:
-    """The app of ``config``, with asyncwatch installed for ``asyncwatch``."""
-    import asgi
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    async def hello(request: Request) -> JSONResponse:
-        return JSONResponse({"hello": "world", "items": [1, 2, 3]})
-
-    async def item(request: Request) -> JSONResponse:
-        return JSONResponse({"id": int(request.path_params["item_id"]), "name": "thing"})
-
-    app: Any = Starlette(routes=[Route("/json", hello), Route("/items/{item_id:int}", item)])
-    if config == "bare":
-        return app
+    """The app of ``config`` (asgi.py's Starlette app), with asyncwatch installed, everything
+    periodic off, for ``asyncwatch``."""
+    if config == "asyncwatch":
+        return build_app("asyncwatch-quiet")
     if config == "floor":
-        return asgi.FloorMiddleware(app)
+        return FloorMiddleware(build_app("bare"))
     if config == "figures":
-        return asgi.FiguresFloorMiddleware(app)
+        return figures_floor()(build_app("bare"))
     if config.startswith("figures without "):
         left = config.removeprefix("figures without ")
-        return figures_without(set(LEFT_OUT) if left == "all" else {left})(app)
-    import asyncwatch
-
-    asyncwatch.install(loop_watch=False, deadlock_detection=False, advisor=False,
-                       metrics_exporters=("none",), asgi_auto=False, http_spans=False)
-    return asyncwatch.AsyncWatchMiddleware(app)
+        return figures_floor(frozenset(FIGURES) if left == "all" else frozenset({left}))(
+            build_app("bare"))
+    return build_app("bare")
 
 
 async def _receive() -> dict[str, Any]:
