@@ -111,13 +111,6 @@ def measured(settings: dict[str, Any] | None, n: int, chains: int,
     return seconds
 
 
-def instructions(config: str, count: int, chains: int) -> tuple[int, int]:
-    """(loop thread, all threads) instructions of a child process running ``count``
-    callbacks under callgrind."""
-    loop, every, _ = counted(config, count, chains)
-    return loop, every
-
-
 def counted(config: str, count: int, chains: int, slow: bool = False) -> tuple[int, int, float]:
     """(loop thread, all threads) instructions of a child process running ``count`` callbacks
     under callgrind (``slow``: at ``SLOW_PACE``), and the wall seconds of the callbacks."""
@@ -150,21 +143,19 @@ def native_wall(config: str, count: int, chains: int) -> float:
     return float(done.stdout.split()[-1])
 
 
-def paced_per_callback(config: str, small: int, chains: int) -> Paced:
-    """Loop-thread instructions per callback, raw and at the program's pace (``Paced``)."""
+def paced_per_callback(config: str, small: int, chains: int) -> tuple[Paced, float]:
+    """Loop-thread instructions per callback, raw and at the program's pace (``Paced``), and
+    all threads' instructions per callback as counted (plain pace), from the same runs."""
+    every: dict[int, int] = {}
+
     def count(n: int, slow: bool) -> tuple[int, float]:
-        loop, _, wall = counted(config, n, chains, slow)
+        loop, all_threads, wall = counted(config, n, chains, slow)
+        if not slow:
+            every[n] = all_threads
         return loop, wall
 
-    return paced(count, lambda n: native_wall(config, n, chains), small, max(1, small // 4))
-
-
-def per_callback(config: str, small: int, chains: int) -> tuple[float, float]:
-    """(loop thread, all threads) instructions per callback: the difference between runs of
-    ``small`` and ``6 * small`` callbacks, divided by ``5 * small`` (start-up cancels out)."""
-    (loop_a, all_a), (loop_b, all_b) = (
-        instructions(config, small, chains), instructions(config, 6 * small, chains))
-    return (loop_b - loop_a) / (5 * small), (all_b - all_a) / (5 * small)
+    pace = paced(count, lambda n: native_wall(config, n, chains), small, max(1, small // 4))
+    return pace, (every[6 * small] - every[small]) / (5 * small)
 
 
 def _run(config: str, n: int, chains: int) -> Callable[[], tuple[float, int]]:
@@ -187,8 +178,8 @@ def callgrind(configs: list[str], small: int, chains: int) -> str:
     per: dict[str, tuple[float, float]] = {}
     pace: dict[str, Paced] = {}
     for config in configs:
-        per[config] = per_callback(config, small, chains)
-        pace[config] = paced_per_callback(config, small, chains)
+        pace[config], every = paced_per_callback(config, small, chains)
+        per[config] = (pace[config].raw, every)
         print(f"{config}: {per[config][0]:,.0f} / {per[config][1]:,.0f} instructions per "
               f"callback ({pace[config].paced:,.0f} on the loop thread at the program's pace)",
               flush=True)

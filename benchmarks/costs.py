@@ -158,7 +158,7 @@ def callbacks_row(sz: Sizes, callgrind: bool) -> list[Line]:
     if callgrind:
         # Loop-thread instructions per callback, raw and with the per-second work (heartbeat,
         # deadlock scans) counted at the program's pace rather than valgrind's (``Paced``)
-        pace = {c: callbacks.paced_per_callback(c, sz.callgrind_callbacks, 1)
+        pace = {c: callbacks.paced_per_callback(c, sz.callgrind_callbacks, 1)[0]
                 for c in ("bare", floor, "defaults")}
         data["instructions"] = {c: asdict(p) for c, p in pace.items()}
         ratio = {c: p.paced / pace["bare"].paced for c, p in pace.items()}
