@@ -4,7 +4,8 @@
    keeps one copy of the rules and dashboards; this puts them in the package so ``asyncwatch
    assets DIR`` can write them out (asyncwatch/_assets.py decides which files).
 2. Build the optional compiled accelerator, ``asyncwatch/tasks/_fastpath.c`` (the task path's
-   hot functions in C, the twin of ``_purepath.py``), where a C compiler and the Python headers
+   hot functions in C, the twin of ``_purepath.py``) and ``asyncwatch/asgi/_fastexchange.c``
+   (the HTTP request path's, the twin of ``_pureexchange.py``), where a C compiler and the Python headers
    are present. Where they are not, the build warns and the pure-Python twin is used
    (``optional=True``). Skipped on interpreters it is not written for (PyPy, free-threaded
    CPython). ``ASYNCWATCH_BUILD_EXTENSIONS=required`` makes a failed build an error
@@ -65,8 +66,13 @@ def _extensions() -> list[Extension]:
         )
     if mode == "no" or not supported:
         return []
-    source = "asyncwatch/tasks/_fastpath.c"
-    return [Extension("asyncwatch.tasks._fastpath", [source], optional=mode != "required")]
+    optional = mode != "required"
+    return [
+        Extension("asyncwatch.tasks._fastpath", ["asyncwatch/tasks/_fastpath.c"],
+                  optional=optional),
+        Extension("asyncwatch.asgi._fastexchange", ["asyncwatch/asgi/_fastexchange.c"],
+                  optional=optional),
+    ]
 
 
 setup(cmdclass={"build_py": BuildWithAssets}, ext_modules=_extensions())

@@ -26,8 +26,8 @@ Timing semantics:
 from __future__ import annotations
 
 import contextvars
+import os
 import time
-from _thread import get_ident
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,8 @@ from . import _routes
 from ._http import FOLD_AT, BoundHist, HttpShard, HttpStats, RequestKey, RequestSlot
 
 if TYPE_CHECKING:
+    from ._pureexchange import HttpCore, bind, new_http
+
     import asyncio
     from collections.abc import Callable
     from contextvars import Token
@@ -97,12 +99,31 @@ def bounded_version(value: Any) -> str | None:
         return None
 
 
-def _kind(message: Message) -> object:
-    """``message["type"]``, or None if it has none."""
-    try:
-        return message["type"]
-    except (KeyError, TypeError, AttributeError):
-        return None
+def _http_core() -> tuple[Any, Any, Any, str]:
+    """The compiled twin of the request path's core if it is built and not refused, else the
+    Python one: (HttpCore, new_http, bind, which)."""
+    why = "ASYNCWATCH_NO_EXTENSIONS"
+    if os.environ.get("ASYNCWATCH_NO_EXTENSIONS", "") in ("", "0"):
+        try:
+            from . import _fastexchange  # built by setup.py when it can (stub: .pyi)
+        except ImportError:
+            why = "no compiled accelerator"
+        else:
+            where = os.path.basename(_fastexchange.__file__)
+            return (_fastexchange.HttpCore, _fastexchange.new_http, _fastexchange.bind,
+                    f"compiled ({where})")
+    from . import _pureexchange
+
+    return (_pureexchange.HttpCore, _pureexchange.new_http, _pureexchange.bind,
+            f"pure Python ({why})")
+
+
+#: Which twin of the HTTP request path is in use, "compiled (file)" or "pure Python (why)":
+#: ``asyncwatch config`` prints it.
+ACCELERATOR: str
+if not TYPE_CHECKING:
+    HttpCore, new_http, bind, ACCELERATOR = _http_core()
+COMPILED = ACCELERATOR.startswith("compiled")
 
 
 class BaseExchange:
@@ -269,27 +290,16 @@ class BaseExchange:
             self.obs.fault("asgi_span", exc)
 
 
-class HttpExchange(BaseExchange):
-    """One HTTP request; see the module docstring."""
+class HttpExchange(HttpCore, BaseExchange):
+    """One HTTP request; see the module docstring. The fields every request reads and writes,
+    ``send``, ``receive`` and the common request's ``record`` and ``finish`` are
+    ``HttpCore``'s, compiled or pure Python (``_fastexchange``, ``_pureexchange``)."""
 
-    # Set by open_http for every request (see there).
-    shard: HttpShard
-    method: str
-    status: int | None
-    req_bytes: int
-    resp_bytes: int
-    end: float | None
-    recorded: bool
-    # False once anything unusual happened to the request (one of the fields below set, or
-    # ``exc``, ``disconnected``, ``span``, ``span_token``): the common request reads this one
-    # field instead of each of them, and none of them is written for it.
-    plain: bool
-    trailers = False
+    trailers: bool
+    slot: RequestSlot | None
+    status_unsent: bool
     background = False
     meters = True  # False when FastAPI's own telemetry records the HTTP metrics
-    slot: RequestSlot | None = None
-    # The client left before the status line was sent (set and read only on that rare path).
-    status_unsent = False
 
     def scheme_now(self) -> str:
         """The bounded ``url.scheme`` of this request."""
@@ -301,66 +311,8 @@ class HttpExchange(BaseExchange):
         scope = self.scope
         return bounded_version(None if scope is None else scope.get("http_version"))
 
-    async def receive(self) -> Message:
-        """The server's receive, observed."""
-        message = await self._receive()
-        try:
-            kind = message["type"]
-            if kind == "http.request":
-                self.req_bytes += len(message.get("body", b""))
-            elif kind == "http.disconnect" and self.end is None:
-                self.disconnected = True
-                self.plain = False
-                if self.status is None:
-                    self.status_unsent = True
-        except (KeyError, TypeError, AttributeError):
-            pass  # not a message this middleware understands; the app gets it unchanged
-        return message
-
-    async def send(self, message: Message) -> None:
-        """The server's send, observed; the request ends when its last part is sent."""
-        last = False
-        try:
-            kind = message["type"]
-            if kind == "http.response.body":
-                body = message.get("body")
-                if body:
-                    self.resp_bytes += len(body)
-                last = not message.get("more_body") and (self.plain or not self.trailers)
-            elif kind == "http.response.start":
-                status = message["status"]
-                self.status = status if status.__class__ is int else None
-                if message.get("trailers"):
-                    self.trailers = True
-                    self.plain = False
-            elif kind == "http.response.trailers":
-                last = not message.get("more_trailers")
-            elif kind == "http.response.pathsend":
-                last = True
-        except (KeyError, TypeError, AttributeError):
-            pass
-        try:
-            await self._send(message)
-        except OSError:
-            if self.end is None:
-                self.disconnected = True
-                self.plain = False
-                if self.status is None or _kind(message) == "http.response.start":
-                    self.status_unsent = True
-            raise
-        if last and self.end is None:
-            # Guarded here too (record guards its own body): nothing asyncwatch does after the
-            # app's send may reach the app. A try costs nothing in 3.11 unless it catches.
-            try:
-                self.end = end = clock()
-                status = self.status
-                if status is None or status < 500:
-                    self.record(end)
-            except Exception as exc:
-                self.obs.fault("asgi_request", exc)
-
-    def finish(self) -> None:
-        """The app returned or raised: record whatever is still open."""
+    def finish_full(self) -> None:
+        """The app returned or raised: record whatever is still open (every case)."""
         try:
             if not self.recorded:
                 end = self.end
@@ -384,8 +336,9 @@ class HttpExchange(BaseExchange):
         if not self.plain and self.span_token is not None:
             self.detach_span()
 
-    def record(self, end: float) -> None:
-        """Record the request (once), ended at ``end``: metrics, disconnect count, span."""
+    def record_full(self, end: float) -> None:
+        """Record the request (once), ended at ``end``: metrics, disconnect count, span
+        (every case)."""
         try:
             self.recorded = True
             shard = self.shard
@@ -516,31 +469,16 @@ class HttpExchange(BaseExchange):
 def open_http(
     obs: Observer, scope: Scope, receive: Receive, send: Send, method: str
 ) -> HttpExchange:
-    """The exchange of one HTTP request (``method`` already bounded), counted in flight.
+    """The exchange of one HTTP request (``method`` already bounded), counted in flight
+    (``new_http`` with the scope's ``root_path``, "" if it has none).
 
-    A function rather than ``HttpExchange.__init__``: a class whose ``__init__`` is Python
-    code is called through C (some 800 instructions more per request on 3.11), a function
-    called from the middleware's coroutine is not. Every field a request reads is set here,
-    where the store is cheap and makes later reads cheap too (a read that falls through to
-    a class default is a slow lookup). The scheme and protocol version are read when the
-    request is recorded.
+    ``AsyncWatchMiddleware.__call__`` calls ``new_http`` itself for the common request: a
+    function call less there is measurable.
     """
-    self = HttpExchange()
-    self.obs = obs
-    self.scope = scope
-    self._receive = receive
-    self._send = send
-    self.method = method
-    stats = obs.stats
-    shard = stats._by_thread.get(get_ident())  # HttpStats.shard inlined (hot path)
-    if shard is None:
-        shard = stats.shard
-    self.shard = shard
-    self.root_path = scope.get("root_path", "")
-    self.status = self.end = None
-    self.recorded = False
-    self.plain = True
-    self.tasks = self.req_bytes = self.resp_bytes = 0
-    shard.live.add(self)
-    self.started = clock()
-    return self
+    return new_http(obs, scope, receive, send, method, scope.get("root_path", ""))
+
+
+if not COMPILED:  # the Python core has no fast path of its own: the full methods are it
+    HttpExchange.record = HttpExchange.record_full  # type: ignore[method-assign]
+    HttpExchange.finish = HttpExchange.finish_full  # type: ignore[method-assign]
+bind(HttpExchange, clock, FOLD_AT)

@@ -21,7 +21,6 @@ import enum
 import fnmatch
 import os
 import re
-from _thread import get_ident
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeGuard
 
@@ -29,8 +28,7 @@ from opentelemetry.propagators.textmap import Getter
 
 from .._core import names as n
 from .._core.config import Config
-from .._core.measure import clock
-from ._exchange import REQUEST, HttpExchange, open_http
+from ._exchange import REQUEST, HttpExchange, new_http, open_http
 from ._routes import fastapi_native, find_fastapi, find_router
 from ._starlette import wrapping_from_outside
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -405,27 +403,10 @@ class AsyncWatchMiddleware:
                     method = scope["method"]
                     if method not in obs.methods:
                         method = n.OVERFLOW
-                    # open_http inlined (a call is some 500 instructions here): the same
-                    # fields (tests/test_asgi_layers.py compares them), and a KeyError for a
-                    # scope without root_path takes the long way
-                    ex = HttpExchange()
-                    ex.obs = obs
-                    ex.scope = scope
-                    ex._receive = receive
-                    ex._send = send
-                    ex.method = method
-                    stats = obs.stats
-                    shard = stats._by_thread.get(get_ident())
-                    if shard is None:
-                        shard = stats.shard
-                    ex.shard = shard
-                    ex.root_path = scope["root_path"]
-                    ex.status = ex.end = None
-                    ex.recorded = False
-                    ex.plain = True
-                    ex.tasks = ex.req_bytes = ex.resp_bytes = 0
-                    shard.live.add(ex)
-                    ex.started = clock()
+                    # open_http's work without its call (a Python call is some 500
+                    # instructions here); a KeyError for a scope without root_path takes the
+                    # long way
+                    ex = new_http(obs, scope, receive, send, method, scope["root_path"])
             except Exception:  # an odd scope (unhashable method, no type): the long way
                 ex = None
         if ex is None:  # anything else: set up by Observer.begin, or passed through
