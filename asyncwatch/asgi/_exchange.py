@@ -481,4 +481,4 @@ def open_http(
 if not COMPILED:  # the Python core has no fast path of its own: the full methods are it
     HttpExchange.record = HttpExchange.record_full  # type: ignore[method-assign]
     HttpExchange.finish = HttpExchange.finish_full  # type: ignore[method-assign]
-bind(HttpExchange, clock, FOLD_AT)
+bind(HttpExchange, clock, FOLD_AT, RequestSlot, HttpShard)

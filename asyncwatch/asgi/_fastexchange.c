@@ -147,6 +147,71 @@ absorb(PyObject *obs, PyObject *where)
     return 0;
 }
 
+/* ------------------------------------------------------------------ __slots__ fields */
+
+/* A field of RequestSlot or HttpShard (both __slots__ classes) read and written at its offset,
+ * as Python's own specialised attribute access does, when the object is of the class bind()
+ * was given; by name otherwise (a subclass, a stand-in in a test). */
+typedef struct {
+    PyTypeObject *type;  /* the class, or NULL before bind() */
+    Py_ssize_t offset;   /* the slot's offset in it, or -1: read by name */
+    PyObject **name;
+} Field;
+
+enum { F_ROUTE, F_DURATIONS, F_REQUEST_SIZES, F_RESPONSE_SIZES, F_ZERO_TASKS, F_LIVE,
+       F_BY_ROUTE, F_COUNT };
+static Field fields[F_COUNT];
+
+/* The field's value (a new reference), or NULL with an error set. */
+static PyObject *
+field_get(PyObject *obj, int which)
+{
+    Field *f = &fields[which];
+    if (Py_TYPE(obj) == f->type && f->offset >= 0) {
+        PyObject *v = *(PyObject **)((char *)obj + f->offset);
+        if (v != NULL) {
+            return Py_NewRef(v);
+        }
+    }
+    return PyObject_GetAttr(obj, *f->name);
+}
+
+/* Set the field (0), or -1 with an error set. */
+static int
+field_set(PyObject *obj, int which, PyObject *value)
+{
+    Field *f = &fields[which];
+    if (Py_TYPE(obj) == f->type && f->offset >= 0) {
+        Py_XSETREF(*(PyObject **)((char *)obj + f->offset), Py_NewRef(value));
+        return 0;
+    }
+    return PyObject_SetAttr(obj, *f->name, value);
+}
+
+/* Where ``type``'s slot ``name`` is (its member descriptor), or -1: read it by name. */
+static Py_ssize_t
+slot_offset(PyTypeObject *type, PyObject *name)
+{
+    PyObject *descr = PyDict_GetItemWithError(type->tp_dict, name);
+    if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type) {
+        PyErr_Clear();
+        return -1;
+    }
+    PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+    if (member->type != T_OBJECT_EX || (member->flags & READONLY)) {
+        return -1;
+    }
+    return member->offset;
+}
+
+static void
+bind_field(int which, PyTypeObject *type, PyObject **name)
+{
+    fields[which].type = type;
+    fields[which].name = name;
+    fields[which].offset = slot_offset(type, *name);
+}
+
 /* ------------------------------------------------------------------ HttpCore */
 
 typedef struct {
@@ -233,9 +298,9 @@ below_500(PyObject *status)
 
 /* list.append(value) on an attribute of ``owner`` (0, or -1 with an error set). */
 static int
-append_to(PyObject *owner, PyObject *name, PyObject *value, Py_ssize_t *size)
+append_to(PyObject *owner, int name, PyObject *value, Py_ssize_t *size)
 {
-    PyObject *list = PyObject_GetAttr(owner, name);
+    PyObject *list = field_get(owner, name);
     if (list == NULL) {
         return -1;
     }
@@ -314,7 +379,7 @@ shortcut(Core *self)
     PyTuple_SET_ITEM(key, 2, Py_NewRef(self->status));
     PyTuple_SET_ITEM(key, 3, Py_NewRef(scheme));
     PyTuple_SET_ITEM(key, 4, Py_NewRef(version));
-    by_route = PyObject_GetAttr(self->shard, s_by_route);
+    by_route = field_get(self->shard, F_BY_ROUTE);
     if (by_route == NULL || !PyDict_CheckExact(by_route)) {
         goto fail;
     }
@@ -356,7 +421,7 @@ core_record_impl(Core *self, PyObject *end_obj)
         goto error;
     }
     self->recorded = 1;
-    live = PyObject_GetAttr(self->shard, s_live);
+    live = field_get(self->shard, F_LIVE);
     if (live == NULL) {
         goto error;
     }
@@ -373,23 +438,23 @@ core_record_impl(Core *self, PyObject *end_obj)
         Py_DECREF(res);
     }
     Py_XSETREF(self->slot, Py_NewRef(slot));
-    route = PyObject_GetAttr(slot, s_route);
+    route = field_get(slot, F_ROUTE);
     if (route == NULL) {
         goto error;
     }
     Py_XSETREF(self->route, route);
     route = NULL;
     num = PyFloat_FromDouble(end - self->started);
-    if (num == NULL || append_to(slot, s_durations, num, NULL) < 0) {
+    if (num == NULL || append_to(slot, F_DURATIONS, num, NULL) < 0) {
         goto error;
     }
     Py_SETREF(num, PyLong_FromSsize_t(self->req_bytes));
-    if (num == NULL || append_to(slot, s_request_sizes, num, NULL) < 0) {
+    if (num == NULL || append_to(slot, F_REQUEST_SIZES, num, NULL) < 0) {
         goto error;
     }
     Py_SETREF(num, PyLong_FromSsize_t(self->resp_bytes));
     Py_ssize_t size = 0;
-    if (num == NULL || append_to(slot, s_response_sizes, num, &size) < 0) {
+    if (num == NULL || append_to(slot, F_RESPONSE_SIZES, num, &size) < 0) {
         goto error;
     }
     if (size >= fold_at) {
@@ -428,12 +493,12 @@ core_finish(Core *self, PyObject *Py_UNUSED(ignored))
         return PyObject_CallMethodNoArgs((PyObject *)self, s_finish_full);
     }
     self->finished = 1;
-    PyObject *zero = PyObject_GetAttr(self->slot, s_zero_tasks);
+    PyObject *zero = field_get(self->slot, F_ZERO_TASKS);
     if (zero != NULL) {
         PyObject *more = PyNumber_Add(zero, one);
         Py_DECREF(zero);
         if (more != NULL) {
-            int rc = PyObject_SetAttr(self->slot, s_zero_tasks, more);
+            int rc = field_set(self->slot, F_ZERO_TASKS, more);
             Py_DECREF(more);
             if (rc == 0) {
                 Py_RETURN_NONE;
@@ -1111,7 +1176,7 @@ new_http(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     self->root_path = Py_NewRef(args[5]);
     self->shard = shard;
     self->plain = 1;
-    PyObject *live = PyObject_GetAttr(shard, s_live);
+    PyObject *live = field_get(shard, F_LIVE);
     if (live == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -1144,13 +1209,16 @@ fail:
     return NULL;
 }
 
-/* bind(cls, clock, fold_at): the HttpExchange class new_http makes, the clock, FOLD_AT. */
+/* bind(cls, clock, fold_at, slot_class, shard_class): the HttpExchange class new_http makes,
+ * the clock, FOLD_AT, and the classes of the figures (RequestSlot) and of a shard (HttpShard). */
 static PyObject *
 bind(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *cls, *clock;
+    PyTypeObject *slot_class, *shard_class;
     Py_ssize_t fold;
-    if (!PyArg_ParseTuple(args, "OOn:bind", &cls, &clock, &fold)) {
+    if (!PyArg_ParseTuple(args, "OOnO!O!:bind", &cls, &clock, &fold, &PyType_Type, &slot_class,
+                          &PyType_Type, &shard_class)) {
         return NULL;
     }
     if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &CoreType)) {
@@ -1160,13 +1228,26 @@ bind(PyObject *Py_UNUSED(module), PyObject *args)
     Py_XSETREF(exchange_type, (PyTypeObject *)Py_NewRef(cls));
     Py_XSETREF(clock_fn, Py_NewRef(clock));
     fold_at = fold;
+    for (int i = 0; i < F_COUNT; i++) {
+        Py_CLEAR(fields[i].type);
+    }
+    bind_field(F_ROUTE, slot_class, &s_route);
+    bind_field(F_DURATIONS, slot_class, &s_durations);
+    bind_field(F_REQUEST_SIZES, slot_class, &s_request_sizes);
+    bind_field(F_RESPONSE_SIZES, slot_class, &s_response_sizes);
+    bind_field(F_ZERO_TASKS, slot_class, &s_zero_tasks);
+    bind_field(F_LIVE, shard_class, &s_live);
+    bind_field(F_BY_ROUTE, shard_class, &s_by_route);
+    for (int i = 0; i < F_COUNT; i++) {
+        Py_INCREF(fields[i].type);
+    }
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
     {"new_http", (PyCFunction)(void (*)(void))new_http, METH_FASTCALL,
      "new_http(obs, scope, receive, send, method, root_path): one request's exchange."},
-    {"bind", bind, METH_VARARGS, "bind(cls, clock, fold_at)"},
+    {"bind", bind, METH_VARARGS, "bind(cls, clock, fold_at, slot_class, shard_class)"},
     {NULL},
 };
 

@@ -25,8 +25,15 @@ _made: Any = None  # the HttpExchange class new_http makes (bind)
 _clock: Callable[[], float] = float  # the clock (bind)
 
 
-def bind(cls: type[HttpExchange], clock: Callable[[], float], fold_at: int) -> None:
-    """The class ``new_http`` makes and the clock it reads (as the compiled twin's)."""
+def bind(
+    cls: type[HttpExchange],
+    clock: Callable[[], float],
+    fold_at: int,
+    slot_class: type[RequestSlot],
+    shard_class: type[HttpShard],
+) -> None:
+    """The class ``new_http`` makes and the clock it reads (the compiled twin also takes
+    ``FOLD_AT`` and the classes whose fields it reads)."""
     global _made, _clock
     _made, _clock = cls, clock
 
