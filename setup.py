@@ -5,8 +5,8 @@
    assets DIR`` can write them out (asyncwatch/_assets.py decides which files).
 2. Build the optional compiled accelerator, ``asyncwatch/tasks/_fastpath.c`` (the task path's
    hot functions in C, the twin of ``_purepath.py``) and ``asyncwatch/asgi/_fastexchange.c``
-   (the HTTP request path's, the twin of ``_pureexchange.py``), where a C compiler and the Python headers
-   are present. Where they are not, the build warns and the pure-Python twin is used
+   (the HTTP request path's, the twin of ``_pureexchange.py``), where a C compiler and the
+   Python headers are present. Where they are not, the build warns and the pure-Python twin is used
    (``optional=True``). Skipped on interpreters it is not written for (PyPy, free-threaded
    CPython). ``ASYNCWATCH_BUILD_EXTENSIONS=required`` makes a failed build an error
    (``./scripts/test`` and the wheel builds set it, so a broken accelerator cannot pass

@@ -186,9 +186,11 @@ def _config() -> int:
         mark = " " if repr(value) == default else "*"
         print(f"{mark} {name:<{width}} = {value!r:<24} {variables}  ({form})")
     print("\n* differs from the default")
+    from .asgi._exchange import ACCELERATOR as HTTP_ACCELERATOR
     from .tasks import ACCELERATOR
 
     print(f"\ntask path: {ACCELERATOR}")
+    print(f"HTTP path: {HTTP_ACCELERATOR}")
     return 0
 
 

@@ -199,7 +199,17 @@ def test_the_compiled_twin_is_used_where_it_is_built() -> None:
     assert _path.HookCore.__module__.endswith("_fastpath" if compiled else "_purepath")
 
 
-def test_asyncwatch_config_names_the_task_path() -> None:
+def test_the_compiled_http_core_is_used_where_it_is_built() -> None:
+    from asyncwatch.asgi import _exchange
+
+    built = importlib.util.find_spec("asyncwatch.asgi._fastexchange") is not None
+    compiled = built and os.environ.get("ASYNCWATCH_NO_EXTENSIONS", "") in ("", "0")
+    assert _exchange.ACCELERATOR.startswith("compiled" if compiled else "pure Python")
+    assert _exchange.HttpCore.__module__.endswith("_fastexchange" if compiled else
+                                                  "_pureexchange")
+
+
+def test_asyncwatch_config_names_the_task_and_http_paths() -> None:
     cli = Path(sys.executable).parent / "asyncwatch"
     compiled = "compiled" if BUILT else "pure Python"
     for forced, expected in ((False, compiled), (True, "pure Python (ASYNCWATCH_NO_EXTENSIONS)")):
@@ -212,5 +222,6 @@ def test_asyncwatch_config_names_the_task_path() -> None:
             check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
-        (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith("task path:")]
-        assert line.startswith(f"task path: {expected}")
+        for path in ("task path", "HTTP path"):
+            (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith(f"{path}:")]
+            assert line.startswith(f"{path}: {expected}")

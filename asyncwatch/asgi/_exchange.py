@@ -35,11 +35,9 @@ from .._core import names as n
 from .._core.context import add_route_reader
 from .._core.measure import clock
 from . import _routes
-from ._http import FOLD_AT, BoundHist, HttpShard, HttpStats, RequestKey, RequestSlot
+from ._http import FOLD_AT, MAX_SHORTCUTS, BoundHist, HttpShard, HttpStats, RequestKey, RequestSlot
 
 if TYPE_CHECKING:
-    from ._pureexchange import HttpCore, bind, new_http
-
     import asyncio
     from collections.abc import Callable
     from contextvars import Token
@@ -49,9 +47,22 @@ if TYPE_CHECKING:
 
     from ..tasks import TaskStats
     from ._middleware import Observer
-    from ._types import Message, Receive, Scope, Send
+    from ._pureexchange import HttpCore, bind, bind_observer, new_http
+    from ._types import Receive, Scope, Send
 
     TaskCallback = Callable[[asyncio.Task[Any]], None]
+
+__all__ = [
+    "ACCELERATOR",
+    "COMPILED",
+    "REQUEST",
+    "BaseExchange",
+    "HttpCore",
+    "HttpExchange",
+    "bind_observer",
+    "new_http",
+    "open_http",
+]
 
 # The exchange of the request being handled (HttpExchange or WsExchange), for the task hook.
 REQUEST: ContextVar[BaseExchange | None] = ContextVar("asyncwatch.request", default=None)
@@ -99,9 +110,9 @@ def bounded_version(value: Any) -> str | None:
         return None
 
 
-def _http_core() -> tuple[Any, Any, Any, str]:
+def _http_core() -> tuple[Any, str]:
     """The compiled twin of the request path's core if it is built and not refused, else the
-    Python one: (HttpCore, new_http, bind, which)."""
+    Python one: (its module, which)."""
     why = "ASYNCWATCH_NO_EXTENSIONS"
     if os.environ.get("ASYNCWATCH_NO_EXTENSIONS", "") in ("", "0"):
         try:
@@ -109,20 +120,19 @@ def _http_core() -> tuple[Any, Any, Any, str]:
         except ImportError:
             why = "no compiled accelerator"
         else:
-            where = os.path.basename(_fastexchange.__file__)
-            return (_fastexchange.HttpCore, _fastexchange.new_http, _fastexchange.bind,
-                    f"compiled ({where})")
+            return _fastexchange, f"compiled ({os.path.basename(_fastexchange.__file__)})"
     from . import _pureexchange
 
-    return (_pureexchange.HttpCore, _pureexchange.new_http, _pureexchange.bind,
-            f"pure Python ({why})")
+    return _pureexchange, f"pure Python ({why})"
 
 
 #: Which twin of the HTTP request path is in use, "compiled (file)" or "pure Python (why)":
 #: ``asyncwatch config`` prints it.
 ACCELERATOR: str
 if not TYPE_CHECKING:
-    HttpCore, new_http, bind, ACCELERATOR = _http_core()
+    _core, ACCELERATOR = _http_core()
+    HttpCore, new_http, bind, bind_observer = (
+        _core.HttpCore, _core.new_http, _core.bind, _core.bind_observer)
 COMPILED = ACCELERATOR.startswith("compiled")
 
 
@@ -295,6 +305,7 @@ class HttpExchange(HttpCore, BaseExchange):
     ``send``, ``receive`` and the common request's ``record`` and ``finish`` are
     ``HttpCore``'s, compiled or pure Python (``_fastexchange``, ``_pureexchange``)."""
 
+    method: str
     trailers: bool
     slot: RequestSlot | None
     status_unsent: bool
@@ -479,6 +490,6 @@ def open_http(
 
 
 if not COMPILED:  # the Python core has no fast path of its own: the full methods are it
-    HttpExchange.record = HttpExchange.record_full  # type: ignore[method-assign]
-    HttpExchange.finish = HttpExchange.finish_full  # type: ignore[method-assign]
-bind(HttpExchange, clock, FOLD_AT, RequestSlot, HttpShard)
+    HttpExchange.record = HttpExchange.record_full  # type: ignore[method-assign,assignment]
+    HttpExchange.finish = HttpExchange.finish_full  # type: ignore[method-assign,assignment]
+bind(HttpExchange, clock, FOLD_AT, MAX_SHORTCUTS, RequestSlot, HttpShard)

@@ -31,6 +31,14 @@
 
 static PyTypeObject *exchange_type; /* _exchange.HttpExchange, set by bind() */
 static PyObject *clock_fn;          /* _core.measure.clock, set by bind() */
+#if defined(__linux__)
+#include <time.h>
+/* clock_fn is time.perf_counter, read here the way it reads itself on Linux (CLOCK_MONOTONIC,
+ * nanoseconds to float seconds as _PyTime_AsSecondsDouble does): the same values without a
+ * call. */
+static int clock_inline;
+#endif
+static Py_ssize_t max_shortcuts = 512; /* _http.MAX_SHORTCUTS, set by bind() */
 static Py_ssize_t fold_at = 256;    /* _http.FOLD_AT, set by bind() */
 static PyObject *empty_bytes, *one;
 
@@ -39,7 +47,8 @@ static PyObject *s_type, *s_body, *s_more_body, *s_status, *s_trailers, *s_more_
     *s_resp_pathsend, *s_record_full, *s_finish_full, *s_fault, *s_asgi_request, *s_get,
     *s_stats, *s__by_thread, *s_shard, *s_live, *s_route, *s_path_format, *s_root_path,
     *s_scheme, *s_http_version, *s_fastapi, *s_by_route, *s_durations, *s_request_sizes,
-    *s_response_sizes, *s_fold, *s_zero_tasks, *s_throw, *s_close, *s_value;
+    *s_response_sizes, *s_fold, *s_zero_tasks, *s_throw, *s_close, *s_value,
+    *s_by_route_object, *s_by_thread;
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -147,6 +156,24 @@ absorb(PyObject *obs, PyObject *where)
     return 0;
 }
 
+/* The clock's reading as a float object (a new reference), or NULL with an error set. */
+static PyObject *
+clock_now(void)
+{
+#if defined(__linux__)
+    if (clock_inline) {
+        struct timespec ts;
+        if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) {
+            long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+            double seconds = ns % 1000000000LL == 0 ? (double)(ns / 1000000000LL)
+                                                    : (double)ns / 1e9;
+            return PyFloat_FromDouble(seconds);
+        }
+    }
+#endif
+    return PyObject_CallNoArgs(clock_fn);
+}
+
 /* ------------------------------------------------------------------ __slots__ fields */
 
 /* A field of RequestSlot or HttpShard (both __slots__ classes) read and written at its offset,
@@ -159,7 +186,7 @@ typedef struct {
 } Field;
 
 enum { F_ROUTE, F_DURATIONS, F_REQUEST_SIZES, F_RESPONSE_SIZES, F_ZERO_TASKS, F_LIVE,
-       F_BY_ROUTE, F_COUNT };
+       F_BY_ROUTE, F_BY_ROUTE_OBJECT, F_OBS_BY_THREAD, F_OBS_STATS, F_COUNT };
 static Field fields[F_COUNT];
 
 /* The field's value (a new reference), or NULL with an error set. */
@@ -175,6 +202,7 @@ field_get(PyObject *obj, int which)
     }
     return PyObject_GetAttr(obj, *f->name);
 }
+
 
 /* Set the field (0), or -1 with an error set. */
 static int
@@ -324,72 +352,124 @@ append_to(PyObject *owner, int name, PyObject *value, Py_ssize_t *size)
     return rc;
 }
 
+/* ``a == b`` for the cache's fields: 1, 0, or -1 with an error set. */
+static int
+equal(PyObject *a, PyObject *b)
+{
+    return a == b ? 1 : PyObject_RichCompareBool(a, b, Py_EQ);
+}
+
 /* The shortcut to the figures of a common request (a new reference), or NULL: the long way
- * (NULL with an error set only for an error that must propagate). Reads only. */
+ * (NULL with an error set only for an error that must propagate). Reads only, but for the
+ * shard's cache by route object.
+ *
+ * The shortcut is the shard's ``by_route`` entry for (route template, method, status, scheme,
+ * version), as ``record_full`` finds it. In front of it, ``by_route_object`` maps the address
+ * of the scope's route object to (route, method, status, scheme, version, slot) as last found
+ * for that route: one int lookup and four compares instead of reading the template and hashing
+ * and comparing a five-field key (Starlette's routes are not hashable themselves). The entry
+ * holds the route, so its address cannot be reused while it is there; both maps are bounded by
+ * MAX_SHORTCUTS. */
 static PyObject *
 shortcut(Core *self)
 {
     PyObject *scope = self->scope, *route = NULL, *root = NULL, *key = NULL, *slot = NULL;
-    PyObject *by_route = NULL;
+    PyObject *by_route = NULL, *cache = NULL, *address = NULL, *template = NULL;
+    PyObject *method = self->method != NULL ? self->method : Py_None;
     if (!self->plain || scope == NULL || !PyDict_CheckExact(scope) || self->status == NULL
-        || self->status == Py_None) {
+        || self->status == Py_None || self->shard == NULL) {
         return NULL;
     }
     int low = below_500(self->status);
     if (low <= 0) {
-        goto fail;
+        goto done;
     }
     int has = PyDict_Contains(scope, s_fastapi);
     if (has != 0) {
-        goto fail;
+        goto done;
     }
     PyObject *found = PyDict_GetItemWithError(scope, s_route);
     if (found == NULL || found == Py_None) {
-        goto fail;
+        goto done;
     }
     route = Py_NewRef(found);
     found = PyDict_GetItemWithError(scope, s_root_path);
     if (found == NULL || self->root_path == NULL) {
-        goto fail;
+        goto done;
     }
     root = Py_NewRef(found);
     int eq = PyObject_RichCompareBool(root, self->root_path, Py_EQ);
     if (eq <= 0) {
-        goto fail;
+        goto done;
     }
     PyObject *scheme = PyDict_GetItemWithError(scope, s_scheme);
     if (scheme == NULL) {
-        goto fail;
+        goto done;
     }
     PyObject *version = PyDict_GetItemWithError(scope, s_http_version);
     if (version == NULL) {
-        goto fail;
+        goto done;
     }
-    PyObject *template = PyObject_GetAttr(route, s_path_format);
+    cache = field_get(self->shard, F_BY_ROUTE_OBJECT);
+    if (cache == NULL || !PyDict_CheckExact(cache)) {
+        goto done;
+    }
+    address = PyLong_FromVoidPtr(route);
+    if (address == NULL) {
+        goto done;
+    }
+    PyObject *entry = PyDict_GetItemWithError(cache, address);
+    if (entry != NULL && PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 6
+        && PyTuple_GET_ITEM(entry, 0) == route) {
+        Py_INCREF(entry);
+        int same_key = 1;
+        PyObject *mine[4] = {method, self->status, scheme, version};
+        for (int i = 0; i < 4 && same_key > 0; i++) {
+            same_key = equal(PyTuple_GET_ITEM(entry, i + 1), mine[i]);
+        }
+        if (same_key > 0) {
+            slot = Py_NewRef(PyTuple_GET_ITEM(entry, 5));
+        }
+        Py_DECREF(entry);
+        if (same_key != 0) {
+            goto done; /* found, or an error */
+        }
+    }
+    else if (entry == NULL && PyErr_Occurred()) {
+        goto done;
+    }
+    template = PyObject_GetAttr(route, s_path_format);
     if (template == NULL) {
-        goto fail;
+        goto done;
     }
-    key = PyTuple_New(5);
+    key = PyTuple_Pack(5, template, method, self->status, scheme, version);
     if (key == NULL) {
-        Py_DECREF(template);
-        goto fail;
+        goto done;
     }
-    PyTuple_SET_ITEM(key, 0, template);
-    PyTuple_SET_ITEM(key, 1, Py_NewRef(self->method ? self->method : Py_None));
-    PyTuple_SET_ITEM(key, 2, Py_NewRef(self->status));
-    PyTuple_SET_ITEM(key, 3, Py_NewRef(scheme));
-    PyTuple_SET_ITEM(key, 4, Py_NewRef(version));
     by_route = field_get(self->shard, F_BY_ROUTE);
     if (by_route == NULL || !PyDict_CheckExact(by_route)) {
-        goto fail;
+        goto done;
     }
     slot = PyDict_GetItemWithError(by_route, key);
-    Py_XINCREF(slot);
-fail:
+    if (slot == NULL) {
+        goto done;
+    }
+    Py_INCREF(slot);
+    if (PyDict_GET_SIZE(cache) < max_shortcuts || PyDict_Contains(cache, address) == 1) {
+        PyObject *fresh = PyTuple_Pack(6, route, method, self->status, scheme, version, slot);
+        if (fresh == NULL || PyDict_SetItem(cache, address, fresh) < 0) {
+            Py_CLEAR(slot);
+        }
+        Py_XDECREF(fresh);
+    }
+done:
     Py_XDECREF(route);
     Py_XDECREF(root);
     Py_XDECREF(key);
     Py_XDECREF(by_route);
+    Py_XDECREF(cache);
+    Py_XDECREF(address);
+    Py_XDECREF(template);
     if (slot == NULL && PyErr_Occurred()) {
         if (!PyErr_ExceptionMatches(PyExc_Exception)) {
             return NULL; /* a BaseException: it propagates, as from the Python twin */
@@ -518,7 +598,7 @@ core_ended(Core *self)
     if (self->end != NULL && self->end != Py_None) {
         return 0;
     }
-    PyObject *end = PyObject_CallNoArgs(clock_fn);
+    PyObject *end = clock_now();
     if (end == NULL) {
         return absorb(self->obs, s_asgi_request);
     }
@@ -1133,36 +1213,37 @@ new_http(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "new_http before bind()");
         return NULL;
     }
-    PyObject *obs = args[0];
-    PyObject *stats = PyObject_GetAttr(obs, s_stats);
-    if (stats == NULL) {
-        return NULL;
-    }
-    PyObject *shard = NULL, *by_thread = PyObject_GetAttr(stats, s__by_thread);
+    PyObject *obs = args[0], *shard = NULL;
+    PyObject *by_thread = field_get(obs, F_OBS_BY_THREAD);
     if (by_thread == NULL) {
-        Py_DECREF(stats);
         return NULL;
     }
     if (PyDict_CheckExact(by_thread)) {
         PyObject *ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
         if (ident == NULL) {
-            goto fail;
+            Py_DECREF(by_thread);
+            return NULL;
         }
         shard = PyDict_GetItemWithError(by_thread, ident);
         Py_DECREF(ident);
         Py_XINCREF(shard);
         if (shard == NULL && PyErr_Occurred()) {
-            goto fail;
+            Py_DECREF(by_thread);
+            return NULL;
         }
     }
-    if (shard == NULL) {
+    Py_DECREF(by_thread);
+    if (shard == NULL) { /* this thread's first request: HttpStats.shard makes its shard */
+        PyObject *stats = field_get(obs, F_OBS_STATS);
+        if (stats == NULL) {
+            return NULL;
+        }
         shard = PyObject_GetAttr(stats, s_shard);
+        Py_DECREF(stats);
         if (shard == NULL) {
-            goto fail;
+            return NULL;
         }
     }
-    Py_CLEAR(by_thread);
-    Py_CLEAR(stats);
     Core *self = (Core *)exchange_type->tp_alloc(exchange_type, 0);
     if (self == NULL) {
         Py_DECREF(shard);
@@ -1191,7 +1272,7 @@ new_http(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         Py_XDECREF(res);
     }
     Py_DECREF(live);
-    PyObject *now = rc < 0 ? NULL : PyObject_CallNoArgs(clock_fn);
+    PyObject *now = rc < 0 ? NULL : clock_now();
     if (now == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -1203,22 +1284,19 @@ new_http(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     return (PyObject *)self;
-fail:
-    Py_DECREF(by_thread);
-    Py_DECREF(stats);
-    return NULL;
 }
 
-/* bind(cls, clock, fold_at, slot_class, shard_class): the HttpExchange class new_http makes,
- * the clock, FOLD_AT, and the classes of the figures (RequestSlot) and of a shard (HttpShard). */
+/* bind(cls, clock, fold_at, max_shortcuts, slot_class, shard_class): the HttpExchange class
+ * new_http makes, the clock, FOLD_AT, MAX_SHORTCUTS, and the classes of the figures
+ * (RequestSlot) and of a shard (HttpShard). */
 static PyObject *
 bind(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *cls, *clock;
     PyTypeObject *slot_class, *shard_class;
-    Py_ssize_t fold;
-    if (!PyArg_ParseTuple(args, "OOnO!O!:bind", &cls, &clock, &fold, &PyType_Type, &slot_class,
-                          &PyType_Type, &shard_class)) {
+    Py_ssize_t fold, shortcuts;
+    if (!PyArg_ParseTuple(args, "OOnnO!O!:bind", &cls, &clock, &fold, &shortcuts, &PyType_Type,
+                          &slot_class, &PyType_Type, &shard_class)) {
         return NULL;
     }
     if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &CoreType)) {
@@ -1228,7 +1306,21 @@ bind(PyObject *Py_UNUSED(module), PyObject *args)
     Py_XSETREF(exchange_type, (PyTypeObject *)Py_NewRef(cls));
     Py_XSETREF(clock_fn, Py_NewRef(clock));
     fold_at = fold;
-    for (int i = 0; i < F_COUNT; i++) {
+    max_shortcuts = shortcuts;
+#if defined(__linux__)
+    PyObject *time = PyImport_ImportModule("time");
+    if (time == NULL) {
+        return NULL;
+    }
+    PyObject *perf_counter = PyObject_GetAttrString(time, "perf_counter");
+    Py_DECREF(time);
+    if (perf_counter == NULL) {
+        return NULL;
+    }
+    clock_inline = clock == perf_counter;
+    Py_DECREF(perf_counter);
+#endif
+    for (int i = 0; i < F_OBS_BY_THREAD; i++) {
         Py_CLEAR(fields[i].type);
     }
     bind_field(F_ROUTE, slot_class, &s_route);
@@ -1238,7 +1330,28 @@ bind(PyObject *Py_UNUSED(module), PyObject *args)
     bind_field(F_ZERO_TASKS, slot_class, &s_zero_tasks);
     bind_field(F_LIVE, shard_class, &s_live);
     bind_field(F_BY_ROUTE, shard_class, &s_by_route);
-    for (int i = 0; i < F_COUNT; i++) {
+    bind_field(F_BY_ROUTE_OBJECT, shard_class, &s_by_route_object);
+    for (int i = 0; i < F_OBS_BY_THREAD; i++) {
+        Py_INCREF(fields[i].type);
+    }
+    Py_RETURN_NONE;
+}
+
+/* bind_observer(cls): the middleware's Observer class, whose by_thread and stats new_http
+ * reads. */
+static PyObject *
+bind_observer(PyObject *Py_UNUSED(module), PyObject *cls)
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "bind_observer() takes a class");
+        return NULL;
+    }
+    for (int i = F_OBS_BY_THREAD; i < F_COUNT; i++) {
+        Py_CLEAR(fields[i].type);
+    }
+    bind_field(F_OBS_BY_THREAD, (PyTypeObject *)cls, &s_by_thread);
+    bind_field(F_OBS_STATS, (PyTypeObject *)cls, &s_stats);
+    for (int i = F_OBS_BY_THREAD; i < F_COUNT; i++) {
         Py_INCREF(fields[i].type);
     }
     Py_RETURN_NONE;
@@ -1247,7 +1360,9 @@ bind(PyObject *Py_UNUSED(module), PyObject *args)
 static PyMethodDef module_methods[] = {
     {"new_http", (PyCFunction)(void (*)(void))new_http, METH_FASTCALL,
      "new_http(obs, scope, receive, send, method, root_path): one request's exchange."},
-    {"bind", bind, METH_VARARGS, "bind(cls, clock, fold_at, slot_class, shard_class)"},
+    {"bind", bind, METH_VARARGS,
+     "bind(cls, clock, fold_at, max_shortcuts, slot_class, shard_class)"},
+    {"bind_observer", bind_observer, METH_O, "bind_observer(observer_class)"},
     {NULL},
 };
 
@@ -1304,9 +1419,19 @@ PyInit__fastexchange(void)
     INTERN(s_throw, "throw");
     INTERN(s_close, "close");
     INTERN(s_value, "value");
+    INTERN(s_by_route_object, "by_route_object");
+    INTERN(s_by_thread, "by_thread");
     if ((empty_bytes = PyBytes_FromStringAndSize(NULL, 0)) == NULL
         || (one = PyLong_FromLong(1)) == NULL) {
         return NULL;
+    }
+    PyObject **names[F_COUNT] = {&s_route, &s_durations, &s_request_sizes, &s_response_sizes,
+                                 &s_zero_tasks, &s_live, &s_by_route, &s_by_route_object,
+                                 &s_by_thread, &s_stats};
+    for (int i = 0; i < F_COUNT; i++) {
+        fields[i].type = NULL;
+        fields[i].offset = -1;
+        fields[i].name = names[i];
     }
     if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&FwdType) < 0) {
         return NULL;

@@ -198,6 +198,7 @@ class HttpShard:
         "active_seen",
         "background",
         "by_route",
+        "by_route_object",
         "disconnects",
         "live",
         "lock",
@@ -214,6 +215,9 @@ class HttpShard:
         # (template, method, status, scheme, version) of requests that succeeded, as the server
         # and Starlette's route gave them -> their slot (see HttpExchange.record)
         self.by_route: dict[tuple[Any, ...], RequestSlot] = {}
+        # The compiled request path's cache in front of by_route: the address of Starlette's
+        # route object -> (route, method, status, scheme, version, slot) (see _fastexchange.c)
+        self.by_route_object: dict[int, tuple[Any, ...]] = {}
         # Requests whose response is not complete yet: the active-requests gauge (counted
         # when read, so the request path only adds and discards) and the console's in-flight.
         self.live: set[HttpExchange] = set()

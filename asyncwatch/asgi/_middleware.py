@@ -28,7 +28,7 @@ from opentelemetry.propagators.textmap import Getter
 
 from .._core import names as n
 from .._core.config import Config
-from ._exchange import REQUEST, HttpExchange, new_http, open_http
+from ._exchange import REQUEST, HttpExchange, bind_observer, new_http, open_http
 from ._routes import fastapi_native, find_fastapi, find_router
 from ._starlette import wrapping_from_outside
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -199,10 +199,31 @@ def _otel_api() -> Any:
 class Observer:
     """What a middleware needs from one running Watch, resolved once per Watch."""
 
+    # (slots: the compiled request path reads by_thread and stats at their offsets)
+    __slots__ = (
+        "_metrics_app",
+        "by_thread",
+        "excluded_path",
+        "excluded_url",
+        "faults",
+        "filtering",
+        "methods",
+        "metrics_path",
+        "off",
+        "plain",
+        "router",
+        "spans_wanted",
+        "stats",
+        "telemetry",
+        "watch",
+    )
+
     def __init__(self, watch: Host, config: Config, router: Any = None) -> None:
         self.watch = watch
         self.router = router  # the Starlette router under the middleware, if any
         self.stats = watch.http
+        # HttpStats' shard per thread (the same dict): where new_http finds this thread's
+        self.by_thread = watch.http._by_thread
         self.faults = watch.faults
         self.telemetry = watch.telemetry
         self.methods = known_methods()
@@ -330,6 +351,9 @@ class Observer:
 
             self._metrics_app = make_asgi_app(registry)
         return self._metrics_app
+
+
+bind_observer(Observer)
 
 
 def full_url(scope: Scope, path: str) -> str:

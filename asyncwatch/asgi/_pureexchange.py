@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ._middleware import Observer
     from ._types import Message, Receive, Scope, Send
 
-_made: Any = None  # the HttpExchange class new_http makes (bind)
+_made: type[HttpExchange] | None = None  # the HttpExchange class new_http makes (bind)
 _clock: Callable[[], float] = float  # the clock (bind)
 
 
@@ -29,13 +29,18 @@ def bind(
     cls: type[HttpExchange],
     clock: Callable[[], float],
     fold_at: int,
+    max_shortcuts: int,
     slot_class: type[RequestSlot],
     shard_class: type[HttpShard],
 ) -> None:
     """The class ``new_http`` makes and the clock it reads (the compiled twin also takes
-    ``FOLD_AT`` and the classes whose fields it reads)."""
+    ``FOLD_AT``, ``MAX_SHORTCUTS`` and the classes whose fields it reads)."""
     global _made, _clock
     _made, _clock = cls, clock
+
+
+def bind_observer(cls: type[Observer]) -> None:
+    """The middleware's Observer class (the compiled twin reads its fields at their offsets)."""
 
 
 def new_http(
@@ -47,16 +52,16 @@ def new_http(
     cheap too (a read that falls through to a class default is a slow lookup). The scheme
     and protocol version are read when the request is recorded.
     """
+    assert _made is not None, "new_http before bind()"
     self = _made()
     self.obs = obs
     self.scope = scope
     self._receive = receive
     self._send = send
     self.method = method
-    stats = obs.stats
-    shard = stats._by_thread.get(get_ident())  # HttpStats.shard inlined (hot path)
+    shard = obs.by_thread.get(get_ident())  # HttpStats.shard inlined (hot path)
     if shard is None:
-        shard = stats.shard
+        shard = obs.stats.shard
     self.shard = shard
     self.root_path = root_path
     self.status = self.end = None
@@ -94,7 +99,7 @@ class HttpCore:
     _receive: Receive
     _send: Send
     shard: HttpShard
-    method: str
+    method: str | None
     root_path: Any
     status: int | None
     end: float | None
@@ -129,8 +134,9 @@ class HttpCore:
             pass  # not a message this middleware understands; the app gets it unchanged
         return message
 
-    async def send(self, message: Message) -> None:
-        """The server's send, observed; the request ends when its last part is sent."""
+    async def send(self, message: Message) -> Any:
+        """The server's send, observed; the request ends when its last part is sent. Returns
+        what the server's send returned (None, for a server that keeps to ASGI)."""
         last = False
         try:
             kind = message["type"]
@@ -152,7 +158,8 @@ class HttpCore:
         except (KeyError, TypeError, AttributeError):
             pass
         try:
-            await self._send(message)
+            # (what a server's send returns, None under ASGI, goes back to the app unchanged)
+            result: Any = await self._send(message)  # type: ignore[func-returns-value]
         except OSError:
             if self.end is None:
                 self.disconnected = True
@@ -170,3 +177,4 @@ class HttpCore:
                     self.record(end)
             except Exception as exc:
                 self.obs.fault("asgi_request", exc)
+        return result
