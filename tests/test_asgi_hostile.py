@@ -302,17 +302,28 @@ def test_fuzzed_scopes_through_starlette_routing_end_as_without_asyncwatch() -> 
 
 
 def test_the_inline_set_up_makes_the_same_exchange_as_the_long_way() -> None:
-    """The middleware's inline set-up of a plain request (open_http copied into __call__
-    for speed) sets the same fields as ``open_http``, which the other requests take."""
+    """The middleware's inline set-up of a plain request (``new_http`` called from __call__,
+    which also makes it the value of REQUEST) makes the same exchange as ``open_http``, which
+    the other requests take: the same field values (C members or instance attributes,
+    whichever core is in use) and the same instance attributes, but for the REQUEST token."""
     from asyncwatch.asgi._exchange import REQUEST, HttpExchange, open_http
 
+    names = ("method", "root_path", "status", "end", "recorded", "plain", "tasks", "req_bytes",
+             "resp_bytes", "trailers", "disconnected", "status_unsent", "finished", "route",
+             "slot")
+
+    def snapshot(ex: Any) -> tuple[Any, ...]:
+        return ({name: getattr(ex, name) for name in names}, set(vars(ex)) - {"token"},
+                ex.shard, ex.obs)
+
     with observing(http_spans=False):
-        fields: list[set[str]] = []
+        fields: list[tuple[Any, ...]] = []
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
             request = REQUEST.get()
             assert request.__class__ is HttpExchange
-            fields.append(set(vars(request)))
+            assert request.token is not None
+            fields.append(snapshot(request))
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"ok"})
 
@@ -325,4 +336,5 @@ def test_the_inline_set_up_makes_the_same_exchange_as_the_long_way() -> None:
         assert middleware._fast is not None  # so the second took the inline path
         made = open_http(middleware._fast, dict(scope), None, None, "GET")  # type: ignore[arg-type]
         made.shard.live.discard(made)
-        assert fields == [set(vars(made))] * 2
+        assert made.token is None and REQUEST.get() is None  # open_http leaves REQUEST alone
+        assert fields == [snapshot(made)] * 2

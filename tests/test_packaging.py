@@ -87,6 +87,7 @@ def test_the_sdist_builds_the_wheel_and_leaves_the_tests_out(dist: Path) -> None
     for required in (
         "LICENSE", "setup.py", "pyproject.toml", "README.md", "examples/demo.py",
         "asyncwatch/tasks/_fastpath.c", "asyncwatch/tasks/_purepath.py",
+        "asyncwatch/asgi/_fastexchange.c", "asyncwatch/asgi/_pureexchange.py",
     ):  # fmt: skip
         assert required in names
     assert {str(p) for p in ASSETS} <= names  # the wheel above was built from this sdist
@@ -144,10 +145,11 @@ def test_asyncwatch_assets_from_a_checkout(tmp_path: Path) -> None:
 def test_the_wheel_built_with_a_compiler_carries_the_accelerator(dist: Path) -> None:
     with zipfile.ZipFile(_wheel(dist)) as wheel:
         names = wheel.namelist()
-    fastpath = {n for n in names if n.startswith("asyncwatch/tasks/_fastpath.")}
-    assert "asyncwatch/tasks/_fastpath.pyi" in fastpath  # its types
-    (compiled,) = fastpath - {"asyncwatch/tasks/_fastpath.pyi"}
-    assert compiled.endswith(".so")
+    for module in ("asyncwatch/tasks/_fastpath", "asyncwatch/asgi/_fastexchange"):
+        found = {n for n in names if n.startswith(f"{module}.")}
+        assert f"{module}.pyi" in found  # its types
+        (compiled,) = found - {f"{module}.pyi"}
+        assert compiled.endswith(".so")
     assert not any(n.endswith(".c") for n in names)  # the source stays in the sdist
 
 
@@ -166,7 +168,8 @@ def test_the_sdist_installs_without_a_compiler(dist: Path, tmp_path: Path) -> No
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     (wheel,) = out.glob("asyncwatch-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        assert not any("_fastpath" in n and not n.endswith(".pyi") for n in archive.namelist())
+        assert not any(("_fastpath" in n or "_fastexchange" in n) and not n.endswith(".pyi")
+                       for n in archive.namelist())
     target = tmp_path / "site"
     installed = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check",
@@ -176,7 +179,8 @@ def test_the_sdist_installs_without_a_compiler(dist: Path, tmp_path: Path) -> No
     assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
     check = (
         "import asyncwatch, sys; from asyncwatch.tasks import ACCELERATOR;"
-        "print(asyncwatch.__file__); print(ACCELERATOR)"
+        "from asyncwatch.asgi._exchange import ACCELERATOR as HTTP;"
+        "print(asyncwatch.__file__); print(ACCELERATOR); print(HTTP)"
     )
     env = python_env(PYTHONPATH=str(target))
     env.pop("ASYNCWATCH_NO_EXTENSIONS", None)
@@ -185,9 +189,9 @@ def test_the_sdist_installs_without_a_compiler(dist: Path, tmp_path: Path) -> No
         check=False, timeout=120,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
-    where, path = ran.stdout.splitlines()
+    where, path, http_path = ran.stdout.splitlines()
     assert where.startswith(str(target))  # the wheel just installed, not the checkout
-    assert path == "pure Python (no compiled accelerator)"
+    assert path == http_path == "pure Python (no compiled accelerator)"
     wheel_check = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "wheel-check")], cwd=tmp_path, env=env,
         capture_output=True, text=True, check=False, timeout=120,

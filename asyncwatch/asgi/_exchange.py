@@ -150,6 +150,7 @@ class BaseExchange:
     finished = False
     span: Span | None = None
     span_token: Token[Context] | None = None  # what made the span current
+    token: Token[BaseExchange | None] | None = None  # what made this the value of REQUEST
     # Tasks created while handling this request and how they ended (folded into the
     # route's counters when the request finishes; later endings go straight there).
     tasks = 0
@@ -287,6 +288,13 @@ class BaseExchange:
             span.set_status(Status(StatusCode.ERROR, error))
         span.end(end_time=end_ns)
 
+    def leave(self) -> None:
+        """``REQUEST`` back to what it was before this request (once; at its ``finish``)."""
+        token = self.token
+        if token is not None:
+            self.token = None
+            REQUEST.reset(token)
+
     def detach_span(self) -> None:
         """Make the request's span no longer current (after ``REQUEST`` was reset)."""
         from opentelemetry import context
@@ -324,6 +332,7 @@ class HttpExchange(HttpCore, BaseExchange):
 
     def finish_full(self) -> None:
         """The app returned or raised: record whatever is still open (every case)."""
+        self.leave()
         try:
             if not self.recorded:
                 end = self.end
@@ -492,4 +501,4 @@ def open_http(
 if not COMPILED:  # the Python core has no fast path of its own: the full methods are it
     HttpExchange.record = HttpExchange.record_full  # type: ignore[method-assign,assignment]
     HttpExchange.finish = HttpExchange.finish_full  # type: ignore[method-assign,assignment]
-bind(HttpExchange, clock, FOLD_AT, MAX_SHORTCUTS, RequestSlot, HttpShard)
+bind(HttpExchange, clock, FOLD_AT, MAX_SHORTCUTS, RequestSlot, HttpShard, REQUEST)

@@ -30,6 +30,7 @@
 #endif
 
 static PyTypeObject *exchange_type; /* _exchange.HttpExchange, set by bind() */
+static PyObject *request_var;       /* _exchange.REQUEST, set by bind() */
 static PyObject *clock_fn;          /* _core.measure.clock, set by bind() */
 #if defined(__linux__)
 #include <time.h>
@@ -255,6 +256,7 @@ typedef struct {
     PyObject *end;    /* a float, or NULL (None) */
     PyObject *slot;
     PyObject *route;
+    PyObject *token; /* what new_http(..., enter=True) set REQUEST with, until finish */
     double started;
     Py_ssize_t tasks;
     Py_ssize_t req_bytes;
@@ -281,6 +283,7 @@ core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->end);
     Py_VISIT(self->slot);
     Py_VISIT(self->route);
+    Py_VISIT(self->token);
     return 0;
 }
 
@@ -298,6 +301,7 @@ core_clear(Core *self)
     Py_CLEAR(self->end);
     Py_CLEAR(self->slot);
     Py_CLEAR(self->route);
+    Py_CLEAR(self->token);
     return 0;
 }
 
@@ -568,6 +572,15 @@ core_record(Core *self, PyObject *end)
 static PyObject *
 core_finish(Core *self, PyObject *Py_UNUSED(ignored))
 {
+    if (self->token != NULL && self->token != Py_None) { /* REQUEST back to what it was */
+        PyObject *token = self->token;
+        self->token = NULL;
+        int rc = PyContextVar_Reset(request_var, token);
+        Py_DECREF(token);
+        if (rc < 0) {
+            return NULL;
+        }
+    }
     if (!(self->recorded && self->plain && self->tasks == 0 && self->slot != NULL
           && self->slot != Py_None)) {
         return PyObject_CallMethodNoArgs((PyObject *)self, s_finish_full);
@@ -1170,6 +1183,7 @@ static PyMemberDef core_members[] = {
     M("end", T_OBJECT, end),
     M("slot", T_OBJECT, slot),
     M("route", T_OBJECT, route),
+    M("token", T_OBJECT, token),
     M("started", T_DOUBLE, started),
     M("tasks", T_PYSSIZET, tasks),
     M("req_bytes", T_PYSSIZET, req_bytes),
@@ -1200,13 +1214,18 @@ static PyTypeObject CoreType = {
 
 /* ------------------------------------------------------------------ module functions */
 
-/* new_http(obs, scope, receive, send, method, root_path): the exchange of one request,
- * counted in flight, its clock started. */
+/* new_http(obs, scope, receive, send, method, root_path[, enter]): the exchange of one request,
+ * counted in flight, its clock started; with ``enter`` true, also the value of REQUEST until
+ * its ``finish``. */
 static PyObject *
 new_http(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "new_http takes 6 arguments");
+    if (nargs != 6 && nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "new_http takes 6 or 7 arguments");
+        return NULL;
+    }
+    int enter = 0;
+    if (nargs == 7 && (enter = PyObject_IsTrue(args[6])) < 0) {
         return NULL;
     }
     if (exchange_type == NULL) {
@@ -1283,20 +1302,28 @@ new_http(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(self);
         return NULL;
     }
+    if (enter) { /* the last step: nothing after it can fail */
+        self->token = PyContextVar_Set(request_var, (PyObject *)self);
+        if (self->token == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
     return (PyObject *)self;
 }
 
-/* bind(cls, clock, fold_at, max_shortcuts, slot_class, shard_class): the HttpExchange class
- * new_http makes, the clock, FOLD_AT, MAX_SHORTCUTS, and the classes of the figures
- * (RequestSlot) and of a shard (HttpShard). */
+/* bind(cls, clock, fold_at, max_shortcuts, slot_class, shard_class, request_var): the
+ * HttpExchange class new_http makes, the clock, FOLD_AT, MAX_SHORTCUTS, the classes of the
+ * figures (RequestSlot) and of a shard (HttpShard), and REQUEST. */
 static PyObject *
 bind(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    PyObject *cls, *clock;
+    PyObject *cls, *clock, *var;
     PyTypeObject *slot_class, *shard_class;
     Py_ssize_t fold, shortcuts;
-    if (!PyArg_ParseTuple(args, "OOnnO!O!:bind", &cls, &clock, &fold, &shortcuts, &PyType_Type,
-                          &slot_class, &PyType_Type, &shard_class)) {
+    if (!PyArg_ParseTuple(args, "OOnnO!O!O!:bind", &cls, &clock, &fold, &shortcuts,
+                          &PyType_Type, &slot_class, &PyType_Type, &shard_class,
+                          &PyContextVar_Type, &var)) {
         return NULL;
     }
     if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &CoreType)) {
@@ -1305,6 +1332,7 @@ bind(PyObject *Py_UNUSED(module), PyObject *args)
     }
     Py_XSETREF(exchange_type, (PyTypeObject *)Py_NewRef(cls));
     Py_XSETREF(clock_fn, Py_NewRef(clock));
+    Py_XSETREF(request_var, Py_NewRef(var));
     fold_at = fold;
     max_shortcuts = shortcuts;
 #if defined(__linux__)
@@ -1359,9 +1387,10 @@ bind_observer(PyObject *Py_UNUSED(module), PyObject *cls)
 
 static PyMethodDef module_methods[] = {
     {"new_http", (PyCFunction)(void (*)(void))new_http, METH_FASTCALL,
-     "new_http(obs, scope, receive, send, method, root_path): one request's exchange."},
+     "new_http(obs, scope, receive, send, method, root_path[, enter]): one request's "
+     "exchange."},
     {"bind", bind, METH_VARARGS,
-     "bind(cls, clock, fold_at, max_shortcuts, slot_class, shard_class)"},
+     "bind(cls, clock, fold_at, max_shortcuts, slot_class, shard_class, request_var)"},
     {"bind_observer", bind_observer, METH_O, "bind_observer(observer_class)"},
     {NULL},
 };

@@ -430,7 +430,8 @@ class AsyncWatchMiddleware:
                     # open_http's work without its call (a Python call is some 500
                     # instructions here); a KeyError for a scope without root_path takes the
                     # long way
-                    ex = new_http(obs, scope, receive, send, method, scope["root_path"])
+                    # (and REQUEST set to it, until its finish: True)
+                    ex = new_http(obs, scope, receive, send, method, scope["root_path"], True)
             except Exception:  # an odd scope (unhashable method, no type): the long way
                 ex = None
         if ex is None:  # anything else: set up by Observer.begin, or passed through
@@ -442,7 +443,7 @@ class AsyncWatchMiddleware:
                 await self._observer.metrics_app()(scope, receive, send)  # type: ignore[union-attr,misc]
                 return
             ex = begun
-        token = REQUEST.set(ex)
+            ex.token = REQUEST.set(ex)
         try:
             await self.app(scope, ex.receive, ex.send)
         except BaseException as exc:
@@ -451,8 +452,7 @@ class AsyncWatchMiddleware:
                 ex.plain = False
             raise
         finally:
-            REQUEST.reset(token)
-            ex.finish()
+            ex.finish()  # REQUEST is reset first (ex.token)
 
     def _begin(
         self, scope: Scope, receive: Receive, send: Send

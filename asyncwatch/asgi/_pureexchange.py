@@ -11,6 +11,7 @@ runs the ASGI tests on both).
 from __future__ import annotations
 
 from _thread import get_ident
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 _made: type[HttpExchange] | None = None  # the HttpExchange class new_http makes (bind)
 _clock: Callable[[], float] = float  # the clock (bind)
+_request: ContextVar[Any] | None = None  # _exchange.REQUEST (bind)
 
 
 def bind(
@@ -32,11 +34,13 @@ def bind(
     max_shortcuts: int,
     slot_class: type[RequestSlot],
     shard_class: type[HttpShard],
+    request_var: ContextVar[Any],
 ) -> None:
-    """The class ``new_http`` makes and the clock it reads (the compiled twin also takes
-    ``FOLD_AT``, ``MAX_SHORTCUTS`` and the classes whose fields it reads)."""
-    global _made, _clock
-    _made, _clock = cls, clock
+    """The class ``new_http`` makes, the clock it reads and the ContextVar it sets (the
+    compiled twin also takes ``FOLD_AT``, ``MAX_SHORTCUTS`` and the classes whose fields it
+    reads)."""
+    global _made, _clock, _request
+    _made, _clock, _request = cls, clock, request_var
 
 
 def bind_observer(cls: type[Observer]) -> None:
@@ -44,9 +48,16 @@ def bind_observer(cls: type[Observer]) -> None:
 
 
 def new_http(
-    obs: Observer, scope: Scope, receive: Receive, send: Send, method: str, root_path: Any
+    obs: Observer,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    method: str,
+    root_path: Any,
+    enter: bool = False,
 ) -> HttpExchange:
-    """The exchange of one HTTP request (``method`` already bounded), counted in flight.
+    """The exchange of one HTTP request (``method`` already bounded), counted in flight; with
+    ``enter``, also the value of ``REQUEST`` until its ``finish`` (``token``).
 
     Every field a request reads is set here, where the store is cheap and makes later reads
     cheap too (a read that falls through to a class default is a slow lookup). The scheme
@@ -70,6 +81,9 @@ def new_http(
     self.tasks = self.req_bytes = self.resp_bytes = 0
     shard.live.add(self)
     self.started = _clock()
+    if enter:  # the last step: nothing after it can fail
+        assert _request is not None
+        self.token = _request.set(self)
     return self
 
 

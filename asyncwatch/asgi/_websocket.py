@@ -71,6 +71,7 @@ class WsExchange(BaseExchange):
 
     def finish(self) -> None:
         """The app returned or raised."""
+        self.leave()
         try:
             stats = self.obs.stats
             shard = stats.shard
