@@ -49,7 +49,7 @@ static PyObject *s_type, *s_body, *s_more_body, *s_status, *s_trailers, *s_more_
     *s_stats, *s__by_thread, *s_shard, *s_live, *s_route, *s_path_format, *s_root_path,
     *s_scheme, *s_http_version, *s_fastapi, *s_by_route, *s_durations, *s_request_sizes,
     *s_response_sizes, *s_fold, *s_zero_tasks, *s_throw, *s_close, *s_value,
-    *s_by_route_object, *s_by_thread;
+    *s_by_route_object, *s_by_thread, *s_last_shard, *s_last_thread;
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -187,7 +187,8 @@ typedef struct {
 } Field;
 
 enum { F_ROUTE, F_DURATIONS, F_REQUEST_SIZES, F_RESPONSE_SIZES, F_ZERO_TASKS, F_LIVE,
-       F_BY_ROUTE, F_BY_ROUTE_OBJECT, F_OBS_BY_THREAD, F_OBS_STATS, F_COUNT };
+       F_BY_ROUTE, F_BY_ROUTE_OBJECT, F_OBS_BY_THREAD, F_OBS_STATS, F_OBS_SHARD,
+       F_OBS_SHARD_THREAD, F_COUNT };
 static Field fields[F_COUNT];
 
 /* The field's value (a new reference), or NULL with an error set. */
@@ -805,19 +806,33 @@ fwd_clear(Fwd *self)
     return 0;
 }
 
+/* A few freed Forward objects kept for reuse (two are made per request): kept with a
+ * reference count of 1, untracked and holding nothing, as float and tuple keep theirs. */
+#define FWD_KEPT 8
+static Fwd *fwd_kept[FWD_KEPT];
+static int fwd_nkept;
+
 static void
 fwd_dealloc(Fwd *self)
 {
     PyObject_GC_UnTrack(self);
     fwd_clear(self);
+    if (fwd_nkept < FWD_KEPT) {
+        Py_SET_REFCNT(self, 1);
+        fwd_kept[fwd_nkept++] = self;
+        return;
+    }
     PyObject_GC_Del(self);
 }
 
 static PyObject *
 fwd_new(Core *ex, PyObject *message, char receive)
 {
-    Fwd *self = PyObject_GC_New(Fwd, &FwdType);
-    if (self == NULL) {
+    Fwd *self;
+    if (fwd_nkept > 0) {
+        self = fwd_kept[--fwd_nkept];
+    }
+    else if ((self = PyObject_GC_New(Fwd, &FwdType)) == NULL) {
         return NULL;
     }
     self->ex = (Core *)Py_NewRef(ex);
@@ -1233,35 +1248,62 @@ new_http(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *obs = args[0], *shard = NULL;
-    PyObject *by_thread = field_get(obs, F_OBS_BY_THREAD);
-    if (by_thread == NULL) {
-        return NULL;
+    unsigned long me = PyThread_get_thread_ident();
+    /* The shard of the thread of this observer's last request: the common case, no lookup. */
+    PyObject *last = field_get(obs, F_OBS_SHARD_THREAD);
+    if (last == NULL) {
+        PyErr_Clear();
     }
-    if (PyDict_CheckExact(by_thread)) {
-        PyObject *ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    else {
+        int same_thread = PyLong_CheckExact(last) && PyLong_AsUnsignedLong(last) == me;
+        Py_DECREF(last);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+        }
+        else if (same_thread && (shard = field_get(obs, F_OBS_SHARD)) == NULL) {
+            PyErr_Clear();
+        }
+        else if (shard == Py_None) {
+            Py_CLEAR(shard);
+        }
+    }
+    if (shard == NULL) {
+        PyObject *ident = PyLong_FromUnsignedLong(me);
         if (ident == NULL) {
-            Py_DECREF(by_thread);
             return NULL;
         }
-        shard = PyDict_GetItemWithError(by_thread, ident);
-        Py_DECREF(ident);
-        Py_XINCREF(shard);
+        PyObject *by_thread = field_get(obs, F_OBS_BY_THREAD);
+        if (by_thread == NULL) {
+            Py_DECREF(ident);
+            return NULL;
+        }
+        if (PyDict_CheckExact(by_thread)) {
+            shard = PyDict_GetItemWithError(by_thread, ident);
+            Py_XINCREF(shard);
+        }
+        Py_DECREF(by_thread);
         if (shard == NULL && PyErr_Occurred()) {
-            Py_DECREF(by_thread);
+            Py_DECREF(ident);
             return NULL;
         }
-    }
-    Py_DECREF(by_thread);
-    if (shard == NULL) { /* this thread's first request: HttpStats.shard makes its shard */
-        PyObject *stats = field_get(obs, F_OBS_STATS);
-        if (stats == NULL) {
-            return NULL;
+        if (shard == NULL) { /* this thread's first request: HttpStats.shard makes its shard */
+            PyObject *stats = field_get(obs, F_OBS_STATS);
+            if (stats == NULL) {
+                Py_DECREF(ident);
+                return NULL;
+            }
+            shard = PyObject_GetAttr(stats, s_shard);
+            Py_DECREF(stats);
+            if (shard == NULL) {
+                Py_DECREF(ident);
+                return NULL;
+            }
         }
-        shard = PyObject_GetAttr(stats, s_shard);
-        Py_DECREF(stats);
-        if (shard == NULL) {
-            return NULL;
+        if (field_set(obs, F_OBS_SHARD, shard) < 0
+            || field_set(obs, F_OBS_SHARD_THREAD, ident) < 0) {
+            PyErr_Clear(); /* an observer that keeps no last shard: looked up each time */
         }
+        Py_DECREF(ident);
     }
     Core *self = (Core *)exchange_type->tp_alloc(exchange_type, 0);
     if (self == NULL) {
@@ -1379,6 +1421,8 @@ bind_observer(PyObject *Py_UNUSED(module), PyObject *cls)
     }
     bind_field(F_OBS_BY_THREAD, (PyTypeObject *)cls, &s_by_thread);
     bind_field(F_OBS_STATS, (PyTypeObject *)cls, &s_stats);
+    bind_field(F_OBS_SHARD, (PyTypeObject *)cls, &s_last_shard);
+    bind_field(F_OBS_SHARD_THREAD, (PyTypeObject *)cls, &s_last_thread);
     for (int i = F_OBS_BY_THREAD; i < F_COUNT; i++) {
         Py_INCREF(fields[i].type);
     }
@@ -1450,13 +1494,15 @@ PyInit__fastexchange(void)
     INTERN(s_value, "value");
     INTERN(s_by_route_object, "by_route_object");
     INTERN(s_by_thread, "by_thread");
+    INTERN(s_last_shard, "last_shard");
+    INTERN(s_last_thread, "last_thread");
     if ((empty_bytes = PyBytes_FromStringAndSize(NULL, 0)) == NULL
         || (one = PyLong_FromLong(1)) == NULL) {
         return NULL;
     }
     PyObject **names[F_COUNT] = {&s_route, &s_durations, &s_request_sizes, &s_response_sizes,
                                  &s_zero_tasks, &s_live, &s_by_route, &s_by_route_object,
-                                 &s_by_thread, &s_stats};
+                                 &s_by_thread, &s_stats, &s_last_shard, &s_last_thread};
     for (int i = 0; i < F_COUNT; i++) {
         fields[i].type = NULL;
         fields[i].offset = -1;

@@ -199,7 +199,8 @@ def _otel_api() -> Any:
 class Observer:
     """What a middleware needs from one running Watch, resolved once per Watch."""
 
-    # (slots: the compiled request path reads by_thread and stats at their offsets)
+    # (slots: the compiled request path reads by_thread, stats, last_shard and last_thread at
+    # their offsets)
     __slots__ = (
         "_metrics_app",
         "by_thread",
@@ -207,6 +208,8 @@ class Observer:
         "excluded_url",
         "faults",
         "filtering",
+        "last_shard",
+        "last_thread",
         "methods",
         "metrics_path",
         "off",
@@ -224,6 +227,9 @@ class Observer:
         self.stats = watch.http
         # HttpStats' shard per thread (the same dict): where new_http finds this thread's
         self.by_thread = watch.http._by_thread
+        # The shard of the thread (ident) of the last request (the compiled new_http's cache)
+        self.last_shard: Any = None
+        self.last_thread: int | None = None
         self.faults = watch.faults
         self.telemetry = watch.telemetry
         self.methods = known_methods()
