@@ -316,3 +316,42 @@ def test_exchange_fields_read_and_write_from_python(observed: Observed) -> None:
     assert ex.end is None
     ex.background = True  # a Python field, beside the core's
     assert ex.background is True and HttpExchange.background is False
+
+
+def test_requests_from_two_threads_go_to_each_threads_shard(observed: Observed) -> None:
+    """One middleware serving loops on two threads, turn about: each request's figures land in
+    the shard of the thread that served it (the compiled core keeps the last thread's shard
+    and must notice the thread changed)."""
+    import threading
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    async def server_send(message: Any) -> None:
+        return None
+
+    async def server_receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    middleware = asyncwatch.AsyncWatchMiddleware(app)
+    served: dict[int, int] = {}
+
+    def serve_one() -> None:
+        asyncio.run(middleware(dict(SCOPE), server_receive, server_send))
+        ident = threading.get_ident()
+        served[ident] = served.get(ident, 0) + 1
+
+    serve_one()  # binds the middleware (the long way)
+    for _ in range(2):
+        for _ in range(2):
+            thread = threading.Thread(target=serve_one)
+            thread.start()
+            thread.join()
+        serve_one()
+    stats = observed.watch.http
+    for ident, count in served.items():
+        shard = stats._by_thread[ident]
+        recorded = sum(len(slot.durations) + slot.duration.count
+                       for slot in shard.requests.values())
+        assert recorded == count, (ident, recorded, count)

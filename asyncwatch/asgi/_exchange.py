@@ -6,6 +6,14 @@ same object), notes what it needs with a few attribute writes, and records into 
 ``HttpStats`` shard when the response is complete. It is also the value of ``REQUEST``
 while the request is handled, so the task hook can count tasks per request (``on_task``).
 
+``HttpExchange``'s base, ``HttpCore``, is one of two twins (``ACCELERATOR`` says which): the
+compiled ``_fastexchange`` (C, built by ``setup.py`` where a compiler is present) or
+``_pureexchange`` (Python, the fallback, or forced with ``ASYNCWATCH_NO_EXTENSIONS=1``). It
+holds the fields every request touches, makes the exchange (``new_http``), observes ``send``
+and ``receive``, and in C also records and finishes the common request; everything else,
+and every request the C code does not take the common way, is ``record_full`` and
+``finish_full`` here.
+
 Timing semantics:
 
 * The request ends at its last body chunk (or trailers, or ``pathsend``): duration, active
