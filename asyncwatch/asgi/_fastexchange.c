@@ -46,7 +46,7 @@ static PyObject *empty_bytes, *one;
 static PyObject *s_type, *s_body, *s_more_body, *s_status, *s_trailers, *s_more_trailers,
     *s_http_request, *s_http_disconnect, *s_resp_body, *s_resp_start, *s_resp_trailers,
     *s_resp_pathsend, *s_record_full, *s_finish_full, *s_fault, *s_asgi_request, *s_get,
-    *s_stats, *s__by_thread, *s_shard, *s_live, *s_route, *s_path_format, *s_root_path,
+    *s_stats, *s_shard, *s_live, *s_route, *s_path_format, *s_root_path,
     *s_scheme, *s_http_version, *s_fastapi, *s_by_route, *s_durations, *s_request_sizes,
     *s_response_sizes, *s_fold, *s_zero_tasks, *s_throw, *s_close, *s_value,
     *s_by_route_object, *s_by_thread, *s_last_shard, *s_last_thread;
@@ -1474,7 +1474,6 @@ PyInit__fastexchange(void)
     INTERN(s_asgi_request, "asgi_request");
     INTERN(s_get, "get");
     INTERN(s_stats, "stats");
-    INTERN(s__by_thread, "_by_thread");
     INTERN(s_shard, "shard");
     INTERN(s_live, "live");
     INTERN(s_route, "route");
