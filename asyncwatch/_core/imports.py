@@ -10,6 +10,8 @@ the app's import. ``remove()`` takes it off ``sys.meta_path``; each callback fir
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -100,3 +102,19 @@ def when_imported(
         except Exception as exc:
             on_error(name, exc)
     return PostImportHook(waiting, on_error).install() if waiting else None
+
+
+def twin(package: str, compiled: str, pure: str) -> tuple[ModuleType, str]:
+    """The compiled twin of a hot path (module ``package.compiled``, built by ``setup.py``
+    where it can be) if it is built and not refused with ``ASYNCWATCH_NO_EXTENSIONS``, else
+    its pure-Python twin, imported only then; with which one it is, "compiled (file)" or
+    "pure Python (why)" (``asyncwatch config`` prints it)."""
+    why = "ASYNCWATCH_NO_EXTENSIONS"
+    if os.environ.get("ASYNCWATCH_NO_EXTENSIONS", "") in ("", "0"):
+        try:
+            module = importlib.import_module(f"{package}.{compiled}")
+        except ImportError:
+            why = "no compiled accelerator"
+        else:
+            return module, f"compiled ({os.path.basename(str(module.__file__))})"
+    return importlib.import_module(f"{package}.{pure}"), f"pure Python ({why})"

@@ -34,13 +34,13 @@ Timing semantics:
 from __future__ import annotations
 
 import contextvars
-import os
 import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from .._core import names as n
 from .._core.context import add_route_reader
+from .._core.imports import twin
 from .._core.measure import clock
 from . import _routes
 from ._http import FOLD_AT, MAX_SHORTCUTS, BoundHist, HttpShard, HttpStats, RequestKey, RequestSlot
@@ -118,27 +118,12 @@ def bounded_version(value: Any) -> str | None:
         return None
 
 
-def _http_core() -> tuple[Any, str]:
-    """The compiled twin of the request path's core if it is built and not refused, else the
-    Python one: (its module, which)."""
-    why = "ASYNCWATCH_NO_EXTENSIONS"
-    if os.environ.get("ASYNCWATCH_NO_EXTENSIONS", "") in ("", "0"):
-        try:
-            from . import _fastexchange  # built by setup.py when it can (stub: .pyi)
-        except ImportError:
-            why = "no compiled accelerator"
-        else:
-            return _fastexchange, f"compiled ({os.path.basename(_fastexchange.__file__)})"
-    from . import _pureexchange
-
-    return _pureexchange, f"pure Python ({why})"
-
-
 #: Which twin of the HTTP request path is in use, "compiled (file)" or "pure Python (why)":
 #: ``asyncwatch config`` prints it.
 ACCELERATOR: str
 if not TYPE_CHECKING:
-    _core, ACCELERATOR = _http_core()
+    # _fastexchange is built by setup.py when it can (stub: _fastexchange.pyi)
+    _core, ACCELERATOR = twin(__package__, "_fastexchange", "_pureexchange")
     HttpCore, new_http, bind, bind_observer = (
         _core.HttpCore, _core.new_http, _core.bind, _core.bind_observer)
 COMPILED = ACCELERATOR.startswith("compiled")

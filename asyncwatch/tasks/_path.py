@@ -51,12 +51,12 @@ import asyncio
 import asyncio.tasks as _asyncio_tasks
 import contextvars
 import inspect
-import os
 import random
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._core.imports import twin
 from .._core.measure import ErrorOverflow, Histogram, clock
 from .._core.names import TASK_NAME
 
@@ -66,27 +66,13 @@ if TYPE_CHECKING:
     from ._recorder import Shard
 
 
-def _cores() -> tuple[type, type, str]:
-    """The compiled twin of the hot path if it is built and not refused, else the Python one."""
-    why = "ASYNCWATCH_NO_EXTENSIONS"
-    if os.environ.get("ASYNCWATCH_NO_EXTENSIONS", "") in ("", "0"):
-        try:
-            from . import _fastpath  # built by setup.py when it can (stub: _fastpath.pyi)
-        except ImportError:
-            why = "no compiled accelerator"
-        else:
-            where = os.path.basename(_fastpath.__file__)
-            return _fastpath.HookCore, _fastpath.StatsCore, f"compiled ({where})"
-    from . import _purepath  # only when it is the one in use: a module less to hold
-
-    return _purepath.HookCore, _purepath.StatsCore, f"pure Python ({why})"
-
-
 #: Which hot path is in use, "compiled (file)" or "pure Python (why)": ``asyncwatch config``
 #: prints it.
 ACCELERATOR: str
 if not TYPE_CHECKING:
-    HookCore, StatsCore, ACCELERATOR = _cores()
+    # _fastpath is built by setup.py when it can (stub: _fastpath.pyi)
+    _core, ACCELERATOR = twin(__package__, "_fastpath", "_purepath")
+    HookCore, StatsCore = _core.HookCore, _core.StatsCore
 
 _EAGER_POSSIBLE = sys.version_info >= (3, 12)
 
