@@ -72,7 +72,7 @@ ROWS = ("startup", "callbacks", "churn", "memory", "spans", "asgi")
 class Sizes:
     """How much work each row does."""
 
-    startup_rounds: int = 5
+    startup_rounds: int = 9
     exit_rounds: int = 3
     callbacks: int = 1_000_000
     callback_rounds: int = 7

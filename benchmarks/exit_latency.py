@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import RESULTS
+from startup import wait
 
 from tests.endpoints import black_hole
 
@@ -70,7 +71,7 @@ def exit_after_last_line(argv: list[str], env: dict[str, str]) -> float:
     line = proc.stdout.readline()
     began = time.monotonic()
     assert line.strip() == "done", line
-    proc.wait(timeout=300)
+    wait(proc, 300)  # blocking: Popen.wait(timeout) would poll in steps of up to 50 ms
     return time.monotonic() - began
 
 
