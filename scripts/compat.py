@@ -11,6 +11,7 @@ regression not in ``EXPECTED_UNTIL_MERGE``.
 
     scripts/compat                  every suite
     scripts/compat anyio cpython    some of them
+    scripts/compat --prepare        only download, unpack and install the suites
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def compare(suite: Suite) -> tuple[list[str], list[str], dict[str, float]]:
     return regressions, flaky, figures
 
 
-def main(names: list[str]) -> int:
+def main(names: list[str], prepare_only: bool = False) -> int:
     known = {s.name: s for s in SUITES}
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -229,6 +230,8 @@ def main(names: list[str]) -> int:
     (WORK / "dist").mkdir(parents=True, exist_ok=True)
     for suite in SUITES:  # all of them: the suites import one another (starlette's, httpx)
         prepare(suite)
+    if prepare_only:
+        return 0
     total = time.monotonic()
     failed = False
     counts = {"passed": 0, "failed": 0, "skipped": 0}
@@ -269,4 +272,5 @@ def main(names: list[str]) -> int:
 
 if __name__ == "__main__":
     shutil.rmtree(WORK / "results", ignore_errors=True)
-    sys.exit(main(sys.argv[1:]))
+    arguments = sys.argv[1:]
+    sys.exit(main([a for a in arguments if a != "--prepare"], "--prepare" in arguments))
