@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import RESULTS
+from _harness import RESULTS, cache_bytecode
 
 CHILD = r"""
 import asyncio, gc, json, sys, types
@@ -72,6 +72,7 @@ print(json.dumps(asyncio.run(main())))
 
 
 def run(mode: str, tasks: int) -> list[tuple[int, int]]:
+    cache_bytecode()  # as installed: no module is compiled in the measured process
     result = subprocess.run(
         [sys.executable, "-c", CHILD, mode, str(tasks)],
         capture_output=True,
