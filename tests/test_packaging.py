@@ -13,6 +13,7 @@ CPython 3.11 to 3.13.
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import sys
 import tarfile
@@ -34,13 +35,17 @@ ASSETS = _assets.asset_files(ROOT)
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sdist, and the wheel built from it (what ``python -m build`` does)."""
     out = tmp_path_factory.mktemp("dist")
-    result = subprocess.run(
-        [sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
+    # Building the sdist writes asyncwatch.egg-info into the checkout, as an editable install
+    # does: under the same lock as the scripts' installs (.ci/run runs some beside this suite).
+    with open(ROOT / ".install.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(
+            [sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
