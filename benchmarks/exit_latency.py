@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import RESULTS
-from startup import wait
+from startup import commands, wait
 
 from tests.endpoints import black_hole
 
@@ -85,8 +85,6 @@ def compare(rounds: int) -> dict[str, float]:
     """Exit alone, side by side: milliseconds from SHORT's last line to its process gone, bare,
     under ``asyncwatch run`` (defaults: the /metrics endpoint running) and under
     opentelemetry-instrument (startup.py's commands); the median over ``rounds``."""
-    from startup import commands
-
     configs = commands(["-c", SHORT])
     times: dict[str, list[float]] = {name: [] for name in configs}
     names = list(configs)

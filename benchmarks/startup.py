@@ -51,9 +51,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+from _harness import PACKAGE, RESULTS
+
 BIN = Path(sys.executable).parent
-PACKAGE = Path(__file__).resolve().parent.parent / "asyncwatch"
 WHERE = tempfile.gettempdir()  # the programs' working directory
 SCRIPTS = ("asyncwatch", "opentelemetry-instrument")  # console scripts the runs start
 
